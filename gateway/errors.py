@@ -1,0 +1,103 @@
+"""Every error the gateway raises on purpose, in one tree.
+
+    KaltstartError
+    ├── ConfigError                 bad settings, config file or annotation (start-up / discovery, not a request)
+    ├── BackendError                the replica backend failed (process would not start, API call failed)
+    ├── QueueUnavailable            Redis could not be reached                            -> 503
+    └── RequestError                a request's own outcome; knows its HTTP status and OpenAI error type
+        ├── InvalidRequest          malformed JSON, wrong fields, bad values              -> 400
+        ├── ModelNotFound           the model is not configured                           -> 404
+        ├── PayloadTooLarge         body over the limit                                   -> 413
+        ├── QueueFull               too many requests queued for the model                -> 429 + Retry-After
+        ├── ColdStartTimeout        no replica became ready within the cold-start timeout -> 503 + Retry-After
+        ├── ServiceUnavailable      Redis or the backend is down                          -> 503 + Retry-After
+        ├── GenerationFailed        the runtime failed the request, retries exhausted     -> 502
+        └── DeadlineExceeded        not finished within the request timeout               -> 504
+
+Third-party exceptions (redis, httpx, kubernetes-asyncio) are converted where they enter our code, so route
+code only ever sees this tree. 5xx messages are written for clients and carry no internals; logs carry those.
+"""
+
+from __future__ import annotations
+
+
+class KaltstartError(Exception):
+    """Base of every error raised on purpose by the gateway."""
+
+
+class ConfigError(KaltstartError):
+    """Settings, a config file or an annotation that cannot be used. ``key`` names the offending setting."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class BackendError(KaltstartError):
+    """The replica backend could not do what it was asked."""
+
+
+class RequestError(KaltstartError):
+    status_code = 500
+    error_type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.retry_after_s = retry_after_s
+
+
+class InvalidRequest(RequestError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class ModelNotFound(RequestError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class PayloadTooLarge(RequestError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class QueueFull(RequestError):
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "queue_full"
+
+
+class ColdStartTimeout(RequestError):
+    status_code = 503
+    error_type = "server_error"
+    code = "cold_start_timeout"
+
+
+class ServiceUnavailable(RequestError):
+    status_code = 503
+    error_type = "server_error"
+    code = "service_unavailable"
+
+
+class QueueUnavailable(ServiceUnavailable):
+    """Redis could not be reached or answered with an error."""
+
+    def __init__(self, message: str = "The request queue is unavailable; try again shortly.") -> None:
+        super().__init__(message, retry_after_s=2)
+
+
+class GenerationFailed(RequestError):
+    status_code = 502
+    error_type = "server_error"
+    code = "generation_failed"
+
+
+class DeadlineExceeded(RequestError):
+    status_code = 504
+    error_type = "server_error"
+    code = "timeout"

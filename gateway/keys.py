@@ -1,0 +1,38 @@
+"""Every Redis key and channel the gateway uses, in one place.
+
+All keys of one model share the hash tag ``{m:<model>}`` so that the multi-key Lua scripts in ``queue.py`` stay
+valid on a Redis Cluster.
+"""
+
+from __future__ import annotations
+
+PREFIX = "kaltstart"
+
+#: The consumer group every gateway replica's dispatchers read through.
+GROUP = "dispatchers"
+
+
+def _model(model: str) -> str:
+    return f"{PREFIX}:{{m:{model}}}"
+
+
+def queue(model: str) -> str:
+    """Stream of queued requests (field ``r``: a ``QueuedRequest``). Entries are deleted once settled, so
+    ``XLEN`` is queued + in flight, and the group's pending count is in flight."""
+    return f"{_model(model)}:queue"
+
+
+def activity(model: str) -> str:
+    """Server time in ms of the model's last enqueue or settle: what "idle for" is measured from."""
+    return f"{_model(model)}:activity"
+
+
+def settled(model: str, request_id: str) -> str:
+    """Set (NX) by whoever settles a request first: its final reply, or ``cancelled``. Guards against a
+    request being answered twice, and lets a gateway read a final reply it missed on pub/sub."""
+    return f"{_model(model)}:settled:{request_id}"
+
+
+def replies(gateway_id: str) -> str:
+    """Pub/sub channel on which dispatchers send a request's replies to the gateway replica holding its client."""
+    return f"{PREFIX}:replies:{gateway_id}"

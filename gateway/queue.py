@@ -1,0 +1,260 @@
+"""The durable request queue: one Redis Stream per model, read through one consumer group by every replica.
+
+Life of an entry: ``enqueue`` (XADD) -> a dispatcher's ``read_batch`` (XREADGROUP: now pending, i.e. in flight)
+-> ``settle`` (final reply stored and published, entry acked and deleted) or ``requeue`` (a fresh entry with
+attempt + 1, old one deleted) or ``cancel`` (the client gave up). Every multi-key step is one Lua script, so a
+request is answered at most once however its deliveries race. Redis errors become ``QueueUnavailable`` here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import cast
+
+from pydantic import BaseModel, ConfigDict
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+import wire
+from gateway import keys
+from gateway.errors import QueueFull, QueueUnavailable
+from gateway.replies import Dispatched, Failed, Final, Finished, ReplyAdapter, Token
+
+Reply = Dispatched | Token
+
+#: How long a settled marker outlives its request: long enough to suppress any late duplicate.
+SETTLED_TTL_MS = 3_600_000
+CANCELLED = "cancelled"
+
+_ENQUEUE = """
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
+local t = redis.call('TIME')
+redis.call('SET', KEYS[2], t[1] * 1000 + math.floor(t[2] / 1000))
+return redis.call('XADD', KEYS[1], '*', 'r', ARGV[2])
+"""
+
+# KEYS: queue, settled, activity. ARGV: entry id, group, ttl ms, reply channel, final reply. -> 1 if first.
+_SETTLE = """
+local first = redis.call('SET', KEYS[2], ARGV[5], 'NX', 'PX', ARGV[3])
+if ARGV[1] ~= '' then
+  redis.call('XACK', KEYS[1], ARGV[2], ARGV[1])
+  redis.call('XDEL', KEYS[1], ARGV[1])
+end
+local t = redis.call('TIME')
+redis.call('SET', KEYS[3], t[1] * 1000 + math.floor(t[2] / 1000))
+if first then
+  if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
+  return 1
+end
+return 0
+"""
+
+# KEYS: queue, settled. ARGV: entry id, group, new payload. -> new entry id, or false if already settled.
+_REQUEUE = """
+redis.call('XACK', KEYS[1], ARGV[2], ARGV[1])
+redis.call('XDEL', KEYS[1], ARGV[1])
+if redis.call('EXISTS', KEYS[2]) == 1 then return false end
+return redis.call('XADD', KEYS[1], '*', 'r', ARGV[3])
+"""
+
+
+class QueuedRequest(BaseModel):
+    """What one stream entry holds."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    request: wire.GenerationRequest
+    #: The reply channel of the gateway replica holding the client.
+    reply_to: str
+    #: Unix time (s) the gateway accepted it.
+    accepted_at: float
+    #: 1 for the first dispatch; +1 each time a replica failed mid-batch and it was put back.
+    attempt: int = 1
+
+    @property
+    def id(self) -> str:
+        return self.request.id
+
+
+@dataclass(frozen=True)
+class Delivery:
+    entry_id: str
+    queued: QueuedRequest
+
+
+@dataclass(frozen=True)
+class Load:
+    """A model's demand, as every gateway replica sees it (derived from the stream, so it survives restarts)."""
+
+    queued: int
+    in_flight: int
+    #: Seconds since the last enqueue or settle; None if the model has never been used.
+    idle_for_s: float | None
+
+    @property
+    def demand(self) -> int:
+        return self.queued + self.in_flight
+
+
+@contextlib.asynccontextmanager
+async def _converted() -> AsyncIterator[None]:
+    try:
+        yield
+    except RedisError as exc:
+        raise QueueUnavailable() from exc
+
+
+def _decode(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RequestQueue:
+    def __init__(self, redis: Redis, max_queue_per_model: int) -> None:
+        self._redis = redis
+        self._max = max_queue_per_model
+        self._enqueue = redis.register_script(_ENQUEUE)
+        self._settle = redis.register_script(_SETTLE)
+        self._requeue = redis.register_script(_REQUEUE)
+
+    async def prepare(self, model: str) -> None:
+        """Create the model's stream and consumer group if missing (reading from the start: nothing queued
+        before the group existed is lost)."""
+        async with _converted():
+            try:
+                await self._redis.xgroup_create(keys.queue(model), keys.GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    async def enqueue(self, model: str, queued: QueuedRequest) -> str:
+        async with _converted():
+            entry = await self._enqueue(
+                keys=[keys.queue(model), keys.activity(model)], args=[self._max, queued.model_dump_json()]
+            )
+        if entry is None:
+            raise QueueFull(f"Too many requests are queued for model '{model}'; try again later.", retry_after_s=5)
+        return _decode(entry)
+
+    async def read_batch(
+        self, model: str, consumer: str, max_size: int, fill_s: float, block_s: float
+    ) -> list[Delivery]:
+        """Block up to ``block_s`` for the first entry, then up to ``fill_s`` more to fill the batch."""
+        batch = await self._read(model, consumer, max_size, block_s)
+        if not batch or fill_s <= 0:
+            return batch
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + fill_s
+        while len(batch) < max_size and (left := deadline - loop.time()) > 0.001:
+            more = await self._read(model, consumer, max_size - len(batch), left)
+            if not more:
+                break
+            batch.extend(more)
+        return batch
+
+    async def _read(self, model: str, consumer: str, count: int, block_s: float) -> list[Delivery]:
+        async with _converted():
+            try:
+                response = await self._redis.xreadgroup(
+                    keys.GROUP, consumer, {keys.queue(model): ">"}, count=count, block=max(1, int(block_s * 1000))
+                )
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                await self.prepare(model)  # Redis lost its data (restart without persistence, flush)
+                return []
+        deliveries = []
+        # RESP2 shape: [[stream, [(entry id, {field: value}), ...]]]
+        streams = cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]], response or [])
+        for _stream, entries in streams:
+            for entry_id, fields in entries:
+                payload = fields[b"r"]
+                deliveries.append(Delivery(_decode(entry_id), QueuedRequest.model_validate_json(payload)))
+        return deliveries
+
+    async def settle(self, model: str, delivery: Delivery, reply: Final) -> bool:
+        """Store and publish a request's final reply and drop its entry. False if it was settled already."""
+        async with _converted():
+            first = await self._settle(
+                keys=[keys.queue(model), keys.settled(model, delivery.queued.id), keys.activity(model)],
+                args=[
+                    delivery.entry_id,
+                    keys.GROUP,
+                    SETTLED_TTL_MS,
+                    delivery.queued.reply_to,
+                    reply.model_dump_json(),
+                ],
+            )
+        return bool(first)
+
+    async def cancel(self, model: str, request_id: str, entry_id: str) -> bool:
+        """The client stopped waiting: make sure the request is never dispatched or answered. False if a
+        final reply got there first."""
+        async with _converted():
+            first = await self._settle(
+                keys=[keys.queue(model), keys.settled(model, request_id), keys.activity(model)],
+                args=[entry_id, keys.GROUP, SETTLED_TTL_MS, "", CANCELLED],
+            )
+        return bool(first)
+
+    async def requeue(self, model: str, delivery: Delivery) -> bool:
+        """Put a request whose replica failed back at the end of the queue, as its next attempt."""
+        again = delivery.queued.model_copy(update={"attempt": delivery.queued.attempt + 1})
+        async with _converted():
+            entry = await self._requeue(
+                keys=[keys.queue(model), keys.settled(model, delivery.queued.id)],
+                args=[delivery.entry_id, keys.GROUP, again.model_dump_json()],
+            )
+        return entry is not None
+
+    async def drop_settled(self, model: str, batch: Sequence[Delivery]) -> list[Delivery]:
+        """Ack and delete the entries of requests already settled (cancelled by their client); return the rest."""
+        async with _converted():
+            markers = await self._redis.mget([keys.settled(model, d.queued.id) for d in batch])
+            done = [d.entry_id for d, marker in zip(batch, markers, strict=True) if marker is not None]
+            if done:
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.xack(keys.queue(model), keys.GROUP, *done)
+                    pipe.xdel(keys.queue(model), *done)
+                    await pipe.execute()
+        return [d for d, marker in zip(batch, markers, strict=True) if marker is None]
+
+    async def publish(self, replies: Sequence[tuple[str, Reply]]) -> None:
+        """Send non-final replies (dispatched, tokens) to the channels of the replicas waiting for them."""
+        async with _converted(), self._redis.pipeline(transaction=False) as pipe:
+            for channel, reply in replies:
+                pipe.publish(channel, reply.model_dump_json())
+            await pipe.execute()
+
+    async def final_reply(self, model: str, request_id: str) -> Final | None:
+        """The stored final reply of a request, if it was settled by a dispatcher."""
+        async with _converted():
+            stored = await self._redis.get(keys.settled(model, request_id))
+        if stored is None or _decode(stored) == CANCELLED:
+            return None
+        reply = ReplyAdapter.validate_json(stored)
+        return reply if isinstance(reply, Finished | Failed) else None
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except RedisError:
+            return False
+
+    async def load(self, model: str) -> Load:
+        async with _converted(), self._redis.pipeline(transaction=False) as pipe:
+            pipe.xlen(keys.queue(model))
+            pipe.xpending(keys.queue(model), keys.GROUP)
+            pipe.get(keys.activity(model))
+            pipe.time()
+            try:
+                length, pending, activity, now = await pipe.execute()
+            except ResponseError as exc:  # no group yet: nothing was ever queued
+                if "NOGROUP" not in str(exc):
+                    raise
+                return Load(queued=0, in_flight=0, idle_for_s=None)
+        in_flight = int(pending["pending"]) if pending else 0
+        now_ms = now[0] * 1000 + now[1] // 1000
+        idle = None if activity is None else max(0.0, (now_ms - int(activity)) / 1000)
+        return Load(queued=max(0, int(length) - in_flight), in_flight=in_flight, idle_for_s=idle)

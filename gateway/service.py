@@ -1,0 +1,211 @@
+"""A request's way through the gateway: admit -> enqueue -> ensure capacity -> await result.
+
+``Gateway.submit`` does the first three and hands back a ``Ticket``; the route awaits the ticket and responds.
+The handler never calls a runtime itself: whichever replica dispatches the request, its replies come back here
+through Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import ExitStack
+
+import wire
+from gateway.catalog import ModelCatalog
+from gateway.errors import (
+    ColdStartTimeout,
+    DeadlineExceeded,
+    GenerationFailed,
+    InvalidRequest,
+    RequestError,
+    ServiceUnavailable,
+)
+from gateway.metrics import Metrics
+from gateway.queue import QueuedRequest, RequestQueue
+from gateway.replies import Dispatched, Failed, Finished, ReplyRouter, Token
+from gateway.scaling import Scaler
+from gateway.settings import GatewaySettings, ModelSettings
+
+log = logging.getLogger("kaltstart.gateway")
+
+#: A waiting request that has heard nothing on pub/sub for this long reads its stored final reply, in case the
+#: subscription dropped it. A backstop, not the normal path.
+MISSED_REPLY_CHECK_S = 5.0
+
+AnyReply = Dispatched | Token | Finished | Failed
+
+
+class Ticket:
+    """One accepted request, from the client's side: wait for dispatch, then for tokens and the result."""
+
+    def __init__(
+        self,
+        model: ModelSettings,
+        request_id: str,
+        inbox: asyncio.Queue[AnyReply],
+        queue: RequestQueue,
+        request_timeout_s: float,
+        closer: ExitStack,
+    ) -> None:
+        self.model = model
+        self.id = request_id
+        self.entry_id = ""
+        self._inbox = inbox
+        self._queue = queue
+        self._closer = closer
+        loop = asyncio.get_running_loop()
+        self.arrived = loop.time()
+        self._cold_deadline = self.arrived + model.cold_start_timeout_s
+        self._deadline = self.arrived + request_timeout_s
+        self._early: list[AnyReply] = []
+        self._settled = False
+        self._emitted = ""
+        self._attempt_text: dict[int, str] = {}
+
+    async def dispatched(self) -> None:
+        """Wait until a replica took the request; 503 + Retry-After if none did within the cold-start timeout."""
+        while True:
+            try:
+                reply = await self._next(min(self._cold_deadline, self._deadline))
+            except TimeoutError:
+                if await self._give_up():
+                    raise ColdStartTimeout(
+                        f"Model '{self.model.name}' did not become ready in time; try again shortly.",
+                        retry_after_s=self.model.retry_after_s,
+                    ) from None
+                continue  # a final reply beat us to it: read it
+            self._early.append(reply)
+            return
+
+    async def stream(self) -> AsyncIterator[str | wire.FinishEvent]:
+        """New text as it is generated, then the finished result. Raises the request's error, if any."""
+        while True:
+            try:
+                reply = self._early.pop(0) if self._early else await self._next(self._deadline)
+            except TimeoutError:
+                if await self._give_up():
+                    raise DeadlineExceeded("The request did not finish in time.") from None
+                continue
+            if isinstance(reply, Token):
+                if text := self._new_text(reply):
+                    yield text
+            elif isinstance(reply, Finished):
+                self._settled = True
+                if rest := reply.result.text[len(self._emitted) :]:
+                    self._emitted += rest
+                    yield rest
+                yield reply.result
+                return
+            elif isinstance(reply, Failed):
+                self._settled = True
+                raise _failure(reply)
+
+    async def result(self) -> wire.FinishEvent:
+        async for item in self.stream():
+            if isinstance(item, wire.FinishEvent):
+                return item
+        raise GenerationFailed("The model returned no result.")
+
+    async def close(self) -> None:
+        """Stop waiting. A request that was not answered is cancelled so that no replica works on it."""
+        try:
+            if not self._settled:
+                await self._give_up()
+        finally:
+            self._closer.close()
+
+    def _new_text(self, token: Token) -> str:
+        # A redelivered request generates again from its first token (with the same seed): skip what the
+        # client already has.
+        text = self._attempt_text.get(token.attempt, "") + token.text
+        self._attempt_text[token.attempt] = text
+        if len(text) <= len(self._emitted):
+            return ""
+        new = text[len(self._emitted) :]
+        self._emitted = text
+        return new
+
+    async def _next(self, deadline: float) -> AnyReply:
+        loop = asyncio.get_running_loop()
+        while (left := deadline - loop.time()) > 0:
+            try:
+                return await asyncio.wait_for(self._inbox.get(), timeout=min(left, MISSED_REPLY_CHECK_S))
+            except TimeoutError:
+                stored = await self._queue.final_reply(self.model.name, self.id)
+                if stored is not None:
+                    return stored
+        raise TimeoutError
+
+    async def _give_up(self) -> bool:
+        """Cancel the request unless a final reply was stored first; True if it is now cancelled."""
+        if await self._queue.cancel(self.model.name, self.id, self.entry_id):
+            self._settled = True
+            return True
+        stored = await self._queue.final_reply(self.model.name, self.id)
+        if stored is not None:
+            self._inbox.put_nowait(stored)
+        return False
+
+
+def _failure(reply: Failed) -> RequestError:
+    if reply.status == 400:
+        return InvalidRequest(reply.message)
+    if reply.status == 503:
+        return ServiceUnavailable(reply.message, retry_after_s=5)
+    return GenerationFailed(reply.message)
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        catalog: ModelCatalog,
+        queue: RequestQueue,
+        replies: ReplyRouter,
+        scaler: Scaler,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self._queue = queue
+        self._replies = replies
+        self._scaler = scaler
+        self._metrics = metrics
+
+    async def submit(self, model_name: str, request: wire.GenerationRequest) -> Ticket:
+        model = self.catalog.get(model_name)
+        closer = ExitStack()
+        inbox = closer.enter_context(self._replies.expect(request.id))
+        ticket = Ticket(model, request.id, inbox, self._queue, self.settings.request_timeout_s, closer)
+        queued = QueuedRequest(request=request, reply_to=self._replies.channel, accepted_at=time.time())
+        try:
+            ticket.entry_id = await self._queue.enqueue(model.name, queued)
+        except BaseException:
+            closer.close()
+            raise
+        await self._scaler.ensure_capacity(model.name)
+        return ticket
+
+    def record(self, model: str, status: int, seconds: float) -> None:
+        label = model if self.catalog.has(model) else ""
+        self._metrics.requests.labels(label, str(status)).inc()
+        if status == 200:
+            self._metrics.request_seconds.labels(label).observe(seconds)
+
+    def record_first_token(self, model: str, seconds: float) -> None:
+        self._metrics.ttft_seconds.labels(model).observe(seconds)
+
+    async def readiness_problem(self) -> str | None:
+        """Why this replica should not get traffic now, or None."""
+        if not await self._queue.ping():
+            return "redis unreachable"
+        if not self._replies.listening:
+            return "reply subscription down"
+        return None
+
+    async def render_metrics(self) -> bytes:
+        await self._scaler.tick_metrics()
+        return self._metrics.render()

@@ -1,0 +1,124 @@
+"""The request queue against a real Redis: at-most-once answers, cancellation, redelivery, load."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+import wire
+from gateway.errors import QueueFull
+from gateway.queue import QueuedRequest, RequestQueue
+from gateway.replies import Failed, Finished, ReplyRouter, Token
+
+pytestmark = pytest.mark.integration
+
+MODEL = "tiny"
+USAGE = wire.Usage(prompt_tokens=1, completion_tokens=1, total_tokens=2)
+
+
+def _queued(request_id: str, channel: str = "replies") -> QueuedRequest:
+    request = wire.GenerationRequest(id=request_id, prompt="hi")
+    return QueuedRequest(request=request, reply_to=channel, accepted_at=time.time())
+
+
+def _finished(request_id: str) -> Finished:
+    return Finished(id=request_id, result=wire.FinishEvent(id=request_id, text="x", finish_reason="stop", usage=USAGE))
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def queue(redis: Redis) -> RequestQueue:
+    q = RequestQueue(redis, max_queue_per_model=3)
+    await q.prepare(MODEL)
+    return q
+
+
+async def test_enqueue_read_settle_once(queue: RequestQueue, redis: Redis) -> None:
+    router = ReplyRouter(redis, "replies")
+    await router.start()
+    try:
+        with router.expect("a") as inbox:
+            await queue.enqueue(MODEL, _queued("a"))
+            assert (await queue.load(MODEL)).queued == 1
+            (delivery,) = await queue.read_batch(MODEL, "c1", max_size=8, fill_s=0, block_s=0.1)
+            load = await queue.load(MODEL)
+            assert (load.queued, load.in_flight) == (0, 1)
+            await queue.publish([("replies", Token(id="a", attempt=1, text="x"))])
+            assert await queue.settle(MODEL, delivery, _finished("a"))
+            assert not await queue.settle(MODEL, delivery, _finished("a"))  # a duplicate is suppressed
+            assert isinstance(await inbox.get(), Token)
+            assert isinstance(await inbox.get(), Finished)
+            assert inbox.empty()
+        assert (await queue.load(MODEL)).demand == 0
+        assert isinstance(await queue.final_reply(MODEL, "a"), Finished)
+    finally:
+        await router.stop()
+
+
+async def test_batches_fill_up_to_the_limit(queue: RequestQueue) -> None:
+    for i in range(3):
+        await queue.enqueue(MODEL, _queued(f"r{i}"))
+    batch = await queue.read_batch(MODEL, "c1", max_size=2, fill_s=0.05, block_s=0.1)
+    assert [d.queued.id for d in batch] == ["r0", "r1"]
+    assert [d.queued.id for d in await queue.read_batch(MODEL, "c2", 2, 0.0, 0.1)] == ["r2"]
+
+
+async def test_queue_full(queue: RequestQueue) -> None:
+    for i in range(3):
+        await queue.enqueue(MODEL, _queued(f"r{i}"))
+    with pytest.raises(QueueFull) as info:
+        await queue.enqueue(MODEL, _queued("r3"))
+    assert info.value.status_code == 429 and info.value.retry_after_s
+
+
+async def test_cancelled_request_is_never_dispatched_or_answered(queue: RequestQueue) -> None:
+    entry = await queue.enqueue(MODEL, _queued("a"))
+    await queue.enqueue(MODEL, _queued("b"))
+    assert await queue.cancel(MODEL, "a", entry)
+    batch = await queue.read_batch(MODEL, "c1", 8, 0.0, 0.1)
+    assert [d.queued.id for d in batch] == ["b"]
+    assert (await queue.load(MODEL)).demand == 1
+
+
+async def test_cancel_after_dispatch_suppresses_the_answer(queue: RequestQueue) -> None:
+    entry = await queue.enqueue(MODEL, _queued("a"))
+    (delivery,) = await queue.read_batch(MODEL, "c1", 8, 0.0, 0.1)
+    assert await queue.cancel(MODEL, "a", entry)
+    assert not await queue.settle(MODEL, delivery, _finished("a"))
+    assert await queue.final_reply(MODEL, "a") is None
+    assert (await queue.load(MODEL)).demand == 0
+
+
+async def test_drop_settled_filters_cancelled_entries(queue: RequestQueue) -> None:
+    await queue.enqueue(MODEL, _queued("a"))
+    await queue.enqueue(MODEL, _queued("b"))
+    batch = await queue.read_batch(MODEL, "c1", 8, 0.0, 0.1)
+    await queue.cancel(MODEL, "a", "")
+    assert [d.queued.id for d in await queue.drop_settled(MODEL, batch)] == ["b"]
+    assert (await queue.load(MODEL)).demand == 1
+
+
+async def test_requeue_is_the_next_attempt_unless_settled(queue: RequestQueue) -> None:
+    await queue.enqueue(MODEL, _queued("a"))
+    await queue.enqueue(MODEL, _queued("b"))
+    first = await queue.read_batch(MODEL, "c1", 8, 0.0, 0.1)
+    await queue.settle(MODEL, first[1], Failed(id="b", status=400, message="bad"))
+    assert await queue.requeue(MODEL, first[0])
+    assert not await queue.requeue(MODEL, first[1])
+    (again,) = await queue.read_batch(MODEL, "c2", 8, 0.0, 0.1)
+    assert (again.queued.id, again.queued.attempt) == ("a", 2)
+    assert (await queue.load(MODEL)).demand == 1
+
+
+async def test_load_of_an_unused_model(queue: RequestQueue) -> None:
+    load = await queue.load("never-used")
+    assert (load.queued, load.in_flight, load.idle_for_s) == (0, 0, None)

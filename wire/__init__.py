@@ -1,0 +1,146 @@
+"""The wire format between the kaltstart gateway and a model runtime: the one thing they share.
+
+The gateway and the runtime never import each other. A dispatcher sends one ``BatchRequest`` as JSON in the body
+of ``POST /v1/batch``; the runtime answers ``200`` with ``application/x-ndjson``: one ``BatchEvent`` per line, in
+the order they happen. Each request in the batch ends with exactly one ``FinishEvent`` or ``ErrorEvent``; requests
+with ``stream`` set also get ``TokenEvent`` deltas before that, whose texts concatenate to the finished text.
+A runtime that cannot take the batch at all answers a non-200 status with an ``ErrorBody``.
+
+``GET /readyz`` answers 200 with a ``ReadyBody`` only once weights are loaded and warmed up; ``GET /healthz``
+answers 200 while the process is alive. See docs/wire-format.md for the prose version and the JSON schema.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+
+__all__ = [
+    "BATCH_PATH",
+    "HEALTH_PATH",
+    "NDJSON",
+    "READY_PATH",
+    "BatchEvent",
+    "BatchEventAdapter",
+    "BatchRequest",
+    "ChatMessage",
+    "ErrorBody",
+    "ErrorEvent",
+    "FinishEvent",
+    "GenerationRequest",
+    "ReadyBody",
+    "SamplingParams",
+    "TokenEvent",
+    "Usage",
+]
+
+BATCH_PATH = "/v1/batch"
+READY_PATH = "/readyz"
+HEALTH_PATH = "/healthz"
+NDJSON = "application/x-ndjson"
+
+MAX_STOP_SEQUENCES = 4
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ChatMessage(_Wire):
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str
+
+
+class SamplingParams(_Wire):
+    """How to generate. ``temperature == 0`` means greedy decoding."""
+
+    max_tokens: int = Field(16, ge=1)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    stop: tuple[str, ...] = Field((), max_length=MAX_STOP_SEQUENCES)
+    # The gateway fills in a seed when the client gave none, so that a request redelivered after a replica
+    # failure samples the same tokens again.
+    seed: int | None = None
+
+
+class GenerationRequest(_Wire):
+    """One request in a batch: either a plain ``prompt`` or chat ``messages``, never both."""
+
+    id: str = Field(min_length=1, max_length=128)
+    prompt: str | None = None
+    messages: tuple[ChatMessage, ...] | None = None
+    params: SamplingParams = SamplingParams()
+    stream: bool = False
+
+    @model_validator(mode="after")
+    def _prompt_xor_messages(self) -> GenerationRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("exactly one of 'prompt' and 'messages' must be given")
+        if self.messages is not None and not self.messages:
+            raise ValueError("'messages' must not be empty")
+        return self
+
+
+class BatchRequest(_Wire):
+    model: str = Field(min_length=1)
+    requests: tuple[GenerationRequest, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> BatchRequest:
+        ids = [r.id for r in self.requests]
+        if len(set(ids)) != len(ids):
+            raise ValueError("request ids in a batch must be unique")
+        return self
+
+
+class Usage(_Wire):
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    total_tokens: int = Field(ge=0)
+
+
+class TokenEvent(_Wire):
+    """New text for a streaming request, to be appended to what came before."""
+
+    type: Literal["token"] = "token"
+    id: str
+    text: str
+
+
+class FinishEvent(_Wire):
+    """A request is done: its whole text (stop sequences removed), why it stopped, and its token counts."""
+
+    type: Literal["finish"] = "finish"
+    id: str
+    text: str
+    finish_reason: Literal["stop", "length"]
+    usage: Usage
+
+
+class ErrorEvent(_Wire):
+    """A request could not be served. ``invalid_request`` is the client's fault (e.g. prompt longer than the
+    model's context) and is not retried; ``internal`` is the runtime's."""
+
+    type: Literal["error"] = "error"
+    id: str
+    code: Literal["invalid_request", "internal"]
+    message: str
+
+
+BatchEvent = Annotated[TokenEvent | FinishEvent | ErrorEvent, Field(discriminator="type")]
+
+
+class ReadyBody(_Wire):
+    status: Literal["ready"] = "ready"
+    model: str
+    max_batch_size: int = Field(ge=1)
+    context_length: int = Field(ge=1)
+
+
+class ErrorBody(_Wire):
+    error: str
+
+
+#: Parses one NDJSON line of a batch response: ``BatchEventAdapter.validate_json(line)``.
+BatchEventAdapter: TypeAdapter[TokenEvent | FinishEvent | ErrorEvent] = TypeAdapter(BatchEvent)
