@@ -33,6 +33,7 @@ __all__ = [
     "SamplingParams",
     "TokenEvent",
     "Usage",
+    "json_schema",
 ]
 
 BATCH_PATH = "/v1/batch"
@@ -144,3 +145,14 @@ class ErrorBody(_Wire):
 
 #: Parses one NDJSON line of a batch response: ``BatchEventAdapter.validate_json(line)``.
 BatchEventAdapter: TypeAdapter[TokenEvent | FinishEvent | ErrorEvent] = TypeAdapter(BatchEvent)
+
+
+def json_schema() -> dict[str, object]:
+    """The wire format as JSON Schema: docs/wire-format.schema.json is this, written out (and tested so)."""
+    return {
+        "title": "kaltstart runtime wire format",
+        "batch_request": BatchRequest.model_json_schema(),
+        "batch_event": BatchEventAdapter.json_schema(),
+        "ready_body": ReadyBody.model_json_schema(),
+        "error_body": ErrorBody.model_json_schema(),
+    }

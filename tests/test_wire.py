@@ -1,0 +1,48 @@
+"""The wire format is written down once (wire/) and published as docs/wire-format.schema.json; both sides use
+the same models. These checks keep the published schema and the models in step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+import wire
+
+pytestmark = pytest.mark.unit
+
+SCHEMA = Path(__file__).parent.parent / "docs" / "wire-format.schema.json"
+
+
+def test_published_schema_matches_the_models() -> None:
+    assert json.loads(SCHEMA.read_text()) == json.loads(json.dumps(wire.json_schema())), (
+        "regenerate with: python -m wire > docs/wire-format.schema.json"
+    )
+
+
+def test_request_needs_exactly_one_of_prompt_and_messages() -> None:
+    with pytest.raises(ValidationError):
+        wire.GenerationRequest(id="a")
+    with pytest.raises(ValidationError):
+        wire.GenerationRequest(id="a", prompt="x", messages=(wire.ChatMessage(role="user", content="y"),))
+    with pytest.raises(ValidationError):
+        wire.GenerationRequest(id="a", messages=())
+
+
+def test_batch_ids_are_unique() -> None:
+    one = wire.GenerationRequest(id="a", prompt="x")
+    with pytest.raises(ValidationError):
+        wire.BatchRequest(model="m", requests=(one, one))
+
+
+def test_events_round_trip_through_ndjson() -> None:
+    usage = wire.Usage(prompt_tokens=1, completion_tokens=2, total_tokens=3)
+    events = [
+        wire.TokenEvent(id="a", text="he"),
+        wire.FinishEvent(id="a", text="hello", finish_reason="stop", usage=usage),
+        wire.ErrorEvent(id="b", code="invalid_request", message="prompt too long"),
+    ]
+    lines = [e.model_dump_json() for e in events]
+    assert [wire.BatchEventAdapter.validate_json(line) for line in lines] == events
