@@ -54,7 +54,9 @@ def create_app(
     catalog = ModelCatalog(models)
     queue = RequestQueue(redis, settings.max_queue_per_model)
     replies = ReplyRouter(redis, keys.replies(settings.gateway_id))
-    scaler = Scaler(catalog, queue, backend, endpoints, metrics, settings.scale_interval_s, time.monotonic)
+    scaler = Scaler(
+        catalog, queue, backend, endpoints, metrics, interval_s=settings.scale_interval_s, clock=time.monotonic
+    )
     client = _runtime_client(settings)
     dispatchers = Dispatchers(
         catalog,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from gateway.errors import ModelNotFound
 from gateway.settings import ModelSettings
@@ -17,15 +17,19 @@ class ModelCatalog:
 
     def __init__(self, models: Iterable[ModelSettings] = ()) -> None:
         self._models: dict[str, ModelSettings] = {}
+        self._units: dict[str, str] = {}
         self._created: dict[str, int] = {}
         self._listeners: list[Listener] = []
         self.replace(models)
 
-    def replace(self, models: Iterable[ModelSettings]) -> None:
+    def replace(self, models: Iterable[ModelSettings], units: Mapping[str, str] | None = None) -> None:
+        """``units`` maps a model to its scaling unit (e.g. the Deployment serving it); by default each model
+        is its own unit."""
         new = {m.name: m for m in models}
-        if new == self._models:
+        new_units = {name: (units or {}).get(name, name) for name in new}
+        if new == self._models and new_units == self._units:
             return
-        self._models = new
+        self._models, self._units = new, new_units
         now = int(time.time())
         self._created = {name: self._created.get(name, now) for name in new}
         for listener in list(self._listeners):
@@ -42,6 +46,13 @@ class ModelCatalog:
 
     def all(self) -> list[ModelSettings]:
         return list(self._models.values())
+
+    def units(self) -> list[list[ModelSettings]]:
+        """Models grouped by the replicas they share, in catalog order."""
+        grouped: dict[str, list[ModelSettings]] = {}
+        for name, settings in self._models.items():
+            grouped.setdefault(self._units[name], []).append(settings)
+        return list(grouped.values())
 
     def created(self, name: str) -> int:
         return self._created[name]

@@ -33,6 +33,16 @@ def settled(model: str, request_id: str) -> str:
     return f"{_model(model)}:settled:{request_id}"
 
 
+def fence(model: str) -> str:
+    """Held while a scale-down of the model is being written: new requests wait at the door until it is lifted,
+    so a model is never scaled to zero with a request in its queue."""
+    return f"{_model(model)}:fence"
+
+
+#: Pub/sub channel on which a lifted fence is announced (the message is the model name).
+FENCES = f"{PREFIX}:fences"
+
+
 def replies(gateway_id: str) -> str:
     """Pub/sub channel on which dispatchers send a request's replies to the gateway replica holding its client."""
     return f"{PREFIX}:replies:{gateway_id}"

@@ -38,11 +38,16 @@ def wanted_for_demand(settings: ModelSettings, demand: int) -> int:
     return min(settings.max_replicas, max(1, math.ceil(demand / settings.target_queue_per_replica)))
 
 
+def idle_threshold_s(settings: ModelSettings, now: Replicas) -> float:
+    """How long a model must have been idle before it is scaled down (rule 2)."""
+    if now.starting > 0:
+        return max(settings.idle_timeout_s, settings.cold_start_timeout_s)
+    return settings.idle_timeout_s
+
+
 def desired_replicas(settings: ModelSettings, demand: int, idle_for_s: float | None, now: Replicas) -> int:
     floor = settings.min_replicas
     if demand > 0:
         return max(now.desired, wanted_for_demand(settings, demand), floor)
-    idle = idle_for_s is None or idle_for_s >= settings.idle_timeout_s
-    if idle and now.starting > 0:
-        idle = idle_for_s is None or idle_for_s >= settings.cold_start_timeout_s
+    idle = idle_for_s is None or idle_for_s >= idle_threshold_s(settings, now)
     return floor if idle else max(now.desired, floor)

@@ -29,11 +29,35 @@ Reply = Dispatched | Token
 SETTLED_TTL_MS = 3_600_000
 CANCELLED = "cancelled"
 
+# KEYS: queue, activity, fence. ARGV: max length, payload. -> entry id; 0 if full; the fence's ms left if fenced.
 _ENQUEUE = """
-if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
+local fenced = redis.call('PTTL', KEYS[3])
+if fenced > 0 then return fenced end
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
 local t = redis.call('TIME')
 redis.call('SET', KEYS[2], t[1] * 1000 + math.floor(t[2] / 1000))
 return redis.call('XADD', KEYS[1], '*', 'r', ARGV[2])
+"""
+
+# KEYS: queue, activity, fence. ARGV: idle ms, ttl ms, token. -> 1 if the model is idle and now fenced.
+_FENCE_IF_IDLE = """
+if redis.call('XLEN', KEYS[1]) > 0 then return 0 end
+local last = redis.call('GET', KEYS[2])
+if last then
+  local t = redis.call('TIME')
+  if t[1] * 1000 + math.floor(t[2] / 1000) - tonumber(last) < tonumber(ARGV[1]) then return 0 end
+end
+if redis.call('SET', KEYS[3], ARGV[3], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+"""
+
+# KEYS: fence. ARGV: token, channel, model.
+_LIFT_FENCE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+end
+return 0
 """
 
 # KEYS: queue, settled, activity. ARGV: entry id, group, ttl ms, reply channel, final reply. -> 1 if first.
@@ -85,6 +109,13 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class Fenced:
+    """The model is being scaled down; try again when the fence is lifted (at the latest after this long)."""
+
+    seconds_left: float
+
+
+@dataclass(frozen=True)
 class Load:
     """A model's demand, as every gateway replica sees it (derived from the stream, so it survives restarts)."""
 
@@ -117,6 +148,8 @@ class RequestQueue:
         self._enqueue = redis.register_script(_ENQUEUE)
         self._settle = redis.register_script(_SETTLE)
         self._requeue = redis.register_script(_REQUEUE)
+        self._fence_if_idle = redis.register_script(_FENCE_IF_IDLE)
+        self._lift_fence = redis.register_script(_LIFT_FENCE)
 
     async def prepare(self, model: str) -> None:
         """Create the model's stream and consumer group if missing (reading from the start: nothing queued
@@ -128,14 +161,32 @@ class RequestQueue:
                 if "BUSYGROUP" not in str(exc):
                     raise
 
-    async def enqueue(self, model: str, queued: QueuedRequest) -> str:
+    async def enqueue(self, model: str, queued: QueuedRequest) -> str | Fenced:
+        """Queue a request: its entry id, or ``Fenced`` while a scale-down of the model is being written."""
         async with _converted():
             entry = await self._enqueue(
-                keys=[keys.queue(model), keys.activity(model)], args=[self._max, queued.model_dump_json()]
+                keys=[keys.queue(model), keys.activity(model), keys.fence(model)],
+                args=[self._max, queued.model_dump_json()],
             )
-        if entry is None:
+        if entry == 0:
             raise QueueFull(f"Too many requests are queued for model '{model}'; try again later.", retry_after_s=5)
+        if isinstance(entry, int):
+            return Fenced(seconds_left=entry / 1000)
         return _decode(entry)
+
+    async def fence_if_idle(self, model: str, idle_s: float, ttl_s: float, token: str) -> bool:
+        """Atomically: if nothing is queued or in flight and the model has been idle for ``idle_s``, hold its
+        fence (new requests wait) for at most ``ttl_s``. The caller lifts it once its scale-down is written."""
+        async with _converted():
+            fenced = await self._fence_if_idle(
+                keys=[keys.queue(model), keys.activity(model), keys.fence(model)],
+                args=[int(idle_s * 1000), int(ttl_s * 1000), token],
+            )
+        return bool(fenced)
+
+    async def lift_fence(self, model: str, token: str) -> None:
+        async with _converted():
+            await self._lift_fence(keys=[keys.fence(model)], args=[token, keys.FENCES, model])
 
     async def read_batch(
         self, model: str, consumer: str, max_size: int, fill_s: float, block_s: float
@@ -256,5 +307,9 @@ class RequestQueue:
                 return Load(queued=0, in_flight=0, idle_for_s=None)
         in_flight = int(pending["pending"]) if pending else 0
         now_ms = now[0] * 1000 + now[1] // 1000
-        idle = None if activity is None else max(0.0, (now_ms - int(activity)) / 1000)
+        if activity is None:  # first sight of this model: idleness starts counting now, not at the epoch
+            async with _converted():
+                await self._redis.set(keys.activity(model), now_ms, nx=True)
+            activity = now_ms
+        idle = max(0.0, (now_ms - int(activity)) / 1000)
         return Load(queued=max(0, int(length) - in_flight), in_flight=in_flight, idle_for_s=idle)

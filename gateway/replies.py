@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 import wire
+from gateway import keys
 
 log = logging.getLogger("kaltstart.replies")
 
@@ -70,6 +71,7 @@ class ReplyRouter:
         self._waiting: dict[str, asyncio.Queue[Dispatched | Token | Finished | Failed]] = {}
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        self._fences_lifted: dict[str, asyncio.Event] = {}
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._listen(), name="reply-router")
@@ -106,11 +108,25 @@ class ReplyRouter:
 
     async def _listen_once(self) -> None:
         async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-            await pubsub.subscribe(self.channel)
+            await pubsub.subscribe(self.channel, keys.FENCES)
             self._subscribed.set()
             async for message in pubsub.listen():
-                if message["type"] == "message":
+                if message["type"] != "message":
+                    continue
+                if _text(message["channel"]) == keys.FENCES:
+                    self._fence_lifted(_text(message["data"]))
+                else:
                     self._deliver(message["data"])
+
+    def fence_lifted(self, model: str) -> asyncio.Event:
+        """An event set when the model's scale-down fence is next lifted. Take it before trying to enqueue, so
+        that a lift between the try and the wait is not missed."""
+        return self._fences_lifted.setdefault(model, asyncio.Event())
+
+    def _fence_lifted(self, model: str) -> None:
+        event = self._fences_lifted.pop(model, None)
+        if event is not None:
+            event.set()
 
     def _deliver(self, data: bytes | str) -> None:
         try:
@@ -121,3 +137,7 @@ class ReplyRouter:
         inbox = self._waiting.get(reply.id)
         if inbox is not None:
             inbox.put_nowait(reply)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,7 +1,9 @@
 """Turning demand into replicas: at once on the request path (0 -> 1), and periodically for the rest.
 
 The backend is seen only through ``ReplicaControl``, the small interface this module needs; the local backend
-(processes) and the Kubernetes backend (``deployments/scale``) both provide it.
+(processes) and the Kubernetes backend (``deployments/scale``) both provide it. Models that share one set of
+replicas (one Deployment serving several model names) form a *scaling unit*: demand adds up over the unit, and
+the unit is idle only when all its models are.
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Callable
 from typing import Protocol
 
 from gateway import policy
@@ -18,25 +21,28 @@ from gateway.endpoints import ReadyEndpoints
 from gateway.errors import KaltstartError
 from gateway.metrics import Metrics
 from gateway.policy import Replicas
-from gateway.queue import RequestQueue
+from gateway.queue import Load, RequestQueue
+from gateway.settings import ModelSettings
 
 log = logging.getLogger("kaltstart.scaling")
 
-StillIdle = Callable[[], Awaitable[bool]]
+#: Longest a scale-down may hold its fence (new requests for the model wait meanwhile). A scale write takes
+#: milliseconds; the TTL only matters if the holder dies mid-way.
+FENCE_TTL_S = 10.0
 
 
 class ReplicaControl(Protocol):
     def replicas(self, model: str) -> Replicas:
-        """The model's replicas as last seen (cheap: no I/O)."""
+        """The replicas of the model's scaling unit as last seen (cheap: no I/O)."""
         ...
 
-    async def scale_up(self, model: str, at_least: int) -> None:
-        """Make sure at least ``at_least`` replicas are wanted. Never lowers a count."""
+    async def scale_up(self, model: str, at_least: int, *, fresh: bool = False) -> None:
+        """Make sure at least ``at_least`` replicas are wanted; never lowers a count. ``fresh``: do not trust a
+        cached count (a scale-down may just have been written)."""
         ...
 
-    async def scale_down(self, model: str, to: int, still_idle: StillIdle) -> bool:
-        """Lower the wanted count to ``to`` if ``still_idle()`` holds when checked right before the write.
-        Returns whether it scaled."""
+    async def scale_down(self, model: str, to: int) -> bool:
+        """Lower the wanted count to ``to``; False if it was not lowered (e.g. someone raised it meanwhile)."""
         ...
 
 
@@ -48,8 +54,10 @@ class Scaler:
         backend: ReplicaControl,
         endpoints: ReadyEndpoints,
         metrics: Metrics,
+        *,
         interval_s: float,
         clock: Callable[[], float],
+        may_scale_down: Callable[[], bool] = lambda: True,
     ) -> None:
         self._catalog = catalog
         self._queue = queue
@@ -57,22 +65,28 @@ class Scaler:
         self._metrics = metrics
         self._interval_s = interval_s
         self._clock = clock
+        self._may_scale_down = may_scale_down
         self._endpoints = endpoints
         self._cold_since: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
         endpoints.subscribe(self._on_endpoints)
 
-    async def ensure_capacity(self, model: str) -> None:
+    async def ensure_capacity(self, model: str, *, recheck: bool = False) -> None:
         """Request path: a model with no replica wanted gets one now, not at the next tick."""
-        if self._backend.replicas(model).desired > 0:
+        if self._backend.replicas(model).desired > 0 and not recheck:
             return
-        self._cold_since.setdefault(model, self._clock())
-        self._metrics.cold_starts.labels(model).inc()
-        log.info("scaling %s from zero for a waiting request", model)
+        if self._backend.replicas(model).desired == 0:
+            self._cold_started(model)
+            log.info("scaling %s from zero for a waiting request", model)
         try:
-            await self._backend.scale_up(model, 1)
+            await self._backend.scale_up(model, 1, fresh=recheck)
         except KaltstartError as exc:  # the next tick tries again; the request waits in the queue meanwhile
             log.error("scale-up of %s failed: %s", model, exc)
+
+    def _cold_started(self, model: str) -> None:
+        if model not in self._cold_since:
+            self._cold_since[model] = self._clock()
+            self._metrics.cold_starts.labels(model).inc()
 
     def _on_endpoints(self, model: str) -> None:
         started = self._cold_since.get(model)
@@ -97,40 +111,51 @@ class Scaler:
             await asyncio.sleep(self._interval_s)  # a control loop's period, not a wait for an event
 
     async def tick(self) -> None:
-        for settings in self._catalog.all():
+        for unit in self._catalog.units():
             try:
-                await self._reconcile(settings.name)
+                await self._reconcile(unit)
             except KaltstartError as exc:
-                log.error("autoscaler: %s: %s", settings.name, exc)
+                log.error("autoscaler: %s: %s", unit[0].name, exc)
 
     async def tick_metrics(self) -> None:
         """Refresh the queue and replica gauges (for a scrape between ticks)."""
         for settings in self._catalog.all():
-            try:
-                load = await self._queue.load(settings.name)
-            except KaltstartError:
-                continue
-            self._metrics.observe_model(
-                settings.name, load.queued, load.in_flight, self._backend.replicas(settings.name)
-            )
+            with contextlib.suppress(KaltstartError):
+                self._observe(settings.name, await self._queue.load(settings.name))
 
-    async def _reconcile(self, model: str) -> None:
-        settings = self._catalog.get(model)
-        load = await self._queue.load(model)
-        now = self._backend.replicas(model)
-        self._metrics.observe_model(model, load.queued, load.in_flight, now)
-        wanted = policy.desired_replicas(settings, load.demand, load.idle_for_s, now)
+    def _observe(self, model: str, load: Load) -> None:
+        self._metrics.observe_model(model, load.queued, load.in_flight, self._backend.replicas(model))
+
+    async def _reconcile(self, unit: list[ModelSettings]) -> None:
+        settings, name = unit[0], unit[0].name
+        loads = [await self._queue.load(m.name) for m in unit]
+        for m, load in zip(unit, loads, strict=True):
+            self._observe(m.name, load)
+        demand = sum(load.demand for load in loads)
+        idles = [load.idle_for_s for load in loads if load.idle_for_s is not None]
+        now = self._backend.replicas(name)
+        wanted = policy.desired_replicas(settings, demand, min(idles) if idles else None, now)
         if wanted > now.desired:
-            log.info("scaling %s up to %d (demand %d)", model, wanted, load.demand)
+            log.info("scaling %s up to %d (demand %d)", name, wanted, demand)
             if now.desired == 0:
-                self._cold_since.setdefault(model, self._clock())
-            await self._backend.scale_up(model, wanted)
-        elif wanted < now.desired:
+                self._cold_started(name)
+            await self._backend.scale_up(name, wanted)
+        elif wanted < now.desired and self._may_scale_down():
+            await self._scale_down(unit, wanted, policy.idle_threshold_s(settings, now))
 
-            async def still_idle() -> bool:
-                again = await self._queue.load(model)
-                current = self._backend.replicas(model)
-                return policy.desired_replicas(settings, again.demand, again.idle_for_s, current) <= wanted
-
-            if await self._backend.scale_down(model, wanted, still_idle):
-                log.info("scaled %s down to %d (idle %.0f s)", model, wanted, load.idle_for_s or 0)
+    async def _scale_down(self, unit: list[ModelSettings], to: int, idle_s: float) -> None:
+        """Fence every model of the unit (atomically re-checking it is idle), write, lift the fences. Requests
+        arriving meanwhile wait at the door and then scale the unit up again: the count never reaches zero
+        while a request is queued."""
+        token = uuid.uuid4().hex
+        fenced: list[str] = []
+        try:
+            for m in unit:
+                if not await self._queue.fence_if_idle(m.name, idle_s, FENCE_TTL_S, token):
+                    return
+                fenced.append(m.name)
+            if await self._backend.scale_down(unit[0].name, to):
+                log.info("scaled %s down to %d after %.0f s idle", unit[0].name, to, idle_s)
+        finally:
+            for name in fenced:
+                await self._queue.lift_fence(name, token)

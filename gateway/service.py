@@ -8,6 +8,7 @@ through Redis.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -24,7 +25,7 @@ from gateway.errors import (
     ServiceUnavailable,
 )
 from gateway.metrics import Metrics
-from gateway.queue import QueuedRequest, RequestQueue
+from gateway.queue import Fenced, QueuedRequest, RequestQueue
 from gateway.replies import Dispatched, Failed, Finished, ReplyRouter, Token
 from gateway.scaling import Scaler
 from gateway.settings import GatewaySettings, ModelSettings
@@ -182,12 +183,25 @@ class Gateway:
         ticket = Ticket(model, request.id, inbox, self._queue, self.settings.request_timeout_s, closer)
         queued = QueuedRequest(request=request, reply_to=self._replies.channel, accepted_at=time.time())
         try:
-            ticket.entry_id = await self._queue.enqueue(model.name, queued)
+            ticket.entry_id, fenced = await self._enqueue(model.name, queued)
         except BaseException:
             closer.close()
             raise
-        await self._scaler.ensure_capacity(model.name)
+        await self._scaler.ensure_capacity(model.name, recheck=fenced)
         return ticket
+
+    async def _enqueue(self, model: str, queued: QueuedRequest) -> tuple[str, bool]:
+        """Enqueue, waiting at the door while a scale-down of the model is being written (milliseconds, or
+        the fence's TTL if its holder died). Returns the entry id and whether we had to wait."""
+        waited = False
+        while True:
+            lifted = self._replies.fence_lifted(model)
+            entry = await self._queue.enqueue(model, queued)
+            if not isinstance(entry, Fenced):
+                return entry, waited
+            waited = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lifted.wait(), timeout=entry.seconds_left)
 
     def record(self, model: str, status: int, seconds: float) -> None:
         label = model if self.catalog.has(model) else ""

@@ -25,7 +25,6 @@ from gateway.endpoints import ReadyEndpoints
 from gateway.errors import BackendError, ConfigError
 from gateway.policy import Replicas
 from gateway.processes import die_with_parent, free_port
-from gateway.scaling import StillIdle
 from gateway.settings import ModelSettings
 
 log = logging.getLogger("kaltstart.local")
@@ -259,17 +258,17 @@ class LocalBackend:
     def replicas(self, model: str) -> Replicas:
         return self._group(model).status()
 
-    async def scale_up(self, model: str, at_least: int) -> None:
+    async def scale_up(self, model: str, at_least: int, *, fresh: bool = False) -> None:
         group = self._group(model)
         async with group.lock:
             if len(group.replicas) < at_least:
                 log.info("scaling %s to %d replica(s)", model, at_least)
                 await group.resize(at_least)
 
-    async def scale_down(self, model: str, to: int, still_idle: StillIdle) -> bool:
+    async def scale_down(self, model: str, to: int) -> bool:
         group = self._group(model)
         async with group.lock:
-            if len(group.replicas) <= to or not await still_idle():
+            if len(group.replicas) <= to:
                 return False
             await group.resize(to)
             return True

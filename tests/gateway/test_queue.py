@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -10,7 +11,7 @@ from redis.asyncio import Redis
 
 import wire
 from gateway.errors import QueueFull
-from gateway.queue import QueuedRequest, RequestQueue
+from gateway.queue import Fenced, QueuedRequest, RequestQueue
 from gateway.replies import Failed, Finished, ReplyRouter, Token
 
 pytestmark = pytest.mark.integration
@@ -80,8 +81,14 @@ async def test_queue_full(queue: RequestQueue) -> None:
     assert info.value.status_code == 429 and info.value.retry_after_s
 
 
+async def _enqueue(queue: RequestQueue, request_id: str) -> str:
+    entry = await queue.enqueue(MODEL, _queued(request_id))
+    assert isinstance(entry, str)
+    return entry
+
+
 async def test_cancelled_request_is_never_dispatched_or_answered(queue: RequestQueue) -> None:
-    entry = await queue.enqueue(MODEL, _queued("a"))
+    entry = await _enqueue(queue, "a")
     await queue.enqueue(MODEL, _queued("b"))
     assert await queue.cancel(MODEL, "a", entry)
     batch = await queue.read_batch(MODEL, "c1", 8, 0.0, 0.1)
@@ -90,7 +97,7 @@ async def test_cancelled_request_is_never_dispatched_or_answered(queue: RequestQ
 
 
 async def test_cancel_after_dispatch_suppresses_the_answer(queue: RequestQueue) -> None:
-    entry = await queue.enqueue(MODEL, _queued("a"))
+    entry = await _enqueue(queue, "a")
     (delivery,) = await queue.read_batch(MODEL, "c1", 8, 0.0, 0.1)
     assert await queue.cancel(MODEL, "a", entry)
     assert not await queue.settle(MODEL, delivery, _finished("a"))
@@ -122,3 +129,32 @@ async def test_requeue_is_the_next_attempt_unless_settled(queue: RequestQueue) -
 async def test_load_of_an_unused_model(queue: RequestQueue) -> None:
     load = await queue.load("never-used")
     assert (load.queued, load.in_flight, load.idle_for_s) == (0, 0, None)
+
+
+async def test_fence_is_taken_only_when_idle(queue: RequestQueue, redis: Redis) -> None:
+    await _enqueue(queue, "a")
+    assert not await queue.fence_if_idle(MODEL, idle_s=0, ttl_s=5, token="t")  # something is queued
+    (delivery,) = await queue.read_batch(MODEL, "c1", 8, 0.0, 0.1)
+    assert not await queue.fence_if_idle(MODEL, idle_s=0, ttl_s=5, token="t")  # something is in flight
+    await queue.settle(MODEL, delivery, _finished("a"))
+    assert not await queue.fence_if_idle(MODEL, idle_s=60, ttl_s=5, token="t")  # active just now
+    assert await queue.fence_if_idle(MODEL, idle_s=0, ttl_s=5, token="t")
+    assert not await queue.fence_if_idle(MODEL, idle_s=0, ttl_s=5, token="other")  # held already
+
+
+async def test_requests_wait_at_a_fence_until_it_is_lifted(queue: RequestQueue, redis: Redis) -> None:
+    router = ReplyRouter(redis, "replies")
+    await router.start()
+    try:
+        assert await queue.fence_if_idle(MODEL, idle_s=0, ttl_s=5, token="t")
+        lifted = router.fence_lifted(MODEL)
+        fenced = await queue.enqueue(MODEL, _queued("a"))
+        assert isinstance(fenced, Fenced) and 0 < fenced.seconds_left <= 5
+        assert (await queue.load(MODEL)).demand == 0
+        await queue.lift_fence(MODEL, "wrong token")
+        assert isinstance(await queue.enqueue(MODEL, _queued("a")), Fenced)
+        await queue.lift_fence(MODEL, "t")
+        await asyncio.wait_for(lifted.wait(), timeout=5)
+        assert isinstance(await queue.enqueue(MODEL, _queued("a")), str)
+    finally:
+        await router.stop()
