@@ -1,0 +1,25 @@
+"""The kaltstart model runtime: serves one model to the gateway over the ``wire`` format.
+
+``python -m runtime --help`` starts it. Importing this package is cheap: torch is imported only when the torch
+engine loads, and the HTTP server only by ``runtime.server``.
+"""
+
+from runtime.cache import CachedModel, materialise, resolve
+from runtime.engine import Engine, LoadReport, create_engine
+from runtime.errors import CacheError, EngineError, EngineNotLoaded, RuntimeServiceError, SettingsError
+from runtime.settings import RuntimeSettings
+
+__all__ = [
+    "CacheError",
+    "CachedModel",
+    "Engine",
+    "EngineError",
+    "EngineNotLoaded",
+    "LoadReport",
+    "RuntimeServiceError",
+    "RuntimeSettings",
+    "SettingsError",
+    "create_engine",
+    "materialise",
+    "resolve",
+]

@@ -1,0 +1,274 @@
+"""The node-local weight cache: a model's files are fetched from their source once per node, then read from here.
+
+Layout under ``cache_dir``::
+
+    <slug>/                         one complete model, e.g. hf--Qwen--Qwen2.5-0.5B-Instruct--main-1a2b3c4d
+    <slug>/.kaltstart-complete.json written last, inside the staging directory, before the rename
+    .partial/<slug>.<random>/       a copy in progress (or left behind by a crash; removed on the next fill)
+    .locks/<slug>.lock              flock(2) target that serialises fills of one slug
+
+A fill copies (a local directory) or downloads (a Hugging Face id) into a staging directory on the same file
+system, fsyncs every file, writes the completion marker, and renames the staging directory into place. Because
+the rename is atomic, ``<slug>/`` either does not exist or is complete; the marker is still checked, so a
+directory that lacks it (from another tool, or an older layout) is treated as absent and refilled. Two processes
+filling the same slug take turns on the lock; the second finds the marker and reads the first one's copy.
+Once a slug is complete, starting again never touches the source: a cache hit is one ``stat``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from runtime.errors import CacheError
+
+__all__ = ["MARKER", "CachedModel", "Source", "materialise", "parse_source", "resolve"]
+
+log = logging.getLogger(__name__)
+
+MARKER = ".kaltstart-complete.json"
+_PARTIAL = ".partial"
+_LOCKS = ".locks"
+_CHUNK_BYTES = 16 * 1024 * 1024
+_PROGRESS_EVERY_S = 2.0
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@\S+)?$")
+#: Formats the runtime never loads (it reads safetensors); skipping them halves many repositories.
+_HUB_IGNORE = ["*.bin", "*.pth", "*.pt", "*.gguf", "*.onnx", "*.msgpack", "*.h5", "original/*"]
+
+
+@dataclass(frozen=True)
+class Source:
+    """A parsed ``--source``: an absolute local directory, or a Hugging Face repository and revision."""
+
+    kind: Literal["local", "hub"]
+    location: str
+    revision: str | None = None
+
+    @property
+    def slug(self) -> str:
+        """A directory name that is safe on any file system and unique per source (the hash breaks ties)."""
+        digest = hashlib.sha256(f"{self.kind}:{self.location}@{self.revision}".encode()).hexdigest()[:8]
+        if self.kind == "local":
+            return f"local--{_safe(Path(self.location).name)}-{digest}"
+        readable = "--".join([self.location.replace("/", "--"), self.revision or "main"])
+        return f"hf--{_safe(readable)}-{digest}"
+
+
+@dataclass(frozen=True)
+class CachedModel:
+    path: Path
+    hit: bool
+    """True when the model was already complete in the cache and the source was not read."""
+    bytes_copied: int
+    seconds: float
+
+
+def parse_source(source: str) -> Source:
+    """A source that starts like a path (``/``, ``.``, ``~``) or names an existing directory is local; anything
+    else shaped ``org/name[@revision]`` is a Hugging Face id. Write ``./org/name`` to force a relative path."""
+    if not source.strip():
+        raise CacheError("the model source is empty")
+    looks_like_path = source.startswith(("/", ".", "~"))
+    if looks_like_path or Path(source).is_dir() or not _HUB_ID.match(source):
+        return Source("local", str(Path(source).expanduser().absolute()))
+    repo_id, _, revision = source.partition("@")
+    return Source("hub", repo_id, revision or None)
+
+
+def resolve(source: str, cache_dir: Path) -> Path:
+    """The cached directory holding ``source``'s files, filling the cache first if needed."""
+    return materialise(source, cache_dir).path
+
+
+def materialise(source: str, cache_dir: Path) -> CachedModel:
+    """Like ``resolve``, and says whether it was a hit and how many bytes it copied."""
+    started = time.monotonic()
+    parsed = parse_source(source)
+    target = cache_dir / parsed.slug
+    if _is_complete(target):
+        log.info("weight cache hit: %s -> %s", source, target)
+        return CachedModel(target, hit=True, bytes_copied=0, seconds=time.monotonic() - started)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with _exclusive(cache_dir / _LOCKS / f"{parsed.slug}.lock"):
+            if _is_complete(target):
+                log.info("weight cache filled by another process meanwhile: %s", target)
+                return CachedModel(target, hit=True, bytes_copied=0, seconds=time.monotonic() - started)
+            copied = _fill(parsed, cache_dir, target)
+    except OSError as exc:
+        raise CacheError(f"cannot cache {source} in {cache_dir}: {exc}") from exc
+    seconds = time.monotonic() - started
+    log.info(
+        "weight cache filled: %s -> %s, %.1f MB in %.1f s (%.1f MB/s)",
+        source,
+        target,
+        copied / 1e6,
+        seconds,
+        copied / 1e6 / max(seconds, 1e-9),
+    )
+    return CachedModel(target, hit=False, bytes_copied=copied, seconds=seconds)
+
+
+def _is_complete(target: Path) -> bool:
+    return (target / MARKER).is_file()
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another process is filling the weight cache; waiting on %s", lock_path)
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def _fill(source: Source, cache_dir: Path, target: Path) -> int:
+    """Fetch into a staging directory and rename it into place; the caller holds the slug's lock."""
+    partial_dir = cache_dir / _PARTIAL
+    partial_dir.mkdir(exist_ok=True)
+    for leftover in partial_dir.glob(f"{source.slug}.*"):
+        log.warning("removing a half-filled copy left behind by a crash: %s", leftover)
+        shutil.rmtree(leftover, ignore_errors=True)
+    if target.exists():
+        log.warning("removing %s: it has no completion marker", target)
+        shutil.rmtree(target)
+    staging = Path(tempfile.mkdtemp(prefix=f"{source.slug}.", dir=partial_dir))
+    try:
+        started = time.monotonic()
+        if source.kind == "local":
+            _copy_tree(Path(source.location), staging)
+        else:
+            _download(source, staging)
+        copied = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
+        _write_marker(staging, source, copied, time.monotonic() - started)
+        _fsync_dir(staging)
+        staging.chmod(0o755)
+        os.rename(staging, target)
+        _fsync_dir(cache_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return copied
+
+
+def _copy_tree(source_dir: Path, into: Path) -> None:
+    if not source_dir.is_dir():
+        raise CacheError(f"model source {source_dir} is not a directory")
+    files = sorted(p for p in source_dir.rglob("*") if p.is_file() and not _hidden(p.relative_to(source_dir)))
+    progress = _Progress(f"copying {source_dir}", sum(p.stat().st_size for p in files))
+    for path in files:
+        destination = into / path.relative_to(source_dir)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        _copy_file(path, destination, progress.advance)
+        _fsync_dir(destination.parent)
+    progress.done()
+
+
+def _copy_file(source: Path, destination: Path, advance: Callable[[int], None]) -> None:
+    with source.open("rb") as reader, destination.open("wb") as writer:
+        while chunk := reader.read(_CHUNK_BYTES):
+            writer.write(chunk)
+            advance(len(chunk))
+        writer.flush()
+        os.fsync(writer.fileno())
+
+
+def _download(source: Source, into: Path) -> None:
+    """Download a Hugging Face snapshot straight into the staging directory (no second copy in ~/.cache).
+
+    Not exercised by the tests (no network there); it is one call into huggingface_hub, whose own tqdm bars
+    show progress. HF_TOKEN, HF_ENDPOINT and HF_HUB_OFFLINE are honoured by the library itself."""
+    from huggingface_hub import snapshot_download
+
+    log.info("downloading %s@%s from the Hugging Face hub", source.location, source.revision or "main")
+    try:
+        snapshot_download(source.location, revision=source.revision, local_dir=into, ignore_patterns=_HUB_IGNORE)
+    except Exception as exc:  # the hub raises many unrelated types; all mean "could not fetch"
+        raise CacheError(f"cannot download {source.location}@{source.revision or 'main'}: {exc}") from exc
+    shutil.rmtree(into / ".cache", ignore_errors=True)  # huggingface_hub's own download bookkeeping
+    for path in into.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as reader:
+                os.fsync(reader.fileno())
+
+
+def _write_marker(directory: Path, source: Source, copied: int, seconds: float) -> None:
+    record = {
+        "source": source.location,
+        "kind": source.kind,
+        "revision": source.revision,
+        "bytes": copied,
+        "seconds": round(seconds, 3),
+        "completed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    with (directory / MARKER).open("w") as writer:
+        json.dump(record, writer, indent=2)
+        writer.flush()
+        os.fsync(writer.fileno())
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _hidden(relative: Path) -> bool:
+    """Dot-files and dot-directories (``.git``, ``.cache``) are bookkeeping, not part of the model."""
+    return any(part.startswith(".") for part in relative.parts)
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip(".-") or "model"
+
+
+class _Progress:
+    """Logs bytes copied and the rate every couple of seconds while a long copy runs."""
+
+    def __init__(self, what: str, total_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._what = what
+        self._total = total_bytes
+        self._clock = clock
+        self._started = self._last = clock()
+        self._done = 0
+
+    def advance(self, count: int) -> None:
+        self._done += count
+        now = self._clock()
+        if now - self._last >= _PROGRESS_EVERY_S:
+            self._last = now
+            self._log(now)
+
+    def done(self) -> None:
+        self._log(self._clock())
+
+    def _log(self, now: float) -> None:
+        rate = self._done / max(now - self._started, 1e-9)
+        share = 100.0 * self._done / self._total if self._total else 100.0
+        log.info(
+            "%s: %.1f of %.1f MB (%.0f%%), %.1f MB/s",
+            self._what,
+            self._done / 1e6,
+            self._total / 1e6,
+            share,
+            rate / 1e6,
+        )

@@ -1,0 +1,35 @@
+"""Every error the runtime raises on purpose, in one tree.
+
+    RuntimeServiceError
+    ├── SettingsError        bad flags or KALTSTART_RUNTIME_* values; the process exits with status 2
+    ├── CacheError           the weight source cannot be materialised into the node-local cache
+    └── EngineError          the model cannot be loaded or run
+        └── EngineNotLoaded  generate() or warmup() before load()
+
+Errors a single request causes (a prompt longer than the context) are not exceptions: they travel to the gateway
+as an ``ErrorEvent`` with code ``invalid_request`` while the rest of the batch runs on.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CacheError", "EngineError", "EngineNotLoaded", "RuntimeServiceError", "SettingsError"]
+
+
+class RuntimeServiceError(Exception):
+    """Root of the runtime's errors (named so it does not shadow the builtin ``RuntimeError``)."""
+
+
+class SettingsError(RuntimeServiceError):
+    pass
+
+
+class CacheError(RuntimeServiceError):
+    pass
+
+
+class EngineError(RuntimeServiceError):
+    pass
+
+
+class EngineNotLoaded(EngineError):
+    pass

@@ -1,0 +1,191 @@
+"""The runtime's settings: one frozen dataclass, built once at start-up from flags and the environment.
+
+Every flag has a ``KALTSTART_RUNTIME_<NAME>`` environment variable that supplies its default, so a Kubernetes
+Deployment can configure the runtime through ``env:`` while a local backend passes flags. Flags win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, NoReturn, TypeVar
+
+from runtime.errors import SettingsError
+
+__all__ = ["ENV_PREFIX", "Device", "Dtype", "EngineKind", "RuntimeSettings"]
+
+ENV_PREFIX = "KALTSTART_RUNTIME_"
+
+Device = Literal["auto", "cpu", "cuda"]
+Dtype = Literal["auto", "float32", "float16", "bfloat16"]
+EngineKind = Literal["torch", "echo"]
+
+_DEVICES: tuple[Device, ...] = ("auto", "cpu", "cuda")
+_DTYPES: tuple[Dtype, ...] = ("auto", "float32", "float16", "bfloat16")
+_ENGINES: tuple[EngineKind, ...] = ("torch", "echo")
+_Choice = TypeVar("_Choice", bound=str)
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuntimeSettings:
+    model_name: str
+    """The model name this runtime serves, or several comma-separated (one Deployment may serve a model under
+    several names, as ``kaltstart.dev/models`` allows); ``/readyz`` reports the first, and batches for any other
+    name get 404. Default: the last part of ``source`` (``"echo"`` for the echo engine without a source)."""
+
+    source: str | None
+    """Where the weights come from: a local directory or a Hugging Face id ``org/name[@revision]``. Read once,
+    on the first start on a node; later starts use ``cache_dir`` only. Required for the torch engine."""
+
+    cache_dir: Path
+    """Node-local weight cache (a hostPath or local SSD in Kubernetes). Default: ``~/.cache/kaltstart/models``."""
+
+    host: str = "127.0.0.1"
+    """Interface to listen on. Default loopback, so nothing is exposed by accident; containers set 0.0.0.0."""
+
+    port: int = 8000
+    """TCP port to listen on. Default 8000."""
+
+    device: Device = "auto"
+    """``cuda`` if a GPU is visible, else ``cpu`` (``auto``, the default), or forced either way."""
+
+    dtype: Dtype = "auto"
+    """Weight and activation dtype. ``auto`` (default): bfloat16 on CUDA, float32 on CPU, where half precision
+    is slow and inexact."""
+
+    max_batch_size: int = 16
+    """Most requests one ``POST /v1/batch`` may carry; more is answered 413. Default 16: bounds the KV cache a
+    batch can take. Reported in ``/readyz`` so the gateway sizes its batches to it."""
+
+    max_context_tokens: int | None = None
+    """Cap on prompt tokens plus ``max_tokens`` per request, below the model's own context length. Default:
+    none (the model's ``max_position_embeddings``). Lower it when a long-context model would not fit a GPU."""
+
+    engine: EngineKind = "torch"
+    """``torch`` runs the model; ``echo`` answers at once with the prompt's words and never imports torch, to
+    measure the gateway's own overhead. Default torch."""
+
+    warmup: bool = True
+    """Run one tiny generation before reporting ready, so the first real batch does not pay for lazy kernel
+    set-up. Default on."""
+
+    shutdown_grace_s: int = 30
+    """Seconds a SIGTERM waits for running batches to finish before connections are closed. Default 30."""
+
+    log_level: str = "info"
+    """Python logging level name for the runtime and uvicorn. Default info."""
+
+    def __post_init__(self) -> None:
+        if self.engine == "torch" and not self.source:
+            raise SettingsError("the torch engine needs --source (a directory or a Hugging Face id)")
+        if not 0 < self.port < 65536:
+            raise SettingsError(f"port must be in 1..65535, got {self.port}")
+        if self.max_batch_size < 1:
+            raise SettingsError(f"max batch size must be at least 1, got {self.max_batch_size}")
+        if self.max_context_tokens is not None and self.max_context_tokens < 2:
+            raise SettingsError(f"max context tokens must be at least 2, got {self.max_context_tokens}")
+        if self.shutdown_grace_s < 0:
+            raise SettingsError(f"shutdown grace must not be negative, got {self.shutdown_grace_s}")
+
+    @property
+    def served_names(self) -> tuple[str, ...]:
+        return tuple(name.strip() for name in self.model_name.split(",") if name.strip())
+
+    @classmethod
+    def from_args(cls, argv: Sequence[str], environ: Mapping[str, str]) -> RuntimeSettings:
+        """Parse ``argv`` (without the program name), taking defaults from ``KALTSTART_RUNTIME_*`` in
+        ``environ``. Raises ``SettingsError`` on anything invalid."""
+        args = _parser(environ).parse_args(list(argv))
+        source: str | None = args.source or None
+        return cls(
+            model_name=args.model_name or _default_model_name(source, args.engine),
+            source=source,
+            cache_dir=Path(args.cache_dir).expanduser(),
+            host=args.host,
+            port=args.port,
+            device=args.device,
+            dtype=args.dtype,
+            max_batch_size=args.max_batch_size,
+            max_context_tokens=args.max_context_tokens or None,
+            engine=args.engine,
+            warmup=args.warmup,
+            shutdown_grace_s=args.shutdown_grace_s,
+            log_level=args.log_level,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise SettingsError(message)
+
+
+def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    env = _EnvDefaults(environ)
+    p = _Parser(prog="python -m runtime", description="Serve one model to the kaltstart gateway.")
+    p.add_argument("--model-name", default=env.text("MODEL_NAME", ""), help="model name served")
+    p.add_argument("--source", default=env.text("SOURCE", ""), help="weights: a directory or org/name[@rev]")
+    p.add_argument("--cache-dir", default=env.text("CACHE_DIR", "~/.cache/kaltstart/models"))
+    p.add_argument("--host", default=env.text("HOST", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=env.integer("PORT", 8000))
+    p.add_argument("--device", choices=_DEVICES, default=env.choice("DEVICE", _DEVICES, "auto"))
+    p.add_argument("--dtype", choices=_DTYPES, default=env.choice("DTYPE", _DTYPES, "auto"))
+    p.add_argument("--max-batch-size", type=int, default=env.integer("MAX_BATCH_SIZE", 16))
+    p.add_argument("--max-context-tokens", type=int, default=env.integer("MAX_CONTEXT_TOKENS", 0))
+    p.add_argument("--engine", choices=_ENGINES, default=env.choice("ENGINE", _ENGINES, "torch"))
+    p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=env.boolean("WARMUP", True))
+    p.add_argument("--shutdown-grace-s", type=int, default=env.integer("SHUTDOWN_GRACE_S", 30))
+    p.add_argument("--log-level", default=env.text("LOG_LEVEL", "info"))
+    return p
+
+
+def _default_model_name(source: str | None, engine: str) -> str:
+    if not source:
+        return engine
+    return source.split("@", 1)[0].rstrip("/").rsplit("/", 1)[-1] or source
+
+
+class _EnvDefaults:
+    """Reads ``KALTSTART_RUNTIME_<NAME>`` values, failing with the variable's name when one is malformed."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def text(self, name: str, default: str) -> str:
+        return self._environ.get(ENV_PREFIX + name, default)
+
+    def integer(self, name: str, default: int) -> int:
+        raw = self._environ.get(ENV_PREFIX + name)
+        try:
+            return default if raw is None else int(raw)
+        except ValueError:
+            raise SettingsError(f"{ENV_PREFIX}{name} must be an integer, got {raw!r}") from None
+
+    def boolean(self, name: str, default: bool) -> bool:
+        raw = self._environ.get(ENV_PREFIX + name)
+        if raw is None:
+            return default
+        if raw.strip().lower() in _TRUE:
+            return True
+        if raw.strip().lower() in _FALSE:
+            return False
+        raise SettingsError(f"{ENV_PREFIX}{name} must be true or false, got {raw!r}")
+
+    def choice(self, name: str, choices: tuple[_Choice, ...], default: _Choice) -> _Choice:
+        raw = self._environ.get(ENV_PREFIX + name, default)
+        if raw not in choices:
+            raise SettingsError(f"{ENV_PREFIX}{name} must be one of {', '.join(choices)}, got {raw!r}")
+        return raw
+
+
+def from_environment(argv: Sequence[str]) -> RuntimeSettings:
+    """``RuntimeSettings.from_args`` against the real process environment; called once, in ``main``."""
+    return RuntimeSettings.from_args(argv, os.environ)

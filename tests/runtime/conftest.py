@@ -1,0 +1,40 @@
+"""Fixtures for the runtime's tests: one loaded demo-model engine per session, shared by every engine test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runtime.settings import RuntimeSettings
+from tests.runtime.support import RuntimeProcess
+
+
+@pytest.fixture(scope="session")
+def demo_settings(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> RuntimeSettings:
+    return RuntimeSettings(
+        model_name="tiny-llama",
+        source=str(demo_model_dir),
+        cache_dir=tmp_path_factory.mktemp("weight-cache"),
+        device="cpu",
+    )
+
+
+@pytest.fixture(scope="session")
+def torch_engine(demo_model_dir: Path, demo_settings: RuntimeSettings) -> object:
+    """A ``TorchEngine`` with the demo model loaded (typed ``object`` so collecting needs no torch import)."""
+    from runtime.torch_engine import TorchEngine
+
+    engine = TorchEngine(demo_model_dir, demo_settings)
+    engine.load()
+    return engine
+
+
+@pytest.fixture
+def runtime_processes() -> Iterator[list[RuntimeProcess]]:
+    """Runtime processes a test starts; each is stopped (SIGTERM, then SIGKILL) when the test ends."""
+    started: list[RuntimeProcess] = []
+    yield started
+    for process in started:
+        process.stop()

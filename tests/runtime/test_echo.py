@@ -1,0 +1,50 @@
+"""The echo engine: the prompt's words back, with the same stop and streaming rules as the torch engine."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from runtime.echo import EchoEngine
+from tests.runtime.support import REPO_ROOT, errors, finishes, run_batch, streamed_text
+from wire import ChatMessage, GenerationRequest, SamplingParams
+
+pytestmark = pytest.mark.unit
+
+
+def echo(request_id: str, prompt: str, stream: bool = False, **params: object) -> GenerationRequest:
+    return GenerationRequest(id=request_id, prompt=prompt, stream=stream, params=SamplingParams.model_validate(params))
+
+
+def test_echoes_words_up_to_max_tokens() -> None:
+    engine = EchoEngine()
+    done = finishes(run_batch(engine, [echo("a", "one two three four", max_tokens=2), echo("b", "one two")]))
+    assert (done["a"].text, done["a"].finish_reason, done["a"].usage.completion_tokens) == ("one two", "length", 2)
+    assert (done["b"].text, done["b"].finish_reason, done["b"].usage.completion_tokens) == ("one two", "stop", 3)
+    assert done["b"].usage.prompt_tokens == 2
+
+
+def test_streams_and_stops_like_the_torch_engine() -> None:
+    request = echo("s", "alpha beta gamma delta", stream=True, stop=["gam"])
+    events = run_batch(EchoEngine(), [request])
+    assert streamed_text(events, "s") == finishes(events)["s"].text == "alpha beta "
+
+
+def test_chat_messages_are_echoed() -> None:
+    request = GenerationRequest(id="c", messages=(ChatMessage(role="user", content="hi there"),))
+    assert finishes(run_batch(EchoEngine(), [request]))["c"].text == "hi there"
+
+
+def test_context_limit_applies() -> None:
+    events = run_batch(
+        EchoEngine(max_context_tokens=10), [echo("x", "a b c", max_tokens=8), echo("y", "a", max_tokens=9)]
+    )
+    assert set(errors(events)) == {"x"}
+    assert set(finishes(events)) == {"y"}
+
+
+def test_echo_server_never_imports_torch() -> None:
+    code = "import sys, runtime.server, runtime.echo, runtime.cache; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=False).returncode == 0

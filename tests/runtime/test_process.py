@@ -1,0 +1,166 @@
+"""A real ``python -m runtime`` process on a loopback port, driven over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from runtime.cache import parse_source
+from tests.runtime.support import RuntimeProcess
+from wire import (
+    BATCH_PATH,
+    HEALTH_PATH,
+    NDJSON,
+    READY_PATH,
+    BatchEventAdapter,
+    ErrorBody,
+    FinishEvent,
+    ReadyBody,
+    TokenEvent,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def torch_runtime(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> object:
+    cache_dir = tmp_path_factory.mktemp("process-cache")
+    process = RuntimeProcess(
+        "--model-name",
+        "tiny-llama",
+        "--source",
+        str(demo_model_dir),
+        "--cache-dir",
+        str(cache_dir),
+        "--device",
+        "cpu",
+        "--max-batch-size",
+        "16",
+    )
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()
+
+
+def batch_body(
+    count: int, *, max_tokens: int = 12, stream: bool = True, model: str = "tiny-llama"
+) -> dict[str, object]:
+    requests = [
+        {
+            "id": f"r{i}",
+            "prompt": "word " * (i + 1),
+            "stream": stream,
+            "params": {"max_tokens": max_tokens, "temperature": 0},
+        }
+        for i in range(count)
+    ]
+    return {"model": model, "requests": requests}
+
+
+def test_health_and_ready(torch_runtime: RuntimeProcess) -> None:
+    assert httpx.get(torch_runtime.url + HEALTH_PATH).status_code == 200
+    ready = httpx.get(torch_runtime.url + READY_PATH)
+    assert ready.status_code == 200
+    assert ReadyBody.model_validate_json(ready.content) == ReadyBody(
+        model="tiny-llama", max_batch_size=16, context_length=512
+    )
+
+
+def test_batch_streams_ndjson_events(torch_runtime: RuntimeProcess) -> None:
+    events = []
+    with httpx.stream("POST", torch_runtime.url + BATCH_PATH, json=batch_body(16), timeout=60) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith(NDJSON)
+        events = [BatchEventAdapter.validate_json(line) for line in response.iter_lines() if line]
+    done = {e.id: e for e in events if isinstance(e, FinishEvent)}
+    assert set(done) == {f"r{i}" for i in range(16)}
+    for request_id, finish in done.items():
+        streamed = "".join(e.text for e in events if isinstance(e, TokenEvent) and e.id == request_id)
+        assert streamed == finish.text
+        assert finish.usage.completion_tokens == 12
+    torch_runtime.wait_for_line("batch of 16:")
+
+
+@pytest.mark.parametrize(
+    ("content", "status"),
+    [
+        (b"]]", 400),
+        (b'{"model": "tiny-llama", "requests": [{"id": "a", "prompt": "x", "messages": []}]}', 422),
+        (json.dumps(batch_body(1, model="other")).encode(), 404),
+        (json.dumps(batch_body(17)).encode(), 413),
+    ],
+)
+def test_bad_bodies_get_an_error_body(torch_runtime: RuntimeProcess, content: bytes, status: int) -> None:
+    response = httpx.post(torch_runtime.url + BATCH_PATH, content=content)
+    assert response.status_code == status
+    ErrorBody.model_validate_json(response.content)
+
+
+def test_client_disconnect_cancels_the_batch(torch_runtime: RuntimeProcess) -> None:
+    body = batch_body(16, max_tokens=400)
+    with httpx.stream("POST", torch_runtime.url + BATCH_PATH, json=body, timeout=60) as response:
+        first = next(response.iter_lines())
+        assert BatchEventAdapter.validate_json(first).type == "token"
+    line = torch_runtime.wait_for_line("cancelled with")
+    assert "cancelled with 16 unfinished" in line
+    after = httpx.post(torch_runtime.url + BATCH_PATH, json=batch_body(1), timeout=60)
+    assert after.status_code == 200
+
+
+def test_second_start_hits_the_cache(
+    demo_model_dir: Path, tmp_path: Path, runtime_processes: list[RuntimeProcess]
+) -> None:
+    flags = ["--source", str(demo_model_dir), "--cache-dir", str(tmp_path), "--device", "cpu", "--no-warmup"]
+    first = RuntimeProcess(*flags)
+    runtime_processes.append(first)
+    first.wait_ready()
+    assert first.wait_for_line("weight cache filled:")
+    first.stop()
+    assert (tmp_path / parse_source(str(demo_model_dir)).slug).is_dir()
+    second = RuntimeProcess(*flags)
+    runtime_processes.append(second)
+    second.wait_ready()
+    assert second.wait_for_line("weight cache hit")
+
+
+def test_sigterm_shuts_down_gracefully(runtime_processes: list[RuntimeProcess]) -> None:
+    process = RuntimeProcess("--engine", "echo", "--model-name", "echo")
+    runtime_processes.append(process)
+    process.wait_ready()
+    process.process.send_signal(signal.SIGTERM)
+    # uvicorn shuts down, then re-raises the signal so the exit status says "terminated by SIGTERM".
+    assert process.wait_exit() == -signal.SIGTERM
+    assert process.wait_for_line("Finished server process")
+
+
+def test_echo_engine_starts_fast_and_answers(runtime_processes: list[RuntimeProcess]) -> None:
+    started = time.monotonic()
+    process = RuntimeProcess("--engine", "echo", "--model-name", "echo", "--source", "/does/not/matter")
+    runtime_processes.append(process)
+    process.wait_ready(timeout_s=10)
+    startup_s = time.monotonic() - started
+    response = httpx.post(process.url + BATCH_PATH, json=batch_body(2, model="echo"))
+    events = [BatchEventAdapter.validate_json(line) for line in response.text.splitlines()]
+    done = {e.id: e for e in events if isinstance(e, FinishEvent)}
+    assert done["r1"].text == "word word"
+    assert startup_s < 5, f"the echo runtime took {startup_s:.2f} s to become ready"
+
+
+def test_unloadable_source_exits_with_status_1(tmp_path: Path, runtime_processes: list[RuntimeProcess]) -> None:
+    process = RuntimeProcess("--source", str(tmp_path / "missing"), "--cache-dir", str(tmp_path / "cache"))
+    runtime_processes.append(process)
+    assert process.wait_exit() == 1
+    assert any("not a directory" in line for line in process.lines)
+
+
+def test_bad_flags_exit_with_status_2(runtime_processes: list[RuntimeProcess]) -> None:
+    process = RuntimeProcess("--device", "tpu")
+    runtime_processes.append(process)
+    assert process.wait_exit() == 2

@@ -1,0 +1,90 @@
+"""Settings come from flags, with KALTSTART_RUNTIME_* variables as defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runtime.errors import SettingsError
+from runtime.settings import RuntimeSettings
+
+pytestmark = pytest.mark.unit
+
+LOCAL_BACKEND_FLAGS = [
+    "--model-name",
+    "tiny",
+    "--source",
+    "/models/tiny",
+    "--cache-dir",
+    "/var/cache/kaltstart",
+    "--host",
+    "127.0.0.1",
+    "--port",
+    "9001",
+    "--device",
+    "cpu",
+]
+
+
+def test_the_flags_the_gateway_local_backend_passes() -> None:
+    settings = RuntimeSettings.from_args([*LOCAL_BACKEND_FLAGS, "--engine", "echo"], {})
+    assert settings.model_name == "tiny"
+    assert settings.source == "/models/tiny"
+    assert settings.cache_dir == Path("/var/cache/kaltstart")
+    assert (settings.host, settings.port, settings.url) == ("127.0.0.1", 9001, "http://127.0.0.1:9001")
+    assert (settings.device, settings.engine) == ("cpu", "echo")
+
+
+def test_defaults() -> None:
+    settings = RuntimeSettings.from_args(["--source", "Qwen/Qwen2.5-0.5B-Instruct@main"], {})
+    assert settings.model_name == "Qwen2.5-0.5B-Instruct"
+    assert settings.cache_dir == Path("~/.cache/kaltstart/models").expanduser()
+    assert (settings.host, settings.port, settings.device, settings.dtype) == ("127.0.0.1", 8000, "auto", "auto")
+    assert (settings.engine, settings.warmup, settings.max_batch_size) == ("torch", True, 16)
+    assert settings.max_context_tokens is None
+
+
+def test_environment_supplies_defaults_and_flags_win() -> None:
+    environ = {
+        "KALTSTART_RUNTIME_SOURCE": "/models/a",
+        "KALTSTART_RUNTIME_PORT": "7000",
+        "KALTSTART_RUNTIME_DTYPE": "bfloat16",
+        "KALTSTART_RUNTIME_WARMUP": "false",
+        "KALTSTART_RUNTIME_MAX_BATCH_SIZE": "64",
+        "KALTSTART_RUNTIME_MAX_CONTEXT_TOKENS": "4096",
+    }
+    settings = RuntimeSettings.from_args(["--port", "7001"], environ)
+    assert (settings.source, settings.model_name, settings.port) == ("/models/a", "a", 7001)
+    assert (settings.dtype, settings.warmup, settings.max_batch_size) == ("bfloat16", False, 64)
+    assert settings.max_context_tokens == 4096
+    assert RuntimeSettings.from_args(["--warmup"], environ).warmup is True
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "message"),
+    [
+        ([], {}, "needs --source"),
+        (["--source", "x", "--port", "0"], {}, "port"),
+        (["--source", "x", "--device", "tpu"], {}, "invalid choice"),
+        (["--source", "x"], {"KALTSTART_RUNTIME_DEVICE": "tpu"}, "KALTSTART_RUNTIME_DEVICE"),
+        (["--source", "x"], {"KALTSTART_RUNTIME_PORT": "eighty"}, "KALTSTART_RUNTIME_PORT"),
+        (["--source", "x"], {"KALTSTART_RUNTIME_WARMUP": "maybe"}, "KALTSTART_RUNTIME_WARMUP"),
+        (["--source", "x", "--max-batch-size", "0"], {}, "batch size"),
+        (["--source", "x", "--bogus"], {}, "unrecognized"),
+    ],
+)
+def test_invalid_settings_raise(argv: list[str], environ: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        RuntimeSettings.from_args(argv, environ)
+
+
+def test_echo_engine_needs_no_source() -> None:
+    settings = RuntimeSettings.from_args(["--engine", "echo"], {})
+    assert (settings.source, settings.model_name) == (None, "echo")
+
+
+def test_settings_are_frozen() -> None:
+    settings = RuntimeSettings.from_args(["--engine", "echo"], {})
+    with pytest.raises(AttributeError):
+        settings.port = 1  # type: ignore[misc]
