@@ -1,0 +1,1 @@
+"""Tests that run against the Kubernetes API double (``tests.kube.double``)."""
