@@ -1,0 +1,241 @@
+"""The processes a benchmark starts: gateways (``python -m gateway``) and runtimes (``python -m runtime``).
+
+Each child runs in its own process group with its output in a log file. ``stop`` ends the whole group, so a
+gateway's runtime replicas and embedded Valkey go with it: SIGTERM to the child, a grace period, then SIGKILL to
+the group. Children also
+get PR_SET_PDEATHSIG, so even a load test killed with SIGKILL leaves nothing behind. Use them through the
+``running_*`` context managers, which stop them however the block is left (errors, Ctrl-C, SIGTERM).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from gateway.processes import die_with_parent, free_port
+
+__all__ = [
+    "Child",
+    "GatewayProcess",
+    "LogFile",
+    "ModelEntry",
+    "RuntimeProcess",
+    "StartError",
+    "running_gateway",
+    "running_runtime",
+    "scratch_dir",
+    "wait_until_ready",
+    "write_config",
+]
+
+#: Where ``python -m gateway`` / ``python -m runtime`` are importable from, installed or not.
+_PROJECT_ROOT = Path(__file__).resolve().parents[1]
+#: How often a starting child's readiness endpoint is probed (another process: there is no event to wait on).
+_PROBE_S = 0.05
+_STOP_GRACE_S = 15.0
+
+
+class StartError(Exception):
+    """A child did not become ready: it exited, or its deadline passed. The message carries its log's tail."""
+
+
+class LogFile:
+    """A child's log, read as it grows."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def size(self) -> int:
+        return self.path.stat().st_size if self.path.exists() else 0
+
+    def text(self, offset: int = 0) -> str:
+        if not self.path.exists():
+            return ""
+        with self.path.open("rb") as handle:
+            handle.seek(offset)
+            return handle.read().decode(errors="replace")
+
+    def tail(self, lines: int = 25) -> str:
+        return "\n".join(self.text().splitlines()[-lines:])
+
+    async def wait_for(self, pattern: re.Pattern[str], offset: int, timeout_s: float) -> re.Match[str]:
+        """The first match of ``pattern`` after ``offset``; the file is re-read until the deadline."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            match = pattern.search(self.text(offset))
+            if match is not None:
+                return match
+            if time.monotonic() > deadline:
+                raise StartError(f"no {pattern.pattern!r} in {self.path} within {timeout_s:.0f} s:\n{self.tail()}")
+            await asyncio.sleep(_PROBE_S)  # a file another process writes: polled with a deadline
+
+
+class Child:
+    def __init__(self, name: str, argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> None:
+        self.name = name
+        self.log = LogFile(log_path)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as output:
+            self.process = subprocess.Popen(
+                list(argv),
+                cwd=_PROJECT_ROOT,
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                process_group=0,  # our own group: stop() reaches grandchildren; a terminal's Ctrl-C does not
+                preexec_fn=die_with_parent,
+            )
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.poll()
+
+    def stop(self, grace_s: float = _STOP_GRACE_S) -> None:
+        """SIGTERM to the child, so that it stops its own children in order (a gateway its replicas, then its
+        Valkey); then SIGKILL to whatever is left of its process group, at once or after ``grace_s``."""
+        with contextlib.suppress(ProcessLookupError):
+            self.process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=grace_s)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+
+@contextlib.contextmanager
+def scratch_dir(out: Path | None) -> Iterator[Path]:
+    """Where logs and generated configs go: ``out`` when given (kept), else a temporary directory (removed)."""
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        yield out.resolve()
+        return
+    with tempfile.TemporaryDirectory(prefix="kaltstart-loadtest-") as temporary:
+        yield Path(temporary)
+
+
+def child_env(extra: Mapping[str, str]) -> dict[str, str]:
+    """Our environment without kaltstart's own settings (a stray REDIS_URL or KALTSTART_* would change what is
+    measured), plus ``extra``."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("KALTSTART_") and k != "REDIS_URL"}
+    return inherited | {"PYTHONUNBUFFERED": "1"} | dict(extra)
+
+
+async def wait_until_ready(session: aiohttp.ClientSession, url: str, child: Child, timeout_s: float) -> None:
+    """Until ``url`` answers 200; StartError if the child exits or the deadline passes first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if child.returncode is not None:
+            raise StartError(f"{child.name} exited with {child.returncode}:\n{child.log.tail()}")
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as response:
+                if response.status == 200:
+                    return
+        await asyncio.sleep(_PROBE_S)  # another process's state: probed, with a deadline
+    raise StartError(f"{child.name} was not ready at {url} within {timeout_s:.0f} s:\n{child.log.tail()}")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One ``[models.<name>]`` table of a generated local-backend config."""
+
+    name: str
+    source: str
+    engine: str = "torch"
+    device: str = "cpu"
+    dtype: str = "auto"
+    #: Scaling settings by their config keys, e.g. ``{"idle-timeout": "5s"}``.
+    settings: Mapping[str, str | int] = field(default_factory=dict)
+
+
+def _toml(value: str | int) -> str:
+    return str(value) if isinstance(value, int) else json.dumps(value)  # a JSON string is a TOML basic string
+
+
+def write_config(path: Path, models: Sequence[ModelEntry], cache_dir: Path) -> Path:
+    lines = ["[runtime]", f"cache-dir = {_toml(str(cache_dir.resolve()))}", ""]
+    for m in models:
+        lines.append(f"[models.{_toml(m.name)}]")
+        fields: dict[str, str | int] = {"source": m.source, "engine": m.engine, "device": m.device, "dtype": m.dtype}
+        lines.extend(f"{key} = {_toml(value)}" for key, value in (fields | dict(m.settings)).items())
+        lines.append("")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    return path
+
+
+@dataclass(frozen=True)
+class GatewayProcess:
+    url: str
+    child: Child
+
+    @property
+    def log(self) -> LogFile:
+        return self.child.log
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(
+    session: aiohttp.ClientSession,
+    config: Path,
+    log_path: Path,
+    *,
+    scale_interval_s: float | None = None,
+    redis_url: str | None = None,
+    timeout_s: float = 60.0,
+) -> AsyncIterator[GatewayProcess]:
+    """``python -m gateway`` with ``config`` (an absolute path) on a free port, with its own embedded Valkey unless
+    ``redis_url`` is given."""
+    port = free_port()
+    env = {
+        "KALTSTART_CONFIG": str(config),
+        "KALTSTART_HOST": "127.0.0.1",
+        "KALTSTART_PORT": str(port),
+        "KALTSTART_LOG_LEVEL": "INFO",  # the cold-start phases are read from the log
+    }
+    if scale_interval_s is not None:
+        env["KALTSTART_SCALE_INTERVAL"] = f"{scale_interval_s}s"
+    if redis_url is not None:
+        env["REDIS_URL"] = redis_url
+    child = Child("gateway", [sys.executable, "-m", "gateway"], child_env(env), log_path)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        await wait_until_ready(session, url + "/readyz", child, timeout_s)
+        yield GatewayProcess(url, child)
+    finally:
+        child.stop()
+
+
+@dataclass(frozen=True)
+class RuntimeProcess:
+    url: str
+    child: Child
+
+
+@contextlib.asynccontextmanager
+async def running_runtime(
+    session: aiohttp.ClientSession, flags: Sequence[str], log_path: Path, timeout_s: float = 300.0
+) -> AsyncIterator[RuntimeProcess]:
+    """``python -m runtime FLAGS`` on a free port, once its ``/readyz`` answers 200 (weights loaded, warm)."""
+    port = free_port()
+    argv = [sys.executable, "-m", "runtime", *flags, "--host", "127.0.0.1", "--port", str(port)]
+    child = Child("runtime", argv, child_env({}), log_path)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        await wait_until_ready(session, url + "/readyz", child, timeout_s)
+        yield RuntimeProcess(url, child)
+    finally:
+        child.stop()

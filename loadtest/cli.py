@@ -1,0 +1,86 @@
+"""The command line: one sub-command per module, each with ``add_arguments(parser)`` and ``async run(args)``.
+
+Ctrl-C and SIGTERM cancel the running command; its context managers then stop every child process it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Protocol
+
+from loadtest.children import StartError
+
+__all__ = ["main", "parser"]
+
+
+class _Command(Protocol):
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    async def run(self, args: argparse.Namespace) -> int: ...
+
+
+def _commands() -> dict[str, tuple[str, _Command]]:
+    from loadtest import batching, coldstart, gpu, overhead, replay, simulate
+
+    return {
+        "replay": ("replay a request trace against a gateway", replay),
+        "simulate": ("run a trace through the scaling policy on a virtual clock", simulate),
+        "bench overhead": ("the gateway's own cost: an echo runtime, direct vs through the gateway", overhead),
+        "bench batching": ("one runtime, the same requests in batches of 1 and 16", batching),
+        "bench coldstart": ("a cold start from zero replicas, phase by phase", coldstart),
+        "gpu": ("bench batching + bench coldstart with a ~1B random Llama on CUDA", gpu),
+    }
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="python -m loadtest",
+        description="kaltstart load tests. Each command prints tables, then one JSON object as its last line.",
+    )
+    commands = top.add_subparsers(dest="command", required=True, metavar="command")
+    bench = None
+    for name, (summary, module) in _commands().items():
+        group, _, sub = name.partition(" ")
+        if sub:
+            if bench is None:
+                bench_parser = commands.add_parser(group, help="benchmarks: overhead, batching, coldstart")
+                bench = bench_parser.add_subparsers(dest="benchmark", required=True, metavar="benchmark")
+            command = bench.add_parser(sub, help=summary, description=_describe(module))
+        else:
+            command = commands.add_parser(name, help=summary, description=_describe(module))
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
+        module.add_arguments(command)
+        command.set_defaults(run=module.run)
+    return top
+
+
+def _describe(module: object) -> str:
+    return (getattr(module, "__doc__", None) or "").strip()
+
+
+async def _interruptible(work: Coroutine[Any, Any, int]) -> int:
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await work
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    run: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = args.run
+    try:
+        return asyncio.run(_interruptible(run(args)))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("loadtest: interrupted; child processes stopped", file=sys.stderr)
+        return 130
+    except StartError as exc:
+        print(f"loadtest: {exc}", file=sys.stderr)
+        return 1

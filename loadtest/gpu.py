@@ -1,0 +1,97 @@
+"""``python -m loadtest gpu``: ``bench batching`` and ``bench coldstart`` on a CUDA machine, with a Llama of about
+1B parameters (random weights, bfloat16; built locally, nothing is downloaded).
+
+Needs a machine where ``torch.cuda.is_available()``; it runs there unchanged and refuses elsewhere (exit code 2).
+Sized to finish within 8 minutes on one recent GPU (an estimate, not yet measured on one: model build ~30 s,
+batching ~2 min, two cold starts ~1 min); ``--deadline`` (default 480 s) stops it, children and all, if not.
+Steps: build the model on the GPU (random init) and save it as safetensors, then one runtime process for the
+batching benchmark, then a local gateway for the cold-start benchmark. Prints both tables and one JSON object
+with the keys of both benchmarks plus the model's size.
+
+``--device cpu --size tiny`` runs the same steps on a CPU with a tiny model, to check the script without a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from loadtest import batching, coldstart
+from loadtest.children import scratch_dir
+from loadtest.models import SIZES, build_in_child
+from loadtest.report import Table, finish
+
+__all__ = ["add_arguments", "cuda_available", "run"]
+
+
+def cuda_available() -> bool:
+    """Asked in a child process, so that this one never initialises CUDA (the runtimes need the GPU)."""
+    probe = "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"
+    return subprocess.run([sys.executable, "-c", probe], check=False, capture_output=True).returncode == 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--size", choices=sorted(SIZES), default="1b", help="model shape. Default 1b")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu only to test the script")
+    parser.add_argument("--requests", type=int, default=32, help="batching: requests per side and round")
+    parser.add_argument("--max-tokens", type=int, default=64, help="batching: new tokens per request")
+    parser.add_argument("--repeat", type=int, default=2, help="cold starts to measure")
+    parser.add_argument("--model", type=Path, help="use this model directory instead of building one")
+    parser.add_argument("--deadline", type=float, default=480.0, metavar="S", help="give up after S seconds")
+    parser.add_argument("--out", type=Path, help="write the model, logs, plots and summary.json here")
+
+
+async def run(args: argparse.Namespace) -> int:
+    if args.device == "cuda" and not cuda_available():
+        print("loadtest gpu: torch sees no CUDA device; run this on a GPU machine", file=sys.stderr)
+        return 2
+    try:
+        async with asyncio.timeout(args.deadline):
+            return await _run(args)
+    except TimeoutError:
+        print(f"loadtest gpu: not finished within the deadline of {args.deadline:.0f} s", file=sys.stderr)
+        return 1
+
+
+async def _run(args: argparse.Namespace) -> int:
+    dtype = "bfloat16" if args.device == "cuda" else "float32"
+    started = time.monotonic()
+    with scratch_dir(args.out) as work:
+        built: dict[str, Any]
+        if args.model is not None:
+            model, built = args.model, {"size": "given", "parameters": None, "bytes": None}
+        else:
+            model = work / f"llama-{args.size}"
+            print(f"loadtest gpu: building a random {args.size} Llama on {args.device}", file=sys.stderr)
+            built = await build_in_child(args.size, model, args.device)
+        options = batching.BatchingOptions(args.requests, args.max_tokens, 20, 2, args.device, dtype)
+        sides, batching_summary = await batching.bench(model, work, options)
+        cold_options = coldstart.ColdStartOptions(args.repeat, args.device, dtype)
+        runs, cold_summary = await coldstart.bench(model, work, cold_options)
+    summary: dict[str, Any] = {
+        "model_size": built["size"],
+        "model_parameters": built["parameters"],
+        "model_bytes": built["bytes"],
+        "dtype": dtype,
+        "build_s": built["init_s"] + built["save_s"] if "init_s" in built else None,
+        **batching_summary,
+        **{k: v for k, v in cold_summary.items() if k not in batching_summary},
+        "errors": batching_summary["errors"] + cold_summary["errors"],
+        "elapsed_s": time.monotonic() - started,
+    }
+    model_table = Table("model", ["figure", "value"])
+    for key in ("model_size", "model_parameters", "model_bytes", "dtype", "build_s", "elapsed_s"):
+        model_table.add(key, summary[key])
+    if args.out is not None:
+        from loadtest.plots import plot_batching, plot_coldstart
+
+        plot_batching({f"batch size {s.batch_size}": s.tokens_per_s or 0.0 for s in sides}, args.out / "batching.png")
+        plot_coldstart(coldstart.median_phases(runs), args.out / "coldstart.png")
+    tables = [model_table, batching.table(sides, batching_summary), *coldstart.tables(runs, cold_summary)]
+    finish(tables, summary, args.out)
+    return 0

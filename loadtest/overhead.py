@@ -1,0 +1,205 @@
+"""``python -m loadtest bench overhead``: kaltstart's own cost per request, measured side by side.
+
+A local gateway (``python -m gateway``) serves one model with the echo engine, which answers instantly, so
+generation costs nothing and what remains is kaltstart's. The gateway's replica is warmed up, then the very same
+runtime process is called two ways at the same concurrency (closed loop: each client sends its next request when
+the last one is answered):
+
+- direct: ``POST /v1/batch`` with one request, straight to the replica (its URL comes from the gateway's log);
+- via gateway: ``POST /v1/completions``: admit, Redis Streams queue, batch dispatch, reply routing.
+
+The two sides alternate in rounds (and which goes first alternates too), so a noisy machine hurts both alike.
+``added_*`` is gateway minus direct; ``rps_ratio`` is gateway requests/s over direct requests/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from loadtest.children import LogFile, ModelEntry, StartError, running_gateway, scratch_dir, write_config
+from loadtest.client import post, prompt_of
+from loadtest.logs import REPLICA_READY
+from loadtest.progress import Progress
+from loadtest.report import Table, finish, write_csv
+from loadtest.stats import difference, ms, percentile, ratio
+
+__all__ = ["OverheadOptions", "add_arguments", "run"]
+
+_MODEL = "echo"
+
+
+@dataclass(frozen=True)
+class OverheadOptions:
+    concurrency: int = 8
+    requests: int = 400
+    rounds: int = 4
+    max_tokens: int = 16
+    max_batch_delay: str = "10ms"
+    timeout_s: float = 60.0
+
+
+@dataclass
+class Side:
+    name: str
+    url: str
+    body: bytes
+    latencies: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    errors: int = 0
+    per_round: list[float] = field(default_factory=list)
+
+    @property
+    def rps(self) -> float | None:
+        return len(self.latencies) / self.seconds if self.seconds > 0 else None
+
+
+async def _closed_loop(
+    session: aiohttp.ClientSession, side: Side, count: int, options: OverheadOptions, progress: Progress | None
+) -> None:
+    """``count`` requests from ``concurrency`` clients, each sending its next as soon as the last returns."""
+    remaining = count
+    latencies: list[float] = []
+
+    async def client() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            outcome = await post(session, side.url, side.body, options.timeout_s)
+            if outcome.ok:
+                latencies.append(outcome.latency_s)
+            else:
+                side.errors += 1
+            if progress is not None:
+                progress.advance()
+
+    started = time.perf_counter()
+    async with asyncio.TaskGroup() as group:
+        for _ in range(options.concurrency):
+            group.create_task(client())
+    elapsed = time.perf_counter() - started
+    if progress is not None:  # warm-up rounds are not measured
+        side.latencies += latencies
+        side.seconds += elapsed
+        side.per_round.append(len(latencies) / elapsed)
+
+
+def _sides(gateway_url: str, runtime_url: str, options: OverheadOptions) -> list[Side]:
+    prompt = prompt_of(options.max_tokens)
+    params = {"max_tokens": options.max_tokens, "temperature": 0}
+    direct = {"model": _MODEL, "requests": [{"id": "r", "prompt": prompt, "params": params}]}
+    via = {"model": _MODEL, "prompt": prompt} | params
+    return [
+        Side("direct", runtime_url + "/v1/batch", json.dumps(direct).encode()),
+        Side("gateway", gateway_url + "/v1/completions", json.dumps(via).encode()),
+    ]
+
+
+async def measure(
+    session: aiohttp.ClientSession, gateway_url: str, runtime_url: str, options: OverheadOptions
+) -> list[Side]:
+    sides = _sides(gateway_url, runtime_url, options)
+    for side in sides:
+        await _closed_loop(session, side, max(50, 4 * options.concurrency), options, None)
+        side.errors = 0
+    with Progress("overhead", total=options.rounds * len(sides) * options.requests) as progress:
+        for round_ in range(options.rounds):
+            for side in sides if round_ % 2 == 0 else sides[::-1]:
+                await _closed_loop(session, side, options.requests, options, progress)
+    return sides
+
+
+async def _warm_replica(
+    session: aiohttp.ClientSession, gateway_url: str, log: LogFile, options: OverheadOptions
+) -> str:
+    """Cold-start the echo replica with one request; its URL is read from the gateway's log."""
+    body = json.dumps({"model": _MODEL, "prompt": "warm up", "max_tokens": 2}).encode()
+    outcome = await post(session, gateway_url + "/v1/completions", body, options.timeout_s)
+    if not outcome.ok:
+        raise StartError(f"the gateway did not serve a warm-up request ({outcome.error}):\n{log.tail()}")
+    match = await log.wait_for(REPLICA_READY, 0, timeout_s=10)
+    return str(match.group(2))
+
+
+def summarise(sides: Sequence[Side], options: OverheadOptions) -> dict[str, Any]:
+    direct, gateway = sides
+    d50, d99 = percentile(direct.latencies, 50), percentile(direct.latencies, 99)
+    g50, g99 = percentile(gateway.latencies, 50), percentile(gateway.latencies, 99)
+    return {
+        "direct_p50_ms": ms(d50),
+        "gateway_p50_ms": ms(g50),
+        "added_p50_ms": ms(difference(g50, d50)),
+        "direct_p99_ms": ms(d99),
+        "gateway_p99_ms": ms(g99),
+        "added_p99_ms": ms(difference(g99, d99)),
+        "direct_rps": direct.rps,
+        "gateway_rps": gateway.rps,
+        "rps_ratio": ratio(gateway.rps, direct.rps),
+        "concurrency": options.concurrency,
+        "requests_per_side": options.requests * options.rounds,
+        "rounds": options.rounds,
+        "errors": direct.errors + gateway.errors,
+    }
+
+
+def table(sides: Sequence[Side], summary: dict[str, Any]) -> Table:
+    result = Table(
+        f"overhead: echo runtime, concurrency {summary['concurrency']}, {summary['requests_per_side']} requests "
+        f"per side in {summary['rounds']} alternating rounds",
+        ["side", "p50 ms", "p90 ms", "p99 ms", "req/s", "req/s by round", "errors"],
+    )
+    for side in sides:
+        rounds = " ".join(f"{r:.0f}" for r in side.per_round)
+        p90 = ms(percentile(side.latencies, 90))
+        result.add(side.name, ms(percentile(side.latencies, 50)), p90, ms(percentile(side.latencies, 99)), side.rps,
+                   rounds, side.errors)  # fmt: skip
+    result.add("added", summary["added_p50_ms"], None, summary["added_p99_ms"], None, None, None)
+    return result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--concurrency", type=int, default=8, help="concurrent clients on each side. Default 8")
+    parser.add_argument("--requests", type=int, default=400, help="requests per side and round. Default 400")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds. Default 4")
+    parser.add_argument("--max-tokens", type=int, default=16, help="echoed words per request. Default 16")
+    parser.add_argument(
+        "--max-batch-delay", default="10ms", help="the model's max-batch-delay in the gateway. Default 10ms"
+    )
+    parser.add_argument("--redis-url", help="the gateway's Redis (REDIS_URL). Default: it starts an embedded Valkey")
+    parser.add_argument("--out", type=Path, help="write overhead.png, samples.csv, logs and summary.json here")
+
+
+async def run(args: argparse.Namespace) -> int:
+    options = OverheadOptions(args.concurrency, args.requests, args.rounds, args.max_tokens, args.max_batch_delay)
+    model = ModelEntry(
+        _MODEL,
+        source="none",
+        engine="echo",
+        settings={"idle-timeout": "3600s", "max-batch-size": 16, "max-batch-delay": options.max_batch_delay},
+    )
+    connector = aiohttp.TCPConnector(limit=0)
+    with scratch_dir(args.out) as work:
+        config = write_config(work / "overhead.toml", [model], work / "cache")
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            running_gateway(session, config, work / "gateway.log", redis_url=args.redis_url) as gateway,
+        ):
+            runtime_url = await _warm_replica(session, gateway.url, gateway.log, options)
+            sides = await measure(session, gateway.url, runtime_url, options)
+    summary = summarise(sides, options)
+    if args.out is not None:
+        from loadtest.plots import plot_overhead
+
+        plot_overhead({s.name: s.latencies for s in sides}, args.out / "overhead.png")
+        rows = ([s.name, latency] for s in sides for latency in s.latencies)
+        write_csv(args.out / "samples.csv", ["side", "latency_s"], rows)
+    finish([table(sides, summary)], summary, args.out)
+    return 0

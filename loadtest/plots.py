@@ -1,0 +1,142 @@
+"""PNG plots for ``--out``. matplotlib is imported here only, and only when a plot is written (it is slow to
+import), with the non-interactive Agg backend so no display is needed."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import ScalarFormatter
+
+    from loadtest.coldstart import Phase
+    from loadtest.replay import ReplayResult
+    from loadtest.simulate import PolicyResult
+
+__all__ = ["plot_batching", "plot_coldstart", "plot_overhead", "plot_replay", "plot_simulation"]
+
+_DPI = 90
+
+
+def _figure(rows: int, height: float, sharex: bool = True) -> tuple[Figure, list[Axes]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(rows, 1, figsize=(9, height), sharex=sharex, squeeze=False)
+    return figure, [row[0] for row in axes]
+
+
+def _save(figure: Figure, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=_DPI)
+    plt.close(figure)
+
+
+def plot_replay(result: ReplayResult, path: Path) -> None:
+    """Latency of each request over the time it was sent (warm, cold, failed), above each model's replicas."""
+    figure, (latency, replicas) = _figure(2, 6.0)
+    groups = {
+        "warm": [r for r in result.records if r.outcome.ok and not r.cold],
+        "waited on a cold start": [r for r in result.records if r.outcome.ok and r.cold],
+        "failed": [r for r in result.records if not r.outcome.ok],
+    }
+    for (label, records), colour in zip(groups.items(), ("tab:blue", "tab:orange", "tab:red"), strict=True):
+        if records:
+            latency.scatter([r.sent_s for r in records], [r.outcome.latency_s for r in records], s=6, c=colour,
+                            label=f"{label} ({len(records)})")  # fmt: skip
+    latency.set_yscale("log")
+    latency.yaxis.set_major_formatter(_plain())
+    latency.set_ylabel("latency (s)")
+    latency.legend(loc="best", fontsize="small", framealpha=0.8)
+    latency.grid(alpha=0.3)
+    top = 1.0
+    for model in result.models:
+        samples = [s for s in result.samples if s.model == model]
+        times = [s.t_s for s in samples]
+        (line,) = replicas.step(times, [s.ready for s in samples], where="post", label=f"{model} ready")
+        replicas.step(times, [s.desired for s in samples], where="post", linestyle="--", color=line.get_color(),
+                      alpha=0.6, label=f"{model} desired")  # fmt: skip
+        top = max([top, *(s.desired for s in samples)])
+    _integer_axis(replicas, top)
+    replicas.set_ylabel("replicas")
+    replicas.set_xlabel("time since start of replay (s)")
+    replicas.legend(loc="upper left", fontsize="small", ncol=4, framealpha=0.8)
+    replicas.grid(alpha=0.3)
+    _save(figure, path)
+
+
+def _plain() -> ScalarFormatter:
+    from matplotlib.ticker import ScalarFormatter
+
+    formatter = ScalarFormatter()
+    formatter.set_scientific(False)
+    return formatter
+
+
+def _integer_axis(axis: Axes, top: float) -> None:
+    """Replica counts: whole numbers, with room above the highest for the legend."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.yaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_ylim(-0.1, top * 1.6 + 0.2)
+
+
+def plot_simulation(results: Sequence[PolicyResult], arrivals: Sequence[float], path: Path) -> None:
+    """Replicas over (trace) time for each policy, with the arrivals on top."""
+    figure, axes = _figure(len(results) + 1, 1.3 * (len(results) + 1) + 1)
+    axes[0].hist(arrivals, bins=min(200, max(10, len(arrivals) // 20)), color="tab:gray")
+    axes[0].set_ylabel("arrivals")
+    for axis, result in zip(axes[1:], results, strict=True):
+        times = [t for t, _count in result.timeline]
+        axis.step(times, [c for _t, c in result.timeline], where="post", color="tab:blue")
+        axis.set_ylabel(result.name, rotation=0, ha="right", fontsize="small")
+        _integer_axis(axis, max(c for _t, c in result.timeline))
+        axis.text(0.99, 0.8, f"{result.replica_seconds / 3600:.2f} replica-h, {result.cold_start_requests} cold",
+                  transform=axis.transAxes, ha="right", fontsize="small")  # fmt: skip
+    axes[-1].set_xlabel("trace time (s)")
+    _save(figure, path)
+
+
+def plot_overhead(latencies: Mapping[str, Sequence[float]], path: Path) -> None:
+    """Latency distributions (CDF) of the direct and the gateway side."""
+    figure, (axis,) = _figure(1, 4.0)
+    for label, values in latencies.items():
+        ordered = sorted(v * 1000 for v in values)
+        if ordered:
+            axis.plot(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))], label=label)
+    axis.set_xscale("log")
+    axis.xaxis.set_major_formatter(_plain())
+    axis.set_xlabel("latency (ms)")
+    axis.set_ylabel("fraction of requests")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    _save(figure, path)
+
+
+def plot_batching(tokens_per_s: Mapping[str, float], path: Path) -> None:
+    figure, (axis,) = _figure(1, 3.5)
+    labels = list(tokens_per_s)
+    axis.bar(labels, [tokens_per_s[k] for k in labels], color=["tab:gray", "tab:blue"][: len(labels)])
+    axis.set_ylabel("completion tokens/s")
+    axis.grid(alpha=0.3, axis="y")
+    _save(figure, path)
+
+
+def plot_coldstart(phases: Sequence[Phase], path: Path) -> None:
+    """The cold start's phases as consecutive bars on one time line."""
+    figure, (axis,) = _figure(1, 0.45 * len(phases) + 1.2)
+    for row, phase in enumerate(reversed(phases)):
+        axis.barh(row, phase.seconds, left=phase.start_s, color="tab:blue" if phase.main else "tab:gray")
+        axis.text(phase.start_s + phase.seconds, row, f" {phase.seconds * 1000:.0f} ms", va="center", fontsize="small")
+    axis.set_yticks(range(len(phases)), [p.name for p in reversed(phases)])
+    axis.set_xlabel("seconds since the request was sent")
+    axis.grid(alpha=0.3, axis="x")
+    _save(figure, path)

@@ -1,0 +1,97 @@
+"""Helpers for the load tests' tests: run ``python -m loadtest`` as a real process and read its last JSON line;
+serve a throwaway ASGI app on a real socket; build a tiny random Llama once per session."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from starlette.types import ASGIApp
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class CliRun:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """The JSON object every command prints as its last line."""
+        last = self.stdout.strip().splitlines()[-1]
+        parsed: dict[str, Any] = json.loads(last)
+        return parsed
+
+    def check(self) -> CliRun:
+        assert self.returncode == 0, f"exit {self.returncode}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr[-3000:]}"
+        return self
+
+
+async def start_loadtest(*args: str | Path) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "loadtest",
+        *(str(a) for a in args),
+        cwd=REPO_ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def loadtest(*args: str | Path, timeout_s: float = 60.0) -> CliRun:
+    """``python -m loadtest ARGS`` to the end (asynchronously, so servers in this process keep serving)."""
+    process = await start_loadtest(*args)
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout_s)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    assert process.returncode is not None
+    return CliRun(process.returncode, stdout.decode(), stderr.decode())
+
+
+@contextlib.asynccontextmanager
+async def serving(app: ASGIApp) -> AsyncIterator[str]:
+    """``app`` on a real loopback socket for the duration of the block; yields its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    host, port = sock.getsockname()
+    config = uvicorn.Config(app, log_level="warning", lifespan="off")
+    config.load()
+    server = uvicorn.Server(config)
+    # What Server.serve() does, minus taking over the test process's signal handlers (as tests/harness.py).
+    server.lifespan = config.lifespan_class(config)
+    await server.startup(sockets=[sock])
+    serving_task = asyncio.create_task(server.main_loop())
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        await serving_task
+        await server.shutdown(sockets=[sock])
+        sock.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer random Llama from ``python -m loadtest.models`` (the builder ``loadtest gpu`` uses, at its
+    smallest size), built in a child process so this one never imports torch."""
+    out = tmp_path_factory.mktemp("models") / "llama-tiny"
+    command = [sys.executable, "-m", "loadtest.models", "--size", "tiny", "--device", "cpu", "--out", str(out)]
+    built = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert built.returncode == 0, built.stdout + built.stderr
+    return out

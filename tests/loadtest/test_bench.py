@@ -1,0 +1,80 @@
+"""``bench overhead``, ``bench batching``, ``bench coldstart`` and ``gpu`` run end to end on tiny inputs and
+report the figures they promise. How fast anything is, is not tested: only that it is measured and reported."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.loadtest.conftest import loadtest
+
+pytestmark = pytest.mark.integration
+
+
+async def test_overhead(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run = await loadtest(
+        "bench", "overhead", "--concurrency", "4", "--requests", "40", "--rounds", "2", "--max-batch-delay", "0ms",
+        "--out", out,
+    )  # fmt: skip
+    summary = run.check().summary
+    keys = {"direct_p50_ms", "gateway_p50_ms", "added_p50_ms", "added_p99_ms", "gateway_rps", "direct_rps"}
+    assert keys <= set(summary)
+    assert all(summary[k] is not None for k in keys)
+    assert summary["added_p50_ms"] == pytest.approx(summary["gateway_p50_ms"] - summary["direct_p50_ms"], abs=0.01)
+    assert summary["errors"] == 0
+    assert summary["requests_per_side"] == 80
+    assert "direct" in run.stdout and "gateway" in run.stdout
+    assert (out / "overhead.png").stat().st_size > 0
+    assert len((out / "samples.csv").read_text().splitlines()) == 1 + 2 * 80
+
+
+async def test_batching(tiny_llama: Path, tmp_path: Path) -> None:
+    run = await loadtest(
+        "bench", "batching", "--model", tiny_llama, "--device", "cpu", "--requests", "16", "--max-tokens", "4",
+        "--rounds", "1", "--out", tmp_path / "out",
+    )  # fmt: skip
+    summary = run.check().summary
+    assert summary["tokens_per_s_b1"] > 0 and summary["tokens_per_s_b16"] > 0
+    assert summary["speedup"] == pytest.approx(summary["tokens_per_s_b16"] / summary["tokens_per_s_b1"], rel=1e-3)
+    # The random model never emits end-of-sequence: every request generates exactly max_tokens, on both sides.
+    assert summary["completion_tokens_b1"] == summary["completion_tokens_b16"] == 16 * 4
+    assert summary["errors"] == 0
+    assert (tmp_path / "out" / "batching.png").stat().st_size > 0
+
+
+async def test_coldstart(tiny_llama: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run = await loadtest("bench", "coldstart", "--model", tiny_llama, "--device", "cpu", "--out", out)
+    summary = run.check().summary
+    keys = {
+        "trigger_ms", "process_start_ms", "load_s", "load_gbps", "raw_read_gbps", "load_efficiency",
+        "ready_to_dispatch_ms", "total_s",
+    }  # fmt: skip
+    assert keys <= set(summary)
+    missing = [k for k in keys if summary[k] is None]
+    assert not missing, f"phases not found: {missing}\n{(out / 'gateway-coldstart.log').read_text()[-3000:]}"
+    assert summary["load_bytes"] == (tiny_llama / "model.safetensors").stat().st_size
+    assert summary["load_efficiency"] == pytest.approx(summary["load_gbps"] / summary["raw_read_gbps"], rel=1e-3)
+    assert summary["cache_hits"] == 1  # the weights were in the node cache before the cold start
+    # The phases lie in order on one time line that ends at the first token.
+    assert 0 <= summary["trigger_ms"] / 1000 < summary["ttft_s"] <= summary["total_s"]
+    assert summary["ready_to_dispatch_ms"] >= 0
+    for phase in ("trigger", "process start", "engine start", "load", "ready to dispatch", "first token"):
+        assert phase in run.stdout
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert (out / "coldstart.png").stat().st_size > 0
+
+
+async def test_gpu_refuses_without_cuda() -> None:
+    run = await loadtest("gpu")
+    assert run.returncode == 2
+    assert "CUDA" in run.stderr
+
+
+async def test_gpu_help_says_where_it_runs() -> None:
+    run = (await loadtest("gpu", "--help")).check()
+    assert "torch.cuda.is_available()" in run.stdout
+    assert "8 minutes" in run.stdout
