@@ -1,4 +1,4 @@
-"""``python -m gateway``: the gateway with the local backend, configured from the environment."""
+"""``python -m gateway``: the gateway, configured from the environment (see docs/configuration.md)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ import sys
 
 import uvicorn
 
-from gateway.app import create_app
+from gateway.app import Backend, create_app
+from gateway.backends.kubernetes.backend import KubernetesBackend, KubernetesSettings
+from gateway.backends.kubernetes.leader import LeaseSettings
 from gateway.backends.local import LocalBackend, load_local_config
+from gateway.catalog import ModelCatalog
 from gateway.embedded import EmbeddedRedis
 from gateway.endpoints import ReadyEndpoints
 from gateway.errors import ConfigError
@@ -33,10 +36,32 @@ The first request starts a runtime replica (a cold start); after the idle timeou
 """
 
 
+def _local(settings: GatewaySettings, endpoints: ReadyEndpoints) -> tuple[Backend, ModelCatalog, str]:
+    config = load_local_config(settings.config_path)
+    backend = LocalBackend(config, endpoints)
+    return backend, ModelCatalog(backend.models), config.models[0].settings.name
+
+
+def _kubernetes(settings: GatewaySettings, endpoints: ReadyEndpoints) -> tuple[Backend, ModelCatalog, str]:
+    catalog = ModelCatalog()
+    lease = LeaseSettings(
+        name=settings.lease_name,
+        namespace=settings.namespaces[0],
+        identity=settings.gateway_id,
+        duration_s=settings.lease_duration_s,
+    )
+    kube = KubernetesSettings(namespaces=settings.namespaces, lease=lease, kubeconfig=settings.kubeconfig)
+    return KubernetesBackend(kube, catalog, endpoints), catalog, "<model>"
+
+
 def main() -> int:
     try:
         settings = GatewaySettings.from_env(os.environ)
-        config = load_local_config(settings.config_path)
+        endpoints = ReadyEndpoints()
+        make = _local if settings.backend == "local" else _kubernetes
+        backend, catalog, example_model = make(settings, endpoints)
+        if settings.redis_url is None and settings.backend != "local":
+            raise ConfigError("REDIS_URL is required with the kubernetes backend")
     except ConfigError as exc:
         print(f"kaltstart: {exc}", file=sys.stderr)
         return 2
@@ -45,10 +70,8 @@ def main() -> int:
         redis_url = settings.redis_url or stack.enter_context(EmbeddedRedis())
         if settings.redis_url is None:
             log.info("REDIS_URL not set: started an embedded Valkey at %s", redis_url)
-        endpoints = ReadyEndpoints()
-        backend = LocalBackend(config, endpoints)
-        app = create_app(settings, redis_url=redis_url, backend=backend, endpoints=endpoints, models=backend.models)
-        print(_banner(f"http://{settings.host}:{settings.port}", config.models[0].settings.name), flush=True)
+        app = create_app(settings, redis_url=redis_url, backend=backend, endpoints=endpoints, catalog=catalog)
+        print(_banner(f"http://{settings.host}:{settings.port}", example_model), flush=True)
         uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
     return 0
 

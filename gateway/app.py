@@ -17,21 +17,26 @@ from gateway.catalog import ModelCatalog
 from gateway.dispatch import Dispatcher, Dispatchers
 from gateway.endpoints import ReadyEndpoints
 from gateway.errors import RequestError
+from gateway.janitor import Janitor
 from gateway.metrics import Metrics
 from gateway.queue import RequestQueue
 from gateway.replies import ReplyRouter
 from gateway.routes import error_response, routes
 from gateway.scaling import ReplicaControl, Scaler
 from gateway.service import Gateway
-from gateway.settings import GatewaySettings, ModelSettings
+from gateway.settings import GatewaySettings
 
 
 class Backend(ReplicaControl, Protocol):
-    """What the app needs of a backend beyond scaling: its start, its stop."""
+    """What the app needs of a backend beyond scaling: its start, its stop, and whether this gateway replica
+    may scale down (only one replica at a time should)."""
 
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+    @property
+    def is_leader(self) -> bool: ...
 
 
 def _runtime_client(settings: GatewaySettings) -> httpx.AsyncClient:
@@ -47,15 +52,22 @@ def create_app(
     redis_url: str,
     backend: Backend,
     endpoints: ReadyEndpoints,
-    models: list[ModelSettings],
+    catalog: ModelCatalog,
 ) -> Starlette:
+    """``catalog`` is the backend's: the local backend fills it once, the Kubernetes backend keeps it current."""
     redis = Redis.from_url(redis_url)
     metrics = Metrics()
-    catalog = ModelCatalog(models)
     queue = RequestQueue(redis, settings.max_queue_per_model)
     replies = ReplyRouter(redis, keys.replies(settings.gateway_id))
     scaler = Scaler(
-        catalog, queue, backend, endpoints, metrics, interval_s=settings.scale_interval_s, clock=time.monotonic
+        catalog,
+        queue,
+        backend,
+        endpoints,
+        metrics,
+        interval_s=settings.scale_interval_s,
+        clock=time.monotonic,
+        may_scale_down=lambda: backend.is_leader,
     )
     client = _runtime_client(settings)
     dispatchers = Dispatchers(
@@ -63,10 +75,12 @@ def create_app(
         lambda model: Dispatcher(model, queue, endpoints, client, settings.gateway_id, metrics, settings.max_attempts),
     )
     gateway = Gateway(settings, catalog, queue, replies, scaler, metrics)
+    janitor = Janitor(queue, catalog, settings.gateway_id, interval_s=settings.heartbeat_interval_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await replies.start()
+        await janitor.start()
         await backend.start()
         dispatchers.sync()
         await scaler.start()
@@ -75,6 +89,7 @@ def create_app(
         finally:
             await scaler.stop()
             await dispatchers.stop()
+            await janitor.stop()
             await backend.stop()
             await replies.stop()
             await client.aclose()

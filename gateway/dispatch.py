@@ -29,7 +29,8 @@ from gateway.settings import ModelSettings
 log = logging.getLogger("kaltstart.dispatch")
 
 #: How long one blocking queue read waits before the dispatcher loops (it wakes at once when work arrives).
-READ_BLOCK_S = 5.0
+#: Must stay below the Redis client's socket timeout (redis-py's default is 5 s), or idle reads time out.
+READ_BLOCK_S = 2.0
 
 
 class _RuntimeRefused(Exception):
@@ -103,17 +104,23 @@ class Dispatcher:
         self._batches: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
-        try:
-            await self._queue.prepare(self._model)
-            while True:
-                await self._dispatch_next()
-        finally:
-            for task in self._batches:
+        """Dispatch until cancelled; batches already sent keep running (see ``drain``)."""
+        await self._queue.prepare(self._model)
+        while True:
+            await self._dispatch_next()
+
+    async def drain(self, timeout_s: float) -> None:
+        """Let batches in flight finish for up to ``timeout_s``; the rest are cancelled and put back."""
+        if self._batches:
+            _done, pending = await asyncio.wait(set(self._batches), timeout=timeout_s)
+            for task in pending:
                 task.cancel()
-            self._pool.close()
+            await asyncio.gather(*pending, return_exceptions=True)
+        self._pool.close()
 
     async def _dispatch_next(self) -> None:
         url = await self._pool.acquire()
+        batch: list[Delivery] = []
         try:
             batch = await self._read()
             while batch and not self._pool.is_ready(url):  # it went away while we waited for work
@@ -121,6 +128,8 @@ class Dispatcher:
                 url = await self._pool.acquire()
         except BaseException:
             self._pool.release(url)
+            if batch:
+                await asyncio.shield(self._queue.put_back(self._model, batch))
             raise
         if not batch:
             self._pool.release(url)
@@ -143,8 +152,8 @@ class Dispatcher:
                 self._model, self._consumer, s.max_batch_size, s.max_batch_delay_s, READ_BLOCK_S
             )
             return await self._queue.drop_settled(self._model, batch) if batch else batch
-        except QueueUnavailable:
-            log.warning("queue unavailable; %s dispatcher retries in 1 s", self._model)
+        except QueueUnavailable as exc:
+            log.warning("queue unavailable (%r); %s dispatcher retries in 1 s", exc.__cause__, self._model)
             await asyncio.sleep(1.0)  # back off from a failing Redis
             return []
 
@@ -153,6 +162,9 @@ class Dispatcher:
         try:
             await self._announce(batch)
             await self._stream_batch(url, batch, unfinished)
+        except asyncio.CancelledError:  # this gateway is stopping: another one will dispatch them
+            await asyncio.shield(self._queue.put_back(self._model, list(unfinished.values())))
+            raise
         except (httpx.HTTPError, ValidationError, _RuntimeRefused) as exc:
             log.warning("replica %s failed a batch of %d for %s: %s", url, len(batch), self._model, exc)
         except QueueUnavailable:
@@ -216,38 +228,45 @@ class Dispatcher:
 class Dispatchers:
     """Runs one dispatcher per catalogued model; restarts it when the model's settings change."""
 
-    def __init__(self, catalog: ModelCatalog, factory: Callable[[ModelSettings], Dispatcher]) -> None:
+    def __init__(
+        self, catalog: ModelCatalog, factory: Callable[[ModelSettings], Dispatcher], drain_s: float = 10.0
+    ) -> None:
         self._catalog = catalog
         self._factory = factory
-        self._running: dict[str, tuple[ModelSettings, asyncio.Task[None]]] = {}
+        self._drain_s = drain_s
+        self._running: dict[str, tuple[Dispatcher, asyncio.Task[None]]] = {}
         catalog.subscribe(self.sync)
 
     def sync(self) -> None:
         wanted = {m.name: m for m in self._catalog.all()}
-        for name, (settings, task) in list(self._running.items()):
-            if wanted.get(name) != settings:
+        for name, (dispatcher, task) in list(self._running.items()):
+            if wanted.get(name) != dispatcher.settings:
                 task.cancel()
                 del self._running[name]
+                asyncio.get_running_loop().create_task(dispatcher.drain(self._drain_s))
         for name, settings in wanted.items():
             if name not in self._running:
-                task = asyncio.create_task(self._guarded(settings), name=f"dispatcher-{name}")
-                self._running[name] = (settings, task)
+                dispatcher = self._factory(settings)
+                task = asyncio.create_task(self._guarded(dispatcher), name=f"dispatcher-{name}")
+                self._running[name] = (dispatcher, task)
 
-    async def _guarded(self, settings: ModelSettings) -> None:
+    async def _guarded(self, dispatcher: Dispatcher) -> None:
         while True:
             try:
-                await self._factory(settings).run()
+                await dispatcher.run()
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("dispatcher for %s crashed; restarting in 1 s", settings.name)
+                log.exception("dispatcher for %s crashed; restarting in 1 s", dispatcher.settings.name)
                 await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
-        tasks = [task for _settings, task in self._running.values()]
-        for task in tasks:
+        """Stop reading new work, then let the batches in flight finish (up to ``drain_s``)."""
+        running = list(self._running.values())
+        self._running.clear()
+        for _dispatcher, task in running:
             task.cancel()
-        for task in tasks:
+        for _dispatcher, task in running:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._running.clear()
+        await asyncio.gather(*(dispatcher.drain(self._drain_s) for dispatcher, _task in running))

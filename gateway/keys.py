@@ -43,6 +43,11 @@ def fence(model: str) -> str:
 FENCES = f"{PREFIX}:fences"
 
 
+def gateway(gateway_id: str) -> str:
+    """Exists while the gateway replica is alive (a heartbeat with a TTL)."""
+    return f"{PREFIX}:gateway:{gateway_id}"
+
+
 def replies(gateway_id: str) -> str:
     """Pub/sub channel on which dispatchers send a request's replies to the gateway replica holding its client."""
     return f"{PREFIX}:replies:{gateway_id}"

@@ -51,6 +51,12 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.scale_writes = Counter(
+            "kaltstart_scale_writes",
+            "Replica counts this gateway changed, by direction.",
+            ["model", "direction"],
+            registry=r,
+        )
         self.batches = Counter("kaltstart_batches", "Batches sent to runtimes.", ["model"], registry=r)
         self.batch_size = Histogram(
             "kaltstart_batch_size",

@@ -76,9 +76,10 @@ end
 return 0
 """
 
-# KEYS: queue, settled. ARGV: entry id, group, new payload. -> new entry id, or false if already settled.
+# KEYS: queue, settled. ARGV: entry id, group, new payload. -> new entry id; false if the entry was not pending
+# (someone else put it back already) or the request is settled.
 _REQUEUE = """
-redis.call('XACK', KEYS[1], ARGV[2], ARGV[1])
+if redis.call('XACK', KEYS[1], ARGV[2], ARGV[1]) == 0 then return false end
 redis.call('XDEL', KEYS[1], ARGV[1])
 if redis.call('EXISTS', KEYS[2]) == 1 then return false end
 return redis.call('XADD', KEYS[1], '*', 'r', ARGV[3])
@@ -96,6 +97,8 @@ class QueuedRequest(BaseModel):
     accepted_at: float
     #: 1 for the first dispatch; +1 each time a replica failed mid-batch and it was put back.
     attempt: int = 1
+    #: The gateway replica that accepted it (whose heartbeat says whether anyone still waits for the answer).
+    gateway: str = ""
 
     @property
     def id(self) -> str:
@@ -191,24 +194,33 @@ class RequestQueue:
     async def read_batch(
         self, model: str, consumer: str, max_size: int, fill_s: float, block_s: float
     ) -> list[Delivery]:
-        """Block up to ``block_s`` for the first entry, then up to ``fill_s`` more to fill the batch."""
+        """Block up to ``block_s`` for the first entry, then give others ``fill_s`` to join the batch.
+
+        The fill window is timed here, not with ``BLOCK``: a Redis server checks blocked clients' timeouts only
+        ``hz`` times a second (10 by default), so ``BLOCK 10`` can last 100 ms.
+        """
         batch = await self._read(model, consumer, max_size, block_s)
-        if not batch or fill_s <= 0:
-            return batch
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + fill_s
-        while len(batch) < max_size and (left := deadline - loop.time()) > 0.001:
-            more = await self._read(model, consumer, max_size - len(batch), left)
-            if not more:
-                break
-            batch.extend(more)
+        if batch and len(batch) < max_size and fill_s > 0:
+            try:
+                await asyncio.sleep(fill_s)  # the batching window itself: an intended delay
+                batch += await self._read(model, consumer, max_size - len(batch), None)
+            except asyncio.CancelledError:
+                await asyncio.shield(self.put_back(model, batch))
+                raise
         return batch
 
-    async def _read(self, model: str, consumer: str, count: int, block_s: float) -> list[Delivery]:
+    async def put_back(self, model: str, batch: Sequence[Delivery]) -> None:
+        """Return read entries to the queue unchanged (this dispatcher is stopping before it could send them)."""
+        for delivery in batch:
+            await self.requeue(model, delivery, failed=False)
+
+    async def _read(self, model: str, consumer: str, count: int, block_s: float | None) -> list[Delivery]:
+        """Read up to ``count`` new entries, blocking up to ``block_s`` for the first (None: do not block)."""
+        block = None if block_s is None else max(1, int(block_s * 1000))
         async with _converted():
             try:
                 response = await self._redis.xreadgroup(
-                    keys.GROUP, consumer, {keys.queue(model): ">"}, count=count, block=max(1, int(block_s * 1000))
+                    keys.GROUP, consumer, {keys.queue(model): ">"}, count=count, block=block
                 )
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
@@ -249,9 +261,10 @@ class RequestQueue:
             )
         return bool(first)
 
-    async def requeue(self, model: str, delivery: Delivery) -> bool:
-        """Put a request whose replica failed back at the end of the queue, as its next attempt."""
-        again = delivery.queued.model_copy(update={"attempt": delivery.queued.attempt + 1})
+    async def requeue(self, model: str, delivery: Delivery, *, failed: bool = True) -> bool:
+        """Put a request back at the end of the queue: as its next attempt if its replica ``failed``, as the same
+        attempt if the gateway dispatching it is shutting down."""
+        again = delivery.queued.model_copy(update={"attempt": delivery.queued.attempt + int(failed)})
         async with _converted():
             entry = await self._requeue(
                 keys=[keys.queue(model), keys.settled(model, delivery.queued.id)],
@@ -287,6 +300,45 @@ class RequestQueue:
         reply = ReplyAdapter.validate_json(stored)
         return reply if isinstance(reply, Finished | Failed) else None
 
+    async def heartbeat(self, gateway_id: str, ttl_s: float) -> None:
+        """This gateway replica is alive for another ``ttl_s``."""
+        async with _converted():
+            await self._redis.set(keys.gateway(gateway_id), 1, px=int(ttl_s * 1000))
+
+    async def is_alive(self, gateway_id: str) -> bool:
+        async with _converted():
+            return bool(await self._redis.exists(keys.gateway(gateway_id)))
+
+    async def consumers(self, model: str) -> dict[str, int]:
+        """The model's dispatchers (gateway ids) and how many entries each holds in flight."""
+        async with _converted():
+            try:
+                infos = await self._redis.xinfo_consumers(keys.queue(model), keys.GROUP)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc) and "no such key" not in str(exc):
+                    raise
+                return {}
+        return {_decode(info["name"]): int(info["pending"]) for info in infos}
+
+    async def take_over(self, model: str, consumer: str, new_owner: str, count: int = 100) -> list[Delivery]:
+        """Claim up to ``count`` entries a (dead) consumer holds in flight."""
+        async with _converted():
+            pending = await self._redis.xpending_range(
+                keys.queue(model), keys.GROUP, min="-", max="+", count=count, consumername=consumer
+            )
+            ids: list[int | bytes | str | memoryview[int]] = [p["message_id"] for p in pending]
+            response = await self._redis.xclaim(keys.queue(model), keys.GROUP, new_owner, 0, ids) if ids else []
+        claimed = cast(list[tuple[bytes, dict[bytes, bytes] | None]], response)
+        return [
+            Delivery(_decode(entry_id), QueuedRequest.model_validate_json(fields[b"r"]))
+            for entry_id, fields in claimed
+            if fields  # an entry deleted meanwhile comes back without fields
+        ]
+
+    async def forget_consumer(self, model: str, consumer: str) -> None:
+        async with _converted():
+            await self._redis.xgroup_delconsumer(keys.queue(model), keys.GROUP, consumer)
+
     async def ping(self) -> bool:
         try:
             return bool(await self._redis.ping())
@@ -294,22 +346,24 @@ class RequestQueue:
             return False
 
     async def load(self, model: str) -> Load:
+        """Queued and in-flight requests, and seconds since the last activity. A model seen for the first time
+        (or after Redis lost its data) counts as active now: idleness is never assumed, so a gateway that
+        starts, or restarts, changes no replica count."""
         async with _converted(), self._redis.pipeline(transaction=False) as pipe:
             pipe.xlen(keys.queue(model))
-            pipe.xpending(keys.queue(model), keys.GROUP)
             pipe.get(keys.activity(model))
             pipe.time()
+            length, activity, now = await pipe.execute()
+            now_ms = now[0] * 1000 + now[1] // 1000
+            if activity is None:
+                await self._redis.set(keys.activity(model), now_ms, nx=True)
+                activity = now_ms
             try:
-                length, pending, activity, now = await pipe.execute()
-            except ResponseError as exc:  # no group yet: nothing was ever queued
+                pending = await self._redis.xpending(keys.queue(model), keys.GROUP)
+            except ResponseError as exc:  # no group yet: nothing was ever dispatched
                 if "NOGROUP" not in str(exc):
                     raise
-                return Load(queued=0, in_flight=0, idle_for_s=None)
+                pending = None
         in_flight = int(pending["pending"]) if pending else 0
-        now_ms = now[0] * 1000 + now[1] // 1000
-        if activity is None:  # first sight of this model: idleness starts counting now, not at the epoch
-            async with _converted():
-                await self._redis.set(keys.activity(model), now_ms, nx=True)
-            activity = now_ms
         idle = max(0.0, (now_ms - int(activity)) / 1000)
         return Load(queued=max(0, int(length) - in_flight), in_flight=in_flight, idle_for_s=idle)

@@ -36,9 +36,9 @@ class ReplicaControl(Protocol):
         """The replicas of the model's scaling unit as last seen (cheap: no I/O)."""
         ...
 
-    async def scale_up(self, model: str, at_least: int, *, fresh: bool = False) -> None:
+    async def scale_up(self, model: str, at_least: int, *, fresh: bool = False) -> bool:
         """Make sure at least ``at_least`` replicas are wanted; never lowers a count. ``fresh``: do not trust a
-        cached count (a scale-down may just have been written)."""
+        cached count (a scale-down may just have been written). True if this call raised the count."""
         ...
 
     async def scale_down(self, model: str, to: int) -> bool:
@@ -79,9 +79,13 @@ class Scaler:
             self._cold_started(model)
             log.info("scaling %s from zero for a waiting request", model)
         try:
-            await self._backend.scale_up(model, 1, fresh=recheck)
+            await self._scale_up(model, 1, fresh=recheck)
         except KaltstartError as exc:  # the next tick tries again; the request waits in the queue meanwhile
             log.error("scale-up of %s failed: %s", model, exc)
+
+    async def _scale_up(self, model: str, to: int, fresh: bool = False) -> None:
+        if await self._backend.scale_up(model, to, fresh=fresh):
+            self._metrics.scale_writes.labels(model, "up").inc()
 
     def _cold_started(self, model: str) -> None:
         if model not in self._cold_since:
@@ -139,7 +143,7 @@ class Scaler:
             log.info("scaling %s up to %d (demand %d)", name, wanted, demand)
             if now.desired == 0:
                 self._cold_started(name)
-            await self._backend.scale_up(name, wanted)
+            await self._scale_up(name, wanted)
         elif wanted < now.desired and self._may_scale_down():
             await self._scale_down(unit, wanted, policy.idle_threshold_s(settings, now))
 
@@ -155,6 +159,7 @@ class Scaler:
                     return
                 fenced.append(m.name)
             if await self._backend.scale_down(unit[0].name, to):
+                self._metrics.scale_writes.labels(unit[0].name, "down").inc()
                 log.info("scaled %s down to %d after %.0f s idle", unit[0].name, to, idle_s)
         finally:
             for name in fenced:

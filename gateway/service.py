@@ -181,7 +181,12 @@ class Gateway:
         closer = ExitStack()
         inbox = closer.enter_context(self._replies.expect(request.id))
         ticket = Ticket(model, request.id, inbox, self._queue, self.settings.request_timeout_s, closer)
-        queued = QueuedRequest(request=request, reply_to=self._replies.channel, accepted_at=time.time())
+        queued = QueuedRequest(
+            request=request,
+            reply_to=self._replies.channel,
+            accepted_at=time.time(),
+            gateway=self.settings.gateway_id,
+        )
         try:
             ticket.entry_id, fenced = await self._enqueue(model.name, queued)
         except BaseException:

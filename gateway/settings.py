@@ -128,6 +128,23 @@ class ModelSettings:
         return max(1, min(30, math.ceil(self.cold_start_timeout_s / 4)))
 
 
+def _namespaces(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise ValueError("no namespace given")
+    return names
+
+
+_SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def own_namespace(environ: Mapping[str, str]) -> str:
+    """The namespace this pod runs in (its service account says), else POD_NAMESPACE, else ``default``."""
+    if _SERVICE_ACCOUNT_NAMESPACE.exists():
+        return _SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+    return environ.get("POD_NAMESPACE") or "default"
+
+
 def _default_gateway_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -142,7 +159,8 @@ class GatewaySettings:
     port: int = 8080
     #: REDIS_URL: an external Redis/Valkey. None starts an embedded Valkey (local mode only).
     redis_url: str | None = None
-    #: KALTSTART_BACKEND: ``local`` (runtime processes on this machine). ``kubernetes`` comes next.
+    #: KALTSTART_BACKEND: ``local`` (runtime processes on this machine) or ``kubernetes`` (annotated
+    #: Deployments, scaled through the API).
     backend: str = "local"
     #: KALTSTART_CONFIG: the local backend's model file (TOML).
     config_path: Path = Path("kaltstart.toml")
@@ -163,6 +181,17 @@ class GatewaySettings:
     max_attempts: int = 3
     #: KALTSTART_LOG_LEVEL
     log_level: str = "INFO"
+    #: KALTSTART_HEARTBEAT_INTERVAL: how often this replica says it is alive; one silent for 5 intervals is
+    #: taken for dead and the requests its dispatchers held are given to others.
+    heartbeat_interval_s: float = 2.0
+    #: KALTSTART_NAMESPACES (kubernetes): comma-separated namespaces to serve; default: the pod's own.
+    namespaces: tuple[str, ...] = ()
+    #: KALTSTART_LEASE_NAME (kubernetes): the Lease whose holder scales models down.
+    lease_name: str = "kaltstart-gateway"
+    #: KALTSTART_LEASE_DURATION (kubernetes): how long scale-downs pause when the leader dies (whole seconds).
+    lease_duration_s: int = 15
+    #: KUBECONFIG (kubernetes): a kubeconfig file; unset inside a pod: in-cluster config.
+    kubeconfig: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> GatewaySettings:
@@ -185,6 +214,11 @@ class GatewaySettings:
             "KALTSTART_SCALE_INTERVAL": ("scale_interval_s", parse_duration_s),
             "KALTSTART_MAX_ATTEMPTS": ("max_attempts", lambda v: _parse_int(v, 1)),
             "KALTSTART_LOG_LEVEL": ("log_level", str.upper),
+            "KALTSTART_HEARTBEAT_INTERVAL": ("heartbeat_interval_s", parse_duration_s),
+            "KALTSTART_NAMESPACES": ("namespaces", _namespaces),
+            "KALTSTART_LEASE_NAME": ("lease_name", str),
+            "KALTSTART_LEASE_DURATION": ("lease_duration_s", lambda v: _parse_int(parse_duration_s(v), 2)),
+            "KUBECONFIG": ("kubeconfig", str),
         }
         for env_name, (attr, parse) in simple.items():
             raw = get(env_name)
@@ -193,7 +227,9 @@ class GatewaySettings:
                     kwargs[attr] = parse(raw)  # type: ignore[operator]
                 except ValueError as exc:
                     raise ConfigError(f"{env_name}: {exc}", key=env_name) from None
+        if "namespaces" not in kwargs:
+            kwargs["namespaces"] = (own_namespace(environ),)
         settings = cls(**kwargs)  # type: ignore[arg-type]
-        if settings.backend != "local":
+        if settings.backend not in ("local", "kubernetes"):
             raise ConfigError(f"KALTSTART_BACKEND: unknown backend {settings.backend!r}", key="KALTSTART_BACKEND")
         return settings

@@ -1,4 +1,4 @@
-"""Runs a real gateway (uvicorn on a real socket, local backend, real runtime processes) inside a test."""
+"""Runs a real gateway (uvicorn on a real socket, a real backend, real runtime processes) inside a test."""
 
 from __future__ import annotations
 
@@ -8,28 +8,41 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 import uvicorn
 from starlette.applications import Starlette
 
 from gateway.app import create_app
+from gateway.backends.kubernetes.backend import KubernetesBackend, KubernetesSettings
+from gateway.backends.kubernetes.leader import LeaseSettings
 from gateway.backends.local import LocalBackend, LocalConfig, LocalModel
+from gateway.catalog import ModelCatalog
 from gateway.endpoints import ReadyEndpoints
 from gateway.metrics import Metrics
+from gateway.scaling import Scaler
 from gateway.settings import GatewaySettings, ModelSettings
+
+B = TypeVar("B", LocalBackend, KubernetesBackend)
 
 
 @dataclass
-class RunningGateway:
+class RunningGateway(Generic[B]):
     url: str
     app: Starlette
-    backend: LocalBackend
+    backend: B
     endpoints: ReadyEndpoints
+    catalog: ModelCatalog
 
     @property
     def metrics(self) -> Metrics:
         metrics: Metrics = self.app.state.gateway._metrics
         return metrics
+
+    @property
+    def scaler(self) -> Scaler:
+        scaler: Scaler = self.app.state.scaler
+        return scaler
 
     def metric(self, name: str, **labels: str) -> float:
         return self.metrics.registry.get_sample_value(name, labels) or 0.0
@@ -47,6 +60,10 @@ class RunningGateway:
             unsubscribe()
 
 
+LocalGateway = RunningGateway[LocalBackend]
+KubernetesGateway = RunningGateway[KubernetesBackend]
+
+
 def model(name: str, source: Path | str, engine: str = "torch", **settings: str | int | float) -> LocalModel:
     """A local model entry; ``settings`` use the config file's keys with ``_`` for ``-``."""
     keys = {key.replace("_", "-"): value for key, value in settings.items()}
@@ -54,16 +71,7 @@ def model(name: str, source: Path | str, engine: str = "torch", **settings: str 
 
 
 @contextlib.asynccontextmanager
-async def run_gateway(
-    models: list[LocalModel], redis_url: str, cache_dir: Path, **overrides: object
-) -> AsyncIterator[RunningGateway]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    host, port = sock.getsockname()
-    settings = replace(GatewaySettings(host=host, port=port, redis_url=redis_url), **overrides)  # type: ignore[arg-type]
-    endpoints = ReadyEndpoints()
-    backend = LocalBackend(LocalConfig(models=tuple(models), cache_dir=cache_dir), endpoints)
-    app = create_app(settings, redis_url=redis_url, backend=backend, endpoints=endpoints, models=backend.models)
+async def _serve(app: Starlette, sock: socket.socket) -> AsyncIterator[None]:
     config = uvicorn.Config(app, log_level="warning", lifespan="on")
     config.load()
     server = uvicorn.Server(config)
@@ -72,9 +80,65 @@ async def run_gateway(
     await server.startup(sockets=[sock])
     serving = asyncio.create_task(server.main_loop())
     try:
-        yield RunningGateway(f"http://{host}:{port}", app, backend, endpoints)
+        yield
     finally:
         server.should_exit = True
         await serving
         await server.shutdown(sockets=[sock])
+
+
+def _settings(redis_url: str, sock: socket.socket, overrides: dict[str, Any]) -> GatewaySettings:
+    host, port = sock.getsockname()
+    return replace(GatewaySettings(host=host, port=port, redis_url=redis_url), **overrides)
+
+
+@contextlib.asynccontextmanager
+async def _listening() -> AsyncIterator[socket.socket]:
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only for such sockets; without
+    # it every small response waits ~40 ms for delayed ACKs.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    try:
+        yield sock
+    finally:
         sock.close()
+
+
+@contextlib.asynccontextmanager
+async def run_gateway(
+    models: list[LocalModel], redis_url: str, cache_dir: Path, **overrides: Any
+) -> AsyncIterator[LocalGateway]:
+    """A gateway with the local backend serving ``models``."""
+    async with _listening() as sock:
+        settings = _settings(redis_url, sock, overrides)
+        endpoints = ReadyEndpoints()
+        backend = LocalBackend(LocalConfig(models=tuple(models), cache_dir=cache_dir), endpoints)
+        catalog = ModelCatalog(backend.models)
+        app = create_app(settings, redis_url=redis_url, backend=backend, endpoints=endpoints, catalog=catalog)
+        async with _serve(app, sock):
+            yield RunningGateway(f"http://{settings.host}:{settings.port}", app, backend, endpoints, catalog)
+
+
+@contextlib.asynccontextmanager
+async def run_kubernetes_gateway(
+    kubeconfig: Path, redis_url: str, namespace: str = "default", lease_s: int = 2, **overrides: Any
+) -> AsyncIterator[KubernetesGateway]:
+    """A gateway with the Kubernetes backend, talking to the API server named in ``kubeconfig``."""
+    async with _listening() as sock:
+        settings = _settings(redis_url, sock, {"backend": "kubernetes", **overrides})
+        endpoints = ReadyEndpoints()
+        catalog = ModelCatalog()
+        lease = LeaseSettings("kaltstart-gateway", namespace, settings.gateway_id, duration_s=lease_s)
+        kube = KubernetesSettings(namespaces=(namespace,), lease=lease, kubeconfig=str(kubeconfig))
+        backend = KubernetesBackend(kube, catalog, endpoints)
+        app = create_app(settings, redis_url=redis_url, backend=backend, endpoints=endpoints, catalog=catalog)
+        async with _serve(app, sock):
+            yield RunningGateway(f"http://{settings.host}:{settings.port}", app, backend, endpoints, catalog)
+
+
+async def eventually(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Wait until ``check()`` holds, for state that announces no change (a metric counted after an HTTP
+    response arrives). Polls; prefer waiting on an event where there is one."""
+    async with asyncio.timeout(timeout_s):
+        while not check():  # noqa: ASYNC110 - nothing to wait on, see above
+            await asyncio.sleep(0.02)

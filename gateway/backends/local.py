@@ -258,12 +258,14 @@ class LocalBackend:
     def replicas(self, model: str) -> Replicas:
         return self._group(model).status()
 
-    async def scale_up(self, model: str, at_least: int, *, fresh: bool = False) -> None:
+    async def scale_up(self, model: str, at_least: int, *, fresh: bool = False) -> bool:
         group = self._group(model)
         async with group.lock:
-            if len(group.replicas) < at_least:
-                log.info("scaling %s to %d replica(s)", model, at_least)
-                await group.resize(at_least)
+            if len(group.replicas) >= at_least:
+                return False
+            log.info("scaling %s to %d replica(s)", model, at_least)
+            await group.resize(at_least)
+            return True
 
     async def scale_down(self, model: str, to: int) -> bool:
         group = self._group(model)
@@ -275,6 +277,11 @@ class LocalBackend:
 
     def replica_processes(self, model: str) -> Sequence[LocalReplica]:
         return tuple(self._group(model).replicas)
+
+    @property
+    def is_leader(self) -> bool:
+        """One gateway process owns its local replicas."""
+        return True
 
     async def start(self) -> None:
         """Nothing runs until asked for; ``min-replicas`` are brought up by the autoscaler's first tick."""

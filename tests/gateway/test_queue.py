@@ -10,9 +10,12 @@ import pytest
 from redis.asyncio import Redis
 
 import wire
+from gateway.catalog import ModelCatalog
 from gateway.errors import QueueFull
+from gateway.janitor import Janitor
 from gateway.queue import Fenced, QueuedRequest, RequestQueue
 from gateway.replies import Failed, Finished, ReplyRouter, Token
+from gateway.settings import ModelSettings
 
 pytestmark = pytest.mark.integration
 
@@ -128,7 +131,7 @@ async def test_requeue_is_the_next_attempt_unless_settled(queue: RequestQueue) -
 
 async def test_load_of_an_unused_model(queue: RequestQueue) -> None:
     load = await queue.load("never-used")
-    assert (load.queued, load.in_flight, load.idle_for_s) == (0, 0, None)
+    assert (load.queued, load.in_flight, load.idle_for_s) == (0, 0, 0.0)  # idleness starts counting now
 
 
 async def test_fence_is_taken_only_when_idle(queue: RequestQueue, redis: Redis) -> None:
@@ -158,3 +161,32 @@ async def test_requests_wait_at_a_fence_until_it_is_lifted(queue: RequestQueue, 
         assert isinstance(await queue.enqueue(MODEL, _queued("a")), str)
     finally:
         await router.stop()
+
+
+async def test_requeue_twice_puts_back_once(queue: RequestQueue) -> None:
+    await _enqueue(queue, "a")
+    (delivery,) = await queue.read_batch(MODEL, "c1", 8, 0.0, 0.1)
+    assert await queue.requeue(MODEL, delivery)
+    assert not await queue.requeue(MODEL, delivery)
+    assert (await queue.load(MODEL)).queued == 1
+
+
+async def test_janitor_hands_back_the_work_of_a_dead_gateway(queue: RequestQueue) -> None:
+    catalog = ModelCatalog([ModelSettings(name=MODEL)])
+    live = Janitor(queue, catalog, "live", interval_s=1)
+    await live.start()
+    for request_id, accepted_by in (("mine", "live"), ("orphan", "dead")):
+        queued = _queued(request_id).model_copy(update={"gateway": accepted_by})
+        await queue.enqueue(MODEL, queued)
+    assert len(await queue.read_batch(MODEL, "dead", 8, 0.0, 0.1)) == 2  # then "dead" died: no heartbeat
+
+    await live.sweep(MODEL)
+
+    (again,) = await queue.read_batch(MODEL, "live", 8, 0.0, 0.1)
+    assert (again.queued.id, again.queued.attempt) == ("mine", 1)  # back in the queue, not counted as a failure
+    assert await queue.final_reply(MODEL, "orphan") is None  # nobody waits for it: cancelled
+    assert (await queue.load(MODEL)).demand == 1
+    assert "dead" not in await queue.consumers(MODEL) or (await queue.consumers(MODEL))["dead"] == 0
+    await live.sweep(MODEL)
+    assert "dead" not in await queue.consumers(MODEL)
+    await live.stop()

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.harness import RunningGateway, model, run_gateway
+from tests.harness import LocalGateway, model, run_gateway
 
 
 @pytest.fixture(scope="session")
@@ -18,7 +18,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-async def warm_gateway(redis_server: str, demo_model_dir: Path, cache_dir: Path) -> AsyncIterator[RunningGateway]:
+async def warm_gateway(redis_server: str, demo_model_dir: Path, cache_dir: Path) -> AsyncIterator[LocalGateway]:
     """A gateway whose tiny model stays up for a whole test module (long idle timeout)."""
     tiny = model("tiny", demo_model_dir, idle_timeout="600s", max_batch_delay="50ms")
     async with run_gateway([tiny], redis_server, cache_dir) as gateway:

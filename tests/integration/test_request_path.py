@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from tests.harness import RunningGateway, model, run_gateway
+from tests.harness import LocalGateway, model, run_gateway
 from tests.integration.conftest import chat, completion, sse_events
 
 pytestmark = pytest.mark.integration
@@ -37,7 +37,7 @@ async def test_scale_from_zero_and_back(
 PROMPTS = [f"{'the quick brown fox ' * (i % 5)}story number {i}" for i in range(16)]
 
 
-async def test_batching_does_not_change_greedy_answers(warm_gateway: RunningGateway, client: httpx.AsyncClient) -> None:
+async def test_batching_does_not_change_greedy_answers(warm_gateway: LocalGateway, client: httpx.AsyncClient) -> None:
     url = warm_gateway.url + "/v1/completions"
     await client.post(url, json=completion("warm up"))
     batches_before = warm_gateway.metric("kaltstart_batches_total", model="tiny")
@@ -53,7 +53,7 @@ async def test_batching_does_not_change_greedy_answers(warm_gateway: RunningGate
 
 @pytest.mark.parametrize("kind", ["completion", "chat"])
 async def test_stream_deltas_add_up_to_the_plain_answer(
-    warm_gateway: RunningGateway, client: httpx.AsyncClient, kind: str
+    warm_gateway: LocalGateway, client: httpx.AsyncClient, kind: str
 ) -> None:
     path, body = ("/v1/completions", completion) if kind == "completion" else ("/v1/chat/completions", chat)
     plain = await client.post(warm_gateway.url + path, json=body("Tell me about the sea"))
@@ -83,7 +83,7 @@ async def test_stream_deltas_add_up_to_the_plain_answer(
     assert text == expected
 
 
-async def test_openai_sdk(warm_gateway: RunningGateway) -> None:
+async def test_openai_sdk(warm_gateway: LocalGateway) -> None:
     sdk = openai.AsyncOpenAI(base_url=warm_gateway.url + "/v1", api_key="unused", max_retries=0)
     models = await sdk.models.list()
     assert [m.id for m in models.data] == ["tiny"]
@@ -108,7 +108,7 @@ async def test_openai_sdk(warm_gateway: RunningGateway) -> None:
     await sdk.close()
 
 
-async def test_sampling_with_a_seed_is_reproducible(warm_gateway: RunningGateway, client: httpx.AsyncClient) -> None:
+async def test_sampling_with_a_seed_is_reproducible(warm_gateway: LocalGateway, client: httpx.AsyncClient) -> None:
     url = warm_gateway.url + "/v1/completions"
     body = completion("A seed", temperature=1.0, seed=1234)
     first = await client.post(url, json=body)
@@ -116,7 +116,7 @@ async def test_sampling_with_a_seed_is_reproducible(warm_gateway: RunningGateway
     assert first.json()["choices"][0]["text"] == second.json()["choices"][0]["text"]
 
 
-async def test_prompt_too_long_for_the_model(warm_gateway: RunningGateway, client: httpx.AsyncClient) -> None:
+async def test_prompt_too_long_for_the_model(warm_gateway: LocalGateway, client: httpx.AsyncClient) -> None:
     url = warm_gateway.url + "/v1/completions"
     response = await client.post(url, json=completion("word " * 5000))
     assert response.status_code == 400
@@ -124,7 +124,7 @@ async def test_prompt_too_long_for_the_model(warm_gateway: RunningGateway, clien
     assert (await client.post(url, json=completion("still fine"))).status_code == 200
 
 
-async def test_metrics_and_health(warm_gateway: RunningGateway, client: httpx.AsyncClient) -> None:
+async def test_metrics_and_health(warm_gateway: LocalGateway, client: httpx.AsyncClient) -> None:
     assert (await client.get(warm_gateway.url + "/healthz")).status_code == 200
     assert (await client.get(warm_gateway.url + "/readyz")).status_code == 200
     metrics = (await client.get(warm_gateway.url + "/metrics")).text

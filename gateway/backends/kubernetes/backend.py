@@ -1,0 +1,253 @@
+"""The Kubernetes backend: models from annotated Deployments, replicas through ``deployments/scale``,
+ready pod addresses from EndpointSlices, scale-down by the leader only.
+
+Everything the scaler needs lives in the cluster (Deployments' ``spec.replicas``, ``status.readyReplicas``) or
+in Redis (queue depth, activity), so a restarted gateway picks up where it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from gateway.backends.kubernetes.informer import Informer, Object, Snapshot
+from gateway.backends.kubernetes.leader import LeaderElector, LeaseSettings
+from gateway.backends.kubernetes.routes import LABEL_SELECTOR, Route, RouteError, build_routes
+from gateway.catalog import ModelCatalog
+from gateway.endpoints import ReadyEndpoints
+from gateway.errors import BackendError, ModelNotFound
+from gateway.policy import Replicas
+
+log = logging.getLogger("kaltstart.kubernetes")
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+#: Attempts of a read-modify-write of a Scale that keeps meeting 409 Conflict.
+SCALE_ATTEMPTS = 8
+#: How long start() waits for the first list of Deployments and EndpointSlices.
+SYNC_TIMEOUT_S = 30.0
+
+
+def ready_urls(slices: Iterable[Object], service: str, port: str) -> list[str]:
+    """``http://address:port`` of every ready endpoint of a Service, from its EndpointSlices."""
+    urls = []
+    for item in slices:
+        if (item.get("metadata", {}).get("labels") or {}).get(SERVICE_NAME_LABEL) != service:
+            continue
+        number = next(
+            (p.get("port") for p in item.get("ports") or [] if p.get("name") == port or str(p.get("port")) == port),
+            None,
+        )
+        if number is None:
+            continue
+        for endpoint in item.get("endpoints") or []:
+            # A nil ready condition means unknown, which the API says to read as ready.
+            if (endpoint.get("conditions") or {}).get("ready") is False:
+                continue
+            for address in endpoint.get("addresses") or []:
+                host = f"[{address}]" if ":" in address else address
+                urls.append(f"http://{host}:{number}")
+    return urls
+
+
+@dataclass(frozen=True)
+class KubernetesSettings:
+    #: Namespaces whose annotated Deployments are served (KALTSTART_NAMESPACES; default: the pod's own).
+    namespaces: tuple[str, ...]
+    #: The leader Lease (KALTSTART_LEASE_NAME, in the first namespace) and its duration.
+    lease: LeaseSettings
+    #: A kubeconfig file; None: in-cluster config inside a pod, else ``KUBECONFIG`` / ``~/.kube/config``.
+    kubeconfig: str | None = None
+
+
+async def api_client(kubeconfig: str | None) -> client.ApiClient:
+    """In-cluster config inside a pod, a kubeconfig file outside."""
+    configuration = client.Configuration()
+    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    else:
+        await config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+class KubernetesBackend:
+    def __init__(self, settings: KubernetesSettings, catalog: ModelCatalog, endpoints: ReadyEndpoints) -> None:
+        self._settings = settings
+        self._catalog = catalog
+        self._endpoints = endpoints
+        namespaces = settings.namespaces
+        self._deployments: dict[str, Snapshot] = {ns: {} for ns in namespaces}
+        self._slices: dict[str, Snapshot] = {ns: {} for ns in namespaces}
+        self._routes: dict[str, Route] = {}
+        self._reported: dict[tuple[str, str], str] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._api: client.ApiClient | None = None
+        self.elector: LeaderElector | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._api = await api_client(self._settings.kubeconfig)
+        self._apps = client.AppsV1Api(self._api)
+        self._core = client.CoreV1Api(self._api)
+        discovery = client.DiscoveryV1Api(self._api)
+        informers = [
+            *(Informer(f"deployments in {ns}", self._apps.list_namespaced_deployment, self._on_deployments(ns),
+                       namespace=ns, label_selector=LABEL_SELECTOR) for ns in self._settings.namespaces),
+            *(Informer(f"endpointslices in {ns}", discovery.list_namespaced_endpoint_slice,
+                       self._on_slices(ns), namespace=ns) for ns in self._settings.namespaces),
+        ]  # fmt: skip
+        self.elector = LeaderElector(self._api, self._settings.lease)
+        self._tasks = [asyncio.create_task(i.run(), name="informer") for i in informers]
+        self._tasks.append(asyncio.create_task(self.elector.run(), name="leader-election"))
+        try:
+            async with asyncio.timeout(SYNC_TIMEOUT_S):
+                await asyncio.gather(*(i.synced.wait() for i in informers))
+        except TimeoutError:
+            await self.stop()
+            raise BackendError(f"could not list Deployments within {SYNC_TIMEOUT_S:.0f} s") from None
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                log.exception("a background task of the Kubernetes backend failed")
+        self._tasks = []
+        if self._api is not None:
+            await self._api.close()
+            self._api = None
+
+    @property
+    def is_leader(self) -> bool:
+        return self.elector is not None and self.elector.is_leader
+
+    # -- what the informers report -------------------------------------------------------------------------
+
+    def _on_deployments(self, namespace: str) -> Any:
+        def changed(snapshot: Snapshot) -> None:
+            self._deployments[namespace] = snapshot
+            self._rebuild_routes()
+
+        return changed
+
+    def _on_slices(self, namespace: str) -> Any:
+        def changed(snapshot: Snapshot) -> None:
+            self._slices[namespace] = snapshot
+            self._publish_endpoints()
+
+        return changed
+
+    def _rebuild_routes(self) -> None:
+        deployments = [d for snapshot in self._deployments.values() for d in snapshot.values()]
+        routes, errors = build_routes(deployments)
+        for error in errors:
+            self._report(error)
+        served = {(r.deployment.namespace, r.deployment.name) for r in routes.values()}
+        for key in list(self._reported):
+            if key in served:
+                del self._reported[key]
+                log.info("deployment %s/%s: annotations valid again", *key)
+        if routes != self._routes:
+            log.info("models: %s", ", ".join(f"{m} -> {r.deployment}" for m, r in sorted(routes.items())) or "none")
+        self._routes = routes
+        units = {name: str(route.deployment) for name, route in routes.items()}
+        self._catalog.replace([r.model for r in routes.values()], units)
+        self._publish_endpoints()
+
+    def _publish_endpoints(self) -> None:
+        for name, route in self._routes.items():
+            slices = self._slices.get(route.deployment.namespace, {}).values()
+            self._endpoints.set(name, ready_urls(slices, route.service, route.port))
+
+    def _report(self, error: RouteError) -> None:
+        key = (error.deployment.namespace, error.deployment.name)
+        if self._reported.get(key) == error.message:
+            return
+        self._reported[key] = error.message
+        log.error("deployment %s: %s", error.deployment, error.message)
+        task = asyncio.get_running_loop().create_task(self._record_event(error))
+        self._tasks.append(task)
+        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+
+    async def _record_event(self, error: RouteError) -> None:
+        meta, ref = error.obj.get("metadata") or {}, error.deployment
+        now = datetime.datetime.now(datetime.UTC)
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{error.deployment.name}.", namespace=ref.namespace),
+            involved_object=client.V1ObjectReference(
+                api_version="apps/v1", kind="Deployment", name=error.deployment.name,
+                namespace=error.deployment.namespace, uid=meta.get("uid"), resource_version=meta.get("resourceVersion"),
+            ),
+            reason="InvalidAnnotation", message=error.message, type="Warning",
+            source=client.V1EventSource(component="kaltstart-gateway"),
+            first_timestamp=now, last_timestamp=now, count=1,
+        )  # fmt: skip
+        try:
+            await self._core.create_namespaced_event(error.deployment.namespace, event)
+        except ApiException as exc:
+            log.warning("could not record an Event on %s: %s %s", error.deployment, exc.status, exc.reason)
+
+    # -- ReplicaControl --------------------------------------------------------------------------------------
+
+    def _route(self, model: str) -> Route:
+        try:
+            return self._routes[model]
+        except KeyError:
+            raise ModelNotFound(f"The model '{model}' does not exist.") from None
+
+    def replicas(self, model: str) -> Replicas:
+        route = self._routes.get(model)
+        if route is None:
+            return Replicas(desired=0, ready=0)
+        ref = route.deployment
+        deployment = self._deployments.get(ref.namespace, {}).get((ref.namespace, ref.name)) or {}
+        desired = (deployment.get("spec") or {}).get("replicas")
+        ready = (deployment.get("status") or {}).get("readyReplicas") or 0
+        return Replicas(desired=1 if desired is None else int(desired), ready=int(ready))
+
+    async def scale_up(self, model: str, at_least: int, *, fresh: bool = False) -> bool:
+        if not fresh and self.replicas(model).desired >= at_least:
+            return False
+        return await self._write_scale(self._route(model), lambda current: at_least if current < at_least else None)
+
+    async def scale_down(self, model: str, to: int) -> bool:
+        return await self._write_scale(self._route(model), lambda current: to if current > to else None, retry=False)
+
+    async def _write_scale(self, route: Route, new_count: Any, retry: bool = True) -> bool:
+        """Read the Scale, write ``new_count(current)`` with its resourceVersion; on 409, read again (a stale
+        read never overwrites someone else's count). ``new_count`` returns None for "leave it"."""
+        ref = route.deployment
+        for _ in range(SCALE_ATTEMPTS):
+            try:
+                scale = await self._apps.read_namespaced_deployment_scale(ref.name, ref.namespace)
+                current = scale.spec.replicas or 0
+                wanted = new_count(current)
+                if wanted is None:
+                    return False
+                scale.spec.replicas = wanted
+                await self._apps.replace_namespaced_deployment_scale(ref.name, ref.namespace, scale)
+                log.info("scaled %s from %d to %d", ref, current, wanted)
+                return True
+            except aiohttp.ClientError as exc:
+                raise BackendError(f"scaling {ref} failed: {exc!r}") from exc
+            except ApiException as exc:
+                if exc.status == 409 and retry:
+                    log.info("scale of %s changed under us (409); reading it again", ref)
+                    continue
+                if exc.status == 409:
+                    return False
+                raise BackendError(f"scaling {ref} failed: {exc.status} {exc.reason}") from exc
+        raise BackendError(f"scaling {ref}: {SCALE_ATTEMPTS} conflicts in a row")

@@ -1,0 +1,70 @@
+"""Keeps this gateway replica's heartbeat in Redis, and hands back the work of replicas that died.
+
+A replica that dies (OOM-killed, node lost) leaves the requests its dispatchers had read pending in the
+consumer group. Any live replica that finds a consumer with pending entries and no heartbeat claims them:
+requests whose client was held by a live replica go back on the queue; those whose client was held by the dead
+replica are cancelled, as nobody is waiting for them any more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from gateway.catalog import ModelCatalog
+from gateway.errors import KaltstartError
+from gateway.queue import RequestQueue
+
+log = logging.getLogger("kaltstart.janitor")
+
+
+class Janitor:
+    def __init__(self, queue: RequestQueue, catalog: ModelCatalog, gateway_id: str, interval_s: float) -> None:
+        self._queue = queue
+        self._catalog = catalog
+        self._id = gateway_id
+        self._interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def ttl_s(self) -> float:
+        """A replica that has not renewed its heartbeat for this long is taken for dead."""
+        return self._interval_s * 5
+
+    async def start(self) -> None:
+        await self._queue.heartbeat(self._id, self.ttl_s)  # alive before the first dispatch
+        self._task = asyncio.create_task(self._run(), name="janitor")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)  # a heartbeat's period
+            try:
+                await self._queue.heartbeat(self._id, self.ttl_s)
+                for model in self._catalog.all():
+                    await self.sweep(model.name)
+            except KaltstartError as exc:
+                log.warning("janitor: %s", exc)
+
+    async def sweep(self, model: str) -> None:
+        for consumer, pending in (await self._queue.consumers(model)).items():
+            if consumer == self._id or await self._queue.is_alive(consumer):
+                continue
+            if pending:
+                await self._reclaim(model, consumer)
+            else:
+                await self._queue.forget_consumer(model, consumer)
+
+    async def _reclaim(self, model: str, dead: str) -> None:
+        for delivery in await self._queue.take_over(model, dead, self._id):
+            if delivery.queued.gateway and not await self._queue.is_alive(delivery.queued.gateway):
+                await self._queue.cancel(model, delivery.queued.id, delivery.entry_id)
+                continue
+            await self._queue.requeue(model, delivery, failed=False)
+        log.warning("took over the requests gateway %s left in flight for %s", dead, model)
