@@ -9,7 +9,6 @@ replica left unfinished are put back on the queue for another replica (up to ``m
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ from gateway.metrics import Metrics
 from gateway.queue import Delivery, RequestQueue
 from gateway.replies import Dispatched, Failed, Finished, Token
 from gateway.settings import ModelSettings
+from gateway.tasks import Loop
 
 log = logging.getLogger("kaltstart.dispatch")
 
@@ -102,12 +102,15 @@ class Dispatcher:
         self._metrics = metrics
         self._max_attempts = max_attempts
         self._batches: set[asyncio.Task[None]] = set()
+        self._prepared = False
 
-    async def run(self) -> None:
-        """Dispatch until cancelled; batches already sent keep running (see ``drain``)."""
-        await self._queue.prepare(self._model)
-        while True:
-            await self._dispatch_next()
+    async def step(self) -> None:
+        """Dispatch one batch (or find no work within a blocking read). Batches already sent keep running
+        when the dispatcher stops (see ``drain``)."""
+        if not self._prepared:
+            await self._queue.prepare(self._model)
+            self._prepared = True
+        await self._dispatch_next()
 
     async def drain(self, timeout_s: float) -> None:
         """Let batches in flight finish for up to ``timeout_s``; the rest are cancelled and put back."""
@@ -234,39 +237,28 @@ class Dispatchers:
         self._catalog = catalog
         self._factory = factory
         self._drain_s = drain_s
-        self._running: dict[str, tuple[Dispatcher, asyncio.Task[None]]] = {}
+        self._running: dict[str, tuple[Dispatcher, Loop]] = {}
         catalog.subscribe(self.sync)
 
     def sync(self) -> None:
         wanted = {m.name: m for m in self._catalog.all()}
-        for name, (dispatcher, task) in list(self._running.items()):
+        for name, (dispatcher, loop) in list(self._running.items()):
             if wanted.get(name) != dispatcher.settings:
-                task.cancel()
                 del self._running[name]
-                asyncio.get_running_loop().create_task(dispatcher.drain(self._drain_s))
+                asyncio.get_running_loop().create_task(self._retire(dispatcher, loop))
         for name, settings in wanted.items():
             if name not in self._running:
                 dispatcher = self._factory(settings)
-                task = asyncio.create_task(self._guarded(dispatcher), name=f"dispatcher-{name}")
-                self._running[name] = (dispatcher, task)
+                loop = Loop(f"dispatcher-{name}", dispatcher.step)
+                loop.start()
+                self._running[name] = (dispatcher, loop)
 
-    async def _guarded(self, dispatcher: Dispatcher) -> None:
-        while True:
-            try:
-                await dispatcher.run()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("dispatcher for %s crashed; restarting in 1 s", dispatcher.settings.name)
-                await asyncio.sleep(1.0)
+    async def _retire(self, dispatcher: Dispatcher, loop: Loop) -> None:
+        await loop.stop()
+        await dispatcher.drain(self._drain_s)
 
     async def stop(self) -> None:
         """Stop reading new work, then let the batches in flight finish (up to ``drain_s``)."""
         running = list(self._running.values())
         self._running.clear()
-        for _dispatcher, task in running:
-            task.cancel()
-        for _dispatcher, task in running:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await asyncio.gather(*(dispatcher.drain(self._drain_s) for dispatcher, _task in running))
+        await asyncio.gather(*(self._retire(dispatcher, loop) for dispatcher, loop in running))

@@ -9,12 +9,12 @@ replica are cancelled, as nobody is waiting for them any more.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from gateway.catalog import ModelCatalog
 from gateway.errors import KaltstartError
 from gateway.queue import RequestQueue
+from gateway.tasks import Loop
 
 log = logging.getLogger("kaltstart.janitor")
 
@@ -25,7 +25,7 @@ class Janitor:
         self._catalog = catalog
         self._id = gateway_id
         self._interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Loop("janitor", self._beat_and_sweep)
 
     @property
     def ttl_s(self) -> float:
@@ -34,23 +34,19 @@ class Janitor:
 
     async def start(self) -> None:
         await self._queue.heartbeat(self._id, self.ttl_s)  # alive before the first dispatch
-        self._task = asyncio.create_task(self._run(), name="janitor")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._loop.stop()
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval_s)  # a heartbeat's period
-            try:
-                await self._queue.heartbeat(self._id, self.ttl_s)
-                for model in self._catalog.all():
-                    await self.sweep(model.name)
-            except KaltstartError as exc:
-                log.warning("janitor: %s", exc)
+    async def _beat_and_sweep(self) -> None:
+        await asyncio.sleep(self._interval_s)  # a heartbeat's period
+        try:
+            await self._queue.heartbeat(self._id, self.ttl_s)
+            for model in self._catalog.all():
+                await self.sweep(model.name)
+        except KaltstartError as exc:
+            log.warning("janitor: %s", exc)
 
     async def sweep(self, model: str) -> None:
         for consumer, pending in (await self._queue.consumers(model)).items():

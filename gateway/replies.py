@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 import wire
 from gateway import keys
+from gateway.tasks import Loop
 
 log = logging.getLogger("kaltstart.replies")
 
@@ -69,12 +70,12 @@ class ReplyRouter:
         self._redis = redis
         self.channel = channel
         self._waiting: dict[str, asyncio.Queue[Dispatched | Token | Finished | Failed]] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Loop("reply-router", self._listen)
         self._subscribed = asyncio.Event()
         self._fences_lifted: dict[str, asyncio.Event] = {}
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._listen(), name="reply-router")
+        self._loop.start()
         await self._subscribed.wait()
 
     @property
@@ -82,10 +83,7 @@ class ReplyRouter:
         return self._subscribed.is_set()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._loop.stop()
 
     @contextlib.contextmanager
     def expect(self, request_id: str) -> Iterator[asyncio.Queue[Dispatched | Token | Finished | Failed]]:
@@ -98,20 +96,20 @@ class ReplyRouter:
             del self._waiting[request_id]
 
     async def _listen(self) -> None:
-        while True:
-            try:
-                await self._listen_once()
-            except RedisError as exc:
-                self._subscribed.clear()
-                log.warning("reply subscription lost (%s); resubscribing", exc)
-                await asyncio.sleep(0.5)  # back off before reconnecting to a Redis that just failed
+        try:
+            await self._listen_once()
+        except RedisError as exc:
+            self._subscribed.clear()
+            log.warning("reply subscription lost (%s); resubscribing", exc)
+            await asyncio.sleep(0.5)  # back off before reconnecting to a Redis that just failed
 
     async def _listen_once(self) -> None:
         async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
             await pubsub.subscribe(self.channel, keys.FENCES)
             self._subscribed.set()
-            async for message in pubsub.listen():
-                if message["type"] != "message":
+            while not self._loop.stopping:  # wakes at least every second, so a stop is never missed
+                message = await pubsub.get_message(timeout=1.0)
+                if message is None or message["type"] != "message":
                     continue
                 if _text(message["channel"]) == keys.FENCES:
                     self._fence_lifted(_text(message["data"]))

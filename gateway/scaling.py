@@ -23,6 +23,7 @@ from gateway.metrics import Metrics
 from gateway.policy import Replicas
 from gateway.queue import Load, RequestQueue
 from gateway.settings import ModelSettings
+from gateway.tasks import Loop
 
 log = logging.getLogger("kaltstart.scaling")
 
@@ -68,7 +69,7 @@ class Scaler:
         self._may_scale_down = may_scale_down
         self._endpoints = endpoints
         self._cold_since: dict[str, float] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Loop("autoscaler", self._tick_and_wait)
         endpoints.subscribe(self._on_endpoints)
 
     async def ensure_capacity(self, model: str, *, recheck: bool = False) -> None:
@@ -101,18 +102,14 @@ class Scaler:
             log.info("%s is ready after a cold start of %.2f s", model, elapsed)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="autoscaler")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._loop.stop()
 
-    async def _run(self) -> None:
-        while True:
-            await self.tick()
-            await asyncio.sleep(self._interval_s)  # a control loop's period, not a wait for an event
+    async def _tick_and_wait(self) -> None:
+        await self.tick()
+        await asyncio.sleep(self._interval_s)  # a control loop's period, not a wait for an event
 
     async def tick(self) -> None:
         for unit in self._catalog.units():
