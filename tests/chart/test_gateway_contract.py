@@ -1,0 +1,123 @@
+"""The chart against the real code that reads what it renders: the gateway's annotation parser and settings,
+and the runtime's flag parser."""
+
+from __future__ import annotations
+
+import re
+
+import helm_python
+import pytest
+
+from gateway.backends.kubernetes.routes import Route, RouteError, build_routes, routes_of
+from gateway.settings import GatewaySettings
+from runtime.settings import RuntimeSettings
+from tests.chart.rendering import CHART_DIR, NAMESPACE, Manifest, load_values, render
+
+pytestmark = pytest.mark.chart
+
+TWO_MODELS = load_values(CHART_DIR / "ci" / "two-models-values.yaml")
+POD_NAME = "kaltstart-gateway-7d9f8-abcde"
+
+
+def _gateway_environ(container: Manifest) -> dict[str, str]:
+    """The environment the kubelet would give the container, with dummies for the downward API and Secrets,
+    and ``$(VAR)`` expanded from earlier variables as Kubernetes does."""
+    environ: dict[str, str] = {}
+    for item in container["env"]:
+        if "value" in item:
+            environ[item["name"]] = re.sub(
+                r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: environ[m.group(1)], item["value"]
+            )
+            continue
+        source = item["valueFrom"]
+        if "fieldRef" in source:
+            field = source["fieldRef"]["fieldPath"]
+            environ[item["name"]] = {"metadata.name": POD_NAME, "metadata.namespace": NAMESPACE}[field]
+        else:
+            assert "secretKeyRef" in source, item
+            environ[item["name"]] = "dummy-secret"
+    return environ
+
+
+def _models(chart: helm_python.Chart) -> list[Manifest]:
+    return [
+        d
+        for d in render(chart, TWO_MODELS).of_kind("Deployment")
+        if d["metadata"]["labels"].get("kaltstart.dev/enabled")
+    ]
+
+
+def test_the_gateway_routes_every_rendered_model(chart: helm_python.Chart) -> None:
+    routes: dict[str, Route] = {}
+    for deployment in _models(chart):
+        found = routes_of(deployment)
+        assert not isinstance(found, RouteError), found.message
+        routes.update({route.model.name: route for route in found})
+    assert sorted(routes) == ["llama-3.2-1b", "qwen", "qwen2.5-0.5b"]
+    qwen = routes["qwen2.5-0.5b"]
+    assert routes["qwen"].deployment == qwen.deployment
+    assert (qwen.deployment.namespace, qwen.deployment.name) == (NAMESPACE, "kaltstart-qwen2-5-0-5b")
+    assert (qwen.service, qwen.port) == ("kaltstart-qwen2-5-0-5b", "http")
+    assert (qwen.model.max_replicas, qwen.model.idle_timeout_s, qwen.model.cold_start_timeout_s) == (2, 300.0, 600.0)
+    assert (qwen.model.max_batch_size, qwen.model.max_batch_delay_s, qwen.model.target_queue_per_replica) == (
+        32,
+        0.01,
+        32,
+    )
+    llama = routes["llama-3.2-1b"].model
+    assert (llama.min_replicas, llama.max_replicas, llama.idle_timeout_s) == (0, 1, 900.0)
+    _, errors = build_routes(_models(chart))
+    assert errors == []
+
+
+def test_unset_settings_take_the_gateway_defaults(chart: helm_python.Chart) -> None:
+    (deployment,) = [
+        d
+        for d in render(chart, {"models": [{"name": "tiny", "source": "org/tiny"}]}).of_kind("Deployment")
+        if d["metadata"]["name"] == "kaltstart-tiny"
+    ]
+    found = routes_of(deployment)
+    assert not isinstance(found, RouteError), found.message
+    (route,) = found
+    assert route.model.idle_timeout_s == 300.0
+    assert route.model.max_replicas == 1
+
+
+def test_the_runtime_accepts_the_rendered_flags(chart: helm_python.Chart) -> None:
+    for deployment in _models(chart):
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        settings = RuntimeSettings.from_args(container["args"], {})
+        served = deployment["metadata"]["annotations"]["kaltstart.dev/models"]
+        assert settings.model_name == served
+        assert (settings.host, settings.device, str(settings.cache_dir)) == (
+            "0.0.0.0",
+            "cuda",
+            "/var/lib/kaltstart/models",
+        )
+        assert settings.port == container["ports"][0]["containerPort"]
+        batch = deployment["metadata"]["annotations"].get("kaltstart.dev/max-batch-size")
+        if batch is not None:
+            assert settings.max_batch_size == int(batch)
+
+
+@pytest.mark.parametrize(
+    ("values", "redis_url"),
+    [
+        ({}, "redis://:dummy-secret@kaltstart-redis:6379/0"),
+        ({"redis": {"url": "redis://redis.example:6379/2"}}, "redis://redis.example:6379/2"),
+        ({"redis": {"existingSecret": "redis-url"}}, "dummy-secret"),
+    ],
+)
+def test_the_gateway_settings_parse_the_rendered_environment(
+    chart: helm_python.Chart, values: dict[str, object], redis_url: str
+) -> None:
+    deployment = render(chart, values).get("Deployment", "kaltstart-gateway")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    settings = GatewaySettings.from_env(_gateway_environ(container))
+    assert settings.backend == "kubernetes"
+    assert (settings.host, settings.port) == ("0.0.0.0", container["ports"][0]["containerPort"])
+    assert settings.redis_url == redis_url
+    assert settings.gateway_id == POD_NAME
+    assert settings.namespaces == (NAMESPACE,)
+    assert settings.lease_name == "kaltstart-gateway"
+    assert settings.kubeconfig is None

@@ -1,0 +1,414 @@
+"""What the rendered objects promise: least-privilege RBAC, restricted gateway pods, scale-from-zero model
+Deployments with their GPU and node-local cache, network isolation, and the Redis choices."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import helm_python
+import pytest
+import yaml
+
+from gateway.metrics import Metrics
+from tests.chart.rendering import CHART_DIR, CI_VALUES, REPO, Manifest, Rendered, load_values, notes, render
+
+pytestmark = pytest.mark.chart
+
+TWO_MODELS = load_values(CHART_DIR / "ci" / "two-models-values.yaml")
+ONE_MODEL = {"models": [{"name": "tiny", "source": "org/tiny", "idleTimeout": "90s", "maxReplicas": 3}]}
+WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection", "*"}
+
+
+def _env(container: Manifest) -> dict[str, Manifest]:
+    return {item["name"]: item for item in container.get("env", [])}
+
+
+def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+# RBAC
+
+
+def _documented_role() -> Manifest:
+    text = (REPO / "docs" / "kubernetes.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, flags=re.DOTALL)
+    return next(doc for doc in map(yaml.safe_load, blocks) if doc.get("kind") == "Role")
+
+
+def test_role_has_exactly_the_documented_rules(chart: helm_python.Chart) -> None:
+    role = render(chart).get("Role", "kaltstart-gateway")
+    assert role["rules"] == _documented_role()["rules"]
+
+
+def test_role_grants_no_wildcard_and_no_write_on_deployments(chart: helm_python.Chart) -> None:
+    for role in render(chart, {"gateway": {"namespaces": ["llm", "other"]}}).of_kind("Role"):
+        for rule in role["rules"]:
+            assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"]
+            if "deployments" in rule["resources"]:
+                assert not set(rule["verbs"]) & WRITE_VERBS
+            if "deployments/scale" in rule["resources"]:
+                assert sorted(rule["verbs"]) == ["get", "patch", "update"]
+
+
+def test_a_role_and_binding_in_every_served_namespace(chart: helm_python.Chart) -> None:
+    rendered = render(chart, {"gateway": {"namespaces": ["llm", "other"]}})
+    assert sorted(r["metadata"]["namespace"] for r in rendered.of_kind("Role")) == ["llm", "other"]
+    for binding in rendered.of_kind("RoleBinding"):
+        assert binding["roleRef"]["name"] == "kaltstart-gateway"
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kaltstart", "namespace": "llm"}]
+    gateway = rendered.get("Deployment", "kaltstart-gateway")
+    assert gateway["spec"]["template"]["spec"]["serviceAccountName"] == "kaltstart"
+    assert _env(gateway["spec"]["template"]["spec"]["containers"][0])["KALTSTART_NAMESPACES"]["value"] == "llm,other"
+
+
+# Gateway
+
+
+def _assert_restricted(pod: Manifest) -> None:
+    """The Pod Security Standard "restricted", as far as a pod spec shows it."""
+    pod_context = pod.get("securityContext", {})
+    assert pod_context.get("seccompProfile", {}).get("type") == "RuntimeDefault"
+    assert "hostNetwork" not in pod and "hostPID" not in pod and "hostIPC" not in pod
+    for volume in pod.get("volumes", []):
+        assert set(volume) & {"emptyDir", "configMap", "secret", "persistentVolumeClaim", "projected"}, volume
+    for container in pod.get("initContainers", []) + pod["containers"]:
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"]["drop"] == ["ALL"]
+        assert not context["capabilities"].get("add")
+        assert context["runAsNonRoot"] is True or pod_context.get("runAsNonRoot") is True
+        assert context.get("runAsUser", pod_context.get("runAsUser")) != 0
+        assert context["readOnlyRootFilesystem"] is True
+
+
+def test_gateway_pods_meet_pod_security_restricted(chart: helm_python.Chart) -> None:
+    pod = render(chart).get("Deployment", "kaltstart-gateway")["spec"]["template"]["spec"]
+    _assert_restricted(pod)
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["enableServiceLinks"] is False  # else the Service "kaltstart" would set KALTSTART_PORT=tcp://...
+    assert {"name": "tmp", "mountPath": "/tmp"} in pod["containers"][0]["volumeMounts"]
+
+
+def test_bundled_redis_pods_meet_pod_security_restricted(chart: helm_python.Chart) -> None:
+    _assert_restricted(render(chart).get("StatefulSet", "kaltstart-redis")["spec"]["template"]["spec"])
+
+
+def test_gateway_deployment_probes_and_graceful_shutdown(chart: helm_python.Chart) -> None:
+    rendered = render(chart)
+    deployment = rendered.get("Deployment", "kaltstart-gateway")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert deployment["spec"]["replicas"] == 2
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    sleep = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert sleep[0] == "sleep"
+    assert pod["terminationGracePeriodSeconds"] > int(sleep[1]) + 10
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    service = rendered.get("Service", "kaltstart")
+    assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    assert _matches(service["spec"]["selector"], deployment["spec"]["template"]["metadata"]["labels"])
+    pdb = rendered.get("PodDisruptionBudget", "kaltstart-gateway")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_gateway_reads_the_bundled_redis_password_from_its_secret(chart: helm_python.Chart) -> None:
+    rendered = render(chart, {"redis": {"auth": {"password": "s3cret"}}})
+    container = rendered.get("Deployment", "kaltstart-gateway")["spec"]["template"]["spec"]["containers"][0]
+    by_name = _env(container)
+    env = list(by_name)
+    ref = by_name["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert by_name["REDIS_URL"]["value"] == "redis://:$(REDIS_PASSWORD)@kaltstart-redis:6379/0"
+    assert env.index("REDIS_PASSWORD") < env.index("REDIS_URL")  # $(VAR) expands only earlier variables
+    secret = rendered.get("Secret", ref["name"])
+    assert secret["data"][ref["key"]] == "czNjcmV0"  # base64 of s3cret
+    statefulset = rendered.get("StatefulSet", "kaltstart-redis")
+    server = statefulset["spec"]["template"]["spec"]["containers"][0]
+    assert server["args"][:2] == ["--appendonly", "yes"]
+    assert "$(REDIS_PASSWORD)" in server["args"]
+    assert _env(server)["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == ref
+
+
+def test_a_generated_redis_password_is_random_and_url_safe(chart: helm_python.Chart) -> None:
+    passwords = {
+        base64.b64decode(render(chart).get("Secret", "kaltstart-redis")["data"]["redis-password"]).decode()
+        for _ in range(2)
+    }
+    assert len(passwords) == 2
+    assert all(re.fullmatch(r"[A-Za-z0-9]{32}", p) for p in passwords)
+
+
+def test_redis_persistence_claims_a_volume(chart: helm_python.Chart) -> None:
+    values = {"redis": {"persistence": {"enabled": True, "size": "2Gi", "storageClass": "fast"}}}
+    statefulset = render(chart, values).get("StatefulSet", "kaltstart-redis")
+    (claim,) = statefulset["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data"
+    assert claim["spec"]["storageClassName"] == "fast"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    assert "data" not in [v["name"] for v in statefulset["spec"]["template"]["spec"]["volumes"]]
+
+
+@pytest.mark.parametrize(
+    ("redis", "url_env"),
+    [
+        ({"url": "redis://redis.example:6379/0"}, {"name": "REDIS_URL", "value": "redis://redis.example:6379/0"}),
+        (
+            {"existingSecret": "my-redis", "existingSecretKey": "url"},
+            {"name": "REDIS_URL", "valueFrom": {"secretKeyRef": {"name": "my-redis", "key": "url"}}},
+        ),
+    ],
+)
+def test_external_redis_renders_nothing_redis(
+    chart: helm_python.Chart, redis: dict[str, Any], url_env: Manifest
+) -> None:
+    rendered = render(chart, {"redis": redis, **ONE_MODEL})
+    assert rendered.of_kind("StatefulSet") == []
+    assert rendered.of_kind("Secret") == []
+    assert "kaltstart-redis" not in [s["metadata"]["name"] for s in rendered.of_kind("Service")]
+    assert [p["metadata"]["name"] for p in rendered.of_kind("NetworkPolicy")] == ["kaltstart-models"]
+    env = _env(rendered.get("Deployment", "kaltstart-gateway")["spec"]["template"]["spec"]["containers"][0])
+    assert env["REDIS_URL"] == url_env
+    assert "REDIS_PASSWORD" not in env
+
+
+# Models
+
+
+def _model_deployments(rendered: Rendered) -> list[Manifest]:
+    return [d for d in rendered.of_kind("Deployment") if d["metadata"]["labels"].get("kaltstart.dev/enabled")]
+
+
+def test_model_deployments_start_at_zero_with_their_annotations(chart: helm_python.Chart) -> None:
+    rendered = render(chart, TWO_MODELS)
+    qwen, llama = (rendered.get("Deployment", f"kaltstart-{n}") for n in ("qwen2-5-0-5b", "llama-3-2-1b"))
+    assert len(_model_deployments(rendered)) == 2
+    for deployment in (qwen, llama):
+        assert deployment["spec"]["replicas"] == 0
+        assert deployment["metadata"]["labels"]["kaltstart.dev/enabled"] == "true"
+    assert qwen["metadata"]["annotations"] == {
+        "kaltstart.dev/models": "qwen2.5-0.5b,qwen",
+        "kaltstart.dev/service": "kaltstart-qwen2-5-0-5b",
+        "kaltstart.dev/port": "http",
+        "kaltstart.dev/max-replicas": "2",
+        "kaltstart.dev/idle-timeout": "300s",
+        "kaltstart.dev/cold-start-timeout": "10m",
+        "kaltstart.dev/max-batch-size": "32",
+        "kaltstart.dev/max-batch-delay": "10ms",
+        "kaltstart.dev/target-queue-per-replica": "32",
+    }
+    assert llama["metadata"]["annotations"]["kaltstart.dev/min-replicas"] == "0"
+    assert llama["metadata"]["annotations"]["kaltstart.dev/idle-timeout"] == "15m"
+
+
+def test_model_pods_run_the_runtime_on_a_gpu(chart: helm_python.Chart) -> None:
+    rendered = render(chart, TWO_MODELS)
+    qwen = rendered.get("Deployment", "kaltstart-qwen2-5-0-5b")["spec"]["template"]["spec"]
+    llama = rendered.get("Deployment", "kaltstart-llama-3-2-1b")["spec"]["template"]["spec"]
+    (runtime,) = qwen["containers"]
+    assert runtime["image"] == "ghcr.io/kaltstart/runtime:0.1.0"
+    assert runtime["args"] == [
+        "--model-name", "qwen2.5-0.5b,qwen",
+        "--source", "Qwen/Qwen2.5-0.5B-Instruct",
+        "--cache-dir", "/var/lib/kaltstart/models",
+        "--host", "0.0.0.0",
+        "--port", "8000",
+        "--device", "cuda",
+        "--dtype", "bfloat16",
+        "--max-batch-size", "32",
+    ]  # fmt: skip
+    assert runtime["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert llama["containers"][0]["resources"]["limits"]["nvidia.com/mig-1g.10gb"] == 1
+    assert "nvidia.com/gpu" not in llama["containers"][0]["resources"]["limits"]
+    assert llama["nodeSelector"] == {"cloud.google.com/gke-spot": "true"}
+    assert {t["key"] for t in llama["tolerations"]} == {"cloud.google.com/gke-spot", "nvidia.com/gpu"}
+    assert _env(runtime)["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf-token", "key": "HF_TOKEN"}
+
+
+def test_model_and_prefetch_pods_take_a_runtime_class(chart: helm_python.Chart) -> None:
+    values = {"runtime": {"runtimeClassName": "nvidia"}, "prefetch": {"enabled": True}, **ONE_MODEL}
+    rendered = render(chart, values)
+    for name in ("kaltstart-tiny", "kaltstart-prefetch"):
+        (workload,) = [w for w, _ in rendered.pod_specs() if w["metadata"]["name"] == name]
+        assert workload["spec"]["template"]["spec"]["runtimeClassName"] == "nvidia"
+    assert (
+        "runtimeClassName"
+        not in render(chart, ONE_MODEL).get("Deployment", "kaltstart-tiny")["spec"]["template"]["spec"]
+    )
+
+
+def test_model_probes_give_a_cold_start_thirty_minutes(chart: helm_python.Chart) -> None:
+    pod = render(chart, ONE_MODEL).get("Deployment", "kaltstart-tiny")["spec"]["template"]["spec"]
+    (runtime,) = pod["containers"]
+    startup = runtime["startupProbe"]
+    assert startup["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 30 * 60
+    assert runtime["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert runtime["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+
+
+def test_model_pods_mount_the_node_local_cache(chart: helm_python.Chart) -> None:
+    pod = render(chart, ONE_MODEL).get("Deployment", "kaltstart-tiny")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["model-cache"]["hostPath"] == {"path": "/var/lib/kaltstart/models", "type": "DirectoryOrCreate"}
+    (runtime,) = pod["containers"]
+    assert {"name": "model-cache", "mountPath": "/var/lib/kaltstart/models"} in runtime["volumeMounts"]
+    (chown,) = pod["initContainers"]
+    assert chown["command"] == ["chown", "10001:10001", "/var/lib/kaltstart/models"]
+    assert chown["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN"]}
+    context = runtime["securityContext"]
+    assert (context["runAsUser"], context["allowPrivilegeEscalation"], context["readOnlyRootFilesystem"]) == (
+        10001,
+        False,
+        True,
+    )
+
+
+def test_model_services_select_their_own_pods_on_a_port_named_http(chart: helm_python.Chart) -> None:
+    rendered = render(chart, TWO_MODELS)
+    for deployment in _model_deployments(rendered):
+        name = deployment["metadata"]["name"]
+        service = rendered.get("Service", deployment["metadata"]["annotations"]["kaltstart.dev/service"])
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert _matches(service["spec"]["selector"], labels)
+        others = [d for d in _model_deployments(rendered) if d["metadata"]["name"] != name]
+        assert not any(
+            _matches(service["spec"]["selector"], o["spec"]["template"]["metadata"]["labels"]) for o in others
+        )
+        assert service["spec"]["ports"] == [{"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}]
+
+
+# NetworkPolicy
+
+
+def test_network_policies_admit_only_gateway_pods(chart: helm_python.Chart) -> None:
+    rendered = render(chart, TWO_MODELS)
+    gateway_labels = rendered.get("Deployment", "kaltstart-gateway")["spec"]["template"]["metadata"]["labels"]
+    pods = {obj["metadata"]["name"]: obj["spec"]["template"]["metadata"]["labels"] for obj, _ in rendered.pod_specs()}
+    models = sorted(d["metadata"]["name"] for d in _model_deployments(rendered))
+    targets = {"kaltstart-models": (8000, models), "kaltstart-redis": (6379, ["kaltstart-redis"])}
+    for name, (port, protected) in targets.items():
+        policy = rendered.get("NetworkPolicy", name)["spec"]
+        assert policy["policyTypes"] == ["Ingress"]
+        selected = sorted(p for p, labels in pods.items() if _matches(policy["podSelector"]["matchLabels"], labels))
+        assert selected == protected
+        (rule,) = policy["ingress"]
+        assert rule["ports"] == [{"port": port, "protocol": "TCP"}]
+        (source,) = rule["from"]
+        assert set(source) == {"podSelector"}
+        admitted = [p for p, labels in pods.items() if _matches(source["podSelector"]["matchLabels"], labels)]
+        assert admitted == ["kaltstart-gateway"]
+        assert _matches(source["podSelector"]["matchLabels"], gateway_labels)
+
+
+def test_network_policies_can_be_turned_off(chart: helm_python.Chart) -> None:
+    assert render(chart, {"networkPolicy": {"enabled": False}, **ONE_MODEL}).of_kind("NetworkPolicy") == []
+
+
+# Monitoring
+
+
+def _exported_names() -> set[str]:
+    """Every series name the gateway's registry can export."""
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
+    names: set[str] = set()
+    for family in Metrics().registry.collect():
+        names.update(family.name + suffix for suffix in suffixes.get(family.type, [""]))
+    return names
+
+
+def test_dashboard_queries_only_metrics_the_gateway_exports() -> None:
+    dashboard = json.loads((CHART_DIR / "dashboards" / "kaltstart.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    used = {name for expr in exprs for name in re.findall(r"\bkaltstart_[a-z_]+", expr)}
+    assert used <= _exported_names()
+    for required in (
+        "kaltstart_queue_depth",
+        "kaltstart_replicas",
+        "kaltstart_cold_start_duration_seconds_bucket",
+        "kaltstart_request_duration_seconds_bucket",
+        "kaltstart_requests_total",
+    ):
+        assert required in used
+    assert any('status=~"5.."' in expr for expr in exprs)
+
+
+def test_monitoring_objects_when_enabled(chart: helm_python.Chart) -> None:
+    values = {
+        "monitoring": {
+            "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+            "dashboard": {"enabled": True},
+        }
+    }
+    rendered = render(chart, values)
+    monitor = rendered.get("ServiceMonitor", "kaltstart")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert monitor["spec"]["endpoints"][0]["port"] == "http"
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    service = rendered.get("Service", "kaltstart")
+    assert _matches(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
+    dashboard = rendered.get("ConfigMap", "kaltstart-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    shipped = json.loads(dashboard["data"]["kaltstart.json"])
+    assert shipped == json.loads((CHART_DIR / "dashboards" / "kaltstart.json").read_text())
+    assert render(chart).of_kind("ConfigMap") == []
+
+
+# Cache prefetch
+
+
+def test_prefetch_is_off_by_default(chart: helm_python.Chart) -> None:
+    assert render(chart, TWO_MODELS).of_kind("DaemonSet") == []
+
+
+def test_prefetch_fills_the_cache_with_the_runtime_s_own_code(chart: helm_python.Chart, tmp_path: Path) -> None:
+    """The DaemonSet's fill step, run here for real against a local directory source."""
+    source = tmp_path / "weights"
+    source.mkdir()
+    (source / "model.safetensors").write_bytes(b"\0" * 64)
+    values = {
+        "prefetch": {"enabled": True},
+        "models": [{"name": "local", "source": str(source)}, *TWO_MODELS["models"]],
+    }
+    daemonset = render(chart, values).get("DaemonSet", "kaltstart-prefetch")
+    pod = daemonset["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["initContainers"]] == ["cache-permissions", "fill-0", "fill-1", "fill-2"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {v["name"]: v for v in pod["volumes"]}["model-cache"]["hostPath"]["path"] == "/var/lib/kaltstart/models"
+    command = pod["initContainers"][1]["command"]
+    assert command[0] == "python" and command[-2:] == [str(source), "/var/lib/kaltstart/models"]
+    cache = tmp_path / "cache"
+    result = subprocess.run(
+        [sys.executable, *command[1:-1], str(cache)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "filled" in result.stdout
+    (cached,) = [p for p in cache.iterdir() if not p.name.startswith(".")]
+    assert (cached / "model.safetensors").read_bytes() == b"\0" * 64
+    assert (cached / ".kaltstart-complete.json").is_file()
+
+
+# NOTES
+
+
+def test_notes_tell_how_to_call_the_endpoint(chart: helm_python.Chart) -> None:
+    text = notes(chart, TWO_MODELS)
+    assert "kubectl -n llm port-forward svc/kaltstart 8080:80" in text
+    assert '"model": "qwen2.5-0.5b"' in text
+    assert 'base_url="http://127.0.0.1:8080/v1"' in text
+
+
+def test_every_ci_file_renders_every_workload_with_resources(chart: helm_python.Chart) -> None:
+    for path in CI_VALUES:
+        for workload, pod in render(chart, load_values(path)).pod_specs():
+            for container in pod["containers"]:
+                assert container.get("resources"), f"{path.name}: {workload['metadata']['name']}"
