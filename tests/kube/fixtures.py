@@ -21,9 +21,16 @@ def kubelet_settings() -> KubeletSettings:
 
 
 @pytest.fixture
-async def api_double(kubelet_settings: KubeletSettings) -> AsyncIterator[ApiDouble]:
+def api_token() -> str | None:
+    """The bearer token the double requires; override with None for clients that send none over plain HTTP
+    (the Helm library's client-go does not)."""
+    return "kaltstart-double-token"
+
+
+@pytest.fixture
+async def api_double(kubelet_settings: KubeletSettings, api_token: str | None) -> AsyncIterator[ApiDouble]:
     """A fresh double per test; its fake pods run ``tiny_pod.py`` unless the test sets ``command_for``."""
-    async with ApiDouble(kubelet=kubelet_settings) as api:
+    async with ApiDouble(kubelet=kubelet_settings, token=api_token) as api:
         api.kubelet.command_for = tiny_pod_command
         yield api
 

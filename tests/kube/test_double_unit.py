@@ -90,7 +90,7 @@ def test_json_patch_operations() -> None:
     assert raised.value.code == 422
 
 
-def test_server_side_apply_is_415() -> None:
+def test_apply_patch_leaves_server_side_apply_to_the_apply_module() -> None:
     with pytest.raises(ApiError) as raised:
         apply_patch({}, "application/apply-patch+yaml", {})
     assert raised.value.code == 415

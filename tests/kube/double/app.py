@@ -16,9 +16,10 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import errors, resources, scale
+from . import apply, errors, openapi, resources, scale
 from .errors import ApiError
 from .faults import RecordedRequest, RequestHooks
+from .patches import APPLY_PATCH
 from .resources import ResourceType
 from .selection import FieldSelector, LabelSelector
 from .store import Store, WatchScope
@@ -80,6 +81,10 @@ def parse_target(group: str, version: str, rest: str) -> Target:
     return Target(rt, namespace, name, subresource)
 
 
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", maxsplit=1)[0].strip().lower()
+
+
 def _error_response(error: ApiError) -> JSONResponse:
     return JSONResponse(error.to_status(), status_code=error.code)
 
@@ -128,6 +133,8 @@ class ApiApp:
             Route("/apis/{group}/{version}", self._group_resources),
             Route("/api/{version}/{rest:path}", self._resource, methods=_ALL_METHODS),
             Route("/apis/{group}/{version}/{rest:path}", self._resource, methods=_ALL_METHODS),
+            Route("/openapi/v3", self._openapi_index),
+            Route("/openapi/v3/{path:path}", self._openapi_document),
             Mount("/_double", routes=extra_routes),
         ]
         return BearerTokenGate(Starlette(routes=routes), token)
@@ -152,6 +159,12 @@ class ApiApp:
     async def _group_resources(self, request: Request) -> Response:
         params = request.path_params
         return self._discovery(resources.resource_list(params["group"], params["version"]))
+
+    async def _openapi_index(self, request: Request) -> Response:
+        return JSONResponse(openapi.index())
+
+    async def _openapi_document(self, request: Request) -> Response:
+        return self._discovery(openapi.document(request.path_params["path"]))
 
     @staticmethod
     def _discovery(document: dict[str, Any] | None) -> Response:
@@ -189,6 +202,8 @@ class ApiApp:
         raw = await request.body()
         if not raw:
             return None
+        if _media_type(request.headers.get("content-type")) == APPLY_PATCH:
+            return apply.parse_body(raw)
         try:
             return json.loads(raw)
         except ValueError as exc:
@@ -249,6 +264,10 @@ class ApiApp:
     def _patch(self, target: Target, query: dict[str, str], body: Any, content_type: str) -> Response:
         status = target.subresource == "status"
         namespace, name = target.namespace or "", target.name or ""
+        if _media_type(content_type) == APPLY_PATCH:
+            body = self._object_body(body)
+            applied, created = apply.server_side_apply(self.store, target.rt, namespace, name, body, query, status)
+            return JSONResponse(applied, status_code=201 if created else 200)
         return JSONResponse(self.store.patch(target.rt, namespace, name, content_type, body, status))
 
     def _delete(self, target: Target, query: dict[str, str], body: Any, content_type: str) -> Response:

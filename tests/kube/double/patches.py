@@ -1,4 +1,4 @@
-"""The three patch formats kube-apiserver accepts on PATCH (server-side apply is not one of them here).
+"""The three patch formats kube-apiserver accepts on PATCH besides server-side apply (``apply.py``).
 
 - ``application/merge-patch+json``: RFC 7386; lists are replaced, ``null`` deletes a key.
 - ``application/strategic-merge-patch+json``: a merge patch, except lists of objects that all carry a
@@ -151,7 +151,7 @@ def apply_patch(target: dict[str, Any], content_type: str, patch: Any) -> dict[s
             raise bad_request("a merge patch must be a JSON object")
         result = merge_patch(target, patch, strategic=media_type == STRATEGIC_MERGE_PATCH)
     elif media_type == APPLY_PATCH:
-        raise ApiError(415, "server-side apply is not supported by the Kubernetes API double")
+        raise ApiError(415, "server-side apply is not a patch of an existing object: see apply.server_side_apply")
     else:
         raise ApiError(415, f"the media type {media_type!r} is not supported for PATCH")
     if not isinstance(result, dict):

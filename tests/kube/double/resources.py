@@ -101,6 +101,10 @@ RESOURCES: tuple[ResourceType, ...] = (
         short_names=("deploy",),
     ),
     ResourceType(
+        "apps", "v1", "statefulsets", "statefulset", "StatefulSet", subresources=("status",), short_names=("sts",)
+    ),
+    ResourceType("apps", "v1", "daemonsets", "daemonset", "DaemonSet", subresources=("status",), short_names=("ds",)),
+    ResourceType(
         "discovery.k8s.io",
         "v1",
         "endpointslices",
@@ -119,6 +123,22 @@ RESOURCES: tuple[ResourceType, ...] = (
         short_names=("hpa",),
     ),
     ResourceType("events.k8s.io", "v1", "events", "event", "Event", short_names=("ev",), field_paths=_EVENTS_V1_FIELDS),
+    # What a Helm install of charts/kaltstart creates besides the above; stored, never acted on.
+    ResourceType("rbac.authorization.k8s.io", "v1", "roles", "role", "Role"),
+    ResourceType("rbac.authorization.k8s.io", "v1", "rolebindings", "rolebinding", "RoleBinding"),
+    ResourceType(
+        "policy",
+        "v1",
+        "poddisruptionbudgets",
+        "poddisruptionbudget",
+        "PodDisruptionBudget",
+        subresources=("status",),
+        short_names=("pdb",),
+    ),
+    ResourceType(
+        "networking.k8s.io", "v1", "networkpolicies", "networkpolicy", "NetworkPolicy", short_names=("netpol",)
+    ),
+    ResourceType("monitoring.coreos.com", "v1", "servicemonitors", "servicemonitor", "ServiceMonitor"),
 )
 
 _BY_PATH = {(rt.group, rt.version, rt.plural): rt for rt in RESOURCES}
