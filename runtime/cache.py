@@ -17,6 +17,7 @@ Once a slug is complete, starting again never touches the source: a cache hit is
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import hashlib
@@ -25,6 +26,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -272,3 +274,24 @@ class _Progress:
             share,
             rate / 1e6,
         )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m runtime.cache SOURCE CACHE_DIR``: fill the cache ahead of time (the Helm chart's prefetch
+    DaemonSet runs this on every GPU node)."""
+    parser = argparse.ArgumentParser(prog="python -m runtime.cache", description=main.__doc__)
+    parser.add_argument("source", help="a local directory or a Hugging Face id org/name[@revision]")
+    parser.add_argument("cache_dir", type=Path, help="the node-local cache directory")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cached = materialise(args.source, args.cache_dir)
+    except CacheError as exc:
+        print(f"python -m runtime.cache: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.source}: {cached.path} ({'hit' if cached.hit else 'filled'})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime import cache
 from runtime.cache import MARKER, CachedModel, materialise, parse_source, resolve
 from runtime.errors import CacheError
 from tests.runtime.support import REPO_ROOT
@@ -145,3 +146,15 @@ def test_missing_local_source_is_a_cache_error(tmp_path: Path) -> None:
     with pytest.raises(CacheError, match="not a directory"):
         resolve(str(tmp_path / "nowhere"), tmp_path / "cache")
     assert list((tmp_path / "cache" / ".partial").iterdir()) == []
+
+
+def test_command_line_fills_and_reports_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = tmp_path / "weights"
+    source.mkdir()
+    (source / "model.safetensors").write_bytes(b"\1" * 8)
+    assert cache.main([str(source), str(tmp_path / "cache")]) == 0
+    assert "filled" in capsys.readouterr().out
+    assert cache.main([str(source), str(tmp_path / "cache")]) == 0
+    assert "hit" in capsys.readouterr().out
+    assert cache.main([str(tmp_path / "missing"), str(tmp_path / "cache")]) == 1
+    assert "is not a directory" in capsys.readouterr().err
