@@ -12,6 +12,7 @@ from typing import Any, Generic, TypeVar
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from gateway.app import create_app
 from gateway.backends.kubernetes.backend import KubernetesBackend, KubernetesSettings
@@ -71,8 +72,16 @@ def model(name: str, source: Path | str, engine: str = "torch", **settings: str 
 
 
 @contextlib.asynccontextmanager
-async def _serve(app: Starlette, sock: socket.socket) -> AsyncIterator[None]:
-    config = uvicorn.Config(app, log_level="warning", lifespan="on")
+async def serve(app: ASGIApp, lifespan: bool = True) -> AsyncIterator[str]:
+    """Any ASGI ``app`` on a real loopback socket for the duration of the block; yields its base URL."""
+    async with _listening() as sock, _serve(app, sock, lifespan):
+        host, port = sock.getsockname()
+        yield f"http://{host}:{port}"
+
+
+@contextlib.asynccontextmanager
+async def _serve(app: ASGIApp, sock: socket.socket, lifespan: bool = True) -> AsyncIterator[None]:
+    config = uvicorn.Config(app, log_level="warning", lifespan="on" if lifespan else "off")
     config.load()
     server = uvicorn.Server(config)
     # What Server.serve() does, minus taking over the test process's signal handlers.

@@ -6,17 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from starlette.types import ASGIApp
+
+from tests.harness import serve
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,26 +63,9 @@ async def loadtest(*args: str | Path, timeout_s: float = 60.0) -> CliRun:
     return CliRun(process.returncode, stdout.decode(), stderr.decode())
 
 
-@contextlib.asynccontextmanager
-async def serving(app: ASGIApp) -> AsyncIterator[str]:
+def serving(app: ASGIApp) -> contextlib.AbstractAsyncContextManager[str]:
     """``app`` on a real loopback socket for the duration of the block; yields its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    host, port = sock.getsockname()
-    config = uvicorn.Config(app, log_level="warning", lifespan="off")
-    config.load()
-    server = uvicorn.Server(config)
-    # What Server.serve() does, minus taking over the test process's signal handlers (as tests/harness.py).
-    server.lifespan = config.lifespan_class(config)
-    await server.startup(sockets=[sock])
-    serving_task = asyncio.create_task(server.main_loop())
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.should_exit = True
-        await serving_task
-        await server.shutdown(sockets=[sock])
-        sock.close()
+    return serve(app, lifespan=False)
 
 
 @pytest.fixture(scope="session")
