@@ -74,9 +74,10 @@ class Scaler:
 
     async def ensure_capacity(self, model: str, *, recheck: bool = False) -> None:
         """Request path: a model with no replica wanted gets one now, not at the next tick."""
-        if self._backend.replicas(model).desired > 0 and not recheck:
+        desired = self._backend.replicas(model).desired
+        if desired > 0 and not recheck:
             return
-        if self._backend.replicas(model).desired == 0:
+        if desired == 0:
             self._cold_started(model)
             log.info("scaling %s from zero for a waiting request", model)
         try:

@@ -22,7 +22,6 @@ from gateway.errors import (
     GenerationFailed,
     InvalidRequest,
     RequestError,
-    ServiceUnavailable,
 )
 from gateway.metrics import Metrics
 from gateway.queue import Fenced, QueuedRequest, RequestQueue
@@ -154,8 +153,6 @@ class Ticket:
 def _failure(reply: Failed) -> RequestError:
     if reply.status == 400:
         return InvalidRequest(reply.message)
-    if reply.status == 503:
-        return ServiceUnavailable(reply.message, retry_after_s=5)
     return GenerationFailed(reply.message)
 
 
