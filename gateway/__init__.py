@@ -1,6 +1,7 @@
 """kaltstart's gateway: one OpenAI-compatible endpoint in front of models that scale to zero.
 
-The public surface is small: build ``GatewaySettings``, a backend, and call ``create_app``. The modules show the
+The public surface is small: build ``GatewaySettings``, a backend with its builder (``build_local``,
+``build_kubernetes``), and call ``create_app``. The modules show the
 architecture: ``routes`` (HTTP) -> ``service`` (admit, enqueue, await) -> ``queue`` (Redis Streams) ->
 ``dispatch`` (batches to runtimes) and ``scaling``/``policy`` (replicas), with ``backends`` behind a Protocol.
 """

@@ -9,13 +9,12 @@ import sys
 
 import uvicorn
 
-from gateway.app import Backend, create_app
-from gateway.backends.kubernetes.backend import KubernetesBackend, KubernetesSettings
-from gateway.backends.kubernetes.leader import LeaseSettings
-from gateway.backends.local import LocalBackend, load_local_config
-from gateway.catalog import ModelCatalog
+from gateway.app import create_app
+from gateway.backends import BackendParts
+from gateway.backends.kubernetes.backend import build_kubernetes
+from gateway.backends.local import build_local
+from gateway.backends.localconfig import load_local_config
 from gateway.embedded import EmbeddedRedis
-from gateway.endpoints import ReadyEndpoints
 from gateway.errors import ConfigError
 from gateway.settings import GatewaySettings
 
@@ -36,43 +35,30 @@ The first request starts a runtime replica (a cold start); after the idle timeou
 """
 
 
-def _local(settings: GatewaySettings, endpoints: ReadyEndpoints) -> tuple[Backend, ModelCatalog, str]:
-    config = load_local_config(settings.config_path)
-    backend = LocalBackend(config, endpoints)
-    return backend, ModelCatalog(backend.models), config.models[0].settings.name
-
-
-def _kubernetes(settings: GatewaySettings, endpoints: ReadyEndpoints) -> tuple[Backend, ModelCatalog, str]:
-    catalog = ModelCatalog()
-    lease = LeaseSettings(
-        name=settings.lease_name,
-        namespace=settings.namespaces[0],
-        identity=settings.gateway_id,
-        duration_s=settings.lease_duration_s,
-    )
-    kube = KubernetesSettings(namespaces=settings.namespaces, lease=lease, kubeconfig=settings.kubeconfig)
-    return KubernetesBackend(kube, catalog, endpoints), catalog, "<model>"
+def _backend(settings: GatewaySettings) -> BackendParts:
+    if settings.backend == "local":
+        return build_local(load_local_config(settings.local.config_path))
+    if settings.server.redis_url is None:
+        raise ConfigError("REDIS_URL is required with the kubernetes backend")
+    return build_kubernetes(settings.kubernetes, identity=settings.server.gateway_id)
 
 
 def main() -> int:
     try:
         settings = GatewaySettings.from_env(os.environ)
-        endpoints = ReadyEndpoints()
-        make = _local if settings.backend == "local" else _kubernetes
-        backend, catalog, example_model = make(settings, endpoints)
-        if settings.redis_url is None and settings.backend != "local":
-            raise ConfigError("REDIS_URL is required with the kubernetes backend")
+        parts = _backend(settings)
     except ConfigError as exc:
         print(f"kaltstart: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    server = settings.server
+    logging.basicConfig(level=server.log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     with contextlib.ExitStack() as stack:
-        redis_url = settings.redis_url or stack.enter_context(EmbeddedRedis())
-        if settings.redis_url is None:
+        redis_url = server.redis_url or stack.enter_context(EmbeddedRedis())
+        if server.redis_url is None:
             log.info("REDIS_URL not set: started an embedded Valkey at %s", redis_url)
-        app = create_app(settings, redis_url=redis_url, backend=backend, endpoints=endpoints, catalog=catalog)
-        print(_banner(f"http://{settings.host}:{settings.port}", example_model), flush=True)
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+        app = create_app(settings, redis_url=redis_url, parts=parts)
+        print(_banner(f"http://{server.host}:{server.port}", parts.example_model), flush=True)
+        uvicorn.run(app, host=server.host, port=server.port, log_level=server.log_level.lower())
     return 0
 
 

@@ -20,9 +20,10 @@ import wire
 from gateway.catalog import ModelCatalog
 from gateway.endpoints import ReadyEndpoints
 from gateway.errors import QueueUnavailable
+from gateway.messages import Dispatched, Failed, Finished, Token
 from gateway.metrics import Metrics
 from gateway.queue import Delivery, RequestQueue
-from gateway.replies import Dispatched, Failed, Finished, Token
+from gateway.replies import ReplySender
 from gateway.settings import ModelSettings
 from gateway.tasks import Loop
 
@@ -87,6 +88,7 @@ class Dispatcher:
         self,
         settings: ModelSettings,
         queue: RequestQueue,
+        sender: ReplySender,
         endpoints: ReadyEndpoints,
         client: httpx.AsyncClient,
         consumer: str,
@@ -96,6 +98,7 @@ class Dispatcher:
         self.settings = settings
         self._model = settings.name
         self._queue = queue
+        self._sender = sender
         self._pool = EndpointPool(settings.name, endpoints)
         self._client = client
         self._consumer = consumer
@@ -182,7 +185,7 @@ class Dispatcher:
             self._metrics.queue_wait_seconds.labels(self._model).observe(max(0.0, now - d.queued.accepted_at))
         self._metrics.batches.labels(self._model).inc()
         self._metrics.batch_size.labels(self._model).observe(len(batch))
-        await self._queue.publish(
+        await self._sender.publish(
             [(d.queued.reply_to, Dispatched(id=d.queued.id, attempt=d.queued.attempt)) for d in batch]
         )
 
@@ -208,7 +211,7 @@ class Dispatcher:
         if isinstance(event, wire.TokenEvent):
             if delivery.queued.request.stream:
                 reply = Token(id=event.id, attempt=delivery.queued.attempt, text=event.text)
-                await self._queue.publish([(delivery.queued.reply_to, reply)])
+                await self._sender.publish([(delivery.queued.reply_to, reply)])
             return
         del unfinished[event.id]
         if isinstance(event, wire.FinishEvent):

@@ -3,7 +3,7 @@
     KaltstartError
     ├── ConfigError                 bad settings, config file or annotation (start-up / discovery, not a request)
     ├── BackendError                the replica backend failed (process would not start, API call failed)
-    ├── QueueUnavailable            Redis could not be reached                            -> 503
+    │   └── UnknownModel            the backend serves no such model (it left the catalog meanwhile)
     └── RequestError                a request's own outcome; knows its HTTP status and OpenAI error type
         ├── InvalidRequest          malformed JSON, wrong fields, bad values              -> 400
         ├── ModelNotFound           the model is not configured                           -> 404
@@ -11,6 +11,7 @@
         ├── QueueFull               too many requests queued for the model                -> 429 + Retry-After
         ├── ColdStartTimeout        no replica became ready within the cold-start timeout -> 503 + Retry-After
         ├── ServiceUnavailable      Redis or the backend is down                          -> 503 + Retry-After
+        │   └── QueueUnavailable    Redis could not be reached or answered with an error  -> 503 + Retry-After
         ├── GenerationFailed        the runtime failed the request, retries exhausted     -> 502
         └── DeadlineExceeded        not finished within the request timeout               -> 504
 
@@ -35,6 +36,10 @@ class ConfigError(KaltstartError):
 
 class BackendError(KaltstartError):
     """The replica backend could not do what it was asked."""
+
+
+class UnknownModel(BackendError):
+    """The backend serves no model of this name (every backend raises this alike)."""
 
 
 class RequestError(KaltstartError):

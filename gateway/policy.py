@@ -13,23 +13,9 @@ Rules:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
+from gateway.backends import Replicas
 from gateway.settings import ModelSettings
-
-
-@dataclass(frozen=True)
-class Replicas:
-    """A model's replicas as its backend sees them."""
-
-    #: Replicas asked for (Deployment ``spec.replicas``; local processes wanted).
-    desired: int
-    #: Replicas ready to take batches.
-    ready: int
-
-    @property
-    def starting(self) -> int:
-        return max(0, self.desired - self.ready)
 
 
 def wanted_for_demand(settings: ModelSettings, demand: int) -> int:

@@ -9,8 +9,7 @@ request is answered at most once however its deliveries race. Redis errors becom
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -20,45 +19,25 @@ from redis.exceptions import RedisError, ResponseError
 
 import wire
 from gateway import keys
-from gateway.errors import QueueFull, QueueUnavailable
-from gateway.replies import Dispatched, Failed, Final, Finished, ReplyAdapter, Token
-
-Reply = Dispatched | Token
+from gateway.connection import converted, text
+from gateway.errors import QueueFull
+from gateway.fence import REFUSE_IF_FENCED, Fenced
+from gateway.messages import Failed, Final, Finished, ReplyAdapter
 
 #: How long a settled marker outlives its request: long enough to suppress any late duplicate.
 SETTLED_TTL_MS = 3_600_000
 CANCELLED = "cancelled"
 
 # KEYS: queue, activity, fence. ARGV: max length, payload. -> entry id; 0 if full; the fence's ms left if fenced.
-_ENQUEUE = """
-local fenced = redis.call('PTTL', KEYS[3])
-if fenced > 0 then return fenced end
+_ENQUEUE = (
+    REFUSE_IF_FENCED
+    + """
 if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
 local t = redis.call('TIME')
 redis.call('SET', KEYS[2], t[1] * 1000 + math.floor(t[2] / 1000))
 return redis.call('XADD', KEYS[1], '*', 'r', ARGV[2])
 """
-
-# KEYS: queue, activity, fence. ARGV: idle ms, ttl ms, token. -> 1 if the model is idle and now fenced.
-_FENCE_IF_IDLE = """
-if redis.call('XLEN', KEYS[1]) > 0 then return 0 end
-local last = redis.call('GET', KEYS[2])
-if last then
-  local t = redis.call('TIME')
-  if t[1] * 1000 + math.floor(t[2] / 1000) - tonumber(last) < tonumber(ARGV[1]) then return 0 end
-end
-if redis.call('SET', KEYS[3], ARGV[3], 'NX', 'PX', ARGV[2]) then return 1 end
-return 0
-"""
-
-# KEYS: fence. ARGV: token, channel, model.
-_LIFT_FENCE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
-end
-return 0
-"""
+)
 
 # KEYS: queue, settled, activity. ARGV: entry id, group, ttl ms, reply channel, final reply. -> 1 if first.
 _SETTLE = """
@@ -112,13 +91,6 @@ class Delivery:
 
 
 @dataclass(frozen=True)
-class Fenced:
-    """The model is being scaled down; try again when the fence is lifted (at the latest after this long)."""
-
-    seconds_left: float
-
-
-@dataclass(frozen=True)
 class Load:
     """A model's demand, as every gateway replica sees it (derived from the stream, so it survives restarts)."""
 
@@ -132,18 +104,6 @@ class Load:
         return self.queued + self.in_flight
 
 
-@contextlib.asynccontextmanager
-async def _converted() -> AsyncIterator[None]:
-    try:
-        yield
-    except RedisError as exc:
-        raise QueueUnavailable() from exc
-
-
-def _decode(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 class RequestQueue:
     def __init__(self, redis: Redis, max_queue_per_model: int) -> None:
         self._redis = redis
@@ -151,13 +111,11 @@ class RequestQueue:
         self._enqueue = redis.register_script(_ENQUEUE)
         self._settle = redis.register_script(_SETTLE)
         self._requeue = redis.register_script(_REQUEUE)
-        self._fence_if_idle = redis.register_script(_FENCE_IF_IDLE)
-        self._lift_fence = redis.register_script(_LIFT_FENCE)
 
     async def prepare(self, model: str) -> None:
         """Create the model's stream and consumer group if missing (reading from the start: nothing queued
         before the group existed is lost)."""
-        async with _converted():
+        async with converted():
             try:
                 await self._redis.xgroup_create(keys.queue(model), keys.GROUP, id="0", mkstream=True)
             except ResponseError as exc:
@@ -166,7 +124,7 @@ class RequestQueue:
 
     async def enqueue(self, model: str, queued: QueuedRequest) -> str | Fenced:
         """Queue a request: its entry id, or ``Fenced`` while a scale-down of the model is being written."""
-        async with _converted():
+        async with converted():
             entry = await self._enqueue(
                 keys=[keys.queue(model), keys.activity(model), keys.fence(model)],
                 args=[self._max, queued.model_dump_json()],
@@ -175,21 +133,7 @@ class RequestQueue:
             raise QueueFull(f"Too many requests are queued for model '{model}'; try again later.", retry_after_s=5)
         if isinstance(entry, int):
             return Fenced(seconds_left=entry / 1000)
-        return _decode(entry)
-
-    async def fence_if_idle(self, model: str, idle_s: float, ttl_s: float, token: str) -> bool:
-        """Atomically: if nothing is queued or in flight and the model has been idle for ``idle_s``, hold its
-        fence (new requests wait) for at most ``ttl_s``. The caller lifts it once its scale-down is written."""
-        async with _converted():
-            fenced = await self._fence_if_idle(
-                keys=[keys.queue(model), keys.activity(model), keys.fence(model)],
-                args=[int(idle_s * 1000), int(ttl_s * 1000), token],
-            )
-        return bool(fenced)
-
-    async def lift_fence(self, model: str, token: str) -> None:
-        async with _converted():
-            await self._lift_fence(keys=[keys.fence(model)], args=[token, keys.FENCES, model])
+        return text(entry)
 
     async def read_batch(
         self, model: str, consumer: str, max_size: int, fill_s: float, block_s: float
@@ -217,7 +161,7 @@ class RequestQueue:
     async def _read(self, model: str, consumer: str, count: int, block_s: float | None) -> list[Delivery]:
         """Read up to ``count`` new entries, blocking up to ``block_s`` for the first (None: do not block)."""
         block = None if block_s is None else max(1, int(block_s * 1000))
-        async with _converted():
+        async with converted():
             try:
                 response = await self._redis.xreadgroup(
                     keys.GROUP, consumer, {keys.queue(model): ">"}, count=count, block=block
@@ -233,12 +177,12 @@ class RequestQueue:
         for _stream, entries in streams:
             for entry_id, fields in entries:
                 payload = fields[b"r"]
-                deliveries.append(Delivery(_decode(entry_id), QueuedRequest.model_validate_json(payload)))
+                deliveries.append(Delivery(text(entry_id), QueuedRequest.model_validate_json(payload)))
         return deliveries
 
     async def settle(self, model: str, delivery: Delivery, reply: Final) -> bool:
         """Store and publish a request's final reply and drop its entry. False if it was settled already."""
-        async with _converted():
+        async with converted():
             first = await self._settle(
                 keys=[keys.queue(model), keys.settled(model, delivery.queued.id), keys.activity(model)],
                 args=[
@@ -254,7 +198,7 @@ class RequestQueue:
     async def cancel(self, model: str, request_id: str, entry_id: str) -> bool:
         """The client stopped waiting: make sure the request is never dispatched or answered. False if a
         final reply got there first."""
-        async with _converted():
+        async with converted():
             first = await self._settle(
                 keys=[keys.queue(model), keys.settled(model, request_id), keys.activity(model)],
                 args=[entry_id, keys.GROUP, SETTLED_TTL_MS, "", CANCELLED],
@@ -265,7 +209,7 @@ class RequestQueue:
         """Put a request back at the end of the queue: as its next attempt if its replica ``failed``, as the same
         attempt if the gateway dispatching it is shutting down."""
         again = delivery.queued.model_copy(update={"attempt": delivery.queued.attempt + int(failed)})
-        async with _converted():
+        async with converted():
             entry = await self._requeue(
                 keys=[keys.queue(model), keys.settled(model, delivery.queued.id)],
                 args=[delivery.entry_id, keys.GROUP, again.model_dump_json()],
@@ -274,7 +218,7 @@ class RequestQueue:
 
     async def drop_settled(self, model: str, batch: Sequence[Delivery]) -> list[Delivery]:
         """Ack and delete the entries of requests already settled (cancelled by their client); return the rest."""
-        async with _converted():
+        async with converted():
             markers = await self._redis.mget([keys.settled(model, d.queued.id) for d in batch])
             done = [d.entry_id for d, marker in zip(batch, markers, strict=True) if marker is not None]
             if done:
@@ -284,45 +228,29 @@ class RequestQueue:
                     await pipe.execute()
         return [d for d, marker in zip(batch, markers, strict=True) if marker is None]
 
-    async def publish(self, replies: Sequence[tuple[str, Reply]]) -> None:
-        """Send non-final replies (dispatched, tokens) to the channels of the replicas waiting for them."""
-        async with _converted(), self._redis.pipeline(transaction=False) as pipe:
-            for channel, reply in replies:
-                pipe.publish(channel, reply.model_dump_json())
-            await pipe.execute()
-
     async def final_reply(self, model: str, request_id: str) -> Final | None:
         """The stored final reply of a request, if it was settled by a dispatcher."""
-        async with _converted():
+        async with converted():
             stored = await self._redis.get(keys.settled(model, request_id))
-        if stored is None or _decode(stored) == CANCELLED:
+        if stored is None or text(stored) == CANCELLED:
             return None
         reply = ReplyAdapter.validate_json(stored)
         return reply if isinstance(reply, Finished | Failed) else None
 
-    async def heartbeat(self, gateway_id: str, ttl_s: float) -> None:
-        """This gateway replica is alive for another ``ttl_s``."""
-        async with _converted():
-            await self._redis.set(keys.gateway(gateway_id), 1, px=int(ttl_s * 1000))
-
-    async def is_alive(self, gateway_id: str) -> bool:
-        async with _converted():
-            return bool(await self._redis.exists(keys.gateway(gateway_id)))
-
     async def consumers(self, model: str) -> dict[str, int]:
         """The model's dispatchers (gateway ids) and how many entries each holds in flight."""
-        async with _converted():
+        async with converted():
             try:
                 infos = await self._redis.xinfo_consumers(keys.queue(model), keys.GROUP)
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc) and "no such key" not in str(exc):
                     raise
                 return {}
-        return {_decode(info["name"]): int(info["pending"]) for info in infos}
+        return {text(info["name"]): int(info["pending"]) for info in infos}
 
     async def take_over(self, model: str, consumer: str, new_owner: str, count: int = 100) -> list[Delivery]:
         """Claim up to ``count`` entries a (dead) consumer holds in flight."""
-        async with _converted():
+        async with converted():
             pending = await self._redis.xpending_range(
                 keys.queue(model), keys.GROUP, min="-", max="+", count=count, consumername=consumer
             )
@@ -330,13 +258,13 @@ class RequestQueue:
             response = await self._redis.xclaim(keys.queue(model), keys.GROUP, new_owner, 0, ids) if ids else []
         claimed = cast(list[tuple[bytes, dict[bytes, bytes] | None]], response)
         return [
-            Delivery(_decode(entry_id), QueuedRequest.model_validate_json(fields[b"r"]))
+            Delivery(text(entry_id), QueuedRequest.model_validate_json(fields[b"r"]))
             for entry_id, fields in claimed
             if fields  # an entry deleted meanwhile comes back without fields
         ]
 
     async def forget_consumer(self, model: str, consumer: str) -> None:
-        async with _converted():
+        async with converted():
             await self._redis.xgroup_delconsumer(keys.queue(model), keys.GROUP, consumer)
 
     async def ping(self) -> bool:
@@ -349,7 +277,7 @@ class RequestQueue:
         """Queued and in-flight requests, and seconds since the last activity. A model seen for the first time
         (or after Redis lost its data) counts as active now: idleness is never assumed, so a gateway that
         starts, or restarts, changes no replica count."""
-        async with _converted(), self._redis.pipeline(transaction=False) as pipe:
+        async with converted(), self._redis.pipeline(transaction=False) as pipe:
             pipe.xlen(keys.queue(model))
             pipe.get(keys.activity(model))
             pipe.time()

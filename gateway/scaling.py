@@ -11,47 +11,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from gateway import policy
+from gateway.backends import ReplicaControl
 from gateway.catalog import ModelCatalog
 from gateway.endpoints import ReadyEndpoints
 from gateway.errors import KaltstartError
 from gateway.metrics import Metrics
-from gateway.policy import Replicas
-from gateway.queue import Load, RequestQueue
+from gateway.queue import Load
 from gateway.settings import ModelSettings
 from gateway.tasks import Loop
 
 log = logging.getLogger("kaltstart.scaling")
 
-#: Longest a scale-down may hold its fence (new requests for the model wait meanwhile). A scale write takes
-#: milliseconds; the TTL only matters if the holder dies mid-way.
-FENCE_TTL_S = 10.0
+
+class Demand(Protocol):
+    """Where a model's load is read (the request queue)."""
+
+    async def load(self, model: str) -> Load: ...
 
 
-class ReplicaControl(Protocol):
-    def replicas(self, model: str) -> Replicas:
-        """The replicas of the model's scaling unit as last seen (cheap: no I/O)."""
-        ...
+class ScaleDownFence(Protocol):
+    """See ``gateway.fence``: held while a scale-down is written, only if every model is still idle."""
 
-    async def scale_up(self, model: str, at_least: int, *, fresh: bool = False) -> bool:
-        """Make sure at least ``at_least`` replicas are wanted; never lowers a count. ``fresh``: do not trust a
-        cached count (a scale-down may just have been written). True if this call raised the count."""
-        ...
-
-    async def scale_down(self, model: str, to: int) -> bool:
-        """Lower the wanted count to ``to``; False if it was not lowered (e.g. someone raised it meanwhile)."""
-        ...
+    def hold(self, models: Sequence[str], idle_s: float) -> AbstractAsyncContextManager[bool]: ...
 
 
 class Scaler:
     def __init__(
         self,
         catalog: ModelCatalog,
-        queue: RequestQueue,
+        queue: Demand,
+        fence: ScaleDownFence,
         backend: ReplicaControl,
         endpoints: ReadyEndpoints,
         metrics: Metrics,
@@ -62,6 +56,7 @@ class Scaler:
     ) -> None:
         self._catalog = catalog
         self._queue = queue
+        self._fence = fence
         self._backend = backend
         self._metrics = metrics
         self._interval_s = interval_s
@@ -69,6 +64,7 @@ class Scaler:
         self._may_scale_down = may_scale_down
         self._endpoints = endpoints
         self._cold_since: dict[str, float] = {}
+        self._tick_listeners: list[Callable[[], None]] = []
         self._loop = Loop("autoscaler", self._tick_and_wait)
         endpoints.subscribe(self._on_endpoints)
 
@@ -113,11 +109,20 @@ class Scaler:
         await asyncio.sleep(self._interval_s)  # a control loop's period, not a wait for an event
 
     async def tick(self) -> None:
+        """One pass of the rules over every scaling unit; a unit that fails does not stop the others."""
         for unit in self._catalog.units():
             try:
                 await self._reconcile(unit)
             except KaltstartError as exc:
                 log.error("autoscaler: %s: %s", unit[0].name, exc)
+        for listener in list(self._tick_listeners):
+            listener()
+
+    def subscribe_ticks(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener()`` after every pass; returns an unsubscribe function. (Proof, for a test or a
+        health check, that the autoscaler had its chance to act.)"""
+        self._tick_listeners.append(listener)
+        return lambda: self._tick_listeners.remove(listener)
 
     async def tick_metrics(self) -> None:
         """Refresh the queue and replica gauges (for a scrape between ticks)."""
@@ -146,19 +151,10 @@ class Scaler:
             await self._scale_down(unit, wanted, policy.idle_threshold_s(settings, now))
 
     async def _scale_down(self, unit: list[ModelSettings], to: int, idle_s: float) -> None:
-        """Fence every model of the unit (atomically re-checking it is idle), write, lift the fences. Requests
-        arriving meanwhile wait at the door and then scale the unit up again: the count never reaches zero
-        while a request is queued."""
-        token = uuid.uuid4().hex
-        fenced: list[str] = []
-        try:
-            for m in unit:
-                if not await self._queue.fence_if_idle(m.name, idle_s, FENCE_TTL_S, token):
-                    return
-                fenced.append(m.name)
-            if await self._backend.scale_down(unit[0].name, to):
-                self._metrics.scale_writes.labels(unit[0].name, "down").inc()
-                log.info("scaled %s down to %d after %.0f s idle", unit[0].name, to, idle_s)
-        finally:
-            for name in fenced:
-                await self._queue.lift_fence(name, token)
+        """Write the lower count only while every model of the unit is fenced (see ``gateway.fence``): requests
+        arriving meanwhile wait at the door and then scale the unit up again."""
+        name = unit[0].name
+        async with self._fence.hold([m.name for m in unit], idle_s) as idle:
+            if idle and await self._backend.scale_down(name, to):
+                self._metrics.scale_writes.labels(name, "down").inc()
+                log.info("scaled %s down to %d after %.0f s idle", name, to, idle_s)

@@ -8,7 +8,6 @@ through Redis.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -23,19 +22,19 @@ from gateway.errors import (
     InvalidRequest,
     RequestError,
 )
+from gateway.fence import FencedDoor
+from gateway.messages import AnyReply, Failed, Finished, Token
 from gateway.metrics import Metrics
-from gateway.queue import Fenced, QueuedRequest, RequestQueue
-from gateway.replies import Dispatched, Failed, Finished, ReplyRouter, Token
+from gateway.queue import QueuedRequest, RequestQueue
+from gateway.replies import ReplyRouter
 from gateway.scaling import Scaler
-from gateway.settings import GatewaySettings, ModelSettings
+from gateway.settings import ModelSettings, ServerSettings
 
 log = logging.getLogger("kaltstart.gateway")
 
 #: A waiting request that has heard nothing on pub/sub for this long reads its stored final reply, in case the
 #: subscription dropped it. A backstop, not the normal path.
 MISSED_REPLY_CHECK_S = 5.0
-
-AnyReply = Dispatched | Token | Finished | Failed
 
 
 class Ticket:
@@ -159,10 +158,11 @@ def _failure(reply: Failed) -> RequestError:
 class Gateway:
     def __init__(
         self,
-        settings: GatewaySettings,
+        settings: ServerSettings,
         catalog: ModelCatalog,
         queue: RequestQueue,
         replies: ReplyRouter,
+        door: FencedDoor,
         scaler: Scaler,
         metrics: Metrics,
     ) -> None:
@@ -170,6 +170,7 @@ class Gateway:
         self.catalog = catalog
         self._queue = queue
         self._replies = replies
+        self.door = door
         self._scaler = scaler
         self._metrics = metrics
 
@@ -193,17 +194,9 @@ class Gateway:
         return ticket
 
     async def _enqueue(self, model: str, queued: QueuedRequest) -> tuple[str, bool]:
-        """Enqueue, waiting at the door while a scale-down of the model is being written (milliseconds, or
-        the fence's TTL if its holder died). Returns the entry id and whether we had to wait."""
-        waited = False
-        while True:
-            lifted = self._replies.fence_lifted(model)
-            entry = await self._queue.enqueue(model, queued)
-            if not isinstance(entry, Fenced):
-                return entry, waited
-            waited = True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(lifted.wait(), timeout=entry.seconds_left)
+        """Enqueue, waiting at the door while a scale-down of the model is being written (see ``gateway.fence``).
+        Returns the entry id and whether we had to wait (then the scale count must be read afresh)."""
+        return await self.door.enter(model, lambda: self._queue.enqueue(model, queued))
 
     def record(self, model: str, status: int, seconds: float) -> None:
         label = model if self.catalog.has(model) else ""

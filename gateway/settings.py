@@ -1,14 +1,20 @@
 """Settings, built once at start-up and passed in. Nothing here reads the environment at import time.
 
-Two kinds:
-- ``GatewaySettings``: the process (listen address, Redis, limits), from ``KALTSTART_*`` environment variables.
-- ``ModelSettings``: how one model is scaled and batched. The same setting names are used by the local
-  backend's config file (``idle-timeout = "300s"``) and by Deployment annotations
-  (``kaltstart.dev/idle-timeout: "300s"``), and parsed by the one function ``ModelSettings.parse``.
+One frozen dataclass per concern, each field documented once, next to the name it is read from:
+
+- ``ServerSettings``: the HTTP process (listen address, Redis, identity, request limits);
+- ``QueueSettings``: the queue, its dispatch attempts, the autoscaler's and the heartbeat's periods;
+- ``LocalSettings`` / ``KubernetesSettings``: what each backend needs;
+- ``GatewaySettings``: the four together, from ``KALTSTART_*`` environment variables (``from_env``).
+
+``ModelSettings`` says how one model is scaled and batched. Its setting names are used by the local backend's
+config file (``idle-timeout = "300s"``) and by Deployment annotations (``kaltstart.dev/idle-timeout: "300s"``),
+and parsed by the one function ``ModelSettings.parse``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -17,6 +23,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 from gateway.errors import ConfigError
 
@@ -24,8 +31,11 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
+Value = str | int | float
+Parser = Callable[[Value], Any]
 
-def parse_duration_s(text: str | int | float) -> float:
+
+def parse_duration_s(text: Value) -> float:
     """``"300s"``, ``"20ms"``, ``"5m"``, ``"1h"`` or a bare number of seconds -> seconds."""
     if isinstance(text, bool):
         raise ValueError(f"not a duration: {text!r}")
@@ -41,7 +51,7 @@ def parse_duration_s(text: str | int | float) -> float:
     return seconds
 
 
-def _parse_int(text: str | int | float, minimum: int) -> int:
+def _parse_int(text: Value, minimum: int) -> int:
     if isinstance(text, bool) or (isinstance(text, float) and not text.is_integer()):
         raise ValueError(f"not an integer: {text!r}")
     try:
@@ -53,68 +63,77 @@ def _parse_int(text: str | int | float, minimum: int) -> int:
     return value
 
 
+def at_least(minimum: int) -> Parser:
+    return lambda text: _parse_int(text, minimum)
+
+
 def check_model_name(name: str) -> str:
     if not _MODEL_NAME.match(name):
         raise ConfigError(f"invalid model name {name!r}: letters, digits and ._:/- only, at most 128")
     return name
 
 
+def _key(key: str, parse: Parser) -> dict[str, Any]:
+    """A dataclass field's metadata: it is read from ``key`` (a setting key or an environment variable) through
+    ``parse``."""
+    return {"key": key, "parse": parse}
+
+
+T = TypeVar("T")
+
+
+def _from_values(cls: type[T], values: Mapping[str, Value], **fixed: Any) -> T:
+    """Build ``cls`` from the fields whose key is in ``values``; a bad value raises ``ConfigError(key=...)``."""
+    kwargs: dict[str, Any] = dict(fixed)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        key = f.metadata.get("key")
+        if key is None or key not in values:
+            continue
+        try:
+            kwargs[f.name] = f.metadata["parse"](values[key])
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}", key=key) from None
+    return cls(**kwargs)
+
+
+def keys_of(cls: type[Any]) -> tuple[str, ...]:
+    """The setting keys (or environment variables) a settings class reads."""
+    return tuple(f.metadata["key"] for f in dataclasses.fields(cls) if "key" in f.metadata)
+
+
 @dataclass(frozen=True)
 class ModelSettings:
-    """How one model is scaled and batched. Field names map to setting keys with ``_`` -> ``-``."""
+    """How one model is scaled and batched."""
 
     name: str
     #: Replicas kept even when idle. 0 means the model costs nothing while idle.
-    min_replicas: int = 0
+    min_replicas: int = field(default=0, metadata=_key("min-replicas", at_least(0)))
     #: Upper bound for scale-out on queue depth.
-    max_replicas: int = 1
+    max_replicas: int = field(default=1, metadata=_key("max-replicas", at_least(1)))
     #: Scale to ``min_replicas`` after this long with nothing queued or in flight.
-    idle_timeout_s: float = 300.0
+    idle_timeout_s: float = field(default=300.0, metadata=_key("idle-timeout", parse_duration_s))
     #: A request not dispatched to a ready replica within this long gets 503 + Retry-After. Generous by
     #: default: a cold GPU node can take minutes to join and pull an image.
-    cold_start_timeout_s: float = 600.0
+    cold_start_timeout_s: float = field(default=600.0, metadata=_key("cold-start-timeout", parse_duration_s))
     #: Most requests forwarded to a runtime in one batch (one forward pass per decoding step for all).
-    max_batch_size: int = 16
+    max_batch_size: int = field(default=16, metadata=_key("max-batch-size", at_least(1)))
     #: How long a dispatcher waits for more requests to fill a batch once it has one. Small: it adds latency.
-    max_batch_delay_s: float = 0.01
+    max_batch_delay_s: float = field(default=0.01, metadata=_key("max-batch-delay", parse_duration_s))
     #: Queued + in-flight requests per replica above which another replica is asked for (up to max).
-    target_queue_per_replica: int = 32
-
-    #: The setting keys, as written in config files and (after ``kaltstart.dev/``) in annotations.
-    KEYS = (
-        "min-replicas",
-        "max-replicas",
-        "idle-timeout",
-        "cold-start-timeout",
-        "max-batch-size",
-        "max-batch-delay",
-        "target-queue-per-replica",
-    )
+    target_queue_per_replica: int = field(default=32, metadata=_key("target-queue-per-replica", at_least(1)))
 
     @classmethod
-    def parse(cls, name: str, values: Mapping[str, str | int | float]) -> ModelSettings:
+    def keys(cls) -> tuple[str, ...]:
+        """The setting keys, as written in config files and (after ``kaltstart.dev/``) in annotations."""
+        return keys_of(cls)
+
+    @classmethod
+    def parse(cls, name: str, values: Mapping[str, Value]) -> ModelSettings:
         """Build from setting keys (unknown keys are not this function's business and are ignored).
 
         Raises ``ConfigError`` naming the key and the reason, so callers can say which annotation is wrong.
         """
-        check_model_name(name)
-        kwargs: dict[str, int | float] = {}
-        parsers: dict[str, tuple[str, Callable[[str | int | float], int | float]]] = {
-            "min-replicas": ("min_replicas", lambda v: _parse_int(v, 0)),
-            "max-replicas": ("max_replicas", lambda v: _parse_int(v, 1)),
-            "idle-timeout": ("idle_timeout_s", parse_duration_s),
-            "cold-start-timeout": ("cold_start_timeout_s", parse_duration_s),
-            "max-batch-size": ("max_batch_size", lambda v: _parse_int(v, 1)),
-            "max-batch-delay": ("max_batch_delay_s", parse_duration_s),
-            "target-queue-per-replica": ("target_queue_per_replica", lambda v: _parse_int(v, 1)),
-        }
-        for key, (attr, parse) in parsers.items():
-            if key in values:
-                try:
-                    kwargs[attr] = parse(values[key])
-                except ValueError as exc:
-                    raise ConfigError(f"{key}: {exc}", key=key) from None
-        settings = cls(name=name, **kwargs)  # type: ignore[arg-type]
+        settings = _from_values(cls, values, name=check_model_name(name))
         if settings.min_replicas > settings.max_replicas:
             raise ConfigError(
                 f"min-replicas ({settings.min_replicas}) exceeds max-replicas ({settings.max_replicas})",
@@ -122,17 +141,95 @@ class ModelSettings:
             )
         return settings
 
+    def to_values(self) -> dict[str, Value]:
+        """The inverse of ``parse``: every setting by its key, durations as ``"0.01s"``."""
+        values: dict[str, Value] = {}
+        for f in dataclasses.fields(self):
+            if "key" in f.metadata:
+                value = getattr(self, f.name)
+                values[f.metadata["key"]] = f"{value:g}s" if f.name.endswith("_s") else value
+        return values
+
     @property
     def retry_after_s(self) -> int:
         """What a 503 during a cold start tells the client to wait before trying again."""
         return max(1, min(30, math.ceil(self.cold_start_timeout_s / 4)))
 
 
-def _namespaces(text: str) -> tuple[str, ...]:
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
+def _default_gateway_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The HTTP process: where it listens, which Redis it uses, who it is, and the limits of one request."""
+
+    #: Address to listen on (``0.0.0.0`` in a pod).
+    host: str = field(default="127.0.0.1", metadata=_key("KALTSTART_HOST", str))
+    #: Port to listen on.
+    port: int = field(default=8080, metadata=_key("KALTSTART_PORT", at_least(0)))
+    #: An external Redis/Valkey. None starts an embedded Valkey (local backend only).
+    redis_url: str | None = field(default=None, metadata=_key("REDIS_URL", str))
+    #: This replica's name in Redis (consumer name, reply channel). Unique per process.
+    gateway_id: str = field(default_factory=_default_gateway_id, metadata=_key("KALTSTART_GATEWAY_ID", str))
+    #: A request not finished this long after arrival gets 504 and is cancelled.
+    request_timeout_s: float = field(default=600.0, metadata=_key("KALTSTART_REQUEST_TIMEOUT", parse_duration_s))
+    #: Larger request bodies get 413 (checked before the body is read when Content-Length says so).
+    max_body_bytes: int = field(default=1 << 20, metadata=_key("KALTSTART_MAX_BODY_BYTES", at_least(1024)))
+    #: ``max_tokens`` when a chat request gives none (completions use 16, as OpenAI does).
+    default_max_tokens: int = field(default=256, metadata=_key("KALTSTART_DEFAULT_MAX_TOKENS", at_least(1)))
+    #: Python log level of the whole process.
+    log_level: str = field(default="INFO", metadata=_key("KALTSTART_LOG_LEVEL", lambda v: str(v).upper()))
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    """The request queue and the loops that act on it."""
+
+    #: Queued + in-flight requests per model beyond which new ones get 429.
+    max_queue_per_model: int = field(default=1000, metadata=_key("KALTSTART_MAX_QUEUE", at_least(1)))
+    #: Dispatches of one request before it fails with 502 (its replica died mid-batch each time).
+    max_attempts: int = field(default=3, metadata=_key("KALTSTART_MAX_ATTEMPTS", at_least(1)))
+    #: How often the autoscaler applies the scaling rules to queue depth and idleness.
+    scale_interval_s: float = field(default=1.0, metadata=_key("KALTSTART_SCALE_INTERVAL", parse_duration_s))
+    #: How often this replica says it is alive; one silent for 5 intervals is taken for dead and the requests its
+    #: dispatchers held are given to others.
+    heartbeat_interval_s: float = field(default=2.0, metadata=_key("KALTSTART_HEARTBEAT_INTERVAL", parse_duration_s))
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    """The local backend: runtime processes on this machine."""
+
+    #: The model file (TOML, see docs/configuration.md).
+    config_path: Path = field(
+        default_factory=lambda: Path("kaltstart.toml"), metadata=_key("KALTSTART_CONFIG", lambda v: Path(str(v)))
+    )
+
+
+def _namespaces(text: Value) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in str(text).split(",") if n.strip())
     if not names:
         raise ValueError("no namespace given")
     return names
+
+
+def _lease_seconds(text: Value) -> int:
+    return _parse_int(parse_duration_s(text), 2)
+
+
+@dataclass(frozen=True)
+class KubernetesSettings:
+    """The Kubernetes backend: annotated Deployments, scaled through the API."""
+
+    #: Namespaces whose annotated Deployments are served; empty: the pod's own (see ``own_namespace``).
+    namespaces: tuple[str, ...] = field(default=(), metadata=_key("KALTSTART_NAMESPACES", _namespaces))
+    #: The Lease (in the first namespace) whose holder scales models down.
+    lease_name: str = field(default="kaltstart-gateway", metadata=_key("KALTSTART_LEASE_NAME", str))
+    #: How long scale-downs pause when the leader dies. Whole seconds (the Lease API's unit), at least 2.
+    lease_duration_s: int = field(default=15, metadata=_key("KALTSTART_LEASE_DURATION", _lease_seconds))
+    #: A kubeconfig file; None inside a pod: in-cluster config.
+    kubeconfig: str | None = field(default=None, metadata=_key("KUBECONFIG", str))
 
 
 _SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -145,91 +242,53 @@ def own_namespace(environ: Mapping[str, str]) -> str:
     return environ.get("POD_NAMESPACE") or "default"
 
 
-def _default_gateway_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+BACKENDS = ("local", "kubernetes")
 
 
 @dataclass(frozen=True)
 class GatewaySettings:
-    """The gateway process. Each field names its environment variable."""
+    """The whole gateway process."""
 
-    #: KALTSTART_HOST: address to listen on.
-    host: str = "127.0.0.1"
-    #: KALTSTART_PORT: port to listen on.
-    port: int = 8080
-    #: REDIS_URL: an external Redis/Valkey. None starts an embedded Valkey (local mode only).
-    redis_url: str | None = None
+    server: ServerSettings = field(default_factory=ServerSettings)
+    queue: QueueSettings = field(default_factory=QueueSettings)
     #: KALTSTART_BACKEND: ``local`` (runtime processes on this machine) or ``kubernetes`` (annotated
     #: Deployments, scaled through the API).
     backend: str = "local"
-    #: KALTSTART_CONFIG: the local backend's model file (TOML).
-    config_path: Path = Path("kaltstart.toml")
-    #: KALTSTART_GATEWAY_ID: this replica's name in Redis (consumer name, reply channel). Unique per process.
-    gateway_id: str = field(default_factory=_default_gateway_id)
-    #: KALTSTART_REQUEST_TIMEOUT: a request not finished this long after arrival gets 504.
-    request_timeout_s: float = 600.0
-    #: KALTSTART_MAX_QUEUE: queued + in-flight requests per model beyond which new ones get 429.
-    max_queue_per_model: int = 1000
-    #: KALTSTART_MAX_BODY_BYTES: larger request bodies get 413.
-    max_body_bytes: int = 1 << 20
-    #: KALTSTART_DEFAULT_MAX_TOKENS: ``max_tokens`` when a chat request gives none (completions use 16, as
-    #: OpenAI does).
-    default_max_tokens: int = 256
-    #: KALTSTART_SCALE_INTERVAL: how often the autoscaler looks at queue depth and idleness.
-    scale_interval_s: float = 1.0
-    #: KALTSTART_MAX_ATTEMPTS: dispatches of one request before it fails (a replica died mid-batch each time).
-    max_attempts: int = 3
-    #: KALTSTART_LOG_LEVEL
-    log_level: str = "INFO"
-    #: KALTSTART_HEARTBEAT_INTERVAL: how often this replica says it is alive; one silent for 5 intervals is
-    #: taken for dead and the requests its dispatchers held are given to others.
-    heartbeat_interval_s: float = 2.0
-    #: KALTSTART_NAMESPACES (kubernetes): comma-separated namespaces to serve; default: the pod's own.
-    namespaces: tuple[str, ...] = ()
-    #: KALTSTART_LEASE_NAME (kubernetes): the Lease whose holder scales models down.
-    lease_name: str = "kaltstart-gateway"
-    #: KALTSTART_LEASE_DURATION (kubernetes): how long scale-downs pause when the leader dies (whole seconds).
-    lease_duration_s: int = 15
-    #: KUBECONFIG (kubernetes): a kubeconfig file; unset inside a pod: in-cluster config.
-    kubeconfig: str | None = None
+    local: LocalSettings = field(default_factory=LocalSettings)
+    kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> GatewaySettings:
-        def get(name: str) -> str | None:
-            value = environ.get(name)
-            return value if value not in (None, "") else None
+        """Read every section from ``environ``; empty variables count as unset."""
+        values = {name: value for name, value in environ.items() if value != ""}
+        kubernetes = _from_values(KubernetesSettings, values)
+        if not kubernetes.namespaces:
+            kubernetes = dataclasses.replace(kubernetes, namespaces=(own_namespace(environ),))
+        backend = values.get("KALTSTART_BACKEND", "local")
+        if backend not in BACKENDS:
+            raise ConfigError(f"KALTSTART_BACKEND: unknown backend {backend!r}", key="KALTSTART_BACKEND")
+        return cls(
+            server=_from_values(ServerSettings, values),
+            queue=_from_values(QueueSettings, values),
+            backend=backend,
+            local=_from_values(LocalSettings, values),
+            kubernetes=kubernetes,
+        )
 
-        kwargs: dict[str, object] = {}
-        simple: dict[str, tuple[str, object]] = {
-            "KALTSTART_HOST": ("host", str),
-            "KALTSTART_PORT": ("port", lambda v: _parse_int(v, 0)),
-            "REDIS_URL": ("redis_url", str),
-            "KALTSTART_BACKEND": ("backend", str),
-            "KALTSTART_CONFIG": ("config_path", Path),
-            "KALTSTART_GATEWAY_ID": ("gateway_id", str),
-            "KALTSTART_REQUEST_TIMEOUT": ("request_timeout_s", parse_duration_s),
-            "KALTSTART_MAX_QUEUE": ("max_queue_per_model", lambda v: _parse_int(v, 1)),
-            "KALTSTART_MAX_BODY_BYTES": ("max_body_bytes", lambda v: _parse_int(v, 1024)),
-            "KALTSTART_DEFAULT_MAX_TOKENS": ("default_max_tokens", lambda v: _parse_int(v, 1)),
-            "KALTSTART_SCALE_INTERVAL": ("scale_interval_s", parse_duration_s),
-            "KALTSTART_MAX_ATTEMPTS": ("max_attempts", lambda v: _parse_int(v, 1)),
-            "KALTSTART_LOG_LEVEL": ("log_level", str.upper),
-            "KALTSTART_HEARTBEAT_INTERVAL": ("heartbeat_interval_s", parse_duration_s),
-            "KALTSTART_NAMESPACES": ("namespaces", _namespaces),
-            "KALTSTART_LEASE_NAME": ("lease_name", str),
-            "KALTSTART_LEASE_DURATION": ("lease_duration_s", lambda v: _parse_int(parse_duration_s(v), 2)),
-            "KUBECONFIG": ("kubeconfig", str),
-        }
-        for env_name, (attr, parse) in simple.items():
-            raw = get(env_name)
-            if raw is not None:
-                try:
-                    kwargs[attr] = parse(raw)  # type: ignore[operator]
-                except ValueError as exc:
-                    raise ConfigError(f"{env_name}: {exc}", key=env_name) from None
-        if "namespaces" not in kwargs:
-            kwargs["namespaces"] = (own_namespace(environ),)
-        settings = cls(**kwargs)  # type: ignore[arg-type]
-        if settings.backend not in ("local", "kubernetes"):
-            raise ConfigError(f"KALTSTART_BACKEND: unknown backend {settings.backend!r}", key="KALTSTART_BACKEND")
-        return settings
+    def replace(self, **changes: Any) -> GatewaySettings:
+        """A copy with fields changed by name, whichever section holds them (``max_queue_per_model=2``)."""
+        sections: dict[str, Any] = {}
+        for name, value in changes.items():
+            if name == "backend":
+                sections["backend"] = value
+                continue
+            section = next((s.name for s in dataclasses.fields(self) if _has_field(getattr(self, s.name), name)), None)
+            if section is None:
+                raise TypeError(f"no setting named {name!r}")
+            current = sections.get(section, getattr(self, section))
+            sections[section] = dataclasses.replace(current, **{name: value})
+        return dataclasses.replace(self, **sections)
+
+
+def _has_field(section: object, name: str) -> bool:
+    return dataclasses.is_dataclass(section) and any(f.name == name for f in dataclasses.fields(section))

@@ -146,7 +146,7 @@ async def bench(model: Path, work: Path, options: BatchingOptions) -> tuple[list
     ]  # fmt: skip
     async with (
         aiohttp.ClientSession() as session,
-        running_runtime(session, flags, work / "runtime-batching.log") as runtime,
+        running_runtime(flags, work / "runtime-batching.log") as runtime,
     ):
         sides = await measure(session, runtime.url, options)
     return sides, summarise(sides, options)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import re
 import signal
@@ -20,20 +19,20 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
-
-from gateway.processes import die_with_parent, free_port
+from gateway.backends.localconfig import LocalConfig, LocalModel, write_local_config
+from gateway.processes import die_with_parent, free_port, probe_until_ready
+from gateway.settings import ModelSettings
 
 __all__ = [
     "Child",
     "GatewayProcess",
     "LogFile",
-    "ModelEntry",
     "RuntimeProcess",
     "StartError",
+    "local_model",
     "running_gateway",
     "running_runtime",
     "scratch_dir",
@@ -134,47 +133,30 @@ def child_env(extra: Mapping[str, str]) -> dict[str, str]:
     return inherited | {"PYTHONUNBUFFERED": "1"} | dict(extra)
 
 
-async def wait_until_ready(session: aiohttp.ClientSession, url: str, child: Child, timeout_s: float) -> None:
+async def wait_until_ready(url: str, child: Child, timeout_s: float) -> None:
     """Until ``url`` answers 200; StartError if the child exits or the deadline passes first."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if child.returncode is not None:
-            raise StartError(f"{child.name} exited with {child.returncode}:\n{child.log.tail()}")
-        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-            async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as response:
-                if response.status == 200:
-                    return
-        await asyncio.sleep(_PROBE_S)  # another process's state: probed, with a deadline
-    raise StartError(f"{child.name} was not ready at {url} within {timeout_s:.0f} s:\n{child.log.tail()}")
+    try:
+        ready = await probe_until_ready(
+            url, exited=lambda: child.returncode is not None, period_s=_PROBE_S, timeout_s=timeout_s
+        )
+    except TimeoutError:
+        raise StartError(f"{child.name} was not ready at {url} within {timeout_s:.0f} s:\n{child.log.tail()}") from None
+    if not ready:
+        raise StartError(f"{child.name} exited with {child.returncode}:\n{child.log.tail()}")
 
 
-@dataclass(frozen=True)
-class ModelEntry:
-    """One ``[models.<name>]`` table of a generated local-backend config."""
-
-    name: str
-    source: str
-    engine: str = "torch"
-    device: str = "cpu"
-    dtype: str = "auto"
-    #: Scaling settings by their config keys, e.g. ``{"idle-timeout": "5s"}``.
-    settings: Mapping[str, str | int] = field(default_factory=dict)
+def local_model(
+    name: str, source: str, *, engine: str = "torch", device: str = "cpu", dtype: str = "auto", **settings: str | int
+) -> LocalModel:
+    """A model of a generated local-backend config. Benchmarks run on CPU unless told otherwise; ``settings``
+    use the config file's keys with ``_`` for ``-`` (``idle_timeout="5s"``)."""
+    keys = {key.replace("_", "-"): value for key, value in settings.items()}
+    return LocalModel(ModelSettings.parse(name, keys), source=source, engine=engine, device=device, dtype=dtype)
 
 
-def _toml(value: str | int) -> str:
-    return str(value) if isinstance(value, int) else json.dumps(value)  # a JSON string is a TOML basic string
-
-
-def write_config(path: Path, models: Sequence[ModelEntry], cache_dir: Path) -> Path:
-    lines = ["[runtime]", f"cache-dir = {_toml(str(cache_dir.resolve()))}", ""]
-    for m in models:
-        lines.append(f"[models.{_toml(m.name)}]")
-        fields: dict[str, str | int] = {"source": m.source, "engine": m.engine, "device": m.device, "dtype": m.dtype}
-        lines.extend(f"{key} = {_toml(value)}" for key, value in (fields | dict(m.settings)).items())
-        lines.append("")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
-    return path
+def write_config(path: Path, models: Sequence[LocalModel], cache_dir: Path) -> Path:
+    """The gateway's model file, written by the gateway's own writer (``gateway.backends.localconfig``)."""
+    return write_local_config(path, LocalConfig(models=tuple(models), cache_dir=cache_dir.resolve()))
 
 
 @dataclass(frozen=True)
@@ -189,7 +171,6 @@ class GatewayProcess:
 
 @contextlib.asynccontextmanager
 async def running_gateway(
-    session: aiohttp.ClientSession,
     config: Path,
     log_path: Path,
     *,
@@ -213,7 +194,7 @@ async def running_gateway(
     child = Child("gateway", [sys.executable, "-m", "gateway"], child_env(env), log_path)
     try:
         url = f"http://127.0.0.1:{port}"
-        await wait_until_ready(session, url + "/readyz", child, timeout_s)
+        await wait_until_ready(url + "/readyz", child, timeout_s)
         yield GatewayProcess(url, child)
     finally:
         child.stop()
@@ -227,7 +208,7 @@ class RuntimeProcess:
 
 @contextlib.asynccontextmanager
 async def running_runtime(
-    session: aiohttp.ClientSession, flags: Sequence[str], log_path: Path, timeout_s: float = 300.0
+    flags: Sequence[str], log_path: Path, timeout_s: float = 300.0
 ) -> AsyncIterator[RuntimeProcess]:
     """``python -m runtime FLAGS`` on a free port, once its ``/readyz`` answers 200 (weights loaded, warm)."""
     port = free_port()
@@ -235,7 +216,7 @@ async def running_runtime(
     child = Child("runtime", argv, child_env({}), log_path)
     try:
         url = f"http://127.0.0.1:{port}"
-        await wait_until_ready(session, url + "/readyz", child, timeout_s)
+        await wait_until_ready(url + "/readyz", child, timeout_s)
         yield RuntimeProcess(url, child)
     finally:
         child.stop()

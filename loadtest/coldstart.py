@@ -35,14 +35,15 @@ from typing import Any
 import aiohttp
 
 from loadtest import logs, prometheus
-from loadtest.children import GatewayProcess, ModelEntry, StartError, running_gateway, scratch_dir, write_config
+from loadtest.children import GatewayProcess, StartError, local_model, running_gateway, scratch_dir, write_config
 from loadtest.client import prompt_of, stream_completion
 from loadtest.models import demo_model
 from loadtest.progress import Progress
 from loadtest.report import Table, finish
+from loadtest.results import Phase
 from loadtest.stats import ratio
 
-__all__ = ["ColdStart", "ColdStartOptions", "Phase", "add_arguments", "bench", "median_phases", "run"]
+__all__ = ["ColdStart", "ColdStartOptions", "add_arguments", "bench", "median_phases", "run"]
 
 _MODEL = "coldstart"
 _ENGINE_READY = r"engine ready in ([\d.]+) s: cache ([\d.]+) s, imports ([\d.]+) s, load ([\d.]+) s, warmup ([\d.]+) s"
@@ -57,16 +58,6 @@ class ColdStartOptions:
     evict_page_cache: bool = True
     max_tokens: int = 8
     timeout_s: float = 900.0
-
-
-@dataclass(frozen=True)
-class Phase:
-    name: str
-    #: Start, seconds after the request was sent.
-    start_s: float
-    seconds: float
-    #: A step of the main timeline (True) or a part of one (False).
-    main: bool = True
 
 
 @dataclass
@@ -318,12 +309,14 @@ def _prepare(model: Path, work: Path, options: ColdStartOptions) -> _Prepared:
     cache_dir = work / "cache"
     cached = materialise(source, cache_dir).path
     weights = sorted(p for p in cached.iterdir() if p.is_file() and not p.name.startswith("."))
-    entry = ModelEntry(
+    entry = local_model(
         _MODEL,
         source=source,
         device=options.device,
         dtype=options.dtype,
-        settings={"idle-timeout": "1s", "cold-start-timeout": f"{options.timeout_s:g}s", "min-replicas": 0},
+        idle_timeout="1s",
+        cold_start_timeout=f"{options.timeout_s:g}s",
+        min_replicas=0,
     )
     config = write_config(work / "coldstart.toml", [entry], cache_dir)
     return _Prepared(config, weights, sum(p.stat().st_size for p in weights if p.suffix == ".safetensors"))
@@ -335,7 +328,7 @@ async def bench(model: Path, work: Path, options: ColdStartOptions) -> tuple[lis
     runs = []
     async with (
         aiohttp.ClientSession() as session,
-        running_gateway(session, config, work / "gateway-coldstart.log", scale_interval_s=0.2) as gateway,
+        running_gateway(config, work / "gateway-coldstart.log", scale_interval_s=0.2) as gateway,
     ):
         with Progress("cold starts", total=options.repeat) as progress:
             for _ in range(options.repeat):

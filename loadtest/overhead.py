@@ -25,7 +25,7 @@ from typing import Any
 
 import aiohttp
 
-from loadtest.children import LogFile, ModelEntry, StartError, running_gateway, scratch_dir, write_config
+from loadtest.children import LogFile, StartError, local_model, running_gateway, scratch_dir, write_config
 from loadtest.client import post, prompt_of
 from loadtest.logs import REPLICA_READY
 from loadtest.progress import Progress
@@ -179,18 +179,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     options = OverheadOptions(args.concurrency, args.requests, args.rounds, args.max_tokens, args.max_batch_delay)
-    model = ModelEntry(
+    model = local_model(
         _MODEL,
         source="none",
         engine="echo",
-        settings={"idle-timeout": "3600s", "max-batch-size": 16, "max-batch-delay": options.max_batch_delay},
+        idle_timeout="3600s",
+        max_batch_size=16,
+        max_batch_delay=options.max_batch_delay,
     )
     connector = aiohttp.TCPConnector(limit=0)
     with scratch_dir(args.out) as work:
         config = write_config(work / "overhead.toml", [model], work / "cache")
         async with (
             aiohttp.ClientSession(connector=connector) as session,
-            running_gateway(session, config, work / "gateway.log", redis_url=args.redis_url) as gateway,
+            running_gateway(config, work / "gateway.log", redis_url=args.redis_url) as gateway,
         ):
             runtime_url = await _warm_replica(session, gateway.url, gateway.log, options)
             sides = await measure(session, gateway.url, runtime_url, options)

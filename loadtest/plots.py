@@ -12,9 +12,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from matplotlib.ticker import ScalarFormatter
 
-    from loadtest.coldstart import Phase
-    from loadtest.replay import ReplayResult
-    from loadtest.simulate import PolicyResult
+    from loadtest.results import Phase, PolicyResult, ReplayResult
 
 __all__ = ["plot_batching", "plot_coldstart", "plot_overhead", "plot_replay", "plot_simulation"]
 

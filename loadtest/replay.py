@@ -18,7 +18,7 @@ import contextlib
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +26,14 @@ import aiohttp
 
 from loadtest import prometheus
 from loadtest.children import running_gateway, scratch_dir
-from loadtest.client import Outcome, completion, prompt_of, stream_completion
+from loadtest.client import completion, prompt_of, stream_completion
 from loadtest.progress import Progress
 from loadtest.report import Table, finish, write_csv
+from loadtest.results import ReplayResult, ReplicaSample, RequestRecord
 from loadtest.stats import ms, percentile
 from loadtest.trace import TraceRequest, add_trace_arguments, spread, trace_from_args
 
-__all__ = ["ReplayOptions", "ReplayResult", "add_arguments", "replay", "run", "summarise"]
+__all__ = ["ReplayOptions", "add_arguments", "replay", "run", "summarise"]
 
 
 @dataclass(frozen=True)
@@ -40,35 +41,6 @@ class ReplayOptions:
     stream: bool = True
     timeout_s: float = 600.0
     scrape_interval_s: float = 0.2
-
-
-@dataclass(frozen=True)
-class RequestRecord:
-    index: int
-    request: TraceRequest
-    #: When it was actually sent, seconds after the replay started (its schedule is ``request.at_s``).
-    sent_s: float
-    #: Waited on a cold start (see the module docstring); None when the gateway's metrics were unavailable.
-    cold: bool | None
-    outcome: Outcome
-
-
-@dataclass(frozen=True)
-class ReplicaSample:
-    t_s: float
-    model: str
-    desired: float
-    ready: float
-
-
-@dataclass
-class ReplayResult:
-    records: list[RequestRecord]
-    samples: list[ReplicaSample]
-    #: Increase of ``kaltstart_cold_starts_total`` over the run; None without metrics.
-    cold_starts: int | None
-    duration_s: float
-    models: list[str] = field(default_factory=list)
 
 
 class ReplicaWatch:
@@ -290,9 +262,7 @@ async def run(args: argparse.Namespace) -> int:
             if url is None:
                 log = work / "gateway.log"
                 gateway = await stack.enter_async_context(
-                    running_gateway(
-                        session, args.config, log, scale_interval_s=args.scale_interval, redis_url=args.redis_url
-                    )
+                    running_gateway(args.config, log, scale_interval_s=args.scale_interval, redis_url=args.redis_url)
                 )
                 url = gateway.url
             models = args.models.split(",") if args.models else await _list_models(session, url)

@@ -27,13 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.policy import Replicas, desired_replicas
+from gateway.backends import Replicas
+from gateway.policy import desired_replicas
 from gateway.settings import ModelSettings, parse_duration_s
 from loadtest.report import Table, finish
+from loadtest.results import PolicyResult
 from loadtest.stats import mean, percentile
 from loadtest.trace import TraceRequest, add_trace_arguments, spread, trace_from_args
 
-__all__ = ["Policy", "PolicyResult", "SimulationSettings", "add_arguments", "run", "simulate"]
+__all__ = ["Policy", "SimulationSettings", "add_arguments", "run", "simulate"]
 
 _FINISH, _READY, _ARRIVAL, _TICK = range(4)  # event kinds, in the order they are handled at the same instant
 
@@ -58,21 +60,6 @@ class Policy:
     min_replicas: int
     #: None: always on (the gateway's default idle timeout applies, which only matters above min_replicas).
     idle_timeout_s: float | None
-
-
-@dataclass
-class PolicyResult:
-    name: str
-    min_replicas: int
-    idle_timeout_s: float | None
-    replica_seconds: float
-    cold_start_requests: int
-    #: Scale-ups from zero replicas.
-    cold_starts: int
-    requests: int
-    waits_s: list[float]
-    #: (time, replicas asked for) at every change, summed over models.
-    timeline: list[tuple[float, int]]
 
 
 @dataclass

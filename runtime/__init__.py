@@ -5,7 +5,8 @@ engine loads, and the HTTP server only by ``runtime.server``.
 """
 
 from runtime.cache import CachedModel, materialise, resolve
-from runtime.engine import Engine, LoadReport, create_engine
+from runtime.engine import Engine, LoadReport
+from runtime.engines import create_engine
 from runtime.errors import CacheError, EngineError, EngineNotLoaded, RuntimeServiceError, SettingsError
 from runtime.settings import RuntimeSettings
 

@@ -2,6 +2,9 @@
 
 The server needs an engine that can be loaded, warmed up, and asked to run one batch at a time, yielding wire
 events as they happen. ``TorchEngine`` runs a real model; ``EchoEngine`` answers instantly without torch.
+
+Only the seam lives here, so both engines can import it without importing each other; ``runtime.engines``
+picks and builds one.
 """
 
 from __future__ import annotations
@@ -9,13 +12,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
-from runtime.settings import RuntimeSettings
 from wire import ErrorEvent, FinishEvent, GenerationRequest, TokenEvent
 
-__all__ = ["BatchEvent", "Engine", "LoadReport", "create_engine", "too_long"]
+__all__ = ["BatchEvent", "Engine", "LoadReport", "too_long"]
 
 BatchEvent = TokenEvent | FinishEvent | ErrorEvent
 
@@ -48,19 +49,6 @@ class Engine(Protocol):
         """Run ``requests`` together, yielding events in order: every request ends with exactly one
         ``FinishEvent`` or ``ErrorEvent``. Stops early, without further events, once ``cancelled`` is set."""
         ...
-
-
-def create_engine(settings: RuntimeSettings, model_dir: Path | None) -> Engine:
-    """The engine ``settings.engine`` names; ``model_dir`` is the cached model (unused by the echo engine)."""
-    if settings.engine == "echo":
-        from runtime.echo import EchoEngine
-
-        return EchoEngine(max_context_tokens=settings.max_context_tokens)
-    if model_dir is None:
-        raise ValueError("the torch engine needs a model directory")
-    from runtime.torch_engine import TorchEngine  # imports torch: only when a real model is served
-
-    return TorchEngine(model_dir, settings)
 
 
 def too_long(request: GenerationRequest, prompt_tokens: int, context_length: int) -> ErrorEvent | None:

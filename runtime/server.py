@@ -27,7 +27,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from runtime.cache import materialise
-from runtime.engine import BatchEvent, Engine, LoadReport, create_engine
+from runtime.engine import BatchEvent, Engine, LoadReport
+from runtime.engines import create_engine
 from runtime.settings import RuntimeSettings
 from wire import (
     BATCH_PATH,

@@ -60,7 +60,9 @@ class RuntimeSettings:
 
     max_batch_size: int = 16
     """Most requests one ``POST /v1/batch`` may carry; more is answered 413. Default 16: bounds the KV cache a
-    batch can take. Reported in ``/readyz`` so the gateway sizes its batches to it."""
+    batch can take. ``/readyz`` reports it (with the model name and context length), but the gateway reads only
+    that answer's status and sizes batches from its own per-model ``max-batch-size`` setting; its local backend
+    passes that setting here."""
 
     max_context_tokens: int | None = None
     """Cap on prompt tokens plus ``max_tokens`` per request, below the model's own context length. Default:

@@ -6,23 +6,24 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
 from gateway.app import create_app
-from gateway.backends.kubernetes.backend import KubernetesBackend, KubernetesSettings
-from gateway.backends.kubernetes.leader import LeaseSettings
-from gateway.backends.local import LocalBackend, LocalConfig, LocalModel
+from gateway.backends import BackendParts
+from gateway.backends.kubernetes.backend import KubernetesBackend, build_kubernetes
+from gateway.backends.local import LocalBackend, build_local
+from gateway.backends.localconfig import LocalConfig, LocalModel
 from gateway.catalog import ModelCatalog
 from gateway.endpoints import ReadyEndpoints
 from gateway.metrics import Metrics
 from gateway.scaling import Scaler
-from gateway.settings import GatewaySettings, ModelSettings
+from gateway.settings import GatewaySettings, KubernetesSettings, ModelSettings, ServerSettings
 
 B = TypeVar("B", LocalBackend, KubernetesBackend)
 
@@ -97,8 +98,9 @@ async def _serve(app: ASGIApp, sock: socket.socket, lifespan: bool = True) -> As
 
 
 def _settings(redis_url: str, sock: socket.socket, overrides: dict[str, Any]) -> GatewaySettings:
+    """Settings for a gateway on ``sock``; ``overrides`` name fields of any section (``max_queue_per_model=2``)."""
     host, port = sock.getsockname()
-    return replace(GatewaySettings(host=host, port=port, redis_url=redis_url), **overrides)
+    return GatewaySettings(server=ServerSettings(host=host, port=port, redis_url=redis_url)).replace(**overrides)
 
 
 @contextlib.asynccontextmanager
@@ -114,18 +116,25 @@ async def _listening() -> AsyncIterator[socket.socket]:
 
 
 @contextlib.asynccontextmanager
+async def _run(
+    settings: GatewaySettings, parts: BackendParts, sock: socket.socket
+) -> AsyncIterator[RunningGateway[Any]]:
+    app = create_app(settings, redis_url=cast(str, settings.server.redis_url), parts=parts)
+    async with _serve(app, sock):
+        url = f"http://{settings.server.host}:{settings.server.port}"
+        yield RunningGateway(url, app, parts.backend, parts.endpoints, parts.catalog)
+
+
+@contextlib.asynccontextmanager
 async def run_gateway(
     models: list[LocalModel], redis_url: str, cache_dir: Path, **overrides: Any
 ) -> AsyncIterator[LocalGateway]:
     """A gateway with the local backend serving ``models``."""
     async with _listening() as sock:
         settings = _settings(redis_url, sock, overrides)
-        endpoints = ReadyEndpoints()
-        backend = LocalBackend(LocalConfig(models=tuple(models), cache_dir=cache_dir), endpoints)
-        catalog = ModelCatalog(backend.models)
-        app = create_app(settings, redis_url=redis_url, backend=backend, endpoints=endpoints, catalog=catalog)
-        async with _serve(app, sock):
-            yield RunningGateway(f"http://{settings.host}:{settings.port}", app, backend, endpoints, catalog)
+        parts = build_local(LocalConfig(models=tuple(models), cache_dir=cache_dir))
+        async with _run(settings, parts, sock) as gateway:
+            yield gateway
 
 
 @contextlib.asynccontextmanager
@@ -135,14 +144,10 @@ async def run_kubernetes_gateway(
     """A gateway with the Kubernetes backend, talking to the API server named in ``kubeconfig``."""
     async with _listening() as sock:
         settings = _settings(redis_url, sock, {"backend": "kubernetes", **overrides})
-        endpoints = ReadyEndpoints()
-        catalog = ModelCatalog()
-        lease = LeaseSettings("kaltstart-gateway", namespace, settings.gateway_id, duration_s=lease_s)
-        kube = KubernetesSettings(namespaces=(namespace,), lease=lease, kubeconfig=str(kubeconfig))
-        backend = KubernetesBackend(kube, catalog, endpoints)
-        app = create_app(settings, redis_url=redis_url, backend=backend, endpoints=endpoints, catalog=catalog)
-        async with _serve(app, sock):
-            yield RunningGateway(f"http://{settings.host}:{settings.port}", app, backend, endpoints, catalog)
+        kube = KubernetesSettings(namespaces=(namespace,), lease_duration_s=lease_s, kubeconfig=str(kubeconfig))
+        parts = build_kubernetes(kube, identity=settings.server.gateway_id)
+        async with _run(settings, parts, sock) as gateway:
+            yield gateway
 
 
 async def eventually(check: Callable[[], bool], timeout_s: float = 10.0) -> None:

@@ -11,20 +11,15 @@ import asyncio
 import contextlib
 import logging
 import os
-import sys
-import tomllib
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-
-import httpx
+from collections.abc import Sequence
 
 import wire
+from gateway.backends import NO_REPLICAS, BackendParts, Replicas
+from gateway.backends.localconfig import LocalConfig, LocalModel
+from gateway.catalog import ModelCatalog
 from gateway.endpoints import ReadyEndpoints
-from gateway.errors import BackendError, ConfigError
-from gateway.policy import Replicas
-from gateway.processes import die_with_parent, free_port
+from gateway.errors import UnknownModel
+from gateway.processes import die_with_parent, free_port, probe_until_ready
 from gateway.settings import ModelSettings
 
 log = logging.getLogger("kaltstart.local")
@@ -35,75 +30,6 @@ READY_PROBE_S = 0.1
 STOP_GRACE_S = 10.0
 #: Restart back-off for a replica that died: doubles from the first value up to the second.
 RESTART_BACKOFF_S = (0.5, 30.0)
-
-
-@dataclass(frozen=True)
-class LocalModel:
-    """One model of the local config file: its scaling settings plus how to start its runtime."""
-
-    settings: ModelSettings
-    #: A local directory or a Hugging Face model id; the runtime copies it into its cache once.
-    source: str
-    #: ``torch`` (the real model) or ``echo`` (answers instantly; for measuring the gateway alone).
-    engine: str = "torch"
-    device: str = "auto"
-    dtype: str = "auto"
-    #: Extra ``python -m runtime`` arguments.
-    args: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class LocalConfig:
-    models: tuple[LocalModel, ...]
-    #: The runtimes' node-local weight cache.
-    cache_dir: Path = Path(".cache/models")
-    #: Interpreter that runs ``-m runtime`` (the gateway's own by default).
-    python: str = field(default_factory=lambda: sys.executable)
-
-
-_LOCAL_KEYS = {"source", "engine", "device", "dtype", "args"}
-
-
-def load_local_config(path: Path) -> LocalConfig:
-    """Read the local backend's TOML file. Relative paths are relative to the file."""
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
-    base = path.resolve().parent
-    runtime = data.get("runtime", {})
-    models = tuple(_local_model(name, spec, base) for name, spec in data.get("models", {}).items())
-    if not models:
-        raise ConfigError(f"{path}: no [models.<name>] tables")
-    cache_dir = Path(runtime.get("cache-dir", ".cache/models"))
-    return LocalConfig(
-        models=models,
-        cache_dir=cache_dir if cache_dir.is_absolute() else base / cache_dir,
-        python=runtime.get("python", sys.executable),
-    )
-
-
-def _local_model(name: str, spec: Mapping[str, Any], base: Path) -> LocalModel:
-    unknown = set(spec) - _LOCAL_KEYS - set(ModelSettings.KEYS)
-    if unknown:
-        raise ConfigError(f"models.{name}: unknown settings {sorted(unknown)}")
-    if "source" not in spec:
-        raise ConfigError(f"models.{name}: 'source' is required")
-    try:
-        settings = ModelSettings.parse(name, spec)
-    except ConfigError as exc:
-        raise ConfigError(f"models.{name}.{exc}", key=exc.key) from None
-    source = str(spec["source"])
-    if source.startswith((".", "/")):
-        source = str((base / source).resolve())
-    return LocalModel(
-        settings=settings,
-        source=source,
-        engine=str(spec.get("engine", "torch")),
-        device=str(spec.get("device", "auto")),
-        dtype=str(spec.get("dtype", "auto")),
-        args=tuple(str(a) for a in spec.get("args", ())),
-    )
 
 
 class LocalReplica:
@@ -177,15 +103,10 @@ class LocalReplica:
         return self._process.returncode
 
     async def _became_ready(self, url: str, exited: asyncio.Task[int]) -> bool:
-        async with httpx.AsyncClient(timeout=2.0) as client:
-            while not exited.done():
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(url + wire.READY_PATH)).status_code == 200:
-                        log.info("replica %s is ready at %s", self.name, url)
-                        return True
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(exited), READY_PROBE_S)
-        return False
+        ready = await probe_until_ready(url + wire.READY_PATH, exited=exited.done, period_s=READY_PROBE_S)
+        if ready:
+            log.info("replica %s is ready at %s", self.name, url)
+        return ready
 
     async def _relay_output(self, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None
@@ -253,10 +174,11 @@ class LocalBackend:
         try:
             return self._groups[model]
         except KeyError:
-            raise BackendError(f"unknown model {model!r}") from None
+            raise UnknownModel(f"unknown model {model!r}") from None
 
     def replicas(self, model: str) -> Replicas:
-        return self._group(model).status()
+        group = self._groups.get(model)
+        return NO_REPLICAS if group is None else group.status()
 
     async def scale_up(self, model: str, at_least: int, *, fresh: bool = False) -> bool:
         group = self._group(model)
@@ -290,3 +212,10 @@ class LocalBackend:
         for group in self._groups.values():
             async with group.lock:
                 await group.resize(0)
+
+
+def build_local(config: LocalConfig) -> BackendParts:
+    """The local backend serving ``config``'s models, with its catalog and ready endpoints."""
+    endpoints = ReadyEndpoints()
+    backend = LocalBackend(config, endpoints)
+    return BackendParts(backend, ModelCatalog(backend.models), endpoints, config.models[0].settings.name)

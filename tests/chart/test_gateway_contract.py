@@ -115,9 +115,10 @@ def test_the_gateway_settings_parse_the_rendered_environment(
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     settings = GatewaySettings.from_env(_gateway_environ(container))
     assert settings.backend == "kubernetes"
-    assert (settings.host, settings.port) == ("0.0.0.0", container["ports"][0]["containerPort"])
-    assert settings.redis_url == redis_url
-    assert settings.gateway_id == POD_NAME
-    assert settings.namespaces == (NAMESPACE,)
-    assert settings.lease_name == "kaltstart-gateway"
-    assert settings.kubeconfig is None
+    server, kube = settings.server, settings.kubernetes
+    assert (server.host, server.port) == ("0.0.0.0", container["ports"][0]["containerPort"])
+    assert server.redis_url == redis_url
+    assert server.gateway_id == POD_NAME
+    assert kube.namespaces == (NAMESPACE,)
+    assert kube.lease_name == "kaltstart-gateway"
+    assert kube.kubeconfig is None

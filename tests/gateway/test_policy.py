@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.policy import Replicas, desired_replicas
+from gateway.backends import Replicas
+from gateway.policy import desired_replicas
 from gateway.settings import ModelSettings
 
 pytestmark = pytest.mark.unit

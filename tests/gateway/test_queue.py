@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -12,9 +11,10 @@ from redis.asyncio import Redis
 import wire
 from gateway.catalog import ModelCatalog
 from gateway.errors import QueueFull
-from gateway.janitor import Janitor
-from gateway.queue import Fenced, QueuedRequest, RequestQueue
-from gateway.replies import Failed, Finished, ReplyRouter, Token
+from gateway.janitor import Heartbeats, Janitor
+from gateway.messages import Failed, Finished, Token
+from gateway.queue import QueuedRequest, RequestQueue
+from gateway.replies import ReplyRouter, ReplySender
 from gateway.settings import ModelSettings
 
 pytestmark = pytest.mark.integration
@@ -47,7 +47,7 @@ async def queue(redis: Redis) -> RequestQueue:
 
 
 async def test_enqueue_read_settle_once(queue: RequestQueue, redis: Redis) -> None:
-    router = ReplyRouter(redis, "replies")
+    router = ReplyRouter(redis, "replies", {})
     await router.start()
     try:
         with router.expect("a") as inbox:
@@ -56,7 +56,7 @@ async def test_enqueue_read_settle_once(queue: RequestQueue, redis: Redis) -> No
             (delivery,) = await queue.read_batch(MODEL, "c1", max_size=8, fill_s=0, block_s=0.1)
             load = await queue.load(MODEL)
             assert (load.queued, load.in_flight) == (0, 1)
-            await queue.publish([("replies", Token(id="a", attempt=1, text="x"))])
+            await ReplySender(redis).publish([("replies", Token(id="a", attempt=1, text="x"))])
             assert await queue.settle(MODEL, delivery, _finished("a"))
             assert not await queue.settle(MODEL, delivery, _finished("a"))  # a duplicate is suppressed
             assert isinstance(await inbox.get(), Token)
@@ -134,35 +134,6 @@ async def test_load_of_an_unused_model(queue: RequestQueue) -> None:
     assert (load.queued, load.in_flight, load.idle_for_s) == (0, 0, 0.0)  # idleness starts counting now
 
 
-async def test_fence_is_taken_only_when_idle(queue: RequestQueue, redis: Redis) -> None:
-    await _enqueue(queue, "a")
-    assert not await queue.fence_if_idle(MODEL, idle_s=0, ttl_s=5, token="t")  # something is queued
-    (delivery,) = await queue.read_batch(MODEL, "c1", 8, 0.0, 0.1)
-    assert not await queue.fence_if_idle(MODEL, idle_s=0, ttl_s=5, token="t")  # something is in flight
-    await queue.settle(MODEL, delivery, _finished("a"))
-    assert not await queue.fence_if_idle(MODEL, idle_s=60, ttl_s=5, token="t")  # active just now
-    assert await queue.fence_if_idle(MODEL, idle_s=0, ttl_s=5, token="t")
-    assert not await queue.fence_if_idle(MODEL, idle_s=0, ttl_s=5, token="other")  # held already
-
-
-async def test_requests_wait_at_a_fence_until_it_is_lifted(queue: RequestQueue, redis: Redis) -> None:
-    router = ReplyRouter(redis, "replies")
-    await router.start()
-    try:
-        assert await queue.fence_if_idle(MODEL, idle_s=0, ttl_s=5, token="t")
-        lifted = router.fence_lifted(MODEL)
-        fenced = await queue.enqueue(MODEL, _queued("a"))
-        assert isinstance(fenced, Fenced) and 0 < fenced.seconds_left <= 5
-        assert (await queue.load(MODEL)).demand == 0
-        await queue.lift_fence(MODEL, "wrong token")
-        assert isinstance(await queue.enqueue(MODEL, _queued("a")), Fenced)
-        await queue.lift_fence(MODEL, "t")
-        await asyncio.wait_for(lifted.wait(), timeout=5)
-        assert isinstance(await queue.enqueue(MODEL, _queued("a")), str)
-    finally:
-        await router.stop()
-
-
 async def test_requeue_twice_puts_back_once(queue: RequestQueue) -> None:
     await _enqueue(queue, "a")
     (delivery,) = await queue.read_batch(MODEL, "c1", 8, 0.0, 0.1)
@@ -171,9 +142,9 @@ async def test_requeue_twice_puts_back_once(queue: RequestQueue) -> None:
     assert (await queue.load(MODEL)).queued == 1
 
 
-async def test_janitor_hands_back_the_work_of_a_dead_gateway(queue: RequestQueue) -> None:
+async def test_janitor_hands_back_the_work_of_a_dead_gateway(queue: RequestQueue, redis: Redis) -> None:
     catalog = ModelCatalog([ModelSettings(name=MODEL)])
-    live = Janitor(queue, catalog, "live", interval_s=1)
+    live = Janitor(queue, Heartbeats(redis), catalog, "live", interval_s=1)
     await live.start()
     for request_id, accepted_by in (("mine", "live"), ("orphan", "dead")):
         queued = _queued(request_id).model_copy(update={"gateway": accepted_by})

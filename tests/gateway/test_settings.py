@@ -4,9 +4,18 @@ from pathlib import Path
 
 import pytest
 
-from gateway.backends.local import load_local_config
+from gateway.backends.localconfig import LocalConfig, LocalModel, dump_local_config, load_local_config
 from gateway.errors import ConfigError
-from gateway.settings import GatewaySettings, ModelSettings, parse_duration_s
+from gateway.settings import (
+    GatewaySettings,
+    KubernetesSettings,
+    LocalSettings,
+    ModelSettings,
+    QueueSettings,
+    ServerSettings,
+    keys_of,
+    parse_duration_s,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -58,8 +67,8 @@ def test_gateway_settings_from_env() -> None:
     s = GatewaySettings.from_env(
         {"KALTSTART_PORT": "9000", "REDIS_URL": "redis://x", "KALTSTART_REQUEST_TIMEOUT": "30s"}
     )
-    assert (s.port, s.redis_url, s.request_timeout_s) == (9000, "redis://x", 30.0)
-    assert GatewaySettings.from_env({}).port == 8080
+    assert (s.server.port, s.server.redis_url, s.server.request_timeout_s) == (9000, "redis://x", 30.0)
+    assert GatewaySettings.from_env({}).server.port == 8080
     with pytest.raises(ConfigError, match="KALTSTART_MAX_QUEUE"):
         GatewaySettings.from_env({"KALTSTART_MAX_QUEUE": "many"})
 
@@ -85,3 +94,56 @@ def test_local_config_errors(tmp_path: Path) -> None:
     path.write_text('[models.tiny]\nsource = "x"\nmax-replicas = 0\n')
     with pytest.raises(ConfigError, match=r"models\.tiny\.max-replicas"):
         load_local_config(path)
+
+
+def test_settings_sections_and_overrides() -> None:
+    s = GatewaySettings.from_env(
+        {"KALTSTART_MAX_QUEUE": "5", "KALTSTART_NAMESPACES": "a, b", "KALTSTART_CONFIG": "m.toml"}
+    )
+    assert (s.queue.max_queue_per_model, s.kubernetes.namespaces, s.local.config_path) == (
+        5,
+        ("a", "b"),
+        Path("m.toml"),
+    )
+    changed = s.replace(max_queue_per_model=2, port=1, backend="kubernetes")
+    assert (changed.queue.max_queue_per_model, changed.server.port, changed.backend) == (2, 1, "kubernetes")
+    with pytest.raises(TypeError):
+        s.replace(no_such_setting=1)
+    with pytest.raises(ConfigError, match="KALTSTART_BACKEND"):
+        GatewaySettings.from_env({"KALTSTART_BACKEND": "nomad"})
+
+
+def test_model_setting_keys_are_listed_once() -> None:
+    assert ModelSettings.keys() == (
+        "min-replicas",
+        "max-replicas",
+        "idle-timeout",
+        "cold-start-timeout",
+        "max-batch-size",
+        "max-batch-delay",
+        "target-queue-per-replica",
+    )
+    s = ModelSettings.parse("m", {"idle-timeout": "90s", "max-batch-delay": "5ms", "max-replicas": 4})
+    assert ModelSettings.parse("m", s.to_values()) == s
+
+
+def test_local_config_written_reads_back_the_same(tmp_path: Path) -> None:
+    model = LocalModel(
+        settings=ModelSettings.parse("tiny", {"idle-timeout": "7s", "max-batch-delay": "20ms"}),
+        source=str(tmp_path / "model"),
+        engine="echo",
+        device="cpu",
+        args=("--max-prompt-tokens", "64"),
+    )
+    config = LocalConfig(models=(model,), cache_dir=tmp_path / "cache")
+    path = tmp_path / "written.toml"
+    path.write_text(dump_local_config(config))
+    assert load_local_config(path) == config
+
+
+def test_every_setting_is_documented() -> None:
+    docs = Path(__file__).parents[2] / "docs"
+    text = (docs / "configuration.md").read_text() + (docs / "kubernetes.md").read_text()
+    names = [*keys_of(ServerSettings), *keys_of(QueueSettings), *keys_of(LocalSettings), *keys_of(KubernetesSettings)]
+    names += [*ModelSettings.keys(), "KALTSTART_BACKEND"]
+    assert [name for name in names if f"`{name}`" not in text] == []

@@ -14,10 +14,12 @@ import pytest
 from kubernetes_asyncio import client
 from redis.asyncio import Redis
 
+from gateway.fence import Fence
 from gateway.queue import RequestQueue
 from tests.harness import KubernetesGateway, eventually, run_kubernetes_gateway
 from tests.kube.double import ApiDouble
 from tests.kube.manifests import model_deployment, runtime_pods
+from tests.kube.probes import FencedRequests, ScalerTicks
 
 pytestmark = pytest.mark.kubernetes
 
@@ -147,15 +149,17 @@ async def test_no_scale_to_zero_while_a_request_is_queued(
     redis = Redis.from_url(redis_url)
     queue = RequestQueue(redis, 100)
     async with run_kubernetes_gateway(kubeconfig, redis_url, **FAST) as gw:
+        fenced = FencedRequests(gw.app.state.gateway.door)
         await gw.wait_for(lambda: bool(gw.endpoints.get("echo")), 20)
         # The leader has decided: the model is idle, and its fence is up while it writes the scale to zero.
-        assert await queue.fence_if_idle("echo", idle_s=0, ttl_s=30, token="leader")
-        request = asyncio.create_task(http.post(gw.url + "/v1/completions", json=body("echo")))
-        await asyncio.sleep(0.3)  # let the request reach the fence; it must wait there, not in the queue
-        assert not request.done()
-        assert (await queue.load("echo")).demand == 0
-        assert await gw.backend.scale_down("echo", 0)
-        await queue.lift_fence("echo", "leader")
+        async with Fence(redis, ttl_s=30).hold(["echo"], idle_s=0) as held:
+            assert held
+            request = asyncio.create_task(http.post(gw.url + "/v1/completions", json=body("echo")))
+            await fenced.wait("echo", 10)  # the request reached the fence; it must wait there, not in the queue
+            assert not request.done()
+            assert (await queue.load("echo")).demand == 0
+            assert await gw.backend.scale_down("echo", 0)
+        # (the fence is lifted on leaving the block)
 
         response = await request
         assert response.status_code == 200
@@ -218,9 +222,12 @@ async def test_a_pending_pod_is_not_scaled_away(
     api_double.create(model_deployment("slow", "slow", idle_timeout="1s", cold_start_timeout="30s"))
     gate = api_double.kubelet.hold_pending("slow")
     async with run_kubernetes_gateway(kubeconfig, redis_url, **FAST) as gw:
+        ticks = ScalerTicks(gw.scaler)
         request = asyncio.create_task(http.post(gw.url + "/v1/completions", json=body("slow")))
-        await wait_replicas(api_double, "slow", 1)
-        await asyncio.sleep(2.5)  # well past the idle timeout, with the pod still Pending
+        await wait_replicas(api_double, "slow", 1)  # the request is queued: its enqueue came before the scale-up
+        idle_timeout_over = asyncio.get_running_loop().time() + gw.catalog.get("slow").idle_timeout_s
+        # Three passes ended past the idle timeout, by the leader (only it scales down), with the pod still Pending.
+        await ticks.wait(3, 15, lambda: asyncio.get_running_loop().time() >= idle_timeout_over and gw.backend.is_leader)
         assert replicas(api_double, "slow") == 1
         gate.set()
         response = await request

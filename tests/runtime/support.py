@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from gateway.processes import free_port
 from runtime.engine import BatchEvent, Engine
 from wire import ErrorEvent, FinishEvent, GenerationRequest, TokenEvent
 
@@ -32,12 +32,6 @@ def errors(events: Iterable[BatchEvent]) -> dict[str, ErrorEvent]:
 
 def streamed_text(events: Iterable[BatchEvent], request_id: str) -> str:
     return "".join(e.text for e in events if isinstance(e, TokenEvent) and e.id == request_id)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class RuntimeProcess:

@@ -12,20 +12,20 @@ import datetime
 import logging
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from gateway.backends import NO_REPLICAS, BackendParts, Replicas
 from gateway.backends.kubernetes.informer import Informer, Object, Snapshot
 from gateway.backends.kubernetes.leader import LeaderElector, LeaseSettings
 from gateway.backends.kubernetes.routes import LABEL_SELECTOR, Route, RouteError, build_routes
 from gateway.catalog import ModelCatalog
 from gateway.endpoints import ReadyEndpoints
-from gateway.errors import BackendError, ModelNotFound
-from gateway.policy import Replicas
+from gateway.errors import BackendError, UnknownModel
+from gateway.settings import KubernetesSettings
 
 log = logging.getLogger("kaltstart.kubernetes")
 
@@ -58,16 +58,6 @@ def ready_urls(slices: Iterable[Object], service: str, port: str) -> list[str]:
     return urls
 
 
-@dataclass(frozen=True)
-class KubernetesSettings:
-    #: Namespaces whose annotated Deployments are served (KALTSTART_NAMESPACES; default: the pod's own).
-    namespaces: tuple[str, ...]
-    #: The leader Lease (KALTSTART_LEASE_NAME, in the first namespace) and its duration.
-    lease: LeaseSettings
-    #: A kubeconfig file; None: in-cluster config inside a pod, else ``KUBECONFIG`` / ``~/.kube/config``.
-    kubeconfig: str | None = None
-
-
 async def api_client(kubeconfig: str | None) -> client.ApiClient:
     """In-cluster config inside a pod, a kubeconfig file outside."""
     configuration = client.Configuration()
@@ -79,8 +69,18 @@ async def api_client(kubeconfig: str | None) -> client.ApiClient:
 
 
 class KubernetesBackend:
-    def __init__(self, settings: KubernetesSettings, catalog: ModelCatalog, endpoints: ReadyEndpoints) -> None:
+    """``identity`` names this gateway replica in the leader election (its gateway id)."""
+
+    def __init__(
+        self, settings: KubernetesSettings, identity: str, catalog: ModelCatalog, endpoints: ReadyEndpoints
+    ) -> None:
         self._settings = settings
+        self._lease = LeaseSettings(
+            name=settings.lease_name,
+            namespace=settings.namespaces[0],
+            identity=identity,
+            duration_s=settings.lease_duration_s,
+        )
         self._catalog = catalog
         self._endpoints = endpoints
         namespaces = settings.namespaces
@@ -105,7 +105,7 @@ class KubernetesBackend:
             *(Informer(f"endpointslices in {ns}", discovery.list_namespaced_endpoint_slice,
                        self._on_slices(ns), namespace=ns) for ns in self._settings.namespaces),
         ]  # fmt: skip
-        self.elector = LeaderElector(self._api, self._settings.lease)
+        self.elector = LeaderElector(self._api, self._lease)
         self._tasks = [asyncio.create_task(i.run(), name="informer") for i in informers]
         self._tasks.append(asyncio.create_task(self.elector.run(), name="leader-election"))
         try:
@@ -206,12 +206,12 @@ class KubernetesBackend:
         try:
             return self._routes[model]
         except KeyError:
-            raise ModelNotFound(f"The model '{model}' does not exist.") from None
+            raise UnknownModel(f"unknown model {model!r}") from None
 
     def replicas(self, model: str) -> Replicas:
         route = self._routes.get(model)
         if route is None:
-            return Replicas(desired=0, ready=0)
+            return NO_REPLICAS
         ref = route.deployment
         deployment = self._deployments.get(ref.namespace, {}).get((ref.namespace, ref.name)) or {}
         desired = (deployment.get("spec") or {}).get("replicas")
@@ -251,3 +251,10 @@ class KubernetesBackend:
                     return False
                 raise BackendError(f"scaling {ref} failed: {exc.status} {exc.reason}") from exc
         raise BackendError(f"scaling {ref}: {SCALE_ATTEMPTS} conflicts in a row")
+
+
+def build_kubernetes(settings: KubernetesSettings, identity: str) -> BackendParts:
+    """The Kubernetes backend with its catalog (kept current from annotations) and ready endpoints."""
+    catalog, endpoints = ModelCatalog(), ReadyEndpoints()
+    backend = KubernetesBackend(settings, identity, catalog, endpoints)
+    return BackendParts(backend, catalog, endpoints, "<model>")

@@ -1,0 +1,117 @@
+"""The local backend's model file (TOML): read by ``python -m gateway``, written by the load tests.
+
+One module for both directions, so that a file written here reads back as the same config (a test checks it).
+The file's format is described in docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import ConfigError
+from gateway.settings import ModelSettings
+
+DEFAULT_CACHE_DIR = Path(".cache/models")
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    """One model of the local config file: its scaling settings plus how to start its runtime."""
+
+    settings: ModelSettings
+    #: A local directory or a Hugging Face model id; the runtime copies it into its cache once.
+    source: str
+    #: ``torch`` (the real model) or ``echo`` (answers instantly; for measuring the gateway alone).
+    engine: str = "torch"
+    #: ``auto`` (CUDA when there is one), ``cpu`` or ``cuda``.
+    device: str = "auto"
+    #: ``auto``, ``float32``, ``float16`` or ``bfloat16``.
+    dtype: str = "auto"
+    #: Extra ``python -m runtime`` arguments.
+    args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    models: tuple[LocalModel, ...]
+    #: The runtimes' node-local weight cache.
+    cache_dir: Path = DEFAULT_CACHE_DIR
+    #: Interpreter that runs ``-m runtime`` (the gateway's own by default).
+    python: str = field(default_factory=lambda: sys.executable)
+
+
+_RUNTIME_KEYS = {"source", "engine", "device", "dtype", "args"}
+
+
+def load_local_config(path: Path) -> LocalConfig:
+    """Read the local backend's TOML file. Relative paths are relative to the file."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    base = path.resolve().parent
+    runtime = data.get("runtime", {})
+    models = tuple(_local_model(name, spec, base) for name, spec in data.get("models", {}).items())
+    if not models:
+        raise ConfigError(f"{path}: no [models.<name>] tables")
+    cache_dir = Path(runtime.get("cache-dir", DEFAULT_CACHE_DIR))
+    return LocalConfig(
+        models=models,
+        cache_dir=cache_dir if cache_dir.is_absolute() else base / cache_dir,
+        python=runtime.get("python", sys.executable),
+    )
+
+
+def _local_model(name: str, spec: Mapping[str, Any], base: Path) -> LocalModel:
+    unknown = set(spec) - _RUNTIME_KEYS - set(ModelSettings.keys())
+    if unknown:
+        raise ConfigError(f"models.{name}: unknown settings {sorted(unknown)}")
+    if "source" not in spec:
+        raise ConfigError(f"models.{name}: 'source' is required")
+    try:
+        settings = ModelSettings.parse(name, spec)
+    except ConfigError as exc:
+        raise ConfigError(f"models.{name}.{exc}", key=exc.key) from None
+    source = str(spec["source"])
+    if source.startswith((".", "/")):
+        source = str((base / source).resolve())
+    return LocalModel(
+        settings=settings,
+        source=source,
+        engine=str(spec.get("engine", "torch")),
+        device=str(spec.get("device", "auto")),
+        dtype=str(spec.get("dtype", "auto")),
+        args=tuple(str(a) for a in spec.get("args", ())),
+    )
+
+
+def _toml(value: str | int | float | list[str]) -> str:
+    # A JSON string (or list of strings) is a valid TOML basic string (or array).
+    return str(value) if isinstance(value, int | float) else json.dumps(value)
+
+
+def dump_local_config(config: LocalConfig) -> str:
+    """The TOML text that ``load_local_config`` reads back as ``config`` (paths absolute)."""
+    lines = ["[runtime]", f"cache-dir = {_toml(str(config.cache_dir.resolve()))}"]
+    if config.python != sys.executable:
+        lines.append(f"python = {_toml(config.python)}")
+    for m in config.models:
+        lines += ["", f"[models.{_toml(m.settings.name)}]"]
+        fields: dict[str, Any] = {"source": m.source, "engine": m.engine, "device": m.device, "dtype": m.dtype}
+        if m.args:
+            fields["args"] = list(m.args)
+        fields |= m.settings.to_values()
+        lines.extend(f"{key} = {_toml(value)}" for key, value in fields.items())
+    return "\n".join(lines) + "\n"
+
+
+def write_local_config(path: Path, config: LocalConfig) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dump_local_config(config))
+    return path

@@ -1,0 +1,69 @@
+"""What the benchmarks measured, in the shapes both their reports and ``loadtest.plots`` read.
+
+These live apart from the commands that produce them (``coldstart``, ``replay``, ``simulate``) so that the plots
+can import them without importing the commands, which import the plots: results are the leaf both depend on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from loadtest.client import Outcome
+from loadtest.trace import TraceRequest
+
+__all__ = ["Phase", "PolicyResult", "ReplayResult", "ReplicaSample", "RequestRecord"]
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    #: Start, seconds after the request was sent.
+    start_s: float
+    seconds: float
+    #: A step of the main timeline (True) or a part of one (False).
+    main: bool = True
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    index: int
+    request: TraceRequest
+    #: When it was actually sent, seconds after the replay started (its schedule is ``request.at_s``).
+    sent_s: float
+    #: Waited on a cold start (the rule is in ``loadtest.replay``'s docstring); None when the gateway's metrics
+    #: were unavailable.
+    cold: bool | None
+    outcome: Outcome
+
+
+@dataclass(frozen=True)
+class ReplicaSample:
+    t_s: float
+    model: str
+    desired: float
+    ready: float
+
+
+@dataclass
+class ReplayResult:
+    records: list[RequestRecord]
+    samples: list[ReplicaSample]
+    #: Increase of ``kaltstart_cold_starts_total`` over the run; None without metrics.
+    cold_starts: int | None
+    duration_s: float
+    models: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PolicyResult:
+    name: str
+    min_replicas: int
+    idle_timeout_s: float | None
+    replica_seconds: float
+    cold_start_requests: int
+    #: Scale-ups from zero replicas.
+    cold_starts: int
+    requests: int
+    waits_s: list[float]
+    #: (time, replicas asked for) at every change, summed over models.
+    timeline: list[tuple[float, int]]
