@@ -16,7 +16,7 @@ from gateway.connection import connect
 from gateway.dispatch import Dispatcher, Dispatchers
 from gateway.errors import RequestError
 from gateway.fence import Fence, FencedDoor
-from gateway.janitor import Heartbeats, Janitor
+from gateway.janitor import Abandoned, Heartbeats, Janitor
 from gateway.metrics import Metrics
 from gateway.queue import RequestQueue
 from gateway.replies import ReplyRouter, ReplySender
@@ -36,7 +36,7 @@ def _runtime_client(settings: ServerSettings) -> httpx.AsyncClient:
 def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts) -> Starlette:
     """The gateway serving ``parts`` (one backend's builder made them), with its queue in ``redis_url``."""
     server, backend, catalog, endpoints = settings.server, parts.backend, parts.catalog, parts.endpoints
-    redis = connect(redis_url)
+    redis = connect(redis_url, settings.queue)
     metrics = Metrics()
     queue = RequestQueue(redis, settings.queue.max_queue_per_model)
     door = FencedDoor()
@@ -57,11 +57,29 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
     dispatchers = Dispatchers(
         catalog,
         lambda model: Dispatcher(
-            model, queue, sender, endpoints, client, server.gateway_id, metrics, settings.queue.max_attempts
+            model,
+            queue,
+            sender,
+            endpoints,
+            client,
+            server.gateway_id,
+            metrics,
+            settings.queue.max_attempts,
+            is_waiting=replies.is_waiting,
         ),
     )
-    gateway = Gateway(server, catalog, queue, replies, door, scaler, metrics)
-    janitor = Janitor(queue, Heartbeats(redis), catalog, server.gateway_id, settings.queue.heartbeat_interval_s)
+    abandoned = Abandoned()
+    gateway = Gateway(server, catalog, queue, replies, door, scaler, metrics, abandon=abandoned.add)
+    janitor = Janitor(
+        queue,
+        Heartbeats(redis),
+        catalog,
+        server.gateway_id,
+        settings.queue.heartbeat_interval_s,
+        held=dispatchers.held,
+        is_waiting=replies.is_waiting,
+        abandoned=abandoned,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

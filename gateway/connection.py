@@ -1,27 +1,74 @@
-"""The gateway's Redis client, and where redis-py's exceptions become ours."""
+"""The gateway's Redis client, and where redis-py's exceptions become ours.
+
+The pool is bounded and *blocking*: at ``redis_max_connections`` a command waits up to ``redis_pool_timeout_s``
+for a connection to come free instead of failing at once (redis-py's default pool raises "Too many
+connections" on the 101st concurrent command, which turned a healthy burst into 503s). Every socket has a
+timeout, so a Redis that stops answering cannot hang a request: the command fails, the request gets 503 +
+Retry-After, and the log says why (at most once a second, so an outage does not flood it).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import time
 from collections.abc import AsyncIterator
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from gateway.errors import QueueUnavailable
+from gateway.settings import QueueSettings
+
+log = logging.getLogger("kaltstart.redis")
+
+#: Least time between two "Redis unavailable" log lines.
+LOG_EVERY_S = 1.0
 
 
-def connect(url: str) -> Redis:
-    return Redis.from_url(url)
+class _Throttle:
+    """True at most once every ``every_s``."""
+
+    def __init__(self, every_s: float) -> None:
+        self._every_s = every_s
+        self._last = float("-inf")
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now - self._last < self._every_s:
+            return False
+        self._last = now
+        return True
+
+
+_log_now = _Throttle(LOG_EVERY_S)
+
+
+def connect(url: str, settings: QueueSettings) -> Redis:
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_pool_timeout_s,
+        socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+        health_check_interval=30,
+    )
+    return Redis(connection_pool=pool)
 
 
 @contextlib.asynccontextmanager
 async def converted() -> AsyncIterator[None]:
-    """Redis errors inside the block become ``QueueUnavailable`` (a 503 for a request)."""
+    """Redis errors inside the block become ``QueueUnavailable`` (a 503 for a request), logged."""
     try:
         yield
     except RedisError as exc:
+        _log_unavailable(exc)
         raise QueueUnavailable() from exc
+
+
+def _log_unavailable(exc: RedisError) -> None:
+    if _log_now():
+        log.warning("Redis unavailable: %r", exc)
 
 
 def text(value: bytes | str) -> str:

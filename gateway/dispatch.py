@@ -94,7 +94,9 @@ class Dispatcher:
         consumer: str,
         metrics: Metrics,
         max_attempts: int,
+        is_waiting: Callable[[str], bool] = lambda _id: True,
     ) -> None:
+        """``is_waiting(request_id)``: whether a client of this gateway replica still waits for that request."""
         self.settings = settings
         self._model = settings.name
         self._queue = queue
@@ -104,8 +106,14 @@ class Dispatcher:
         self._consumer = consumer
         self._metrics = metrics
         self._max_attempts = max_attempts
+        self._is_waiting = is_waiting
         self._batches: set[asyncio.Task[None]] = set()
+        self._held: set[str] = set()
         self._prepared = False
+
+    def held(self) -> frozenset[str]:
+        """Entry ids this dispatcher's running batches hold (the janitor leaves those alone)."""
+        return frozenset(self._held)
 
     async def step(self) -> None:
         """Dispatch one batch (or find no work within a blocking read). Batches already sent keep running
@@ -140,14 +148,20 @@ class Dispatcher:
         if not batch:
             self._pool.release(url)
             return
+        self._start(url, batch)
+
+    def _start(self, url: str, batch: Sequence[Delivery]) -> None:
         self._pool.start_batch(url, len(batch))
+        held = {d.entry_id for d in batch}
+        self._held |= held
         task = asyncio.create_task(self._forward(url, batch), name=f"batch-{self._model}")
         self._batches.add(task)
-        task.add_done_callback(lambda t: self._batch_done(t, url, len(batch)))
+        task.add_done_callback(lambda t: self._batch_done(t, url, held))
 
-    def _batch_done(self, task: asyncio.Task[None], url: str, size: int) -> None:
+    def _batch_done(self, task: asyncio.Task[None], url: str, held: set[str]) -> None:
         self._batches.discard(task)
-        self._pool.release(url, size)
+        self._held -= held
+        self._pool.release(url, len(held))
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("batch for %s failed unexpectedly", self._model, exc_info=exc)
 
@@ -157,11 +171,35 @@ class Dispatcher:
             batch = await self._queue.read_batch(
                 self._model, self._consumer, s.max_batch_size, s.max_batch_delay_s, READ_BLOCK_S
             )
-            return await self._queue.drop_settled(self._model, batch) if batch else batch
+            if batch:
+                batch = await self._queue.drop_settled(self._model, batch)
+            return await self._isolate_retries(await self._drop_orphans(batch))
         except QueueUnavailable as exc:
             log.warning("queue unavailable (%r); %s dispatcher retries in 1 s", exc.__cause__, self._model)
             await asyncio.sleep(1.0)  # back off from a failing Redis
             return []
+
+    async def _drop_orphans(self, batch: list[Delivery]) -> list[Delivery]:
+        """Requests this gateway replica accepted but nobody here waits for any more (the client got an error
+        while Redis was unreachable, or its enqueue's reply was lost): cancelled, not generated."""
+        keep = []
+        for delivery in batch:
+            if delivery.queued.gateway == self._consumer and not self._is_waiting(delivery.queued.id):
+                await self._queue.cancel(self._model, delivery.queued.id, delivery.entry_id)
+                self._metrics.cancelled.labels(self._model, "orphaned").inc()
+            else:
+                keep.append(delivery)
+        return keep
+
+    async def _isolate_retries(self, batch: list[Delivery]) -> list[Delivery]:
+        """A request that was in a batch whose replica failed goes alone next time, so that a request that crashes
+        its replica (a poison request) uses up only its own attempts, not those of the requests around it."""
+        retries = [d for d in batch if d.queued.failures > 0]
+        if not retries or len(batch) == 1:
+            return batch
+        alone = retries[0]
+        await self._queue.put_back(self._model, [d for d in batch if d is not alone])
+        return [alone]
 
     async def _forward(self, url: str, batch: Sequence[Delivery]) -> None:
         unfinished = {d.queued.id: d for d in batch}
@@ -223,10 +261,17 @@ class Dispatcher:
             unfinished[event.id] = delivery  # an internal error is retried like a failed replica
 
     async def _retry_or_fail(self, delivery: Delivery) -> None:
-        if delivery.queued.attempt < self._max_attempts:
+        if delivery.queued.failures + 1 < self._max_attempts:
             self._metrics.redeliveries.labels(self._model).inc()
             await self._queue.requeue(self._model, delivery)
             return
+        log.error(
+            "request %s for %s failed on %d attempts (its replica failed each time): given up as a poison request",
+            delivery.queued.id,
+            self._model,
+            delivery.queued.failures + 1,
+        )
+        self._metrics.poison.labels(self._model).inc()
         failed = Failed(id=delivery.queued.id, status=502, message="The model failed to generate a response.")
         await self._queue.settle(self._model, delivery, failed)
 
@@ -241,6 +286,7 @@ class Dispatchers:
         self._factory = factory
         self._drain_s = drain_s
         self._running: dict[str, tuple[Dispatcher, Loop]] = {}
+        self._retiring: set[Dispatcher] = set()
         catalog.subscribe(self.sync)
 
     def sync(self) -> None:
@@ -256,9 +302,21 @@ class Dispatchers:
                 loop.start()
                 self._running[name] = (dispatcher, loop)
 
+    def held(self, model: str) -> frozenset[str]:
+        """Entry ids that the running batches of ``model`` hold (retiring dispatchers included)."""
+        return frozenset().union(*(d.held() for d in self._all(model)))
+
+    def _all(self, model: str) -> list[Dispatcher]:
+        running = self._running.get(model)
+        return [d for d in self._retiring if d.settings.name == model] + ([running[0]] if running else [])
+
     async def _retire(self, dispatcher: Dispatcher, loop: Loop) -> None:
-        await loop.stop()
-        await dispatcher.drain(self._drain_s)
+        self._retiring.add(dispatcher)
+        try:
+            await loop.stop()
+            await dispatcher.drain(self._drain_s)
+        finally:
+            self._retiring.discard(dispatcher)
 
     async def stop(self) -> None:
         """Stop reading new work, then let the batches in flight finish (up to ``drain_s``)."""

@@ -29,9 +29,13 @@ def valkey_binary() -> Path:
 
 
 class EmbeddedRedis:
-    def __init__(self) -> None:
+    """``persistent``: an append-only file fsynced on every write, so that ``kill()`` then ``start()`` (the fault
+    tests' Redis crash) comes back on the same port with every acknowledged write."""
+
+    def __init__(self, *, persistent: bool = False) -> None:
         self._process: subprocess.Popen[bytes] | None = None
         self._dir = tempfile.TemporaryDirectory(prefix="kaltstart-valkey-")
+        self._persistent = persistent
         self.port = 0
 
     @property
@@ -39,10 +43,12 @@ class EmbeddedRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> str:
-        self.port = free_port()
+        """Start the server (again, on the same port, after ``kill``)."""
+        self.port = self.port or free_port()
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self._persistent else ["--appendonly", "no"]
         argv = [
             str(valkey_binary()), "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", self._dir.name,
+            "--save", "", *persistence, "--dir", self._dir.name,
             "--logfile", str(Path(self._dir.name) / "valkey.log"),
         ]  # fmt: skip
         self._process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
@@ -67,6 +73,13 @@ class EmbeddedRedis:
     def _log_tail(self) -> str:
         log = Path(self._dir.name) / "valkey.log"
         return log.read_text()[-500:] if log.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would; its data directory stays for the next ``start``."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
 
     def stop(self) -> None:
         if self._process is not None:

@@ -1,15 +1,20 @@
-"""Keeps this gateway replica's heartbeat in Redis, and hands back the work of replicas that died.
+"""Keeps this gateway replica's heartbeat in Redis, and hands back work nobody is doing.
 
 A replica that dies (OOM-killed, node lost) leaves the requests its dispatchers had read pending in the
 consumer group. Any live replica that finds a consumer with pending entries and no heartbeat claims them:
 requests whose client was held by a live replica go back on the queue; those whose client was held by the dead
 replica are cancelled, as nobody is waiting for them any more.
+
+A live replica can strand entries too: a batch that lost Redis halfway cannot settle or put back what it held.
+The janitor finds its own pending entries that no running batch holds and hands them back the same way, and it
+writes the cancellations that clients asked for while Redis was unreachable (``Abandoned``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Collection
 
 from redis.asyncio import Redis
 
@@ -17,7 +22,7 @@ from gateway import keys
 from gateway.catalog import ModelCatalog
 from gateway.connection import converted
 from gateway.errors import KaltstartError
-from gateway.queue import RequestQueue
+from gateway.queue import Delivery, RequestQueue
 from gateway.tasks import Loop
 
 log = logging.getLogger("kaltstart.janitor")
@@ -39,15 +44,51 @@ class Heartbeats:
             return bool(await self._redis.exists(keys.gateway(gateway_id)))
 
 
+class Abandoned:
+    """Cancellations that could not be written (Redis was unreachable when the client stopped waiting): kept
+    here and written once Redis answers again, so that nobody generates for a client that already left."""
+
+    def __init__(self) -> None:
+        self._requests: dict[str, tuple[str, str]] = {}
+
+    def add(self, model: str, request_id: str, entry_id: str) -> None:
+        self._requests[request_id] = (model, entry_id)
+
+    def __len__(self) -> int:
+        return len(self._requests)
+
+    async def write(self, queue: RequestQueue) -> None:
+        """Cancel them all; stops at the first Redis error (``QueueUnavailable``) and keeps the rest."""
+        for request_id, (model, entry_id) in list(self._requests.items()):
+            await queue.cancel(model, request_id, entry_id)
+            del self._requests[request_id]
+
+
 class Janitor:
+    """Every ``interval_s``: renew this replica's heartbeat, write abandoned cancellations, and hand back work
+    nobody is doing — a dead replica's in-flight entries, and this replica's own entries that no running batch
+    holds (a batch that lost Redis halfway leaves its entries pending)."""
+
     def __init__(
-        self, queue: RequestQueue, heartbeats: Heartbeats, catalog: ModelCatalog, gateway_id: str, interval_s: float
+        self,
+        queue: RequestQueue,
+        heartbeats: Heartbeats,
+        catalog: ModelCatalog,
+        gateway_id: str,
+        interval_s: float,
+        *,
+        held: Callable[[str], Collection[str]],
+        is_waiting: Callable[[str], bool],
+        abandoned: Abandoned,
     ) -> None:
         self._queue = queue
         self._heartbeats = heartbeats
         self._catalog = catalog
         self._id = gateway_id
         self._interval_s = interval_s
+        self._held = held
+        self._is_waiting = is_waiting
+        self.abandoned = abandoned
         self._loop = Loop("janitor", self._beat_and_sweep)
 
     @property
@@ -66,6 +107,7 @@ class Janitor:
         await asyncio.sleep(self._interval_s)  # a heartbeat's period
         try:
             await self._heartbeats.beat(self._id, self.ttl_s)
+            await self.abandoned.write(self._queue)
             for model in self._catalog.all():
                 await self.sweep(model.name)
         except KaltstartError as exc:
@@ -73,17 +115,41 @@ class Janitor:
 
     async def sweep(self, model: str) -> None:
         for consumer, pending in (await self._queue.consumers(model)).items():
-            if consumer == self._id or await self._heartbeats.is_alive(consumer):
+            if consumer == self._id:
+                if pending:
+                    await self._reclaim_own(model)
+            elif await self._heartbeats.is_alive(consumer):
                 continue
-            if pending:
+            elif pending:
                 await self._reclaim(model, consumer)
             else:
                 await self._queue.forget_consumer(model, consumer)
 
     async def _reclaim(self, model: str, dead: str) -> None:
         for delivery in await self._queue.take_over(model, dead, self._id):
-            if delivery.queued.gateway and not await self._heartbeats.is_alive(delivery.queued.gateway):
-                await self._queue.cancel(model, delivery.queued.id, delivery.entry_id)
-                continue
-            await self._queue.requeue(model, delivery, failed=False)
+            await self._hand_back(model, delivery)
         log.warning("took over the requests gateway %s left in flight for %s", dead, model)
+
+    async def _reclaim_own(self, model: str) -> None:
+        """Entries this replica read that no running batch holds (idle for a heartbeat interval at least, so an
+        entry between its read and its batch's start is not taken for lost)."""
+        stray = await self._queue.take_over(
+            model, self._id, self._id, min_idle_s=self._interval_s, skip=set(self._held(model))
+        )
+        for delivery in stray:
+            await self._hand_back(model, delivery)
+        if stray:
+            log.warning("put back %d request(s) for %s that a lost batch left pending", len(stray), model)
+
+    async def _hand_back(self, model: str, delivery: Delivery) -> None:
+        """Back on the queue if someone still waits for its answer, else cancelled."""
+        if await self._client_waits(delivery):
+            await self._queue.requeue(model, delivery, failed=False)
+        else:
+            await self._queue.cancel(model, delivery.queued.id, delivery.entry_id)
+
+    async def _client_waits(self, delivery: Delivery) -> bool:
+        owner = delivery.queued.gateway
+        if owner == self._id:
+            return self._is_waiting(delivery.queued.id)
+        return not owner or await self._heartbeats.is_alive(owner)

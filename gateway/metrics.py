@@ -68,6 +68,18 @@ class Metrics:
         self.redeliveries = Counter(
             "kaltstart_redeliveries", "Requests put back after their replica failed.", ["model"], registry=r
         )
+        self.cancelled = Counter(
+            "kaltstart_cancelled_requests",
+            "Requests cancelled before they were answered, by reason (client_gone, timeout, orphaned).",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.poison = Counter(
+            "kaltstart_poison_requests",
+            "Requests given up after their replica failed on every attempt.",
+            ["model"],
+            registry=r,
+        )
         self.queued = Gauge("kaltstart_queue_depth", "Requests waiting for a replica.", ["model"], registry=r)
         self.in_flight = Gauge("kaltstart_in_flight", "Requests being generated.", ["model"], registry=r)
         self.replicas = Gauge(

@@ -9,7 +9,7 @@ request is answered at most once however its deliveries race. Redis errors becom
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -74,8 +74,12 @@ class QueuedRequest(BaseModel):
     reply_to: str
     #: Unix time (s) the gateway accepted it.
     accepted_at: float
-    #: 1 for the first dispatch; +1 each time a replica failed mid-batch and it was put back.
+    #: 1 for the first dispatch, +1 each time it is put back for any reason. Tokens carry it, so a client's ticket
+    #: knows a new attempt starts again from the first token.
     attempt: int = 1
+    #: How many times a replica failed while generating it: a request whose replica fails every time is a poison
+    #: request, given up after ``max_attempts`` (an outage or a gateway's shutdown does not count).
+    failures: int = 0
     #: The gateway replica that accepted it (whose heartbeat says whether anyone still waits for the answer).
     gateway: str = ""
 
@@ -206,9 +210,10 @@ class RequestQueue:
         return bool(first)
 
     async def requeue(self, model: str, delivery: Delivery, *, failed: bool = True) -> bool:
-        """Put a request back at the end of the queue: as its next attempt if its replica ``failed``, as the same
-        attempt if the gateway dispatching it is shutting down."""
-        again = delivery.queued.model_copy(update={"attempt": delivery.queued.attempt + int(failed)})
+        """Put a request back at the end of the queue as its next attempt, counting a failure if its replica
+        ``failed`` (not if the gateway dispatching it is shutting down, or lost Redis)."""
+        queued = delivery.queued
+        again = queued.model_copy(update={"attempt": queued.attempt + 1, "failures": queued.failures + int(failed)})
         async with converted():
             entry = await self._requeue(
                 keys=[keys.queue(model), keys.settled(model, delivery.queued.id)],
@@ -248,14 +253,29 @@ class RequestQueue:
                 return {}
         return {text(info["name"]): int(info["pending"]) for info in infos}
 
-    async def take_over(self, model: str, consumer: str, new_owner: str, count: int = 100) -> list[Delivery]:
-        """Claim up to ``count`` entries a (dead) consumer holds in flight."""
+    async def take_over(
+        self,
+        model: str,
+        consumer: str,
+        new_owner: str,
+        count: int = 100,
+        *,
+        min_idle_s: float = 0.0,
+        skip: Collection[str] = (),
+    ) -> list[Delivery]:
+        """Claim up to ``count`` entries that ``consumer`` holds in flight and has not touched for ``min_idle_s``
+        (a dead consumer's, or this replica's own strays), except the entry ids in ``skip``."""
+        min_idle_ms = int(min_idle_s * 1000)
         async with converted():
             pending = await self._redis.xpending_range(
-                keys.queue(model), keys.GROUP, min="-", max="+", count=count, consumername=consumer
+                keys.queue(model), keys.GROUP, min="-", max="+", count=count, consumername=consumer, idle=min_idle_ms
             )
-            ids: list[int | bytes | str | memoryview[int]] = [p["message_id"] for p in pending]
-            response = await self._redis.xclaim(keys.queue(model), keys.GROUP, new_owner, 0, ids) if ids else []
+            ids: list[int | bytes | str | memoryview[int]] = [
+                p["message_id"] for p in pending if text(cast(bytes, p["message_id"])) not in skip
+            ]
+            response = (
+                await self._redis.xclaim(keys.queue(model), keys.GROUP, new_owner, min_idle_ms, ids) if ids else []
+            )
         claimed = cast(list[tuple[bytes, dict[bytes, bytes] | None]], response)
         return [
             Delivery(text(entry_id), QueuedRequest.model_validate_json(fields[b"r"]))

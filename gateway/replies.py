@@ -76,6 +76,10 @@ class ReplyRouter:
         finally:
             del self._waiting[request_id]
 
+    def is_waiting(self, request_id: str) -> bool:
+        """Whether a client of this replica still waits for the request."""
+        return request_id in self._waiting
+
     async def _listen(self) -> None:
         try:
             await self._listen_once()

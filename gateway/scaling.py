@@ -158,3 +158,5 @@ class Scaler:
             if idle and await self._backend.scale_down(name, to):
                 self._metrics.scale_writes.labels(name, "down").inc()
                 log.info("scaled %s down to %d after %.0f s idle", name, to, idle_s)
+                if to == 0:  # a cold start that never became ready ends here; the next one is counted anew
+                    self._cold_since.pop(name, None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import ExitStack
 
 import wire
@@ -20,6 +20,7 @@ from gateway.errors import (
     DeadlineExceeded,
     GenerationFailed,
     InvalidRequest,
+    QueueUnavailable,
     RequestError,
 )
 from gateway.fence import FencedDoor
@@ -36,6 +37,9 @@ log = logging.getLogger("kaltstart.gateway")
 #: subscription dropped it. A backstop, not the normal path.
 MISSED_REPLY_CHECK_S = 5.0
 
+#: Takes over the cancellation of a request (model, request id, entry id) that could not be written now.
+Abandon = Callable[[str, str, str], None]
+
 
 class Ticket:
     """One accepted request, from the client's side: wait for dispatch, then for tokens and the result."""
@@ -48,6 +52,7 @@ class Ticket:
         queue: RequestQueue,
         request_timeout_s: float,
         closer: ExitStack,
+        abandon: Abandon,
     ) -> None:
         self.model = model
         self.id = request_id
@@ -55,6 +60,7 @@ class Ticket:
         self._inbox = inbox
         self._queue = queue
         self._closer = closer
+        self._abandon = abandon
         loop = asyncio.get_running_loop()
         self.arrived = loop.time()
         self._cold_deadline = self.arrived + model.cold_start_timeout_s
@@ -109,10 +115,13 @@ class Ticket:
         raise GenerationFailed("The model returned no result.")
 
     async def close(self) -> None:
-        """Stop waiting. A request that was not answered is cancelled so that no replica works on it."""
+        """Stop waiting. A request that was not answered is cancelled so that no replica works on it; while Redis
+        is unreachable the cancellation is handed on (``abandon``) to be written once it is back."""
         try:
             if not self._settled:
                 await self._give_up()
+        except QueueUnavailable:
+            self._abandon(self.model.name, self.id, self.entry_id)
         finally:
             self._closer.close()
 
@@ -128,15 +137,25 @@ class Ticket:
         return new
 
     async def _next(self, deadline: float) -> AnyReply:
+        if not self._inbox.empty():  # a reply already here is the answer, even past the deadline
+            return self._inbox.get_nowait()
         loop = asyncio.get_running_loop()
         while (left := deadline - loop.time()) > 0:
             try:
                 return await asyncio.wait_for(self._inbox.get(), timeout=min(left, MISSED_REPLY_CHECK_S))
             except TimeoutError:
-                stored = await self._queue.final_reply(self.model.name, self.id)
+                stored = await self._stored_reply()
                 if stored is not None:
                     return stored
         raise TimeoutError
+
+    async def _stored_reply(self) -> AnyReply | None:
+        """The backstop read; an unreachable Redis is no reason to stop waiting (the reply is stored there and
+        is read once Redis is back, or the deadline ends the wait)."""
+        try:
+            return await self._queue.final_reply(self.model.name, self.id)
+        except QueueUnavailable:
+            return None
 
     async def _give_up(self) -> bool:
         """Cancel the request unless a final reply was stored first; True if it is now cancelled."""
@@ -165,8 +184,10 @@ class Gateway:
         door: FencedDoor,
         scaler: Scaler,
         metrics: Metrics,
+        abandon: Abandon,
     ) -> None:
         self.settings = settings
+        self._abandon = abandon
         self.catalog = catalog
         self._queue = queue
         self._replies = replies
@@ -178,7 +199,7 @@ class Gateway:
         model = self.catalog.get(model_name)
         closer = ExitStack()
         inbox = closer.enter_context(self._replies.expect(request.id))
-        ticket = Ticket(model, request.id, inbox, self._queue, self.settings.request_timeout_s, closer)
+        ticket = Ticket(model, request.id, inbox, self._queue, self.settings.request_timeout_s, closer, self._abandon)
         queued = QueuedRequest(
             request=request,
             reply_to=self._replies.channel,

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 import wire
 from gateway.catalog import ModelCatalog
 from gateway.errors import QueueFull
-from gateway.janitor import Heartbeats, Janitor
+from gateway.janitor import Abandoned, Heartbeats, Janitor
 from gateway.messages import Failed, Finished, Token
 from gateway.queue import QueuedRequest, RequestQueue
 from gateway.replies import ReplyRouter, ReplySender
@@ -144,7 +144,16 @@ async def test_requeue_twice_puts_back_once(queue: RequestQueue) -> None:
 
 async def test_janitor_hands_back_the_work_of_a_dead_gateway(queue: RequestQueue, redis: Redis) -> None:
     catalog = ModelCatalog([ModelSettings(name=MODEL)])
-    live = Janitor(queue, Heartbeats(redis), catalog, "live", interval_s=1)
+    live = Janitor(
+        queue,
+        Heartbeats(redis),
+        catalog,
+        "live",
+        interval_s=1,
+        held=lambda _model: (),
+        is_waiting=lambda _id: True,
+        abandoned=Abandoned(),
+    )
     await live.start()
     for request_id, accepted_by in (("mine", "live"), ("orphan", "dead")):
         queued = _queued(request_id).model_copy(update={"gateway": accepted_by})
@@ -154,7 +163,8 @@ async def test_janitor_hands_back_the_work_of_a_dead_gateway(queue: RequestQueue
     await live.sweep(MODEL)
 
     (again,) = await queue.read_batch(MODEL, "live", 8, 0.0, 0.1)
-    assert (again.queued.id, again.queued.attempt) == ("mine", 1)  # back in the queue, not counted as a failure
+    # Back in the queue as a new attempt (its tokens start again), not counted as a failure.
+    assert (again.queued.id, again.queued.attempt, again.queued.failures) == ("mine", 2, 0)
     assert await queue.final_reply(MODEL, "orphan") is None  # nobody waits for it: cancelled
     assert (await queue.load(MODEL)).demand == 1
     assert "dead" not in await queue.consumers(MODEL) or (await queue.consumers(MODEL))["dead"] == 0

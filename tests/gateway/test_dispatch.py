@@ -1,0 +1,323 @@
+"""The dispatcher against a real Redis, with the runtime replaced by an ``httpx.MockTransport`` answering
+``POST /v1/batch`` in the wire format; and the endpoint pool that picks the replica for each batch."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+import wire
+from gateway.dispatch import Dispatcher, EndpointPool
+from gateway.endpoints import ReadyEndpoints
+from gateway.messages import AnyReply, Dispatched, Failed, Finished, Token
+from gateway.metrics import Metrics
+from gateway.queue import QueuedRequest, RequestQueue
+from gateway.replies import ReplyRouter, ReplySender
+from gateway.settings import ModelSettings
+
+pytestmark = pytest.mark.integration
+
+MODEL = "tiny"
+CHANNEL = "replies:test"
+R1, R2 = "http://10.0.0.1:8000", "http://10.0.0.2:8000"
+USAGE = wire.Usage(prompt_tokens=1, completion_tokens=2, total_tokens=3)
+SETTINGS = ModelSettings(name=MODEL, max_batch_size=8, max_batch_delay_s=0.0)
+
+Event = wire.TokenEvent | wire.FinishEvent | wire.ErrorEvent
+
+
+def token(request_id: str, text: str) -> wire.TokenEvent:
+    return wire.TokenEvent(id=request_id, text=text)
+
+
+def finish(request_id: str, text: str) -> wire.FinishEvent:
+    return wire.FinishEvent(id=request_id, text=text, finish_reason="stop", usage=USAGE)
+
+
+def ndjson(events: Iterable[Event]) -> bytes:
+    return b"".join(e.model_dump_json().encode() + b"\n" for e in events)
+
+
+class BrokenStream(httpx.AsyncByteStream):
+    """A batch answer whose connection drops after ``events``."""
+
+    def __init__(self, events: Iterable[Event]) -> None:
+        self._body = ndjson(events)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self._body
+        raise httpx.ReadError("connection reset by peer")
+
+
+Answer = Callable[[wire.BatchRequest], httpx.Response]
+
+
+@dataclass
+class Runtime:
+    """The fake runtime: records each batch it is sent (URL, body) and answers it with ``answer``."""
+
+    answer: Answer
+    batches: list[tuple[str, wire.BatchRequest]] = field(default_factory=list)
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        assert request.method == "POST" and request.url.path == wire.BATCH_PATH
+        body = wire.BatchRequest.model_validate_json(await request.aread())
+        self.batches.append((f"{request.url.scheme}://{request.url.netloc.decode()}", body))
+        return self.answer(body)
+
+
+def answering(events: Callable[[wire.BatchRequest], Iterable[Event]]) -> Answer:
+    return lambda batch: httpx.Response(200, content=ndjson(events(batch)), headers={"content-type": wire.NDJSON})
+
+
+def echo(batch: wire.BatchRequest) -> list[Event]:
+    """Two tokens per request (for every request: the dispatcher decides which ones are relayed), then its finish."""
+    events: list[Event] = []
+    for r in batch.requests:
+        events += [token(r.id, "he"), token(r.id, "llo"), finish(r.id, "hello")]
+    return events
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def queue(redis: Redis) -> RequestQueue:
+    return RequestQueue(redis, max_queue_per_model=100)
+
+
+@pytest.fixture
+async def router(redis: Redis) -> AsyncIterator[ReplyRouter]:
+    r = ReplyRouter(redis, CHANNEL, {})
+    await r.start()
+    yield r
+    await r.stop()
+
+
+@dataclass
+class Rig:
+    queue: RequestQueue
+    sender: ReplySender
+    endpoints: ReadyEndpoints
+    metrics: Metrics
+    runtime: Runtime
+    dispatcher: Dispatcher
+
+    async def enqueue(self, request_id: str, *, stream: bool = False) -> None:
+        request = wire.GenerationRequest(id=request_id, prompt="hi", stream=stream)
+        await self.queue.enqueue(MODEL, QueuedRequest(request=request, reply_to=CHANNEL, accepted_at=time.time()))
+
+    async def queued(self) -> list[QueuedRequest]:
+        """What is back in the queue for another dispatch (read as another consumer)."""
+        return [d.queued for d in await self.queue.read_batch(MODEL, "inspector", 100, 0.0, 0.1)]
+
+    async def replies(self, inbox: asyncio.Queue[AnyReply], request_id: str) -> list[AnyReply]:
+        """Every reply the request got so far: a marker published now arrives after all of them."""
+        marker = Dispatched(id=request_id, attempt=-1)
+        await self.sender.publish([(CHANNEL, marker)])
+        got: list[AnyReply] = []
+        async with asyncio.timeout(5):
+            while (reply := await inbox.get()) != marker:
+                got.append(reply)
+        return got
+
+
+@pytest.fixture
+async def make_rig(queue: RequestQueue, redis: Redis) -> AsyncIterator[Callable[[Answer], Rig]]:
+    clients: list[httpx.AsyncClient] = []
+
+    def make(answer: Answer) -> Rig:
+        runtime = Runtime(answer)
+        client = httpx.AsyncClient(transport=httpx.MockTransport(runtime.handle))
+        clients.append(client)
+        endpoints = ReadyEndpoints()
+        endpoints.set(MODEL, [R1])
+        metrics = Metrics()
+        sender = ReplySender(redis)
+        dispatcher = Dispatcher(SETTINGS, queue, sender, endpoints, client, "c1", metrics, max_attempts=2)
+        return Rig(queue, sender, endpoints, metrics, runtime, dispatcher)
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+async def test_a_batch_goes_to_the_runtime_in_one_post(make_rig: Callable[[Answer], Rig]) -> None:
+    rig = make_rig(answering(echo))
+    for request_id in ("a", "b", "c"):
+        await rig.enqueue(request_id)
+    await rig.dispatcher.step()
+    await rig.dispatcher.drain(5)
+    ((url, body),) = rig.runtime.batches
+    assert url == R1
+    assert body.model == MODEL
+    assert [r.id for r in body.requests] == ["a", "b", "c"]
+    assert rig.metrics.registry.get_sample_value("kaltstart_batch_size_sum", {"model": MODEL}) == 3
+
+
+async def test_tokens_are_relayed_for_streams_and_finals_settled_once(
+    make_rig: Callable[[Answer], Rig], router: ReplyRouter
+) -> None:
+    def twice(batch: wire.BatchRequest) -> list[Event]:
+        return [*echo(batch), finish("s", "again")]  # a duplicate finish is ignored
+
+    rig = make_rig(answering(twice))
+    with router.expect("s") as streamed, router.expect("p") as plain:
+        await rig.enqueue("s", stream=True)
+        await rig.enqueue("p")
+        await rig.dispatcher.step()
+        await rig.dispatcher.drain(5)
+        final_s, final_p = Finished(id="s", result=finish("s", "hello")), Finished(id="p", result=finish("p", "hello"))
+        assert await rig.replies(streamed, "s") == [
+            Dispatched(id="s", attempt=1),
+            Token(id="s", attempt=1, text="he"),
+            Token(id="s", attempt=1, text="llo"),
+            final_s,
+        ]
+        assert await rig.replies(plain, "p") == [Dispatched(id="p", attempt=1), final_p]
+    assert await rig.queue.final_reply(MODEL, "s") == final_s
+    assert (await rig.queue.load(MODEL)).demand == 0  # acked and deleted
+
+
+async def test_a_runtime_answering_500_puts_the_batch_back_as_the_next_attempt(
+    make_rig: Callable[[Answer], Rig],
+) -> None:
+    rig = make_rig(lambda _batch: httpx.Response(500, json={"error": "CUDA out of memory"}))
+    await rig.enqueue("a")
+    await rig.enqueue("b")
+    await rig.dispatcher.step()
+    await rig.dispatcher.drain(5)
+    assert [(q.id, q.attempt) for q in await rig.queued()] == [("a", 2), ("b", 2)]
+    assert rig.metrics.registry.get_sample_value("kaltstart_redeliveries_total", {"model": MODEL}) == 2
+
+
+async def test_a_runtime_breaking_mid_stream_puts_back_only_the_unfinished(
+    make_rig: Callable[[Answer], Rig], router: ReplyRouter
+) -> None:
+    rig = make_rig(lambda _batch: httpx.Response(200, stream=BrokenStream([finish("a", "done"), token("b", "ha")])))
+    with router.expect("b") as inbox:
+        await rig.enqueue("a")
+        await rig.enqueue("b", stream=True)
+        await rig.dispatcher.step()
+        await rig.dispatcher.drain(5)
+        assert await rig.replies(inbox, "b") == [Dispatched(id="b", attempt=1), Token(id="b", attempt=1, text="ha")]
+    assert isinstance(await rig.queue.final_reply(MODEL, "a"), Finished)
+    assert [(q.id, q.attempt) for q in await rig.queued()] == [("b", 2)]
+
+
+async def test_an_internal_error_event_is_retried(make_rig: Callable[[Answer], Rig]) -> None:
+    error = wire.ErrorEvent(id="a", code="internal", message="NaN in logits")
+    rig = make_rig(answering(lambda _batch: [error]))
+    await rig.enqueue("a")
+    await rig.dispatcher.step()
+    await rig.dispatcher.drain(5)
+    assert await rig.queue.final_reply(MODEL, "a") is None
+    assert [(q.id, q.attempt) for q in await rig.queued()] == [("a", 2)]
+
+
+async def test_a_request_fails_with_502_after_max_attempts(make_rig: Callable[[Answer], Rig]) -> None:
+    rig = make_rig(lambda _batch: httpx.Response(500, json={"error": "broken"}))
+    await rig.enqueue("a")
+    await rig.dispatcher.step()  # attempt 1 fails and is put back
+    await rig.dispatcher.step()  # attempt 2 (waits for the replica's slot, then reads the redelivery) fails too
+    await rig.dispatcher.drain(5)
+    assert len(rig.runtime.batches) == 2
+    final = await rig.queue.final_reply(MODEL, "a")
+    assert isinstance(final, Failed) and final.status == 502
+    assert (await rig.queue.load(MODEL)).demand == 0
+
+
+async def test_an_invalid_request_fails_with_400_without_retry(make_rig: Callable[[Answer], Rig]) -> None:
+    error = wire.ErrorEvent(id="a", code="invalid_request", message="prompt longer than the context")
+    rig = make_rig(answering(lambda _batch: [error]))
+    await rig.enqueue("a")
+    await rig.dispatcher.step()
+    await rig.dispatcher.drain(5)
+    assert await rig.queue.final_reply(MODEL, "a") == Failed(id="a", status=400, message=error.message)
+    assert (await rig.queue.load(MODEL)).demand == 0
+    assert len(rig.runtime.batches) == 1
+
+
+async def test_a_batch_waits_for_a_ready_replica(make_rig: Callable[[Answer], Rig]) -> None:
+    rig = make_rig(answering(echo))
+    rig.endpoints.set(MODEL, [])
+    await rig.enqueue("a")
+    step = asyncio.create_task(rig.dispatcher.step())
+    await asyncio.sleep(0)
+    assert not step.done()
+    rig.endpoints.set(MODEL, [R2])
+    await asyncio.wait_for(step, 5)
+    await rig.dispatcher.drain(5)
+    assert [url for url, _ in rig.runtime.batches] == [R2]
+
+
+# The endpoint pool
+
+
+async def test_pool_waits_for_a_ready_replica() -> None:
+    endpoints = ReadyEndpoints()
+    pool = EndpointPool(MODEL, endpoints)
+    acquiring = asyncio.create_task(pool.acquire())
+    await asyncio.sleep(0)
+    endpoints.set("other-model", [R2])
+    await asyncio.sleep(0)
+    assert not acquiring.done()
+    endpoints.set(MODEL, [R1])
+    assert await asyncio.wait_for(acquiring, 5) == R1
+    assert pool.is_ready(R1) and not pool.is_ready(R2)
+    pool.close()
+
+
+async def test_pool_gives_a_replica_no_more_batches_than_it_has_slots() -> None:
+    endpoints = ReadyEndpoints()
+    endpoints.set(MODEL, [R1])
+    pool = EndpointPool(MODEL, endpoints)
+    assert await pool.acquire() == R1
+    pool.start_batch(R1, 4)
+    second = asyncio.create_task(pool.acquire())
+    await asyncio.sleep(0)
+    assert not second.done()  # R1 is busy with a batch
+    pool.release(R1, 4)
+    assert await asyncio.wait_for(second, 5) == R1
+    pool.close()
+
+
+async def test_pool_prefers_the_least_loaded_replica() -> None:
+    endpoints = ReadyEndpoints()
+    endpoints.set(MODEL, [R1, R2])
+    pool = EndpointPool(MODEL, endpoints, slots=2)
+    assert await pool.acquire() == R1
+    pool.start_batch(R1, 5)
+    assert await pool.acquire() == R2
+    pool.start_batch(R2, 1)
+    assert await pool.acquire() == R2  # 1 request in flight beats 5
+    assert await pool.acquire() == R1  # R2's slots are taken
+    endpoints.set(MODEL, [R1])  # R2 went away
+    pool.release(R1, 5)
+    assert await pool.acquire() == R1
+    pool.close()
+
+
+async def test_pool_never_gives_a_replica_that_left_the_ready_set() -> None:
+    endpoints = ReadyEndpoints()
+    endpoints.set(MODEL, [R1, R2])
+    pool = EndpointPool(MODEL, endpoints)
+    assert await pool.acquire() == R1
+    pool.start_batch(R1, 1)
+    endpoints.set(MODEL, [R1])  # R2 is no longer ready, though it is the least loaded
+    waiting = asyncio.create_task(pool.acquire())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    pool.release(R1, 1)
+    assert await asyncio.wait_for(waiting, 5) == R1
+    pool.close()
