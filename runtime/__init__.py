@@ -5,6 +5,7 @@ engine loads, and the HTTP server only by ``runtime.server``.
 """
 
 from runtime.cache import CachedModel, materialise, resolve
+from runtime.cancellation import Cancellation
 from runtime.engine import Engine, LoadReport
 from runtime.engines import create_engine
 from runtime.errors import CacheError, EngineError, EngineNotLoaded, RuntimeServiceError, SettingsError
@@ -13,6 +14,7 @@ from runtime.settings import RuntimeSettings
 __all__ = [
     "CacheError",
     "CachedModel",
+    "Cancellation",
     "Engine",
     "EngineError",
     "EngineNotLoaded",

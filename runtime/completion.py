@@ -15,7 +15,8 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-from wire import FinishEvent, GenerationRequest, TokenEvent, Usage
+from runtime.cancellation import cancelled_event
+from wire import ErrorEvent, FinishEvent, GenerationRequest, TokenEvent, Usage
 
 __all__ = ["Completion", "Decode", "IncrementalText", "holdback_start"]
 
@@ -59,6 +60,13 @@ class Completion:
         if at_limit:
             return self._finish("length", text)
         return self._delta(text[: holdback_start(text, self.request.params.stop)])
+
+    def cancel(self) -> ErrorEvent:
+        """End the request as cancelled: no text, no usage (nobody is there to read them)."""
+        if self.finished:
+            raise ValueError(f"request {self.request.id} is already finished")
+        self.finished = True
+        return cancelled_event(self.request.id)
 
     def _delta(self, safe_text: str) -> list[TokenEvent | FinishEvent]:
         if not self.request.stream or len(safe_text) <= len(self._sent):

@@ -3,15 +3,15 @@
 Each whitespace-separated word of the prompt (or of all chat messages) counts as one token, both in the prompt
 and in the answer. The answer repeats the words in order; it ends with ``length`` at ``max_tokens`` or with
 ``stop`` (like an end-of-sequence token) when the words run out. Stop sequences and streaming behave exactly as
-in the torch engine, because both use ``Completion``. It never imports torch, so it is ready in well under a
-second.
+in the torch engine, because both use ``Completion``, and so does cancellation: a cancelled request gets its
+``cancelled`` error at the next step. It never imports torch, so it is ready in well under a second.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator, Sequence
 
+from runtime.cancellation import Cancellation
 from runtime.completion import Completion, Decode
 from runtime.engine import BatchEvent, LoadReport, too_long
 from wire import GenerationRequest
@@ -35,7 +35,7 @@ class EchoEngine:
     def warmup(self) -> None:
         return None
 
-    def generate(self, requests: Sequence[GenerationRequest], cancelled: threading.Event) -> Iterator[BatchEvent]:
+    def generate(self, requests: Sequence[GenerationRequest], cancellation: Cancellation) -> Iterator[BatchEvent]:
         rows: list[tuple[Completion, list[str]]] = []
         for request in requests:
             words = _words(request)
@@ -44,9 +44,12 @@ class EchoEngine:
                 continue
             rows.append((Completion(request, len(words), _decoder(words)), words))
         step = 0
-        while rows and not cancelled.is_set():
+        while rows and not cancellation.batch:
             for completion, words in rows:
-                yield from completion.push(step, end_of_sequence=step >= len(words))
+                if cancellation.request(completion.request.id):
+                    yield completion.cancel()
+                else:
+                    yield from completion.push(step, end_of_sequence=step >= len(words))
             rows = [(c, w) for c, w in rows if not c.finished]
             step += 1
 

@@ -1,7 +1,9 @@
 """The seam between the HTTP server and whatever produces tokens.
 
 The server needs an engine that can be loaded, warmed up, and asked to run one batch at a time, yielding wire
-events as they happen. ``TorchEngine`` runs a real model; ``EchoEngine`` answers instantly without torch.
+events as they happen. ``TorchEngine`` runs a real model; ``EchoEngine`` answers instantly without torch. Both
+look at a ``Cancellation`` between decoding steps: the whole batch stops when its client leaves, and a single
+request stops (the rest of the batch going on) when ``POST /v1/cancel`` names it.
 
 Only the seam lives here, so both engines can import it without importing each other; ``runtime.engines``
 picks and builds one.
@@ -9,11 +11,11 @@ picks and builds one.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from runtime.cancellation import Cancellation
 from wire import ErrorEvent, FinishEvent, GenerationRequest, TokenEvent
 
 __all__ = ["BatchEvent", "Engine", "LoadReport", "too_long"]
@@ -45,9 +47,11 @@ class Engine(Protocol):
         """Run one tiny generation so the first real batch does not pay for lazy set-up."""
         ...
 
-    def generate(self, requests: Sequence[GenerationRequest], cancelled: threading.Event) -> Iterator[BatchEvent]:
+    def generate(self, requests: Sequence[GenerationRequest], cancellation: Cancellation) -> Iterator[BatchEvent]:
         """Run ``requests`` together, yielding events in order: every request ends with exactly one
-        ``FinishEvent`` or ``ErrorEvent``. Stops early, without further events, once ``cancelled`` is set."""
+        ``FinishEvent`` or ``ErrorEvent``. Between decoding steps: once ``cancellation.batch`` is set, stop
+        without further events; a request for which ``cancellation.request(id)`` holds gets ``cancelled_event``
+        instead of its next token and takes no further compute, while the others go on."""
         ...
 
 

@@ -82,6 +82,11 @@ class RuntimeSettings:
     log_level: str = "info"
     """Python logging level name for the runtime and uvicorn. Default info."""
 
+    fault_exit_on: str | None = None
+    """For tests only: exit at once with status 70, like a crash, on receiving a batch with a request whose
+    prompt or chat message text contains this. Lets the gateway's failure tests kill a replica at a chosen
+    request with the real runtime and either engine. Default: off."""
+
     def __post_init__(self) -> None:
         if self.engine == "torch" and not self.source:
             raise SettingsError("the torch engine needs --source (a directory or a Hugging Face id)")
@@ -118,6 +123,7 @@ class RuntimeSettings:
             warmup=args.warmup,
             shutdown_grace_s=args.shutdown_grace_s,
             log_level=args.log_level,
+            fault_exit_on=args.fault_exit_on or None,
         )
 
     @property
@@ -146,6 +152,12 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=env.boolean("WARMUP", True))
     p.add_argument("--shutdown-grace-s", type=int, default=env.integer("SHUTDOWN_GRACE_S", 30))
     p.add_argument("--log-level", default=env.text("LOG_LEVEL", "info"))
+    p.add_argument(
+        "--fault-exit-on",
+        default=env.text("FAULT_EXIT_ON", ""),
+        metavar="TEXT",
+        help="for tests only: exit with status 70 on a batch whose prompt or messages contain TEXT",
+    )
     return p
 
 

@@ -2,13 +2,13 @@
 
 Prompts are left-padded to a common length; the attention mask hides the padding and position ids count only real
 tokens (``cumsum(mask) - 1``), so each row computes what it would alone. A ``DynamicCache`` keeps keys and values
-between steps. When a row finishes it is dropped from the batch (cache, mask and positions), so a batch costs what
-its still-running requests cost. Sampling and stop handling are per request (see ``sampling`` and ``completion``).
+between steps. When a row finishes, or is cancelled on its own (``POST /v1/cancel``), it is dropped from the batch
+(cache, mask and positions), so a batch costs what its still-running requests cost. Sampling and stop handling are
+per request (see ``sampling`` and ``completion``).
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -20,6 +20,7 @@ from jinja2 import TemplateError
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.utils import logging as transformers_logging
 
+from runtime.cancellation import Cancellation
 from runtime.completion import Completion
 from runtime.engine import BatchEvent, LoadReport, too_long
 from runtime.errors import EngineError, EngineNotLoaded
@@ -84,10 +85,10 @@ class TorchEngine:
 
     def warmup(self) -> None:
         request = GenerationRequest(id="warmup", prompt="Hello", params=SamplingParams(max_tokens=2, temperature=0))
-        for _ in self.generate([request], threading.Event()):
+        for _ in self.generate([request], Cancellation()):
             pass
 
-    def generate(self, requests: Sequence[GenerationRequest], cancelled: threading.Event) -> Iterator[BatchEvent]:
+    def generate(self, requests: Sequence[GenerationRequest], cancellation: Cancellation) -> Iterator[BatchEvent]:
         if self._model is None:
             raise EngineNotLoaded("load() first")
         rows: list[_Row] = []
@@ -98,7 +99,7 @@ class TorchEngine:
             else:
                 rows.append(row_or_error)
         if rows:
-            yield from _Batch(self._model, rows, self._pad_id, self._eos_ids).run(cancelled)
+            yield from _Batch(self._model, rows, self._pad_id, self._eos_ids).run(cancellation)
 
     def _admit(self, request: GenerationRequest) -> _Row | ErrorEvent:
         try:
@@ -140,13 +141,13 @@ class _Batch:
         self._mask = torch.empty(0)
         self._next_positions = torch.empty(0)
 
-    def run(self, cancelled: threading.Event) -> Iterator[BatchEvent]:
+    def run(self, cancellation: Cancellation) -> Iterator[BatchEvent]:
         logits = self._prefill()
-        while not cancelled.is_set():
+        while not cancellation.batch:
             tokens = self._choose(logits)
-            events, still_running = self._advance(tokens)
+            events, still_running = self._advance(tokens, cancellation)
             yield from events
-            if not still_running or cancelled.is_set():
+            if not still_running or cancellation.batch:
                 return
             logits = self._step(tokens, still_running)
 
@@ -164,12 +165,16 @@ class _Batch:
     def _choose(self, logits: torch.Tensor) -> list[int]:
         return choose_tokens(logits, [row.sampler for row in self._rows])
 
-    def _advance(self, tokens: list[int]) -> tuple[list[BatchEvent], list[int]]:
-        """Hand each row its token; return the events and the indices of rows that go on."""
+    def _advance(self, tokens: list[int], cancellation: Cancellation) -> tuple[list[BatchEvent], list[int]]:
+        """Hand each row its token, or end it if it was cancelled since the last step (its token is dropped
+        unseen); return the events and the indices of rows that go on."""
         events: list[BatchEvent] = []
         still_running: list[int] = []
         for index, (row, token) in enumerate(zip(self._rows, tokens, strict=True)):
-            events.extend(row.completion.push(token, end_of_sequence=token in self._eos_ids))
+            if cancellation.request(row.completion.request.id):
+                events.append(row.completion.cancel())
+            else:
+                events.extend(row.completion.push(token, end_of_sequence=token in self._eos_ids))
             if not row.completion.finished:
                 still_running.append(index)
         return events, still_running

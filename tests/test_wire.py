@@ -43,6 +43,21 @@ def test_events_round_trip_through_ndjson() -> None:
         wire.TokenEvent(id="a", text="he"),
         wire.FinishEvent(id="a", text="hello", finish_reason="stop", usage=usage),
         wire.ErrorEvent(id="b", code="invalid_request", message="prompt too long"),
+        wire.ErrorEvent(id="c", code="cancelled", message="the request was cancelled"),
     ]
     lines = [e.model_dump_json() for e in events]
     assert [wire.BatchEventAdapter.validate_json(line) for line in lines] == events
+
+
+def test_cancel_request_bounds() -> None:
+    assert wire.CancelRequest.model_validate_json('{"ids": ["a", "b"]}').ids == ("a", "b")
+    wire.CancelRequest(ids=tuple(f"r{i}" for i in range(wire.MAX_CANCEL_IDS)))
+    for bad in ((), ("",), ("x" * (wire.MAX_REQUEST_ID_LENGTH + 1),), tuple(map(str, range(wire.MAX_CANCEL_IDS + 1)))):
+        with pytest.raises(ValidationError):
+            wire.CancelRequest(ids=bad)
+
+
+def test_cancel_response_round_trips() -> None:
+    response = wire.CancelResponse(cancelled=("a",))
+    assert wire.CancelResponse.model_validate_json(response.model_dump_json()) == response
+    assert json.loads(wire.CancelResponse(cancelled=()).model_dump_json()) == {"cancelled": []}

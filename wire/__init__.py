@@ -6,6 +6,10 @@ the order they happen. Each request in the batch ends with exactly one ``FinishE
 with ``stream`` set also get ``TokenEvent`` deltas before that, whose texts concatenate to the finished text.
 A runtime that cannot take the batch at all answers a non-200 status with an ``ErrorBody``.
 
+``POST /v1/cancel`` with a ``CancelRequest`` stops single requests of running or queued batches (a client left):
+each one the ``CancelResponse`` names ends its batch stream with an ``ErrorEvent`` of code ``cancelled``, while
+the rest of its batch goes on. Unknown ids are ignored, as the request may have finished already.
+
 ``GET /readyz`` answers 200 with a ``ReadyBody`` only once weights are loaded and warmed up; ``GET /healthz``
 answers 200 while the process is alive. See docs/wire-format.md for the prose version and the JSON schema.
 """
@@ -18,12 +22,17 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 __all__ = [
     "BATCH_PATH",
+    "CANCEL_PATH",
     "HEALTH_PATH",
+    "MAX_CANCEL_IDS",
+    "MAX_REQUEST_ID_LENGTH",
     "NDJSON",
     "READY_PATH",
     "BatchEvent",
     "BatchEventAdapter",
     "BatchRequest",
+    "CancelRequest",
+    "CancelResponse",
     "ChatMessage",
     "ErrorBody",
     "ErrorEvent",
@@ -37,11 +46,15 @@ __all__ = [
 ]
 
 BATCH_PATH = "/v1/batch"
+CANCEL_PATH = "/v1/cancel"
 READY_PATH = "/readyz"
 HEALTH_PATH = "/healthz"
 NDJSON = "application/x-ndjson"
 
 MAX_STOP_SEQUENCES = 4
+MAX_REQUEST_ID_LENGTH = 128
+#: Most ids one ``CancelRequest`` may carry: far more than any batch, small enough to bound the work one call does.
+MAX_CANCEL_IDS = 1024
 
 
 class _Wire(BaseModel):
@@ -68,7 +81,7 @@ class SamplingParams(_Wire):
 class GenerationRequest(_Wire):
     """One request in a batch: either a plain ``prompt`` or chat ``messages``, never both."""
 
-    id: str = Field(min_length=1, max_length=128)
+    id: str = Field(min_length=1, max_length=MAX_REQUEST_ID_LENGTH)
     prompt: str | None = None
     messages: tuple[ChatMessage, ...] | None = None
     params: SamplingParams = SamplingParams()
@@ -121,11 +134,12 @@ class FinishEvent(_Wire):
 
 class ErrorEvent(_Wire):
     """A request could not be served. ``invalid_request`` is the client's fault (e.g. prompt longer than the
-    model's context) and is not retried; ``internal`` is the runtime's."""
+    model's context) and is not retried; ``internal`` is the runtime's; ``cancelled`` answers ``POST /v1/cancel``
+    (nobody waits for the request any more, so it must not be retried either)."""
 
     type: Literal["error"] = "error"
     id: str
-    code: Literal["invalid_request", "internal"]
+    code: Literal["invalid_request", "internal", "cancelled"]
     message: str
 
 
@@ -143,6 +157,21 @@ class ErrorBody(_Wire):
     error: str
 
 
+class CancelRequest(_Wire):
+    """Body of ``POST /v1/cancel``: ids of requests (``GenerationRequest.id``) to stop, in any batch."""
+
+    ids: tuple[Annotated[str, Field(min_length=1, max_length=MAX_REQUEST_ID_LENGTH)], ...] = Field(
+        min_length=1, max_length=MAX_CANCEL_IDS
+    )
+
+
+class CancelResponse(_Wire):
+    """The ids that were running or queued on this replica and are now cancelled, each once: exactly these get
+    the ``cancelled`` error event. Ids the replica does not hold (finished, or never seen) are left out."""
+
+    cancelled: tuple[str, ...]
+
+
 #: Parses one NDJSON line of a batch response: ``BatchEventAdapter.validate_json(line)``.
 BatchEventAdapter: TypeAdapter[TokenEvent | FinishEvent | ErrorEvent] = TypeAdapter(BatchEvent)
 
@@ -155,4 +184,6 @@ def json_schema() -> dict[str, object]:
         "batch_event": BatchEventAdapter.json_schema(),
         "ready_body": ReadyBody.model_json_schema(),
         "error_body": ErrorBody.model_json_schema(),
+        "cancel_request": CancelRequest.model_json_schema(),
+        "cancel_response": CancelResponse.model_json_schema(),
     }

@@ -1,4 +1,5 @@
-"""Helpers for the runtime's tests: running a batch to completion, and a real ``python -m runtime`` process."""
+"""Helpers for the runtime's tests: running a batch to completion, a real ``python -m runtime`` process, and a
+batch streamed from one on a background thread while the test does other things (cancels, say)."""
 
 from __future__ import annotations
 
@@ -7,19 +8,22 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+import httpx
+
 from gateway.processes import free_port
+from runtime.cancellation import Cancellation
 from runtime.engine import BatchEvent, Engine
-from wire import ErrorEvent, FinishEvent, GenerationRequest, TokenEvent
+from wire import BATCH_PATH, BatchEventAdapter, ErrorEvent, FinishEvent, GenerationRequest, TokenEvent
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_LINE = "ready: serving"
 
 
 def run_batch(engine: Engine, requests: Sequence[GenerationRequest]) -> list[BatchEvent]:
-    return list(engine.generate(requests, threading.Event()))
+    return list(engine.generate(requests, Cancellation(r.id for r in requests)))
 
 
 def finishes(events: Iterable[BatchEvent]) -> dict[str, FinishEvent]:
@@ -32,6 +36,55 @@ def errors(events: Iterable[BatchEvent]) -> dict[str, ErrorEvent]:
 
 def streamed_text(events: Iterable[BatchEvent], request_id: str) -> str:
     return "".join(e.text for e in events if isinstance(e, TokenEvent) and e.id == request_id)
+
+
+def tokens_of(events: Iterable[BatchEvent], request_id: str) -> int:
+    return sum(isinstance(e, TokenEvent) and e.id == request_id for e in events)
+
+
+class StreamedBatch:
+    """``POST /v1/batch`` read on a background thread: the test waits on what has arrived, with a deadline."""
+
+    def __init__(self, url: str, body: dict[str, object]) -> None:
+        self.events: list[BatchEvent] = []
+        self.status: int | None = None
+        self.failure: Exception | None = None
+        self.done = False
+        self._changed = threading.Condition()
+        threading.Thread(target=self._read, args=(url + BATCH_PATH, body), daemon=True).start()
+
+    def _read(self, url: str, body: dict[str, object]) -> None:
+        try:
+            with httpx.stream("POST", url, json=body, timeout=60) as response:
+                with self._changed:
+                    self.status = response.status_code
+                    self._changed.notify_all()
+                for line in filter(None, response.iter_lines()):
+                    event = BatchEventAdapter.validate_json(line)
+                    with self._changed:
+                        self.events.append(event)
+                        self._changed.notify_all()
+        except httpx.HTTPError as exc:
+            self.failure = exc
+        finally:
+            with self._changed:
+                self.done = True
+                self._changed.notify_all()
+
+    def wait_for(self, ready: Callable[[StreamedBatch], bool], timeout_s: float = 60.0) -> list[BatchEvent]:
+        """Block until ``ready(self)`` holds; return the events so far (a copy). Fails at the deadline."""
+        with self._changed:
+            assert self._changed.wait_for(lambda: ready(self), timeout=timeout_s), (
+                f"not ready within {timeout_s} s; status {self.status}, events so far: {self.events}"
+            )
+            return list(self.events)
+
+    def wait_done(self, timeout_s: float = 60.0) -> list[BatchEvent]:
+        return self.wait_for(lambda s: s.done, timeout_s)
+
+    def received(self) -> int:
+        with self._changed:
+            return len(self.events)
 
 
 class RuntimeProcess:

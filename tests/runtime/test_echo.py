@@ -7,9 +7,11 @@ import sys
 
 import pytest
 
+from runtime.cancellation import Cancellation, cancelled_event
 from runtime.echo import EchoEngine
-from tests.runtime.support import REPO_ROOT, errors, finishes, run_batch, streamed_text
-from wire import ChatMessage, GenerationRequest, SamplingParams
+from runtime.engine import BatchEvent
+from tests.runtime.support import REPO_ROOT, errors, finishes, run_batch, streamed_text, tokens_of
+from wire import ChatMessage, GenerationRequest, SamplingParams, TokenEvent
 
 pytestmark = pytest.mark.unit
 
@@ -48,3 +50,26 @@ def test_context_limit_applies() -> None:
 def test_echo_server_never_imports_torch() -> None:
     code = "import sys, runtime.server, runtime.echo, runtime.cache; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=False).returncode == 0
+
+
+def test_a_cancelled_request_stops_at_the_next_step_and_the_rest_go_on() -> None:
+    words = " ".join(f"w{i}" for i in range(50))
+    requests = [echo("a", words, stream=True, max_tokens=50), echo("b", words, stream=True, max_tokens=50)]
+    cancellation = Cancellation(r.id for r in requests)
+    cancellation.start()
+    seen: list[BatchEvent] = []
+    for event in EchoEngine().generate(requests, cancellation):
+        seen.append(event)
+        if isinstance(event, TokenEvent) and event.id == "a" and event.text == " w2":
+            cancellation.cancel(["a"])
+    own = [e for e in seen if e.id == "a"]
+    assert own[-1] == cancelled_event("a")
+    assert tokens_of(own, "a") == 3, "nothing after the step during which it was cancelled"
+    assert finishes(seen)["b"].text == words
+
+
+def test_a_request_cancelled_before_its_batch_generates_nothing() -> None:
+    requests = [echo("a", "one two", stream=True), echo("b", "one two", stream=True)]
+    cancellation = Cancellation(["a", "b"])
+    cancellation.cancel(["a", "b"])
+    assert list(EchoEngine().generate(requests, cancellation)) == [cancelled_event("a"), cancelled_event("b")]

@@ -11,13 +11,17 @@ import httpx
 import pytest
 
 from runtime.cache import parse_source
-from tests.runtime.support import RuntimeProcess
+from runtime.cancellation import cancelled_event
+from runtime.faults import FAULT_EXIT_STATUS
+from tests.runtime.support import RuntimeProcess, StreamedBatch, finishes, streamed_text, tokens_of
 from wire import (
     BATCH_PATH,
+    CANCEL_PATH,
     HEALTH_PATH,
     NDJSON,
     READY_PATH,
     BatchEventAdapter,
+    CancelResponse,
     ErrorBody,
     FinishEvent,
     ReadyBody,
@@ -112,6 +116,94 @@ def test_client_disconnect_cancels_the_batch(torch_runtime: RuntimeProcess) -> N
     assert "cancelled with 16 unfinished" in line
     after = httpx.post(torch_runtime.url + BATCH_PATH, json=batch_body(1), timeout=60)
     assert after.status_code == 200
+
+
+def streaming(model: str = "tiny-llama", **max_tokens: int) -> dict[str, object]:
+    """A batch of streaming greedy requests, one per keyword: its id and its ``max_tokens``."""
+    requests = [
+        {"id": name, "prompt": f"{name} word", "stream": True, "params": {"max_tokens": n, "temperature": 0}}
+        for name, n in max_tokens.items()
+    ]
+    return {"model": model, "requests": requests}
+
+
+def cancel(url: str, *request_ids: str) -> tuple[str, ...]:
+    response = httpx.post(url + CANCEL_PATH, json={"ids": list(request_ids)}, timeout=30)
+    assert response.status_code == 200, response.text
+    return CancelResponse.model_validate_json(response.content).cancelled
+
+
+# One step may already be under way when the cancel lands, and events made just before it may still be on
+# their way through the event loop and the socket when the cancel's answer arrives. Measured: 0 or 1.
+STEPS_OF_SLACK = 3
+
+
+def test_cancel_stops_one_request_within_steps_while_its_batch_mate_finishes(torch_runtime: RuntimeProcess) -> None:
+    stream = StreamedBatch(torch_runtime.url, streaming(leaves=400, stays=400))
+    stream.wait_for(lambda s: tokens_of(s.events, "leaves") >= 1)
+    assert cancel(torch_runtime.url, "leaves") == ("leaves",)
+    seen_before_the_answer = stream.received()
+    events = stream.wait_done()
+    assert stream.failure is None
+    after_the_answer = tokens_of(events[seen_before_the_answer:], "leaves")
+    assert after_the_answer <= STEPS_OF_SLACK, f"{after_the_answer} tokens after the cancel was answered"
+    assert [e for e in events if e.id == "leaves"][-1] == cancelled_event("leaves")
+    assert tokens_of(events, "leaves") < 200
+    done = finishes(events)
+    assert set(done) == {"stays"}
+    assert done["stays"].usage.completion_tokens == 400
+    assert streamed_text(events, "stays") == done["stays"].text
+    prompt = done["stays"].usage.prompt_tokens
+    assert "1 cancelled" in torch_runtime.wait_for_line(f"batch of 2: {prompt} prompt + 400 completion tokens")
+
+
+def test_cancelling_unknown_ids_cancels_nothing(torch_runtime: RuntimeProcess) -> None:
+    assert cancel(torch_runtime.url, "never-sent", "long-finished") == ()
+
+
+def test_a_request_queued_behind_a_running_batch_is_cancelled_without_running(torch_runtime: RuntimeProcess) -> None:
+    running = StreamedBatch(torch_runtime.url, streaming(runs=480))
+    running.wait_for(lambda s: tokens_of(s.events, "runs") >= 1)
+    queued = StreamedBatch(torch_runtime.url, streaming(waits=8, gives_up=8))
+    queued.wait_for(lambda s: s.status is not None)  # the 200 is out: the runtime holds the batch
+    assert cancel(torch_runtime.url, "gives_up") == ("gives_up",)
+    assert queued.wait_for(lambda s: len(s.events) >= 1) == [cancelled_event("gives_up")]
+    assert cancel(torch_runtime.url, "runs") == ("runs",), "the first batch must still have been running"
+    assert running.wait_done()[-1] == cancelled_event("runs")
+    events = queued.wait_done()
+    assert [e for e in events if e.id == "gives_up"] == [cancelled_event("gives_up")]
+    usage = finishes(events)["waits"].usage
+    assert usage.completion_tokens == 8
+    line = torch_runtime.wait_for_line(f"batch of 2: {usage.prompt_tokens} prompt + 8 completion tokens")
+    assert line.endswith("0 errors, 1 cancelled")
+
+
+@pytest.mark.parametrize(
+    ("engine", "trigger"),
+    [
+        ("echo", {"id": "boom", "messages": [{"role": "user", "content": "please CRASH-HERE now"}]}),
+        ("torch", {"id": "boom", "prompt": "please CRASH-HERE now"}),
+    ],
+)
+def test_fault_flag_exits_with_status_70_on_its_text_and_only_then(
+    engine: str,
+    trigger: dict[str, object],
+    demo_model_dir: Path,
+    tmp_path: Path,
+    runtime_processes: list[RuntimeProcess],
+) -> None:
+    flags = ["--engine", engine, "--model-name", "m", "--source", str(demo_model_dir), "--cache-dir", str(tmp_path)]
+    process = RuntimeProcess(*flags, "--device", "cpu", "--no-warmup", "--fault-exit-on", "CRASH-HERE")
+    runtime_processes.append(process)
+    process.wait_ready()
+    calm = {"id": "calm", "messages": [{"role": "user", "content": "crash here, in lower case"}]}
+    fine = httpx.post(process.url + BATCH_PATH, json={"model": "m", "requests": [calm]}, timeout=60)
+    assert fine.status_code == 200
+    assert "calm" in finishes(BatchEventAdapter.validate_json(line) for line in fine.text.splitlines())
+    with pytest.raises(httpx.HTTPError):  # the process is gone before it answers
+        httpx.post(process.url + BATCH_PATH, json={"model": "m", "requests": [calm, trigger]}, timeout=60)
+    assert process.wait_exit() == FAULT_EXIT_STATUS
+    assert "request boom contains 'CRASH-HERE'" in process.wait_for_line("fault injection")
 
 
 def test_second_start_hits_the_cache(

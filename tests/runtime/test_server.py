@@ -1,31 +1,41 @@
-"""The HTTP surface in-process: readiness during loading, request validation, streaming and cancellation."""
+"""The HTTP surface in-process: readiness during loading, request validation, streaming, and cancellation of
+whole batches (the client left) and of single requests (``POST /v1/cancel``), running or queued."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 
 import httpx
 import pytest
 from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect
 
+from runtime.cancellation import Cancellation, cancelled_event
 from runtime.echo import EchoEngine
 from runtime.engine import BatchEvent, Engine, LoadReport
-from runtime.server import BatchRunner, Readiness, create_app
+from runtime.server import BatchResponse, BatchRunner, Readiness, create_app
 from runtime.settings import RuntimeSettings
+from tests.runtime.support import finishes, tokens_of
 from wire import (
     BATCH_PATH,
+    CANCEL_PATH,
     HEALTH_PATH,
+    MAX_CANCEL_IDS,
     NDJSON,
     READY_PATH,
     BatchEventAdapter,
+    CancelResponse,
     ErrorBody,
     ErrorEvent,
     FinishEvent,
     GenerationRequest,
     ReadyBody,
+    SamplingParams,
     TokenEvent,
+    Usage,
 )
 
 pytestmark = pytest.mark.unit
@@ -157,10 +167,10 @@ class EndlessEngine:
     def warmup(self) -> None:
         return None
 
-    def generate(self, requests: Sequence[GenerationRequest], cancelled: threading.Event) -> Iterator[BatchEvent]:
+    def generate(self, requests: Sequence[GenerationRequest], cancellation: Cancellation) -> Iterator[BatchEvent]:
         try:
             step = 0
-            while not cancelled.is_set():
+            while not cancellation.batch:
                 if self._fail_after is not None and step == self._fail_after:
                     raise RuntimeError("device lost")
                 yield TokenEvent(id=requests[0].id, text="x")
@@ -175,21 +185,203 @@ async def wait_thread_event(event: threading.Event) -> bool:
 
 async def test_closing_the_stream_cancels_the_batch() -> None:
     runner, engine = BatchRunner(), EndlessEngine()
-    lines = runner.stream(engine, [GenerationRequest(id="a", prompt="x")])
+    lines = runner.submit(engine, [GenerationRequest(id="a", prompt="x")]).lines()
     first = await anext(lines)
     assert BatchEventAdapter.validate_json(first) == TokenEvent(id="a", text="x")
     await lines.aclose()
     assert await wait_thread_event(engine.stopped)
+    assert runner.cancel(["a"]) == (), "a closed batch leaves the registry"
     runner.close()
 
 
 async def test_engine_failure_becomes_internal_errors_for_unfinished_requests() -> None:
     runner = BatchRunner()
     requests = [GenerationRequest(id="a", prompt="x"), GenerationRequest(id="b", prompt="y")]
-    events = [BatchEventAdapter.validate_json(line) async for line in runner.stream(EndlessEngine(2), requests)]
+    events = await read_all(runner.submit(EndlessEngine(2), requests).lines())
     runner.close()
     assert events[:2] == [TokenEvent(id="a", text="x")] * 2
     assert events[2:] == [
         ErrorEvent(id="a", code="internal", message="the runtime failed while generating"),
         ErrorEvent(id="b", code="internal", message="the runtime failed while generating"),
     ]
+
+
+async def test_a_response_that_never_streamed_still_cancels_its_batch() -> None:
+    runner = BatchRunner()
+    batch = runner.submit(EndlessEngine(), [GenerationRequest(id="a", prompt="x")])
+
+    async def send(message: object) -> None:
+        raise OSError("the client is gone")
+
+    async def receive() -> dict[str, str]:
+        return {"type": "http.disconnect"}
+
+    with pytest.raises(ClientDisconnect):
+        await BatchResponse(batch)({"type": "http", "asgi": {"spec_version": "2.4"}}, receive, send)
+    assert batch.cancellation.batch
+    assert runner.cancel(["a"]) == ()
+    after = await read_all(runner.submit(EchoEngine(), [GenerationRequest(id="b", prompt="free")]).lines())
+    assert finishes(after)["b"].text == "free", "the generation thread is free again"
+    runner.close()
+
+
+ENDLESS = 10**9
+
+
+def counting(request_id: str, max_tokens: int) -> GenerationRequest:
+    return GenerationRequest(id=request_id, prompt="x", stream=True, params=SamplingParams(max_tokens=max_tokens))
+
+
+class SteppingEngine:
+    """One "x" per open request per step, a finish at ``max_tokens``; honours both kinds of cancellation, as the
+    real engines do. Records the ids of each batch it ran and sets ``stepping`` once it generates."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[str, ...]] = []
+        self.stepping = threading.Event()
+
+    @property
+    def context_length(self) -> int:
+        return ENDLESS
+
+    def load(self) -> LoadReport:
+        return LoadReport(0.0, 0, "none", "none")
+
+    def warmup(self) -> None:
+        return None
+
+    def generate(self, requests: Sequence[GenerationRequest], cancellation: Cancellation) -> Iterator[BatchEvent]:
+        self.batches.append(tuple(r.id for r in requests))
+        produced = dict.fromkeys((r.id for r in requests), 0)
+        running = list(requests)
+        while running and not cancellation.batch:
+            self.stepping.set()
+            for request in running:
+                yield self._next(request, produced, cancellation)
+            running = [r for r in running if produced[r.id] >= 0]
+
+    @staticmethod
+    def _next(request: GenerationRequest, produced: dict[str, int], cancellation: Cancellation) -> BatchEvent:
+        if cancellation.request(request.id):
+            produced[request.id] = -1
+            return cancelled_event(request.id)
+        produced[request.id] += 1
+        if produced[request.id] < request.params.max_tokens:
+            return TokenEvent(id=request.id, text="x")
+        usage = Usage(prompt_tokens=1, completion_tokens=produced[request.id], total_tokens=produced[request.id] + 1)
+        produced[request.id] = -1
+        return FinishEvent(id=request.id, text="x" * usage.completion_tokens, finish_reason="length", usage=usage)
+
+
+async def read_all(lines: AsyncIterator[bytes]) -> list[BatchEvent]:
+    async def read() -> list[BatchEvent]:
+        return [BatchEventAdapter.validate_json(line) async for line in lines]
+
+    return await asyncio.wait_for(read(), timeout=30)
+
+
+async def read_until_token(lines: AsyncIterator[bytes], request_id: str) -> list[BatchEvent]:
+    """Events up to and including the first token of ``request_id``."""
+    events: list[BatchEvent] = []
+    while not tokens_of(events, request_id):
+        events.append(BatchEventAdapter.validate_json(await asyncio.wait_for(anext(lines), timeout=30)))
+    return events
+
+
+async def test_cancel_stops_one_request_and_the_rest_of_its_batch_go_on() -> None:
+    runner, engine = BatchRunner(), SteppingEngine()
+    lines = runner.submit(engine, [counting("leaves", ENDLESS), counting("stays", 50)]).lines()
+    events = await read_until_token(lines, "leaves")
+    assert runner.cancel(["leaves", "unknown", "leaves"]) == ("leaves",)
+    events += await read_all(lines)
+    runner.close()
+    assert [e for e in events if e.id == "leaves"][-1] == cancelled_event("leaves")
+    assert finishes(events)["stays"].usage.completion_tokens == 50
+    assert runner.cancel(["leaves", "stays"]) == (), "both have ended"
+
+
+async def test_a_queued_request_is_cancelled_at_once_and_never_runs() -> None:
+    runner, engine = BatchRunner(), SteppingEngine()
+    running = runner.submit(engine, [counting("long", ENDLESS)]).lines()
+    await read_until_token(running, "long")
+    queued = runner.submit(engine, [counting("q1", 3), counting("q2", 3)]).lines()
+    assert runner.cancel(["q1"]) == ("q1",)
+    # "long" runs until cancelled, so these answers cannot have waited for the generation thread.
+    assert BatchEventAdapter.validate_json(await anext(queued)) == cancelled_event("q1")
+    assert runner.cancel(["q2"]) == ("q2",)
+    assert await read_all(queued) == [cancelled_event("q2")], "nothing left to run: the stream ends at once"
+    assert runner.cancel(["long"]) == ("long",)
+    assert (await read_all(running))[-1] == cancelled_event("long")
+    assert finishes(await read_all(runner.submit(engine, [counting("next", 2)]).lines()))["next"]
+    runner.close()
+    assert engine.batches == [("long",), ("next",)], "the cancelled batch never reached the engine"
+
+
+async def test_a_final_event_that_races_the_cancel_becomes_the_cancelled_error() -> None:
+    """An engine may finish (or fail) a request in the step during which it is cancelled; the cancel's answer
+    promised the ``cancelled`` error, so that is what the stream says."""
+    proceed = threading.Event()
+
+    class FinishesAnyway(EndlessEngine):
+        def generate(self, requests: Sequence[GenerationRequest], _: Cancellation) -> Iterator[BatchEvent]:
+            yield TokenEvent(id="a", text="x")
+            assert proceed.wait(timeout=30)
+            usage = Usage(prompt_tokens=1, completion_tokens=1, total_tokens=2)
+            yield FinishEvent(id="a", text="x", finish_reason="length", usage=usage)
+            raise RuntimeError("device lost")
+
+    runner = BatchRunner()
+    lines = runner.submit(FinishesAnyway(), [counting("a", 5), counting("b", 5)]).lines()
+    await read_until_token(lines, "a")
+    assert runner.cancel(["a"]) == ("a",)
+    proceed.set()
+    assert await read_all(lines) == [
+        cancelled_event("a"),
+        ErrorEvent(id="b", code="internal", message="the runtime failed while generating"),
+    ]
+    runner.close()
+
+
+@pytest.fixture
+async def stepping_app() -> AsyncIterator[tuple[SteppingEngine, httpx.AsyncClient]]:
+    engine = SteppingEngine()
+    app = create_app(SETTINGS, loader=lambda: engine)
+    async with app.router.lifespan_context(app):
+        await settle(app)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://runtime") as client:
+            yield engine, client
+
+
+async def test_cancel_over_http(stepping_app: tuple[SteppingEngine, httpx.AsyncClient]) -> None:
+    engine, client = stepping_app
+    unknown = await client.post(CANCEL_PATH, json={"ids": ["never-seen"]})
+    assert (unknown.status_code, CancelResponse.model_validate_json(unknown.content).cancelled) == (200, ())
+    requests = [counting("leaves", ENDLESS).model_dump(), counting("stays", 20).model_dump()]
+    batch = asyncio.create_task(client.post(BATCH_PATH, json={"model": "echo-model", "requests": requests}))
+    assert await wait_thread_event(engine.stepping)
+    cancelled = await client.post(CANCEL_PATH, json={"ids": ["leaves", "never-seen"]})
+    assert cancelled.json() == {"cancelled": ["leaves"]}
+    response = await asyncio.wait_for(batch, timeout=30)
+    events = [BatchEventAdapter.validate_json(line) for line in response.text.splitlines()]
+    assert [e for e in events if e.id == "leaves"][-1] == cancelled_event("leaves")
+    assert finishes(events)["stays"].usage.completion_tokens == 20
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (b"{not json", 400),
+        (b'{"ids": []}', 422),
+        (b'{"ids": [""]}', 422),
+        (json.dumps({"ids": ["x" * 129]}).encode(), 422),
+        (json.dumps({"ids": [f"r{i}" for i in range(MAX_CANCEL_IDS + 1)]}).encode(), 422),
+        (b'{"ids": ["a"], "all": true}', 422),
+    ],
+)
+async def test_bad_cancel_bodies_are_refused(
+    stepping_app: tuple[SteppingEngine, httpx.AsyncClient], body: bytes, status: int
+) -> None:
+    _, client = stepping_app
+    response = await client.post(CANCEL_PATH, content=body)
+    assert response.status_code == status
+    ErrorBody.model_validate_json(response.content)

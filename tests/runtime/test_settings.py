@@ -43,6 +43,7 @@ def test_defaults() -> None:
     assert (settings.host, settings.port, settings.device, settings.dtype) == ("127.0.0.1", 8000, "auto", "auto")
     assert (settings.engine, settings.warmup, settings.max_batch_size) == ("torch", True, 16)
     assert settings.max_context_tokens is None
+    assert settings.fault_exit_on is None
 
 
 def test_environment_supplies_defaults_and_flags_win() -> None:
@@ -88,3 +89,10 @@ def test_settings_are_frozen() -> None:
     settings = RuntimeSettings.from_args(["--engine", "echo"], {})
     with pytest.raises(AttributeError):
         settings.port = 1  # type: ignore[misc]
+
+
+def test_fault_injection_comes_from_a_flag_or_the_environment() -> None:
+    from_env = RuntimeSettings.from_args(["--engine", "echo"], {"KALTSTART_RUNTIME_FAULT_EXIT_ON": "CRASH"})
+    assert from_env.fault_exit_on == "CRASH"
+    assert RuntimeSettings.from_args(["--engine", "echo", "--fault-exit-on", "BOOM"], {}).fault_exit_on == "BOOM"
+    assert RuntimeSettings.from_args(["--engine", "echo", "--fault-exit-on", ""], {}).fault_exit_on is None

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import pytest
 
+from runtime.cancellation import Cancellation, cancelled_event
 from runtime.engine import BatchEvent
-from tests.runtime.support import errors, finishes, run_batch, streamed_text
+from tests.runtime.support import errors, finishes, run_batch, streamed_text, tokens_of
 from wire import ChatMessage, FinishEvent, GenerationRequest, SamplingParams, TokenEvent
 
 pytestmark = pytest.mark.unit
@@ -135,9 +135,9 @@ def test_prompt_exactly_filling_the_context_runs(torch_engine: Any) -> None:
     prompt_tokens = alone(torch_engine, greedy("p", prompt="hello there", max_tokens=1)).usage.prompt_tokens
     room = torch_engine.context_length - prompt_tokens
     fits = greedy("fits", prompt="hello there", max_tokens=room, stream=True)
-    cancelled = threading.Event()
-    first = next(iter(torch_engine.generate([fits], cancelled)))
-    cancelled.set()
+    cancellation = Cancellation()
+    first = next(iter(torch_engine.generate([fits], cancellation)))
+    cancellation.cancel_batch()
     assert isinstance(first, TokenEvent)
 
 
@@ -153,9 +153,40 @@ def test_chat_requests_use_the_chat_template(torch_engine: Any) -> None:
 
 
 def test_cancelling_stops_the_batch_without_finishing(torch_engine: Any) -> None:
-    cancelled = threading.Event()
+    cancellation = Cancellation()
     seen: list[BatchEvent] = []
-    for event in torch_engine.generate(mixed_batch(4, stream=True, max_tokens=200), cancelled):
+    for event in torch_engine.generate(mixed_batch(4, stream=True, max_tokens=200), cancellation):
         seen.append(event)
-        cancelled.set()
+        cancellation.cancel_batch()
     assert seen and not finishes(seen)
+
+
+def test_a_cancelled_row_stops_at_the_next_step_and_the_rest_are_unchanged(torch_engine: Any) -> None:
+    requests = mixed_batch(4, stream=True, max_tokens=200)
+    cancellation = Cancellation(r.id for r in requests)
+    cancellation.start()
+    seen: list[BatchEvent] = []
+    after_cancel: list[BatchEvent] = []
+    for event in torch_engine.generate(requests, cancellation):
+        (after_cancel if cancellation.request("r1") else seen).append(event)
+        if tokens_of(seen, "r1") == 5 and not cancellation.request("r1"):
+            cancellation.cancel(["r1"])
+    own = [e for e in after_cancel if e.id == "r1"]
+    assert own == [cancelled_event("r1")], "no token after the cancel, and the error at the very next step"
+    done = finishes(seen + after_cancel)
+    assert set(done) == {"r0", "r2", "r3"}
+    for request in requests:
+        if request.id != "r1":
+            assert done[request.id] == alone(torch_engine, request), "dropping a row must not disturb the others"
+
+
+def test_the_batch_ends_early_once_every_row_is_cancelled(torch_engine: Any) -> None:
+    requests = mixed_batch(3, stream=True, max_tokens=200)
+    cancellation = Cancellation(r.id for r in requests)
+    cancellation.start()
+    seen: list[BatchEvent] = []
+    for event in torch_engine.generate(requests, cancellation):
+        seen.append(event)
+        cancellation.cancel([event.id])
+    assert sorted(e.id for e in seen if e == cancelled_event(e.id)) == ["r0", "r1", "r2"]
+    assert len(seen) <= 6, "at most one token per row before the cancels, then the errors"
