@@ -1,13 +1,16 @@
-"""The chart against the real code that reads what it renders: the gateway's annotation parser and settings,
-and the runtime's flag parser."""
+"""The chart against the real code that reads what it renders: the gateway's annotation parser, settings and
+API key loader, and the runtime's flag parser."""
 
 from __future__ import annotations
 
+import base64
 import re
+from pathlib import Path
 
 import helm_python
 import pytest
 
+from gateway.auth import ALL_MODELS, ApiKeys
 from gateway.backends.kubernetes.routes import Route, RouteError, build_routes, routes_of
 from gateway.settings import GatewaySettings
 from runtime.settings import RuntimeSettings
@@ -116,9 +119,39 @@ def test_the_gateway_settings_parse_the_rendered_environment(
     settings = GatewaySettings.from_env(_gateway_environ(container))
     assert settings.backend == "kubernetes"
     server, kube = settings.server, settings.kubernetes
-    assert (server.host, server.port) == ("0.0.0.0", container["ports"][0]["containerPort"])
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert (server.host, server.port, server.metrics_port) == ("0.0.0.0", ports["http"], ports["metrics"])
+    assert server.metrics_port != server.port
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert server.api_keys_file == Path(mounts["api-keys"]) / "api-keys"
+    assert server.api_keys == ()
     assert server.redis_url == redis_url
     assert server.gateway_id == POD_NAME
     assert kube.namespaces == (NAMESPACE,)
     assert kube.lease_name == "kaltstart-gateway"
     assert kube.kubeconfig is None
+
+
+def test_open_api_only_when_keys_are_turned_off(chart: helm_python.Chart) -> None:
+    deployment = render(chart, {"gateway": {"apiKeys": {"enabled": False}}}).get("Deployment", "kaltstart-gateway")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    server = GatewaySettings.from_env(_gateway_environ(container)).server
+    assert (server.api_keys_file, server.api_keys) == (None, ())
+    assert ApiKeys.configured(server.api_keys, server.api_keys_file) is None  # what the gateway takes for "open"
+
+
+def test_the_gateway_accepts_the_generated_key_file(chart: helm_python.Chart, tmp_path: Path) -> None:
+    """The Secret's file, as the volume would hold it, read by the gateway's own loader."""
+    rendered = render(chart)
+    pod = rendered.get("Deployment", "kaltstart-gateway")["spec"]["template"]["spec"]
+    (volume,) = [v["secret"] for v in pod["volumes"] if v["name"] == "api-keys"]
+    (item,) = volume["items"]
+    data = rendered.get("Secret", volume["secretName"])["data"][item["key"]]
+    key_file = tmp_path / item["path"]
+    key_file.write_bytes(base64.b64decode(data))
+    keys = ApiKeys.configured((), key_file)
+    assert keys is not None
+    key = key_file.read_text().strip()
+    assert keys.lookup(key) == ALL_MODELS
+    assert keys.lookup(key[:-1]) is None
+    assert keys.lookup("") is None

@@ -1,10 +1,12 @@
 """End to end: install the chart with the real Helm library into the Kubernetes API double, then run the
-gateway the way the chart's pod runs it (Kubernetes backend, the release namespace) against that API: the
-model Deployment the chart created is discovered, and a request scales it from zero and back."""
+gateway the way the chart's pod runs it (Kubernetes backend, the release namespace, the API key file from the
+Secret the chart created, a metrics port apart) against that API: the model Deployment the chart created is
+discovered, a request without the key is refused, and one with it scales the model from zero and back."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 from pathlib import Path
 from typing import Any
 
@@ -88,20 +90,43 @@ async def test_installed_chart_scales_its_model_from_zero_and_back(
     # The gateway runs here, in-process, configured as the chart configures its pod.
     gateway = found(api_double, "apps/v1", "Deployment", f"{RELEASE}-gateway")
     assert gateway["spec"]["replicas"] == 2
-    env = {e["name"]: e.get("value") for e in gateway["spec"]["template"]["spec"]["containers"][0]["env"]}
+    pod = gateway["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     assert env["KALTSTART_BACKEND"] == "kubernetes"
     assert env["KALTSTART_LEASE_NAME"] == "kaltstart-gateway"  # the lease name run_kubernetes_gateway uses
     namespace = env["KALTSTART_NAMESPACES"]
     assert namespace == NAMESPACE
+    # The key file: what the kubelet would put in the Secret volume, from the Secret the chart installed.
+    (keys,) = [v["secret"] for v in pod["volumes"] if v["name"] == "api-keys"]
+    (item,) = keys["items"]
+    assert env["KALTSTART_API_KEYS_FILE"].endswith("/" + item["path"])
+    secret = found(api_double, "v1", "Secret", keys["secretName"])
+    key_file = tmp_path / item["path"]
+    key_file.write_bytes(base64.b64decode(secret["data"][item["key"]]))
+    api_key = key_file.read_text().strip()
+    metrics_port = int(env["KALTSTART_METRICS_PORT"])  # not listened on here: only the API port is
 
     async with (
-        run_kubernetes_gateway(kubeconfig, redis_url, namespace=namespace, scale_interval_s=0.1) as gw,
-        httpx.AsyncClient(timeout=30) as http,
+        run_kubernetes_gateway(
+            kubeconfig,
+            redis_url,
+            namespace=namespace,
+            scale_interval_s=0.1,
+            api_keys_file=key_file,
+            metrics_port=metrics_port,
+        ) as gw,
+        httpx.AsyncClient(timeout=30) as anonymous,
+        httpx.AsyncClient(timeout=30, headers={"Authorization": f"Bearer {api_key}"}) as http,
     ):
+        body = {"model": "tiny", "prompt": "hello chart", "max_tokens": 4, "temperature": 0}
+        assert (await anonymous.post(gw.url + "/v1/completions", json=body)).status_code == 401
+        assert (await anonymous.get(gw.url + "/v1/models")).status_code == 401
+        assert (await http.get(gw.url + "/metrics")).status_code == 404  # the metrics port's alone
+        assert replicas(api_double) == 0  # refused requests scale nothing
+
         models = (await http.get(gw.url + "/v1/models")).json()["data"]
         assert [m["id"] for m in models] == ["tiny"]
 
-        body = {"model": "tiny", "prompt": "hello chart", "max_tokens": 4, "temperature": 0}
         response = await http.post(gw.url + "/v1/completions", json=body)
         assert response.status_code == 200, response.text
         assert response.json()["model"] == "tiny"

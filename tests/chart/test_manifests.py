@@ -1,5 +1,6 @@
-"""What the rendered objects promise: least-privilege RBAC, restricted gateway pods, scale-from-zero model
-Deployments with their GPU and node-local cache, network isolation, and the Redis choices."""
+"""What the rendered objects promise: least-privilege RBAC, restricted gateway pods behind API keys with their
+metrics on a port of their own, scale-from-zero model Deployments with their GPU and node-local cache, network
+isolation, and the Redis choices."""
 
 from __future__ import annotations
 
@@ -106,9 +107,12 @@ def test_gateway_deployment_probes_and_graceful_shutdown(chart: helm_python.Char
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert deployment["spec"]["replicas"] == 2
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},
+    ]
     sleep = container["lifecycle"]["preStop"]["exec"]["command"]
     assert sleep[0] == "sleep"
     assert pod["terminationGracePeriodSeconds"] > int(sleep[1]) + 10
@@ -172,12 +176,119 @@ def test_external_redis_renders_nothing_redis(
 ) -> None:
     rendered = render(chart, {"redis": redis, **ONE_MODEL})
     assert rendered.of_kind("StatefulSet") == []
-    assert rendered.of_kind("Secret") == []
+    assert [s["metadata"]["name"] for s in rendered.of_kind("Secret")] == ["kaltstart-api-keys"]
     assert "kaltstart-redis" not in [s["metadata"]["name"] for s in rendered.of_kind("Service")]
-    assert [p["metadata"]["name"] for p in rendered.of_kind("NetworkPolicy")] == ["kaltstart-models"]
+    assert sorted(p["metadata"]["name"] for p in rendered.of_kind("NetworkPolicy")) == [
+        "kaltstart-gateway",
+        "kaltstart-models",
+    ]
     env = _env(rendered.get("Deployment", "kaltstart-gateway")["spec"]["template"]["spec"]["containers"][0])
     assert env["REDIS_URL"] == url_env
     assert "REDIS_PASSWORD" not in env
+
+
+# API keys
+
+
+def _gateway_pod(rendered: Rendered) -> Manifest:
+    pod: Manifest = rendered.get("Deployment", "kaltstart-gateway")["spec"]["template"]["spec"]
+    return pod
+
+
+def _key_volume(pod: Manifest) -> Manifest | None:
+    """The gateway's API key volume, after checking that the file it holds is the one the env names."""
+    (container,) = pod["containers"]
+    env = _env(container)
+    volumes: list[Manifest] = [v for v in pod["volumes"] if v["name"] == "api-keys"]
+    mounts: list[Manifest] = [m for m in container["volumeMounts"] if m["name"] == "api-keys"]
+    if not volumes:
+        assert not mounts and "KALTSTART_API_KEYS_FILE" not in env and "KALTSTART_API_KEYS" not in env
+        return None
+    (volume,), (mount,) = volumes, mounts
+    # The directory, never a subPath: a Secret update swaps a symlink there, and a subPath would never see it.
+    assert mount == {"name": "api-keys", "mountPath": "/etc/kaltstart/api-keys", "readOnly": True}
+    (item,) = volume["secret"]["items"]
+    assert env["KALTSTART_API_KEYS_FILE"] == {
+        "name": "KALTSTART_API_KEYS_FILE",
+        "value": f"{mount['mountPath']}/{item['path']}",
+    }
+    assert volume["secret"]["defaultMode"] == 0o440
+    return volume
+
+
+def test_a_generated_api_key_is_mounted_as_a_file(chart: helm_python.Chart) -> None:
+    rendered = render(chart)
+    volume = _key_volume(_gateway_pod(rendered))
+    assert volume is not None
+    assert volume["secret"]["secretName"] == "kaltstart-api-keys"
+    assert volume["secret"]["items"] == [{"key": "api-keys", "path": "api-keys"}]
+    secret = rendered.get("Secret", "kaltstart-api-keys")
+    assert secret["type"] == "Opaque"
+    assert secret["metadata"]["labels"]["app.kubernetes.io/component"] == "gateway"
+    assert list(secret["data"]) == ["api-keys"]
+    keys = {base64.b64decode(render(chart).get("Secret", "kaltstart-api-keys")["data"]["api-keys"]).decode()}
+    keys.add(base64.b64decode(secret["data"]["api-keys"]).decode())
+    assert len(keys) == 2  # random: offline, lookup finds no Secret to keep
+    assert all(re.fullmatch(r"sk-[A-Za-z0-9]{40}", key) for key in keys)
+
+
+def test_an_existing_api_key_secret_is_mounted_and_none_rendered(chart: helm_python.Chart) -> None:
+    values = {"gateway": {"apiKeys": {"existingSecret": "team-keys", "secretKey": "keys.txt"}}, **ONE_MODEL}
+    rendered = render(chart, values)
+    assert [s["metadata"]["name"] for s in rendered.of_kind("Secret")] == ["kaltstart-redis"]
+    volume = _key_volume(_gateway_pod(rendered))
+    assert volume is not None
+    assert volume["secret"]["secretName"] == "team-keys"
+    assert volume["secret"]["items"] == [{"key": "keys.txt", "path": "api-keys"}]
+    assert "get secret team-keys -o jsonpath='{.data.keys\\.txt}' | base64 -d" in notes(chart, values)
+
+
+def test_api_keys_can_be_turned_off(chart: helm_python.Chart) -> None:
+    values = {"gateway": {"apiKeys": {"enabled": False, "existingSecret": "ignored"}}}
+    rendered = render(chart, values)
+    assert [s["metadata"]["name"] for s in rendered.of_kind("Secret")] == ["kaltstart-redis"]
+    assert _key_volume(_gateway_pod(rendered)) is None
+    text = notes(chart, values)
+    assert "the API is open to anyone" in text
+    assert "KALTSTART_API_KEY" not in text
+
+
+# The metrics port
+
+
+def test_the_metrics_port_is_apart_from_the_api(chart: helm_python.Chart) -> None:
+    values = {"gateway": {"port": 8081, "metricsPort": 9100}, "monitoring": {"serviceMonitor": {"enabled": True}}}
+    rendered = render(chart, values)
+    deployment = rendered.get("Deployment", "kaltstart-gateway")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": 8081, "metrics": 9100}
+    env = _env(container)
+    assert (env["KALTSTART_PORT"]["value"], env["KALTSTART_METRICS_PORT"]["value"]) == ("8081", "9100")
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        if probe in container:
+            assert container[probe]["httpGet"]["port"] == "metrics", probe
+    api = rendered.get("Service", "kaltstart")
+    assert [(p["name"], p["targetPort"]) for p in api["spec"]["ports"]] == [("http", "http")]
+    metrics = rendered.get("Service", "kaltstart-gateway-metrics")
+    assert metrics["spec"]["type"] == "ClusterIP"
+    assert metrics["spec"]["ports"] == [{"name": "metrics", "port": 9100, "targetPort": "metrics", "protocol": "TCP"}]
+    assert _matches(metrics["spec"]["selector"], pod_labels)
+    # The ServiceMonitor picks the metrics Service alone, on its metrics port.
+    monitor = rendered.get("ServiceMonitor", "kaltstart")
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert (endpoint["port"], endpoint["path"]) == ("metrics", "/metrics")
+    selected = [
+        s["metadata"]["name"]
+        for s in rendered.of_kind("Service")
+        if _matches(monitor["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
+    ]
+    assert selected == ["kaltstart-gateway-metrics"]
+    # An exposed API Service does not carry the metrics port along.
+    exposed = render(chart, {"gateway": {"service": {"type": "LoadBalancer"}}})
+    assert [p["name"] for p in exposed.get("Service", "kaltstart")["spec"]["ports"]] == ["http"]
+    assert exposed.get("Service", "kaltstart-gateway-metrics")["spec"]["type"] == "ClusterIP"
 
 
 # Models
@@ -309,6 +420,34 @@ def test_network_policies_admit_only_gateway_pods(chart: helm_python.Chart) -> N
         assert _matches(source["podSelector"]["matchLabels"], gateway_labels)
 
 
+def test_the_gateway_policy_opens_the_api_and_the_metrics_port_only_to_metrics_from(
+    chart: helm_python.Chart,
+) -> None:
+    rendered = render(chart)
+    gateway_labels = rendered.get("Deployment", "kaltstart-gateway")["spec"]["template"]["metadata"]["labels"]
+    policy = rendered.get("NetworkPolicy", "kaltstart-gateway")["spec"]
+    assert policy["policyTypes"] == ["Ingress"]
+    assert _matches(policy["podSelector"]["matchLabels"], gateway_labels)
+    (api,) = policy["ingress"]  # no metricsFrom: only the node (the kubelet's probes) reaches the metrics port
+    assert api == {"ports": [{"port": 8080, "protocol": "TCP"}]}  # no "from": anyone
+    prometheus = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    }
+    values = {"gateway": {"metricsPort": 9100}, "networkPolicy": {"metricsFrom": [prometheus]}}
+    api, scrape = render(chart, values).get("NetworkPolicy", "kaltstart-gateway")["spec"]["ingress"]
+    assert api == {"ports": [{"port": 8080, "protocol": "TCP"}]}
+    assert scrape == {"from": [prometheus], "ports": [{"port": 9100, "protocol": "TCP"}]}
+
+
+def test_notes_warn_when_prometheus_may_not_scrape(chart: helm_python.Chart) -> None:
+    monitored: dict[str, Any] = {"monitoring": {"serviceMonitor": {"enabled": True}}}
+    assert "networkPolicy.metricsFrom is empty" in notes(chart, monitored)
+    allowed = {**monitored, "networkPolicy": {"metricsFrom": [{"namespaceSelector": {}}]}}
+    assert "networkPolicy.metricsFrom is empty" not in notes(chart, allowed)
+    assert "networkPolicy.metricsFrom is empty" not in notes(chart)
+
+
 def test_network_policies_can_be_turned_off(chart: helm_python.Chart) -> None:
     assert render(chart, {"networkPolicy": {"enabled": False}, **ONE_MODEL}).of_kind("NetworkPolicy") == []
 
@@ -352,9 +491,9 @@ def test_monitoring_objects_when_enabled(chart: helm_python.Chart) -> None:
     monitor = rendered.get("ServiceMonitor", "kaltstart")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["metadata"]["labels"]["release"] == "prom"
-    assert monitor["spec"]["endpoints"][0]["port"] == "http"
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
-    service = rendered.get("Service", "kaltstart")
+    service = rendered.get("Service", "kaltstart-gateway-metrics")
     assert _matches(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
     dashboard = rendered.get("ConfigMap", "kaltstart-dashboard")
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
@@ -405,6 +544,14 @@ def test_notes_tell_how_to_call_the_endpoint(chart: helm_python.Chart) -> None:
     assert "kubectl -n llm port-forward svc/kaltstart 8080:80" in text
     assert '"model": "qwen2.5-0.5b"' in text
     assert 'base_url="http://127.0.0.1:8080/v1"' in text
+    read_key = (
+        "export KALTSTART_API_KEY=$(kubectl -n llm get secret kaltstart-api-keys"
+        " -o jsonpath='{.data.api-keys}' | base64 -d)"
+    )
+    assert read_key in text
+    assert 'curl http://127.0.0.1:8080/v1/models -H "Authorization: Bearer $KALTSTART_API_KEY"' in text
+    assert 'api_key=os.environ["KALTSTART_API_KEY"]' in text
+    assert "kaltstart-gateway-metrics" in text
 
 
 def test_every_ci_file_renders_every_workload_with_resources(chart: helm_python.Chart) -> None:

@@ -79,6 +79,25 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (include "kaltstart.redis.fullname" .) .Values.redis.auth.existingSecret }}
 {{- end }}
 
+{{/* The Secret holding the API key file: gateway.apiKeys.existingSecret, or the one the chart generates. */}}
+{{- define "kaltstart.apiKeys.secretName" -}}
+{{- default (printf "%s-api-keys" (include "kaltstart.fullname" .) | trunc 63 | trimSuffix "-") .Values.gateway.apiKeys.existingSecret }}
+{{- end }}
+
+{{/* Where the gateway container reads its API keys (the Secret volume's directory, and the file in it). */}}
+{{- define "kaltstart.apiKeys.dir" -}}
+/etc/kaltstart/api-keys
+{{- end }}
+
+{{- define "kaltstart.apiKeys.file" -}}
+{{ include "kaltstart.apiKeys.dir" . }}/api-keys
+{{- end }}
+
+{{/* The ClusterIP Service of the gateway's metrics port (scraped; never the API Service). */}}
+{{- define "kaltstart.gateway.metricsService" -}}
+{{- printf "%s-gateway-metrics" (include "kaltstart.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{/* The resource name of a model entry: the release's full name and the model name, DNS-safe. */}}
 {{- define "kaltstart.model.fullname" -}}
 {{- $model := regexReplaceAll "[^a-z0-9-]+" (lower .model.name) "-" | trimAll "-" }}
