@@ -7,8 +7,6 @@ import logging
 import os
 import sys
 
-import uvicorn
-
 from gateway.app import create_app
 from gateway.backends import BackendParts
 from gateway.backends.kubernetes.backend import build_kubernetes
@@ -16,6 +14,7 @@ from gateway.backends.local import build_local
 from gateway.backends.localconfig import load_local_config
 from gateway.embedded import EmbeddedRedis
 from gateway.errors import ConfigError
+from gateway.serving import serve
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger("kaltstart")
@@ -58,7 +57,7 @@ def main() -> int:
             log.info("REDIS_URL not set: started an embedded Valkey at %s", redis_url)
         app = create_app(settings, redis_url=redis_url, parts=parts)
         print(_banner(f"http://{server.host}:{server.port}", parts.example_model), flush=True)
-        uvicorn.run(app, host=server.host, port=server.port, log_level=server.log_level.lower())
+        serve(app, server)
     return 0
 
 

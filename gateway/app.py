@@ -9,14 +9,18 @@ from collections.abc import AsyncIterator
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 
 from gateway import keys
+from gateway.auth import ApiKeyAuth, ApiKeys
 from gateway.backends import BackendParts
 from gateway.connection import connect
 from gateway.dispatch import Dispatcher, Dispatchers
 from gateway.errors import RequestError
 from gateway.fence import Fence, FencedDoor
+from gateway.guards import PortSplit
 from gateway.janitor import Abandoned, Heartbeats, Janitor
+from gateway.limits import ContextLengths
 from gateway.metrics import Metrics
 from gateway.queue import RequestQueue
 from gateway.replies import ReplyRouter, ReplySender
@@ -54,6 +58,7 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
     )
     client = _runtime_client(server)
     sender = ReplySender(redis)
+    limits = ContextLengths(redis)
     dispatchers = Dispatchers(
         catalog,
         lambda model: Dispatcher(
@@ -66,10 +71,12 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
             metrics,
             settings.queue.max_attempts,
             is_waiting=replies.is_waiting,
+            limits=limits,
         ),
     )
+    replies.on(keys.CANCELS, dispatchers.cancelled)
     abandoned = Abandoned()
-    gateway = Gateway(server, catalog, queue, replies, door, scaler, metrics, abandon=abandoned.add)
+    gateway = Gateway(server, catalog, queue, replies, door, scaler, metrics, abandon=abandoned.add, limits=limits)
     janitor = Janitor(
         queue,
         Heartbeats(redis),
@@ -99,8 +106,14 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
             await client.aclose()
             await redis.aclose()
 
+    api_keys = ApiKeys.configured(server.api_keys, server.api_keys_file)
+    middleware = [
+        Middleware(PortSplit, metrics_port=server.metrics_port),
+        *([Middleware(ApiKeyAuth, keys=api_keys)] if api_keys is not None else []),
+    ]
     app = Starlette(
         routes=routes,
+        middleware=middleware,
         lifespan=lifespan,
         exception_handlers={
             RequestError: error_response,

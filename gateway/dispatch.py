@@ -20,9 +20,10 @@ import wire
 from gateway.catalog import ModelCatalog
 from gateway.endpoints import ReadyEndpoints
 from gateway.errors import QueueUnavailable
+from gateway.limits import ContextLengths
 from gateway.messages import Dispatched, Failed, Finished, Token
 from gateway.metrics import Metrics
-from gateway.queue import Delivery, RequestQueue
+from gateway.queue import CancelNotice, Delivery, RequestQueue
 from gateway.replies import ReplySender
 from gateway.settings import ModelSettings
 from gateway.tasks import Loop
@@ -95,6 +96,7 @@ class Dispatcher:
         metrics: Metrics,
         max_attempts: int,
         is_waiting: Callable[[str], bool] = lambda _id: True,
+        limits: ContextLengths | None = None,
     ) -> None:
         """``is_waiting(request_id)``: whether a client of this gateway replica still waits for that request."""
         self.settings = settings
@@ -107,8 +109,12 @@ class Dispatcher:
         self._metrics = metrics
         self._max_attempts = max_attempts
         self._is_waiting = is_waiting
+        self._limits = limits
+        self._reported: set[str] = set()
         self._batches: set[asyncio.Task[None]] = set()
         self._held: set[str] = set()
+        #: Request id -> the replica running it, for the requests of running batches.
+        self._running: dict[str, str] = {}
         self._prepared = False
 
     def held(self) -> frozenset[str]:
@@ -134,6 +140,8 @@ class Dispatcher:
 
     async def _dispatch_next(self) -> None:
         url = await self._pool.acquire()
+        if url not in self._reported:
+            await self._read_report(url)
         batch: list[Delivery] = []
         try:
             batch = await self._read()
@@ -154,13 +162,16 @@ class Dispatcher:
         self._pool.start_batch(url, len(batch))
         held = {d.entry_id for d in batch}
         self._held |= held
+        self._running.update({d.queued.id: url for d in batch})
         task = asyncio.create_task(self._forward(url, batch), name=f"batch-{self._model}")
         self._batches.add(task)
-        task.add_done_callback(lambda t: self._batch_done(t, url, held))
+        task.add_done_callback(lambda t: self._batch_done(t, url, held, [d.queued.id for d in batch]))
 
-    def _batch_done(self, task: asyncio.Task[None], url: str, held: set[str]) -> None:
+    def _batch_done(self, task: asyncio.Task[None], url: str, held: set[str], requests: list[str]) -> None:
         self._batches.discard(task)
         self._held -= held
+        for request_id in requests:
+            self._running.pop(request_id, None)
         self._pool.release(url, len(held))
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("batch for %s failed unexpectedly", self._model, exc_info=exc)
@@ -178,6 +189,37 @@ class Dispatcher:
             log.warning("queue unavailable (%r); %s dispatcher retries in 1 s", exc.__cause__, self._model)
             await asyncio.sleep(1.0)  # back off from a failing Redis
             return []
+
+    async def _read_report(self, url: str) -> None:
+        """A replica's ready report, once: the model's context length, for the door's check (``gateway.limits``)."""
+        self._reported.add(url)
+        if self._limits is None:
+            return
+        try:
+            response = await self._client.get(url + wire.READY_PATH)
+            report = wire.ReadyBody.model_validate_json(response.content)
+            await self._limits.learn(self._model, report.context_length)
+        except (httpx.HTTPError, ValidationError, QueueUnavailable) as exc:
+            log.warning("no ready report from %s for %s: %r", url, self._model, exc)
+
+    def cancel(self, request_id: str) -> None:
+        """The request was cancelled (its client left): if one of our batches runs it, tell that replica to drop
+        it at its next decoding step."""
+        url = self._running.get(request_id)
+        if url is not None:
+            task = asyncio.get_running_loop().create_task(self._cancel_on(url, request_id))
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+
+    async def _cancel_on(self, url: str, request_id: str) -> None:
+        body = wire.CancelRequest(ids=(request_id,)).model_dump_json()
+        try:
+            response = await self._client.post(
+                url + wire.CANCEL_PATH, content=body, headers={"content-type": "application/json"}
+            )
+            response.raise_for_status()
+        except httpx.HTTPError as exc:  # the batch ends anyway; only the tokens for nobody are not saved
+            log.warning("could not cancel request %s on %s: %r", request_id, url, exc)
 
     async def _drop_orphans(self, batch: list[Delivery]) -> list[Delivery]:
         """Requests this gateway replica accepted but nobody here waits for any more (the client got an error
@@ -213,7 +255,7 @@ class Dispatcher:
             log.warning("replica %s failed a batch of %d for %s: %s", url, len(batch), self._model, exc)
         except QueueUnavailable:
             log.error("queue unavailable while relaying a batch for %s", self._model)
-            return  # entries stay pending; their clients time out
+            return  # the entries stay pending: the janitor puts them back once Redis answers again
         for delivery in unfinished.values():
             await self._retry_or_fail(delivery)
 
@@ -248,10 +290,14 @@ class Dispatcher:
             return
         if isinstance(event, wire.TokenEvent):
             if delivery.queued.request.stream:
+                self._metrics.streamed.labels(self._model).inc()
                 reply = Token(id=event.id, attempt=delivery.queued.attempt, text=event.text)
                 await self._sender.publish([(delivery.queued.reply_to, reply)])
             return
         del unfinished[event.id]
+        if isinstance(event, wire.ErrorEvent) and event.code == "cancelled":
+            self._metrics.stopped.labels(self._model).inc()
+            return  # its client left; the cancellation settled it already
         if isinstance(event, wire.FinishEvent):
             await self._queue.settle(self._model, delivery, Finished(id=event.id, result=event))
         elif event.code == "invalid_request":
@@ -301,6 +347,16 @@ class Dispatchers:
                 loop = Loop(f"dispatcher-{name}", dispatcher.step)
                 loop.start()
                 self._running[name] = (dispatcher, loop)
+
+    def cancelled(self, notice: str) -> None:
+        """A ``CancelNotice`` from ``keys.CANCELS``: the dispatchers of its model stop it if they run it."""
+        try:
+            cancel = CancelNotice.model_validate_json(notice)
+        except ValidationError:
+            log.error("dropping malformed cancel notice: %.200r", notice)
+            return
+        for dispatcher in self._all(cancel.model):
+            dispatcher.cancel(cancel.id)
 
     def held(self, model: str) -> frozenset[str]:
         """Entry ids that the running batches of ``model`` hold (retiring dispatchers included)."""

@@ -7,13 +7,15 @@
     └── RequestError                a request's own outcome; knows its HTTP status and OpenAI error type
         ├── InvalidRequest          malformed JSON, wrong fields, bad values              -> 400
         ├── ModelNotFound           the model is not configured                           -> 404
+        ├── BodyTimeout             the body did not arrive within its timeout            -> 408
         ├── PayloadTooLarge         body over the limit                                   -> 413
         ├── QueueFull               too many requests queued for the model                -> 429 + Retry-After
         ├── ColdStartTimeout        no replica became ready within the cold-start timeout -> 503 + Retry-After
         ├── ServiceUnavailable      Redis or the backend is down                          -> 503 + Retry-After
         │   └── QueueUnavailable    Redis could not be reached or answered with an error  -> 503 + Retry-After
         ├── GenerationFailed        the runtime failed the request, retries exhausted     -> 502
-        └── DeadlineExceeded        not finished within the request timeout               -> 504
+        ├── DeadlineExceeded        not finished within the request timeout               -> 504
+        └── ClientGone              the client closed its connection first (nginx's 499; only counted)
 
 Third-party exceptions (redis, httpx, kubernetes-asyncio) are converted where they enter our code, so route
 code only ever sees this tree. 5xx messages are written for clients and carry no internals; logs carry those.
@@ -65,6 +67,12 @@ class ModelNotFound(RequestError):
     code = "model_not_found"
 
 
+class BodyTimeout(RequestError):
+    status_code = 408
+    error_type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class PayloadTooLarge(RequestError):
     status_code = 413
     error_type = "invalid_request_error"
@@ -106,3 +114,15 @@ class DeadlineExceeded(RequestError):
     status_code = 504
     error_type = "server_error"
     code = "timeout"
+
+
+class ClientGone(RequestError):
+    """The client closed its connection before its answer: nobody reads the response; the status is what the
+    metrics count (nginx's "client closed request")."""
+
+    status_code = 499
+    error_type = "client_closed_request"
+    code = "client_closed_request"
+
+    def __init__(self) -> None:
+        super().__init__("The client closed the connection.")

@@ -33,6 +33,11 @@ def settled(model: str, request_id: str) -> str:
     return f"{_model(model)}:settled:{request_id}"
 
 
+def context_length(model: str) -> str:
+    """The model's context length in tokens, as a ready replica reported it."""
+    return f"{_model(model)}:context-length"
+
+
 def fence(model: str) -> str:
     """Held while a scale-down of the model is being written: new requests wait at the door until it is lifted,
     so a model is never scaled to zero with a request in its queue."""
@@ -41,6 +46,10 @@ def fence(model: str) -> str:
 
 #: Pub/sub channel on which a lifted fence is announced (the message is the model name).
 FENCES = f"{PREFIX}:fences"
+
+#: Pub/sub channel on which a cancelled request is announced (a ``CancelNotice``), so that the dispatcher running
+#: it tells its runtime replica to stop.
+CANCELS = f"{PREFIX}:cancels"
 
 
 def gateway(gateway_id: str) -> str:

@@ -68,6 +68,18 @@ class Metrics:
         self.redeliveries = Counter(
             "kaltstart_redeliveries", "Requests put back after their replica failed.", ["model"], registry=r
         )
+        self.streamed = Counter(
+            "kaltstart_streamed_deltas",
+            "Text deltas (about one per token) relayed from runtimes to streaming clients by this gateway.",
+            ["model"],
+            registry=r,
+        )
+        self.stopped = Counter(
+            "kaltstart_stopped_on_replica",
+            "Cancelled requests that a runtime replica dropped from its running batch.",
+            ["model"],
+            registry=r,
+        )
         self.cancelled = Counter(
             "kaltstart_cancelled_requests",
             "Requests cancelled before they were answered, by reason (client_gone, timeout, orphaned).",

@@ -39,7 +39,8 @@ return redis.call('XADD', KEYS[1], '*', 'r', ARGV[2])
 """
 )
 
-# KEYS: queue, settled, activity. ARGV: entry id, group, ttl ms, reply channel, final reply. -> 1 if first.
+# KEYS: queue, settled, activity. ARGV: entry id, group, ttl ms, channel, final reply[, message to publish instead]
+# -> 1 if first.
 _SETTLE = """
 local first = redis.call('SET', KEYS[2], ARGV[5], 'NX', 'PX', ARGV[3])
 if ARGV[1] ~= '' then
@@ -49,7 +50,7 @@ end
 local t = redis.call('TIME')
 redis.call('SET', KEYS[3], t[1] * 1000 + math.floor(t[2] / 1000))
 if first then
-  if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
+  if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[6] or ARGV[5]) end
   return 1
 end
 return 0
@@ -86,6 +87,14 @@ class QueuedRequest(BaseModel):
     @property
     def id(self) -> str:
         return self.request.id
+
+
+class CancelNotice(BaseModel):
+    """Broadcast on ``keys.CANCELS`` when a request is cancelled."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    model: str
+    id: str
 
 
 @dataclass(frozen=True)
@@ -200,12 +209,14 @@ class RequestQueue:
         return bool(first)
 
     async def cancel(self, model: str, request_id: str, entry_id: str) -> bool:
-        """The client stopped waiting: make sure the request is never dispatched or answered. False if a
-        final reply got there first."""
+        """The client stopped waiting: make sure the request is never dispatched or answered, and announce it
+        (``keys.CANCELS``) so that whichever dispatcher has it in a running batch tells its runtime to stop.
+        False if a final reply got there first."""
+        notice = CancelNotice(model=model, id=request_id).model_dump_json()
         async with converted():
             first = await self._settle(
                 keys=[keys.queue(model), keys.settled(model, request_id), keys.activity(model)],
-                args=[entry_id, keys.GROUP, SETTLED_TTL_MS, "", CANCELLED],
+                args=[entry_id, keys.GROUP, SETTLED_TTL_MS, keys.CANCELS, CANCELLED, notice],
             )
         return bool(first)
 

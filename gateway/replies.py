@@ -47,13 +47,17 @@ class ReplyRouter:
     """One subscription per gateway replica; hands replies to the requests waiting for them, and the messages
     of the ``broadcasts`` channels to their handlers."""
 
-    def __init__(self, redis: Redis, channel: str, broadcasts: Mapping[str, Callable[[str], None]]) -> None:
+    def __init__(self, redis: Redis, channel: str, broadcasts: Mapping[str, Callable[[str], None]] = {}) -> None:
         self._redis = redis
         self.channel = channel
         self._broadcasts = dict(broadcasts)
         self._waiting: dict[str, asyncio.Queue[AnyReply]] = {}
         self._loop = Loop("reply-router", self._listen)
         self._subscribed = asyncio.Event()
+
+    def on(self, channel: str, handler: Callable[[str], None]) -> None:
+        """Call ``handler(message)`` for every message of the broadcast ``channel``; before ``start``."""
+        self._broadcasts[channel] = handler
 
     async def start(self) -> None:
         self._loop.start()

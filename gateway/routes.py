@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, Literal, TypeVar
 
+import anyio
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from gateway.errors import InvalidRequest, PayloadTooLarge, RequestError
+from gateway.auth import allowed_models
+from gateway.errors import BodyTimeout, ClientGone, InvalidRequest, ModelNotFound, PayloadTooLarge, RequestError
 from gateway.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -26,21 +30,27 @@ from gateway.service import Gateway, Ticket
 
 log = logging.getLogger("kaltstart.http")
 
+T = TypeVar("T")
+
 
 def _gateway(request: Request) -> Gateway:
     gateway: Gateway = request.app.state.gateway
     return gateway
 
 
-async def _read_json(request: Request, limit: int) -> Any:
+async def _read_json(request: Request, limit: int, timeout_s: float) -> Any:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"The request body exceeds {limit} bytes.")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(f"The request body exceeds {limit} bytes.")
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise PayloadTooLarge(f"The request body exceeds {limit} bytes.")
+    except TimeoutError:
+        raise BodyTimeout(f"The request body did not arrive within {timeout_s:g} s.") from None
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -64,17 +74,64 @@ async def _generate(
     started = time.monotonic()
     model = ""
     try:
-        body = await _read_json(request, gateway.settings.max_body_bytes)
+        body = await _read_json(request, gateway.settings.max_body_bytes, gateway.settings.body_timeout_s)
         parsed = parse_request(schema, body)
         model = parsed.model
-        return await _serve(gateway, kind, parsed, started)
+        if not allowed_models(request.scope).allows(model):
+            raise ModelNotFound(f"The model '{model}' does not exist or you do not have access to it.", param="model")
+        async with ClientWatch(request) as client:
+            return await _serve(gateway, client, kind, parsed, started)
     except RequestError as exc:
         gateway.record(model, exc.status_code, time.monotonic() - started)
+        gateway.record_cancellation(model, exc)
         raise
+
+
+class ClientWatch:
+    """Notices a client that closes its connection while its request waits (queued, in a cold start, or being
+    generated): Starlette does not cancel a handler for that. Its body must have been read already; from then
+    on the server's ``receive`` returns only when the client is gone."""
+
+    def __init__(self, request: Request) -> None:
+        self._receive = request.receive
+        self._watch: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> ClientWatch:
+        self._watch = asyncio.create_task(self._until_gone())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._watch is not None and not self._watch.done():
+            self._watch.cancel()
+
+    async def _until_gone(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+
+    async def unless_gone(self, work: Awaitable[T]) -> T:
+        """``await work``, unless the client goes away first: then ``work`` is cancelled and ``ClientGone``
+        raised."""
+        assert self._watch is not None
+        task = asyncio.ensure_future(work)
+        await asyncio.wait({task, self._watch}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise ClientGone()
+
+
+async def _closed(ticket: Ticket) -> None:
+    """Close a ticket even from a handler that is being cancelled: its cancellation must reach Redis (and the
+    runtime), or a replica goes on generating for nobody."""
+    with anyio.CancelScope(shield=True):
+        await ticket.close()
 
 
 async def _serve(
     gateway: Gateway,
+    client: ClientWatch,
     kind: Literal["completion", "chat"],
     parsed: CompletionRequest | ChatCompletionRequest,
     started: float,
@@ -84,17 +141,17 @@ async def _serve(
     shape = ResponseShape(kind, request_id, parsed.model)
     ticket = await gateway.submit(parsed.model, parsed.to_wire(request_id, default_max))
     try:
-        await ticket.dispatched()
+        await client.unless_gone(ticket.dispatched())
     except BaseException:
-        await ticket.close()
+        await _closed(ticket)
         raise
     if parsed.stream:
         events = _server_sent_events(gateway, ticket, shape, parsed.include_usage, started)
         return StreamingResponse(events, media_type="text/event-stream", headers={"cache-control": "no-cache"})
     try:
-        result = await ticket.result()
+        result = await client.unless_gone(ticket.result())
     finally:
-        await ticket.close()
+        await _closed(ticket)
     gateway.record(parsed.model, 200, time.monotonic() - started)
     return JSONResponse(shape.final(result))
 
@@ -107,8 +164,10 @@ def _sse(data: dict[str, Any] | str) -> bytes:
 async def _server_sent_events(
     gateway: Gateway, ticket: Ticket, shape: ResponseShape, include_usage: bool, started: float
 ) -> AsyncIterator[bytes]:
+    """The SSE body. A client that leaves mid-stream has the generator cancelled (Starlette listens for the
+    disconnect while it streams): the request is then cancelled and counted as 499, never as 200."""
     first = True
-    status = 200
+    status = ClientGone.status_code
     try:
         async for item in ticket.stream():
             if isinstance(item, str):
@@ -120,25 +179,30 @@ async def _server_sent_events(
             yield _sse(shape.chunk("", finish_reason=item.finish_reason, first=first))
             if include_usage:
                 yield _sse(shape.usage_chunk(item.usage))
+        status = 200
     except RequestError as exc:
         status = exc.status_code
         log.warning("stream for %s ended with %d: %s", ticket.id, status, exc.message)
         yield _sse(error_body(exc.message, exc.error_type, exc.param, exc.code))
     finally:
-        await ticket.close()
+        await _closed(ticket)
         gateway.record(shape.model, status, time.monotonic() - started)
+        if status == ClientGone.status_code:
+            gateway.record_cancellation(shape.model, ClientGone())
     yield _sse("[DONE]")
 
 
 async def list_models(request: Request) -> Response:
-    gateway = _gateway(request)
-    data = [_model_card(gateway, m.name) for m in gateway.catalog.all()]
+    gateway, grant = _gateway(request), allowed_models(request.scope)
+    data = [_model_card(gateway, m.name) for m in gateway.catalog.all() if grant.allows(m.name)]
     return JSONResponse({"object": "list", "data": data})
 
 
 async def get_model(request: Request) -> Response:
     gateway = _gateway(request)
     name = request.path_params["model"]
+    if not allowed_models(request.scope).allows(name):
+        raise ModelNotFound(f"The model '{name}' does not exist or you do not have access to it.", param="model")
     gateway.catalog.get(name)
     return JSONResponse(_model_card(gateway, name))
 

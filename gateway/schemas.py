@@ -120,7 +120,7 @@ def parse_request(model: type[_Request], body: Any) -> _Request:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     try:
-        return model.model_validate(body)
+        return model.model_validate(body, strict=True)  # no coercion: "stream": "yes" is an error, not true
     except ValidationError as exc:
         first = exc.errors()[0]
         param = ".".join(str(p) for p in first["loc"]) or None

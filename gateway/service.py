@@ -16,6 +16,7 @@ from contextlib import ExitStack
 import wire
 from gateway.catalog import ModelCatalog
 from gateway.errors import (
+    ClientGone,
     ColdStartTimeout,
     DeadlineExceeded,
     GenerationFailed,
@@ -24,6 +25,7 @@ from gateway.errors import (
     RequestError,
 )
 from gateway.fence import FencedDoor
+from gateway.limits import ContextLengths
 from gateway.messages import AnyReply, Failed, Finished, Token
 from gateway.metrics import Metrics
 from gateway.queue import QueuedRequest, RequestQueue
@@ -185,9 +187,11 @@ class Gateway:
         scaler: Scaler,
         metrics: Metrics,
         abandon: Abandon,
+        limits: ContextLengths,
     ) -> None:
         self.settings = settings
         self._abandon = abandon
+        self._limits = limits
         self.catalog = catalog
         self._queue = queue
         self._replies = replies
@@ -197,6 +201,7 @@ class Gateway:
 
     async def submit(self, model_name: str, request: wire.GenerationRequest) -> Ticket:
         model = self.catalog.get(model_name)
+        await self._limits.check(model.name, request.params.max_tokens)
         closer = ExitStack()
         inbox = closer.enter_context(self._replies.expect(request.id))
         ticket = Ticket(model, request.id, inbox, self._queue, self.settings.request_timeout_s, closer, self._abandon)
@@ -224,6 +229,12 @@ class Gateway:
         self._metrics.requests.labels(label, str(status)).inc()
         if status == 200:
             self._metrics.request_seconds.labels(label).observe(seconds)
+
+    def record_cancellation(self, model: str, error: RequestError) -> None:
+        """Count a request cancelled because its client left or its deadline passed (the entry was cancelled)."""
+        reason = {ClientGone: "client_gone", ColdStartTimeout: "timeout", DeadlineExceeded: "timeout"}.get(type(error))
+        if reason is not None and self.catalog.has(model):
+            self._metrics.cancelled.labels(model, reason).inc()
 
     def record_first_token(self, model: str, seconds: float) -> None:
         self._metrics.ttft_seconds.labels(model).observe(seconds)

@@ -156,6 +156,14 @@ class ModelSettings:
         return max(1, min(30, math.ceil(self.cold_start_timeout_s / 4)))
 
 
+def _words(text: Value) -> tuple[str, ...]:
+    return tuple(word for word in re.split(r"[\s,]+", str(text)) if word)
+
+
+def _path(text: Value) -> Path:
+    return Path(str(text))
+
+
 def _default_gateway_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -180,6 +188,23 @@ class ServerSettings:
     default_max_tokens: int = field(default=256, metadata=_key("KALTSTART_DEFAULT_MAX_TOKENS", at_least(1)))
     #: Python log level of the whole process.
     log_level: str = field(default="INFO", metadata=_key("KALTSTART_LOG_LEVEL", lambda v: str(v).upper()))
+    #: API keys (comma-separated) valid for every model. With none here and no key file, the API is open.
+    api_keys: tuple[str, ...] = field(default=(), metadata=_key("KALTSTART_API_KEYS", _words))
+    #: A file of API keys, one ``KEY [model,model...]`` per line (a mounted Secret); re-read when it changes.
+    api_keys_file: Path | None = field(default=None, metadata=_key("KALTSTART_API_KEYS_FILE", _path))
+    #: A second port for ``/metrics``, ``/healthz`` and ``/readyz`` alone (then not served on ``port``), so that
+    #: exposing the API never exposes them. None: everything on ``port``.
+    metrics_port: int | None = field(default=None, metadata=_key("KALTSTART_METRICS_PORT", at_least(1)))
+    #: A client must send a request's whole header block within this long, or gets 408 and is disconnected.
+    header_timeout_s: float = field(default=10.0, metadata=_key("KALTSTART_HEADER_TIMEOUT", parse_duration_s))
+    #: Requests with more header lines than this get 431.
+    max_header_count: int = field(default=100, metadata=_key("KALTSTART_MAX_HEADERS", at_least(8)))
+    #: Requests whose headers add up to more bytes than this get 431.
+    max_header_bytes: int = field(default=32 * 1024, metadata=_key("KALTSTART_MAX_HEADER_BYTES", at_least(1024)))
+    #: A request body not received within this long gets 408 (a client trickling its body holds no slot).
+    body_timeout_s: float = field(default=30.0, metadata=_key("KALTSTART_BODY_TIMEOUT", parse_duration_s))
+    #: An idle keep-alive connection is closed after this long.
+    keep_alive_s: float = field(default=5.0, metadata=_key("KALTSTART_KEEP_ALIVE", parse_duration_s))
 
 
 @dataclass(frozen=True)
@@ -210,9 +235,7 @@ class LocalSettings:
     """The local backend: runtime processes on this machine."""
 
     #: The model file (TOML, see docs/configuration.md).
-    config_path: Path = field(
-        default_factory=lambda: Path("kaltstart.toml"), metadata=_key("KALTSTART_CONFIG", lambda v: Path(str(v)))
-    )
+    config_path: Path = field(default_factory=lambda: Path("kaltstart.toml"), metadata=_key("KALTSTART_CONFIG", _path))
 
 
 def _namespaces(text: Value) -> tuple[str, ...]:

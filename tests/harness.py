@@ -23,6 +23,7 @@ from gateway.catalog import ModelCatalog
 from gateway.endpoints import ReadyEndpoints
 from gateway.metrics import Metrics
 from gateway.scaling import Scaler
+from gateway.serving import listen, protocol_for
 from gateway.settings import GatewaySettings, KubernetesSettings, ModelSettings, ServerSettings
 
 B = TypeVar("B", LocalBackend, KubernetesBackend)
@@ -66,10 +67,15 @@ LocalGateway = RunningGateway[LocalBackend]
 KubernetesGateway = RunningGateway[KubernetesBackend]
 
 
-def model(name: str, source: Path | str, engine: str = "torch", **settings: str | int | float) -> LocalModel:
-    """A local model entry; ``settings`` use the config file's keys with ``_`` for ``-``."""
+def model(
+    name: str, source: Path | str, engine: str = "torch", args: tuple[str, ...] = (), **settings: str | int | float
+) -> LocalModel:
+    """A local model entry; ``settings`` use the config file's keys with ``_`` for ``-``; ``args`` are extra
+    ``python -m runtime`` flags."""
     keys = {key.replace("_", "-"): value for key, value in settings.items()}
-    return LocalModel(settings=ModelSettings.parse(name, keys), source=str(source), engine=engine, device="cpu")
+    return LocalModel(
+        settings=ModelSettings.parse(name, keys), source=str(source), engine=engine, device="cpu", args=args
+    )
 
 
 @contextlib.asynccontextmanager
@@ -81,8 +87,8 @@ async def serve(app: ASGIApp, lifespan: bool = True) -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def _serve(app: ASGIApp, sock: socket.socket, lifespan: bool = True) -> AsyncIterator[None]:
-    config = uvicorn.Config(app, log_level="warning", lifespan="on" if lifespan else "off")
+async def _serve(app: ASGIApp, sock: socket.socket, lifespan: bool = True, http: Any = "auto") -> AsyncIterator[None]:
+    config = uvicorn.Config(app, log_level="warning", lifespan="on" if lifespan else "off", http=http)
     config.load()
     server = uvicorn.Server(config)
     # What Server.serve() does, minus taking over the test process's signal handlers.
@@ -105,10 +111,7 @@ def _settings(redis_url: str, sock: socket.socket, overrides: dict[str, Any]) ->
 
 @contextlib.asynccontextmanager
 async def _listening() -> AsyncIterator[socket.socket]:
-    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only for such sockets; without
-    # it every small response waits ~40 ms for delayed ACKs.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
+    sock = listen("127.0.0.1", 0)
     try:
         yield sock
     finally:
@@ -120,7 +123,7 @@ async def _run(
     settings: GatewaySettings, parts: BackendParts, sock: socket.socket
 ) -> AsyncIterator[RunningGateway[Any]]:
     app = create_app(settings, redis_url=cast(str, settings.server.redis_url), parts=parts)
-    async with _serve(app, sock):
+    async with _serve(app, sock, http=protocol_for(settings.server)):  # the gateway's own HTTP guards
         url = f"http://{settings.server.host}:{settings.server.port}"
         yield RunningGateway(url, app, parts.backend, parts.endpoints, parts.catalog)
 

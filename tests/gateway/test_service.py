@@ -19,6 +19,7 @@ from gateway.catalog import ModelCatalog
 from gateway.endpoints import ReadyEndpoints
 from gateway.errors import ColdStartTimeout
 from gateway.fence import Fence, FencedDoor
+from gateway.limits import ContextLengths
 from gateway.messages import Dispatched, Final, Finished, Token
 from gateway.metrics import Metrics
 from gateway.queue import Delivery, RequestQueue
@@ -120,7 +121,15 @@ async def rig(redis_url: str) -> AsyncIterator[Rig]:
     try:
         abandoned: list[tuple[str, str, str]] = []
         gateway = Gateway(
-            settings, catalog, queue, router, door, scaler, metrics, abandon=lambda *entry: abandoned.append(entry)
+            settings,
+            catalog,
+            queue,
+            router,
+            door,
+            scaler,
+            metrics,
+            abandon=lambda *entry: abandoned.append(entry),
+            limits=ContextLengths(redis),
         )
         yield Rig(gateway, queue, ReplySender(redis), backend, router, abandoned)
     finally:
