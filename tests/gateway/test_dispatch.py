@@ -85,14 +85,8 @@ def echo(batch: wire.BatchRequest) -> list[Event]:
 
 
 @pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 async def queue(redis: Redis) -> RequestQueue:
+    """Room for every request a test queues (the shared fixture allows 3)."""
     return RequestQueue(redis, max_queue_per_model=100)
 
 

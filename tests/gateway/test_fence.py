@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -26,20 +25,6 @@ def _queued(request_id: str) -> QueuedRequest:
     return QueuedRequest(
         request=wire.GenerationRequest(id=request_id, prompt="hi"), reply_to="replies", accepted_at=time.time()
     )
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def queue(redis: Redis) -> RequestQueue:
-    q = RequestQueue(redis, max_queue_per_model=3)
-    await q.prepare(MODEL)
-    return q
 
 
 async def test_fence_is_taken_only_when_idle(queue: RequestQueue, redis: Redis) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -30,20 +29,6 @@ def _queued(request_id: str, channel: str = "replies") -> QueuedRequest:
 
 def _finished(request_id: str) -> Finished:
     return Finished(id=request_id, result=wire.FinishEvent(id=request_id, text="x", finish_reason="stop", usage=USAGE))
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def queue(redis: Redis) -> RequestQueue:
-    q = RequestQueue(redis, max_queue_per_model=3)
-    await q.prepare(MODEL)
-    return q
 
 
 async def test_enqueue_read_settle_once(queue: RequestQueue, redis: Redis) -> None:

@@ -20,13 +20,6 @@ BROADCAST = "broadcast:fences"
 
 
 @pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 def broadcasts() -> list[str]:
     return []
 
