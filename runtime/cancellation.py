@@ -5,7 +5,7 @@ It also knows which requests are still *open* (no final event yet) and whether t
 generation thread. That makes a cancel exact: it takes only open requests, and every request it takes ends with
 the ``cancelled`` error and nothing else (``settle`` turns a final event that raced the cancel into that error).
 A request cancelled before its batch starts is settled at once by whoever cancelled it and never reaches the
-engine. A step-level scheduler (continuous batching) can ask the same questions of the same class.
+engine. The continuous scheduler (``runtime.scheduler``) asks the same questions of the same class, per batch.
 """
 
 from __future__ import annotations

@@ -4,21 +4,34 @@ Each whitespace-separated word of the prompt (or of all chat messages) counts as
 and in the answer. The answer repeats the words in order; it ends with ``length`` at ``max_tokens`` or with
 ``stop`` (like an end-of-sequence token) when the words run out. Stop sequences and streaming behave exactly as
 in the torch engine, because both use ``Completion``, and so does cancellation: a cancelled request gets its
-``cancelled`` error at the next step. It never imports torch, so it is ready in well under a second.
+``cancelled`` error at the next step. Rows join and leave a running batch between steps as in the torch engine, so
+the continuous scheduler (several open batches at once) works with it too. It never imports torch, so it is
+ready in well under a second.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
 
 from runtime.cancellation import Cancellation
 from runtime.completion import Completion, Decode
-from runtime.engine import BatchEvent, LoadReport, too_long
-from wire import GenerationRequest
+from runtime.engine import BatchEvent, LoadReport, NextToken, too_long
+from runtime.stepping import run_to_completion
+from wire import ErrorEvent, GenerationRequest
 
-__all__ = ["EchoEngine"]
+__all__ = ["DEFAULT_BATCH_TOKENS", "EchoEngine"]
 
 DEFAULT_CONTEXT_TOKENS = 32768
+#: The echo engine keeps no cache; its token budget only bounds how much work the scheduler takes in.
+DEFAULT_BATCH_TOKENS = 16 * DEFAULT_CONTEXT_TOKENS
+
+
+@dataclass(eq=False)
+class EchoRow:
+    completion: Completion
+    words: list[str]
+    produced: int = 0
 
 
 class EchoEngine:
@@ -36,22 +49,51 @@ class EchoEngine:
         return None
 
     def generate(self, requests: Sequence[GenerationRequest], cancellation: Cancellation) -> Iterator[BatchEvent]:
-        rows: list[tuple[Completion, list[str]]] = []
-        for request in requests:
-            words = _words(request)
-            if error := too_long(request, len(words), self._context_length):
-                yield error
-                continue
-            rows.append((Completion(request, len(words), _decoder(words)), words))
-        step = 0
-        while rows and not cancellation.batch:
-            for completion, words in rows:
-                if cancellation.request(completion.request.id):
-                    yield completion.cancel()
-                else:
-                    yield from completion.push(step, end_of_sequence=step >= len(words))
-            rows = [(c, w) for c, w in rows if not c.finished]
-            step += 1
+        return run_to_completion(self, requests, cancellation)
+
+    def prepare(self, request: GenerationRequest) -> EchoRow | ErrorEvent:
+        words = _words(request)
+        if error := too_long(request, len(words), self._context_length):
+            return error
+        return EchoRow(Completion(request, len(words), _decoder(words)), words)
+
+    def step_batch(self, *, running_joins: bool = True) -> EchoBatch:
+        return EchoBatch()
+
+    def default_batch_tokens(self) -> int:
+        return DEFAULT_BATCH_TOKENS
+
+
+class EchoBatch:
+    """Every row gets the index of its next word per step; the end of the words is its end of sequence."""
+
+    def __init__(self) -> None:
+        self._rows: list[EchoRow] = []
+
+    @property
+    def size(self) -> int:
+        return len(self._rows)
+
+    @property
+    def joining(self) -> bool:
+        return False
+
+    @property
+    def cache_tokens(self) -> int:
+        return 0
+
+    def join(self, rows: Sequence[EchoRow]) -> None:
+        self._rows.extend(rows)
+
+    def leave(self, rows: Collection[EchoRow]) -> None:
+        gone = set(map(id, rows))
+        self._rows = [row for row in self._rows if id(row) not in gone]
+
+    def step(self) -> list[NextToken[EchoRow]]:
+        tokens = [NextToken(row, row.produced, row.produced >= len(row.words)) for row in self._rows]
+        for row in self._rows:
+            row.produced += 1
+        return tokens
 
 
 def _words(request: GenerationRequest) -> list[str]:

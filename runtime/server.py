@@ -4,7 +4,9 @@ Start-up order: uvicorn binds the port at once (so ``/healthz`` answers and the 
 background thread resolves the weights into the node-local cache, loads them and warms up; only then does
 ``/readyz`` answer 200. If that fails the process exits with status 1 so its supervisor notices.
 
-Batches run one at a time on a single generation thread (the accelerator does one forward pass at a time anyway);
+One generation thread runs the model (the accelerator does one forward pass at a time anyway). With the continuous
+scheduler (``runtime.scheduler``, the default) the requests of every open ``POST /v1/batch`` join one running
+batch between decoding steps; with the static one (``runtime.static``) batches run one at a time. Either way
 events travel from that thread to the event loop through an ``asyncio.Queue`` and out as NDJSON lines while the
 batch is still running. A client that goes away cancels its batch at the next decoding step; ``POST /v1/cancel``
 cancels single requests of a running batch at its next decoding step, and of a queued batch at once.
@@ -17,10 +19,9 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
@@ -29,15 +30,20 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from runtime.batches import Runner, RunningBatch
+from runtime.budget import Budget
 from runtime.cache import materialise
-from runtime.cancellation import Cancellation, cancelled_event
-from runtime.engine import BatchEvent, Engine, LoadReport
+from runtime.engine import Engine, LoadReport, as_step_engine
 from runtime.engines import create_engine
+from runtime.errors import EngineError
 from runtime.faults import exit_if_triggered
+from runtime.scheduler import Scheduler
 from runtime.settings import RuntimeSettings
+from runtime.static import BatchRunner
 from wire import (
     BATCH_PATH,
     CANCEL_PATH,
+    FREE_ROWS_HEADER,
     HEALTH_PATH,
     NDJSON,
     READY_PATH,
@@ -45,19 +51,23 @@ from wire import (
     CancelRequest,
     CancelResponse,
     ErrorBody,
-    ErrorEvent,
-    FinishEvent,
-    GenerationRequest,
     ReadyBody,
-    TokenEvent,
 )
 
-__all__ = ["BatchResponse", "BatchRunner", "Readiness", "RunningBatch", "create_app", "prepare_engine"]
+__all__ = [
+    "BatchResponse",
+    "BatchRunner",
+    "Readiness",
+    "RunningBatch",
+    "Scheduler",
+    "create_app",
+    "make_runner",
+    "prepare_engine",
+]
 
 log = logging.getLogger(__name__)
 
 Loader = Callable[[], Engine]
-_EmitItem = BatchEvent | None
 _Body = TypeVar("_Body", bound=BaseModel)
 
 
@@ -100,99 +110,51 @@ def _log_load(report: LoadReport) -> None:
     )
 
 
+def make_runner(engine: Engine, settings: RuntimeSettings) -> Runner:
+    """The scheduler ``settings`` ask for. An engine that cannot let rows join a running batch (a test double, a
+    model whose cache layers cannot be padded) runs batches one at a time, and says so in the log and ``/readyz``."""
+    if settings.scheduler == "continuous" and (scheduler := _continuous(engine, settings)) is not None:
+        return scheduler
+    return BatchRunner(engine, settings.max_batch_size)
+
+
+def _continuous(engine: Engine, settings: RuntimeSettings) -> Scheduler[Any] | None:
+    step_engine = as_step_engine(engine)
+    try:
+        if step_engine is None:
+            raise EngineError(f"{type(engine).__name__} cannot run rows step by step")
+        tokens = settings.max_batch_tokens or step_engine.default_batch_tokens()
+        scheduler = Scheduler(step_engine, Budget(rows=settings.max_batch_size, tokens=tokens))
+    except EngineError as exc:
+        log.warning("continuous batching is not possible (%s): running batches one at a time", exc)
+        return None
+    log.info("continuous batching: up to %d rows and %d KV-cache tokens", settings.max_batch_size, tokens)
+    return scheduler
+
+
 @dataclass
 class Readiness:
-    """Where start-up stands; ``settled`` is set once the engine is ready or loading has failed."""
+    """Where start-up stands; ``settled`` is set once the engine is ready (with its runner) or loading has failed."""
 
     engine: Engine | None = None
+    runner: Runner | None = None
     failed: bool = False
+    closed: bool = False
     settled: asyncio.Event = field(default_factory=asyncio.Event)
 
-
-@dataclass(eq=False)
-class RunningBatch:
-    """One submitted batch as the event loop sees it, from ``POST /v1/batch`` until its stream ends: its events
-    so far, and what of it is cancelled. It is registered with its runner all that time, queued or running, so
-    ``POST /v1/cancel`` finds its requests as soon as the batch's 200 answer has been sent."""
-
-    cancellation: Cancellation
-    _events: asyncio.Queue[_EmitItem]
-    _forget: Callable[[RunningBatch], None]
-
-    async def lines(self) -> AsyncGenerator[bytes]:
-        """NDJSON lines of the batch's events; stopping early (the client left) cancels the batch."""
-        try:
-            while (event := await self._events.get()) is not None:
-                yield event.model_dump_json().encode() + b"\n"
-        finally:
-            self.close()
-
-    def cancel(self, request_ids: Iterable[str]) -> tuple[str, ...]:
-        """Cancel those of ``request_ids`` this batch holds open; return them."""
-        taken = self.cancellation.cancel(request_ids)
-        if taken.before_start:  # the generation thread will never see these: end them here, at once
-            for request_id in taken.ids:
-                self._events.put_nowait(cancelled_event(request_id))
-            if taken.ids and not self.cancellation.unsettled():
-                self._events.put_nowait(None)  # nothing left to run: end the stream now, not when its turn comes
-        return taken.ids
-
     def close(self) -> None:
-        """Cancel whatever still runs and leave the registry; idempotent."""
-        self.cancellation.cancel_batch()
-        self._forget(self)
-
-
-@dataclass
-class BatchRunner:
-    """Runs batches one at a time on a dedicated thread, streams their events to the event loop, and cancels
-    single requests of any batch it holds. ``fault_exit_on``: see ``RuntimeSettings.fault_exit_on``."""
-
-    fault_exit_on: str | None = None
-    _executor: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
-    )
-    _batches: set[RunningBatch] = field(default_factory=set)
-
-    def submit(self, engine: Engine, requests: Sequence[GenerationRequest]) -> RunningBatch:
-        """Queue the batch on the generation thread; call on the event loop. Its ``lines()`` must be consumed
-        or the batch ``close()``d, which is what ``BatchResponse`` guarantees."""
-        exit_if_triggered(requests, self.fault_exit_on)
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[_EmitItem] = asyncio.Queue()
-        batch = RunningBatch(Cancellation(r.id for r in requests), events, self._batches.discard)
-
-        def emit(item: _EmitItem) -> None:
-            try:
-                loop.call_soon_threadsafe(events.put_nowait, item)
-            except RuntimeError:  # the event loop is gone: nobody is listening any more
-                batch.cancellation.cancel_batch()
-
-        # The thread reports everything, failures included, through the queue; its future has nothing to add.
-        loop.run_in_executor(self._executor, _run_batch, engine, requests, batch.cancellation, emit)
-        self._batches.add(batch)  # before any cancel can run: both happen on the event loop
-        return batch
-
-    def cancel(self, request_ids: Sequence[str]) -> tuple[str, ...]:
-        """Cancel the named requests in every batch held (queued or running); return those found, each once, in
-        the order asked."""
-        found: set[str] = set()
-        for batch in list(self._batches):
-            found.update(batch.cancel(request_ids))
-        return tuple(i for i in dict.fromkeys(request_ids) if i in found)
-
-    def close(self) -> None:
-        for batch in list(self._batches):
-            batch.close()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """The app shuts down: end the runner's batches and stop its thread, now or once loading is done."""
+        self.closed = True
+        if self.runner is not None:
+            self.runner.close()
 
 
 class BatchResponse(StreamingResponse):
     """The NDJSON answer to ``POST /v1/batch``. Closes its batch however the response ends, even if it never
     started streaming (the client left before the first byte), so no batch outlives its stream."""
 
-    def __init__(self, batch: RunningBatch) -> None:
-        super().__init__(batch.lines(), media_type=NDJSON)
+    def __init__(self, batch: RunningBatch, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(batch.lines(), media_type=NDJSON, headers=headers)
         self._batch = batch
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -200,73 +162,6 @@ class BatchResponse(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self._batch.close()
-
-
-@dataclass
-class _Tally:
-    """What one batch produced, for its log line."""
-
-    size: int
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    errors: int = 0
-
-    def count(self, event: BatchEvent) -> BatchEvent:
-        if isinstance(event, FinishEvent):
-            self.prompt_tokens += event.usage.prompt_tokens
-            self.completion_tokens += event.usage.completion_tokens
-        self.errors += isinstance(event, ErrorEvent) and event.code != "cancelled"
-        return event
-
-
-def _run_batch(
-    engine: Engine,
-    requests: Sequence[GenerationRequest],
-    cancellation: Cancellation,
-    emit: Callable[[_EmitItem], None],
-) -> None:
-    """The generation thread's side: pull events from the engine, hand each to the loop, log the batch. Every
-    final event passes ``cancellation.settle``, so a request cancelled while it ran ends as cancelled."""
-    started = time.monotonic()
-    tally = _Tally(len(requests))
-    try:
-        to_run = cancellation.start()
-        if cancellation.batch or not to_run:
-            return
-        for event in engine.generate([r for r in requests if r.id in to_run], cancellation):
-            emit(tally.count(_settled(event, cancellation)))
-    except Exception:
-        log.exception("batch of %d failed", len(requests))
-        for request_id in cancellation.unsettled():
-            failed = ErrorEvent(id=request_id, code="internal", message="the runtime failed while generating")
-            emit(tally.count(cancelled_event(request_id) if cancellation.settle(request_id) else failed))
-    finally:
-        emit(None)
-        _log_batch(tally, cancellation, time.monotonic() - started)
-
-
-def _settled(event: BatchEvent, cancellation: Cancellation) -> BatchEvent:
-    """The event to send: a final event of a request cancelled meanwhile becomes its ``cancelled`` error."""
-    if isinstance(event, TokenEvent) or not cancellation.settle(event.id):
-        return event
-    return cancelled_event(event.id)
-
-
-def _log_batch(tally: _Tally, cancellation: Cancellation, seconds: float) -> None:
-    unfinished = cancellation.unsettled() if cancellation.batch else []
-    cancelled = f", {cancellation.cancelled_count} cancelled" if cancellation.cancelled_count else ""
-    abandoned = f", cancelled with {len(unfinished)} unfinished" if unfinished else ""
-    log.info(
-        "batch of %d: %d prompt + %d completion tokens in %.3f s (%.1f tokens/s), %d errors%s%s",
-        tally.size,
-        tally.prompt_tokens,
-        tally.completion_tokens,
-        seconds,
-        tally.completion_tokens / max(seconds, 1e-9),
-        tally.errors,
-        cancelled,
-        abandoned,
-    )
 
 
 def create_app(
@@ -277,7 +172,6 @@ def create_app(
     """The ASGI app. ``loader`` makes the ready engine (default: ``prepare_engine(settings)``); ``on_fatal`` is
     called on the event loop if it fails. ``app.state.readiness`` is the app's ``Readiness``."""
     readiness = Readiness()
-    runner = BatchRunner(fault_exit_on=settings.fault_exit_on)
     load = loader or (lambda: prepare_engine(settings))
 
     @contextlib.asynccontextmanager
@@ -289,39 +183,38 @@ def create_app(
         try:
             yield
         finally:
-            runner.close()
+            readiness.close()
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "alive"})
 
     async def readyz(request: Request) -> Response:
-        if readiness.engine is None:
+        runner = readiness.runner
+        if runner is None:
             return _error(503, "failed to load the model" if readiness.failed else "loading the model")
         body = ReadyBody(
             model=settings.served_names[0],
             max_batch_size=settings.max_batch_size,
-            context_length=readiness.engine.context_length,
+            context_length=runner.context_length,
+            scheduler=runner.kind,
+            max_batch_tokens=runner.max_batch_tokens,
+            free_rows=runner.free_rows,
         )
         return JSONResponse(body.model_dump())
 
     async def batch(request: Request) -> Response:
-        engine = readiness.engine
-        if engine is None:
+        runner = readiness.runner
+        if runner is None:
             return _error(503, "the model is not loaded yet", {"Retry-After": "1"})
-        parsed = _parse(BatchRequest, await request.body(), "batch")
-        if isinstance(parsed, Response):
-            return parsed
-        if parsed.model not in settings.served_names:
-            return _error(404, f"this runtime serves {settings.model_name!r}, not {parsed.model!r}")
-        if len(parsed.requests) > settings.max_batch_size:
-            return _error(413, f"{len(parsed.requests)} requests, more than max_batch_size {settings.max_batch_size}")
-        return BatchResponse(runner.submit(engine, parsed.requests))
+        answer = _batch_answer(runner, await request.body(), settings)
+        answer.headers[FREE_ROWS_HEADER] = str(runner.free_rows)  # after taking the batch, if it was taken
+        return answer
 
     async def cancel(request: Request) -> Response:
         parsed = _parse(CancelRequest, await request.body(), "cancel request")
         if isinstance(parsed, Response):
             return parsed
-        cancelled = runner.cancel(parsed.ids)
+        cancelled = readiness.runner.cancel(parsed.ids) if readiness.runner else ()
         if cancelled:
             log.info("cancelled %d of %d requests asked for: %s", len(cancelled), len(parsed.ids), ", ".join(cancelled))
         return JSONResponse(CancelResponse(cancelled=cancelled).model_dump())
@@ -337,6 +230,19 @@ def create_app(
     return app
 
 
+def _batch_answer(runner: Runner, body: bytes, settings: RuntimeSettings) -> Response:
+    """The streaming answer with the batch taken by ``runner``, or why it was refused."""
+    parsed = _parse(BatchRequest, body, "batch")
+    if isinstance(parsed, Response):
+        return parsed
+    if parsed.model not in settings.served_names:
+        return _error(404, f"this runtime serves {settings.model_name!r}, not {parsed.model!r}")
+    if len(parsed.requests) > settings.max_batch_size:
+        return _error(413, f"{len(parsed.requests)} requests, more than max_batch_size {settings.max_batch_size}")
+    exit_if_triggered(parsed.requests, settings.fault_exit_on)
+    return BatchResponse(runner.submit(parsed.requests))
+
+
 def _load_in_background(
     load: Loader,
     loop: asyncio.AbstractEventLoop,
@@ -346,6 +252,7 @@ def _load_in_background(
 ) -> None:
     try:
         engine = load()
+        runner = make_runner(engine, settings)
     except Exception:
         log.exception("cannot start serving %s", settings.model_name)
 
@@ -358,11 +265,17 @@ def _load_in_background(
         return
 
     def ready() -> None:
-        readiness.engine = engine
+        if readiness.closed:  # the app shut down while the model loaded
+            runner.close()
+            return
+        readiness.engine, readiness.runner = engine, runner
         readiness.settled.set()
         log.info("ready: serving %s at %s", settings.model_name, settings.url)
 
-    loop.call_soon_threadsafe(ready)
+    try:
+        loop.call_soon_threadsafe(ready)
+    except RuntimeError:  # the event loop is gone: nobody will ever use the runner
+        runner.close()
 
 
 def _parse(model: type[_Body], body: bytes, what: str) -> _Body | Response:

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Literal, NoReturn, TypeVar
 
 from runtime.errors import SettingsError
+from wire import SchedulerKind
 
-__all__ = ["ENV_PREFIX", "Device", "Dtype", "EngineKind", "RuntimeSettings"]
+__all__ = ["ENV_PREFIX", "Device", "Dtype", "EngineKind", "RuntimeSettings", "SchedulerKind"]
 
 ENV_PREFIX = "KALTSTART_RUNTIME_"
 
@@ -26,6 +27,7 @@ EngineKind = Literal["torch", "echo"]
 _DEVICES: tuple[Device, ...] = ("auto", "cpu", "cuda")
 _DTYPES: tuple[Dtype, ...] = ("auto", "float32", "float16", "bfloat16")
 _ENGINES: tuple[EngineKind, ...] = ("torch", "echo")
+_SCHEDULERS: tuple[SchedulerKind, ...] = ("continuous", "static")
 _Choice = TypeVar("_Choice", bound=str)
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
@@ -59,10 +61,27 @@ class RuntimeSettings:
     is slow and inexact."""
 
     max_batch_size: int = 16
-    """Most requests one ``POST /v1/batch`` may carry; more is answered 413. Default 16: bounds the KV cache a
-    batch can take. ``/readyz`` reports it (with the model name and context length), but the gateway reads only
-    that answer's status and sizes batches from its own per-model ``max-batch-size`` setting; its local backend
-    passes that setting here."""
+    """Most requests one ``POST /v1/batch`` may carry (more is answered 413), and with the continuous scheduler
+    also the most rows in the running batch (requests of several batches together; the rest wait). Default 16.
+    ``/readyz`` reports it; the gateway sizes batches from its own per-model ``max-batch-size`` setting, and its
+    local backend passes that setting here."""
+
+    scheduler: SchedulerKind = "continuous"
+    """``continuous`` (default): one decoding loop; the requests of every open ``POST /v1/batch`` join the running
+    batch between decoding steps and leave it as soon as they finish, within ``max_batch_size`` rows and
+    ``max_batch_tokens``. ``static``: one batch at a time, start to finish, later batches wait (the behaviour before
+    continuous batching, kept for comparison)."""
+
+    max_batch_tokens: int | None = None
+    """Continuous scheduler: most KV-cache tokens the running batch may hold, counted as its rows times the longest
+    row's prompt + ``max_tokens`` (the padded cache's worst case). A request that does not fit waits. Default
+    (None): 16384 on CPU; on CUDA 70% of the device memory free after loading and warm-up, divided by the model's
+    KV bytes per token."""
+
+    prefill_chunk_tokens: int = 128
+    """Prompt tokens per row that one forward pass prefills (torch engine). With the continuous scheduler a joining
+    request's prompt is prefilled one chunk per decoding step, so a long prompt delays the running rows' next token
+    by one chunk's compute at a time, not by the whole prompt's. Default 128."""
 
     max_context_tokens: int | None = None
     """Cap on prompt tokens plus ``max_tokens`` per request, below the model's own context length. Default:
@@ -94,6 +113,10 @@ class RuntimeSettings:
             raise SettingsError(f"port must be in 1..65535, got {self.port}")
         if self.max_batch_size < 1:
             raise SettingsError(f"max batch size must be at least 1, got {self.max_batch_size}")
+        if self.max_batch_tokens is not None and self.max_batch_tokens < 2:
+            raise SettingsError(f"max batch tokens must be at least 2, got {self.max_batch_tokens}")
+        if self.prefill_chunk_tokens < 1:
+            raise SettingsError(f"prefill chunk tokens must be at least 1, got {self.prefill_chunk_tokens}")
         if self.max_context_tokens is not None and self.max_context_tokens < 2:
             raise SettingsError(f"max context tokens must be at least 2, got {self.max_context_tokens}")
         if self.shutdown_grace_s < 0:
@@ -118,6 +141,9 @@ class RuntimeSettings:
             device=args.device,
             dtype=args.dtype,
             max_batch_size=args.max_batch_size,
+            scheduler=args.scheduler,
+            max_batch_tokens=args.max_batch_tokens or None,
+            prefill_chunk_tokens=args.prefill_chunk_tokens,
             max_context_tokens=args.max_context_tokens or None,
             engine=args.engine,
             warmup=args.warmup,
@@ -147,6 +173,14 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--device", choices=_DEVICES, default=env.choice("DEVICE", _DEVICES, "auto"))
     p.add_argument("--dtype", choices=_DTYPES, default=env.choice("DTYPE", _DTYPES, "auto"))
     p.add_argument("--max-batch-size", type=int, default=env.integer("MAX_BATCH_SIZE", 16))
+    p.add_argument("--scheduler", choices=_SCHEDULERS, default=env.choice("SCHEDULER", _SCHEDULERS, "continuous"))
+    p.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=env.integer("MAX_BATCH_TOKENS", 0),
+        help="KV-cache token budget of the running batch (0: derived from the device)",
+    )
+    p.add_argument("--prefill-chunk-tokens", type=int, default=env.integer("PREFILL_CHUNK_TOKENS", 128))
     p.add_argument("--max-context-tokens", type=int, default=env.integer("MAX_CONTEXT_TOKENS", 0))
     p.add_argument("--engine", choices=_ENGINES, default=env.choice("ENGINE", _ENGINES, "torch"))
     p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=env.boolean("WARMUP", True))

@@ -1,17 +1,19 @@
 """Batched generation with a Hugging Face causal language model, one forward pass per step for the whole batch.
 
-Prompts are left-padded to a common length; the attention mask hides the padding and position ids count only real
-tokens (``cumsum(mask) - 1``), so each row computes what it would alone. A ``DynamicCache`` keeps keys and values
-between steps. When a row finishes, or is cancelled on its own (``POST /v1/cancel``), it is dropped from the batch
-(cache, mask and positions), so a batch costs what its still-running requests cost. Sampling and stop handling are
-per request (see ``sampling`` and ``completion``).
+This module loads the model and turns requests into rows (tokenizing, checking the context); the decoding loop
+is ``runtime.torch_batch``. Prompts are left-padded to a common length; the attention mask hides the padding and
+position ids count only real tokens (``cumsum(mask) - 1``), so each row computes what it would alone. A
+``DynamicCache`` keeps keys and values between steps. Rows join a running batch between steps (the continuous
+scheduler) and leave it when they finish or are cancelled on their own (``POST /v1/cancel``): they are dropped from
+the cache, mask and positions, so a batch costs what its still-running requests cost. Sampling and stop handling
+are per request (see ``sampling`` and ``completion``).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,25 +22,24 @@ from jinja2 import TemplateError
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.utils import logging as transformers_logging
 
+from runtime.budget import CPU_BATCH_TOKENS, cuda_batch_tokens
 from runtime.cancellation import Cancellation
 from runtime.completion import Completion
 from runtime.engine import BatchEvent, LoadReport, too_long
 from runtime.errors import EngineError, EngineNotLoaded
-from runtime.sampling import RowSampler, choose_tokens
+from runtime.kvcache import plain_layers
+from runtime.sampling import RowSampler
 from runtime.settings import RuntimeSettings
+from runtime.stepping import run_to_completion
+from runtime.torch_batch import TorchBatch, TorchRow
 from wire import ErrorEvent, GenerationRequest, SamplingParams
 
 __all__ = ["TorchEngine"]
 
+log = logging.getLogger(__name__)
+
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _FALLBACK_CONTEXT = 2048
-
-
-@dataclass
-class _Row:
-    completion: Completion
-    prompt_ids: list[int]
-    sampler: RowSampler
 
 
 class TorchEngine:
@@ -52,6 +53,7 @@ class TorchEngine:
         self._eos_ids: frozenset[int] = frozenset()
         self._pad_id = 0
         self._context_length = 0
+        self._unmergeable: str | None = None  # a cache layer type rows cannot join, if the model has one
 
     @property
     def context_length(self) -> int:
@@ -80,6 +82,7 @@ class TorchEngine:
         self._eos_ids = _eos_ids(self._model, self._tokenizer)
         self._pad_id = _pad_id(self._tokenizer, self._eos_ids)
         self._context_length = _context_length(self._model.config, self._settings.max_context_tokens)
+        self._unmergeable = plain_layers(DynamicCache(config=self._model.config))
         size = sum(p.stat().st_size for p in self._model_dir.glob("*.safetensors"))
         return LoadReport(time.monotonic() - started, size, str(self._device), str(self._dtype).split(".")[-1])
 
@@ -91,17 +94,9 @@ class TorchEngine:
     def generate(self, requests: Sequence[GenerationRequest], cancellation: Cancellation) -> Iterator[BatchEvent]:
         if self._model is None:
             raise EngineNotLoaded("load() first")
-        rows: list[_Row] = []
-        for request in requests:
-            row_or_error = self._admit(request)
-            if isinstance(row_or_error, ErrorEvent):
-                yield row_or_error
-            else:
-                rows.append(row_or_error)
-        if rows:
-            yield from _Batch(self._model, rows, self._pad_id, self._eos_ids).run(cancellation)
+        return run_to_completion(self, requests, cancellation)
 
-    def _admit(self, request: GenerationRequest) -> _Row | ErrorEvent:
+    def prepare(self, request: GenerationRequest) -> TorchRow | ErrorEvent:
         try:
             prompt_ids = self._prompt_ids(request)
         except TemplateError as exc:
@@ -111,7 +106,36 @@ class TorchEngine:
         if error := too_long(request, len(prompt_ids), self._context_length):
             return error
         completion = Completion(request, len(prompt_ids), self._decode)
-        return _Row(completion, prompt_ids, RowSampler.for_params(request.params))
+        return TorchRow(completion, prompt_ids, RowSampler.for_params(request.params))
+
+    def step_batch(self, *, running_joins: bool = True) -> TorchBatch:
+        if self._model is None:
+            raise EngineNotLoaded("load() first")
+        if running_joins and self._unmergeable is not None:
+            raise EngineError(f"rows cannot join a running batch of a model with {self._unmergeable} cache layers")
+        reshape = self._unmergeable is None
+        return TorchBatch(self._model, self._pad_id, self._eos_ids, self._settings.prefill_chunk_tokens, reshape)
+
+    def default_batch_tokens(self) -> int:
+        """``CPU_BATCH_TOKENS`` on CPU; on CUDA, what ``cuda_batch_tokens`` makes of the memory free now."""
+        if self._device.type != "cuda":
+            return CPU_BATCH_TOKENS
+        free, _ = torch.cuda.mem_get_info(self._device)
+        free += torch.cuda.memory_reserved(self._device) - torch.cuda.memory_allocated(self._device)
+        per_token = self.kv_bytes_per_token()
+        tokens = cuda_batch_tokens(free, per_token)
+        log.info("KV-cache budget: %d tokens of %d bytes in %.2f GB free", tokens, per_token, free / 1e9)
+        return tokens
+
+    @torch.inference_mode()
+    def kv_bytes_per_token(self) -> int:
+        """Bytes the KV cache takes per token, all layers, keys and values: measured with a one-token forward."""
+        if self._model is None:
+            raise EngineNotLoaded("load() first")
+        cache = DynamicCache(config=self._model.config)
+        self._model(input_ids=torch.tensor([[self._pad_id]], device=self._device), cache=cache, use_cache=True)
+        held = [getattr(layer, name, None) for layer in cache.layers for name in ("keys", "values")]
+        return sum(int(t.nbytes) for t in held if isinstance(t, torch.Tensor))
 
     def _prompt_ids(self, request: GenerationRequest) -> list[int]:
         if request.prompt is not None:
@@ -126,83 +150,6 @@ class TorchEngine:
 
     def _decode(self, ids: Sequence[int]) -> str:
         return str(self._tokenizer.decode(list(ids), skip_special_tokens=True))
-
-
-class _Batch:
-    """One batch's decoding loop. Tensors stay on the model's device; only the chosen token ids come back."""
-
-    def __init__(self, model: Any, rows: list[_Row], pad_id: int, eos_ids: frozenset[int]) -> None:
-        self._model = model
-        self._device: torch.device = model.device
-        self._rows = rows
-        self._pad_id = pad_id
-        self._eos_ids = eos_ids
-        self._cache = DynamicCache(config=model.config)
-        self._mask = torch.empty(0)
-        self._next_positions = torch.empty(0)
-
-    def run(self, cancellation: Cancellation) -> Iterator[BatchEvent]:
-        logits = self._prefill()
-        while not cancellation.batch:
-            tokens = self._choose(logits)
-            events, still_running = self._advance(tokens, cancellation)
-            yield from events
-            if not still_running or cancellation.batch:
-                return
-            logits = self._step(tokens, still_running)
-
-    @torch.inference_mode()
-    def _prefill(self) -> torch.Tensor:
-        width = max(len(row.prompt_ids) for row in self._rows)
-        padded = [[self._pad_id] * (width - len(r.prompt_ids)) + r.prompt_ids for r in self._rows]
-        masks = [[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in self._rows]
-        self._mask = torch.tensor(masks, device=self._device)
-        positions = (self._mask.cumsum(dim=-1) - 1).clamp(min=0)
-        self._next_positions = positions[:, -1] + 1
-        return self._forward(torch.tensor(padded, device=self._device), positions)
-
-    @torch.inference_mode()
-    def _choose(self, logits: torch.Tensor) -> list[int]:
-        return choose_tokens(logits, [row.sampler for row in self._rows])
-
-    def _advance(self, tokens: list[int], cancellation: Cancellation) -> tuple[list[BatchEvent], list[int]]:
-        """Hand each row its token, or end it if it was cancelled since the last step (its token is dropped
-        unseen); return the events and the indices of rows that go on."""
-        events: list[BatchEvent] = []
-        still_running: list[int] = []
-        for index, (row, token) in enumerate(zip(self._rows, tokens, strict=True)):
-            if cancellation.request(row.completion.request.id):
-                events.append(row.completion.cancel())
-            else:
-                events.extend(row.completion.push(token, end_of_sequence=token in self._eos_ids))
-            if not row.completion.finished:
-                still_running.append(index)
-        return events, still_running
-
-    @torch.inference_mode()
-    def _step(self, tokens: list[int], still_running: list[int]) -> torch.Tensor:
-        """Drop finished rows from the batch, then one forward pass with each running row's new token."""
-        if len(still_running) < len(self._rows):
-            keep = torch.tensor(still_running, device=self._device)
-            self._cache.batch_select_indices(keep)
-            self._mask, self._next_positions = self._mask[keep], self._next_positions[keep]
-            self._rows = [self._rows[i] for i in still_running]
-        new_tokens = torch.tensor([[tokens[i]] for i in still_running], device=self._device)
-        self._mask = torch.cat([self._mask, self._mask.new_ones((len(still_running), 1))], dim=1)
-        logits = self._forward(new_tokens, self._next_positions[:, None])
-        self._next_positions = self._next_positions + 1
-        return logits
-
-    def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        out = self._model(
-            input_ids=input_ids,
-            attention_mask=self._mask,
-            position_ids=positions,
-            cache=self._cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        return out.logits[:, -1, :]  # type: ignore[no-any-return]
 
 
 def _pick_device(setting: str) -> torch.device:

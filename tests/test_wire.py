@@ -61,3 +61,16 @@ def test_cancel_response_round_trips() -> None:
     response = wire.CancelResponse(cancelled=("a",))
     assert wire.CancelResponse.model_validate_json(response.model_dump_json()) == response
     assert json.loads(wire.CancelResponse(cancelled=()).model_dump_json()) == {"cancelled": []}
+
+
+def test_ready_body_of_a_replica_without_a_scheduler_report_still_parses() -> None:
+    before = '{"status": "ready", "model": "m", "max_batch_size": 8, "context_length": 512}'
+    old = wire.ReadyBody.model_validate_json(before)
+    assert (old.scheduler, old.max_batch_tokens, old.free_rows) == ("static", 0, 0)
+    new = wire.ReadyBody(
+        model="m", max_batch_size=8, context_length=512, scheduler="continuous", max_batch_tokens=16384, free_rows=5
+    )
+    assert wire.ReadyBody.model_validate_json(new.model_dump_json()) == new
+    with pytest.raises(ValidationError):
+        wire.ReadyBody(model="m", max_batch_size=8, context_length=512, scheduler="dynamic")
+    assert wire.FREE_ROWS_HEADER == "x-kaltstart-free-rows"

@@ -11,7 +11,10 @@ each one the ``CancelResponse`` names ends its batch stream with an ``ErrorEvent
 the rest of its batch goes on. Unknown ids are ignored, as the request may have finished already.
 
 ``GET /readyz`` answers 200 with a ``ReadyBody`` only once weights are loaded and warmed up; ``GET /healthz``
-answers 200 while the process is alive. See docs/wire-format.md for the prose version and the JSON schema.
+answers 200 while the process is alive. The ``ReadyBody`` and the ``x-kaltstart-free-rows`` header of each
+``POST /v1/batch`` answer say how much more a replica can take: a *continuous* replica (step-level scheduler) takes
+new requests into its running batch, a *static* one runs one batch at a time. See docs/wire-format.md for the
+prose version and the JSON schema.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 __all__ = [
     "BATCH_PATH",
     "CANCEL_PATH",
+    "FREE_ROWS_HEADER",
     "HEALTH_PATH",
     "MAX_CANCEL_IDS",
     "MAX_REQUEST_ID_LENGTH",
@@ -40,6 +44,7 @@ __all__ = [
     "GenerationRequest",
     "ReadyBody",
     "SamplingParams",
+    "SchedulerKind",
     "TokenEvent",
     "Usage",
     "json_schema",
@@ -50,6 +55,9 @@ CANCEL_PATH = "/v1/cancel"
 READY_PATH = "/readyz"
 HEALTH_PATH = "/healthz"
 NDJSON = "application/x-ndjson"
+#: Response header of ``POST /v1/batch`` (every answer once the replica is ready): how many more requests (rows) the
+#: replica could take right after it took this batch. Always 0 on a static replica while it holds a batch.
+FREE_ROWS_HEADER = "x-kaltstart-free-rows"
 
 MAX_STOP_SEQUENCES = 4
 MAX_REQUEST_ID_LENGTH = 128
@@ -146,11 +154,36 @@ class ErrorEvent(_Wire):
 BatchEvent = Annotated[TokenEvent | FinishEvent | ErrorEvent, Field(discriminator="type")]
 
 
+#: How a replica schedules work: ``static`` runs one ``POST /v1/batch`` at a time, start to finish (further batches
+#: wait); ``continuous`` admits the requests of any open batch into its running batch between decoding steps.
+SchedulerKind = Literal["static", "continuous"]
+
+
 class ReadyBody(_Wire):
+    """A ready replica's report. ``scheduler``, ``max_batch_tokens`` and ``free_rows`` came later; their defaults
+    describe a replica that predates them: one batch at a time, no token budget reported."""
+
     status: Literal["ready"] = "ready"
     model: str
     max_batch_size: int = Field(ge=1)
     context_length: int = Field(ge=1)
+    scheduler: SchedulerKind = Field(
+        "static",
+        description="static: one POST /v1/batch at a time, start to finish; continuous: requests of any open batch "
+        "join the running batch between decoding steps",
+    )
+    max_batch_tokens: int = Field(
+        0,
+        ge=0,
+        description="most KV-cache tokens the running batch may hold, counted as rows times the longest row's "
+        "prompt + max_tokens; a request that does not fit waits for room. 0: no token budget (static)",
+    )
+    free_rows: int = Field(
+        0,
+        ge=0,
+        description="requests the replica can take now: max_batch_size minus the requests it holds, running or "
+        "waiting; 0 on a static replica while it holds a batch",
+    )
 
 
 class ErrorBody(_Wire):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +28,17 @@ def torch_engine(demo_model_dir: Path, demo_settings: RuntimeSettings) -> object
     from runtime.torch_engine import TorchEngine
 
     engine = TorchEngine(demo_model_dir, demo_settings)
+    engine.load()
+    return engine
+
+
+@pytest.fixture(scope="session")
+def chunked_engine(demo_model_dir: Path, demo_settings: RuntimeSettings) -> object:
+    """Like ``torch_engine``, but prefilling 4 prompt tokens per row per step, so that almost every prompt joins a
+    running batch over several steps."""
+    from runtime.torch_engine import TorchEngine
+
+    engine = TorchEngine(demo_model_dir, dataclasses.replace(demo_settings, prefill_chunk_tokens=4))
     engine.load()
     return engine
 

@@ -3,27 +3,96 @@ batch streamed from one on a background thread while the test does other things 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from gateway.processes import free_port
 from runtime.cancellation import Cancellation
-from runtime.engine import BatchEvent, Engine
-from wire import BATCH_PATH, BatchEventAdapter, ErrorEvent, FinishEvent, GenerationRequest, TokenEvent
+from runtime.echo import EchoBatch, EchoEngine, EchoRow
+from runtime.engine import BatchEvent, Engine, NextToken
+from wire import (
+    BATCH_PATH,
+    BatchEventAdapter,
+    ChatMessage,
+    ErrorEvent,
+    FinishEvent,
+    GenerationRequest,
+    SamplingParams,
+    TokenEvent,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_LINE = "ready: serving"
 
 
+TEXT = (
+    "the gateway keeps every request in a queue until a runtime is ready to take it and when no one has asked "
+    "for a model in a while the runtime goes away"
+)
+WORDS = TEXT.split()
+
+
+def greedy(request_id: str, *, prompt: str | None = None, chat: str | None = None, **params: Any) -> GenerationRequest:
+    messages = (ChatMessage(role="user", content=chat),) if chat is not None else None
+    stream = bool(params.pop("stream", False))
+    sampling = SamplingParams(**{"max_tokens": 24, "temperature": 0.0, **params})
+    return GenerationRequest(id=request_id, prompt=prompt, messages=messages, params=sampling, stream=stream)
+
+
+def mixed_batch(size: int = 16, **params: Any) -> list[GenerationRequest]:
+    """Prompts of 1 to ~30 words, every third one a chat, so rows need very different amounts of padding."""
+    requests = []
+    for i in range(size):
+        text = " ".join(WORDS[: 1 + (i * 7) % len(WORDS)])
+        if i % 3 == 2:
+            requests.append(greedy(f"r{i}", chat=text, **params))
+        else:
+            requests.append(greedy(f"r{i}", prompt=text, **params))
+    return requests
+
+
+def alone(engine: Any, request: GenerationRequest) -> FinishEvent:
+    return finishes(run_batch(engine, [request]))[request.id]
+
+
+def sampled(request_id: str, seed: int, prompt: str = "tell me about the weather") -> GenerationRequest:
+    params = SamplingParams(max_tokens=24, temperature=1.5, top_p=0.95, seed=seed)
+    return GenerationRequest(id=request_id, prompt=prompt, params=params)
+
+
 def run_batch(engine: Engine, requests: Sequence[GenerationRequest]) -> list[BatchEvent]:
     return list(engine.generate(requests, Cancellation(r.id for r in requests)))
+
+
+async def read_events(lines: AsyncIterator[bytes], timeout_s: float = 60.0) -> list[BatchEvent]:
+    """Every event of a batch's NDJSON lines, to the end of its stream."""
+
+    async def read() -> list[BatchEvent]:
+        return [BatchEventAdapter.validate_json(line) async for line in lines]
+
+    return await asyncio.wait_for(read(), timeout=timeout_s)
+
+
+async def read_until(
+    lines: AsyncIterator[bytes],
+    done: Callable[[list[BatchEvent]], bool],
+    events: list[BatchEvent] | None = None,
+    timeout_s: float = 60.0,
+) -> list[BatchEvent]:
+    """Events of a batch's NDJSON lines, appended to ``events`` (those read before), until ``done`` holds."""
+    events = [] if events is None else events
+    while not done(events):
+        events.append(BatchEventAdapter.validate_json(await asyncio.wait_for(anext(lines), timeout=timeout_s)))
+    return events
 
 
 def finishes(events: Iterable[BatchEvent]) -> dict[str, FinishEvent]:
@@ -48,6 +117,7 @@ class StreamedBatch:
     def __init__(self, url: str, body: dict[str, object]) -> None:
         self.events: list[BatchEvent] = []
         self.status: int | None = None
+        self.headers: httpx.Headers = httpx.Headers()
         self.failure: Exception | None = None
         self.done = False
         self._changed = threading.Condition()
@@ -57,7 +127,7 @@ class StreamedBatch:
         try:
             with httpx.stream("POST", url, json=body, timeout=60) as response:
                 with self._changed:
-                    self.status = response.status_code
+                    self.status, self.headers = response.status_code, response.headers
                     self._changed.notify_all()
                 for line in filter(None, response.iter_lines()):
                     event = BatchEventAdapter.validate_json(line)
@@ -143,3 +213,26 @@ class RuntimeProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+class HoldingEcho(EchoEngine):
+    """An echo engine whose batches make no progress until ``until`` requests have reached it: a test can send
+    several batches and know that none finished before the last one arrived (no timing involved)."""
+
+    def __init__(self, until: int) -> None:
+        super().__init__()
+        self.until = until
+        self.prepared = 0
+
+    def prepare(self, request: GenerationRequest) -> EchoRow | ErrorEvent:
+        self.prepared += 1
+        return super().prepare(request)
+
+    def step_batch(self, *, running_joins: bool = True) -> EchoBatch:
+        engine = self
+
+        class Holding(EchoBatch):
+            def step(self) -> list[NextToken[EchoRow]]:
+                return super().step() if engine.prepared >= engine.until else []
+
+        return Holding()

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from runtime.budget import CPU_BATCH_TOKENS
 from runtime.cache import parse_source
 from runtime.cancellation import cancelled_event
 from runtime.faults import FAULT_EXIT_STATUS
@@ -17,6 +19,7 @@ from tests.runtime.support import RuntimeProcess, StreamedBatch, finishes, strea
 from wire import (
     BATCH_PATH,
     CANCEL_PATH,
+    FREE_ROWS_HEADER,
     HEALTH_PATH,
     NDJSON,
     READY_PATH,
@@ -31,9 +34,7 @@ from wire import (
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def torch_runtime(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> object:
-    cache_dir = tmp_path_factory.mktemp("process-cache")
+def start_torch_runtime(demo_model_dir: Path, cache_dir: Path, *flags: str) -> RuntimeProcess:
     process = RuntimeProcess(
         "--model-name",
         "tiny-llama",
@@ -43,14 +44,29 @@ def torch_runtime(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
         str(cache_dir),
         "--device",
         "cpu",
-        "--max-batch-size",
-        "16",
+        *flags,
     )
     try:
         process.wait_ready()
-        yield process
-    finally:
+    except BaseException:
         process.stop()
+        raise
+    return process
+
+
+@pytest.fixture(scope="module")
+def torch_runtime(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RuntimeProcess]:
+    process = start_torch_runtime(demo_model_dir, tmp_path_factory.mktemp("process-cache"), "--max-batch-size", "16")
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def static_runtime(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RuntimeProcess]:
+    """One batch at a time (``--scheduler static``): a batch sent while another runs waits for it."""
+    process = start_torch_runtime(demo_model_dir, tmp_path_factory.mktemp("static-cache"), "--scheduler", "static")
+    yield process
+    process.stop()
 
 
 def batch_body(
@@ -73,7 +89,12 @@ def test_health_and_ready(torch_runtime: RuntimeProcess) -> None:
     ready = httpx.get(torch_runtime.url + READY_PATH)
     assert ready.status_code == 200
     assert ReadyBody.model_validate_json(ready.content) == ReadyBody(
-        model="tiny-llama", max_batch_size=16, context_length=512
+        model="tiny-llama",
+        max_batch_size=16,
+        context_length=512,
+        scheduler="continuous",
+        max_batch_tokens=CPU_BATCH_TOKENS,
+        free_rows=16,
     )
 
 
@@ -161,20 +182,20 @@ def test_cancelling_unknown_ids_cancels_nothing(torch_runtime: RuntimeProcess) -
     assert cancel(torch_runtime.url, "never-sent", "long-finished") == ()
 
 
-def test_a_request_queued_behind_a_running_batch_is_cancelled_without_running(torch_runtime: RuntimeProcess) -> None:
-    running = StreamedBatch(torch_runtime.url, streaming(runs=480))
+def test_a_request_queued_behind_a_running_batch_is_cancelled_without_running(static_runtime: RuntimeProcess) -> None:
+    running = StreamedBatch(static_runtime.url, streaming(runs=480))
     running.wait_for(lambda s: tokens_of(s.events, "runs") >= 1)
-    queued = StreamedBatch(torch_runtime.url, streaming(waits=8, gives_up=8))
+    queued = StreamedBatch(static_runtime.url, streaming(waits=8, gives_up=8))
     queued.wait_for(lambda s: s.status is not None)  # the 200 is out: the runtime holds the batch
-    assert cancel(torch_runtime.url, "gives_up") == ("gives_up",)
+    assert cancel(static_runtime.url, "gives_up") == ("gives_up",)
     assert queued.wait_for(lambda s: len(s.events) >= 1) == [cancelled_event("gives_up")]
-    assert cancel(torch_runtime.url, "runs") == ("runs",), "the first batch must still have been running"
+    assert cancel(static_runtime.url, "runs") == ("runs",), "the first batch must still have been running"
     assert running.wait_done()[-1] == cancelled_event("runs")
     events = queued.wait_done()
     assert [e for e in events if e.id == "gives_up"] == [cancelled_event("gives_up")]
     usage = finishes(events)["waits"].usage
     assert usage.completion_tokens == 8
-    line = torch_runtime.wait_for_line(f"batch of 2: {usage.prompt_tokens} prompt + 8 completion tokens")
+    line = static_runtime.wait_for_line(f"batch of 2: {usage.prompt_tokens} prompt + 8 completion tokens")
     assert line.endswith("0 errors, 1 cancelled")
 
 
@@ -256,3 +277,54 @@ def test_bad_flags_exit_with_status_2(runtime_processes: list[RuntimeProcess]) -
     process = RuntimeProcess("--device", "tpu")
     runtime_processes.append(process)
     assert process.wait_exit() == 2
+
+
+def run_alone(url: str, request: dict[str, object]) -> FinishEvent:
+    response = httpx.post(url + BATCH_PATH, json={"model": "tiny-llama", "requests": [request]}, timeout=60)
+    return finishes(BatchEventAdapter.validate_json(line) for line in response.text.splitlines())[str(request["id"])]
+
+
+def test_a_batch_sent_while_another_decodes_joins_it_and_both_decode_as_if_alone(
+    torch_runtime: RuntimeProcess,
+) -> None:
+    first = streaming(first_long=300, first_short=6)["requests"]
+    assert isinstance(first, list)
+    sampled = {"max_tokens": 20, "temperature": 1.2, "seed": 5}
+    second = [
+        {"id": "second_a", "prompt": "the runtime goes away when", "params": {"max_tokens": 30, "temperature": 0}},
+        {"id": "second_b", "messages": [{"role": "user", "content": "queue"}], "params": sampled},
+    ]
+    expected = {str(r["id"]): run_alone(torch_runtime.url, r) for r in [*first, *second]}
+    running = StreamedBatch(torch_runtime.url, {"model": "tiny-llama", "requests": first})
+    running.wait_for(lambda s: "first_short" in finishes(s.events))  # a neighbour left; first_long decodes on
+    joining = StreamedBatch(torch_runtime.url, {"model": "tiny-llama", "requests": second})
+    done = finishes(joining.wait_done())
+    assert "first_long" not in finishes(running.events), "the second batch finished while the first decoded"
+    done |= finishes(running.wait_done())
+    assert done == expected
+    assert int(joining.headers[FREE_ROWS_HEADER]) == 16 - 3, "first_long and the two of the second batch held"
+
+
+def test_a_request_waiting_for_room_is_cancelled_without_running(
+    demo_model_dir: Path, tmp_path: Path, runtime_processes: list[RuntimeProcess]
+) -> None:
+    # "runs" may reach 480 + a few prompt tokens: a second request cannot join it within 600 tokens.
+    process = start_torch_runtime(demo_model_dir, tmp_path, "--max-batch-tokens", "600", "--no-warmup")
+    runtime_processes.append(process)
+    ready = ReadyBody.model_validate_json(httpx.get(process.url + READY_PATH).content)
+    assert (ready.scheduler, ready.max_batch_tokens, ready.context_length) == ("continuous", 600, 512)
+    running = StreamedBatch(process.url, streaming(runs=480))
+    running.wait_for(lambda s: tokens_of(s.events, "runs") >= 1)
+    waiting = StreamedBatch(process.url, streaming(waits=8, gives_up=8))
+    waiting.wait_for(lambda s: s.status is not None)
+    assert int(waiting.headers[FREE_ROWS_HEADER]) == 16 - 3
+    assert cancel(process.url, "gives_up") == ("gives_up",)
+    assert waiting.wait_for(lambda s: len(s.events) >= 1) == [cancelled_event("gives_up")]
+    assert cancel(process.url, "runs") == ("runs",), "the first batch must still have been running"
+    assert running.wait_done()[-1] == cancelled_event("runs")
+    events = waiting.wait_done()
+    assert [e for e in events if e.id == "gives_up"] == [cancelled_event("gives_up")]
+    usage = finishes(events)["waits"].usage
+    assert usage.completion_tokens == 8
+    line = process.wait_for_line(f"batch of 2: {usage.prompt_tokens} prompt + 8 completion tokens")
+    assert line.endswith("0 errors, 1 cancelled")

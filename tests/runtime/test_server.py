@@ -4,6 +4,7 @@ whole batches (the client left) and of single requests (``POST /v1/cancel``), ru
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -14,14 +15,15 @@ from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect
 
 from runtime.cancellation import Cancellation, cancelled_event
-from runtime.echo import EchoEngine
+from runtime.echo import DEFAULT_BATCH_TOKENS, EchoEngine
 from runtime.engine import BatchEvent, Engine, LoadReport
-from runtime.server import BatchResponse, BatchRunner, Readiness, create_app
+from runtime.server import BatchResponse, BatchRunner, Readiness, Scheduler, create_app
 from runtime.settings import RuntimeSettings
-from tests.runtime.support import finishes, tokens_of
+from tests.runtime.support import HoldingEcho, finishes, tokens_of
 from wire import (
     BATCH_PATH,
     CANCEL_PATH,
+    FREE_ROWS_HEADER,
     HEALTH_PATH,
     MAX_CANCEL_IDS,
     NDJSON,
@@ -86,7 +88,12 @@ async def test_alive_but_not_ready_while_loading(started: tuple[Starlette, httpx
     ready = await client.get(READY_PATH)
     assert ready.status_code == 200
     assert ReadyBody.model_validate_json(ready.content) == ReadyBody(
-        model="echo-model", max_batch_size=4, context_length=32768
+        model="echo-model",
+        max_batch_size=4,
+        context_length=32768,
+        scheduler="continuous",
+        max_batch_tokens=DEFAULT_BATCH_TOKENS,
+        free_rows=4,
     )
 
 
@@ -179,13 +186,23 @@ class EndlessEngine:
             self.stopped.set()
 
 
+class EndlessUnlessFree(EndlessEngine):
+    """Endless, except that a batch whose first prompt is "free" is echoed (and so ends)."""
+
+    def generate(self, requests: Sequence[GenerationRequest], cancellation: Cancellation) -> Iterator[BatchEvent]:
+        if requests[0].prompt == "free":
+            return EchoEngine().generate(requests, cancellation)
+        return super().generate(requests, cancellation)
+
+
 async def wait_thread_event(event: threading.Event) -> bool:
     return await asyncio.to_thread(event.wait, 30)
 
 
 async def test_closing_the_stream_cancels_the_batch() -> None:
-    runner, engine = BatchRunner(), EndlessEngine()
-    lines = runner.submit(engine, [GenerationRequest(id="a", prompt="x")]).lines()
+    engine = EndlessEngine()
+    runner = BatchRunner(engine)
+    lines = runner.submit([GenerationRequest(id="a", prompt="x")]).lines()
     first = await anext(lines)
     assert BatchEventAdapter.validate_json(first) == TokenEvent(id="a", text="x")
     await lines.aclose()
@@ -195,9 +212,9 @@ async def test_closing_the_stream_cancels_the_batch() -> None:
 
 
 async def test_engine_failure_becomes_internal_errors_for_unfinished_requests() -> None:
-    runner = BatchRunner()
+    runner = BatchRunner(EndlessEngine(2))
     requests = [GenerationRequest(id="a", prompt="x"), GenerationRequest(id="b", prompt="y")]
-    events = await read_all(runner.submit(EndlessEngine(2), requests).lines())
+    events = await read_all(runner.submit(requests).lines())
     runner.close()
     assert events[:2] == [TokenEvent(id="a", text="x")] * 2
     assert events[2:] == [
@@ -207,8 +224,8 @@ async def test_engine_failure_becomes_internal_errors_for_unfinished_requests() 
 
 
 async def test_a_response_that_never_streamed_still_cancels_its_batch() -> None:
-    runner = BatchRunner()
-    batch = runner.submit(EndlessEngine(), [GenerationRequest(id="a", prompt="x")])
+    runner = BatchRunner(EndlessUnlessFree())
+    batch = runner.submit([GenerationRequest(id="a", prompt="x")])
 
     async def send(message: object) -> None:
         raise OSError("the client is gone")
@@ -220,7 +237,7 @@ async def test_a_response_that_never_streamed_still_cancels_its_batch() -> None:
         await BatchResponse(batch)({"type": "http", "asgi": {"spec_version": "2.4"}}, receive, send)
     assert batch.cancellation.batch
     assert runner.cancel(["a"]) == ()
-    after = await read_all(runner.submit(EchoEngine(), [GenerationRequest(id="b", prompt="free")]).lines())
+    after = await read_all(runner.submit([GenerationRequest(id="b", prompt="free")]).lines())
     assert finishes(after)["b"].text == "free", "the generation thread is free again"
     runner.close()
 
@@ -289,8 +306,9 @@ async def read_until_token(lines: AsyncIterator[bytes], request_id: str) -> list
 
 
 async def test_cancel_stops_one_request_and_the_rest_of_its_batch_go_on() -> None:
-    runner, engine = BatchRunner(), SteppingEngine()
-    lines = runner.submit(engine, [counting("leaves", ENDLESS), counting("stays", 50)]).lines()
+    engine = SteppingEngine()
+    runner = BatchRunner(engine)
+    lines = runner.submit([counting("leaves", ENDLESS), counting("stays", 50)]).lines()
     events = await read_until_token(lines, "leaves")
     assert runner.cancel(["leaves", "unknown", "leaves"]) == ("leaves",)
     events += await read_all(lines)
@@ -301,10 +319,11 @@ async def test_cancel_stops_one_request_and_the_rest_of_its_batch_go_on() -> Non
 
 
 async def test_a_queued_request_is_cancelled_at_once_and_never_runs() -> None:
-    runner, engine = BatchRunner(), SteppingEngine()
-    running = runner.submit(engine, [counting("long", ENDLESS)]).lines()
+    engine = SteppingEngine()
+    runner = BatchRunner(engine)
+    running = runner.submit([counting("long", ENDLESS)]).lines()
     await read_until_token(running, "long")
-    queued = runner.submit(engine, [counting("q1", 3), counting("q2", 3)]).lines()
+    queued = runner.submit([counting("q1", 3), counting("q2", 3)]).lines()
     assert runner.cancel(["q1"]) == ("q1",)
     # "long" runs until cancelled, so these answers cannot have waited for the generation thread.
     assert BatchEventAdapter.validate_json(await anext(queued)) == cancelled_event("q1")
@@ -312,7 +331,7 @@ async def test_a_queued_request_is_cancelled_at_once_and_never_runs() -> None:
     assert await read_all(queued) == [cancelled_event("q2")], "nothing left to run: the stream ends at once"
     assert runner.cancel(["long"]) == ("long",)
     assert (await read_all(running))[-1] == cancelled_event("long")
-    assert finishes(await read_all(runner.submit(engine, [counting("next", 2)]).lines()))["next"]
+    assert finishes(await read_all(runner.submit([counting("next", 2)]).lines()))["next"]
     runner.close()
     assert engine.batches == [("long",), ("next",)], "the cancelled batch never reached the engine"
 
@@ -330,8 +349,8 @@ async def test_a_final_event_that_races_the_cancel_becomes_the_cancelled_error()
             yield FinishEvent(id="a", text="x", finish_reason="length", usage=usage)
             raise RuntimeError("device lost")
 
-    runner = BatchRunner()
-    lines = runner.submit(FinishesAnyway(), [counting("a", 5), counting("b", 5)]).lines()
+    runner = BatchRunner(FinishesAnyway())
+    lines = runner.submit([counting("a", 5), counting("b", 5)]).lines()
     await read_until_token(lines, "a")
     assert runner.cancel(["a"]) == ("a",)
     proceed.set()
@@ -385,3 +404,49 @@ async def test_bad_cancel_bodies_are_refused(
     response = await client.post(CANCEL_PATH, content=body)
     assert response.status_code == status
     ErrorBody.model_validate_json(response.content)
+
+
+def long_echo(request_id: str, words: int = 200) -> dict[str, object]:
+    return {"id": request_id, "prompt": "w " * words, "params": {"max_tokens": words}}
+
+
+async def test_several_open_batches_share_the_running_batch() -> None:
+    app = create_app(SETTINGS, loader=lambda: HoldingEcho(until=2))
+    async with app.router.lifespan_context(app):
+        readiness = await settle(app)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://runtime") as client:
+
+            async def post(request_id: str) -> httpx.Response:
+                return await client.post(BATCH_PATH, json={"model": "echo-model", "requests": [long_echo(request_id)]})
+
+            first, second = await asyncio.wait_for(asyncio.gather(post("a"), post("b")), timeout=60)
+            ready = ReadyBody.model_validate_json((await client.get(READY_PATH)).content)
+    for response, request_id in ((first, "a"), (second, "b")):
+        events = [BatchEventAdapter.validate_json(line) for line in response.text.splitlines()]
+        assert finishes(events)[request_id].usage.completion_tokens == 200
+    assert sorted([first.headers[FREE_ROWS_HEADER], second.headers[FREE_ROWS_HEADER]]) == ["2", "3"]
+    assert isinstance(readiness.runner, Scheduler) and readiness.runner.high_water.rows == 2
+    assert (ready.scheduler, ready.free_rows) == ("continuous", 4)
+
+
+async def test_the_static_scheduler_reports_no_room_while_it_holds_a_batch() -> None:
+    static = dataclasses.replace(SETTINGS, scheduler="static")
+    app = create_app(static, loader=EchoEngine)
+    async with app.router.lifespan_context(app):
+        await settle(app)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://runtime") as client:
+            response = await client.post(BATCH_PATH, json={"model": "echo-model", "requests": [long_echo("a", 50)]})
+            assert (response.status_code, response.headers[FREE_ROWS_HEADER]) == (200, "0")
+            refused = await client.post(BATCH_PATH, json=batch_body("a", "b", "c", "d", "e"))
+            assert (refused.status_code, refused.headers[FREE_ROWS_HEADER]) == (413, "4")
+            ready = ReadyBody.model_validate_json((await client.get(READY_PATH)).content)
+    assert (ready.scheduler, ready.max_batch_tokens, ready.free_rows) == ("static", 0, 4)
+
+
+async def test_an_engine_that_cannot_step_runs_batches_one_at_a_time(
+    stepping_app: tuple[SteppingEngine, httpx.AsyncClient],
+) -> None:
+    _, client = stepping_app
+    ready = ReadyBody.model_validate_json((await client.get(READY_PATH)).content)
+    assert SETTINGS.scheduler == "continuous"
+    assert ready.scheduler == "static", "the fallback is reported, not hidden"

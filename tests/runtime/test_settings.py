@@ -44,6 +44,7 @@ def test_defaults() -> None:
     assert (settings.engine, settings.warmup, settings.max_batch_size) == ("torch", True, 16)
     assert settings.max_context_tokens is None
     assert settings.fault_exit_on is None
+    assert (settings.scheduler, settings.max_batch_tokens, settings.prefill_chunk_tokens) == ("continuous", None, 128)
 
 
 def test_environment_supplies_defaults_and_flags_win() -> None:
@@ -72,6 +73,11 @@ def test_environment_supplies_defaults_and_flags_win() -> None:
         (["--source", "x"], {"KALTSTART_RUNTIME_PORT": "eighty"}, "KALTSTART_RUNTIME_PORT"),
         (["--source", "x"], {"KALTSTART_RUNTIME_WARMUP": "maybe"}, "KALTSTART_RUNTIME_WARMUP"),
         (["--source", "x", "--max-batch-size", "0"], {}, "batch size"),
+        (["--source", "x", "--scheduler", "round-robin"], {}, "invalid choice"),
+        (["--source", "x"], {"KALTSTART_RUNTIME_SCHEDULER": "dynamic"}, "KALTSTART_RUNTIME_SCHEDULER"),
+        (["--source", "x", "--max-batch-tokens", "1"], {}, "max batch tokens"),
+        (["--source", "x"], {"KALTSTART_RUNTIME_MAX_BATCH_TOKENS": "lots"}, "KALTSTART_RUNTIME_MAX_BATCH_TOKENS"),
+        (["--source", "x", "--prefill-chunk-tokens", "0"], {}, "prefill chunk"),
         (["--source", "x", "--bogus"], {}, "unrecognized"),
     ],
 )
@@ -96,3 +102,20 @@ def test_fault_injection_comes_from_a_flag_or_the_environment() -> None:
     assert from_env.fault_exit_on == "CRASH"
     assert RuntimeSettings.from_args(["--engine", "echo", "--fault-exit-on", "BOOM"], {}).fault_exit_on == "BOOM"
     assert RuntimeSettings.from_args(["--engine", "echo", "--fault-exit-on", ""], {}).fault_exit_on is None
+
+
+def test_scheduling_settings_come_from_flags_or_the_environment() -> None:
+    environ = {
+        "KALTSTART_RUNTIME_SCHEDULER": "static",
+        "KALTSTART_RUNTIME_MAX_BATCH_TOKENS": "4096",
+        "KALTSTART_RUNTIME_PREFILL_CHUNK_TOKENS": "64",
+    }
+    from_env = RuntimeSettings.from_args(["--engine", "echo"], environ)
+    assert (from_env.scheduler, from_env.max_batch_tokens, from_env.prefill_chunk_tokens) == ("static", 4096, 64)
+    flags = ["--engine", "echo", "--scheduler", "continuous", "--max-batch-tokens", "0", "--prefill-chunk-tokens", "8"]
+    from_flags = RuntimeSettings.from_args(flags, environ)
+    assert (from_flags.scheduler, from_flags.max_batch_tokens, from_flags.prefill_chunk_tokens) == (
+        "continuous",
+        None,  # 0: derive it from the device
+        8,
+    )

@@ -8,39 +8,21 @@ import pytest
 
 from runtime.cancellation import Cancellation, cancelled_event
 from runtime.engine import BatchEvent
-from tests.runtime.support import errors, finishes, run_batch, streamed_text, tokens_of
-from wire import ChatMessage, FinishEvent, GenerationRequest, SamplingParams, TokenEvent
+from tests.runtime.support import (
+    WORDS,
+    alone,
+    errors,
+    finishes,
+    greedy,
+    mixed_batch,
+    run_batch,
+    sampled,
+    streamed_text,
+    tokens_of,
+)
+from wire import FinishEvent, TokenEvent
 
 pytestmark = pytest.mark.unit
-
-TEXT = (
-    "the gateway keeps every request in a queue until a runtime is ready to take it and when no one has asked "
-    "for a model in a while the runtime goes away"
-)
-WORDS = TEXT.split()
-
-
-def greedy(request_id: str, *, prompt: str | None = None, chat: str | None = None, **params: Any) -> GenerationRequest:
-    messages = (ChatMessage(role="user", content=chat),) if chat is not None else None
-    stream = bool(params.pop("stream", False))
-    sampling = SamplingParams(**{"max_tokens": 24, "temperature": 0.0, **params})
-    return GenerationRequest(id=request_id, prompt=prompt, messages=messages, params=sampling, stream=stream)
-
-
-def mixed_batch(size: int = 16, **params: Any) -> list[GenerationRequest]:
-    """Prompts of 1 to ~30 words, every third one a chat, so rows need very different amounts of padding."""
-    requests = []
-    for i in range(size):
-        text = " ".join(WORDS[: 1 + (i * 7) % len(WORDS)])
-        if i % 3 == 2:
-            requests.append(greedy(f"r{i}", chat=text, **params))
-        else:
-            requests.append(greedy(f"r{i}", prompt=text, **params))
-    return requests
-
-
-def alone(engine: Any, request: GenerationRequest) -> FinishEvent:
-    return finishes(run_batch(engine, [request]))[request.id]
 
 
 def test_greedy_batch_of_16_equals_each_request_alone(torch_engine: Any) -> None:
@@ -98,11 +80,6 @@ def test_max_tokens_ends_with_length(torch_engine: Any) -> None:
     assert done["a"].usage.completion_tokens == 3
     assert done["b"].usage.completion_tokens == 24
     assert done["a"].usage.total_tokens == done["a"].usage.prompt_tokens + 3
-
-
-def sampled(request_id: str, seed: int, prompt: str = "tell me about the weather") -> GenerationRequest:
-    params = SamplingParams(max_tokens=24, temperature=1.5, top_p=0.95, seed=seed)
-    return GenerationRequest(id=request_id, prompt=prompt, params=params)
 
 
 def test_seed_makes_sampling_independent_of_batch_mates(torch_engine: Any) -> None:
