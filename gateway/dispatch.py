@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 import wire
 from gateway.catalog import ModelCatalog
-from gateway.endpoints import ReadyEndpoints
+from gateway.endpoints import EndpointPool, ReadyEndpoints
 from gateway.errors import QueueUnavailable
 from gateway.limits import ContextLengths
 from gateway.messages import Dispatched, Failed, Finished, Token
@@ -41,49 +41,6 @@ class _RuntimeRefused(Exception):
         self.status = status
 
 
-class EndpointPool:
-    """Free batch slots on a model's ready replicas. ``slots`` batches at a time per replica: the runtime works
-    on one batch at a time, and requests are better off waiting in the queue, where they can join a bigger
-    batch and go to whichever replica frees up first."""
-
-    def __init__(self, model: str, endpoints: ReadyEndpoints, slots: int = 1) -> None:
-        self._model = model
-        self._endpoints = endpoints
-        self._slots = slots
-        self._batches: dict[str, int] = {}
-        self._requests: dict[str, int] = {}
-        self._wake = asyncio.Event()
-        self._unsubscribe = endpoints.subscribe(self._changed)
-
-    def _changed(self, model: str) -> None:
-        if model == self._model:
-            self._wake.set()
-
-    def is_ready(self, url: str) -> bool:
-        return url in self._endpoints.get(self._model)
-
-    async def acquire(self) -> str:
-        while True:
-            free = [u for u in self._endpoints.get(self._model) if self._batches.get(u, 0) < self._slots]
-            if free:
-                url = min(free, key=lambda u: self._requests.get(u, 0))
-                self._batches[url] = self._batches.get(url, 0) + 1
-                return url
-            self._wake.clear()
-            await self._wake.wait()
-
-    def start_batch(self, url: str, size: int) -> None:
-        self._requests[url] = self._requests.get(url, 0) + size
-
-    def release(self, url: str, size: int = 0) -> None:
-        self._batches[url] -= 1
-        self._requests[url] = self._requests.get(url, 0) - size
-        self._wake.set()
-
-    def close(self) -> None:
-        self._unsubscribe()
-
-
 class Dispatcher:
     def __init__(
         self,
@@ -103,7 +60,7 @@ class Dispatcher:
         self._model = settings.name
         self._queue = queue
         self._sender = sender
-        self._pool = EndpointPool(settings.name, endpoints)
+        self._pool = EndpointPool(settings.name, endpoints, budget=settings.max_batch_size)
         self._client = client
         self._consumer = consumer
         self._metrics = metrics
@@ -139,48 +96,55 @@ class Dispatcher:
         self._pool.close()
 
     async def _dispatch_next(self) -> None:
-        url = await self._pool.acquire()
+        """Wait for a replica with room, read up to that many queued requests, and send them as one batch. A
+        continuous replica takes them into its running batch; the loop then looks for room again at once."""
+        url, free = await self._pool.acquire()
         if url not in self._reported:
             await self._read_report(url)
+            free = self._pool.free(url) or free  # a continuous replica may take more than a static one
         batch: list[Delivery] = []
         try:
-            batch = await self._read()
+            batch = await self._read(free)
             while batch and not self._pool.is_ready(url):  # it went away while we waited for work
-                self._pool.release(url)
-                url = await self._pool.acquire()
+                url, free = await self._pool.acquire()
+            if len(batch) > free:  # another replica is less roomy than the one we read for
+                await self._queue.put_back(self._model, batch[free:])
+                batch = batch[:free]
         except BaseException:
-            self._pool.release(url)
             if batch:
                 await asyncio.shield(self._queue.put_back(self._model, batch))
             raise
-        if not batch:
-            self._pool.release(url)
-            return
-        self._start(url, batch)
+        if batch:
+            self._start(url, batch)
 
     def _start(self, url: str, batch: Sequence[Delivery]) -> None:
-        self._pool.start_batch(url, len(batch))
+        self._pool.start(url, len(batch))
         held = {d.entry_id for d in batch}
         self._held |= held
         self._running.update({d.queued.id: url for d in batch})
         task = asyncio.create_task(self._forward(url, batch), name=f"batch-{self._model}")
         self._batches.add(task)
-        task.add_done_callback(lambda t: self._batch_done(t, url, held, [d.queued.id for d in batch]))
+        task.add_done_callback(lambda t: self._batch_done(t, held, [d.queued.id for d in batch]))
 
-    def _batch_done(self, task: asyncio.Task[None], url: str, held: set[str], requests: list[str]) -> None:
+    def _row_done(self, request_id: str) -> None:
+        """A request of a running batch is answered (or given up): its row is free on its replica."""
+        url = self._running.pop(request_id, None)
+        if url is not None:
+            self._pool.finish(url)
+
+    def _batch_done(self, task: asyncio.Task[None], held: set[str], requests: list[str]) -> None:
         self._batches.discard(task)
         self._held -= held
         for request_id in requests:
-            self._running.pop(request_id, None)
-        self._pool.release(url, len(held))
+            self._row_done(request_id)
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("batch for %s failed unexpectedly", self._model, exc_info=exc)
 
-    async def _read(self) -> list[Delivery]:
+    async def _read(self, room: int) -> list[Delivery]:
         s = self.settings
         try:
             batch = await self._queue.read_batch(
-                self._model, self._consumer, s.max_batch_size, s.max_batch_delay_s, READ_BLOCK_S
+                self._model, self._consumer, min(room, s.max_batch_size), s.max_batch_delay_s, READ_BLOCK_S
             )
             if batch:
                 batch = await self._queue.drop_settled(self._model, batch)
@@ -193,12 +157,12 @@ class Dispatcher:
     async def _read_report(self, url: str) -> None:
         """A replica's ready report, once: the model's context length, for the door's check (``gateway.limits``)."""
         self._reported.add(url)
-        if self._limits is None:
-            return
         try:
             response = await self._client.get(url + wire.READY_PATH)
             report = wire.ReadyBody.model_validate_json(response.content)
-            await self._limits.learn(self._model, report.context_length)
+            self._pool.set_continuous(url, report.scheduler == "continuous")
+            if self._limits is not None:
+                await self._limits.learn(self._model, report.context_length)
         except (httpx.HTTPError, ValidationError, QueueUnavailable) as exc:
             log.warning("no ready report from %s for %s: %r", url, self._model, exc)
 
@@ -295,6 +259,7 @@ class Dispatcher:
                 await self._sender.publish([(delivery.queued.reply_to, reply)])
             return
         del unfinished[event.id]
+        self._row_done(event.id)
         if isinstance(event, wire.ErrorEvent) and event.code == "cancelled":
             self._metrics.stopped.labels(self._model).inc()
             return  # its client left; the cancellation settled it already

@@ -13,8 +13,8 @@ import pytest
 from redis.asyncio import Redis
 
 import wire
-from gateway.dispatch import Dispatcher, EndpointPool
-from gateway.endpoints import ReadyEndpoints
+from gateway.dispatch import Dispatcher
+from gateway.endpoints import EndpointPool, ReadyEndpoints
 from gateway.messages import AnyReply, Dispatched, Failed, Finished, Token
 from gateway.metrics import Metrics
 from gateway.queue import QueuedRequest, RequestQueue
@@ -65,10 +65,25 @@ class Runtime:
     answer: Answer
     batches: list[tuple[str, wire.BatchRequest]] = field(default_factory=list)
 
+    #: What its ready report says: ``static`` (one batch at a time) or ``continuous``.
+    scheduler: str = "static"
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def wait_for_batches(self, count: int) -> None:
+        """Until ``count`` batches have arrived."""
+        async with asyncio.timeout(5):
+            while len(self.batches) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+
     async def handle(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET" and request.url.path == wire.READY_PATH:
+            report = {"model": MODEL, "max_batch_size": 8, "context_length": 512, "scheduler": self.scheduler}
+            return httpx.Response(200, json=report)
         assert request.method == "POST" and request.url.path == wire.BATCH_PATH
         body = wire.BatchRequest.model_validate_json(await request.aread())
         self.batches.append((f"{request.url.scheme}://{request.url.netloc.decode()}", body))
+        self.arrived.set()
         return self.answer(body)
 
 
@@ -260,58 +275,120 @@ async def test_a_batch_waits_for_a_ready_replica(make_rig: Callable[[Answer], Ri
 
 async def test_pool_waits_for_a_ready_replica() -> None:
     endpoints = ReadyEndpoints()
-    pool = EndpointPool(MODEL, endpoints)
+    pool = EndpointPool(MODEL, endpoints, budget=4)
     acquiring = asyncio.create_task(pool.acquire())
     await asyncio.sleep(0)
     endpoints.set("other-model", [R2])
     await asyncio.sleep(0)
     assert not acquiring.done()
     endpoints.set(MODEL, [R1])
-    assert await asyncio.wait_for(acquiring, 5) == R1
+    assert await asyncio.wait_for(acquiring, 5) == (R1, 4)
     assert pool.is_ready(R1) and not pool.is_ready(R2)
     pool.close()
 
 
-async def test_pool_gives_a_replica_no_more_batches_than_it_has_slots() -> None:
+async def test_a_static_replica_takes_one_batch_at_a_time() -> None:
     endpoints = ReadyEndpoints()
     endpoints.set(MODEL, [R1])
-    pool = EndpointPool(MODEL, endpoints)
-    assert await pool.acquire() == R1
-    pool.start_batch(R1, 4)
+    pool = EndpointPool(MODEL, endpoints, budget=8)
+    assert await pool.acquire() == (R1, 8)
+    pool.start(R1, 4)
     second = asyncio.create_task(pool.acquire())
     await asyncio.sleep(0)
     assert not second.done()  # R1 is busy with a batch
-    pool.release(R1, 4)
-    assert await asyncio.wait_for(second, 5) == R1
+    pool.finish(R1, 3)
+    await asyncio.sleep(0)
+    assert not second.done()  # ...until all of it is done
+    pool.finish(R1)
+    assert await asyncio.wait_for(second, 5) == (R1, 8)
     pool.close()
 
 
-async def test_pool_prefers_the_least_loaded_replica() -> None:
+async def test_a_continuous_replica_takes_requests_while_it_has_rows() -> None:
+    endpoints = ReadyEndpoints()
+    endpoints.set(MODEL, [R1])
+    pool = EndpointPool(MODEL, endpoints, budget=8)
+    pool.set_continuous(R1, True)
+    pool.start(R1, 6)
+    assert await pool.acquire() == (R1, 2)  # busy, with room for two more
+    pool.start(R1, 2)
+    full = asyncio.create_task(pool.acquire())
+    await asyncio.sleep(0)
+    assert not full.done()
+    pool.finish(R1)  # one request of the running batch finished: its row is free at once
+    assert await asyncio.wait_for(full, 5) == (R1, 1)
+    pool.close()
+
+
+async def test_pool_prefers_the_replica_with_most_room() -> None:
     endpoints = ReadyEndpoints()
     endpoints.set(MODEL, [R1, R2])
-    pool = EndpointPool(MODEL, endpoints, slots=2)
-    assert await pool.acquire() == R1
-    pool.start_batch(R1, 5)
-    assert await pool.acquire() == R2
-    pool.start_batch(R2, 1)
-    assert await pool.acquire() == R2  # 1 request in flight beats 5
-    assert await pool.acquire() == R1  # R2's slots are taken
-    endpoints.set(MODEL, [R1])  # R2 went away
-    pool.release(R1, 5)
-    assert await pool.acquire() == R1
+    pool = EndpointPool(MODEL, endpoints, budget=8)
+    pool.set_continuous(R1, True)
+    pool.set_continuous(R2, True)
+    pool.start(R1, 5)
+    assert await pool.acquire() == (R2, 8)
+    pool.start(R2, 7)
+    assert await pool.acquire() == (R1, 3)  # 3 free beats 1
+    endpoints.set(MODEL, [R2])  # R1 went away
+    assert await pool.acquire() == (R2, 1)
     pool.close()
 
 
 async def test_pool_never_gives_a_replica_that_left_the_ready_set() -> None:
     endpoints = ReadyEndpoints()
     endpoints.set(MODEL, [R1, R2])
-    pool = EndpointPool(MODEL, endpoints)
-    assert await pool.acquire() == R1
-    pool.start_batch(R1, 1)
-    endpoints.set(MODEL, [R1])  # R2 is no longer ready, though it is the least loaded
+    pool = EndpointPool(MODEL, endpoints, budget=1)
+    pool.start(R1, 1)
+    endpoints.set(MODEL, [R1])  # R2 is no longer ready, though it has room
     waiting = asyncio.create_task(pool.acquire())
     await asyncio.sleep(0)
     assert not waiting.done()
-    pool.release(R1, 1)
-    assert await asyncio.wait_for(waiting, 5) == R1
+    pool.finish(R1)
+    assert await asyncio.wait_for(waiting, 5) == (R1, 1)
     pool.close()
+
+
+class HeldStream(httpx.AsyncByteStream):
+    """A batch answer that stays open (its batch still running) until ``release`` is set."""
+
+    def __init__(self, events: Iterable[Event], release: asyncio.Event) -> None:
+        self._body = ndjson(events)
+        self._release = release
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        await self._release.wait()
+        yield self._body
+
+
+async def test_a_continuous_replica_gets_more_work_while_its_batch_runs(make_rig: Callable[[Answer], Rig]) -> None:
+    release = asyncio.Event()
+    rig = make_rig(lambda batch: httpx.Response(200, stream=HeldStream(echo(batch), release)))
+    rig.runtime.scheduler = "continuous"
+    await rig.enqueue("first")
+    await rig.dispatcher.step()  # sent; its answer is held open: the batch runs on
+    await rig.enqueue("second")
+    await rig.dispatcher.step()  # sent to the same replica at once, not after the first batch
+    await rig.runtime.wait_for_batches(2)  # both sent while the first is still running
+    assert sorted(r.id for _, body in rig.runtime.batches for r in body.requests) == ["first", "second"]
+    release.set()
+    await rig.dispatcher.drain(5)
+    assert await rig.queue.final_reply(MODEL, "second") is not None
+
+
+async def test_a_static_replica_gets_its_next_batch_only_after_the_last(make_rig: Callable[[Answer], Rig]) -> None:
+    release = asyncio.Event()
+    rig = make_rig(lambda batch: httpx.Response(200, stream=HeldStream(echo(batch), release)))
+    await rig.enqueue("first")
+    await rig.dispatcher.step()
+    await rig.runtime.wait_for_batches(1)
+    await rig.enqueue("second")
+    waiting = asyncio.create_task(rig.dispatcher.step())
+    for _ in range(3):  # the dispatcher runs up to its wait for room (no I/O on the way): it must not send
+        await asyncio.sleep(0)
+    assert len(rig.runtime.batches) == 1 and not waiting.done()
+    release.set()
+    await asyncio.wait_for(waiting, 5)
+    await rig.runtime.wait_for_batches(2)
+    assert [[r.id for r in body.requests] for _, body in rig.runtime.batches] == [["first"], ["second"]]
+    await rig.dispatcher.drain(5)
