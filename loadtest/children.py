@@ -146,12 +146,22 @@ async def wait_until_ready(url: str, child: Child, timeout_s: float) -> None:
 
 
 def local_model(
-    name: str, source: str, *, engine: str = "torch", device: str = "cpu", dtype: str = "auto", **settings: str | int
+    name: str,
+    source: str,
+    *,
+    engine: str = "torch",
+    device: str = "cpu",
+    dtype: str = "auto",
+    args: Sequence[str] = (),
+    **settings: str | int,
 ) -> LocalModel:
-    """A model of a generated local-backend config. Benchmarks run on CPU unless told otherwise; ``settings``
-    use the config file's keys with ``_`` for ``-`` (``idle_timeout="5s"``)."""
+    """A model of a generated local-backend config. Benchmarks run on CPU unless told otherwise; ``args`` are
+    extra ``python -m runtime`` flags for its replicas (``["--scheduler", "static"]``); ``settings`` use the
+    config file's keys with ``_`` for ``-`` (``idle_timeout="5s"``)."""
     keys = {key.replace("_", "-"): value for key, value in settings.items()}
-    return LocalModel(ModelSettings.parse(name, keys), source=source, engine=engine, device=device, dtype=dtype)
+    return LocalModel(
+        ModelSettings.parse(name, keys), source=source, engine=engine, device=device, dtype=dtype, args=tuple(args)
+    )
 
 
 def write_config(path: Path, models: Sequence[LocalModel], cache_dir: Path) -> Path:
@@ -177,11 +187,13 @@ async def running_gateway(
     scale_interval_s: float | None = None,
     redis_url: str | None = None,
     timeout_s: float = 60.0,
+    extra_env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[GatewayProcess]:
     """``python -m gateway`` with ``config`` (an absolute path) on a free port, with its own embedded Valkey unless
-    ``redis_url`` is given."""
+    ``redis_url`` is given. ``extra_env`` goes to the gateway and so to the replicas it starts (which inherit its
+    environment), e.g. ``OMP_NUM_THREADS``."""
     port = free_port()
-    env = {
+    env = dict(extra_env or {}) | {
         "KALTSTART_CONFIG": str(config),
         "KALTSTART_HOST": "127.0.0.1",
         "KALTSTART_PORT": str(port),

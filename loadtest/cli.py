@@ -24,7 +24,7 @@ class _Command(Protocol):
 
 
 def _commands() -> dict[str, tuple[str, _Command]]:
-    from loadtest import batching, coldstart, gpu, overhead, replay, simulate
+    from loadtest import batching, coldstart, continuous, gpu, overhead, replay, simulate
 
     return {
         "replay": ("replay a request trace against a gateway", replay),
@@ -32,7 +32,8 @@ def _commands() -> dict[str, tuple[str, _Command]]:
         "bench overhead": ("the gateway's own cost: an echo runtime, direct vs through the gateway", overhead),
         "bench batching": ("one runtime, the same requests in batches of 1 and 16", batching),
         "bench coldstart": ("a cold start from zero replicas, phase by phase", coldstart),
-        "gpu": ("bench batching + bench coldstart with a ~1B random Llama on CUDA", gpu),
+        "bench continuous": ("one replica, a static against a continuous (step-level) scheduler", continuous),
+        "gpu": ("bench batching, continuous and coldstart with a ~1B random Llama on CUDA", gpu),
     }
 
 
@@ -47,7 +48,7 @@ def parser() -> argparse.ArgumentParser:
         group, _, sub = name.partition(" ")
         if sub:
             if bench is None:
-                bench_parser = commands.add_parser(group, help="benchmarks: overhead, batching, coldstart")
+                bench_parser = commands.add_parser(group, help="benchmarks: overhead, batching, coldstart, continuous")
                 bench = bench_parser.add_subparsers(dest="benchmark", required=True, metavar="benchmark")
             command = bench.add_parser(sub, help=summary, description=_describe(module))
         else:

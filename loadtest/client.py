@@ -5,6 +5,7 @@ error, a broken stream, a refused connection or a timeout: a load test reports f
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass
@@ -86,23 +87,28 @@ async def completion(session: aiohttp.ClientSession, url: str, body: dict[str, A
 
 
 async def stream_completion(
-    session: aiohttp.ClientSession, url: str, body: dict[str, Any], timeout_s: float
+    session: aiohttp.ClientSession,
+    url: str,
+    body: dict[str, Any],
+    timeout_s: float,
+    first_token: asyncio.Event | None = None,
 ) -> Outcome:
-    """POST an OpenAI-style request with ``stream: true`` and read its server-sent events to ``[DONE]``."""
+    """POST an OpenAI-style request with ``stream: true`` and read its server-sent events to ``[DONE]``.
+    ``first_token``, if given, is set when the first text arrives (the request is then running on a replica)."""
     started = time.perf_counter()
     try:
         async with session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
             if response.status != 200:
                 await response.read()
                 return _failure(started, response.status, str(response.status))
-            return await _read_events(response, started)
+            return await _read_events(response, started, first_token)
     except TimeoutError:
         return _failure(started, None, "timeout")
     except aiohttp.ClientError:
         return _failure(started, None, "connection_error")
 
 
-async def _read_events(response: aiohttp.ClientResponse, started: float) -> Outcome:
+async def _read_events(response: aiohttp.ClientResponse, started: float, first_token: asyncio.Event | None) -> Outcome:
     ttft: float | None = None
     tokens: int | None = None
     async for raw in response.content:
@@ -120,6 +126,8 @@ async def _read_events(response: aiohttp.ClientResponse, started: float) -> Outc
             return _failure(started, 200, "stream_error")
         if ttft is None and any(_text(choice) for choice in event.get("choices") or ()):
             ttft = time.perf_counter() - started
+            if first_token is not None:
+                first_token.set()
         if event.get("usage"):
             tokens = int(event["usage"].get("completion_tokens", 0))
     return _failure(started, 200, "stream_error")  # the stream ended without [DONE]

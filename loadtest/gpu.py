@@ -1,12 +1,14 @@
-"""``python -m loadtest gpu``: ``bench batching`` and ``bench coldstart`` on a CUDA machine, with a Llama of about
-1B parameters (random weights, bfloat16; built locally, nothing is downloaded).
+"""``python -m loadtest gpu``: ``bench batching``, ``bench continuous`` and ``bench coldstart`` on a CUDA machine,
+with a Llama of about 1B parameters (random weights, bfloat16; built locally, nothing is downloaded).
 
 Needs a machine where ``torch.cuda.is_available()``; it runs there unchanged and refuses elsewhere (exit code 2).
 Sized to finish within 8 minutes on one recent GPU (an estimate, not yet measured on one: model build ~30 s,
-batching ~2 min, two cold starts ~1 min); ``--deadline`` (default 480 s) stops it, children and all, if not.
-Steps: build the model on the GPU (random init) and save it as safetensors, then one runtime process for the
-batching benchmark, then a local gateway for the cold-start benchmark. Prints both tables and one JSON object
-with the keys of both benchmarks plus the model's size.
+batching ~1 to 2 min, continuous ~2 to 3 min, two cold starts ~1 min); ``--deadline`` (default 480 s) stops it,
+children and all, if not. Steps: build the model on the GPU (random init) and save it as safetensors, then one
+runtime process for the batching benchmark, then a local gateway with a static and a continuous replica for the
+continuous-batching benchmark (Poisson arrivals at ``--rates``, for ``--duration`` s each), then a local gateway
+for the cold-start benchmark. Prints all tables and one JSON object with the keys of the three benchmarks plus the
+model's size.
 
 ``--device cpu --size tiny`` runs the same steps on a CPU with a tiny model, to check the script without a GPU.
 """
@@ -21,12 +23,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loadtest import batching, coldstart
+from loadtest import batching, coldstart, continuous
 from loadtest.children import scratch_dir
 from loadtest.models import SIZES, build_in_child
 from loadtest.report import Table, finish
 
-__all__ = ["add_arguments", "cuda_available", "run"]
+__all__ = ["GPU_RATES", "add_arguments", "cuda_available", "run"]
+
+#: ``bench continuous`` on the GPU: a 1B model's decoding step takes some 10 to 30 ms there, so a static replica
+#: (whose batches last as long as their longest request) should fall behind at the highest rate, a continuous one
+#: not (an estimate, like the run time above).
+GPU_RATES = (4.0, 8.0, 16.0)
 
 
 def cuda_available() -> bool:
@@ -40,6 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu only to test the script")
     parser.add_argument("--requests", type=int, default=32, help="batching: requests per side and round")
     parser.add_argument("--max-tokens", type=int, default=64, help="batching: new tokens per request")
+    parser.add_argument(
+        "--rates", type=continuous.parse_rates, default=GPU_RATES, metavar="R,R,R",
+        help="continuous: Poisson arrival rates, requests/s. Default 4,8,16",
+    )  # fmt: skip
+    parser.add_argument("--duration", type=float, default=10.0, help="continuous: seconds of arrivals per rate")
     parser.add_argument("--repeat", type=int, default=2, help="cold starts to measure")
     parser.add_argument("--model", type=Path, help="use this model directory instead of building one")
     parser.add_argument("--deadline", type=float, default=480.0, metavar="S", help="give up after S seconds")
@@ -71,6 +83,11 @@ async def _run(args: argparse.Namespace) -> int:
             built = await build_in_child(args.size, model, args.device)
         options = batching.BatchingOptions(args.requests, args.max_tokens, 20, 2, args.device, dtype)
         sides, batching_summary = await batching.bench(model, work, options)
+        continuous_options = continuous.ContinuousOptions(
+            rates=args.rates, duration_s=args.duration, device=args.device, dtype=dtype, name="llama",
+            threads=None if args.device == "cuda" else 1,
+        )  # fmt: skip
+        measured, continuous_summary = await continuous.bench(model, work, continuous_options)
         cold_options = coldstart.ColdStartOptions(args.repeat, args.device, dtype)
         runs, cold_summary = await coldstart.bench(model, work, cold_options)
     summary: dict[str, Any] = {
@@ -80,18 +97,26 @@ async def _run(args: argparse.Namespace) -> int:
         "dtype": dtype,
         "build_s": built["init_s"] + built["save_s"] if "init_s" in built else None,
         **batching_summary,
+        "continuous": continuous_summary,
         **{k: v for k, v in cold_summary.items() if k not in batching_summary},
-        "errors": batching_summary["errors"] + cold_summary["errors"],
+        "errors": batching_summary["errors"] + continuous_summary["errors"] + cold_summary["errors"],
         "elapsed_s": time.monotonic() - started,
     }
     model_table = Table("model", ["figure", "value"])
     for key in ("model_size", "model_parameters", "model_bytes", "dtype", "build_s", "elapsed_s"):
         model_table.add(key, summary[key])
     if args.out is not None:
-        from loadtest.plots import plot_batching, plot_coldstart
+        from loadtest.plots import plot_batching, plot_coldstart, plot_continuous
 
         plot_batching({f"batch size {s.batch_size}": s.tokens_per_s or 0.0 for s in sides}, args.out / "batching.png")
         plot_coldstart(coldstart.median_phases(runs), args.out / "coldstart.png")
-    tables = [model_table, batching.table(sides, batching_summary), *coldstart.tables(runs, cold_summary)]
+        plot_continuous(continuous_summary["rates"], continuous.SCHEDULERS, args.out / "continuous.png")
+        continuous.write_requests(measured, args.out / "continuous-requests.csv")
+    tables = [
+        model_table,
+        batching.table(sides, batching_summary),
+        *continuous.tables(continuous_summary, continuous_options),
+        *coldstart.tables(runs, cold_summary),
+    ]
     finish(tables, summary, args.out)
     return 0

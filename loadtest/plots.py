@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
     from loadtest.results import Phase, PolicyResult, ReplayResult
 
-__all__ = ["plot_batching", "plot_coldstart", "plot_overhead", "plot_replay", "plot_simulation"]
+__all__ = ["plot_batching", "plot_coldstart", "plot_continuous", "plot_overhead", "plot_replay", "plot_simulation"]
 
 _DPI = 90
 
@@ -137,4 +137,22 @@ def plot_coldstart(phases: Sequence[Phase], path: Path) -> None:
     axis.set_yticks(range(len(phases)), [p.name for p in reversed(phases)])
     axis.set_xlabel("seconds since the request was sent")
     axis.grid(alpha=0.3, axis="x")
+    _save(figure, path)
+
+
+def plot_continuous(rates: Sequence[Mapping[str, Any]], schedulers: Sequence[str], path: Path) -> None:
+    """Throughput and TTFT p99 over the arrival rate, one line per scheduler (``bench continuous``'s rows)."""
+    figure, (throughput, ttft) = _figure(2, 6.0)
+    x = [row["rate_rps"] for row in rates]
+    for scheduler in schedulers:
+        throughput.plot(x, [row[f"tokens_per_s_{scheduler}"] or 0.0 for row in rates], marker="o", label=scheduler)
+        ttft.plot(x, [row[f"ttft_p99_ms_{scheduler}"] or 0.0 for row in rates], marker="o", label=scheduler)
+    throughput.set_ylabel("completion tokens/s")
+    ttft.set_ylabel("TTFT p99 (ms)")
+    ttft.set_yscale("log")
+    ttft.yaxis.set_major_formatter(_plain())
+    ttft.set_xlabel("arrival rate (requests/s)")
+    for axis in (throughput, ttft):
+        axis.grid(alpha=0.3)
+        axis.legend()
     _save(figure, path)

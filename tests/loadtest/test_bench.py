@@ -1,13 +1,16 @@
-"""``bench overhead``, ``bench batching``, ``bench coldstart`` and ``gpu`` run end to end on tiny inputs and
-report the figures they promise. How fast anything is, is not tested: only that it is measured and reported."""
+"""``bench overhead``, ``bench batching``, ``bench coldstart``, ``bench continuous`` and ``gpu`` run end to end on
+tiny inputs and report the figures they promise. How fast anything is, is not tested: only that it is measured and
+reported."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from loadtest.continuous import SCHEDULERS
 from tests.loadtest.conftest import loadtest
 
 pytestmark = pytest.mark.integration
@@ -66,6 +69,66 @@ async def test_coldstart(tiny_llama: Path, tmp_path: Path) -> None:
         assert phase in run.stdout
     assert json.loads((out / "summary.json").read_text()) == summary
     assert (out / "coldstart.png").stat().st_size > 0
+
+
+_CONTINUOUS_PER_SIDE = ("tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "latency_p50_ms", "latency_p99_ms")
+
+
+def _check_continuous(summary: dict[str, Any], rates: list[float]) -> None:
+    assert [row["rate_rps"] for row in summary["rates"]] == rates
+    for row in summary["rates"]:
+        assert row["requests"] > 0
+        for side in SCHEDULERS:
+            assert row[f"errors_{side}"] == 0
+            assert all(row[f"{key}_{side}"] > 0 for key in _CONTINUOUS_PER_SIDE), row
+            assert row[f"ttft_p50_ms_{side}"] <= row[f"ttft_p99_ms_{side}"] <= row[f"latency_p99_ms_{side}"]
+        # The same requests on both sides, and each generates exactly its max_tokens.
+        assert row["completion_tokens_static"] == row["completion_tokens_continuous"] > 0
+        assert row["throughput_ratio"] == pytest.approx(
+            row["tokens_per_s_continuous"] / row["tokens_per_s_static"], rel=1e-3
+        )
+        assert row["ttft_p99_ratio"] > 0
+    for side in SCHEDULERS:
+        assert summary[f"short_behind_long_ratio_{side}"] > 0
+        assert summary[f"short_alone_ms_{side}"] > 0 and summary[f"short_behind_long_ms_{side}"] > 0
+        # Each runtime was started with the scheduler it was meant to have (its own /readyz says so).
+        assert summary[f"scheduler_reported_{side}"] == side
+    assert set(summary["targets"]) == {
+        "continuous_throughput_ge_static_every_rate",
+        "ttft_p99_continuous_le_fifth_of_static_at_highest_rate",
+        "short_behind_long_ratio_continuous_le_2",
+    }
+    assert all(isinstance(verdict, bool) for verdict in summary["targets"].values())
+    assert summary["errors"] == 0
+
+
+async def test_continuous_echo(tmp_path: Path) -> None:
+    """The echo engine answers at once, so this checks the plumbing (two replicas, one per scheduler, open-loop
+    arrivals, short behind long, the report), not what a scheduler buys."""
+    out = tmp_path / "out"
+    run = await loadtest(
+        "bench", "continuous", "--engine", "echo", "--rates", "6,3", "--duration", "1.5", "--repeat", "2",
+        "--long-tokens", "40", "--out", out, timeout_s=120,
+    )  # fmt: skip
+    summary = run.check().summary
+    _check_continuous(summary, [3.0, 6.0])
+    assert summary["engine"] == "echo"
+    for line in ("continuous/static", "short behind long", "TTFT p99 continuous <= 1/5 of static"):
+        assert line in run.stdout
+    assert ("PASS" in run.stdout) or ("MISS" in run.stdout)
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert (out / "continuous.png").stat().st_size > 0
+    requests = sum(row["requests"] for row in summary["rates"])
+    assert len((out / "requests.csv").read_text().splitlines()) == 1 + 2 * requests
+    assert 'args = ["--scheduler", "static"]' in (out / "continuous.toml").read_text()
+
+
+async def test_continuous_torch(tiny_llama: Path, tmp_path: Path) -> None:
+    run = await loadtest(
+        "bench", "continuous", "--model", tiny_llama, "--device", "cpu", "--rates", "4", "--duration", "1",
+        "--repeat", "1", "--long-tokens", "24", "--max-output-tokens", "16", timeout_s=180,
+    )  # fmt: skip
+    _check_continuous(run.check().summary, [4.0])
 
 
 async def test_gpu_refuses_without_cuda() -> None:
