@@ -72,6 +72,9 @@ class Dispatcher:
         self._held: set[str] = set()
         #: Request id -> the replica running it, for the requests of running batches.
         self._running: dict[str, str] = {}
+        #: Requests whose batch the replica has taken (its answer began), and cancellations waiting for that.
+        self._accepted: set[str] = set()
+        self._cancel_when_accepted: set[str] = set()
         self._prepared = False
 
     def held(self) -> frozenset[str]:
@@ -128,6 +131,8 @@ class Dispatcher:
 
     def _row_done(self, request_id: str) -> None:
         """A request of a running batch is answered (or given up): its row is free on its replica."""
+        self._accepted.discard(request_id)
+        self._cancel_when_accepted.discard(request_id)
         url = self._running.pop(request_id, None)
         if url is not None:
             self._pool.finish(url)
@@ -168,22 +173,37 @@ class Dispatcher:
 
     def cancel(self, request_id: str) -> None:
         """The request was cancelled (its client left): if one of our batches runs it, tell that replica to drop
-        it at its next decoding step."""
+        it at its next decoding step. A runtime forgets cancellations of ids it does not hold yet, so one that
+        comes before the runtime has taken the batch waits for it (``_accepted``)."""
         url = self._running.get(request_id)
-        if url is not None:
-            task = asyncio.get_running_loop().create_task(self._cancel_on(url, request_id))
-            self._batches.add(task)
-            task.add_done_callback(self._batches.discard)
+        if url is None:
+            return
+        if request_id in self._accepted:
+            self._send_cancel(url, [request_id])
+        else:
+            self._cancel_when_accepted.add(request_id)
 
-    async def _cancel_on(self, url: str, request_id: str) -> None:
-        body = wire.CancelRequest(ids=(request_id,)).model_dump_json()
+    def _send_cancel(self, url: str, request_ids: Sequence[str]) -> None:
+        task = asyncio.get_running_loop().create_task(self._cancel_on(url, request_ids))
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
+    def _batch_accepted(self, url: str, batch: Sequence[Delivery]) -> None:
+        ids = {d.queued.id for d in batch}
+        self._accepted |= ids
+        if due := ids & self._cancel_when_accepted:
+            self._cancel_when_accepted -= due
+            self._send_cancel(url, sorted(due))
+
+    async def _cancel_on(self, url: str, request_ids: Sequence[str]) -> None:
+        body = wire.CancelRequest(ids=tuple(request_ids)).model_dump_json()
         try:
             response = await self._client.post(
                 url + wire.CANCEL_PATH, content=body, headers={"content-type": "application/json"}
             )
             response.raise_for_status()
         except httpx.HTTPError as exc:  # the batch ends anyway; only the tokens for nobody are not saved
-            log.warning("could not cancel request %s on %s: %r", request_id, url, exc)
+            log.warning("could not cancel %s on %s: %r", ", ".join(request_ids), url, exc)
 
     async def _drop_orphans(self, batch: list[Delivery]) -> list[Delivery]:
         """Requests this gateway replica accepted but nobody here waits for any more (the client got an error
@@ -241,6 +261,7 @@ class Dispatcher:
         ) as response:
             if response.status_code != 200:
                 raise _RuntimeRefused(response.status_code, (await response.aread()).decode(errors="replace"))
+            self._batch_accepted(url, batch)
             async for line in response.aiter_lines():
                 if line.strip():
                     await self._relay(wire.BatchEventAdapter.validate_json(line), unfinished)

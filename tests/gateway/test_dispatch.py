@@ -76,7 +76,17 @@ class Runtime:
                 self.arrived.clear()
                 await self.arrived.wait()
 
+    cancels: list[tuple[str, ...]] = field(default_factory=list)
+    #: When set, a batch is taken only once this is set (the runtime's answer has not begun before).
+    take_batches: asyncio.Event | None = None
+
     async def handle(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path == wire.CANCEL_PATH:
+            ids = wire.CancelRequest.model_validate_json(await request.aread()).ids
+            self.cancels.append(ids)
+            return httpx.Response(200, json={"cancelled": list(ids)})
+        if request.method == "POST" and self.take_batches is not None:
+            await self.take_batches.wait()
         if request.method == "GET" and request.url.path == wire.READY_PATH:
             report = {"model": MODEL, "max_batch_size": 8, "context_length": 512, "scheduler": self.scheduler}
             return httpx.Response(200, json=report)
@@ -391,4 +401,25 @@ async def test_a_static_replica_gets_its_next_batch_only_after_the_last(make_rig
     await asyncio.wait_for(waiting, 5)
     await rig.runtime.wait_for_batches(2)
     assert [[r.id for r in body.requests] for _, body in rig.runtime.batches] == [["first"], ["second"]]
+    await rig.dispatcher.drain(5)
+
+
+async def test_a_cancel_before_the_runtime_took_the_batch_is_sent_once_it_has(
+    make_rig: Callable[[Answer], Rig],
+) -> None:
+    release = asyncio.Event()
+    rig = make_rig(lambda batch: httpx.Response(200, stream=HeldStream(echo(batch), release)))
+    rig.runtime.take_batches = asyncio.Event()
+    await rig.enqueue("gone")
+    await rig.dispatcher.step()
+    rig.dispatcher.cancel("gone")  # the client left; the batch is on its way but not taken yet
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert rig.runtime.cancels == []  # a runtime would forget a cancel for an id it does not hold
+    rig.runtime.take_batches.set()
+    async with asyncio.timeout(5):
+        while not rig.runtime.cancels:  # noqa: ASYNC110 - the mock has no event for it; polls one loop turn
+            await asyncio.sleep(0)
+    assert rig.runtime.cancels == [("gone",)]
+    release.set()
     await rig.dispatcher.drain(5)
