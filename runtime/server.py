@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -52,6 +53,7 @@ from wire import (
     CancelResponse,
     ErrorBody,
     ReadyBody,
+    StartupTimings,
 )
 
 __all__ = [
@@ -71,8 +73,10 @@ Loader = Callable[[], Engine]
 _Body = TypeVar("_Body", bound=BaseModel)
 
 
-def prepare_engine(settings: RuntimeSettings) -> Engine:
-    """Resolve the weights into the cache, load them and warm up; blocking. Logs where the time went."""
+def prepare_engine(settings: RuntimeSettings, on_timings: Callable[[StartupTimings], None] | None = None) -> Engine:
+    """Resolve the weights into the cache, load them and warm up; blocking. Logs where the time went, and hands
+    the same numbers to ``on_timings`` (for ``/readyz``)."""
+    process_s = process_age()
     started = time.monotonic()
     model_dir = None
     if settings.engine == "torch":
@@ -88,15 +92,39 @@ def prepare_engine(settings: RuntimeSettings) -> Engine:
     warmed = time.monotonic()
     if report.bytes_loaded:
         _log_load(report)
-    log.info(
-        "engine ready in %.2f s: cache %.2f s, imports %.2f s, load %.2f s, warmup %.2f s",
-        warmed - started,
-        cached - started,
-        imported - cached,
-        loaded - imported,
-        warmed - loaded,
+    timings = StartupTimings(
+        process_s=None if process_s is None else round(process_s, 3),
+        cache_s=round(cached - started, 3),
+        imports_s=round(imported - cached, 3),
+        load_s=round(loaded - imported, 3),
+        warmup_s=round(warmed - loaded, 3),
+        total_s=round(warmed - started + (process_s or 0.0), 3),
     )
+    log.info(
+        "engine ready in %.2f s: cache %.2f s, imports %.2f s, load %.2f s, warmup %.2f s (process start to ready %s)",
+        warmed - started,
+        timings.cache_s,
+        timings.imports_s,
+        timings.load_s,
+        timings.warmup_s,
+        "unknown" if process_s is None else f"{timings.total_s:.2f} s",
+    )
+    if on_timings is not None:
+        on_timings(timings)
     return engine
+
+
+def process_age() -> float | None:
+    """Seconds since the operating system started this process (Linux: ``/proc``, 10 ms steps); None elsewhere."""
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            # The command name (field 2) may hold spaces; the fields after its closing parenthesis do not.
+            fields = stat.read().rsplit(")", 1)[1].split()
+            booted_s = float(uptime.read().split()[0])
+        ticks = os.sysconf("SC_CLK_TCK")
+        return max(0.0, booted_s - int(fields[19]) / ticks)  # field 22 of stat(5): starttime, in clock ticks
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _log_load(report: LoadReport) -> None:
@@ -140,6 +168,7 @@ class Readiness:
     runner: Runner | None = None
     failed: bool = False
     closed: bool = False
+    startup: StartupTimings | None = None
     settled: asyncio.Event = field(default_factory=asyncio.Event)
 
     def close(self) -> None:
@@ -172,7 +201,11 @@ def create_app(
     """The ASGI app. ``loader`` makes the ready engine (default: ``prepare_engine(settings)``); ``on_fatal`` is
     called on the event loop if it fails. ``app.state.readiness`` is the app's ``Readiness``."""
     readiness = Readiness()
-    load = loader or (lambda: prepare_engine(settings))
+
+    def record(timings: StartupTimings) -> None:
+        readiness.startup = timings
+
+    load = loader or (lambda: prepare_engine(settings, on_timings=record))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -199,6 +232,7 @@ def create_app(
             scheduler=runner.kind,
             max_batch_tokens=runner.max_batch_tokens,
             free_rows=runner.free_rows,
+            startup=readiness.startup,
         )
         return JSONResponse(body.model_dump())
 

@@ -23,10 +23,12 @@ ENV_PREFIX = "KALTSTART_RUNTIME_"
 Device = Literal["auto", "cpu", "cuda"]
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 EngineKind = Literal["torch", "echo"]
+WeightLoader = Literal["direct", "from_pretrained"]
 
 _DEVICES: tuple[Device, ...] = ("auto", "cpu", "cuda")
 _DTYPES: tuple[Dtype, ...] = ("auto", "float32", "float16", "bfloat16")
 _ENGINES: tuple[EngineKind, ...] = ("torch", "echo")
+_WEIGHT_LOADERS: tuple[WeightLoader, ...] = ("direct", "from_pretrained")
 _SCHEDULERS: tuple[SchedulerKind, ...] = ("continuous", "static")
 _Choice = TypeVar("_Choice", bound=str)
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -59,6 +61,11 @@ class RuntimeSettings:
     dtype: Dtype = "auto"
     """Weight and activation dtype. ``auto`` (default): bfloat16 on CUDA, float32 on CPU, where half precision
     is slow and inexact."""
+
+    weight_loader: WeightLoader = "direct"
+    """``direct`` (default): build the model on the ``meta`` device and read the safetensors straight into it
+    (``runtime.fastload``), falling back to ``from_pretrained`` for checkpoints it cannot take; ``from_pretrained``:
+    always the latter."""
 
     max_batch_size: int = 16
     """Most requests one ``POST /v1/batch`` may carry (more is answered 413), and with the continuous scheduler
@@ -140,6 +147,7 @@ class RuntimeSettings:
             port=args.port,
             device=args.device,
             dtype=args.dtype,
+            weight_loader=args.weight_loader,
             max_batch_size=args.max_batch_size,
             scheduler=args.scheduler,
             max_batch_tokens=args.max_batch_tokens or None,
@@ -172,6 +180,12 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=env.integer("PORT", 8000))
     p.add_argument("--device", choices=_DEVICES, default=env.choice("DEVICE", _DEVICES, "auto"))
     p.add_argument("--dtype", choices=_DTYPES, default=env.choice("DTYPE", _DTYPES, "auto"))
+    p.add_argument(
+        "--weight-loader",
+        choices=_WEIGHT_LOADERS,
+        default=env.choice("WEIGHT_LOADER", _WEIGHT_LOADERS, "direct"),
+        help="direct (default): meta-device model filled from the safetensors; from_pretrained: transformers' loader",
+    )
     p.add_argument("--max-batch-size", type=int, default=env.integer("MAX_BATCH_SIZE", 16))
     p.add_argument("--scheduler", choices=_SCHEDULERS, default=env.choice("SCHEDULER", _SCHEDULERS, "continuous"))
     p.add_argument(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from runtime.cancellation import Cancellation
 from runtime.completion import Completion
 from runtime.engine import BatchEvent, LoadReport, too_long
 from runtime.errors import EngineError, EngineNotLoaded
+from runtime.fastload import load_without_init
 from runtime.kvcache import plain_layers
 from runtime.sampling import RowSampler
 from runtime.settings import RuntimeSettings
@@ -73,10 +75,10 @@ class TorchEngine:
         transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         started = time.monotonic()
         try:
-            self._tokenizer = AutoTokenizer.from_pretrained(self._model_dir)
-            # device_map= would load straight onto the GPU but needs accelerate, which we do not depend on.
-            model: Any = AutoModelForCausalLM.from_pretrained(self._model_dir, dtype=self._dtype, use_safetensors=True)
-            self._model = model.to(self._device).eval()
+            with ThreadPoolExecutor(1, thread_name_prefix="tokenizer") as pool:
+                tokenizer = pool.submit(AutoTokenizer.from_pretrained, self._model_dir)  # alongside the weights
+                self._model = self._load_model()
+                self._tokenizer = tokenizer.result()
         except (OSError, ValueError) as exc:
             raise EngineError(f"cannot load the model in {self._model_dir}: {exc}") from exc
         self._eos_ids = _eos_ids(self._model, self._tokenizer)
@@ -85,6 +87,17 @@ class TorchEngine:
         self._unmergeable = plain_layers(DynamicCache(config=self._model.config))
         size = sum(p.stat().st_size for p in self._model_dir.glob("*.safetensors"))
         return LoadReport(time.monotonic() - started, size, str(self._device), str(self._dtype).split(".")[-1])
+
+    def _load_model(self) -> Any:
+        """The weights on the device: built on ``meta`` and filled from the safetensors (``runtime.fastload``),
+        or with ``from_pretrained`` for a checkpoint that path cannot take or when ``--weight-loader`` asks."""
+        if self._settings.weight_loader == "direct":
+            model = load_without_init(self._model_dir, self._dtype, self._device)
+            if model is not None:
+                return model
+        # device_map= would load straight onto the GPU but needs accelerate, which we do not depend on.
+        loaded: Any = AutoModelForCausalLM.from_pretrained(self._model_dir, dtype=self._dtype, use_safetensors=True)
+        return loaded.to(self._device).eval()
 
     def warmup(self) -> None:
         request = GenerationRequest(id="warmup", prompt="Hello", params=SamplingParams(max_tokens=2, temperature=0))

@@ -74,3 +74,19 @@ def test_ready_body_of_a_replica_without_a_scheduler_report_still_parses() -> No
     with pytest.raises(ValidationError):
         wire.ReadyBody(model="m", max_batch_size=8, context_length=512, scheduler="dynamic")
     assert wire.FREE_ROWS_HEADER == "x-kaltstart-free-rows"
+
+
+def test_ready_body_startup_timings_are_optional_and_round_trip() -> None:
+    old = wire.ReadyBody.model_validate_json(
+        '{"status": "ready", "model": "m", "max_batch_size": 8, "context_length": 1}'
+    )
+    assert old.startup is None
+    timings = wire.StartupTimings(process_s=0.4, cache_s=0.0, imports_s=2.9, load_s=0.1, warmup_s=0.1, total_s=3.5)
+    new = wire.ReadyBody(model="m", max_batch_size=8, context_length=512, startup=timings)
+    assert wire.ReadyBody.model_validate_json(new.model_dump_json()) == new
+    unknown = wire.StartupTimings.model_validate_json(
+        '{"cache_s": 0, "imports_s": 0, "load_s": 0, "warmup_s": 0, "total_s": 0}'
+    )
+    assert unknown.process_s is None
+    with pytest.raises(ValidationError):
+        wire.StartupTimings(cache_s=-1.0, imports_s=0, load_s=0, warmup_s=0, total_s=0)

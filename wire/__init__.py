@@ -45,6 +45,7 @@ __all__ = [
     "ReadyBody",
     "SamplingParams",
     "SchedulerKind",
+    "StartupTimings",
     "TokenEvent",
     "Usage",
     "json_schema",
@@ -159,9 +160,23 @@ BatchEvent = Annotated[TokenEvent | FinishEvent | ErrorEvent, Field(discriminato
 SchedulerKind = Literal["static", "continuous"]
 
 
+class StartupTimings(_Wire):
+    """Where a replica's cold start went, in seconds, phase by phase in the order they ran. ``process_s`` is from
+    the operating system starting the process until loading began (interpreter, server imports, binding the port);
+    None where it cannot be told. ``total_s`` is from that start (or, without it, from when loading began) until
+    the replica was ready."""
+
+    process_s: float | None = Field(None, ge=0.0, description="process start until loading began; None: unknown")
+    cache_s: float = Field(ge=0.0, description="finding or filling the node-local weight cache")
+    imports_s: float = Field(ge=0.0, description="importing the engine (torch, transformers)")
+    load_s: float = Field(ge=0.0, description="loading weights and tokenizer onto the device")
+    warmup_s: float = Field(ge=0.0, description="the warm-up generation (0 without --warmup)")
+    total_s: float = Field(ge=0.0, description="process start (or loading start) until ready")
+
+
 class ReadyBody(_Wire):
-    """A ready replica's report. ``scheduler``, ``max_batch_tokens`` and ``free_rows`` came later; their defaults
-    describe a replica that predates them: one batch at a time, no token budget reported."""
+    """A ready replica's report. ``scheduler``, ``max_batch_tokens``, ``free_rows`` and ``startup`` came later; their
+    defaults describe a replica that predates them: one batch at a time, no token budget, no start-up timings."""
 
     status: Literal["ready"] = "ready"
     model: str
@@ -183,6 +198,9 @@ class ReadyBody(_Wire):
         ge=0,
         description="requests the replica can take now: max_batch_size minus the requests it holds, running or "
         "waiting; 0 on a static replica while it holds a batch",
+    )
+    startup: StartupTimings | None = Field(
+        None, description="where the cold start went (seconds per phase); None: not reported"
     )
 
 

@@ -88,7 +88,8 @@ def test_health_and_ready(torch_runtime: RuntimeProcess) -> None:
     assert httpx.get(torch_runtime.url + HEALTH_PATH).status_code == 200
     ready = httpx.get(torch_runtime.url + READY_PATH)
     assert ready.status_code == 200
-    assert ReadyBody.model_validate_json(ready.content) == ReadyBody(
+    body = ReadyBody.model_validate_json(ready.content)
+    assert body.model_copy(update={"startup": None}) == ReadyBody(
         model="tiny-llama",
         max_batch_size=16,
         context_length=512,
@@ -96,6 +97,12 @@ def test_health_and_ready(torch_runtime: RuntimeProcess) -> None:
         max_batch_tokens=CPU_BATCH_TOKENS,
         free_rows=16,
     )
+    startup = body.startup
+    assert startup is not None
+    assert startup.process_s is not None and startup.process_s > 0  # Linux: /proc tells the process's age
+    assert startup.imports_s > 0 and startup.load_s > 0 and startup.warmup_s > 0
+    phases = startup.process_s + startup.cache_s + startup.imports_s + startup.load_s + startup.warmup_s
+    assert startup.total_s == pytest.approx(phases, abs=0.01)
 
 
 def test_batch_streams_ndjson_events(torch_runtime: RuntimeProcess) -> None:

@@ -157,6 +157,19 @@ async def test_failed_load_is_reported_and_fatal() -> None:
     assert "disk" not in response.text
 
 
+async def test_ready_body_reports_startup_timings_of_the_default_loader() -> None:
+    app = create_app(SETTINGS)  # prepare_engine with the echo engine: no cache, no torch
+    async with app.router.lifespan_context(app):
+        await settle(app)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://r") as client:
+            ready = ReadyBody.model_validate_json((await client.get(READY_PATH)).content)
+    startup = ready.startup
+    assert startup is not None
+    assert startup.process_s is not None  # this test runs on Linux
+    assert startup.total_s >= startup.process_s
+    assert min(startup.cache_s, startup.imports_s, startup.load_s, startup.warmup_s) >= 0
+
+
 class EndlessEngine:
     """Streams tokens until cancelled; records that generation really stopped."""
 
