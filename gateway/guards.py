@@ -12,6 +12,8 @@ from collections.abc import Collection
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.schemas import error_body
+
 #: The operational endpoints: served on ``KALTSTART_METRICS_PORT`` alone when it is set.
 OPS_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
 
@@ -19,9 +21,7 @@ OPS_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
 async def refuse(
     send: Send, status: int, message: str, code: str, headers: Collection[tuple[bytes, bytes]] = ()
 ) -> None:
-    body = json.dumps(
-        {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
-    ).encode()
+    body = json.dumps(error_body(message, "invalid_request_error", None, code)).encode()
     start_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
     await send({"type": "http.response.start", "status": status, "headers": start_headers})
     await send({"type": "http.response.body", "body": body})

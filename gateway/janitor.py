@@ -54,9 +54,6 @@ class Abandoned:
     def add(self, model: str, request_id: str, entry_id: str) -> None:
         self._requests[request_id] = (model, entry_id)
 
-    def __len__(self) -> int:
-        return len(self._requests)
-
     async def write(self, queue: RequestQueue) -> None:
         """Cancel them all; stops at the first Redis error (``QueueUnavailable``) and keeps the rest."""
         for request_id, (model, entry_id) in list(self._requests.items()):

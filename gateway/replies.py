@@ -47,10 +47,12 @@ class ReplyRouter:
     """One subscription per gateway replica; hands replies to the requests waiting for them, and the messages
     of the ``broadcasts`` channels to their handlers."""
 
-    def __init__(self, redis: Redis, channel: str, broadcasts: Mapping[str, Callable[[str], None]] = {}) -> None:
+    def __init__(
+        self, redis: Redis, channel: str, broadcasts: Mapping[str, Callable[[str], None]] | None = None
+    ) -> None:
         self._redis = redis
         self.channel = channel
-        self._broadcasts = dict(broadcasts)
+        self._broadcasts = dict(broadcasts or {})
         self._waiting: dict[str, asyncio.Queue[AnyReply]] = {}
         self._loop = Loop("reply-router", self._listen)
         self._subscribed = asyncio.Event()

@@ -153,7 +153,7 @@ def local_model(
     device: str = "cpu",
     dtype: str = "auto",
     args: Sequence[str] = (),
-    **settings: str | int,
+    **settings: str | int | float,
 ) -> LocalModel:
     """A model of a generated local-backend config. Benchmarks run on CPU unless told otherwise; ``args`` are
     extra ``python -m runtime`` flags for its replicas (``["--scheduler", "static"]``); ``settings`` use the

@@ -24,7 +24,8 @@ from gateway.endpoints import ReadyEndpoints
 from gateway.metrics import Metrics
 from gateway.scaling import Scaler
 from gateway.serving import listen, protocol_for
-from gateway.settings import GatewaySettings, KubernetesSettings, ModelSettings, ServerSettings
+from gateway.settings import GatewaySettings, KubernetesSettings, ServerSettings
+from loadtest.children import local_model
 
 B = TypeVar("B", LocalBackend, KubernetesBackend)
 
@@ -70,12 +71,9 @@ KubernetesGateway = RunningGateway[KubernetesBackend]
 def model(
     name: str, source: Path | str, engine: str = "torch", args: tuple[str, ...] = (), **settings: str | int | float
 ) -> LocalModel:
-    """A local model entry; ``settings`` use the config file's keys with ``_`` for ``-``; ``args`` are extra
-    ``python -m runtime`` flags."""
-    keys = {key.replace("_", "-"): value for key, value in settings.items()}
-    return LocalModel(
-        settings=ModelSettings.parse(name, keys), source=str(source), engine=engine, device="cpu", args=args
-    )
+    """A local model entry on CPU (the benchmarks' builder); ``settings`` use the config file's keys with ``_`` for
+    ``-``; ``args`` are extra ``python -m runtime`` flags."""
+    return local_model(name, str(source), engine=engine, device="cpu", dtype="auto", args=args, **settings)
 
 
 @contextlib.asynccontextmanager
