@@ -11,7 +11,7 @@ from gateway.app import create_app
 from gateway.backends import BackendParts
 from gateway.backends.kubernetes.backend import build_kubernetes
 from gateway.backends.local import build_local
-from gateway.backends.localconfig import load_local_config
+from gateway.backends.localconfig import LocalConfig, load_local_config
 from gateway.embedded import EmbeddedRedis
 from gateway.errors import ConfigError
 from gateway.serving import serve
@@ -34,18 +34,25 @@ The first request starts a runtime replica (a cold start); after the idle timeou
 """
 
 
-def _backend(settings: GatewaySettings) -> BackendParts:
+def _local_config(settings: GatewaySettings) -> LocalConfig | None:
+    """The local backend's model file (None for the Kubernetes backend), read before anything starts."""
     if settings.backend == "local":
-        return build_local(load_local_config(settings.local.config_path))
+        return load_local_config(settings.local.config_path)
     if settings.server.redis_url is None:
         raise ConfigError("REDIS_URL is required with the kubernetes backend")
+    return None
+
+
+def _backend(settings: GatewaySettings, local: LocalConfig | None, redis_url: str) -> BackendParts:
+    if local is not None:
+        return build_local(local, announce_to=redis_url)
     return build_kubernetes(settings.kubernetes, identity=settings.server.gateway_id)
 
 
 def main() -> int:
     try:
         settings = GatewaySettings.from_env(os.environ)
-        parts = _backend(settings)
+        local = _local_config(settings)
     except ConfigError as exc:
         print(f"kaltstart: {exc}", file=sys.stderr)
         return 2
@@ -55,6 +62,7 @@ def main() -> int:
         redis_url = server.redis_url or stack.enter_context(EmbeddedRedis())
         if server.redis_url is None:
             log.info("REDIS_URL not set: started an embedded Valkey at %s", redis_url)
+        parts = _backend(settings, local, redis_url)
         app = create_app(settings, redis_url=redis_url, parts=parts)
         print(_banner(f"http://{server.host}:{server.port}", parts.example_model), flush=True)
         serve(app, server)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -11,9 +10,12 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
+import wire
 from gateway import keys
+from gateway.announcements import Announcements
 from gateway.auth import ApiKeyAuth, ApiKeys
 from gateway.backends import BackendParts
+from gateway.coldstarts import ColdStarts, RedisDurations
 from gateway.connection import connect
 from gateway.dispatch import Dispatcher, Dispatchers
 from gateway.errors import RequestError
@@ -45,6 +47,9 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
     queue = RequestQueue(redis, settings.queue.max_queue_per_model)
     door = FencedDoor()
     replies = ReplyRouter(redis, keys.replies(server.gateway_id), {keys.FENCES: door.lifted})
+    cold_starts = ColdStarts(RedisDurations(redis), endpoints, metrics)
+    announcements = Announcements(endpoints, cold_starts, metrics)
+    replies.on(wire.REPLICAS_CHANNEL, announcements.received)
     scaler = Scaler(
         catalog,
         queue,
@@ -52,8 +57,8 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
         backend,
         endpoints,
         metrics,
+        cold_starts,
         interval_s=settings.queue.scale_interval_s,
-        clock=time.monotonic,
         may_scale_down=lambda: backend.is_leader,
     )
     client = _runtime_client(server)
@@ -72,11 +77,15 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
             settings.queue.max_attempts,
             is_waiting=replies.is_waiting,
             limits=limits,
+            cold_starts=cold_starts,
         ),
     )
     replies.on(keys.CANCELS, dispatchers.cancelled)
     abandoned = Abandoned()
-    gateway = Gateway(server, catalog, queue, replies, door, scaler, metrics, abandon=abandoned.add, limits=limits)
+    gateway = Gateway(
+        server, catalog, queue, replies, door, scaler, metrics, abandon=abandoned.add, limits=limits,
+        cold_starts=cold_starts,
+    )  # fmt: skip
     janitor = Janitor(
         queue,
         Heartbeats(redis),
@@ -91,6 +100,7 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await replies.start()
+        await announcements.start()
         await janitor.start()
         await backend.start()
         dispatchers.sync()
@@ -102,6 +112,8 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
             await dispatchers.stop()
             await janitor.stop()
             await backend.stop()
+            await announcements.stop()
+            await cold_starts.settle()
             await replies.stop()
             await client.aclose()
             await redis.aclose()

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 import wire
 from gateway.catalog import ModelCatalog
+from gateway.coldstarts import ColdStarts
 from gateway.endpoints import EndpointPool, ReadyEndpoints
 from gateway.errors import QueueUnavailable
 from gateway.limits import ContextLengths
@@ -54,13 +55,16 @@ class Dispatcher:
         max_attempts: int,
         is_waiting: Callable[[str], bool] = lambda _id: True,
         limits: ContextLengths | None = None,
+        cold_starts: ColdStarts | None = None,
     ) -> None:
         """``is_waiting(request_id)``: whether a client of this gateway replica still waits for that request."""
         self.settings = settings
         self._model = settings.name
         self._queue = queue
         self._sender = sender
+        self._endpoints = endpoints
         self._pool = EndpointPool(settings.name, endpoints, budget=settings.max_batch_size)
+        self._cold_starts = cold_starts
         self._client = client
         self._consumer = consumer
         self._metrics = metrics
@@ -76,6 +80,7 @@ class Dispatcher:
         self._accepted: set[str] = set()
         self._cancel_when_accepted: set[str] = set()
         self._prepared = False
+        self._dispatched_to: set[str] = set()
 
     def held(self) -> frozenset[str]:
         """Entry ids this dispatcher's running batches hold (the janitor leaves those alone)."""
@@ -122,6 +127,9 @@ class Dispatcher:
 
     def _start(self, url: str, batch: Sequence[Delivery]) -> None:
         self._pool.start(url, len(batch))
+        if url not in self._dispatched_to:
+            self._dispatched_to.add(url)
+            self._first_dispatch(url, batch)
         held = {d.entry_id for d in batch}
         self._held |= held
         self._running.update({d.queued.id: url for d in batch})
@@ -159,12 +167,21 @@ class Dispatcher:
             await asyncio.sleep(1.0)  # back off from a failing Redis
             return []
 
+    def _first_dispatch(self, url: str, batch: Sequence[Delivery]) -> None:
+        """The first batch to a replica: if requests were waiting for it to be ready, how long they waited after."""
+        since = self._endpoints.ready_since(url)
+        if self._cold_starts is not None and since is not None and min(d.queued.accepted_at for d in batch) < since:
+            self._cold_starts.dispatched(self._model, max(0.0, time.time() - since))
+
     async def _read_report(self, url: str) -> None:
-        """A replica's ready report, once: the model's context length, for the door's check (``gateway.limits``)."""
+        """A replica's ready report, once (announced, or read from its ``/readyz``): whether it takes requests into
+        a running batch, and the model's context length, for the door's check (``gateway.limits``)."""
         self._reported.add(url)
         try:
-            response = await self._client.get(url + wire.READY_PATH)
-            report = wire.ReadyBody.model_validate_json(response.content)
+            report = self._endpoints.report(self._model, url)
+            if report is None:
+                response = await self._client.get(url + wire.READY_PATH)
+                report = wire.ReadyBody.model_validate_json(response.content)
             self._pool.set_continuous(url, report.scheduler == "continuous")
             if self._limits is not None:
                 await self._limits.learn(self._model, report.context_length)

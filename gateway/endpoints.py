@@ -10,29 +10,108 @@ one is done. Requests not sent stay in the queue, where any replica that frees u
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import wire
 
 Listener = Callable[[str], None]
 
 
-class ReadyEndpoints:
-    """Base URLs (``http://host:port``) of the ready replicas per model.
+@dataclass(frozen=True)
+class _Announced:
+    expires: float
+    report: wire.ReadyBody | None
 
-    A backend writes it with ``set``; dispatchers read it and are told of changes through ``subscribe``.
-    Replacing a model's whole set at once means readers never see a half-built view.
+
+class ReadyEndpoints:
+    """Base URLs (``http://host:port``) of the ready replicas per model, from two sources.
+
+    The backend's view (``set``: its readiness probes, or EndpointSlices) and the replicas' own announcements
+    (``announce``, see ``wire.Announcement``), which come the moment a replica is ready. An announcement counts
+    only for a URL the backend vouches for (``vouch``: a process it started, an address in the model's
+    EndpointSlices, ready or not), so nothing else can register; it lapses at its expiry unless renewed, and a
+    replica that announces it is stopping gets no more work even while the backend still lists it.
+
+    Readers get one model's whole set at once (``get``) and are told of changes through ``subscribe``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._probed: dict[str, frozenset[str]] = {}
+        self._vouched: dict[str, frozenset[str]] = {}
+        self._announced: dict[str, dict[str, _Announced]] = {}
+        self._stopping: dict[str, set[str]] = {}
         self._urls: dict[str, tuple[str, ...]] = {}
+        self._since: dict[str, float] = {}
         self._listeners: list[Listener] = []
 
     def get(self, model: str) -> tuple[str, ...]:
         return self._urls.get(model, ())
 
     def set(self, model: str, urls: Iterable[str]) -> None:
-        new = tuple(sorted(set(urls)))
+        """The backend's ready replicas of ``model`` (replacing what it said before)."""
+        self._probed[model] = frozenset(urls)
+        self._stopping[model] = self._stopping.get(model, set()) & self._probed[model]
+        self._update(model)
+
+    def vouch(self, model: str, urls: Iterable[str]) -> None:
+        """URLs of ``model`` whose announcements count (replacing the previous set): announcements of any
+        other URL are refused, and ones already taken lapse."""
+        self._vouched[model] = frozenset(urls)
+        announced = self._announced.get(model, {})
+        for url in set(announced) - self._vouched[model]:
+            del announced[url]
+        self._update(model)
+
+    def announce(
+        self, model: str, url: str, state: wire.ReplicaState, report: wire.ReadyBody | None, ttl_s: float
+    ) -> bool:
+        """A replica's announcement; False if refused (a URL the backend does not vouch for)."""
+        if url not in self._vouched.get(model, ()):
+            return False
+        announced = self._announced.setdefault(model, {})
+        if state == "ready":
+            announced[url] = _Announced(self._clock() + ttl_s, report)
+            self._stopping.get(model, set()).discard(url)
+        else:
+            announced.pop(url, None)
+            if state == "stopping":
+                self._stopping.setdefault(model, set()).add(url)
+        self._update(model)
+        return True
+
+    def expire(self) -> None:
+        """Forget announcements that were not renewed in time."""
+        now = self._clock()
+        for model, announced in self._announced.items():
+            lapsed = [url for url, entry in announced.items() if entry.expires <= now]
+            for url in lapsed:
+                del announced[url]
+            if lapsed:
+                self._update(model)
+
+    def report(self, model: str, url: str) -> wire.ReadyBody | None:
+        """The ready report ``url`` announced, if it did."""
+        entry = self._announced.get(model, {}).get(url)
+        return None if entry is None else entry.report
+
+    def ready_since(self, url: str) -> float | None:
+        """Unix time at which ``url`` last became ready (for the time from ready to first dispatch)."""
+        return self._since.get(url)
+
+    def _update(self, model: str) -> None:
+        announced = set(self._announced.get(model, {}))
+        ready = (self._probed.get(model, frozenset()) | announced) - self._stopping.get(model, set())
+        new = tuple(sorted(ready))
         if new == self.get(model):
             return
+        old = set(self.get(model))
+        for url in set(new) - old:
+            self._since[url] = time.time()
+        for url in old - set(new):
+            self._since.pop(url, None)
         self._urls[model] = new
         for listener in list(self._listeners):
             listener(model)

@@ -38,6 +38,11 @@ def context_length(model: str) -> str:
     return f"{_model(model)}:context-length"
 
 
+def cold_start(model: str) -> str:
+    """Seconds from scale-up to ready of the model's recent cold starts, smoothed (``gateway.coldstarts``)."""
+    return f"{_model(model)}:cold-start"
+
+
 def fence(model: str) -> str:
     """Held while a scale-down of the model is being written: new requests wait at the door until it is lifted,
     so a model is never scaled to zero with a request in its queue."""

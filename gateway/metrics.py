@@ -51,6 +51,21 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.cold_start_phases = Histogram(
+            "kaltstart_cold_start_seconds",
+            "Where cold starts go, by phase: scale_to_ready and ready_to_dispatch as this gateway saw them; "
+            "process, cache, imports, load, warmup and replica_total as each replica reported its own start.",
+            ["model", "phase"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.announcements = Counter(
+            "kaltstart_replica_announcements",
+            "Replica announcements received, by outcome (accepted, refused: from an address the backend does not "
+            "vouch for; malformed).",
+            ["outcome"],
+            registry=r,
+        )
         self.scale_writes = Counter(
             "kaltstart_scale_writes",
             "Replica counts this gateway changed, by direction.",

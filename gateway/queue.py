@@ -9,6 +9,7 @@ request is answered at most once however its deliveries race. Redis errors becom
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -153,11 +154,14 @@ class RequestQueue:
     ) -> list[Delivery]:
         """Block up to ``block_s`` for the first entry, then give others ``fill_s`` to join the batch.
 
+        No window when the first entry has waited that long already: a backlog (requests that waited through a cold
+        start, or for a busy replica) goes at once with what is there.
+
         The fill window is timed here, not with ``BLOCK``: a Redis server checks blocked clients' timeouts only
         ``hz`` times a second (10 by default), so ``BLOCK 10`` can last 100 ms.
         """
         batch = await self._read(model, consumer, max_size, block_s)
-        if batch and len(batch) < max_size and fill_s > 0:
+        if batch and len(batch) < max_size and fill_s > 0 and not _waited(batch, fill_s):
             try:
                 await asyncio.sleep(fill_s)  # the batching window itself: an intended delay
                 batch += await self._read(model, consumer, max_size - len(batch), None)
@@ -326,3 +330,8 @@ class RequestQueue:
         in_flight = int(pending["pending"]) if pending else 0
         idle = max(0.0, (now_ms - int(activity)) / 1000)
         return Load(queued=max(0, int(length) - in_flight), in_flight=in_flight, idle_for_s=idle)
+
+
+def _waited(batch: Sequence[Delivery], fill_s: float) -> bool:
+    """Whether the oldest request read has been queued for ``fill_s`` already (by its gateway's clock)."""
+    return time.time() - min(d.queued.accepted_at for d in batch) >= fill_s

@@ -139,7 +139,11 @@ async def _serve(
     request_id = f"{'cmpl' if kind == 'completion' else 'chatcmpl'}-{uuid.uuid4().hex}"
     default_max = 16 if kind == "completion" else gateway.settings.default_max_tokens
     shape = ResponseShape(kind, request_id, parsed.model)
+    cold = gateway.cold_starts.is_cold(parsed.model)
     ticket = await gateway.submit(parsed.model, parsed.to_wire(request_id, default_max))
+    if parsed.stream and cold and gateway.settings.cold_start_progress_s > 0:
+        events = _server_sent_events(gateway, ticket, shape, parsed.include_usage, started, cold_start=True)
+        return StreamingResponse(events, media_type="text/event-stream", headers={"cache-control": "no-cache"})
     try:
         await client.unless_gone(ticket.dispatched())
     except BaseException:
@@ -162,13 +166,23 @@ def _sse(data: dict[str, Any] | str) -> bytes:
 
 
 async def _server_sent_events(
-    gateway: Gateway, ticket: Ticket, shape: ResponseShape, include_usage: bool, started: float
+    gateway: Gateway,
+    ticket: Ticket,
+    shape: ResponseShape,
+    include_usage: bool,
+    started: float,
+    *,
+    cold_start: bool = False,
 ) -> AsyncIterator[bytes]:
     """The SSE body. A client that leaves mid-stream has the generator cancelled (Starlette listens for the
-    disconnect while it streams): the request is then cancelled and counted as 499, never as 200."""
+    disconnect while it streams): the request is then cancelled and counted as 499, never as 200. With
+    ``cold_start`` the request has not been dispatched yet: progress comments come first (``_progress``)."""
     first = True
     status = ClientGone.status_code
     try:
+        if cold_start:
+            async for comment in _progress(gateway, ticket, started):
+                yield comment
         async for item in ticket.stream():
             if isinstance(item, str):
                 if first:
@@ -183,6 +197,7 @@ async def _server_sent_events(
     except RequestError as exc:
         status = exc.status_code
         log.warning("stream for %s ended with %d: %s", ticket.id, status, exc.message)
+        gateway.record_cancellation(shape.model, exc)
         yield _sse(error_body(exc.message, exc.error_type, exc.param, exc.code))
     finally:
         await _closed(ticket)
@@ -190,6 +205,25 @@ async def _server_sent_events(
         if status == ClientGone.status_code:
             gateway.record_cancellation(shape.model, ClientGone())
     yield _sse("[DONE]")
+
+
+async def _progress(gateway: Gateway, ticket: Ticket, started: float) -> AsyncIterator[bytes]:
+    """SSE comments (``: ...``, which clients ignore) while the request waits for a replica: one at once, then one
+    every ``cold_start_progress_s``, until it is dispatched. Raises the request's error if it never is."""
+    dispatched = asyncio.ensure_future(ticket.dispatched())
+    try:
+        while True:
+            waited = time.monotonic() - started
+            yield f": {gateway.cold_starts.progress(ticket.model.name, waited)}\n\n".encode()
+            done, _ = await asyncio.wait({dispatched}, timeout=gateway.settings.cold_start_progress_s)
+            if done:
+                dispatched.result()
+                return
+    finally:
+        if not dispatched.done():
+            dispatched.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await dispatched
 
 
 async def list_models(request: Request) -> Response:

@@ -18,6 +18,7 @@ from typing import Protocol
 from gateway import policy
 from gateway.backends import ReplicaControl
 from gateway.catalog import ModelCatalog
+from gateway.coldstarts import ColdStarts
 from gateway.endpoints import ReadyEndpoints
 from gateway.errors import KaltstartError
 from gateway.metrics import Metrics
@@ -49,9 +50,9 @@ class Scaler:
         backend: ReplicaControl,
         endpoints: ReadyEndpoints,
         metrics: Metrics,
+        cold_starts: ColdStarts,
         *,
         interval_s: float,
-        clock: Callable[[], float],
         may_scale_down: Callable[[], bool] = lambda: True,
     ) -> None:
         self._catalog = catalog
@@ -60,10 +61,9 @@ class Scaler:
         self._backend = backend
         self._metrics = metrics
         self._interval_s = interval_s
-        self._clock = clock
         self._may_scale_down = may_scale_down
         self._endpoints = endpoints
-        self._cold_since: dict[str, float] = {}
+        self._cold_starts = cold_starts
         self._tick_listeners: list[Callable[[], None]] = []
         self._loop = Loop("autoscaler", self._tick_and_wait)
         endpoints.subscribe(self._on_endpoints)
@@ -86,17 +86,11 @@ class Scaler:
             self._metrics.scale_writes.labels(model, "up").inc()
 
     def _cold_started(self, model: str) -> None:
-        if model not in self._cold_since:
-            self._cold_since[model] = self._clock()
-            self._metrics.cold_starts.labels(model).inc()
+        self._cold_starts.began(model)
 
     def _on_endpoints(self, model: str) -> None:
-        started = self._cold_since.get(model)
-        if started is not None and self._endpoints.get(model):
-            del self._cold_since[model]
-            elapsed = self._clock() - started
-            self._metrics.cold_start_seconds.labels(model).observe(elapsed)
-            log.info("%s is ready after a cold start of %.2f s", model, elapsed)
+        if self._endpoints.get(model):
+            self._cold_starts.ready(model)
 
     async def start(self) -> None:
         self._loop.start()
@@ -159,4 +153,4 @@ class Scaler:
                 self._metrics.scale_writes.labels(name, "down").inc()
                 log.info("scaled %s down to %d after %.0f s idle", name, to, idle_s)
                 if to == 0:  # a cold start that never became ready ends here; the next one is counted anew
-                    self._cold_since.pop(name, None)
+                    self._cold_starts.abandoned(name)

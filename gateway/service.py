@@ -15,6 +15,7 @@ from contextlib import ExitStack
 
 import wire
 from gateway.catalog import ModelCatalog
+from gateway.coldstarts import ColdStarts
 from gateway.errors import (
     ClientGone,
     ColdStartTimeout,
@@ -55,6 +56,7 @@ class Ticket:
         request_timeout_s: float,
         closer: ExitStack,
         abandon: Abandon,
+        retry_after_s: Callable[[], int],
     ) -> None:
         self.model = model
         self.id = request_id
@@ -63,6 +65,7 @@ class Ticket:
         self._queue = queue
         self._closer = closer
         self._abandon = abandon
+        self._retry_after_s = retry_after_s
         loop = asyncio.get_running_loop()
         self.arrived = loop.time()
         self._cold_deadline = self.arrived + model.cold_start_timeout_s
@@ -81,7 +84,7 @@ class Ticket:
                 if await self._give_up():
                     raise ColdStartTimeout(
                         f"Model '{self.model.name}' did not become ready in time; try again shortly.",
-                        retry_after_s=self.model.retry_after_s,
+                        retry_after_s=self._retry_after_s(),
                     ) from None
                 continue  # a final reply beat us to it: read it
             self._early.append(reply)
@@ -188,8 +191,10 @@ class Gateway:
         metrics: Metrics,
         abandon: Abandon,
         limits: ContextLengths,
+        cold_starts: ColdStarts,
     ) -> None:
         self.settings = settings
+        self.cold_starts = cold_starts
         self._abandon = abandon
         self._limits = limits
         self.catalog = catalog
@@ -204,7 +209,10 @@ class Gateway:
         await self._limits.check(model.name, request.params.max_tokens)
         closer = ExitStack()
         inbox = closer.enter_context(self._replies.expect(request.id))
-        ticket = Ticket(model, request.id, inbox, self._queue, self.settings.request_timeout_s, closer, self._abandon)
+        ticket = Ticket(
+            model, request.id, inbox, self._queue, self.settings.request_timeout_s, closer, self._abandon,
+            retry_after_s=lambda: self.cold_starts.retry_after_s(model.name, model.retry_after_s),
+        )  # fmt: skip
         queued = QueuedRequest(
             request=request,
             reply_to=self._replies.channel,

@@ -203,6 +203,12 @@ class ServerSettings:
     max_header_bytes: int = field(default=32 * 1024, metadata=_key("KALTSTART_MAX_HEADER_BYTES", at_least(1024)))
     #: A request body not received within this long gets 408 (a client trickling its body holds no slot).
     body_timeout_s: float = field(default=30.0, metadata=_key("KALTSTART_BODY_TIMEOUT", parse_duration_s))
+    #: A streaming request that meets a cold start gets its response headers at once and an SSE comment this often
+    #: (phase, time waited), so proxies with idle timeouts keep the stream and people see progress. 0: off (the
+    #: headers come with the first token, as for non-streaming requests).
+    cold_start_progress_s: float = field(
+        default=2.0, metadata=_key("KALTSTART_COLD_START_PROGRESS_INTERVAL", parse_duration_s)
+    )
     #: An idle keep-alive connection is closed after this long.
     keep_alive_s: float = field(default=5.0, metadata=_key("KALTSTART_KEEP_ALIVE", parse_duration_s))
 

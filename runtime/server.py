@@ -1,8 +1,10 @@
-"""The runtime's HTTP face: ``/healthz``, ``/readyz``, ``POST /v1/batch`` and ``POST /v1/cancel`` (see ``wire``).
+"""The runtime's HTTP face: ``/healthz``, ``/readyz``, ``POST /v1/batch``, ``POST /v1/cancel`` and, on a standby
+runtime, ``POST /v1/claim`` (see ``wire``).
 
 Start-up order: uvicorn binds the port at once (so ``/healthz`` answers and the process can be probed), while a
-background thread resolves the weights into the node-local cache, loads them and warms up; only then does
-``/readyz`` answer 200. If that fails the process exits with status 1 so its supervisor notices.
+background thread (``runtime.startup``) resolves the weights into the node-local cache, loads them and warms up;
+only then does ``/readyz`` answer 200. If that fails the process exits with status 1 so its supervisor notices.
+With ``--announce-to`` the replica also announces each step, and its readiness, on Redis (``runtime.announce``).
 
 One generation thread runs the model (the accelerator does one forward pass at a time anyway). With the continuous
 scheduler (``runtime.scheduler``, the default) the requests of every open ``POST /v1/batch`` join one running
@@ -18,11 +20,8 @@ import asyncio
 import contextlib
 import logging
 import os
-import threading
-import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
@@ -31,19 +30,18 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from runtime.announce import Announcer
 from runtime.batches import Runner, RunningBatch
-from runtime.budget import Budget
-from runtime.cache import materialise
-from runtime.engine import Engine, LoadReport, as_step_engine
-from runtime.engines import create_engine
-from runtime.errors import EngineError
+from runtime.errors import SettingsError
 from runtime.faults import exit_if_triggered
 from runtime.scheduler import Scheduler
 from runtime.settings import RuntimeSettings
+from runtime.startup import AlreadyClaimed, Loader, Readiness, make_runner, prepare_engine, start_in_background
 from runtime.static import BatchRunner
 from wire import (
     BATCH_PATH,
     CANCEL_PATH,
+    CLAIM_PATH,
     FREE_ROWS_HEADER,
     HEALTH_PATH,
     NDJSON,
@@ -51,9 +49,8 @@ from wire import (
     BatchRequest,
     CancelRequest,
     CancelResponse,
+    ClaimRequest,
     ErrorBody,
-    ReadyBody,
-    StartupTimings,
 )
 
 __all__ = [
@@ -69,113 +66,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Loader = Callable[[], Engine]
 _Body = TypeVar("_Body", bound=BaseModel)
-
-
-def prepare_engine(settings: RuntimeSettings, on_timings: Callable[[StartupTimings], None] | None = None) -> Engine:
-    """Resolve the weights into the cache, load them and warm up; blocking. Logs where the time went, and hands
-    the same numbers to ``on_timings`` (for ``/readyz``)."""
-    process_s = process_age()
-    started = time.monotonic()
-    model_dir = None
-    if settings.engine == "torch":
-        assert settings.source is not None  # RuntimeSettings checks this for the torch engine
-        model_dir = materialise(settings.source, settings.cache_dir).path
-    cached = time.monotonic()
-    engine = create_engine(settings, model_dir)
-    imported = time.monotonic()
-    report = engine.load()
-    loaded = time.monotonic()
-    if settings.warmup:
-        engine.warmup()
-    warmed = time.monotonic()
-    if report.bytes_loaded:
-        _log_load(report)
-    timings = StartupTimings(
-        process_s=None if process_s is None else round(process_s, 3),
-        cache_s=round(cached - started, 3),
-        imports_s=round(imported - cached, 3),
-        load_s=round(loaded - imported, 3),
-        warmup_s=round(warmed - loaded, 3),
-        total_s=round(warmed - started + (process_s or 0.0), 3),
-    )
-    log.info(
-        "engine ready in %.2f s: cache %.2f s, imports %.2f s, load %.2f s, warmup %.2f s (process start to ready %s)",
-        warmed - started,
-        timings.cache_s,
-        timings.imports_s,
-        timings.load_s,
-        timings.warmup_s,
-        "unknown" if process_s is None else f"{timings.total_s:.2f} s",
-    )
-    if on_timings is not None:
-        on_timings(timings)
-    return engine
-
-
-def process_age() -> float | None:
-    """Seconds since the operating system started this process (Linux: ``/proc``, 10 ms steps); None elsewhere."""
-    try:
-        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
-            # The command name (field 2) may hold spaces; the fields after its closing parenthesis do not.
-            fields = stat.read().rsplit(")", 1)[1].split()
-            booted_s = float(uptime.read().split()[0])
-        ticks = os.sysconf("SC_CLK_TCK")
-        return max(0.0, booted_s - int(fields[19]) / ticks)  # field 22 of stat(5): starttime, in clock ticks
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _log_load(report: LoadReport) -> None:
-    log.info(
-        "loaded %.1f MB of weights on %s as %s in %.2f s (%.1f MB/s)",
-        report.bytes_loaded / 1e6,
-        report.device,
-        report.dtype,
-        report.seconds,
-        report.bytes_loaded / 1e6 / max(report.seconds, 1e-9),
-    )
-
-
-def make_runner(engine: Engine, settings: RuntimeSettings) -> Runner:
-    """The scheduler ``settings`` ask for. An engine that cannot let rows join a running batch (a test double, a
-    model whose cache layers cannot be padded) runs batches one at a time, and says so in the log and ``/readyz``."""
-    if settings.scheduler == "continuous" and (scheduler := _continuous(engine, settings)) is not None:
-        return scheduler
-    return BatchRunner(engine, settings.max_batch_size)
-
-
-def _continuous(engine: Engine, settings: RuntimeSettings) -> Scheduler[Any] | None:
-    step_engine = as_step_engine(engine)
-    try:
-        if step_engine is None:
-            raise EngineError(f"{type(engine).__name__} cannot run rows step by step")
-        tokens = settings.max_batch_tokens or step_engine.default_batch_tokens()
-        scheduler = Scheduler(step_engine, Budget(rows=settings.max_batch_size, tokens=tokens))
-    except EngineError as exc:
-        log.warning("continuous batching is not possible (%s): running batches one at a time", exc)
-        return None
-    log.info("continuous batching: up to %d rows and %d KV-cache tokens", settings.max_batch_size, tokens)
-    return scheduler
-
-
-@dataclass
-class Readiness:
-    """Where start-up stands; ``settled`` is set once the engine is ready (with its runner) or loading has failed."""
-
-    engine: Engine | None = None
-    runner: Runner | None = None
-    failed: bool = False
-    closed: bool = False
-    startup: StartupTimings | None = None
-    settled: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def close(self) -> None:
-        """The app shuts down: end the runner's batches and stop its thread, now or once loading is done."""
-        self.closed = True
-        if self.runner is not None:
-            self.runner.close()
 
 
 class BatchResponse(StreamingResponse):
@@ -198,49 +89,38 @@ def create_app(
     loader: Loader | None = None,
     on_fatal: Callable[[], None] = lambda: None,
 ) -> Starlette:
-    """The ASGI app. ``loader`` makes the ready engine (default: ``prepare_engine(settings)``); ``on_fatal`` is
-    called on the event loop if it fails. ``app.state.readiness`` is the app's ``Readiness``."""
-    readiness = Readiness()
-
-    def record(timings: StartupTimings) -> None:
-        readiness.startup = timings
-
-    load = loader or (lambda: prepare_engine(settings, on_timings=record))
+    """The ASGI app. ``loader`` makes the ready engine (default: ``prepare_engine``); ``on_fatal`` is called on
+    the event loop if it fails. ``app.state.readiness`` is the app's ``Readiness``."""
+    readiness = Readiness(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        loop = asyncio.get_running_loop()
-        threading.Thread(
-            target=_load_in_background, args=(load, loop, readiness, settings, on_fatal), name="load", daemon=True
-        ).start()
+        announcer = _announcer(readiness)
+        if announcer is not None:
+            readiness.on_change = announcer.nudge
+            announcer.start()
+        start_in_background(readiness, asyncio.get_running_loop(), loader, on_fatal)
         try:
             yield
         finally:
             readiness.close()
+            if announcer is not None:
+                await announcer.stop()
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "alive"})
 
     async def readyz(request: Request) -> Response:
-        runner = readiness.runner
-        if runner is None:
-            return _error(503, "failed to load the model" if readiness.failed else "loading the model")
-        body = ReadyBody(
-            model=settings.served_names[0],
-            max_batch_size=settings.max_batch_size,
-            context_length=runner.context_length,
-            scheduler=runner.kind,
-            max_batch_tokens=runner.max_batch_tokens,
-            free_rows=runner.free_rows,
-            startup=readiness.startup,
-        )
+        body = readiness.ready_body()
+        if body is None:
+            return _error(503, _not_ready(readiness))
         return JSONResponse(body.model_dump())
 
     async def batch(request: Request) -> Response:
         runner = readiness.runner
         if runner is None:
             return _error(503, "the model is not loaded yet", {"Retry-After": "1"})
-        answer = _batch_answer(runner, await request.body(), settings)
+        answer = _batch_answer(runner, await request.body(), readiness.settings)
         answer.headers[FREE_ROWS_HEADER] = str(runner.free_rows)  # after taking the batch, if it was taken
         return answer
 
@@ -253,15 +133,54 @@ def create_app(
             log.info("cancelled %d of %d requests asked for: %s", len(cancelled), len(parsed.ids), ", ".join(cancelled))
         return JSONResponse(CancelResponse(cancelled=cancelled).model_dump())
 
+    async def claim(request: Request) -> Response:
+        return _claim(readiness, await request.body())
+
     routes = [
         Route(HEALTH_PATH, healthz, methods=["GET"]),
         Route(READY_PATH, readyz, methods=["GET"]),
         Route(BATCH_PATH, batch, methods=["POST"]),
         Route(CANCEL_PATH, cancel, methods=["POST"]),
+        Route(CLAIM_PATH, claim, methods=["POST"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.readiness = readiness
     return app
+
+
+def _announcer(readiness: Readiness) -> Announcer | None:
+    settings = readiness.settings
+    if not settings.announce_to:
+        return None
+    url, interval_s = settings.public_url, settings.announce_interval_s
+    return Announcer(settings.announce_to, lambda: readiness.announcement(url, interval_s), interval_s)
+
+
+def _not_ready(readiness: Readiness) -> str:
+    if readiness.failed:
+        return "failed to load the model"
+    if readiness.phase == "standby":
+        return "standby: waiting for a claim (POST /v1/claim)"
+    return f"starting: {readiness.phase or 'process'}"
+
+
+def _claim(readiness: Readiness, body: bytes) -> Response:
+    """A standby runtime takes its model: the flags it would have been started with, on its own host and port."""
+    parsed = _parse(ClaimRequest, body, "claim")
+    if isinstance(parsed, Response):
+        return parsed
+    own = readiness.settings
+    try:
+        settings = RuntimeSettings.from_args([*parsed.args, "--host", own.host, "--port", str(own.port)], os.environ)
+        if settings.standby:
+            raise SettingsError("a claim cannot ask for --standby")
+        readiness.claim(settings)
+    except SettingsError as exc:
+        return _error(422, f"invalid claim: {exc}")
+    except AlreadyClaimed:
+        return _error(409, "this runtime is not a standby, or was claimed already")
+    log.info("claimed for %s (%s)", settings.model_name, settings.source or settings.engine)
+    return JSONResponse({"model": settings.model_name}, status_code=202)
 
 
 def _batch_answer(runner: Runner, body: bytes, settings: RuntimeSettings) -> Response:
@@ -275,41 +194,6 @@ def _batch_answer(runner: Runner, body: bytes, settings: RuntimeSettings) -> Res
         return _error(413, f"{len(parsed.requests)} requests, more than max_batch_size {settings.max_batch_size}")
     exit_if_triggered(parsed.requests, settings.fault_exit_on)
     return BatchResponse(runner.submit(parsed.requests))
-
-
-def _load_in_background(
-    load: Loader,
-    loop: asyncio.AbstractEventLoop,
-    readiness: Readiness,
-    settings: RuntimeSettings,
-    on_fatal: Callable[[], None],
-) -> None:
-    try:
-        engine = load()
-        runner = make_runner(engine, settings)
-    except Exception:
-        log.exception("cannot start serving %s", settings.model_name)
-
-        def fail() -> None:
-            readiness.failed = True
-            readiness.settled.set()
-            on_fatal()
-
-        loop.call_soon_threadsafe(fail)
-        return
-
-    def ready() -> None:
-        if readiness.closed:  # the app shut down while the model loaded
-            runner.close()
-            return
-        readiness.engine, readiness.runner = engine, runner
-        readiness.settled.set()
-        log.info("ready: serving %s at %s", settings.model_name, settings.url)
-
-    try:
-        loop.call_soon_threadsafe(ready)
-    except RuntimeError:  # the event loop is gone: nobody will ever use the runner
-        runner.close()
 
 
 def _parse(model: type[_Body], body: bytes, what: str) -> _Body | Response:

@@ -31,6 +31,7 @@ _ENGINES: tuple[EngineKind, ...] = ("torch", "echo")
 _WEIGHT_LOADERS: tuple[WeightLoader, ...] = ("direct", "from_pretrained")
 _SCHEDULERS: tuple[SchedulerKind, ...] = ("continuous", "static")
 _Choice = TypeVar("_Choice", bound=str)
+_WILDCARDS = frozenset({"0.0.0.0", "::", ""})
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 
@@ -108,13 +109,35 @@ class RuntimeSettings:
     log_level: str = "info"
     """Python logging level name for the runtime and uvicorn. Default info."""
 
+    standby: bool = False
+    """Start without a model: bind the port, import the engine (torch, transformers and the modelling code of
+    ``standby_families``) and wait for ``POST /v1/claim`` to say which model to serve, with the flags it would
+    have been started with. Pays the fixed cost of a start before any model is asked for. Default off."""
+
+    standby_families: tuple[str, ...] = ("llama", "qwen2", "mistral")
+    """Standby: model families (``transformers.models.<family>``) whose modelling code is imported ahead. The
+    first costs about a second here, each further one little. Default llama, qwen2, mistral."""
+
+    announce_to: str | None = None
+    """A Redis URL (the gateway's queue) to announce this replica on (``wire.Announcement``): its start-up phase,
+    the moment it is ready and every ``announce_interval_s`` after, so gateways dispatch to it at once instead
+    of at their next readiness probe. Default: none (gateways find the replica by probing only)."""
+
+    advertise_url: str | None = None
+    """The base URL gateways reach this replica at, as announced. Default ``http://host:port``; required with
+    ``announce_to`` when ``host`` is a wildcard (``0.0.0.0``), e.g. ``http://$(POD_IP):8000`` in a pod."""
+
+    announce_interval_s: float = 2.0
+    """Seconds between two announcements of a ready replica; a gateway forgets a replica after three missed.
+    Default 2."""
+
     fault_exit_on: str | None = None
     """For tests only: exit at once with status 70, like a crash, on receiving a batch with a request whose
     prompt or chat message text contains this. Lets the gateway's failure tests kill a replica at a chosen
     request with the real runtime and either engine. Default: off."""
 
     def __post_init__(self) -> None:
-        if self.engine == "torch" and not self.source:
+        if self.engine == "torch" and not self.source and not self.standby:
             raise SettingsError("the torch engine needs --source (a directory or a Hugging Face id)")
         if not 0 < self.port < 65536:
             raise SettingsError(f"port must be in 1..65535, got {self.port}")
@@ -126,6 +149,10 @@ class RuntimeSettings:
             raise SettingsError(f"prefill chunk tokens must be at least 1, got {self.prefill_chunk_tokens}")
         if self.max_context_tokens is not None and self.max_context_tokens < 2:
             raise SettingsError(f"max context tokens must be at least 2, got {self.max_context_tokens}")
+        if self.announce_interval_s <= 0:
+            raise SettingsError(f"announce interval must be positive, got {self.announce_interval_s}")
+        if self.announce_to and self.advertise_url is None and self.host in _WILDCARDS:
+            raise SettingsError(f"--advertise-url is needed to announce a replica listening on {self.host}")
         if self.shutdown_grace_s < 0:
             raise SettingsError(f"shutdown grace must not be negative, got {self.shutdown_grace_s}")
 
@@ -157,12 +184,22 @@ class RuntimeSettings:
             warmup=args.warmup,
             shutdown_grace_s=args.shutdown_grace_s,
             log_level=args.log_level,
+            standby=args.standby,
+            standby_families=tuple(f.strip() for f in args.standby_families.split(",") if f.strip()),
+            announce_to=args.announce_to or None,
+            advertise_url=args.advertise_url or None,
+            announce_interval_s=args.announce_interval_s,
             fault_exit_on=args.fault_exit_on or None,
         )
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def public_url(self) -> str:
+        """Where gateways reach this replica: ``advertise_url``, else ``url``."""
+        return (self.advertise_url or self.url).rstrip("/")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -201,6 +238,16 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--shutdown-grace-s", type=int, default=env.integer("SHUTDOWN_GRACE_S", 30))
     p.add_argument("--log-level", default=env.text("LOG_LEVEL", "info"))
     p.add_argument(
+        "--standby",
+        action=argparse.BooleanOptionalAction,
+        default=env.boolean("STANDBY", False),
+        help="start without a model, engine imported, and wait for POST /v1/claim",
+    )
+    p.add_argument("--standby-families", default=env.text("STANDBY_FAMILIES", "llama,qwen2,mistral"))
+    p.add_argument("--announce-to", default=env.text("ANNOUNCE_TO", ""), metavar="REDIS_URL")
+    p.add_argument("--advertise-url", default=env.text("ADVERTISE_URL", ""), metavar="URL")
+    p.add_argument("--announce-interval-s", type=float, default=env.number("ANNOUNCE_INTERVAL_S", 2.0))
+    p.add_argument(
         "--fault-exit-on",
         default=env.text("FAULT_EXIT_ON", ""),
         metavar="TEXT",
@@ -230,6 +277,13 @@ class _EnvDefaults:
             return default if raw is None else int(raw)
         except ValueError:
             raise SettingsError(f"{ENV_PREFIX}{name} must be an integer, got {raw!r}") from None
+
+    def number(self, name: str, default: float) -> float:
+        raw = self._environ.get(ENV_PREFIX + name)
+        try:
+            return default if raw is None else float(raw)
+        except ValueError:
+            raise SettingsError(f"{ENV_PREFIX}{name} must be a number, got {raw!r}") from None
 
     def boolean(self, name: str, default: bool) -> bool:
         raw = self._environ.get(ENV_PREFIX + name)

@@ -128,12 +128,21 @@ async def _run(
 
 @contextlib.asynccontextmanager
 async def run_gateway(
-    models: list[LocalModel], redis_url: str, cache_dir: Path, **overrides: Any
+    models: list[LocalModel],
+    redis_url: str,
+    cache_dir: Path,
+    *,
+    standby: int = 0,
+    announce: bool = True,
+    **overrides: Any,
 ) -> AsyncIterator[LocalGateway]:
-    """A gateway with the local backend serving ``models``."""
+    """A gateway with the local backend serving ``models``; its runtimes announce themselves (as under
+    ``python -m gateway``) unless ``announce`` is off. No standby runtime by default: most tests need none, and
+    each costs a process importing torch."""
     async with _listening() as sock:
         settings = _settings(redis_url, sock, overrides)
-        parts = build_local(LocalConfig(models=tuple(models), cache_dir=cache_dir))
+        config = LocalConfig(models=tuple(models), cache_dir=cache_dir, standby=standby)
+        parts = build_local(config, announce_to=redis_url if announce else None)
         async with _run(settings, parts, sock) as gateway:
             yield gateway
 

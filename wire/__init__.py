@@ -10,6 +10,11 @@ A runtime that cannot take the batch at all answers a non-200 status with an ``E
 each one the ``CancelResponse`` names ends its batch stream with an ``ErrorEvent`` of code ``cancelled``, while
 the rest of its batch goes on. Unknown ids are ignored, as the request may have finished already.
 
+A runtime may also *announce* itself on the Redis pub/sub channel ``REPLICAS_CHANNEL`` (``Announcement``): while it
+starts (which phase), the moment it is ready (with its ``ReadyBody``), every ``interval_s`` after that, and when it
+stops, so a gateway dispatches to it at once instead of at its next readiness probe. A *standby* runtime (process
+up, engine imported, no model yet) takes its model from ``POST /v1/claim`` (``ClaimRequest``).
+
 ``GET /readyz`` answers 200 with a ``ReadyBody`` only once weights are loaded and warmed up; ``GET /healthz``
 answers 200 while the process is alive. The ``ReadyBody`` and the ``x-kaltstart-free-rows`` header of each
 ``POST /v1/batch`` answer say how much more a replica can take: a *continuous* replica (step-level scheduler) takes
@@ -26,25 +31,31 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 __all__ = [
     "BATCH_PATH",
     "CANCEL_PATH",
+    "CLAIM_PATH",
     "FREE_ROWS_HEADER",
     "HEALTH_PATH",
     "MAX_CANCEL_IDS",
     "MAX_REQUEST_ID_LENGTH",
     "NDJSON",
     "READY_PATH",
+    "REPLICAS_CHANNEL",
+    "Announcement",
     "BatchEvent",
     "BatchEventAdapter",
     "BatchRequest",
     "CancelRequest",
     "CancelResponse",
     "ChatMessage",
+    "ClaimRequest",
     "ErrorBody",
     "ErrorEvent",
     "FinishEvent",
     "GenerationRequest",
     "ReadyBody",
+    "ReplicaState",
     "SamplingParams",
     "SchedulerKind",
+    "StartupPhase",
     "StartupTimings",
     "TokenEvent",
     "Usage",
@@ -53,12 +64,16 @@ __all__ = [
 
 BATCH_PATH = "/v1/batch"
 CANCEL_PATH = "/v1/cancel"
+CLAIM_PATH = "/v1/claim"
 READY_PATH = "/readyz"
 HEALTH_PATH = "/healthz"
 NDJSON = "application/x-ndjson"
 #: Response header of ``POST /v1/batch`` (every answer once the replica is ready): how many more requests (rows) the
 #: replica could take right after it took this batch. Always 0 on a static replica while it holds a batch.
 FREE_ROWS_HEADER = "x-kaltstart-free-rows"
+
+#: Redis pub/sub channel on which runtimes announce themselves (``Announcement`` as JSON).
+REPLICAS_CHANNEL = "kaltstart:replicas"
 
 MAX_STOP_SEQUENCES = 4
 MAX_REQUEST_ID_LENGTH = 128
@@ -172,6 +187,11 @@ class StartupTimings(_Wire):
     load_s: float = Field(ge=0.0, description="loading weights and tokenizer onto the device")
     warmup_s: float = Field(ge=0.0, description="the warm-up generation (0 without --warmup)")
     total_s: float = Field(ge=0.0, description="process start (or loading start) until ready")
+    standby: bool = Field(
+        False,
+        description="a standby runtime took this model: process_s and imports_s were paid before the claim, and "
+        "total_s runs from the claim",
+    )
 
 
 class ReadyBody(_Wire):
@@ -208,6 +228,37 @@ class ErrorBody(_Wire):
     error: str
 
 
+#: Where a replica stands: starting (phase says which step), ready to serve, or going away.
+ReplicaState = Literal["starting", "ready", "stopping"]
+#: The steps of a start, in order: ``standby`` (up, engine imported, waiting for ``POST /v1/claim``), ``cache``
+#: (finding or filling the weight cache), ``imports``, ``load`` (weights and tokenizer) and ``warmup``.
+StartupPhase = Literal["standby", "cache", "imports", "load", "warmup"]
+
+
+class Announcement(_Wire):
+    """A runtime replica's word about itself on ``REPLICAS_CHANNEL``. A gateway uses it only for a replica it can
+    vouch for (one it started, or an address in the model's EndpointSlices), and forgets it when no announcement
+    came for a few ``interval_s``."""
+
+    url: str = Field(min_length=1, max_length=256, description="base URL the gateway sends batches to")
+    models: tuple[str, ...] = Field(description="every model name the replica serves; empty while on standby")
+    state: ReplicaState
+    phase: StartupPhase | None = Field(None, description="while starting: the step under way")
+    elapsed_s: float = Field(
+        ge=0.0, description="seconds since the process started (or, on a standby, since its claim)"
+    )
+    interval_s: float = Field(gt=0.0, description="the next announcement comes within this many seconds")
+    ready: ReadyBody | None = Field(None, description="the replica's ready report, when state is ready")
+
+
+class ClaimRequest(_Wire):
+    """Body of ``POST /v1/claim`` to a standby runtime: the flags (``python -m runtime --help``) it would have
+    been started with for its model, without ``--host``/``--port`` (it keeps its own). Answered 202 and loading
+    starts; 409 if it was claimed before, 422 if the flags are invalid."""
+
+    args: tuple[Annotated[str, Field(max_length=4096)], ...] = Field(max_length=256)
+
+
 class CancelRequest(_Wire):
     """Body of ``POST /v1/cancel``: ids of requests (``GenerationRequest.id``) to stop, in any batch."""
 
@@ -237,4 +288,6 @@ def json_schema() -> dict[str, object]:
         "error_body": ErrorBody.model_json_schema(),
         "cancel_request": CancelRequest.model_json_schema(),
         "cancel_response": CancelResponse.model_json_schema(),
+        "announcement": Announcement.model_json_schema(),
+        "claim_request": ClaimRequest.model_json_schema(),
     }

@@ -44,6 +44,9 @@ class LocalConfig:
     cache_dir: Path = DEFAULT_CACHE_DIR
     #: Interpreter that runs ``-m runtime`` (the gateway's own by default).
     python: str = field(default_factory=lambda: sys.executable)
+    #: Standby runtimes kept started (interpreter up, engine imported, no model) for the next cold start to claim.
+    #: Each holds the memory of an imported torch (no GPU memory); 0: every cold start starts a process.
+    standby: int = 1
 
 
 _RUNTIME_KEYS = {"source", "engine", "device", "dtype", "args"}
@@ -65,7 +68,14 @@ def load_local_config(path: Path) -> LocalConfig:
         models=models,
         cache_dir=cache_dir if cache_dir.is_absolute() else base / cache_dir,
         python=runtime.get("python", sys.executable),
+        standby=_standby(runtime.get("standby", 1)),
     )
+
+
+def _standby(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"runtime.standby must be a whole number of standby runtimes (0 or more), got {value!r}")
+    return value
 
 
 def _local_model(name: str, spec: Mapping[str, Any], base: Path) -> LocalModel:
@@ -101,6 +111,7 @@ def dump_local_config(config: LocalConfig) -> str:
     lines = ["[runtime]", f"cache-dir = {_toml(str(config.cache_dir.resolve()))}"]
     if config.python != sys.executable:
         lines.append(f"python = {_toml(config.python)}")
+    lines.append(f"standby = {config.standby}")
     for m in config.models:
         lines += ["", f"[models.{_toml(m.settings.name)}]"]
         fields: dict[str, Any] = {"source": m.source, "engine": m.engine, "device": m.device, "dtype": m.dtype}

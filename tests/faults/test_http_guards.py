@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -16,7 +17,7 @@ from tests.integration.conftest import assert_openai_error
 pytestmark = pytest.mark.faults
 
 #: Short deadlines, so that each case ends quickly; the defaults are in docs/configuration.md.
-FAST = {"header_timeout_s": 0.5, "body_timeout_s": 0.5, "keep_alive_s": 1.0, "max_header_count": 50}
+FAST: dict[str, Any] = {"header_timeout_s": 0.5, "body_timeout_s": 0.5, "keep_alive_s": 1.0, "max_header_count": 50}
 
 
 @pytest.fixture

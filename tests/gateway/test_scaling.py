@@ -10,6 +10,7 @@ import pytest
 
 from gateway.backends import NO_REPLICAS, Replicas
 from gateway.catalog import ModelCatalog
+from gateway.coldstarts import ColdStarts
 from gateway.endpoints import ReadyEndpoints
 from gateway.errors import BackendError, UnknownModel
 from gateway.metrics import Metrics
@@ -91,6 +92,17 @@ class Clock:
         return self.now
 
 
+class MemoryDurations:
+    def __init__(self) -> None:
+        self.stored: dict[str, float] = {}
+
+    async def get(self, model: str) -> float | None:
+        return self.stored.get(model)
+
+    async def put(self, model: str, seconds: float) -> None:
+        self.stored[model] = seconds
+
+
 class Setup:
     def __init__(self, *models: ModelSettings, may_scale_down: bool = True) -> None:
         self.catalog = ModelCatalog(models or (M,))
@@ -101,6 +113,8 @@ class Setup:
         self.metrics = Metrics()
         self.clock = Clock()
         self.may_scale_down = may_scale_down
+        self.durations = MemoryDurations()
+        self.cold = ColdStarts(self.durations, self.endpoints, self.metrics, clock=self.clock)
         self.scaler = Scaler(
             self.catalog,
             self.demand,
@@ -108,8 +122,8 @@ class Setup:
             self.backend,
             self.endpoints,
             self.metrics,
+            self.cold,
             interval_s=1.0,
-            clock=self.clock,
             may_scale_down=lambda: self.may_scale_down,
         )
 

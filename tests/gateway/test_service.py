@@ -5,7 +5,6 @@ the real ``Scaler``."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -16,6 +15,7 @@ import wire
 from gateway import keys
 from gateway.backends import NO_REPLICAS, Replicas
 from gateway.catalog import ModelCatalog
+from gateway.coldstarts import ColdStarts, RedisDurations
 from gateway.endpoints import ReadyEndpoints
 from gateway.errors import ColdStartTimeout
 from gateway.fence import Fence, FencedDoor
@@ -114,9 +114,9 @@ async def rig(redis_url: str) -> AsyncIterator[Rig]:
     router = ReplyRouter(redis, keys.replies(settings.gateway_id), {keys.FENCES: door.lifted})
     backend = Backend()
     metrics = Metrics()
-    scaler = Scaler(
-        catalog, queue, Fence(redis), backend, ReadyEndpoints(), metrics, interval_s=1.0, clock=time.monotonic
-    )
+    endpoints = ReadyEndpoints()
+    cold_starts = ColdStarts(RedisDurations(redis), endpoints, metrics)
+    scaler = Scaler(catalog, queue, Fence(redis), backend, endpoints, metrics, cold_starts, interval_s=1.0)
     await router.start()
     try:
         abandoned: list[tuple[str, str, str]] = []
@@ -130,6 +130,7 @@ async def rig(redis_url: str) -> AsyncIterator[Rig]:
             metrics,
             abandon=lambda *entry: abandoned.append(entry),
             limits=ContextLengths(redis),
+            cold_starts=cold_starts,
         )
         yield Rig(gateway, queue, ReplySender(redis), backend, router, abandoned)
     finally:

@@ -36,8 +36,9 @@ SCALE_ATTEMPTS = 8
 SYNC_TIMEOUT_S = 30.0
 
 
-def ready_urls(slices: Iterable[Object], service: str, port: str) -> list[str]:
-    """``http://address:port`` of every ready endpoint of a Service, from its EndpointSlices."""
+def ready_urls(slices: Iterable[Object], service: str, port: str, *, ready_only: bool = True) -> list[str]:
+    """``http://address:port`` of every ready endpoint of a Service, from its EndpointSlices (or of every endpoint,
+    ready or not, without ``ready_only``: the replicas whose announcements count)."""
     urls = []
     for item in slices:
         if (item.get("metadata", {}).get("labels") or {}).get(SERVICE_NAME_LABEL) != service:
@@ -50,7 +51,7 @@ def ready_urls(slices: Iterable[Object], service: str, port: str) -> list[str]:
             continue
         for endpoint in item.get("endpoints") or []:
             # A nil ready condition means unknown, which the API says to read as ready.
-            if (endpoint.get("conditions") or {}).get("ready") is False:
+            if ready_only and (endpoint.get("conditions") or {}).get("ready") is False:
                 continue
             for address in endpoint.get("addresses") or []:
                 host = f"[{address}]" if ":" in address else address
@@ -170,6 +171,7 @@ class KubernetesBackend:
     def _publish_endpoints(self) -> None:
         for name, route in self._routes.items():
             slices = self._slices.get(route.deployment.namespace, {}).values()
+            self._endpoints.vouch(name, ready_urls(slices, route.service, route.port, ready_only=False))
             self._endpoints.set(name, ready_urls(slices, route.service, route.port))
 
     def _report(self, error: RouteError) -> None:

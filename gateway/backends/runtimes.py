@@ -1,0 +1,194 @@
+"""Runtime processes of the local backend, and the standby kept ready for the next cold start.
+
+``RuntimeProcess`` is one ``python -m runtime`` child on a free 127.0.0.1 port, its output relayed to our log.
+``StandbyPool`` keeps one (or ``size``) started with ``--standby``: interpreter up, torch and transformers
+imported, no model. A cold start then *claims* it (``POST /v1/claim`` with the model's flags) instead of starting
+a process, which saves the process start and the imports: most of a small model's cold start. The pool starts
+the next standby only once the claimed replica is ready (or gone), so the two do not compete for the CPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+import httpx
+
+import wire
+from gateway.backends.localconfig import LocalConfig
+from gateway.processes import die_with_parent, free_port, probe_until_ready
+
+log = logging.getLogger("kaltstart.local")
+
+#: Grace between SIGTERM and SIGKILL when stopping a runtime process.
+STOP_GRACE_S = 10.0
+#: How often a just-started standby is probed until its port answers (before a claim can be sent).
+PORT_PROBE_S = 0.02
+#: Longest wait for a claimed standby's port; a standby slower than that is dropped and a process started.
+CLAIM_TIMEOUT_S = 10.0
+#: Back-off before replacing a standby that died on its own: doubles from the first value up to the second.
+STANDBY_BACKOFF_S = (1.0, 60.0)
+
+
+class RuntimeProcess:
+    """One runtime child process, serving (or on standby) at ``url``."""
+
+    def __init__(self, process: asyncio.subprocess.Process, port: int, name: str) -> None:
+        self.process = process
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.name = name
+        self._relay = asyncio.create_task(self._relay_output(), name=f"relay-{name}")
+
+    @classmethod
+    async def spawn(cls, python: str, args: Sequence[str], name: str) -> RuntimeProcess | None:
+        """Start ``python -m runtime ARGS --host 127.0.0.1 --port <free>``; None if it cannot be started."""
+        port = free_port()
+        argv = [python, "-m", "runtime", *args, "--host", "127.0.0.1", "--port", str(port)]
+        log.info("starting %s: %s", name, " ".join(argv))
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                preexec_fn=die_with_parent,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        except OSError as exc:
+            log.error("cannot start %s: %s", name, exc)
+            return None
+        return cls(process, port, name)
+
+    @property
+    def exited(self) -> bool:
+        return self.process.returncode is not None
+
+    async def wait(self) -> int:
+        code = await self.process.wait()
+        await self._relay
+        return code
+
+    async def stop(self) -> None:
+        """SIGTERM, then SIGKILL after ``STOP_GRACE_S``."""
+        if not self.exited:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.terminate()
+            try:
+                await asyncio.wait_for(self.process.wait(), STOP_GRACE_S)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    self.process.kill()
+        await self.wait()
+
+    def kill(self) -> None:
+        if not self.exited:
+            self.process.kill()
+
+    async def _relay_output(self) -> None:
+        assert self.process.stdout is not None
+        async for line in self.process.stdout:
+            log.info("[%s] %s", self.name, line.decode(errors="replace").rstrip())
+
+
+class StandbyPool:
+    """Up to ``size`` standby runtimes (0: none; every cold start starts a process)."""
+
+    def __init__(self, config: LocalConfig, size: int, announce_args: Sequence[str] = ()) -> None:
+        self._config = config
+        self._size = size
+        self._announce_args = tuple(announce_args)
+        self._idle: list[RuntimeProcess] = []
+        self._starting = 0
+        self._spawned = 0
+        self._backoff_s = STANDBY_BACKOFF_S[0]
+        self._stopping = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        self.replenish()
+
+    @property
+    def idle(self) -> tuple[RuntimeProcess, ...]:
+        """The standbys started and not claimed yet."""
+        return tuple(self._idle)
+
+    def replenish(self) -> None:
+        """Start standbys until there are ``size`` (call once a claimed one is ready, or gone)."""
+        while not self._stopping and len(self._idle) + self._starting < self._size:
+            self._starting += 1
+            self._background(self._add())
+
+    async def claim(self, name: str, args: Sequence[str]) -> RuntimeProcess | None:
+        """A standby turned into ``name``, serving the model ``args`` describe; None if none could be claimed."""
+        while self._idle:
+            standby = self._idle.pop(0)
+            if await self._claimed(standby, args):
+                log.info("%s claimed standby runtime %s at %s", name, standby.name, standby.url)
+                standby.name = name
+                return standby
+            self._background(standby.stop())
+        return None
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        idle, self._idle = self._idle, []
+        await asyncio.gather(*(standby.stop() for standby in idle))
+
+    async def _add(self) -> None:
+        self._spawned += 1
+        args = ["--standby", "--cache-dir", str(self._config.cache_dir), *self._announce_args]
+        standby = await RuntimeProcess.spawn(self._config.python, args, f"standby#{self._spawned}")
+        self._starting -= 1
+        if standby is None:
+            return
+        self._idle.append(standby)
+        self._background(self._watch(standby))
+
+    async def _watch(self, standby: RuntimeProcess) -> None:
+        """A standby that dies before it is claimed is replaced, with back-off (it may die at every start)."""
+        code = await standby.wait()
+        if standby not in self._idle:
+            return  # claimed (its replica watches it now) or being stopped
+        self._idle.remove(standby)
+        log.warning("standby runtime %s exited with %s; replacing it in %.0f s", standby.name, code, self._backoff_s)
+        await asyncio.sleep(self._backoff_s)  # crash-loop back-off
+        self._backoff_s = min(self._backoff_s * 2, STANDBY_BACKOFF_S[1])
+        self.replenish()
+
+    async def _claimed(self, standby: RuntimeProcess, args: Sequence[str]) -> bool:
+        body = wire.ClaimRequest(args=tuple(args)).model_dump_json()
+        try:
+            up = await probe_until_ready(
+                standby.url + wire.HEALTH_PATH,
+                exited=lambda: standby.exited,
+                period_s=PORT_PROBE_S,
+                timeout_s=CLAIM_TIMEOUT_S,
+            )
+            if not up:
+                return False
+            async with httpx.AsyncClient(timeout=CLAIM_TIMEOUT_S) as client:
+                response = await client.post(
+                    standby.url + wire.CLAIM_PATH, content=body, headers={"content-type": "application/json"}
+                )
+        except (TimeoutError, httpx.HTTPError) as exc:
+            log.warning("could not claim standby runtime %s: %r", standby.name, exc)
+            return False
+        if response.status_code != 202:
+            log.warning(
+                "standby runtime %s refused its claim: %s %s", standby.name, response.status_code, response.text
+            )
+            return False
+        self._backoff_s = STANDBY_BACKOFF_S[0]
+        return True
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
