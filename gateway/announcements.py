@@ -55,7 +55,8 @@ class Announcements:
             if self._endpoints.announce(model, announcement.url, announcement.state, ready, ttl_s)
         ]
         if not taken:
-            self._refuse(announcement)
+            if announcement.state != "stopping":  # a replica being stopped is no longer vouched for: no news
+                self._refuse(announcement)
             return
         self._metrics.announcements.labels("accepted").inc()
         self._refused.discard(announcement.url)

@@ -118,6 +118,8 @@ class Dispatcher:
             if len(batch) > free:  # another replica is less roomy than the one we read for
                 await self._queue.put_back(self._model, batch[free:])
                 batch = batch[:free]
+            if len(batch) == 1 and batch[0].queued.failures > 0:  # a retry (``_isolate_retries``) runs alone
+                url = await self._pool.acquire_alone()
         except BaseException:
             if batch:
                 await asyncio.shield(self._queue.put_back(self._model, batch))
@@ -252,6 +254,11 @@ class Dispatcher:
         except asyncio.CancelledError:  # this gateway is stopping: another one will dispatch them
             await asyncio.shield(self._queue.put_back(self._model, list(unfinished.values())))
             raise
+        except httpx.ConnectError as exc:  # the batch never reached the replica: not the requests' fault
+            log.warning("replica %s of %s cannot be reached (%s); its batch goes back", url, self._model, exc)
+            self._pool.suspend(url)
+            await self._queue.put_back(self._model, list(unfinished.values()))
+            return
         except (httpx.HTTPError, ValidationError, _RuntimeRefused) as exc:
             log.warning("replica %s failed a batch of %d for %s: %s", url, len(batch), self._model, exc)
         except QueueUnavailable:

@@ -10,6 +10,7 @@ one is done. Requests not sent stay in the queue, where any replica that frees u
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -17,6 +18,9 @@ from dataclasses import dataclass
 import wire
 
 Listener = Callable[[str], None]
+
+#: How long a replica that refused a connection gets no work (unless the ready set changes first).
+SUSPEND_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -132,12 +136,20 @@ class EndpointPool:
         self._budget = budget
         self._rows: dict[str, int] = {}
         self._continuous: set[str] = set()
+        self._suspended: dict[str, float] = {}
+        self._alone: set[str] = set()
         self._wake = asyncio.Event()
         self._unsubscribe = endpoints.subscribe(self._changed)
 
     def _changed(self, model: str) -> None:
         if model == self._model:
+            self._suspended.clear()  # the backend's view changed: every ready replica gets another chance
             self._wake.set()
+
+    def suspend(self, url: str) -> None:
+        """``url`` refused a connection: send it nothing for ``SUSPEND_S``, or until the ready set changes (a
+        replica that died is usually dropped from it within milliseconds)."""
+        self._suspended[url] = time.monotonic() + SUSPEND_S
 
     def is_ready(self, url: str) -> bool:
         return url in self._endpoints.get(self._model)
@@ -147,8 +159,10 @@ class EndpointPool:
         self._wake.set()
 
     def free(self, url: str) -> int:
-        """Rows ``url`` may take now."""
+        """Rows ``url`` may take now (none while it runs a request alone, see ``acquire_alone``)."""
         rows = self._rows.get(url, 0)
+        if url in self._alone:
+            return 0
         if url in self._continuous:
             return max(0, self._budget - rows)
         return self._budget if rows == 0 else 0
@@ -156,13 +170,33 @@ class EndpointPool:
     async def acquire(self) -> tuple[str, int]:
         """The ready replica with the most room (the least loaded), and its free rows; waits until one has room."""
         while True:
-            ready = self._endpoints.get(self._model)
+            ready = self._usable()
             if ready:
                 url = max(ready, key=lambda u: (self.free(u), -self._rows.get(u, 0)))
                 if (free := self.free(url)) > 0:
                     return url, free
             self._wake.clear()
-            await self._wake.wait()
+            with contextlib.suppress(TimeoutError):  # a suspension ends without an event
+                await asyncio.wait_for(self._wake.wait(), SUSPEND_S if self._suspended else None)
+
+    async def acquire_alone(self) -> str:
+        """A ready replica with nothing in flight from this dispatcher, which then takes no other work until what
+        it is given next is done: for a request whose replica failed before, so that if it is what kills
+        replicas, it takes no other request down with it."""
+        while True:
+            idle = [url for url in self._usable() if self._rows.get(url, 0) == 0 and url not in self._alone]
+            if idle:
+                self._alone.add(idle[0])
+                return idle[0]
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):  # a suspension ends without an event
+                await asyncio.wait_for(self._wake.wait(), SUSPEND_S if self._suspended else None)
+
+    def _usable(self) -> list[str]:
+        now = time.monotonic()
+        for url in [u for u, until in self._suspended.items() if until <= now]:
+            del self._suspended[url]
+        return [url for url in self._endpoints.get(self._model) if url not in self._suspended]
 
     def start(self, url: str, rows: int) -> None:
         self._rows[url] = self._rows.get(url, 0) + rows
@@ -170,6 +204,8 @@ class EndpointPool:
     def finish(self, url: str, rows: int = 1) -> None:
         """``rows`` requests sent to ``url`` are done (answered, failed or put back)."""
         self._rows[url] = max(0, self._rows.get(url, 0) - rows)
+        if self._rows[url] == 0:
+            self._alone.discard(url)
         self._wake.set()
 
     def close(self) -> None:

@@ -164,9 +164,11 @@ def local_model(
     )
 
 
-def write_config(path: Path, models: Sequence[LocalModel], cache_dir: Path) -> Path:
-    """The gateway's model file, written by the gateway's own writer (``gateway.backends.localconfig``)."""
-    return write_local_config(path, LocalConfig(models=tuple(models), cache_dir=cache_dir.resolve()))
+def write_config(path: Path, models: Sequence[LocalModel], cache_dir: Path, *, standby: int = 0) -> Path:
+    """The gateway's model file, written by the gateway's own writer (``gateway.backends.localconfig``). No
+    standby runtime unless asked: one that starts in the background would disturb what a benchmark measures."""
+    config = LocalConfig(models=tuple(models), cache_dir=cache_dir.resolve(), standby=standby)
+    return write_local_config(path, config)
 
 
 @dataclass(frozen=True)

@@ -122,8 +122,9 @@ async def _read_events(response: aiohttp.ClientResponse, started: float, first_t
             event = json.loads(data)
         except ValueError:
             return _failure(started, 200, "stream_error")
-        if "error" in event:  # the gateway reports a failure mid-stream as an error event
-            return _failure(started, 200, "stream_error")
+        if "error" in event:  # the gateway reports a failure mid-stream as an error event (a cold start's too)
+            code = (event["error"] or {}).get("code") if isinstance(event["error"], dict) else None
+            return _failure(started, 200, f"stream_error:{code}" if code else "stream_error")
         if ttft is None and any(_text(choice) for choice in event.get("choices") or ()):
             ttft = time.perf_counter() - started
             if first_token is not None:

@@ -75,7 +75,18 @@ class LocalReplica:
         return process.process.returncode
 
     async def _became_ready(self, url: str, exited: asyncio.Task[int]) -> bool:
-        ready = await probe_until_ready(url + wire.READY_PATH, exited=exited.done, period_s=READY_PROBE_S)
+        """Probe until ready; False at once if the process exits first (it may have been announced ready and
+        got work already, so its exit must not wait for the next probe)."""
+        probe = asyncio.create_task(
+            probe_until_ready(url + wire.READY_PATH, exited=exited.done, period_s=READY_PROBE_S)
+        )
+        await asyncio.wait({probe, exited}, return_when=asyncio.FIRST_COMPLETED)
+        if not probe.done():
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
+            return False
+        ready = probe.result()
         if ready:
             log.info("replica %s is ready at %s", self.name, url)
         return ready

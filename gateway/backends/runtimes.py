@@ -68,8 +68,10 @@ class RuntimeProcess:
         return self.process.returncode is not None
 
     async def wait(self) -> int:
+        """The exit status, once the process exited and its output is relayed to the end. Cancelling a waiter
+        leaves the relay running, so the pipe is read to its end and closed whatever waits for it."""
         code = await self.process.wait()
-        await self._relay
+        await asyncio.shield(self._relay)
         return code
 
     async def stop(self) -> None:

@@ -413,11 +413,42 @@ def test_network_policies_admit_only_gateway_pods(chart: helm_python.Chart) -> N
         assert selected == protected
         (rule,) = policy["ingress"]
         assert rule["ports"] == [{"port": port, "protocol": "TCP"}]
-        (source,) = rule["from"]
+        source, *announcing = rule["from"]
         assert set(source) == {"podSelector"}
         admitted = [p for p, labels in pods.items() if _matches(source["podSelector"]["matchLabels"], labels)]
         assert admitted == ["kaltstart-gateway"]
         assert _matches(source["podSelector"]["matchLabels"], gateway_labels)
+        if name == "kaltstart-redis":  # model pods announce themselves on Redis (runtime.announce, default on)
+            (models_source,) = announcing
+            selector = models_source["podSelector"]["matchLabels"]
+            assert sorted(p for p, labels in pods.items() if _matches(selector, labels)) == models
+        else:
+            assert announcing == []
+
+
+def test_model_pods_announce_themselves_on_the_gateways_redis_at_their_pod_address(chart: helm_python.Chart) -> None:
+    for values, url in (
+        ({"redis": {"auth": {"password": "s3cret"}}}, "redis://:$(REDIS_PASSWORD)@kaltstart-redis:6379/0"),
+        ({"redis": {"url": "redis://redis.example:6379/0"}}, "redis://redis.example:6379/0"),
+    ):
+        rendered = render(chart, ONE_MODEL | values)
+        (deployment,) = _model_deployments(rendered)
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        by_name, env = _env(container), [item["name"] for item in container["env"]]
+        assert by_name["REDIS_URL"]["value"] == url
+        assert by_name["KALTSTART_RUNTIME_ANNOUNCE_TO"]["value"] == "$(REDIS_URL)"
+        assert by_name["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+        assert by_name["KALTSTART_RUNTIME_ADVERTISE_URL"]["value"] == "http://$(POD_IP):8000"
+        # $(VAR) expands only variables defined earlier in the list
+        assert env.index("REDIS_URL") < env.index("KALTSTART_RUNTIME_ANNOUNCE_TO")
+        assert env.index("POD_IP") < env.index("KALTSTART_RUNTIME_ADVERTISE_URL")
+
+    quiet = render(chart, ONE_MODEL | {"runtime": {"announce": False}})
+    (deployment,) = _model_deployments(quiet)
+    names = set(_env(deployment["spec"]["template"]["spec"]["containers"][0]))
+    assert not names & {"REDIS_URL", "REDIS_PASSWORD", "KALTSTART_RUNTIME_ANNOUNCE_TO"}
+    (rule,) = quiet.get("NetworkPolicy", "kaltstart-redis")["spec"]["ingress"]
+    assert len(rule["from"]) == 1  # the gateway alone
 
 
 def test_the_gateway_policy_opens_the_api_and_the_metrics_port_only_to_metrics_from(

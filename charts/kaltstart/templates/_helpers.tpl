@@ -153,3 +153,28 @@ seccompProfile:
     path: {{ .Values.runtime.cache.hostPath }}
     type: DirectoryOrCreate
 {{- end }}
+
+{{/*
+The REDIS_URL env entries (with REDIS_PASSWORD before it when the bundled Redis is used): the gateway's, and the
+runtimes' when they announce themselves.
+*/}}
+{{- define "kaltstart.redis.env" -}}
+{{- if .Values.redis.existingSecret }}
+- name: REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.redis.existingSecret }}
+      key: {{ .Values.redis.existingSecretKey }}
+{{- else if .Values.redis.url }}
+- name: REDIS_URL
+  value: {{ .Values.redis.url | quote }}
+{{- else }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "kaltstart.redis.passwordSecret" . }}
+      key: {{ .Values.redis.auth.existingSecretKey }}
+- name: REDIS_URL
+  value: "redis://:$(REDIS_PASSWORD)@{{ include "kaltstart.redis.fullname" . }}:6379/0"
+{{- end }}
+{{- end }}
