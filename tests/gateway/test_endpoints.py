@@ -3,12 +3,14 @@ URLs the backend vouches for, lapse unless renewed, and end with a replica's sto
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 import wire
-from gateway.endpoints import ReadyEndpoints
+from gateway.endpoints import EndpointPool, ReadyEndpoints
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.unit  # the pool's tests use an event loop, but no I/O
 
 A, B = "http://10.0.0.1:8000", "http://10.0.0.2:8000"
 REPORT = wire.ReadyBody(model="m", max_batch_size=4, context_length=128, scheduler="continuous")
@@ -88,3 +90,34 @@ def test_a_replica_the_backend_stops_vouching_for_loses_its_announcement() -> No
     e.vouch("m", [])  # its process exited, or it left the EndpointSlices
     assert e.get("m") == ()
     assert not e.announce("m", A, "ready", REPORT, ttl_s=60)
+
+
+async def test_a_suspended_replica_gets_no_work_until_the_ready_set_changes() -> None:
+    e, _, _ = endpoints()
+    e.set("m", [A, B])
+    pool = EndpointPool("m", e, budget=4)
+    pool.set_continuous(A, True)
+    pool.set_continuous(B, True)
+    pool.start(B, 1)  # B is busier: A is the one to pick
+    assert (await pool.acquire())[0] == A
+    pool.suspend(A)  # it refused a connection
+    assert (await pool.acquire())[0] == B
+    e.set("m", [A, B, "http://10.0.0.3:8000"])  # the backend's view changed: A gets another chance
+    assert (await pool.acquire())[0] == A
+
+
+async def test_a_retry_waits_for_a_replica_with_nothing_in_flight_and_has_it_alone() -> None:
+    e, _, _ = endpoints()
+    e.set("m", [A])
+    pool = EndpointPool("m", e, budget=4)
+    pool.set_continuous(A, True)
+    pool.start(A, 2)
+    alone = asyncio.create_task(pool.acquire_alone())
+    await asyncio.sleep(0)
+    assert not alone.done()
+    pool.finish(A, 2)
+    assert await alone == A
+    pool.start(A, 1)
+    assert pool.free(A) == 0  # nothing joins it
+    pool.finish(A, 1)
+    assert pool.free(A) == 4
