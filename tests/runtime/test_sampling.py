@@ -168,3 +168,16 @@ def test_logprobs_after_a_penalty_are_of_the_penalised_distribution() -> None:
     expected = torch.log_softmax(penalised, dim=-1).tolist()
     assert dict(second.logprob.top) == pytest.approx(dict(enumerate(expected)), abs=1e-5)
     assert second.logprob.logprob == pytest.approx(expected[second.token], abs=1e-5)
+
+
+def test_plain_rows_choose_what_they_chose_before_logits_processors_existed() -> None:
+    """Tokens recorded with the sampler as it was before penalties, bias and logprobs (commit 0d212af); a row that
+    sets none of them must still get them, alone or beside a row that sets them all."""
+    before = [[45, 9, 16, 32], [44, 41, 42, 6], [27, 14, 48, 6], [30, 34, 30, 32]]
+    before += [[49, 31, 48, 11], [16, 28, 43, 41], [10, 18, 30, 24], [35, 40, 48, 24]]
+    settings = [(0.0, 1.0, 0), (1.0, 1.0, 1), (0.7, 0.9, 2), (1.5, 0.5, 3)]
+    rows = [RowSampler.for_params(SamplingParams(temperature=t, top_p=p, seed=s)) for t, p, s in settings]
+    mate = params_sampler(seed=5, logprobs=3, presence_penalty=1.0, frequency_penalty=1.0, logit_bias={7: 5.0})
+    for step, expected in enumerate(before):
+        logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(step)) * 2
+        assert choose_tokens(torch.cat([logits, logits[:1]]), [*rows, mate])[:4] == expected
