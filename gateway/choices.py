@@ -20,6 +20,8 @@ import secrets
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any, TypeVar
 
+import anyio
+
 import wire
 from gateway.errors import InvalidRequest, RequestError
 from gateway.schemas import MAX_SEED, ChatCompletionRequest, CompletionRequest
@@ -76,7 +78,8 @@ async def submit(gateway: Gateway, model: str, requests: Sequence[wire.Generatio
         for request in requests:
             tickets.append(await gateway.submit(model, request))
     except BaseException:
-        await Choices(tickets, n).close()
+        with anyio.CancelScope(shield=True):  # even while being cancelled: no replica may work for nobody
+            await Choices(tickets, n).close()
         raise
     return Choices(tickets, n)
 

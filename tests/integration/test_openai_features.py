@@ -193,3 +193,15 @@ async def test_a_tool_result_turn_is_refused_clearly_by_a_template_without_tools
     tool_turn_alone = [messages[0], messages[2]]  # no call to drop: the template renders the tool's answer
     answer = await sdk.chat.completions.create(model="tiny", messages=tool_turn_alone, max_tokens=4)
     assert answer.choices[0].message.content
+
+
+async def test_one_failing_choice_fails_the_request(sdk: openai.AsyncOpenAI, warm_gateway: LocalGateway) -> None:
+    prompts = ["A short one", "word " * 600]  # the second is longer than the demo model's context
+    with pytest.raises(openai.BadRequestError, match="more than this model's context"):
+        await sdk.completions.create(model="tiny", prompt=prompts, max_tokens=40)
+    load = await warm_gateway.app.state.gateway._queue.load("tiny")  # the answer came after the choices closed
+    assert load.demand == 0, "the other choice was cancelled or answered, not left behind"
+    stream = await sdk.completions.create(model="tiny", prompt=prompts, max_tokens=40, stream=True)
+    with pytest.raises(openai.APIError, match="more than this model's context"):
+        async for _chunk in stream:
+            pass
