@@ -300,7 +300,7 @@ class Dispatcher:
         if isinstance(event, wire.TokenEvent):
             if delivery.queued.request.stream:
                 self._metrics.streamed.labels(self._model).inc()
-                reply = Token(id=event.id, attempt=delivery.queued.attempt, text=event.text)
+                reply = Token(id=event.id, attempt=delivery.queued.attempt, text=event.text, logprobs=event.logprobs)
                 await self._sender.publish([(delivery.queued.reply_to, reply)])
             return
         del unfinished[event.id]

@@ -6,6 +6,7 @@
     │   └── UnknownModel            the backend serves no such model (it left the catalog meanwhile)
     └── RequestError                a request's own outcome; knows its HTTP status and OpenAI error type
         ├── InvalidRequest          malformed JSON, wrong fields, bad values              -> 400
+        │   └── Unsupported         a feature of the OpenAI API this gateway does not honour -> 400
         ├── ModelNotFound           the model is not configured                           -> 404
         ├── BodyTimeout             the body did not arrive within its timeout            -> 408
         ├── PayloadTooLarge         body over the limit                                   -> 413
@@ -59,6 +60,13 @@ class RequestError(KaltstartError):
 class InvalidRequest(RequestError):
     status_code = 400
     error_type = "invalid_request_error"
+
+
+class Unsupported(InvalidRequest):
+    """A request asks for a feature this gateway does not honour (an image input, tools, structured output): the
+    message names the feature, ``param`` where it is."""
+
+    code = "unsupported_parameter"
 
 
 class ModelNotFound(RequestError):

@@ -12,7 +12,7 @@ from collections.abc import Collection
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.schemas import error_body
+from gateway.responses import error_body
 
 #: The operational endpoints: served on ``KALTSTART_METRICS_PORT`` alone when it is set.
 OPS_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})

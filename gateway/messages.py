@@ -26,11 +26,13 @@ class Dispatched(_Reply):
 
 
 class Token(_Reply):
-    """Streamed text of attempt N. A redelivered request starts again from its first token."""
+    """Streamed text of attempt N, with its tokens' log-probability entries when they were asked for. A redelivered
+    request starts again from its first token."""
 
     kind: Literal["token"] = "token"
     attempt: int
     text: str
+    logprobs: tuple[wire.TokenLogprob, ...] = ()
 
 
 class Finished(_Reply):

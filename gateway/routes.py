@@ -17,16 +17,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+import wire
 from gateway.auth import allowed_models
+from gateway.choices import Choices, fan_out, submit
 from gateway.errors import BodyTimeout, ClientGone, InvalidRequest, ModelNotFound, PayloadTooLarge, RequestError
-from gateway.schemas import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    ResponseShape,
-    error_body,
-    parse_request,
-)
-from gateway.service import Gateway, Ticket
+from gateway.responses import ResponseShape, error_body
+from gateway.schemas import ChatCompletionRequest, CompletionRequest, parse_request
+from gateway.service import Delta, Gateway
 
 log = logging.getLogger("kaltstart.http")
 
@@ -122,11 +119,11 @@ class ClientWatch:
         raise ClientGone()
 
 
-async def _closed(ticket: Ticket) -> None:
-    """Close a ticket even from a handler that is being cancelled: its cancellation must reach Redis (and the
-    runtime), or a replica goes on generating for nobody."""
+async def _closed(choices: Choices) -> None:
+    """Close a request's tickets even from a handler that is being cancelled: their cancellation must reach Redis
+    (and the runtime), or a replica goes on generating for nobody."""
     with anyio.CancelScope(shield=True):
-        await ticket.close()
+        await choices.close()
 
 
 async def _serve(
@@ -138,26 +135,27 @@ async def _serve(
 ) -> Response:
     request_id = f"{'cmpl' if kind == 'completion' else 'chatcmpl'}-{uuid.uuid4().hex}"
     default_max = 16 if kind == "completion" else gateway.settings.default_max_tokens
-    shape = ResponseShape(kind, request_id, parsed.model)
+    shape = ResponseShape(kind, request_id, parsed.model, logprobs=parsed.logprobs_wanted() is not None)
+    requests = fan_out(parsed, request_id, default_max)
     cold = gateway.cold_starts.is_cold(parsed.model)
-    ticket = await gateway.submit(parsed.model, parsed.to_wire(request_id, default_max))
-    if parsed.stream and cold and gateway.settings.cold_start_progress_s > 0:
-        events = _server_sent_events(gateway, ticket, shape, parsed.include_usage, started, cold_start=True)
+    choices = await submit(gateway, parsed.model, requests, parsed.choices_per_prompt)
+    if parsed.streaming and cold and gateway.settings.cold_start_progress_s > 0:
+        events = _server_sent_events(gateway, choices, shape, parsed.include_usage, started, cold_start=True)
         return StreamingResponse(events, media_type="text/event-stream", headers={"cache-control": "no-cache"})
     try:
-        await client.unless_gone(ticket.dispatched())
+        await client.unless_gone(choices.dispatched())
     except BaseException:
-        await _closed(ticket)
+        await _closed(choices)
         raise
-    if parsed.stream:
-        events = _server_sent_events(gateway, ticket, shape, parsed.include_usage, started)
+    if parsed.streaming:
+        events = _server_sent_events(gateway, choices, shape, parsed.include_usage, started)
         return StreamingResponse(events, media_type="text/event-stream", headers={"cache-control": "no-cache"})
     try:
-        result = await client.unless_gone(ticket.result())
+        results = await client.unless_gone(choices.results())
     finally:
-        await _closed(ticket)
+        await _closed(choices)
     gateway.record(parsed.model, 200, time.monotonic() - started)
-    return JSONResponse(shape.final(result))
+    return JSONResponse(shape.final(results, choices.usage(results)))
 
 
 def _sse(data: dict[str, Any] | str) -> bytes:
@@ -167,54 +165,58 @@ def _sse(data: dict[str, Any] | str) -> bytes:
 
 async def _server_sent_events(
     gateway: Gateway,
-    ticket: Ticket,
+    choices: Choices,
     shape: ResponseShape,
     include_usage: bool,
     started: float,
     *,
     cold_start: bool = False,
 ) -> AsyncIterator[bytes]:
-    """The SSE body. A client that leaves mid-stream has the generator cancelled (Starlette listens for the
-    disconnect while it streams): the request is then cancelled and counted as 499, never as 200. With
-    ``cold_start`` the request has not been dispatched yet: progress comments come first (``_progress``)."""
-    first = True
+    """The SSE body: each choice's chunks, tagged with its index, as they come. A client that leaves mid-stream has
+    the generator cancelled (Starlette listens for the disconnect while it streams): the request is then cancelled
+    and counted as 499, never as 200. With ``cold_start`` the request has not been dispatched yet: progress
+    comments come first (``_progress``)."""
+    begun: set[int] = set()
+    results: dict[int, wire.FinishEvent] = {}
     status = ClientGone.status_code
     try:
         if cold_start:
-            async for comment in _progress(gateway, ticket, started):
+            async for comment in _progress(gateway, choices, shape.model, started):
                 yield comment
-        async for item in ticket.stream():
-            if isinstance(item, str):
-                if first:
+        async for index, item in choices.stream():
+            if isinstance(item, Delta):
+                if not begun:
                     gateway.record_first_token(shape.model, time.monotonic() - started)
-                yield _sse(shape.chunk(item, first=first))
-                first = False
+                yield _sse(shape.chunk(index, item.text, item.logprobs, first=index not in begun))
+                begun.add(index)
                 continue
-            yield _sse(shape.chunk("", finish_reason=item.finish_reason, first=first))
-            if include_usage:
-                yield _sse(shape.usage_chunk(item.usage))
+            results[index] = item
+            yield _sse(shape.chunk(index, "", finish_reason=item.finish_reason, first=index not in begun))
+            begun.add(index)
+        if include_usage:
+            yield _sse(shape.usage_chunk(choices.usage([results[i] for i in sorted(results)])))
         status = 200
     except RequestError as exc:
         status = exc.status_code
-        log.warning("stream for %s ended with %d: %s", ticket.id, status, exc.message)
+        log.warning("stream for %s ended with %d: %s", choices.id, status, exc.message)
         gateway.record_cancellation(shape.model, exc)
         yield _sse(error_body(exc.message, exc.error_type, exc.param, exc.code))
     finally:
-        await _closed(ticket)
+        await _closed(choices)
         gateway.record(shape.model, status, time.monotonic() - started)
         if status == ClientGone.status_code:
             gateway.record_cancellation(shape.model, ClientGone())
     yield _sse("[DONE]")
 
 
-async def _progress(gateway: Gateway, ticket: Ticket, started: float) -> AsyncIterator[bytes]:
+async def _progress(gateway: Gateway, choices: Choices, model: str, started: float) -> AsyncIterator[bytes]:
     """SSE comments (``: ...``, which clients ignore) while the request waits for a replica: one at once, then one
     every ``cold_start_progress_s``, until it is dispatched. Raises the request's error if it never is."""
-    dispatched = asyncio.ensure_future(ticket.dispatched())
+    dispatched = asyncio.ensure_future(choices.dispatched())
     try:
         while True:
             waited = time.monotonic() - started
-            yield f": {gateway.cold_starts.progress(ticket.model.name, waited)}\n\n".encode()
+            yield f": {gateway.cold_starts.progress(model, waited)}\n\n".encode()
             done, _ = await asyncio.wait({dispatched}, timeout=gateway.settings.cold_start_progress_s)
             if done:
                 dispatched.result()

@@ -1,175 +1,346 @@
-"""The OpenAI-compatible HTTP surface: request bodies we accept and the response bodies we build.
+"""The OpenAI-compatible request bodies we accept, validated, and turned into the runtime's wire requests.
 
-Requests are validated here and turned into the runtime's ``wire.GenerationRequest``; results from the runtime
-are turned into OpenAI ``text_completion`` / ``chat.completion`` objects and their streaming chunks.
-Unknown fields are accepted and ignored, as clients (and the openai SDK) send options we do not implement.
+``parse_request`` refuses unsupported features first (``gateway.refusals``), then validates the body strictly
+(no coercion: ``"stream": "yes"`` is an error) and reports the first problem as one 400 whose message says what is
+wrong in plain words and whose ``param`` is an OpenAI-style path (``messages[1].content``); unknown fields get
+OpenAI's "Unrecognized request argument supplied". Optional fields accept ``null`` as "not given", as OpenAI does.
+A parsed request knows its prompts (``inputs``), its sampling parameters and how many choices it wants per prompt;
+``gateway.choices`` makes one wire request per choice. Response bodies are built in ``gateway.responses``.
 """
 
 from __future__ import annotations
 
-import secrets
-import time
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 
 import wire
 from gateway.errors import InvalidRequest
+from gateway.refusals import refuse_unsupported
+
+__all__ = [
+    "MAX_SEED",
+    "ChatCompletionRequest",
+    "CompletionRequest",
+    "PromptInput",
+    "parse_request",
+]
 
 MAX_SEED = 2**63 - 1
+#: Most choices (prompts x ``n``) one request may ask for, whatever the model; a model's own ``max-batch-size`` is
+#: usually the tighter bound (``gateway.choices``).
+MAX_CHOICES = 128
+#: Most alternatives per token: OpenAI's limits (chat ``top_logprobs``, completions ``logprobs``).
+MAX_CHAT_LOGPROBS = wire.MAX_LOGPROBS
+MAX_COMPLETION_LOGPROBS = 5
+
+#: One prompt as the wire carries it: the fields of ``wire.GenerationRequest`` that say what to continue.
+PromptInput = dict[str, Any]
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    include_usage: bool = False
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
 
-class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class StreamOptions(_Body):
+    include_usage: bool | None = None
+    include_obfuscation: bool | None = None  # ignored: nothing is padded here
 
+
+class _Sampling(_Body):
     model: str = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    stop: tuple[str, ...] | None = None
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
-    n: int = Field(1, ge=1, le=1, description="only n=1 is supported")
-    stream: bool = False
+    n: int | None = Field(None, ge=1, le=MAX_CHOICES)
+    stream: bool | None = None
     stream_options: StreamOptions | None = None
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None  # ignored (gateway.refusals.IGNORED)
 
-    @field_validator("stop")
+    @field_validator("stop", mode="plain")
     @classmethod
-    def _stop_sequences(cls, value: str | list[str] | None) -> str | list[str] | None:
-        stops = [value] if isinstance(value, str) else value or []
+    def _stop_sequences(cls, value: Any) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        stops = [value] if isinstance(value, str) else value
+        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+            raise ValueError("must be a string or an array of strings")
         if len(stops) > wire.MAX_STOP_SEQUENCES:
             raise ValueError(f"at most {wire.MAX_STOP_SEQUENCES} stop sequences")
         if any(not s for s in stops):
             raise ValueError("stop sequences must not be empty")
+        return tuple(stops)
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for token, bias in (value or {}).items():
+            if not token.isdecimal():
+                raise ValueError(f"keys must be token ids (integers written as strings), not {token!r}")
+            if not -100.0 <= bias <= 100.0:
+                raise ValueError(f"the bias of token {token} must be between -100 and 100")
+        if len(value or {}) > wire.MAX_LOGIT_BIAS:
+            raise ValueError(f"at most {wire.MAX_LOGIT_BIAS} tokens")
         return value
 
-    def sampling_params(self, default_max_tokens: int) -> wire.SamplingParams:
-        stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
-        return wire.SamplingParams(
-            max_tokens=self.max_tokens or default_max_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            stop=tuple(stops),
-            # A seed fixed at admission makes a redelivered request sample exactly what it sampled before.
-            seed=self.seed if self.seed is not None else secrets.randbelow(MAX_SEED),
-        )
+    @property
+    def choices_per_prompt(self) -> int:
+        return self.n or 1
+
+    @property
+    def streaming(self) -> bool:
+        return bool(self.stream)
 
     @property
     def include_usage(self) -> bool:
-        return self.stream_options is not None and self.stream_options.include_usage
+        return self.stream_options is not None and bool(self.stream_options.include_usage)
+
+    def logprobs_wanted(self) -> int | None:
+        """How many alternatives per token the wire should ask for; None: no log-probabilities."""
+        return None
+
+    def check(self) -> None:
+        """Rules across fields, which validation of each field alone cannot see."""
+
+    def inputs(self) -> list[PromptInput]:
+        raise NotImplementedError
+
+    def sampling_params(self, default_max_tokens: int, seed: int) -> wire.SamplingParams:
+        return wire.SamplingParams(
+            max_tokens=self.max_tokens or default_max_tokens,
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            stop=self.stop or (),
+            seed=seed,
+            logprobs=self.logprobs_wanted(),
+            frequency_penalty=self.frequency_penalty or 0.0,
+            presence_penalty=self.presence_penalty or 0.0,
+            logit_bias={int(token): bias for token, bias in (self.logit_bias or {}).items()},
+        )
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str]
+    """``POST /v1/completions``. ``prompt`` is a string, an array of strings, an array of token ids or an array of
+    arrays of token ids: one prompt each, answered by ``n`` choices each, in that order."""
 
-    @field_validator("prompt")
+    prompt: tuple[str | tuple[int, ...], ...]
+    logprobs: int | None = Field(None, ge=0, le=MAX_COMPLETION_LOGPROBS)
+    echo: bool | None = None
+    best_of: int | None = None  # only equal to n (gateway.refusals), which changes nothing
+    suffix: str | None = None  # only empty (gateway.refusals)
+
+    @field_validator("prompt", mode="plain")
     @classmethod
-    def _one_prompt(cls, value: str | list[str]) -> str | list[str]:
-        if isinstance(value, list) and len(value) != 1:
-            raise ValueError("exactly one prompt is supported per request")
-        return value
+    def _prompts(cls, value: Any) -> tuple[str | tuple[int, ...], ...]:
+        if isinstance(value, str):
+            return (value,)
+        if not isinstance(value, list) or not value:
+            raise ValueError("must be a string, an array of strings, an array of token ids or an array of those")
+        if all(_is_token_id(v) for v in value):
+            return (tuple(value),)
+        if all(isinstance(v, str) for v in value):
+            return tuple(value)
+        if all(isinstance(v, list) and v and all(_is_token_id(t) for t in v) for v in value):
+            return tuple(tuple(v) for v in value)
+        raise ValueError(
+            "must be a string, an array of strings, an array of token ids (integers of at least 0) or an array of "
+            "non-empty arrays of token ids, not a mix"
+        )
 
-    def to_wire(self, request_id: str, default_max_tokens: int = 16) -> wire.GenerationRequest:
-        prompt = self.prompt if isinstance(self.prompt, str) else self.prompt[0]
-        return wire.GenerationRequest(
-            id=request_id, prompt=prompt, params=self.sampling_params(default_max_tokens), stream=self.stream
+    def logprobs_wanted(self) -> int | None:
+        return self.logprobs
+
+    def inputs(self) -> list[PromptInput]:
+        echo = bool(self.echo)
+        return [
+            {"prompt": p, "echo": echo} if isinstance(p, str) else {"prompt_token_ids": p, "echo": echo}
+            for p in self.prompt
+        ]
+
+
+def _is_token_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+class FunctionCall(_Body):
+    name: str
+    arguments: str
+
+
+class ToolCall(_Body):
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
+
+
+class Message(_Body):
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    refusal: str | None = None  # an assistant's earlier refusal: its text, when it has no content
+
+    @field_validator("content", mode="plain")
+    @classmethod
+    def _text(cls, value: Any) -> str | None:
+        """A string, or an array of text (or refusal) parts, which are joined; their other keys (a prompt-cache
+        breakpoint, say) are ignored."""
+        if value is None or isinstance(value, str):
+            return value
+        if not isinstance(value, list):
+            raise ValueError("must be a string or an array of content parts")
+        texts = []
+        for part in value:
+            kind = part.get("type") if isinstance(part, dict) else None
+            key = {"text": "text", "refusal": "refusal"}.get(str(kind))
+            if key is None or not isinstance(part.get(key), str):
+                raise ValueError("content parts must be {'type': 'text', 'text': <string>}")
+            texts.append(part[key])
+        return "".join(texts)
+
+    def check(self, where: str) -> None:
+        if self.tool_calls and self.role != "assistant":
+            raise InvalidRequest("Only assistant messages may have 'tool_calls'.", param=f"{where}.tool_calls")
+        if self.role == "tool" and self.tool_call_id is None:
+            raise InvalidRequest("A message with role 'tool' needs 'tool_call_id'.", param=f"{where}.tool_call_id")
+        if self.role != "tool" and self.tool_call_id is not None:
+            raise InvalidRequest("Only tool messages have 'tool_call_id'.", param=f"{where}.tool_call_id")
+        if self.content is None and self.refusal is None and not self.tool_calls:
+            needs = "'content' or 'tool_calls'" if self.role == "assistant" else "'content'"
+            raise InvalidRequest(f"A message with role '{self.role}' needs {needs}.", param=f"{where}.content")
+
+    def to_wire(self) -> wire.ChatMessage:
+        calls = tuple(
+            wire.ToolCall(id=c.id, function=wire.FunctionCall(name=c.function.name, arguments=c.function.arguments))
+            for c in self.tool_calls or ()
+        )
+        content = self.content if self.content is not None else self.refusal
+        return wire.ChatMessage(
+            role=self.role, content=content, name=self.name, tool_calls=calls, tool_call_id=self.tool_call_id
         )
 
 
-class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    type: Literal["text"]
-    text: str
-
-
-class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str | list[ContentPart]
-
-    def to_wire(self) -> wire.ChatMessage:
-        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
-        return wire.ChatMessage(role=self.role, content=text)
+class ResponseFormat(_Body):
+    type: Literal["text"]  # the others are refused (gateway.refusals)
 
 
 class ChatCompletionRequest(_Sampling):
+    """``POST /v1/chat/completions``."""
+
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_CHAT_LOGPROBS)
+    response_format: ResponseFormat | None = None
+    # Accepted only where they change nothing; anything else is refused (gateway.refusals).
+    tool_choice: Literal["none"] | None = None
+    function_call: Literal["none"] | None = None
+    tools: list[Any] | None = None
+    parallel_tool_calls: Literal[False] | None = None
+    modalities: list[Literal["text"]] | None = None
+    # Ignored: they cannot change the output (gateway.refusals.IGNORED).
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    safety_identifier: str | None = None
+    prediction: dict[str, Any] | None = None
 
-    def to_wire(self, request_id: str, default_max_tokens: int) -> wire.GenerationRequest:
-        params = self.sampling_params(default_max_tokens)
+    def check(self) -> None:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InvalidRequest("'top_logprobs' needs 'logprobs' to be true.", param="top_logprobs")
+        for index, message in enumerate(self.messages):
+            message.check(f"messages[{index}]")
+
+    def logprobs_wanted(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    def inputs(self) -> list[PromptInput]:
+        return [{"messages": tuple(m.to_wire() for m in self.messages)}]
+
+    def sampling_params(self, default_max_tokens: int, seed: int) -> wire.SamplingParams:
+        params = super().sampling_params(default_max_tokens, seed)
         if self.max_completion_tokens is not None and self.max_tokens is None:
             params = params.model_copy(update={"max_tokens": self.max_completion_tokens})
-        return wire.GenerationRequest(
-            id=request_id,
-            messages=tuple(m.to_wire() for m in self.messages),
-            params=params,
-            stream=self.stream,
-        )
+        return params
 
 
 _Request = TypeVar("_Request", bound=_Sampling)
 
 
 def parse_request(model: type[_Request], body: Any) -> _Request:
-    """Validate a decoded JSON body, turning pydantic's report into one OpenAI-style 400."""
+    """Validate a decoded JSON body, turning the first problem into one OpenAI-style 400."""
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    refuse_unsupported("completion" if model is CompletionRequest else "chat", body)
     try:
-        return model.model_validate(body, strict=True)  # no coercion: "stream": "yes" is an error, not true
+        parsed = model.model_validate(body, strict=True)  # no coercion: "stream": "yes" is an error, not true
     except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        raise InvalidRequest(f"Invalid value for '{param}': {first['msg']}", param=param) from None
+        raise _invalid(exc.errors()[0]) from None
+    parsed.check()
+    return parsed
 
 
-def error_body(message: str, error_type: str, param: str | None, code: str | None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+def _invalid(error: ErrorDetails) -> InvalidRequest:
+    param = _path(error["loc"])
+    if error["type"] == "extra_forbidden":
+        return InvalidRequest(f"Unrecognized request argument supplied: {param}", param=param)
+    if error["type"] == "missing":
+        return InvalidRequest(f"Missing required parameter: '{param}'.", param=param)
+    return InvalidRequest(f"Invalid value for '{param}': {_reason(error)}.", param=param)
 
 
-def _usage(usage: wire.Usage) -> dict[str, int]:
-    return usage.model_dump()
+def _path(loc: tuple[int | str, ...]) -> str:
+    """``('messages', 1, 'content')`` -> ``messages[1].content``."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path
 
 
-class ResponseShape:
-    """Builds the response objects of one request: ids and timestamps fixed once, chunks share them."""
+_TYPES = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "a boolean",
+    "list_type": "an array",
+    "tuple_type": "an array",
+    "dict_type": "an object",
+    "model_type": "an object",
+}
 
-    def __init__(self, kind: Literal["completion", "chat"], request_id: str, model: str) -> None:
-        self.kind = kind
-        self.id = request_id
-        self.model = model
-        self.created = int(time.time())
 
-    def _base(self, obj: str) -> dict[str, Any]:
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
-
-    def final(self, finish: wire.FinishEvent) -> dict[str, Any]:
-        if self.kind == "completion":
-            choice: dict[str, Any] = {"index": 0, "text": finish.text, "logprobs": None}
-            body = self._base("text_completion")
-        else:
-            choice = {"index": 0, "message": {"role": "assistant", "content": finish.text}, "logprobs": None}
-            body = self._base("chat.completion")
-        choice["finish_reason"] = finish.finish_reason
-        return body | {"choices": [choice], "usage": _usage(finish.usage)}
-
-    def chunk(self, text: str, finish_reason: str | None = None, first: bool = False) -> dict[str, Any]:
-        if self.kind == "completion":
-            choice: dict[str, Any] = {"index": 0, "text": text, "logprobs": None}
-            body = self._base("text_completion")
-        else:
-            delta: dict[str, Any] = {"role": "assistant", "content": text} if first else {"content": text}
-            if finish_reason is not None and not text:
-                delta = {}
-            choice = {"index": 0, "delta": delta, "logprobs": None}
-            body = self._base("chat.completion.chunk")
-        choice["finish_reason"] = finish_reason
-        return body | {"choices": [choice]}
-
-    def usage_chunk(self, usage: wire.Usage) -> dict[str, Any]:
-        obj = "text_completion" if self.kind == "completion" else "chat.completion.chunk"
-        return self._base(obj) | {"choices": [], "usage": _usage(usage)}
+def _reason(error: ErrorDetails) -> str:
+    """Pydantic's report of one error, in words for a client (no type names, no union branches)."""
+    kind, ctx = error["type"], error.get("ctx") or {}
+    if kind in _TYPES:
+        return f"expected {_TYPES[kind]}"
+    bounds = {
+        "greater_than_equal": ("at least", "ge"),
+        "greater_than": ("greater than", "gt"),
+        "less_than_equal": ("at most", "le"),
+        "less_than": ("less than", "lt"),
+    }
+    if kind in bounds:
+        words, key = bounds[kind]
+        return f"must be {words} {ctx.get(key)}"
+    if kind == "too_short":
+        return f"must have at least {ctx.get('min_length')} item(s)"
+    if kind == "too_long":
+        return f"must have at most {ctx.get('max_length')} item(s)"
+    if kind == "literal_error":
+        return f"must be {ctx.get('expected')}"
+    if kind == "value_error":
+        return str(ctx.get("error", "invalid value"))
+    if kind.startswith("string_") and "min_length" in ctx:
+        return "must not be empty"
+    return "invalid value"

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import ExitStack
+from dataclasses import dataclass
 
 import wire
 from gateway.catalog import ModelCatalog
@@ -73,7 +74,8 @@ class Ticket:
         self._early: list[AnyReply] = []
         self._settled = False
         self._emitted = ""
-        self._attempt_text: dict[int, str] = {}
+        self._emitted_entries = 0
+        self._attempts: dict[int, tuple[str, int]] = {}  # attempt -> its text so far, its entries so far
 
     async def dispatched(self) -> None:
         """Wait until a replica took the request; 503 + Retry-After if none did within the cold-start timeout."""
@@ -90,8 +92,9 @@ class Ticket:
             self._early.append(reply)
             return
 
-    async def stream(self) -> AsyncIterator[str | wire.FinishEvent]:
-        """New text as it is generated, then the finished result. Raises the request's error, if any."""
+    async def stream(self) -> AsyncIterator[Delta | wire.FinishEvent]:
+        """New text (and its log-probability entries) as it is generated, then the finished result. Raises the
+        request's error, if any."""
         while True:
             try:
                 reply = self._early.pop(0) if self._early else await self._next(self._deadline)
@@ -100,12 +103,11 @@ class Ticket:
                     raise DeadlineExceeded("The request did not finish in time.") from None
                 continue
             if isinstance(reply, Token):
-                if text := self._new_text(reply):
-                    yield text
+                if delta := self._new_delta(reply):
+                    yield delta
             elif isinstance(reply, Finished):
                 self._settled = True
-                if rest := reply.result.text[len(self._emitted) :]:
-                    self._emitted += rest
+                if rest := self._rest(reply.result):
                     yield rest
                 yield reply.result
                 return
@@ -130,16 +132,24 @@ class Ticket:
         finally:
             self._closer.close()
 
-    def _new_text(self, token: Token) -> str:
+    def _new_delta(self, token: Token) -> Delta | None:
         # A redelivered request generates again from its first token (with the same seed): skip what the
-        # client already has.
-        text = self._attempt_text.get(token.attempt, "") + token.text
-        self._attempt_text[token.attempt] = text
-        if len(text) <= len(self._emitted):
-            return ""
-        new = text[len(self._emitted) :]
-        self._emitted = text
-        return new
+        # client already has, text and entries alike.
+        text, entries = self._attempts.get(token.attempt, ("", 0))
+        text += token.text
+        self._attempts[token.attempt] = (text, entries + len(token.logprobs))
+        new_text = text[len(self._emitted) :]
+        new_entries = token.logprobs[max(0, self._emitted_entries - entries) :]
+        self._emitted = max(self._emitted, text, key=len)
+        self._emitted_entries += len(new_entries)
+        return Delta(new_text, new_entries) if new_text or new_entries else None
+
+    def _rest(self, result: wire.FinishEvent) -> Delta | None:
+        """What the finished result holds beyond what was streamed (tokens lost on the way, or not streamed)."""
+        text, entries = result.text[len(self._emitted) :], (result.logprobs or ())[self._emitted_entries :]
+        self._emitted += text
+        self._emitted_entries += len(entries)
+        return Delta(text, entries) if text or entries else None
 
     async def _next(self, deadline: float) -> AnyReply:
         if not self._inbox.empty():  # a reply already here is the answer, even past the deadline
@@ -171,6 +181,14 @@ class Ticket:
         if stored is not None:
             self._inbox.put_nowait(stored)
         return False
+
+
+@dataclass(frozen=True)
+class Delta:
+    """New text of a request, and the log-probability entries of the tokens it completes."""
+
+    text: str
+    logprobs: tuple[wire.TokenLogprob, ...] = ()
 
 
 def _failure(reply: Failed) -> RequestError:

@@ -19,7 +19,7 @@ import uvicorn
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gateway.schemas import error_body
+from gateway.responses import error_body
 from gateway.settings import ServerSettings
 
 

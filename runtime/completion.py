@@ -1,24 +1,31 @@
-"""One request's output as tokens arrive: stop sequences, streaming deltas, finish reason and usage.
+"""One request's output as tokens arrive: stop sequences, streaming deltas, log-probabilities, finish reason and usage.
 
-Engine-independent and torch-free: an engine feeds it token ids and a way to decode them. Requests that neither
-stream nor have stop sequences decode all their ids once, at the end. The others follow the text token by token
-with ``IncrementalText``, which decodes a short window of recent ids instead of everything so far (a full decode
-per step would cost O(n^2): about a second of CPU per 4k-token answer, on the generation thread). Streaming
-deltas are diffs against what was already sent, and a delta never includes a trailing U+FFFD (the start of a
-character whose remaining bytes are not generated yet) nor a tail that could be the beginning of a stop sequence,
-so nothing sent ever has to be taken back, and the deltas concatenate to exactly the ``FinishEvent`` text.
+Engine-independent and torch-free: an engine feeds it token ids (with their scores, for a request that asked for
+``logprobs``) and a way to decode them. Requests that neither stream nor have stop sequences decode all their ids
+once, at the end. The others follow the text token by token with ``IncrementalText``, which decodes a short window
+of recent ids instead of everything so far (a full decode per step would cost O(n^2): about a second of CPU per
+4k-token answer, on the generation thread). Streaming deltas are diffs against what was already sent, and a delta
+never includes a trailing U+FFFD (the start of a character whose remaining bytes are not generated yet) nor a tail
+that could be the beginning of a stop sequence, so nothing sent ever has to be taken back, and the deltas
+concatenate to exactly the ``FinishEvent`` text.
+
+Log-probability entries follow the same rule: an entry goes out with the first delta that carries some of its
+token's text, never before, so an entry sent is never one a stop sequence later cuts off. The output of an
+``echo`` request starts with its prompt (and the prompt's entries), sent with the first delta.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 from runtime.cancellation import cancelled_event
-from wire import ErrorEvent, FinishEvent, GenerationRequest, TokenEvent, Usage
+from runtime.logprobs import Logprob, Vocabulary
+from wire import ErrorEvent, FinishEvent, GenerationRequest, TokenEvent, TokenLogprob, Usage
 
-__all__ = ["Completion", "Decode", "IncrementalText", "holdback_start"]
+__all__ = ["Completion", "Decode", "Echo", "IncrementalText", "holdback_start"]
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +33,37 @@ Decode = Callable[[Sequence[int]], str]
 _REPLACEMENT = "\ufffd"
 
 
+@dataclass(frozen=True)
+class Echo:
+    """What an ``echo`` request's output starts with: the prompt's text, and its tokens' entries (with
+    ``logprobs``)."""
+
+    text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
 class Completion:
-    def __init__(self, request: GenerationRequest, prompt_tokens: int, decode: Decode) -> None:
+    def __init__(
+        self,
+        request: GenerationRequest,
+        prompt_tokens: int,
+        decode: Decode,
+        *,
+        vocabulary: Vocabulary | None = None,
+        echo: Echo | None = None,
+    ) -> None:
         self.request = request
         self.prompt_tokens = prompt_tokens
         self._decode = decode
+        self._vocabulary = vocabulary
         self._token_ids: list[int] = []
         self._completion_tokens = 0
-        self._sent = ""
+        self._prefix = echo.text if echo is not None and request.echo else ""
+        self._sent = ""  # of the output: the echoed prompt, then the text
+        # Entries of the output's tokens, and where each token's text starts in the output (-1: the echoed prompt).
+        self._entries: list[TokenLogprob] = list(echo.logprobs) if echo is not None and request.echo else []
+        self._starts: list[int] = [-1] * len(self._entries)
+        self._entries_sent = 0
         # Following the text every step is only needed to find stop sequences or to stream.
         self._text = IncrementalText(decode) if request.stream or request.params.stop else None
         self.finished = False
@@ -42,13 +72,20 @@ class Completion:
     def completion_tokens(self) -> int:
         return self._completion_tokens
 
-    def push(self, token_id: int, *, end_of_sequence: bool = False) -> list[TokenEvent | FinishEvent]:
-        """Take one generated token; return the events it causes (none, a delta, and/or the finish)."""
+    @property
+    def wants_logprobs(self) -> bool:
+        return self.request.params.logprobs is not None
+
+    def push(
+        self, token_id: int, *, end_of_sequence: bool = False, logprob: Logprob | None = None
+    ) -> list[TokenEvent | FinishEvent]:
+        """Take one generated token (and its scores); return the events it causes (none, a delta, the finish)."""
         if self.finished:
             raise ValueError(f"request {self.request.id} is already finished")
         self._completion_tokens += 1
         if end_of_sequence:
             return self._finish("stop", self._text.text if self._text else self._decode(self._token_ids))
+        self._record(token_id, logprob)
         at_limit = self._completion_tokens >= self.request.params.max_tokens
         if self._text is None:
             self._token_ids.append(token_id)
@@ -56,7 +93,7 @@ class Completion:
         text = self._text.append(token_id)
         stop_at = _first_stop(text, self.request.params.stop)
         if stop_at is not None:
-            return self._finish("stop", text[:stop_at])
+            return self._finish("stop", text[:stop_at], cut=True)
         if at_limit:
             return self._finish("length", text)
         return self._delta(text[: holdback_start(text, self.request.params.stop)])
@@ -68,32 +105,61 @@ class Completion:
         self.finished = True
         return cancelled_event(self.request.id)
 
+    def _record(self, token_id: int, logprob: Logprob | None) -> None:
+        if not self.wants_logprobs or logprob is None or self._vocabulary is None:
+            return
+        self._entries.append(self._vocabulary.entry(token_id, logprob))
+        self._starts.append(len(self._prefix) + (len(self._text.text) if self._text else 0))
+
     def _delta(self, safe_text: str) -> list[TokenEvent | FinishEvent]:
-        if not self.request.stream or len(safe_text) <= len(self._sent):
+        output = self._prefix + safe_text
+        if not self.request.stream or len(output) <= len(self._sent):
             return []
-        if not safe_text.startswith(self._sent):
+        if not output.startswith(self._sent):
             # The decoded prefix changed under us (a tokenizer that rewrites earlier text); wait for the end.
             return []
-        delta = safe_text[len(self._sent) :]
-        self._sent = safe_text
-        return [TokenEvent(id=self.request.id, text=delta)]
+        delta = output[len(self._sent) :]
+        self._sent = output
+        return [TokenEvent(id=self.request.id, text=delta, logprobs=self._take_entries(len(output)))]
 
-    def _finish(self, reason: Literal["stop", "length"], text: str) -> list[TokenEvent | FinishEvent]:
+    def _take_entries(self, covered: int) -> tuple[TokenLogprob, ...]:
+        """The entries not sent yet whose token's text starts before ``covered``: they go out now."""
+        end = self._entries_sent
+        while end < len(self._entries) and self._starts[end] < covered:
+            end += 1
+        taken = tuple(self._entries[self._entries_sent : end])
+        self._entries_sent = end
+        return taken
+
+    def _finish(
+        self, reason: Literal["stop", "length"], text: str, cut: bool = False
+    ) -> list[TokenEvent | FinishEvent]:
+        """``cut``: a stop sequence ended the text, so tokens whose text lies wholly beyond it are not part of it."""
         self.finished = True
+        output = self._prefix + text
+        if cut:
+            kept = sum(1 for start in self._starts if start < len(output))
+            del self._entries[max(kept, self._entries_sent) :]
         events: list[TokenEvent | FinishEvent] = []
         if self.request.stream:
-            if not text.startswith(self._sent):
+            if not output.startswith(self._sent):
                 log.warning("request %s: final text does not extend the streamed text", self.request.id)
-                text = self._sent + text[_common_prefix(text, self._sent) :]
-            if rest := text[len(self._sent) :]:
-                events.append(TokenEvent(id=self.request.id, text=rest))
-                self._sent = text
+                output = self._sent + output[_common_prefix(output, self._sent) :]
+            rest = output[len(self._sent) :]
+            entries = tuple(self._entries[self._entries_sent :])
+            self._entries_sent = len(self._entries)
+            if rest or entries:
+                events.append(TokenEvent(id=self.request.id, text=rest, logprobs=entries))
+                self._sent = output
         usage = Usage(
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self._completion_tokens,
             total_tokens=self.prompt_tokens + self._completion_tokens,
         )
-        events.append(FinishEvent(id=self.request.id, text=text, finish_reason=reason, usage=usage))
+        logprobs = tuple(self._entries) if self.wants_logprobs else None
+        events.append(
+            FinishEvent(id=self.request.id, text=output, finish_reason=reason, usage=usage, logprobs=logprobs)
+        )
         return events
 
 

@@ -1,8 +1,9 @@
 """An engine that answers instantly with the prompt's own words: the gateway's overhead, measured without a model.
 
-Each whitespace-separated word of the prompt (or of all chat messages) counts as one token, both in the prompt
-and in the answer. The answer repeats the words in order; it ends with ``length`` at ``max_tokens`` or with
-``stop`` (like an end-of-sequence token) when the words run out. Stop sequences and streaming behave exactly as
+Each whitespace-separated word of the prompt (or of all chat messages; a token id of a token prompt) counts as one
+token, both in the prompt and in the answer, with log-probability 0 where log-probabilities are asked for. The
+answer repeats the words in order; it ends with ``length`` at ``max_tokens`` or with ``stop`` (like an
+end-of-sequence token) when the words run out. Stop sequences and streaming behave exactly as
 in the torch engine, because both use ``Completion``, and so does cancellation: a cancelled request gets its
 ``cancelled`` error at the next step. Rows join and leave a running batch between steps as in the torch engine, so
 the continuous scheduler (several open batches at once) works with it too. It never imports torch, so it is
@@ -15,8 +16,9 @@ from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 
 from runtime.cancellation import Cancellation
-from runtime.completion import Completion, Decode
+from runtime.completion import Completion, Decode, Echo
 from runtime.engine import BatchEvent, LoadReport, NextToken, too_long
+from runtime.logprobs import Logprob, Vocabulary
 from runtime.stepping import run_to_completion
 from wire import ErrorEvent, GenerationRequest
 
@@ -55,7 +57,14 @@ class EchoEngine:
         words = _words(request)
         if error := too_long(request, len(words), self._context_length):
             return error
-        return EchoRow(Completion(request, len(words), _decoder(words)), words)
+        vocabulary = Vocabulary(lambda i: (" " * (i > 0) + words[i]).encode())
+        echo = None
+        if request.echo:
+            scores = [Logprob(None), *(Logprob(0.0) for _ in words[1:])]
+            logprobs = vocabulary.entries(range(len(words)), scores) if request.params.logprobs is not None else ()
+            echo = Echo(request.prompt if request.prompt is not None else " ".join(words), logprobs)
+        completion = Completion(request, len(words), _decoder(words), vocabulary=vocabulary, echo=echo)
+        return EchoRow(completion, words)
 
     def step_batch(self, *, running_joins: bool = True) -> EchoBatch:
         return EchoBatch()
@@ -90,16 +99,23 @@ class EchoBatch:
         self._rows = [row for row in self._rows if id(row) not in gone]
 
     def step(self) -> list[NextToken[EchoRow]]:
-        tokens = [NextToken(row, row.produced, row.produced >= len(row.words)) for row in self._rows]
+        tokens = [NextToken(row, row.produced, row.produced >= len(row.words), _certain(row)) for row in self._rows]
         for row in self._rows:
             row.produced += 1
         return tokens
 
 
+def _certain(row: EchoRow) -> Logprob | None:
+    """Every echoed word is certain: log-probability 0, for a request that asked for them."""
+    return Logprob(0.0) if row.completion.wants_logprobs else None
+
+
 def _words(request: GenerationRequest) -> list[str]:
     if request.prompt is not None:
         return request.prompt.split()
-    return [word for message in request.messages or () for word in message.content.split()]
+    if request.prompt_token_ids is not None:
+        return [str(token) for token in request.prompt_token_ids]
+    return [word for message in request.messages or () for word in (message.content or "").split()]
 
 
 def _decoder(words: list[str]) -> Decode:

@@ -20,6 +20,7 @@ from typing import Any, Generic, NamedTuple, Protocol, TypeVar, cast
 
 from runtime.cancellation import Cancellation
 from runtime.completion import Completion
+from runtime.logprobs import Logprob
 from wire import ErrorEvent, FinishEvent, GenerationRequest, TokenEvent
 
 __all__ = [
@@ -82,11 +83,17 @@ RowT = TypeVar("RowT", bound=Row)
 
 
 class NextToken(NamedTuple, Generic[RowT]):
-    """One row's new token from a step, and whether it ends the sequence (an end-of-sequence token)."""
+    """One row's new token from a step, whether it ends the sequence (an end-of-sequence token), and its scores
+    (for a row that asked for ``logprobs``)."""
 
     row: RowT
     token: int
     end_of_sequence: bool
+    logprob: Logprob | None = None
+
+    def push(self) -> list[TokenEvent | FinishEvent]:
+        """Hand the token to its row's ``Completion``: the events it causes."""
+        return self.row.completion.push(self.token, end_of_sequence=self.end_of_sequence, logprob=self.logprob)
 
 
 class StepBatch(Protocol[RowT]):

@@ -3,16 +3,18 @@
     RuntimeServiceError
     ├── SettingsError        bad flags or KALTSTART_RUNTIME_* values; the process exits with status 2
     ├── CacheError           the weight source cannot be materialised into the node-local cache
-    └── EngineError          the model cannot be loaded or run
-        └── EngineNotLoaded  generate() or warmup() before load()
+    ├── EngineError          the model cannot be loaded or run
+    │   └── EngineNotLoaded  generate() or warmup() before load()
+    └── PromptRejected       a request's prompt this model cannot take (a chat turn its template cannot render)
 
-Errors a single request causes (a prompt longer than the context) are not exceptions: they travel to the gateway
-as an ``ErrorEvent`` with code ``invalid_request`` while the rest of the batch runs on.
+Errors a single request causes (a prompt longer than the context) travel to the gateway as an ``ErrorEvent`` with
+code ``invalid_request`` while the rest of the batch runs on; ``PromptRejected`` is raised only on the way to such
+an event (``prepare`` turns it into one).
 """
 
 from __future__ import annotations
 
-__all__ = ["CacheError", "EngineError", "EngineNotLoaded", "RuntimeServiceError", "SettingsError"]
+__all__ = ["CacheError", "EngineError", "EngineNotLoaded", "PromptRejected", "RuntimeServiceError", "SettingsError"]
 
 
 class RuntimeServiceError(Exception):
@@ -33,3 +35,7 @@ class EngineError(RuntimeServiceError):
 
 class EngineNotLoaded(EngineError):
     pass
+
+
+class PromptRejected(RuntimeServiceError):
+    """The message says, for the client, why the model cannot take this prompt."""

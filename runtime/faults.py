@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 def triggers(request: GenerationRequest, marker: str) -> bool:
     """Whether the request's prompt, or the text of one of its chat messages, contains ``marker``."""
-    texts = [request.prompt] if request.prompt is not None else [m.content for m in request.messages or ()]
+    texts = [request.prompt] if request.prompt is not None else [m.content or "" for m in request.messages or ()]
     return any(marker in text for text in texts)
 
 

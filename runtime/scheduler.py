@@ -248,12 +248,12 @@ class Scheduler(Generic[RowT]):
         self._steps += 1
         self._observe()
         ended: list[_Entry[RowT]] = []
-        for row, token, end_of_sequence in tokens:
-            entry = self._admitted[id(row)]
+        for next_token in tokens:
+            entry = self._admitted[id(next_token.row)]
             if entry.leaving():
                 self._end_cancelled(entry)
             else:
-                for event in row.completion.push(token, end_of_sequence=end_of_sequence):
+                for event in next_token.push():
                     self._deliver(entry, event)
             if entry.done:
                 ended.append(entry)

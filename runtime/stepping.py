@@ -38,11 +38,12 @@ def run_to_completion(
         if not rows:
             return
         ended: list[RowT] = []
-        for row, token, end_of_sequence in batch.step():
+        for next_token in batch.step():
+            row = next_token.row
             if cancellation.request(row.completion.request.id):
                 yield row.completion.cancel()
             else:
-                yield from row.completion.push(token, end_of_sequence=end_of_sequence)
+                yield from next_token.push()
             if row.completion.finished:
                 ended.append(row)
         if ended and not cancellation.batch:

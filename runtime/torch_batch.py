@@ -6,8 +6,8 @@ together, left-padded like any batch). When a group's last chunk is done, its fi
 cache is merged into the running one (``PaddedRows.absorb``): from the next step on it decodes with the others.
 Rows that leave are dropped from the cache at once (``PaddedRows.keep``), so finished rows cost nothing.
 
-Sampling stays per row (``runtime.sampling``: each request's own random stream), so neither joining nor leaving
-changes what a seeded request draws.
+Sampling stays per row (``runtime.sampling``: each request's own random stream and logits processors), so neither
+joining nor leaving changes what a seeded request draws.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from transformers import DynamicCache
 from runtime.completion import Completion
 from runtime.engine import NextToken
 from runtime.kvcache import PaddedRows, drop_columns
-from runtime.sampling import RowSampler, choose_tokens
+from runtime.sampling import RowSampler, choose
 
 __all__ = ["TorchBatch", "TorchRow"]
 
@@ -161,10 +161,13 @@ class TorchBatch:
         return tokens
 
     def _choose(self, rows: list[TorchRow], logits: torch.Tensor) -> list[NextToken[TorchRow]]:
-        chosen = choose_tokens(logits, [row.sampler for row in rows])
-        for row, token in zip(rows, chosen, strict=True):
-            row.next_token = token
-        return [NextToken(row, token, token in self._eos_ids) for row, token in zip(rows, chosen, strict=True)]
+        chosen = choose(logits, [row.sampler for row in rows])
+        for row, choice in zip(rows, chosen, strict=True):
+            row.next_token = choice.token
+        return [
+            NextToken(row, choice.token, choice.token in self._eos_ids, choice.logprob)
+            for row, choice in zip(rows, chosen, strict=True)
+        ]
 
     def _merge(self, group: _Prefill) -> None:
         prefilled = group.prefilled()

@@ -5,8 +5,9 @@ is ``runtime.torch_batch``. Prompts are left-padded to a common length; the atte
 position ids count only real tokens (``cumsum(mask) - 1``), so each row computes what it would alone. A
 ``DynamicCache`` keeps keys and values between steps. Rows join a running batch between steps (the continuous
 scheduler) and leave it when they finish or are cancelled on their own (``POST /v1/cancel``): they are dropped from
-the cache, mask and positions, so a batch costs what its still-running requests cost. Sampling and stop handling
-are per request (see ``sampling`` and ``completion``).
+the cache, mask and positions, so a batch costs what its still-running requests cost. Sampling (penalties, bias,
+log-probabilities) and stop handling are per request (see ``sampling`` and ``completion``); chat messages become a
+prompt in ``chat``, an echoed prompt's log-probabilities come from ``scoring``.
 """
 
 from __future__ import annotations
@@ -25,12 +26,15 @@ from transformers.utils import logging as transformers_logging
 
 from runtime.budget import CPU_BATCH_TOKENS, cuda_batch_tokens
 from runtime.cancellation import Cancellation
-from runtime.completion import Completion
+from runtime.chat import chat_prompt
+from runtime.completion import Completion, Echo
 from runtime.engine import BatchEvent, LoadReport, too_long
-from runtime.errors import EngineError, EngineNotLoaded
+from runtime.errors import EngineError, EngineNotLoaded, PromptRejected
 from runtime.fastload import load_without_init
 from runtime.kvcache import plain_layers
+from runtime.logprobs import Vocabulary, token_bytes_table
 from runtime.sampling import RowSampler
+from runtime.scoring import prompt_logprobs
 from runtime.settings import RuntimeSettings
 from runtime.stepping import run_to_completion
 from runtime.torch_batch import TorchBatch, TorchRow
@@ -56,6 +60,7 @@ class TorchEngine:
         self._pad_id = 0
         self._context_length = 0
         self._unmergeable: str | None = None  # a cache layer type rows cannot join, if the model has one
+        self._bytes_table: list[bytes] | None = None
 
     @property
     def context_length(self) -> int:
@@ -130,14 +135,47 @@ class TorchEngine:
     def prepare(self, request: GenerationRequest) -> TorchRow | ErrorEvent:
         try:
             prompt_ids = self._prompt_ids(request)
+            self._check_token_ids(request)
         except TemplateError as exc:
             return ErrorEvent(id=request.id, code="invalid_request", message=f"chat template: {exc}")
+        except PromptRejected as exc:
+            return ErrorEvent(id=request.id, code="invalid_request", message=str(exc))
         if not prompt_ids:
             return ErrorEvent(id=request.id, code="invalid_request", message="the prompt is empty")
         if error := too_long(request, len(prompt_ids), self._context_length):
             return error
-        completion = Completion(request, len(prompt_ids), self._decode)
+        vocabulary = Vocabulary(self._token_bytes)
+        echo = self._echo(request, prompt_ids, vocabulary) if request.echo else None
+        completion = Completion(request, len(prompt_ids), self._decode, vocabulary=vocabulary, echo=echo)
         return TorchRow(completion, prompt_ids, RowSampler.for_params(request.params))
+
+    def _check_token_ids(self, request: GenerationRequest) -> None:
+        """Token ids a client wrote itself (a token prompt, ``logit_bias``) must be in the model's vocabulary."""
+        size = self._vocabulary_size
+        if outside := [i for i in request.prompt_token_ids or () if i >= size]:
+            raise PromptRejected(f"prompt token id {outside[0]} is outside this model's vocabulary of {size} tokens")
+        if outside := [i for i in request.params.logit_bias if i >= size]:
+            raise PromptRejected(f"logit_bias names token id {outside[0]}, outside this model's vocabulary of {size}")
+
+    def _echo(self, request: GenerationRequest, prompt_ids: list[int], vocabulary: Vocabulary) -> Echo:
+        """The prompt as an ``echo`` request's output starts with it: its text, and (``logprobs``) its entries."""
+        text = request.prompt if request.prompt is not None else self._decode(prompt_ids)
+        k = request.params.logprobs
+        if k is None:
+            return Echo(text)
+        scores = prompt_logprobs(self._model, prompt_ids, k, self._settings.prefill_chunk_tokens)
+        return Echo(text, vocabulary.entries(prompt_ids, scores))
+
+    @property
+    def _vocabulary_size(self) -> int:
+        embeddings = self._model.get_output_embeddings()
+        return int(embeddings.weight.shape[0]) if embeddings is not None else len(self._tokenizer)
+
+    def _token_bytes(self, token_id: int) -> bytes:
+        """Each token's bytes, from a table made the first time one is asked for (a request with ``logprobs``)."""
+        if self._bytes_table is None:
+            self._bytes_table = token_bytes_table(self._tokenizer, self._vocabulary_size)
+        return self._bytes_table[token_id]
 
     def step_batch(self, *, running_joins: bool = True) -> TorchBatch:
         if self._model is None:
@@ -169,15 +207,13 @@ class TorchEngine:
         return sum(int(t.nbytes) for t in held if isinstance(t, torch.Tensor))
 
     def _prompt_ids(self, request: GenerationRequest) -> list[int]:
+        if request.prompt_token_ids is not None:
+            return list(request.prompt_token_ids)
         if request.prompt is not None:
             return list(self._tokenizer(request.prompt)["input_ids"])
-        messages = [{"role": m.role, "content": m.content} for m in request.messages or ()]
-        if self._tokenizer.chat_template:
-            text = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            # The template writes the special tokens (BOS) itself; adding them again would double BOS.
-            return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
-        plain = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
-        return list(self._tokenizer(plain)["input_ids"])
+        # A chat template writes the special tokens (BOS) itself; adding them again would double BOS.
+        text, special = chat_prompt(self._tokenizer, request.messages or ())
+        return list(self._tokenizer(text, add_special_tokens=special)["input_ids"])
 
     def _decode(self, ids: Sequence[int]) -> str:
         return str(self._tokenizer.decode(list(ids), skip_special_tokens=True))

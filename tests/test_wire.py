@@ -90,3 +90,77 @@ def test_ready_body_startup_timings_are_optional_and_round_trip() -> None:
     assert unknown.process_s is None
     with pytest.raises(ValidationError):
         wire.StartupTimings(cache_s=-1.0, imports_s=0, load_s=0, warmup_s=0, total_s=0)
+
+
+def test_exactly_one_prompt_kind_and_echo_only_for_plain_prompts() -> None:
+    wire.GenerationRequest(id="a", prompt_token_ids=(1, 2), echo=True)
+    chat = (wire.ChatMessage(role="user", content="y"),)
+    for bad in (
+        {"prompt": "x", "prompt_token_ids": (1,)},
+        {"prompt_token_ids": ()},
+        {"prompt_token_ids": (-1,)},
+        {"messages": chat, "echo": True},
+    ):
+        with pytest.raises(ValidationError):
+            wire.GenerationRequest(id="a", **bad)
+
+
+def test_null_content_only_with_tool_calls() -> None:
+    call = wire.ToolCall(id="c", function=wire.FunctionCall(name="f", arguments="{}"))
+    wire.ChatMessage(role="assistant", content=None, tool_calls=(call,))
+    with pytest.raises(ValidationError):
+        wire.ChatMessage(role="assistant", content=None)
+    with pytest.raises(ValidationError):
+        wire.ChatMessage(role="user", content="x", tool_calls=(call,))
+
+
+def test_sampling_parameter_bounds() -> None:
+    params = wire.SamplingParams.model_validate_json('{"logit_bias": {"7": -100, "9": 100}, "logprobs": 20}')
+    assert params.logit_bias == {7: -100.0, 9: 100.0}
+    for bad in (
+        {"logprobs": wire.MAX_LOGPROBS + 1},
+        {"presence_penalty": 2.1},
+        {"frequency_penalty": -2.1},
+        {"logit_bias": {1: 100.5}},
+        {"logit_bias": {-1: 1.0}},
+        {"logit_bias": {i: 1.0 for i in range(wire.MAX_LOGIT_BIAS + 1)}},
+    ):
+        with pytest.raises(ValidationError):
+            wire.SamplingParams(**bad)
+
+
+def test_a_request_without_new_fields_reads_as_it_did_before_they_existed() -> None:
+    """A peer that predates logprobs, penalties, bias, echo, token prompts and tool turns forbids unknown fields:
+    what does not use them must not mention them."""
+    request = wire.GenerationRequest(
+        id="a", messages=(wire.ChatMessage(role="user", content="hi"),), params=wire.SamplingParams(seed=1)
+    )
+    assert json.loads(request.model_dump_json()) == {
+        "id": "a",
+        "prompt": None,
+        "messages": [{"role": "user", "content": "hi"}],
+        "params": {"max_tokens": 16, "temperature": 1.0, "top_p": 1.0, "stop": [], "seed": 1},
+        "stream": False,
+    }
+    usage = wire.Usage(prompt_tokens=1, completion_tokens=1, total_tokens=2)
+    finish = wire.FinishEvent(id="a", text="x", finish_reason="stop", usage=usage)
+    assert (
+        "logprobs" not in finish.model_dump_json()
+        and "logprobs" not in wire.TokenEvent(id="a", text="x").model_dump_json()
+    )
+    used = request.model_copy(update={"params": wire.SamplingParams(seed=1, logprobs=0)})
+    assert json.loads(used.model_dump_json())["params"]["logprobs"] == 0
+    assert wire.GenerationRequest.model_validate_json(used.model_dump_json()) == used
+
+
+def test_logprob_entries_round_trip() -> None:
+    top = (wire.TopLogprob(token="a", bytes=(97,), logprob=-0.1),)
+    entries = (
+        wire.TokenLogprob(token="x", bytes=(120,), logprob=None),
+        wire.TokenLogprob(token="a", bytes=(97,), logprob=-0.1, top_logprobs=top),
+    )
+    usage = wire.Usage(prompt_tokens=1, completion_tokens=1, total_tokens=2)
+    finish = wire.FinishEvent(id="a", text="xa", finish_reason="length", usage=usage, logprobs=entries)
+    token = wire.TokenEvent(id="a", text="xa", logprobs=entries)
+    for event in (finish, token):
+        assert wire.BatchEventAdapter.validate_json(event.model_dump_json()) == event

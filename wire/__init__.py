@@ -24,9 +24,18 @@ prose version and the JSON schema.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 __all__ = [
     "BATCH_PATH",
@@ -35,6 +44,8 @@ __all__ = [
     "FREE_ROWS_HEADER",
     "HEALTH_PATH",
     "MAX_CANCEL_IDS",
+    "MAX_LOGIT_BIAS",
+    "MAX_LOGPROBS",
     "MAX_REQUEST_ID_LENGTH",
     "NDJSON",
     "READY_PATH",
@@ -50,6 +61,7 @@ __all__ = [
     "ErrorBody",
     "ErrorEvent",
     "FinishEvent",
+    "FunctionCall",
     "GenerationRequest",
     "ReadyBody",
     "ReplicaState",
@@ -58,6 +70,9 @@ __all__ = [
     "StartupPhase",
     "StartupTimings",
     "TokenEvent",
+    "TokenLogprob",
+    "ToolCall",
+    "TopLogprob",
     "Usage",
     "json_schema",
 ]
@@ -79,19 +94,77 @@ MAX_STOP_SEQUENCES = 4
 MAX_REQUEST_ID_LENGTH = 128
 #: Most ids one ``CancelRequest`` may carry: far more than any batch, small enough to bound the work one call does.
 MAX_CANCEL_IDS = 1024
+#: Most alternatives ``SamplingParams.logprobs`` may ask for per token (OpenAI's ``top_logprobs`` limit).
+MAX_LOGPROBS = 20
+#: Most tokens one ``SamplingParams.logit_bias`` may name.
+MAX_LOGIT_BIAS = 300
 
 
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ChatMessage(_Wire):
+class _Evolving(_Wire):
+    """A model that gained fields (``_newer``) after peers that read it were deployed. Those fields are left out of
+    its JSON while they hold their defaults, so a peer that predates them (its models forbid unknown fields) still
+    reads everything that does not use them: a request without logprobs, say, during a rolling update."""
+
+    _newer: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _without_unused_newer_fields(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):
+            for name in self._newer:
+                if getattr(self, name) == type(self).model_fields[name].get_default(call_default_factory=True):
+                    data.pop(name, None)
+        return data
+
+
+class FunctionCall(_Wire):
+    name: str
+    #: The arguments as the model wrote them: JSON text, by convention an object.
+    arguments: str
+
+
+class ToolCall(_Wire):
+    """A call an assistant turn made (OpenAI's ``tool_calls`` entry)."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(_Evolving):
+    """One turn. ``content`` is None only for an assistant turn that made ``tool_calls``; a ``tool`` turn answers
+    the call named by ``tool_call_id``. ``name`` is the participant's name, for chat templates that render it."""
+
+    _newer = ("name", "tool_calls", "tool_call_id")
+
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str
+    content: str | None
+    name: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+
+    @model_validator(mode="after")
+    def _content_or_tool_calls(self) -> ChatMessage:
+        if self.content is None and not self.tool_calls:
+            raise ValueError("'content' may be null only in an assistant message with 'tool_calls'")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry 'tool_calls'")
+        return self
 
 
-class SamplingParams(_Wire):
-    """How to generate. ``temperature == 0`` means greedy decoding."""
+class SamplingParams(_Evolving):
+    """How to generate. ``temperature == 0`` means greedy decoding.
+
+    Each step the row's logits pass its *logits processors* first (``frequency_penalty`` and ``presence_penalty``
+    over the tokens it generated so far, then ``logit_bias``), then temperature and ``top_p`` choose the token.
+    ``logprobs`` reports the log-probabilities of the processed logits (after penalties and bias, before
+    temperature and ``top_p``). With none of the new fields set a request samples exactly what it did before."""
+
+    _newer = ("logprobs", "frequency_penalty", "presence_penalty", "logit_bias")
 
     max_tokens: int = Field(16, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
@@ -100,23 +173,58 @@ class SamplingParams(_Wire):
     # The gateway fills in a seed when the client gave none, so that a request redelivered after a replica
     # failure samples the same tokens again.
     seed: int | None = None
+    logprobs: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_LOGPROBS,
+        description="None: no log-probabilities; k: each generated token's, with its k most likely alternatives",
+    )
+    frequency_penalty: float = Field(
+        0.0, ge=-2.0, le=2.0, description="subtracted from a token's logit once per time the row generated it"
+    )
+    presence_penalty: float = Field(
+        0.0, ge=-2.0, le=2.0, description="subtracted from a token's logit once the row generated it at all"
+    )
+    logit_bias: dict[int, float] = Field(
+        default_factory=dict,
+        max_length=MAX_LOGIT_BIAS,
+        description="token id -> added to its logit (-100 bans it, +100 forces it in effect)",
+    )
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_range(cls, bias: dict[int, float]) -> dict[int, float]:
+        if any(token < 0 for token in bias):
+            raise ValueError("logit_bias token ids must not be negative")
+        if any(not -100.0 <= value <= 100.0 for value in bias.values()):
+            raise ValueError("logit_bias values must be between -100 and 100")
+        return bias
 
 
-class GenerationRequest(_Wire):
-    """One request in a batch: either a plain ``prompt`` or chat ``messages``, never both."""
+class GenerationRequest(_Evolving):
+    """One request in a batch: a plain ``prompt`` (text), a ``prompt_token_ids`` (token ids, used as they are), or
+    chat ``messages``: exactly one. ``echo`` (plain prompts only) puts the prompt before the generated text, and
+    with ``params.logprobs`` the prompt tokens' log-probabilities (the first one null) before the generated ones."""
+
+    _newer = ("prompt_token_ids", "echo")
 
     id: str = Field(min_length=1, max_length=MAX_REQUEST_ID_LENGTH)
     prompt: str | None = None
+    prompt_token_ids: tuple[Annotated[int, Field(ge=0)], ...] | None = Field(None, min_length=1)
     messages: tuple[ChatMessage, ...] | None = None
     params: SamplingParams = SamplingParams()
     stream: bool = False
+    echo: bool = False
 
     @model_validator(mode="after")
-    def _prompt_xor_messages(self) -> GenerationRequest:
-        if (self.prompt is None) == (self.messages is None):
-            raise ValueError("exactly one of 'prompt' and 'messages' must be given")
+    def _one_prompt(self) -> GenerationRequest:
+        given = [self.prompt is not None, self.prompt_token_ids is not None, self.messages is not None]
+        if sum(given) != 1:
+            raise ValueError("exactly one of 'prompt', 'prompt_token_ids' and 'messages' must be given")
         if self.messages is not None and not self.messages:
             raise ValueError("'messages' must not be empty")
+        if self.echo and self.messages is not None:
+            raise ValueError("'echo' applies to plain prompts only")
         return self
 
 
@@ -138,22 +246,52 @@ class Usage(_Wire):
     total_tokens: int = Field(ge=0)
 
 
-class TokenEvent(_Wire):
-    """New text for a streaming request, to be appended to what came before."""
+class TopLogprob(_Wire):
+    """A candidate token at one position: its text (``bytes:\\xNN...`` where its bytes are not whole UTF-8
+    characters), its bytes, and its log-probability."""
+
+    token: str
+    bytes: tuple[int, ...]
+    logprob: float
+
+
+class TokenLogprob(_Wire):
+    """A token of the text, like ``TopLogprob``, and (``logprobs`` k) the k most likely tokens at its position. An
+    echoed prompt's first token has ``logprob`` None (nothing came before it) and no alternatives."""
+
+    token: str
+    bytes: tuple[int, ...]
+    logprob: float | None
+    top_logprobs: tuple[TopLogprob, ...] = ()
+
+
+class TokenEvent(_Evolving):
+    """New text for a streaming request, to be appended to what came before; with ``logprobs`` asked for, the
+    entries of the tokens this text completes (appended likewise; they may come in a later event than their
+    text's first characters, but never before)."""
+
+    _newer = ("logprobs",)
 
     type: Literal["token"] = "token"
     id: str
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
-class FinishEvent(_Wire):
-    """A request is done: its whole text (stop sequences removed), why it stopped, and its token counts."""
+class FinishEvent(_Evolving):
+    """A request is done: its whole text (stop sequences removed; with ``echo``, the prompt first), why it stopped,
+    and its token counts. ``logprobs`` (None unless asked for) lines up one to one with the tokens of ``text``
+    (an end-of-sequence token is not one of them; a token that completed a stop sequence is, if some of its text
+    is part of ``text``): their ``bytes`` concatenate to the text, up to how the tokenizer joins tokens."""
+
+    _newer = ("logprobs",)
 
     type: Literal["finish"] = "finish"
     id: str
     text: str
     finish_reason: Literal["stop", "length"]
     usage: Usage
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 class ErrorEvent(_Wire):

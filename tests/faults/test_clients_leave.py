@@ -45,10 +45,7 @@ async def test_a_client_that_leaves_during_the_cold_start_is_never_generated(
     redis_url: str, demo_model_dir: Path, cache_dir: Path
 ) -> None:
     tiny = model("tiny", demo_model_dir, idle_timeout="1s")
-    async with (
-        run_gateway([tiny], redis_url, cache_dir, scale_interval_s=0.2) as gw,
-        httpx.AsyncClient(timeout=120) as client,
-    ):
+    async with run_gateway([tiny], redis_url, cache_dir, scale_interval_s=0.2) as gw, _client() as client:
         request = asyncio.create_task(client.post(gw.url + "/v1/completions", json=_body("never mind")))
         await eventually(lambda: gw.backend.replicas("tiny").desired == 1)  # queued, and a cold start is under way
         request.cancel()  # the client hangs up
@@ -61,14 +58,17 @@ async def test_a_client_that_leaves_during_the_cold_start_is_never_generated(
         assert await _settled_values(redis_url) == [b"cancelled"]
 
 
+def _client() -> httpx.AsyncClient:
+    """A client that waits out a cold start (httpx's default 5 s is shorter than one on a busy 2-core machine: it
+    would leave before its request was ever dispatched)."""
+    return httpx.AsyncClient(timeout=60)
+
+
 async def test_a_client_that_leaves_mid_stream_stops_its_generation(
     redis_url: str, demo_model_dir: Path, cache_dir: Path
 ) -> None:
     tiny = model("tiny", demo_model_dir, idle_timeout="1s")
-    async with (
-        run_gateway([tiny], redis_url, cache_dir, scale_interval_s=0.2) as gw,
-        httpx.AsyncClient(timeout=120) as client,
-    ):
+    async with run_gateway([tiny], redis_url, cache_dir, scale_interval_s=0.2) as gw, _client() as client:
         chunks = 0
         async with client.stream("POST", gw.url + "/v1/completions", json=_body("Once upon", stream=True)) as stream:
             async for line in stream.aiter_lines():
@@ -86,10 +86,7 @@ async def test_a_client_that_leaves_a_plain_request_stops_its_generation(
     redis_url: str, demo_model_dir: Path, cache_dir: Path
 ) -> None:
     tiny = model("tiny", demo_model_dir, idle_timeout="1s")
-    async with (
-        run_gateway([tiny], redis_url, cache_dir, scale_interval_s=0.2) as gw,
-        httpx.AsyncClient(timeout=120) as client,
-    ):
+    async with run_gateway([tiny], redis_url, cache_dir, scale_interval_s=0.2) as gw, _client() as client:
         request = asyncio.create_task(client.post(gw.url + "/v1/completions", json=_body("Once upon")))
         await eventually(lambda: gw.metric("kaltstart_batches_total", model="tiny") == 1, timeout_s=60)  # generating
         request.cancel()

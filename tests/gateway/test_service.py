@@ -25,7 +25,7 @@ from gateway.metrics import Metrics
 from gateway.queue import Delivery, RequestQueue
 from gateway.replies import ReplyRouter, ReplySender
 from gateway.scaling import Scaler
-from gateway.service import Gateway, Ticket
+from gateway.service import Delta, Gateway, Ticket
 from gateway.settings import ModelSettings, ServerSettings
 
 pytestmark = pytest.mark.integration
@@ -171,10 +171,40 @@ async def test_a_redelivered_attempt_does_not_repeat_streamed_text(rig: Rig) -> 
     await ticket.dispatched()
     async with asyncio.timeout(5):
         items = [item async for item in ticket.stream()]
-    assert items[:-1] == ["Hel", "lo", " world"]
+    assert items[:-1] == [Delta("Hel"), Delta("lo"), Delta(" world")]
     assert items[-1] == _finished("a", "Hello world").result
     await ticket.close()
     assert await rig.queue.final_reply(MODEL, "a") == _finished("a", "Hello world")  # answered: not cancelled
+
+
+def _entries(*tokens: str) -> tuple[wire.TokenLogprob, ...]:
+    return tuple(wire.TokenLogprob(token=t, bytes=tuple(t.encode()), logprob=-1.0) for t in tokens)
+
+
+async def test_a_redelivered_attempt_does_not_repeat_logprob_entries(rig: Rig) -> None:
+    ticket = await rig.submit("a", stream=True)
+    (delivery,) = await rig.take()
+    replies: list[Dispatched | Token] = [
+        Dispatched(id="a", attempt=1),
+        Token(id="a", attempt=1, text="Hel", logprobs=_entries("Hel")),
+        Dispatched(id="a", attempt=2),
+        Token(id="a", attempt=2, text="Hello", logprobs=_entries("Hel", "lo")),
+    ]
+    await rig.sender.publish([(rig.router.channel, reply) for reply in replies])
+    result = wire.FinishEvent(
+        id="a", text="Hello!", finish_reason="stop", usage=USAGE, logprobs=_entries("Hel", "lo", "!")
+    )
+    await rig.queue.settle(MODEL, delivery, Finished(id="a", result=result))
+    await ticket.dispatched()
+    async with asyncio.timeout(5):
+        items = [item async for item in ticket.stream()]
+    assert items == [
+        Delta("Hel", _entries("Hel")),
+        Delta("lo", _entries("lo")),
+        Delta("!", _entries("!")),  # the finished result holds what no token brought
+        result,
+    ]
+    await ticket.close()
 
 
 async def test_closing_an_unanswered_ticket_cancels_it(rig: Rig) -> None:

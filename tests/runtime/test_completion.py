@@ -1,14 +1,16 @@
-"""Stop sequences, streaming deltas and finish reasons, fed one token at a time."""
+"""Stop sequences, streaming deltas, log-probability entries, echo and finish reasons, fed one token at a time."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from runtime.completion import Completion, IncrementalText, holdback_start
-from wire import FinishEvent, GenerationRequest, SamplingParams, TokenEvent
+from runtime.completion import Completion, Echo, IncrementalText, holdback_start
+from runtime.logprobs import Logprob, Vocabulary
+from wire import FinishEvent, GenerationRequest, SamplingParams, TokenEvent, TokenLogprob, TopLogprob
 
 pytestmark = pytest.mark.unit
 
@@ -159,3 +161,99 @@ def test_incremental_text_recovers_when_earlier_text_changes() -> None:
 
     text = IncrementalText(merging)
     assert [text.append(i) for i in (1, 2, 9, 3)] == ["a", "ab", "AB", "ABC"]
+
+
+# Log-probability entries and echo.
+
+CHARS = Vocabulary(lambda i: chr(i).encode())
+
+
+def scored(completion: Completion, text: str) -> list[TokenEvent | FinishEvent]:
+    """Feed ``text`` one character at a time, each with a made-up log-probability."""
+    events: list[TokenEvent | FinishEvent] = []
+    for char in text:
+        if completion.finished:
+            break
+        events.extend(completion.push(ord(char), logprob=Logprob(-0.5, ((ord(char), -0.5),))))
+    return events
+
+
+def logprob_request(**fields: Any) -> GenerationRequest:
+    stream, stop, echo = fields.pop("stream", True), fields.pop("stop", ()), fields.pop("echo", False)
+    params = SamplingParams(max_tokens=fields.pop("max_tokens", 50), stop=stop, logprobs=1)
+    return GenerationRequest(id="r", prompt="Hi", params=params, stream=stream, echo=echo)
+
+
+def streamed_entries(events: Sequence[TokenEvent | FinishEvent]) -> list[str]:
+    return [entry.token for e in events if isinstance(e, TokenEvent) for entry in e.logprobs]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_entries_line_up_with_the_tokens_of_the_text(stream: bool) -> None:
+    completion = Completion(logprob_request(stream=stream, max_tokens=5), 1, chars, vocabulary=CHARS)
+    done = finish(scored(completion, "hello world"))
+    assert done.logprobs is not None
+    assert [e.token for e in done.logprobs] == list("hello")
+    assert done.logprobs[0] == TokenLogprob(
+        token="h", bytes=(104,), logprob=-0.5, top_logprobs=(TopLogprob(token="h", bytes=(104,), logprob=-0.5),)
+    )
+
+
+def test_streamed_entries_never_come_before_their_text_and_add_up() -> None:
+    completion = Completion(logprob_request(stop=("STOP",)), 1, chars, vocabulary=CHARS)
+    events = scored(completion, "go ST then STOP more")
+    sent = covered = ""
+    for event in events[:-1]:
+        assert isinstance(event, TokenEvent)
+        sent += event.text
+        covered += "".join(entry.token for entry in event.logprobs)
+        assert sent.startswith(covered)
+    done = finish(events)
+    assert done.logprobs is not None
+    assert streamed_entries(events) == [e.token for e in done.logprobs] == list("go ST then ")
+
+
+def test_a_token_whose_text_lies_beyond_the_stop_is_not_an_entry() -> None:
+    """``b`` then ``\\n`` is held back (it may start the stop); the next ``\\n`` is sent as text, but its own token
+    waits, and the stop then cuts it off: no entry was sent for it."""
+    completion = Completion(logprob_request(stop=("\nY",)), 1, chars, vocabulary=CHARS)
+    events = scored(completion, "ab\n\nY")
+    done = finish(events)
+    assert done.text == "ab\n"
+    assert done.logprobs is not None
+    assert streamed_entries(events) == [e.token for e in done.logprobs] == ["a", "b", "\n"]
+
+
+def test_an_end_of_sequence_token_is_not_an_entry() -> None:
+    completion = Completion(logprob_request(stream=False), 1, chars, vocabulary=CHARS)
+    scored(completion, "ok")
+    done = finish(completion.push(0, end_of_sequence=True, logprob=Logprob(-0.1)))
+    assert done.logprobs is not None and [e.token for e in done.logprobs] == ["o", "k"]
+    assert done.usage.completion_tokens == 3
+
+
+def test_no_entries_unless_asked_for() -> None:
+    completion = Completion(request(max_tokens=2), 1, chars, vocabulary=CHARS)
+    events = scored(completion, "ab")
+    assert finish(events).logprobs is None
+    assert streamed_entries(events) == []
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_echo_puts_the_prompt_and_its_entries_first(stream: bool) -> None:
+    prompt_entries = CHARS.entries([ord("H"), ord("i")], [Logprob(None), Logprob(-3.0)])
+    echo = Echo("Hi", prompt_entries)
+    completion = Completion(
+        logprob_request(stream=stream, echo=True, max_tokens=3), 2, chars, vocabulary=CHARS, echo=echo
+    )
+    events = scored(completion, "abc")
+    done = finish(events)
+    assert done.text == "Hiabc"
+    assert done.logprobs is not None
+    assert [(e.token, e.logprob) for e in done.logprobs[:3]] == [("H", None), ("i", -3.0), ("a", -0.5)]
+    assert done.usage.prompt_tokens == 2 and done.usage.completion_tokens == 3
+    if stream:
+        first = events[0]
+        assert isinstance(first, TokenEvent) and first.text.startswith("Hi")
+        assert "".join(deltas(events)) == "Hiabc"
+        assert streamed_entries(events) == list("Hiabc")
