@@ -45,11 +45,11 @@ class RuntimeProcess:
         self._relay = asyncio.create_task(self._relay_output(), name=f"relay-{name}")
 
     @classmethod
-    async def spawn(cls, python: str, args: Sequence[str], name: str) -> RuntimeProcess | None:
+    async def spawn(cls, python: str, args: Sequence[str], name: str, role: str = "replica") -> RuntimeProcess | None:
         """Start ``python -m runtime ARGS --host 127.0.0.1 --port <free>``; None if it cannot be started."""
         port = free_port()
         argv = [python, "-m", "runtime", *args, "--host", "127.0.0.1", "--port", str(port)]
-        log.info("starting %s: %s", name, " ".join(argv))
+        log.info("starting %s %s: %s", role, name, " ".join(argv))
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
@@ -146,7 +146,7 @@ class StandbyPool:
     async def _add(self) -> None:
         self._spawned += 1
         args = ["--standby", "--cache-dir", str(self._config.cache_dir), *self._announce_args]
-        standby = await RuntimeProcess.spawn(self._config.python, args, f"standby#{self._spawned}")
+        standby = await RuntimeProcess.spawn(self._config.python, args, f"standby#{self._spawned}", "standby")
         self._starting -= 1
         if standby is None:
             return
