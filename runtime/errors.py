@@ -4,7 +4,9 @@
     ├── SettingsError        bad flags or KALTSTART_RUNTIME_* values; the process exits with status 2
     ├── CacheError           the weight source cannot be materialised into the node-local cache
     └── EngineError          the model cannot be loaded or run
-        └── EngineNotLoaded  generate() or warmup() before load()
+        ├── EngineNotLoaded  generate() or warmup() before load()
+        └── CheckpointError  a safetensors file is malformed or truncated (the message names the file)
+            └── UnknownDtype a tensor in a dtype the reader does not know: the load falls back to from_pretrained
 
 Errors a single request causes (a prompt longer than the context) are not exceptions: they travel to the gateway
 as an ``ErrorEvent`` with code ``invalid_request`` while the rest of the batch runs on.
@@ -12,7 +14,15 @@ as an ``ErrorEvent`` with code ``invalid_request`` while the rest of the batch r
 
 from __future__ import annotations
 
-__all__ = ["CacheError", "EngineError", "EngineNotLoaded", "RuntimeServiceError", "SettingsError"]
+__all__ = [
+    "CacheError",
+    "CheckpointError",
+    "EngineError",
+    "EngineNotLoaded",
+    "RuntimeServiceError",
+    "SettingsError",
+    "UnknownDtype",
+]
 
 
 class RuntimeServiceError(Exception):
@@ -32,4 +42,12 @@ class EngineError(RuntimeServiceError):
 
 
 class EngineNotLoaded(EngineError):
+    pass
+
+
+class CheckpointError(EngineError):
+    pass
+
+
+class UnknownDtype(CheckpointError):
     pass
