@@ -68,10 +68,10 @@ class RuntimeSettings:
     always the latter."""
 
     weight_read_threads: int = 4
-    """Threads that read the safetensors files in the ``direct`` load, each asking for 64 MiB at a time (on CUDA
+    """Threads that read the safetensors files in the ``direct`` load, each asking for 16 MiB at a time (on CUDA
     each also copies its chunks to the device from a pinned buffer). Default 4: NVMe drives and network volumes
-    deliver their bandwidth only with several reads in flight; on the 2-core dev VM's virtual disk 1 to 4 threads
-    read about equally fast (docs/runtime.md, "Where the load time goes")."""
+    deliver their bandwidth only with several reads in flight, and even the 2-core dev VM's virtual disk loaded
+    faster with 4 than with 1 (docs/runtime.md, "Where the load time goes")."""
 
     max_batch_size: int = 16
     """Most requests one ``POST /v1/batch`` may carry (more is answered 413), and with the continuous scheduler
@@ -199,7 +199,7 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--weight-read-threads",
         type=int,
         default=env.integer("WEIGHT_READ_THREADS", 4),
-        help="threads reading the safetensors files in the direct load (64 MiB reads)",
+        help="threads reading the safetensors files in the direct load (16 MiB reads)",
     )
     p.add_argument("--max-batch-size", type=int, default=env.integer("MAX_BATCH_SIZE", 16))
     p.add_argument("--scheduler", choices=_SCHEDULERS, default=env.choice("SCHEDULER", _SCHEDULERS, "continuous"))

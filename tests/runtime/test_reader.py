@@ -69,19 +69,6 @@ def test_same_tensors_as_load_file_however_the_reads_are_cut(
     _assert_identical(ours, _as(torch.float32, load_file(path)))
 
 
-def test_reads_without_populating_memory_ahead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where ``madvise`` is missing (not Linux) the reads fault the pages in themselves, with the same result."""
-    from safetensors.torch import load_file
-
-    from runtime import reader
-
-    monkeypatch.setattr(reader, "_madvise", lambda: None)
-    path = _save(_mixed(), tmp_path / "model.safetensors")
-    _assert_identical(
-        reader.read_checkpoint([path], torch.float32, torch.device("cpu"), 2), _as(torch.float32, load_file(path))
-    )
-
-
 def test_floating_point_tensors_are_converted_after_the_read(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
