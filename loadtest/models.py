@@ -27,10 +27,14 @@ from gateway.processes import die_with_parent
 __all__ = ["SIZES", "build_in_child", "demo_model", "main", "random_llama"]
 
 #: Llama shapes. "1b" is Llama-3.2-1B's body (16 layers, hidden 2048, GQA 32/8) with the demo tokenizer's small
-#: vocabulary, about 0.98 B parameters, 1.96 GB in bfloat16.
+#: vocabulary, about 0.98 B parameters, 1.96 GB in bfloat16. "140m" (12 layers, hidden 1024, GQA 16/4) is 0.14 B
+#: parameters, 0.56 GB in float32: big enough on a CPU that a cold start's weight load measures bandwidth, not
+#: fixed cost (``bench coldstart --model-size 140m``).
 SIZES: dict[str, dict[str, int]] = {
     "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
              "num_key_value_heads": 2, "max_position_embeddings": 512},
+    "140m": {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 12, "num_attention_heads": 16,
+             "num_key_value_heads": 4, "max_position_embeddings": 2048},
     "1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
            "num_key_value_heads": 8, "max_position_embeddings": 2048},
 }  # fmt: skip
