@@ -15,9 +15,10 @@ the client's send (all clocks are this machine's wall clock):
    ``kaltstart_queue_wait_seconds``); includes the gateway's readiness probe period (0.1 s);
 6. first token: -> the first streamed token reaches the client.
 
-Next to the weight load's bytes/s, the raw read speed of the same files is measured in the same run (page cache
-evicted first likewise); ``load_efficiency`` is their ratio. Between repeats the gateway scales the model back to
-zero (idle timeout 1 s).
+Next to the weight load's bytes/s, the raw read speed of the same files is measured after each cold start, once the
+replica is gone (page cache evicted first likewise; the median is reported); ``load_efficiency`` is their ratio.
+``--model-size`` cold-starts a random Llama big enough (0.55 GB for ``140m``) that the load measures bandwidth, not
+fixed cost. Between repeats the gateway scales the model back to zero (idle timeout 1 s).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import argparse
 import asyncio
 import os
 import re
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,7 +39,7 @@ import aiohttp
 from loadtest import logs, prometheus
 from loadtest.children import GatewayProcess, StartError, local_model, running_gateway, scratch_dir, write_config
 from loadtest.client import prompt_of, stream_completion
-from loadtest.models import demo_model
+from loadtest.models import SIZES, build_in_child, demo_model
 from loadtest.progress import Progress
 from loadtest.report import Table, finish
 from loadtest.results import Phase
@@ -325,7 +327,8 @@ def _prepare(model: Path, work: Path, options: ColdStartOptions) -> _Prepared:
 async def bench(model: Path, work: Path, options: ColdStartOptions) -> tuple[list[ColdStart], dict[str, Any]]:
     prepared = _prepare(model, work, options)
     weights, config = prepared.weights, prepared.config
-    runs = []
+    safetensors = [p for p in weights if p.suffix == ".safetensors"]
+    runs, raw_s = [], []
     async with (
         aiohttp.ClientSession() as session,
         running_gateway(config, work / "gateway-coldstart.log", scale_interval_s=0.2) as gateway,
@@ -333,16 +336,30 @@ async def bench(model: Path, work: Path, options: ColdStartOptions) -> tuple[lis
         with Progress("cold starts", total=options.repeat) as progress:
             for _ in range(options.repeat):
                 runs.append(await _one(session, gateway, weights, options))
+                await _scaled_to_zero(session, gateway, timeout_s=120)  # the replica gone, as for the next load
+                raw_s.append(_raw_read(safetensors, options))
                 progress.advance()
-    safetensors = [p for p in weights if p.suffix == ".safetensors"]
-    if options.evict_page_cache:
-        evict(safetensors)
-    raw = raw_read(safetensors)
+    raw = (sum(p.stat().st_size for p in safetensors), _median(raw_s) or 0.0)
     return runs, summarise(runs, prepared.load_bytes, raw, options)
 
 
+def _raw_read(safetensors: Sequence[Path], options: ColdStartOptions) -> float:
+    """Seconds a plain read of the weight files takes, between two cold starts (page cache evicted likewise), so
+    that the load and the disk it is compared with are measured under the same conditions on the machine."""
+    if options.evict_page_cache:
+        evict(safetensors)
+    return raw_read(safetensors)[1]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", type=Path, help="model directory. Default: .demo-model, or a fresh demo model")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--model", type=Path, help="model directory. Default: .demo-model, or a fresh demo model")
+    which.add_argument(
+        "--model-size",
+        choices=sorted(SIZES),
+        help="a random Llama of this size (loadtest.models, float32, built on the CPU once per scratch directory): "
+        "140m is 0.55 GB, enough that the load measures bandwidth rather than fixed cost",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="cold starts to measure (median reported). Default 1")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
@@ -358,7 +375,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 async def run(args: argparse.Namespace) -> int:
     options = ColdStartOptions(args.repeat, args.device, args.dtype, args.evict_page_cache)
     with scratch_dir(args.out) as work:
-        model = await demo_model(args.model, work)
+        model = await _model(args, work)
         runs, summary = await bench(model, work, options)
     if args.out is not None:
         from loadtest.plots import plot_coldstart
@@ -366,3 +383,14 @@ async def run(args: argparse.Namespace) -> int:
         plot_coldstart(median_phases(runs), args.out / "coldstart.png")
     finish(tables(runs, summary), summary, args.out)
     return 0
+
+
+async def _model(args: argparse.Namespace, work: Path) -> Path:
+    """``--model``, or a random Llama of ``--model-size`` (built unless ``work`` holds one), or the demo model."""
+    if args.model_size is None:
+        return await demo_model(args.model, work)
+    model = work / f"llama-{args.model_size}"
+    if not (model / "build.json").is_file():  # written last: a model without it is a build that did not finish
+        print(f"bench coldstart: building a random {args.model_size} Llama on the CPU", file=sys.stderr)
+        await build_in_child(args.model_size, model, "cpu")
+    return model

@@ -2,13 +2,16 @@
 with a Llama of about 1B parameters (random weights, bfloat16; built locally, nothing is downloaded).
 
 Needs a machine where ``torch.cuda.is_available()``; it runs there unchanged and refuses elsewhere (exit code 2).
-Sized to finish within 8 minutes on one recent GPU (an estimate, not yet measured on one: model build ~30 s,
-batching ~1 to 2 min, continuous ~2 to 3 min, two cold starts ~1 min); ``--deadline`` (default 480 s) stops it,
-children and all, if not. Steps: build the model on the GPU (random init) and save it as safetensors, then one
-runtime process for the batching benchmark, then a local gateway with a static and a continuous replica for the
-continuous-batching benchmark (Poisson arrivals at ``--rates``, for ``--duration`` s each), then a local gateway
-for the cold-start benchmark. Prints all tables and one JSON object with the keys of the three benchmarks plus the
-model's size.
+Sized to finish within 8 minutes on one recent GPU (an estimate, not yet measured on one: model build ~30 s, batching ~1
+to 2 min, continuous ~2 to 3 min, two cold starts ~1 min, the readers ~30 s); ``--deadline`` (default 480 s) stops it,
+children and all, if not. Steps: build the model on the GPU (random init) and save it as safetensors, then one runtime
+process for the batching benchmark, then a local gateway with a static and a continuous replica for the continuous-
+batching benchmark (Poisson arrivals at ``--rates``, for ``--duration`` s each), then a local gateway for the cold-start
+benchmark (``load_gbps``, ``raw_read_gbps``, ``load_efficiency``), then the weight readers side by side on the same
+files in a child process (``loadtest.readers``: ours, safetensors, and fastsafetensors and runai-model-streamer where
+the ``fastload`` extra is installed), with the machine's raw read and pinned host-to-device bandwidth. Prints all tables
+and one JSON object with the keys of the three benchmarks plus the model's size, ``h2d_gbps`` and the comparison under
+``readers``.
 
 ``--device cpu --size tiny`` runs the same steps on a CPU with a tiny model, to check the script without a GPU.
 """
@@ -23,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loadtest import batching, coldstart, continuous
+from loadtest import batching, coldstart, continuous, readers
 from loadtest.children import scratch_dir
 from loadtest.models import SIZES, build_in_child
 from loadtest.report import Table, finish
@@ -90,6 +93,7 @@ async def _run(args: argparse.Namespace) -> int:
         measured, continuous_summary = await continuous.bench(model, work, continuous_options)
         cold_options = coldstart.ColdStartOptions(args.repeat, args.device, dtype)
         runs, cold_summary = await coldstart.bench(model, work, cold_options)
+        compared = await _compare_readers(model, args.device, dtype)
     summary: dict[str, Any] = {
         "model_size": built["size"],
         "model_parameters": built["parameters"],
@@ -99,6 +103,8 @@ async def _run(args: argparse.Namespace) -> int:
         **batching_summary,
         "continuous": continuous_summary,
         **{k: v for k, v in cold_summary.items() if k not in batching_summary},
+        "h2d_gbps": compared.get("h2d_gbps"),
+        "readers": compared,
         "errors": batching_summary["errors"] + continuous_summary["errors"] + cold_summary["errors"],
         "elapsed_s": time.monotonic() - started,
     }
@@ -117,6 +123,16 @@ async def _run(args: argparse.Namespace) -> int:
         batching.table(sides, batching_summary),
         *continuous.tables(continuous_summary, continuous_options),
         *coldstart.tables(runs, cold_summary),
+        *([readers.table(compared)] if "error" not in compared else []),
     ]
     finish(tables, summary, args.out)
     return 0
+
+
+async def _compare_readers(model: Path, device: str, dtype: str) -> dict[str, Any]:
+    """``loadtest.readers`` on the model's files; a failure there is reported, not fatal to the other results."""
+    try:
+        return await readers.compare_in_child(model, device, dtype, readers.DEFAULT_THREADS)
+    except RuntimeError as exc:
+        print(f"loadtest gpu: the weight readers' comparison failed: {exc}", file=sys.stderr)
+        return {"error": str(exc)[-2000:]}

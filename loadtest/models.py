@@ -24,13 +24,17 @@ from typing import Any
 
 from gateway.processes import die_with_parent
 
-__all__ = ["SIZES", "build_in_child", "demo_model", "main", "random_llama"]
+__all__ = ["SIZES", "build_in_child", "demo_model", "main", "python_child", "random_llama"]
 
 #: Llama shapes. "1b" is Llama-3.2-1B's body (16 layers, hidden 2048, GQA 32/8) with the demo tokenizer's small
-#: vocabulary, about 0.98 B parameters, 1.96 GB in bfloat16.
+#: vocabulary, about 0.98 B parameters, 1.96 GB in bfloat16. "140m" (12 layers, hidden 1024, GQA 16/4) is 0.14 B
+#: parameters, 0.56 GB in float32: big enough on a CPU that a cold start's weight load measures bandwidth, not
+#: fixed cost (``bench coldstart --model-size 140m``).
 SIZES: dict[str, dict[str, int]] = {
     "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
              "num_key_value_heads": 2, "max_position_embeddings": 512},
+    "140m": {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 12, "num_attention_heads": 16,
+             "num_key_value_heads": 4, "max_position_embeddings": 2048},
     "1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
            "num_key_value_heads": 8, "max_position_embeddings": 2048},
 }  # fmt: skip
@@ -42,8 +46,9 @@ def _complete(directory: Path) -> bool:
     return all((directory / name).is_file() for name in _DEMO_REQUIRED)
 
 
-async def _python(*args: str) -> None:
-    """``python ARGS`` to the end; killed if we are cancelled (or die) first."""
+async def python_child(*args: str) -> str:
+    """``python ARGS`` to the end, from the project root; its output (stdout and stderr). Killed if we are
+    cancelled (or die) first; raises ``RuntimeError`` with the output's tail if it fails."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         *args,
@@ -61,6 +66,7 @@ async def _python(*args: str) -> None:
         raise
     if process.returncode != 0:
         raise RuntimeError(f"python {' '.join(args)} failed:\n{output.decode(errors='replace')[-3000:]}")
+    return output.decode(errors="replace")
 
 
 async def demo_model(given: Path | None, scratch: Path) -> Path:
@@ -72,7 +78,7 @@ async def demo_model(given: Path | None, scratch: Path) -> Path:
         return made
     target = scratch / "demo-model"
     if not _complete(target):
-        await _python("-m", "runtime.demo_model", "--out", str(target))
+        await python_child("-m", "runtime.demo_model", "--out", str(target))
     return target
 
 
@@ -81,7 +87,7 @@ async def build_in_child(size: str, out: Path, device: str, tokenizer_from: Path
     args = ["-m", "loadtest.models", "--size", size, "--out", str(out), "--device", device]
     if tokenizer_from is not None:
         args += ["--tokenizer-from", str(tokenizer_from)]
-    await _python(*args)
+    await python_child(*args)
     report: dict[str, Any] = json.loads((out / "build.json").read_text())
     return report
 

@@ -23,6 +23,8 @@ def create_engine(settings: RuntimeSettings, model_dir: Path | None) -> Engine:
         return EchoEngine(max_context_tokens=settings.max_context_tokens)
     if model_dir is None:
         raise ValueError("the torch engine needs a model directory")
+    from runtime.fastload import import_model_code
     from runtime.torch_engine import TorchEngine  # imports torch: only when a real model is served
 
+    import_model_code(model_dir)  # transformers' lazy imports for this model type: part of imports, not the load
     return TorchEngine(model_dir, settings)

@@ -4,7 +4,9 @@
     ├── SettingsError        bad flags or KALTSTART_RUNTIME_* values; the process exits with status 2
     ├── CacheError           the weight source cannot be materialised into the node-local cache
     ├── EngineError          the model cannot be loaded or run
-    │   └── EngineNotLoaded  generate() or warmup() before load()
+    │   ├── EngineNotLoaded  generate() or warmup() before load()
+    │   └── CheckpointError  a safetensors file is malformed or truncated (the message names the file)
+    │       └── UnknownDtype a tensor in a dtype the reader does not know: the load falls back to from_pretrained
     └── PromptRejected       a request's prompt this model cannot take (a chat turn its template cannot render)
 
 Errors a single request causes (a prompt longer than the context) travel to the gateway as an ``ErrorEvent`` with
@@ -14,7 +16,16 @@ an event (``prepare`` turns it into one).
 
 from __future__ import annotations
 
-__all__ = ["CacheError", "EngineError", "EngineNotLoaded", "PromptRejected", "RuntimeServiceError", "SettingsError"]
+__all__ = [
+    "CacheError",
+    "CheckpointError",
+    "EngineError",
+    "EngineNotLoaded",
+    "PromptRejected",
+    "RuntimeServiceError",
+    "SettingsError",
+    "UnknownDtype",
+]
 
 
 class RuntimeServiceError(Exception):
@@ -34,6 +45,14 @@ class EngineError(RuntimeServiceError):
 
 
 class EngineNotLoaded(EngineError):
+    pass
+
+
+class CheckpointError(EngineError):
+    pass
+
+
+class UnknownDtype(CheckpointError):
     pass
 
 

@@ -68,6 +68,12 @@ class RuntimeSettings:
     (``runtime.fastload``), falling back to ``from_pretrained`` for checkpoints it cannot take; ``from_pretrained``:
     always the latter."""
 
+    weight_read_threads: int = 4
+    """Threads that read the safetensors files in the ``direct`` load, each asking for 16 MiB at a time (on CUDA
+    each also copies its chunks to the device from a pinned buffer). Default 4: NVMe drives and network volumes
+    deliver their bandwidth only with several reads in flight, and even the 2-core dev VM's virtual disk loaded
+    faster with 4 than with 1 (docs/runtime.md, "Where the load time goes")."""
+
     max_batch_size: int = 16
     """Most requests one ``POST /v1/batch`` may carry (more is answered 413), and with the continuous scheduler
     also the most rows in the running batch (requests of several batches together; the rest wait). Default 16.
@@ -145,6 +151,8 @@ class RuntimeSettings:
             raise SettingsError(f"max batch size must be at least 1, got {self.max_batch_size}")
         if self.max_batch_tokens is not None and self.max_batch_tokens < 2:
             raise SettingsError(f"max batch tokens must be at least 2, got {self.max_batch_tokens}")
+        if self.weight_read_threads < 1:
+            raise SettingsError(f"weight read threads must be at least 1, got {self.weight_read_threads}")
         if self.prefill_chunk_tokens < 1:
             raise SettingsError(f"prefill chunk tokens must be at least 1, got {self.prefill_chunk_tokens}")
         if self.max_context_tokens is not None and self.max_context_tokens < 2:
@@ -175,6 +183,7 @@ class RuntimeSettings:
             device=args.device,
             dtype=args.dtype,
             weight_loader=args.weight_loader,
+            weight_read_threads=args.weight_read_threads,
             max_batch_size=args.max_batch_size,
             scheduler=args.scheduler,
             max_batch_tokens=args.max_batch_tokens or None,
@@ -222,6 +231,12 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         choices=_WEIGHT_LOADERS,
         default=env.choice("WEIGHT_LOADER", _WEIGHT_LOADERS, "direct"),
         help="direct (default): meta-device model filled from the safetensors; from_pretrained: transformers' loader",
+    )
+    p.add_argument(
+        "--weight-read-threads",
+        type=int,
+        default=env.integer("WEIGHT_READ_THREADS", 4),
+        help="threads reading the safetensors files in the direct load (16 MiB reads)",
     )
     p.add_argument("--max-batch-size", type=int, default=env.integer("MAX_BATCH_SIZE", 16))
     p.add_argument("--scheduler", choices=_SCHEDULERS, default=env.choice("SCHEDULER", _SCHEDULERS, "continuous"))

@@ -97,7 +97,7 @@ class TorchEngine:
         """The weights on the device: built on ``meta`` and filled from the safetensors (``runtime.fastload``),
         or with ``from_pretrained`` for a checkpoint that path cannot take or when ``--weight-loader`` asks."""
         if self._settings.weight_loader == "direct":
-            model = load_without_init(self._model_dir, self._dtype, self._device)
+            model = load_without_init(self._model_dir, self._dtype, self._device, self._settings.weight_read_threads)
             if model is not None:
                 return model
         # device_map= would load straight onto the GPU but needs accelerate, which we do not depend on.

@@ -1,4 +1,6 @@
-"""The direct weight load (``runtime.fastload``) against ``from_pretrained``: same tensors, same greedy outputs."""
+"""The direct weight load (``runtime.fastload`` with ``runtime.reader``) against ``from_pretrained``: same tensors, same
+greedy outputs; sharded, tied and converted checkpoints; a checkpoint the reader cannot take falls back or fails
+with the file's name."""
 
 from __future__ import annotations
 
@@ -16,11 +18,13 @@ from wire import FinishEvent
 
 torch = pytest.importorskip("torch")
 
+pytestmark = pytest.mark.unit
 
-def _reference(model_dir: Path) -> Any:
+
+def _reference(model_dir: Path, dtype: Any = None) -> Any:
     from transformers import AutoModelForCausalLM
 
-    model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True)
+    model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype or torch.float32, use_safetensors=True)
     return model.eval()
 
 
@@ -42,7 +46,7 @@ def _assert_same_tensors(direct: Any, reference: Any) -> None:
 def test_direct_load_gives_from_pretrained_tensors(demo_model_dir: Path) -> None:
     from runtime.fastload import load_without_init
 
-    direct = load_without_init(demo_model_dir, torch.float32, torch.device("cpu"))
+    direct = load_without_init(demo_model_dir, torch.float32, torch.device("cpu"), 2)
     assert direct is not None
     _assert_same_tensors(direct, _reference(demo_model_dir))
 
@@ -59,7 +63,7 @@ def test_tied_embeddings_are_tied_again(demo_model_dir: Path, tmp_path: Path) ->
     state = load_file(tied_dir / "model.safetensors")
     del state["lm_head.weight"]  # a tied checkpoint holds the embedding only
     save_file(state, tied_dir / "model.safetensors", metadata={"format": "pt"})
-    direct = load_without_init(tied_dir, torch.float32, torch.device("cpu"))
+    direct = load_without_init(tied_dir, torch.float32, torch.device("cpu"), 2)
     assert direct is not None
     assert direct.lm_head.weight is direct.model.embed_tokens.weight
     _assert_same_tensors(direct, _reference(tied_dir))
@@ -72,8 +76,8 @@ def test_sharded_checkpoints_load_and_unknown_keys_fall_back(demo_model_dir: Pat
 
     sharded = tmp_path / "sharded"
     AutoModelForCausalLM.from_pretrained(demo_model_dir).save_pretrained(sharded, max_shard_size="1MB")
-    assert (sharded / "model.safetensors.index.json").is_file()
-    direct = load_without_init(sharded, torch.float32, torch.device("cpu"))
+    assert len(list(sharded.glob("*.safetensors"))) > 1
+    direct = load_without_init(sharded, torch.float32, torch.device("cpu"), 3)
     assert direct is not None
     _assert_same_tensors(direct, _reference(sharded))
 
@@ -84,12 +88,12 @@ def test_sharded_checkpoints_load_and_unknown_keys_fall_back(demo_model_dir: Pat
     state = load_file(renamed / "model.safetensors")
     state["model.extra.weight"] = torch.zeros(1)
     save_file(state, renamed / "model.safetensors", metadata={"format": "pt"})
-    assert load_without_init(renamed, torch.float32, torch.device("cpu")) is None
+    assert load_without_init(renamed, torch.float32, torch.device("cpu"), 1) is None
 
     no_weights = tmp_path / "no-weights"
     no_weights.mkdir()
     (no_weights / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    assert load_without_init(no_weights, torch.float32, torch.device("cpu")) is None
+    assert load_without_init(no_weights, torch.float32, torch.device("cpu"), 1) is None
 
 
 def test_direct_and_from_pretrained_engines_decode_the_same(
@@ -105,3 +109,61 @@ def test_direct_and_from_pretrained_engines_decode_the_same(
     theirs = [e for e in run_batch(reference, requests) if isinstance(e, FinishEvent)]
     assert len(ours) == len(requests)
     assert ours == theirs
+
+
+def test_a_float32_checkpoint_loads_as_bfloat16_like_from_pretrained(demo_model_dir: Path) -> None:
+    from safetensors.torch import load_file
+
+    from runtime.fastload import load_without_init
+
+    direct = load_without_init(demo_model_dir, torch.bfloat16, torch.device("cpu"), 2)
+    assert direct is not None
+    _assert_same_tensors(direct, _reference(demo_model_dir, torch.bfloat16))
+    stored = load_file(demo_model_dir / "model.safetensors")  # today's path: load_file, then convert
+    assert all(torch.equal(direct.state_dict()[name], t.to(torch.bfloat16)) for name, t in stored.items())
+
+
+def _with_weights(demo_model_dir: Path, target: Path, rewrite: Any) -> Path:
+    """A copy of the demo model whose model.safetensors ``rewrite(bytes) -> bytes`` has changed."""
+    shutil.copytree(demo_model_dir, target)
+    weights = target / "model.safetensors"
+    weights.write_bytes(rewrite(weights.read_bytes()))
+    return target
+
+
+def test_an_unknown_dtype_falls_back_to_from_pretrained(demo_model_dir: Path, tmp_path: Path) -> None:
+    from runtime.fastload import load_without_init
+
+    def unknown_dtype(data: bytes) -> bytes:  # same length, so the offsets still hold
+        length = int.from_bytes(data[:8], "little")
+        header = data[8 : 8 + length].replace(b'"F32"', b'"F3X"', 1)
+        return data[:8] + header + data[8 + length :]
+
+    model_dir = _with_weights(demo_model_dir, tmp_path / "unknown", unknown_dtype)
+    assert load_without_init(model_dir, torch.float32, torch.device("cpu"), 2) is None
+
+
+def test_a_truncated_checkpoint_fails_naming_the_file(
+    demo_model_dir: Path, demo_settings: RuntimeSettings, tmp_path: Path
+) -> None:
+    from runtime.errors import CheckpointError, EngineError
+    from runtime.fastload import load_without_init
+    from runtime.torch_engine import TorchEngine
+
+    model_dir = _with_weights(demo_model_dir, tmp_path / "truncated", lambda data: data[:-1000])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors is truncated"):
+        load_without_init(model_dir, torch.float32, torch.device("cpu"), 2)
+    with pytest.raises(EngineError, match=r"model\.safetensors is truncated"):
+        TorchEngine(model_dir, demo_settings).load()
+
+
+def test_model_code_is_imported_ahead_and_a_directory_without_a_model_is_left_to_the_load(
+    demo_model_dir: Path, tmp_path: Path
+) -> None:
+    import sys
+
+    from runtime.fastload import import_model_code
+
+    import_model_code(demo_model_dir)
+    assert "transformers.models.llama.modeling_llama" in sys.modules
+    import_model_code(tmp_path)  # no config.json: nothing to import, and no error before the load reports it

@@ -45,6 +45,15 @@ def test_defaults() -> None:
     assert settings.max_context_tokens is None
     assert settings.fault_exit_on is None
     assert (settings.scheduler, settings.max_batch_tokens, settings.prefill_chunk_tokens) == ("continuous", None, 128)
+    assert (settings.weight_loader, settings.weight_read_threads) == ("direct", 4)
+
+
+def test_weight_read_threads_come_from_a_flag_or_the_environment() -> None:
+    environ = {"KALTSTART_RUNTIME_WEIGHT_READ_THREADS": "2"}
+    assert RuntimeSettings.from_args(["--engine", "echo"], environ).weight_read_threads == 2
+    assert (
+        RuntimeSettings.from_args(["--engine", "echo", "--weight-read-threads", "8"], environ).weight_read_threads == 8
+    )
 
 
 def test_environment_supplies_defaults_and_flags_win() -> None:
@@ -78,6 +87,8 @@ def test_environment_supplies_defaults_and_flags_win() -> None:
         (["--source", "x", "--max-batch-tokens", "1"], {}, "max batch tokens"),
         (["--source", "x"], {"KALTSTART_RUNTIME_MAX_BATCH_TOKENS": "lots"}, "KALTSTART_RUNTIME_MAX_BATCH_TOKENS"),
         (["--source", "x", "--prefill-chunk-tokens", "0"], {}, "prefill chunk"),
+        (["--source", "x", "--weight-read-threads", "0"], {}, "weight read threads"),
+        (["--source", "x"], {"KALTSTART_RUNTIME_WEIGHT_READ_THREADS": "many"}, "KALTSTART_RUNTIME_WEIGHT_READ_THREADS"),
         (["--source", "x", "--bogus"], {}, "unrecognized"),
     ],
 )
