@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
+import dataclasses
 import re
 import sys
 import time
@@ -40,6 +40,7 @@ from loadtest import logs, prometheus
 from loadtest.children import GatewayProcess, StartError, local_model, running_gateway, scratch_dir, write_config
 from loadtest.client import prompt_of, stream_completion
 from loadtest.models import SIZES, build_in_child, demo_model
+from loadtest.pagecache import evict, raw_read
 from loadtest.progress import Progress
 from loadtest.report import Table, finish
 from loadtest.results import Phase
@@ -49,7 +50,6 @@ __all__ = ["ColdStart", "ColdStartOptions", "add_arguments", "bench", "median_ph
 
 _MODEL = "coldstart"
 _ENGINE_READY = r"engine ready in ([\d.]+) s: cache ([\d.]+) s, imports ([\d.]+) s, load ([\d.]+) s, warmup ([\d.]+) s"
-_READ_CHUNK = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,8 @@ class ColdStartOptions:
     evict_page_cache: bool = True
     max_tokens: int = 8
     timeout_s: float = 900.0
+    #: Standby runtimes the local backend keeps (0: every cold start starts a process).
+    standby: int = 0
 
 
 @dataclass
@@ -124,7 +126,7 @@ def read_timeline(cold: ColdStart, log_text: str) -> None:
         return None if found is None else found[0].at
 
     cold.scale = at(rf"scaling {re.escape(_MODEL)} (from zero|up to)", runtime=False)
-    cold.spawn = at(r"starting replica ", runtime=False)
+    cold.spawn = at(r"starting replica |claimed standby runtime ", runtime=False)
     cold.process = at(r"Started server process", runtime=True)
     cold.ready = at(r"^ready: serving", runtime=True)
     cold.gateway_ready = at(r"is ready at http", runtime=False)
@@ -144,51 +146,40 @@ async def _queue_wait_sum(session: aiohttp.ClientSession, url: str) -> float:
 
 
 def _runtimes_alive(log_text: str) -> int:
-    """Replica processes started minus those finished, by their relayed uvicorn lines."""
+    """Runtime processes started minus those finished, by their relayed uvicorn lines (standbys included)."""
     relayed = [line.message for line in logs.parse(log_text) if line.replica is not None]
     started = sum(m.startswith("Started server process") for m in relayed)
     return started - sum(m.startswith("Finished server process") for m in relayed)
 
 
-async def _scaled_to_zero(session: aiohttp.ClientSession, gateway: GatewayProcess, timeout_s: float) -> None:
-    """Until the model has no replica wanted and the last one's process has finished (no CPU left to it)."""
+def _standbys_waiting(log_text: str) -> int:
+    """Standby runtimes that have imported their engine and wait for a claim, by the relayed log."""
+    relayed = [line.message for line in logs.parse(log_text) if line.replica is not None]
+    imported = sum(m.startswith("standby: engine imported") for m in relayed)
+    return imported - sum(m.startswith("claimed: serving") for m in relayed)
+
+
+async def _scaled_to_zero(
+    session: aiohttp.ClientSession, gateway: GatewayProcess, timeout_s: float, standby: int = 0
+) -> None:
+    """Until the model has no replica wanted, the last one's process has finished (no CPU left to it) and, with
+    ``standby``, that many standby runtimes have imported their engine and wait (the steady state between two
+    sporadic requests)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         scrape = await _scrape(session, gateway.url)
         desired = scrape.value("kaltstart_replicas", model=_MODEL, state="desired")
-        if desired == 0 and _runtimes_alive(gateway.log.text()) <= 0:
+        text = gateway.log.text()
+        if desired == 0 and _runtimes_alive(text) <= standby and _standbys_waiting(text) >= standby:
             return
         await asyncio.sleep(0.1)  # another process's state: polled with a deadline
     raise StartError(f"the model was not scaled back to zero within {timeout_s:.0f} s:\n{gateway.log.tail()}")
 
 
-def evict(paths: Sequence[Path]) -> None:
-    """Drop the files' pages from the OS page cache (clean pages only; no root needed)."""
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
-def raw_read(paths: Sequence[Path]) -> tuple[int, float]:
-    """Read the files start to end into one reused buffer: (bytes, seconds)."""
-    buffer = bytearray(_READ_CHUNK)
-    view = memoryview(buffer)
-    total = 0
-    started = time.perf_counter()
-    for path in paths:
-        with path.open("rb", buffering=0) as handle:
-            while count := handle.readinto(view):
-                total += count
-    return total, time.perf_counter() - started
-
-
 async def _one(
     session: aiohttp.ClientSession, gateway: GatewayProcess, weights: Sequence[Path], options: ColdStartOptions
 ) -> ColdStart:
-    await _scaled_to_zero(session, gateway, timeout_s=120)
+    await _scaled_to_zero(session, gateway, timeout_s=120, standby=options.standby)
     if options.evict_page_cache:
         evict(weights)
     offset = gateway.log.size()
@@ -246,6 +237,7 @@ def summarise(
         "cache_hits": sum(bool(r.cache_hit) for r in runs),
         "page_cache_evicted": options.evict_page_cache,
         "device": options.device,
+        "standby": options.standby,
     }
 
 
@@ -320,7 +312,9 @@ def _prepare(model: Path, work: Path, options: ColdStartOptions) -> _Prepared:
         cold_start_timeout=f"{options.timeout_s:g}s",
         min_replicas=0,
     )
-    config = write_config(work / "coldstart.toml", [entry], cache_dir)
+    config = write_config(
+        work / f"coldstart-standby{options.standby}.toml", [entry], cache_dir, standby=options.standby
+    )
     return _Prepared(config, weights, sum(p.stat().st_size for p in weights if p.suffix == ".safetensors"))
 
 
@@ -331,12 +325,12 @@ async def bench(model: Path, work: Path, options: ColdStartOptions) -> tuple[lis
     runs, raw_s = [], []
     async with (
         aiohttp.ClientSession() as session,
-        running_gateway(config, work / "gateway-coldstart.log", scale_interval_s=0.2) as gateway,
+        running_gateway(config, config.with_suffix(".log"), scale_interval_s=0.2) as gateway,
     ):
         with Progress("cold starts", total=options.repeat) as progress:
             for _ in range(options.repeat):
                 runs.append(await _one(session, gateway, weights, options))
-                await _scaled_to_zero(session, gateway, timeout_s=120)  # the replica gone, as for the next load
+                await _scaled_to_zero(session, gateway, 120, options.standby)  # the replica gone, as for the next load
                 raw_s.append(_raw_read(safetensors, options))
                 progress.advance()
     raw = (sum(p.stat().st_size for p in safetensors), _median(raw_s) or 0.0)
@@ -369,20 +363,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="leave the weight files in the page cache (measures a warm-page-cache start)",
     )
+    parser.add_argument(
+        "--standby",
+        choices=("off", "on", "both"),
+        default="both",
+        help="the local backend's standby runtime: off (every cold start starts a process), on (one standby, "
+        "claimed by each cold start), both (default: off, then on, side by side with their ratio)",
+    )
     parser.add_argument("--out", type=Path, help="write coldstart.png, the gateway log and summary.json here")
 
 
 async def run(args: argparse.Namespace) -> int:
     options = ColdStartOptions(args.repeat, args.device, args.dtype, args.evict_page_cache)
+    modes = {"off": [0], "on": [1], "both": [0, 1]}[args.standby]
+    results = []
     with scratch_dir(args.out) as work:
         model = await _model(args, work)
-        runs, summary = await bench(model, work, options)
+        for standby in modes:
+            results.append(await bench(model, work, dataclasses.replace(options, standby=standby)))
+    runs, summary = results[-1]
     if args.out is not None:
         from loadtest.plots import plot_coldstart
 
         plot_coldstart(median_phases(runs), args.out / "coldstart.png")
-    finish(tables(runs, summary), summary, args.out)
+    if len(results) == 1:
+        finish(tables(runs, summary), summary, args.out)
+        return 0
+    (cold_runs, cold), (warm_runs, warm) = results
+    both = {"without_standby": cold, "with_standby": warm, "ttft_ratio": ratio(warm["ttft_s"], cold["ttft_s"])}
+    shown = [*_titled(tables(cold_runs, cold), "without standby"), *_titled(tables(warm_runs, warm), "with standby")]
+    finish([*shown, standby_table(cold, warm)], both, args.out)
     return 0
+
+
+def _titled(found: list[Table], suffix: str) -> list[Table]:
+    for table in found:
+        table.title = f"{table.title}, {suffix}"
+    return found
+
+
+def standby_table(cold: dict[str, Any], warm: dict[str, Any]) -> Table:
+    """The two cold starts side by side: the figures a standby runtime changes, and their ratio."""
+    table = Table("standby runtime: off vs on (medians, same run)", ["figure", "off", "on", "on / off"])
+    for key in ("ttft_s", "engine_start_s", "imports_s", "load_s", "warmup_s", "ready_to_dispatch_ms"):
+        table.add(key, cold[key], warm[key], ratio(warm[key], cold[key]))
+    return table
 
 
 async def _model(args: argparse.Namespace, work: Path) -> Path:

@@ -23,8 +23,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from loadtest.coldstart import evict, raw_read
 from loadtest.models import python_child
+from loadtest.pagecache import evict, raw_read
 from loadtest.report import Table
 
 __all__ = ["DEFAULT_THREADS", "READERS", "compare", "compare_in_child", "main", "table"]

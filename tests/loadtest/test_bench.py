@@ -51,14 +51,16 @@ async def test_batching(tiny_llama: Path, tmp_path: Path) -> None:
 async def test_coldstart(tiny_llama: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     run = await loadtest("bench", "coldstart", "--model", tiny_llama, "--device", "cpu", "--out", out)
-    summary = run.check().summary
+    both = run.check().summary
+    summary, standby = both["without_standby"], both["with_standby"]
     keys = {
         "trigger_ms", "process_start_ms", "load_s", "load_gbps", "raw_read_gbps", "load_efficiency",
         "ready_to_dispatch_ms", "total_s",
     }  # fmt: skip
     assert keys <= set(summary)
+    log = out / "coldstart-standby0.log"
     missing = [k for k in keys if summary[k] is None]
-    assert not missing, f"phases not found: {missing}\n{(out / 'gateway-coldstart.log').read_text()[-3000:]}"
+    assert not missing, f"phases not found: {missing}\n{log.read_text()[-3000:]}"
     assert summary["load_bytes"] == (tiny_llama / "model.safetensors").stat().st_size
     assert summary["load_efficiency"] == pytest.approx(summary["load_gbps"] / summary["raw_read_gbps"], rel=1e-3)
     assert summary["cache_hits"] == 1  # the weights were in the node cache before the cold start
@@ -67,7 +69,12 @@ async def test_coldstart(tiny_llama: Path, tmp_path: Path) -> None:
     assert summary["ready_to_dispatch_ms"] >= 0
     for phase in ("trigger", "process start", "engine start", "load", "ready to dispatch", "first token"):
         assert phase in run.stdout
-    assert json.loads((out / "summary.json").read_text()) == summary
+    # The second gateway keeps a standby runtime, and the cold start claimed it instead of starting a process.
+    assert (standby["standby"], standby["errors"], standby["cold_starts"]) == (1, 0, 1)
+    assert "claimed standby runtime" in (out / "coldstart-standby1.log").read_text()
+    assert both["ttft_ratio"] == pytest.approx(standby["ttft_s"] / summary["ttft_s"], rel=1e-3)
+    assert "standby runtime: off vs on" in run.stdout
+    assert json.loads((out / "summary.json").read_text()) == both
     assert (out / "coldstart.png").stat().st_size > 0
 
 
