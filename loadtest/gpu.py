@@ -3,7 +3,8 @@ with a Llama of about 1B parameters (random weights, bfloat16; built locally, no
 
 Needs a machine where ``torch.cuda.is_available()``; it runs there unchanged and refuses elsewhere (exit code 2).
 Sized to finish within 8 minutes on one recent GPU (an estimate, not yet measured on one: model build ~30 s, batching ~1
-to 2 min, continuous ~2 to 3 min, two cold starts ~1 min, the readers ~30 s); ``--deadline`` (default 480 s) stops it,
+to 2 min, continuous ~2 to 3 min, cold starts with and without a standby runtime ~1.5 min, the readers ~30 s);
+``--deadline`` (default 480 s) stops it,
 children and all, if not. Steps: build the model on the GPU (random init) and save it as safetensors, then one runtime
 process for the batching benchmark, then a local gateway with a static and a continuous replica for the continuous-
 batching benchmark (Poisson arrivals at ``--rates``, for ``--duration`` s each), then a local gateway for the cold-start
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import subprocess
 import sys
 import time
@@ -93,6 +95,7 @@ async def _run(args: argparse.Namespace) -> int:
         measured, continuous_summary = await continuous.bench(model, work, continuous_options)
         cold_options = coldstart.ColdStartOptions(args.repeat, args.device, dtype)
         runs, cold_summary = await coldstart.bench(model, work, cold_options)
+        _, standby_summary = await coldstart.bench(model, work, dataclasses.replace(cold_options, standby=1))
         compared = await _compare_readers(model, args.device, dtype)
     summary: dict[str, Any] = {
         "model_size": built["size"],
@@ -103,9 +106,10 @@ async def _run(args: argparse.Namespace) -> int:
         **batching_summary,
         "continuous": continuous_summary,
         **{k: v for k, v in cold_summary.items() if k not in batching_summary},
+        "coldstart_with_standby": standby_summary,
         "h2d_gbps": compared.get("h2d_gbps"),
         "readers": compared,
-        "errors": batching_summary["errors"] + continuous_summary["errors"] + cold_summary["errors"],
+        "errors": sum(part["errors"] for part in (batching_summary, continuous_summary, cold_summary, standby_summary)),
         "elapsed_s": time.monotonic() - started,
     }
     model_table = Table("model", ["figure", "value"])
@@ -123,6 +127,7 @@ async def _run(args: argparse.Namespace) -> int:
         batching.table(sides, batching_summary),
         *continuous.tables(continuous_summary, continuous_options),
         *coldstart.tables(runs, cold_summary),
+        coldstart.standby_table(cold_summary, standby_summary),
         *([readers.table(compared)] if "error" not in compared else []),
     ]
     finish(tables, summary, args.out)
