@@ -4,13 +4,15 @@ and the log-probabilities of the choice.
 Each row has its own ``RowSampler``. A step, for all rows together:
 
 1. **process**: a row's *logits processors* change its logits in turn (``Penalties``: OpenAI's frequency and presence
-   penalties over the tokens the row generated; ``LogitBias``). Any per-row rule can join that list (a grammar's
-   mask, say) by being a ``LogitsProcessor``. Rows without processors keep their logits exactly as they are;
+   penalties over the tokens the row generated; ``LogitBias``; last, ``runtime.grammar.GrammarMask``, which sets
+   the logits of the tokens a row's grammar does not allow to ``-inf``). Any per-row rule can join that list by
+   being a ``LogitsProcessor``. Rows without processors keep their logits exactly as they are;
 2. **choose**: greedy rows take the argmax of their processed logits; the others sample from
    ``softmax(processed / temperature)``, cut to the nucleus;
 3. **score**: rows that asked for ``logprobs`` get ``log_softmax(processed)`` of the chosen token and the top ``k``:
    the distribution after penalties and bias, before temperature and top-p (so the numbers do not depend on the
-   temperature, and greedy rows have them too);
+   temperature, and greedy rows have them too). Tokens a grammar masked out are never among the top ``k``: a
+   row may have fewer alternatives than it asked for, never one with a log-probability of ``-inf``;
 4. **accept**: each processor hears the token chosen for its row (penalties count it).
 
 Randomness comes from one ``random.Random`` per request, seeded from the request's seed: each sampled row draws
@@ -22,6 +24,7 @@ new parameters takes exactly the path it always took.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -179,7 +182,7 @@ def _scores(processed: torch.Tensor, samplers: Sequence[RowSampler], tokens: lis
     scores = {}
     for n, i in enumerate(asking):
         wanted = samplers[i].logprobs or 0
-        top = tuple(zip(ids[n][:wanted], values[n][:wanted], strict=True))
+        top = tuple((t, v) for t, v in zip(ids[n][:wanted], values[n][:wanted], strict=True) if v != -math.inf)
         scores[i] = Logprob(chosen[n], top)
     return scores
 
