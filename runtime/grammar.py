@@ -1,4 +1,4 @@
-"""Constrained decoding: a row whose output must follow a grammar gets a ``GrammarMask`` among its logits processors.
+"""Constrained decoding: a row whose output must follow a grammar gets a ``GrammarMask`` (its sampler's ``grammar``).
 
 What must be followed comes from the request: ``response_format`` (one JSON value of a schema, or any JSON
 object), and ``tool_choice`` ``required`` or a named tool (exactly the model family's tool-call markup around
@@ -11,7 +11,13 @@ allowed, so the row ends.
 
 Compiling a grammar costs about a millisecond for a small schema (more for large ones), so ``Grammars`` keeps the
 compiled start state of the last ``CACHE_SIZE`` grammars and each row gets a copy of it (about a microsecond).
-Rows without a grammar never see any of this (``runtime.sampling``: they keep their logits as they are).
+``apply_masks`` masks every constrained row of a step at once: one call computes all their masks (llguidance's
+thread pool, the GIL released), one tensor carries them to the device. Rows without a grammar never see any of
+this (``runtime.sampling``: they keep their logits as they are).
+
+Computing the next masks on a worker thread while the next forward pass runs was tried and measured: no gain on
+CPU (``bench structured``: ratio 0.80-0.93 with it, 0.79-0.96 without), since the worker needs the GIL to start and
+the forward pass's Python holds it; so the masks are computed when they are needed.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from runtime.errors import PromptRejected
 from runtime.toolcalls import ToolFormat, compact_json
 from wire import ForcedTool, GenerationRequest, ResponseFormat
 
-__all__ = ["CACHE_SIZE", "GrammarMask", "Grammars", "grammar_text"]
+__all__ = ["CACHE_SIZE", "GrammarMask", "Grammars", "apply_masks", "grammar_text"]
 
 log = logging.getLogger(__name__)
 
@@ -107,33 +113,74 @@ class Grammars:
 
 
 class GrammarMask:
-    """``runtime.sampling.LogitsProcessor``: tokens the grammar does not allow next get a logit of ``-inf``."""
+    """One row's grammar state; as a ``runtime.sampling.LogitsProcessor``, tokens the grammar does not allow next get
+    a logit of ``-inf`` (``apply_masks`` does the same for many rows at once)."""
 
     def __init__(self, matcher: Any, vocab_size: int, eos_ids: list[int]) -> None:
-        self._matcher = matcher
-        self._vocab_size = vocab_size
+        self.matcher = matcher
+        self.vocab_size = vocab_size
         self._eos_ids = eos_ids
-        self._bitmask = np.zeros((vocab_size + 31) // 32, dtype=np.int32)
+
+    @property
+    def words(self) -> int:
+        return (self.vocab_size + 31) // 32
 
     @property
     def finished(self) -> bool:
         """The grammar is complete: only an end-of-sequence token is allowed."""
-        return bool(self._matcher.is_stopped())
+        return bool(self.matcher.is_stopped())
 
     def allowed(self) -> np.ndarray:
         """A boolean array over the vocabulary: which tokens may come next."""
-        if self._matcher.is_error():
-            allowed = np.zeros(self._vocab_size, dtype=bool)
-            allowed[self._eos_ids] = True  # a matcher that failed can only end the row
-            return allowed
-        self._matcher.unsafe_compute_mask_ptr(self._bitmask.ctypes.data, self._bitmask.nbytes)
-        bits = np.unpackbits(self._bitmask.view(np.uint8), bitorder="little")
-        return bits[: self._vocab_size].view(bool)
+        allowed: np.ndarray = _allowed([self])[0]
+        return allowed
+
+    def end_only(self, allowed: np.ndarray) -> None:
+        """A matcher that failed (it logged why) can only end the row."""
+        allowed[:] = False
+        allowed[self._eos_ids] = True
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         allowed = torch.from_numpy(self.allowed()).to(logits.device, non_blocking=True)
         return logits.masked_fill(~allowed, float("-inf"))
 
     def accept(self, token: int) -> None:
-        if not self._matcher.consume_token(token):
-            log.warning("the grammar did not accept token %d: %s", token, self._matcher.get_error())
+        if not self.matcher.consume_token(token):
+            log.warning("the grammar did not accept token %d: %s", token, self.matcher.get_error())
+
+
+def apply_masks(logits: torch.Tensor, rows: list[int], masks: list[GrammarMask]) -> None:
+    """Mask ``logits`` (``[batch, vocab]``, changed in place) at ``rows``, row ``rows[n]`` by ``masks[n]``."""
+    allowed = torch.from_numpy(_allowed(masks)).to(logits.device, non_blocking=True)
+    index = torch.tensor(rows, device=logits.device)
+    logits[index] = logits[index].masked_fill(~allowed, float("-inf"))
+
+
+def _allowed(masks: list[GrammarMask]) -> np.ndarray:
+    """``[len(masks), vocab]`` booleans: the tokens each row's grammar allows next, computed in one call."""
+    bitmask = np.empty((len(masks), masks[0].words), dtype=np.int32)
+    _fill([mask.matcher for mask in masks], bitmask)
+    allowed = np.unpackbits(bitmask.view(np.uint8), axis=1, bitorder="little")[:, : masks[0].vocab_size].view(bool)
+    for n, mask in enumerate(masks):
+        if mask.matcher.is_error():
+            mask.end_only(allowed[n])
+    return allowed
+
+
+def _fill(matchers: list[Any], bitmask: np.ndarray) -> None:
+    """Each matcher's next-token bitmask into its row of ``bitmask``, in one call (llguidance's thread pool)."""
+    pairs = [(matcher, row) for row, matcher in enumerate(matchers)]
+    _llguidance_pool().unsafe_compute_mask_ptr(pairs, bitmask.ctypes.data, bitmask.shape[1] * 4, len(matchers))
+
+
+_POOL: Any = None
+
+
+def _llguidance_pool() -> Any:
+    """llguidance's thread pool for computing many masks at once, made on first use (one per process)."""
+    global _POOL  # noqa: PLW0603 - one pool for the process, like torch's own
+    if _POOL is None:
+        import llguidance
+
+        _POOL = llguidance.LLExecutor()
+    return _POOL

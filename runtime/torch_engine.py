@@ -9,7 +9,7 @@ the cache, mask and positions, so a batch costs what its still-running requests 
 log-probabilities) and stop handling are per request (see ``sampling`` and ``completion``); chat messages become a
 prompt in ``chat``, an echoed prompt's log-probabilities come from ``scoring``. Tool calls are parsed out of the text
 in the model's format (``toolcalls``, ``--tool-parser``), and a request whose output must follow a grammar (a
-forced tool call, ``response_format``) gets a mask among its logits processors (``grammar``).
+forced tool call, ``response_format``) gets the grammar's mask in its sampler (``grammar``).
 """
 
 from __future__ import annotations
@@ -172,12 +172,12 @@ class TorchEngine:
         return self._tool_format
 
     def _sampler(self, request: GenerationRequest) -> RowSampler:
-        """The row's sampler; with a grammar's mask last among its processors when its output must follow one."""
+        """The row's sampler; with a grammar's mask when its output must follow one."""
         sampler = RowSampler.for_params(request.params)
         grammar = grammar_text(request, self._tool_format)
         if grammar is not None:
             assert self._grammars is not None
-            sampler.processors.append(self._grammars.mask(grammar))
+            sampler.grammar = self._grammars.mask(grammar)
         return sampler
 
     def _check_token_ids(self, request: GenerationRequest) -> None:

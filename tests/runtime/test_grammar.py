@@ -156,7 +156,7 @@ def test_a_grammar_row_beside_plain_rows_leaves_them_as_they_were(grammars: Gram
         rows = [RowSampler(0.0, 1.0, random.Random(0)), RowSampler(0.8, 0.9, random.Random(1), logprobs=5)]
         constrained = RowSampler(0.8, 1.0, random.Random(2), logprobs=5)
         if with_grammar:
-            constrained.processors.append(grammars.mask(grammar))
+            constrained.grammar = grammars.mask(grammar)
         return [*rows, constrained]
 
     plain, mixed = choose(logits, samplers(False)), choose(logits, samplers(True))
