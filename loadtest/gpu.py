@@ -1,11 +1,14 @@
-"""``python -m loadtest gpu``: ``bench batching``, ``bench continuous`` and ``bench coldstart`` on a CUDA machine,
-with a Llama of about 1B parameters (random weights, bfloat16; built locally, nothing is downloaded).
+"""``python -m loadtest gpu``: ``bench batching``, ``bench structured``, ``bench continuous`` and ``bench coldstart`` on
+a CUDA machine, with a Llama of about 1B parameters (random weights, bfloat16; built locally, nothing is
+downloaded).
 
 Needs a machine where ``torch.cuda.is_available()``; it runs there unchanged and refuses elsewhere (exit code 2).
 Sized to finish within 8 minutes on one recent GPU (an estimate, not yet measured on one: model build ~30 s,
-batching ~1 to 2 min, continuous ~2 to 3 min, two cold starts ~1 min); ``--deadline`` (default 480 s) stops it,
-children and all, if not. Steps: build the model on the GPU (random init) and save it as safetensors, then one
-runtime process for the batching benchmark, then a local gateway with a static and a continuous replica for the
+batching ~1 to 2 min, structured output ~1 min, continuous ~2 to 3 min, two cold starts ~1 min); ``--deadline``
+(default 480 s) stops it, children and all, if not. Steps: build the model on the GPU (random init) and save it as
+safetensors, then one runtime process for the batching benchmark, one for the structured-output benchmark (a JSON
+Schema on every row of batches of 16 against none, and the grammar libraries' per-step mask cost on the model's
+tokenizer), then a local gateway with a static and a continuous replica for the
 continuous-batching benchmark (Poisson arrivals at ``--rates``, for ``--duration`` s each), then a local gateway
 for the cold-start benchmark. Prints all tables and one JSON object with the keys of the three benchmarks plus the
 model's size.
@@ -23,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loadtest import batching, coldstart, continuous
+from loadtest import batching, coldstart, continuous, structured
 from loadtest.children import scratch_dir
 from loadtest.models import SIZES, build_in_child
 from loadtest.report import Table, finish
@@ -83,6 +86,10 @@ async def _run(args: argparse.Namespace) -> int:
             built = await build_in_child(args.size, model, args.device)
         options = batching.BatchingOptions(args.requests, args.max_tokens, 20, 2, args.device, dtype)
         sides, batching_summary = await batching.bench(model, work, options)
+        structured_options = structured.StructuredOptions(
+            args.requests, args.max_tokens, 20, 2, args.device, dtype, threads=None if args.device == "cuda" else 1
+        )
+        structured_sides, structured_summary = await structured.bench(model, work, structured_options)
         continuous_options = continuous.ContinuousOptions(
             rates=args.rates, duration_s=args.duration, device=args.device, dtype=dtype, name="llama",
             threads=None if args.device == "cuda" else 1,
@@ -97,9 +104,12 @@ async def _run(args: argparse.Namespace) -> int:
         "dtype": dtype,
         "build_s": built["init_s"] + built["save_s"] if "init_s" in built else None,
         **batching_summary,
+        "structured": structured_summary,
         "continuous": continuous_summary,
         **{k: v for k, v in cold_summary.items() if k not in batching_summary},
-        "errors": batching_summary["errors"] + continuous_summary["errors"] + cold_summary["errors"],
+        "errors": sum(
+            part["errors"] for part in (batching_summary, structured_summary, continuous_summary, cold_summary)
+        ),
         "elapsed_s": time.monotonic() - started,
     }
     model_table = Table("model", ["figure", "value"])
@@ -115,6 +125,7 @@ async def _run(args: argparse.Namespace) -> int:
     tables = [
         model_table,
         batching.table(sides, batching_summary),
+        *structured.tables(structured_sides, structured_summary),
         *continuous.tables(continuous_summary, continuous_options),
         *coldstart.tables(runs, cold_summary),
     ]
