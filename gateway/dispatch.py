@@ -300,7 +300,13 @@ class Dispatcher:
         if isinstance(event, wire.TokenEvent):
             if delivery.queued.request.stream:
                 self._metrics.streamed.labels(self._model).inc()
-                reply = Token(id=event.id, attempt=delivery.queued.attempt, text=event.text, logprobs=event.logprobs)
+                reply = Token(
+                    id=event.id,
+                    attempt=delivery.queued.attempt,
+                    text=event.text,
+                    logprobs=event.logprobs,
+                    tool_calls=event.tool_calls,
+                )
                 await self._sender.publish([(delivery.queued.reply_to, reply)])
             return
         del unfinished[event.id]

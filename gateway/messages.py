@@ -26,13 +26,14 @@ class Dispatched(_Reply):
 
 
 class Token(_Reply):
-    """Streamed text of attempt N, with its tokens' log-probability entries when they were asked for. A redelivered
-    request starts again from its first token."""
+    """Streamed text of attempt N, with its tokens' log-probability entries when they were asked for, and the tool
+    calls completed since the last one. A redelivered request starts again from its first token."""
 
     kind: Literal["token"] = "token"
     attempt: int
     text: str
     logprobs: tuple[wire.TokenLogprob, ...] = ()
+    tool_calls: tuple[wire.ToolCall, ...] = ()
 
 
 class Finished(_Reply):

@@ -1,8 +1,8 @@
 """What of the OpenAI API this gateway does not honour, said plainly: one 400 per feature, naming it and where it is.
 
 ``refuse_unsupported`` looks at a decoded request body *before* it is validated, so that a request using a feature
-we lack (an image part, tools, structured output) hears about that feature rather than about a type it failed to
-match. Fields that cannot change the output (``user``, ``store``, ``metadata``...) are accepted and ignored
+we lack (an image part, audio, deprecated function calling) hears about that feature rather than about a type it
+failed to match. Fields that cannot change the output (``user``, ``store``, ``metadata``...) are accepted and ignored
 (``IGNORED``); they are declared in the request models like any other field. Every other field the request models
 do not know gets OpenAI's own "Unrecognized request argument" 400 (``gateway.schemas``). docs/openai-api.md lists
 every field of both endpoints and what happens to it.
@@ -35,9 +35,7 @@ _INPUT_PARTS = {"image_url": "image", "input_audio": "audio", "file": "file"}
 
 #: Chat fields that ask for something not implemented yet, and how to call that feature.
 _NOT_YET = {
-    "tools": "tool calling ('tools')",
-    "parallel_tool_calls": "tool calling ('parallel_tool_calls')",
-    "functions": "function calling ('functions', deprecated)",
+    "functions": "function calling ('functions', deprecated; use 'tools')",
     "web_search_options": "web search ('web_search_options')",
     "audio": "audio output ('audio')",
     "reasoning_effort": "'reasoning_effort' (this model does not reason in a separate phase)",
@@ -70,10 +68,11 @@ def _chat(body: Mapping[str, Any]) -> None:
     for field, feature in _NOT_YET.items():
         if body.get(field) not in (None, [], False):
             raise Unsupported(f"{feature[0].upper()}{feature[1:]} is not supported yet.", param=field)
-    for field in ("tool_choice", "function_call"):
-        if body.get(field) not in (None, "none"):
-            raise Unsupported(f"Tool calling ('{field}') is not supported yet.", param=field)
-    _response_format(body.get("response_format"))
+    if body.get("function_call") not in (None, "none"):
+        raise Unsupported(
+            "Function calling ('function_call', deprecated; use 'tool_choice') is not supported yet.",
+            param="function_call",
+        )
     modalities = body.get("modalities")
     if modalities is not None and modalities != ["text"]:
         raise Unsupported("Only text output is supported ('modalities' must be [\"text\"]).", param="modalities")
@@ -82,16 +81,6 @@ def _chat(body: Mapping[str, Any]) -> None:
         for index, message in enumerate(messages):
             if isinstance(message, Mapping):
                 _message(index, message)
-
-
-def _response_format(value: Any) -> None:
-    if not isinstance(value, Mapping):
-        return  # absent, or not an object: validation names the problem
-    kind = value.get("type")
-    if kind in ("json_object", "json_schema"):
-        raise Unsupported(
-            f"Structured output (response_format type '{kind}') is not supported yet.", param="response_format"
-        )
 
 
 def _message(index: int, message: Mapping[str, Any]) -> None:

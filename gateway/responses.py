@@ -6,6 +6,10 @@ the shape of each API: chat's ``{"content": [{"token", "logprob", "bytes", "top_
 completions' ``{"tokens", "token_logprobs", "top_logprobs", "text_offset"}``, where ``top_logprobs`` maps each
 alternative's text to its log-probability (the chosen token included, as OpenAI does) and ``text_offset`` counts
 characters of the choice's text. Streaming chunks carry the entries of the tokens they complete.
+
+A chat choice with tool calls has them in ``message.tool_calls`` (``content`` null when the model wrote nothing
+else); streamed, each call comes whole in one chunk's ``delta.tool_calls`` with its ``index`` among the choice's
+calls, its ``id``, ``type`` and ``function`` (name and all the arguments), as OpenAI's first chunk of a call has them.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ class ResponseShape:
         self.logprobs = logprobs
         self.created = int(time.time())
         self._offsets: dict[int, _TextOffsets] = {}
+        self._calls: dict[int, int] = {}  # choice -> tool calls streamed so far
 
     def _base(self, obj: str) -> dict[str, Any]:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
@@ -56,7 +61,10 @@ class ResponseShape:
             if self.kind == "completion":
                 choice: dict[str, Any] = {"index": index, "text": finish.text, "logprobs": logprobs}
             else:
-                message = {"role": "assistant", "content": finish.text}
+                message: dict[str, Any] = {"role": "assistant", "content": finish.text}
+                if finish.tool_calls:
+                    message["content"] = finish.text or None
+                    message["tool_calls"] = [call.model_dump() for call in finish.tool_calls]
                 choice = {"index": index, "message": message, "logprobs": logprobs}
             choices.append(choice | {"finish_reason": finish.finish_reason})
         obj = "text_completion" if self.kind == "completion" else "chat.completion"
@@ -69,8 +77,10 @@ class ResponseShape:
         logprobs: Sequence[wire.TokenLogprob] = (),
         finish_reason: str | None = None,
         first: bool = False,
+        tool_calls: Sequence[wire.ToolCall] = (),
     ) -> dict[str, Any]:
-        """A chunk of choice ``index``: new text and its tokens' entries, or (``finish_reason``) its end."""
+        """A chunk of choice ``index``: new text, its tokens' entries and tool calls, or (``finish_reason``) its
+        end."""
         scores = self._logprobs(index, logprobs) if self.logprobs and logprobs else None
         if self.kind == "completion":
             choice: dict[str, Any] = {"index": index, "text": text, "logprobs": scores}
@@ -79,10 +89,17 @@ class ResponseShape:
             delta: dict[str, Any] = {"role": "assistant", "content": text} if first else {"content": text}
             if finish_reason is not None and not text:
                 delta = {}
+            if tool_calls:
+                delta = {**delta, "content": text or None, "tool_calls": self._call_deltas(index, tool_calls)}
             choice = {"index": index, "delta": delta, "logprobs": scores}
             body = self._base("chat.completion.chunk")
         choice["finish_reason"] = finish_reason
         return body | {"choices": [choice]}
+
+    def _call_deltas(self, index: int, calls: Sequence[wire.ToolCall]) -> list[dict[str, Any]]:
+        first = self._calls.get(index, 0)
+        self._calls[index] = first + len(calls)
+        return [{"index": first + n, **call.model_dump()} for n, call in enumerate(calls)]
 
     def usage_chunk(self, usage: wire.Usage) -> dict[str, Any]:
         obj = "text_completion" if self.kind == "completion" else "chat.completion.chunk"

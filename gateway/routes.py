@@ -187,7 +187,10 @@ async def _server_sent_events(
             if isinstance(item, Delta):
                 if not begun:
                     gateway.record_first_token(shape.model, time.monotonic() - started)
-                yield _sse(shape.chunk(index, item.text, item.logprobs, first=index not in begun))
+                chunk = shape.chunk(
+                    index, item.text, item.logprobs, first=index not in begun, tool_calls=item.tool_calls
+                )
+                yield _sse(chunk)
                 begun.add(index)
                 continue
             results[index] = item

@@ -18,6 +18,7 @@ from pydantic_core import ErrorDetails
 import wire
 from gateway.errors import InvalidRequest
 from gateway.refusals import refuse_unsupported
+from gateway.tools import NamedToolChoice, ResponseFormat, ToolDefinition
 
 __all__ = [
     "MAX_SEED",
@@ -227,10 +228,6 @@ class Message(_Body):
         )
 
 
-class ResponseFormat(_Body):
-    type: Literal["text"]  # the others are refused (gateway.refusals)
-
-
 class ChatCompletionRequest(_Sampling):
     """``POST /v1/chat/completions``."""
 
@@ -239,11 +236,11 @@ class ChatCompletionRequest(_Sampling):
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=MAX_CHAT_LOGPROBS)
     response_format: ResponseFormat | None = None
+    tools: list[ToolDefinition] | None = Field(None, max_length=wire.MAX_TOOLS)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     # Accepted only where they change nothing; anything else is refused (gateway.refusals).
-    tool_choice: Literal["none"] | None = None
     function_call: Literal["none"] | None = None
-    tools: list[Any] | None = None
-    parallel_tool_calls: Literal[False] | None = None
     modalities: list[Literal["text"]] | None = None
     # Ignored: they cannot change the output (gateway.refusals.IGNORED).
     store: bool | None = None
@@ -255,17 +252,53 @@ class ChatCompletionRequest(_Sampling):
     safety_identifier: str | None = None
     prediction: dict[str, Any] | None = None
 
+    @field_validator("tool_choice", mode="plain")
+    @classmethod
+    def _tool_choice(cls, value: Any) -> str | NamedToolChoice | None:
+        if value is None or value in ("none", "auto", "required"):
+            return value  # type: ignore[no-any-return]
+        try:
+            return NamedToolChoice.model_validate(value, strict=True)
+        except ValidationError:
+            raise ValueError(
+                "must be 'none', 'auto', 'required' or {'type': 'function', 'function': {'name': <a tool's name>}}"
+            ) from None
+
     def check(self) -> None:
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidRequest("'top_logprobs' needs 'logprobs' to be true.", param="top_logprobs")
         for index, message in enumerate(self.messages):
             message.check(f"messages[{index}]")
+        self._check_tools()
+
+    def _check_tools(self) -> None:
+        names = [tool.function.name for tool in self.tools or ()]
+        if len(set(names)) != len(names):
+            raise InvalidRequest("Tool names must be unique.", param="tools")
+        if self.tool_choice is not None and self.tool_choice != "none" and not names:
+            raise InvalidRequest("'tool_choice' is only allowed when 'tools' are specified.", param="tool_choice")
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
+            raise InvalidRequest(
+                f"'tool_choice' names the function '{self.tool_choice.function.name}', which is not in 'tools'.",
+                param="tool_choice",
+            )
 
     def logprobs_wanted(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
 
     def inputs(self) -> list[PromptInput]:
-        return [{"messages": tuple(m.to_wire() for m in self.messages)}]
+        prompt: PromptInput = {"messages": tuple(m.to_wire() for m in self.messages)}
+        if self.tools:
+            prompt["tools"] = tuple(tool.function.to_wire() for tool in self.tools)
+        if isinstance(self.tool_choice, NamedToolChoice):
+            prompt["tool_choice"] = wire.ForcedTool(name=self.tool_choice.function.name)
+        elif self.tool_choice is not None and self.tools:
+            prompt["tool_choice"] = self.tool_choice
+        if self.parallel_tool_calls is not None:
+            prompt["parallel_tool_calls"] = self.parallel_tool_calls
+        if self.response_format is not None:
+            prompt["response_format"] = self.response_format.to_wire()
+        return [prompt]
 
     def sampling_params(self, default_max_tokens: int, seed: int) -> wire.SamplingParams:
         params = super().sampling_params(default_max_tokens, seed)

@@ -75,7 +75,8 @@ class Ticket:
         self._settled = False
         self._emitted = ""
         self._emitted_entries = 0
-        self._attempts: dict[int, tuple[str, int]] = {}  # attempt -> its text so far, its entries so far
+        self._emitted_calls = 0
+        self._attempts: dict[int, tuple[str, int, int]] = {}  # attempt -> its text, entries and calls so far
 
     async def dispatched(self) -> None:
         """Wait until a replica took the request; 503 + Retry-After if none did within the cold-start timeout."""
@@ -134,22 +135,26 @@ class Ticket:
 
     def _new_delta(self, token: Token) -> Delta | None:
         # A redelivered request generates again from its first token (with the same seed): skip what the
-        # client already has, text and entries alike.
-        text, entries = self._attempts.get(token.attempt, ("", 0))
+        # client already has, text, entries and tool calls alike.
+        text, entries, calls = self._attempts.get(token.attempt, ("", 0, 0))
         text += token.text
-        self._attempts[token.attempt] = (text, entries + len(token.logprobs))
+        self._attempts[token.attempt] = (text, entries + len(token.logprobs), calls + len(token.tool_calls))
         new_text = text[len(self._emitted) :]
         new_entries = token.logprobs[max(0, self._emitted_entries - entries) :]
+        new_calls = token.tool_calls[max(0, self._emitted_calls - calls) :]
         self._emitted = max(self._emitted, text, key=len)
         self._emitted_entries += len(new_entries)
-        return Delta(new_text, new_entries) if new_text or new_entries else None
+        self._emitted_calls += len(new_calls)
+        return Delta(new_text, new_entries, new_calls) if new_text or new_entries or new_calls else None
 
     def _rest(self, result: wire.FinishEvent) -> Delta | None:
         """What the finished result holds beyond what was streamed (tokens lost on the way, or not streamed)."""
         text, entries = result.text[len(self._emitted) :], (result.logprobs or ())[self._emitted_entries :]
+        calls = result.tool_calls[self._emitted_calls :]
         self._emitted += text
         self._emitted_entries += len(entries)
-        return Delta(text, entries) if text or entries else None
+        self._emitted_calls += len(calls)
+        return Delta(text, entries, calls) if text or entries or calls else None
 
     async def _next(self, deadline: float) -> AnyReply:
         if not self._inbox.empty():  # a reply already here is the answer, even past the deadline
@@ -185,10 +190,11 @@ class Ticket:
 
 @dataclass(frozen=True)
 class Delta:
-    """New text of a request, and the log-probability entries of the tokens it completes."""
+    """New text of a request, the log-probability entries of the tokens it completes, and tool calls completed."""
 
     text: str
     logprobs: tuple[wire.TokenLogprob, ...] = ()
+    tool_calls: tuple[wire.ToolCall, ...] = ()
 
 
 def _failure(reply: Failed) -> RequestError:

@@ -222,12 +222,13 @@ class RuntimeProcess:
 
 @contextlib.asynccontextmanager
 async def running_runtime(
-    flags: Sequence[str], log_path: Path, timeout_s: float = 300.0
+    flags: Sequence[str], log_path: Path, timeout_s: float = 300.0, env: Mapping[str, str] | None = None
 ) -> AsyncIterator[RuntimeProcess]:
-    """``python -m runtime FLAGS`` on a free port, once its ``/readyz`` answers 200 (weights loaded, warm)."""
+    """``python -m runtime FLAGS`` on a free port (``env`` added to its environment), once its ``/readyz`` answers
+    200 (weights loaded, warm)."""
     port = free_port()
     argv = [sys.executable, "-m", "runtime", *flags, "--host", "127.0.0.1", "--port", str(port)]
-    child = Child("runtime", argv, child_env({}), log_path)
+    child = Child("runtime", argv, child_env(env or {}), log_path)
     try:
         url = f"http://127.0.0.1:{port}"
         await wait_until_ready(url + "/readyz", child, timeout_s)

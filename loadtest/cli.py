@@ -24,7 +24,7 @@ class _Command(Protocol):
 
 
 def _commands() -> dict[str, tuple[str, _Command]]:
-    from loadtest import batching, coldstart, continuous, gpu, overhead, replay, simulate
+    from loadtest import batching, coldstart, continuous, gpu, overhead, replay, simulate, structured
 
     return {
         "replay": ("replay a request trace against a gateway", replay),
@@ -33,6 +33,7 @@ def _commands() -> dict[str, tuple[str, _Command]]:
         "bench batching": ("one runtime, the same requests in batches of 1 and 16", batching),
         "bench coldstart": ("a cold start from zero replicas, phase by phase", coldstart),
         "bench continuous": ("one replica, a static against a continuous (step-level) scheduler", continuous),
+        "bench structured": ("one runtime, batches of 16 with and without a JSON Schema on every row", structured),
         "gpu": ("bench batching, continuous and coldstart with a ~1B random Llama on CUDA", gpu),
     }
 
@@ -48,7 +49,9 @@ def parser() -> argparse.ArgumentParser:
         group, _, sub = name.partition(" ")
         if sub:
             if bench is None:
-                bench_parser = commands.add_parser(group, help="benchmarks: overhead, batching, coldstart, continuous")
+                bench_parser = commands.add_parser(
+                    group, help="benchmarks: overhead, batching, coldstart, continuous, structured"
+                )
                 bench = bench_parser.add_subparsers(dest="benchmark", required=True, metavar="benchmark")
             command = bench.add_parser(sub, help=summary, description=_describe(module))
         else:

@@ -1,18 +1,20 @@
-"""``python -m loadtest gpu``: ``bench batching``, ``bench continuous`` and ``bench coldstart`` on a CUDA machine,
-with a Llama of about 1B parameters (random weights, bfloat16; built locally, nothing is downloaded).
+"""``python -m loadtest gpu``: ``bench batching``, ``bench structured``, ``bench continuous`` and ``bench coldstart`` on
+a CUDA machine, with a Llama of about 1B parameters (random weights, bfloat16; built locally, nothing is
+downloaded).
 
 Needs a machine where ``torch.cuda.is_available()``; it runs there unchanged and refuses elsewhere (exit code 2).
-Sized to finish within 8 minutes on one recent GPU (an estimate, not yet measured on one: model build ~30 s, batching ~1
-to 2 min, continuous ~2 to 3 min, cold starts with and without a standby runtime ~1.5 min, the readers ~30 s);
-``--deadline`` (default 480 s) stops it,
-children and all, if not. Steps: build the model on the GPU (random init) and save it as safetensors, then one runtime
-process for the batching benchmark, then a local gateway with a static and a continuous replica for the continuous-
-batching benchmark (Poisson arrivals at ``--rates``, for ``--duration`` s each), then a local gateway for the cold-start
-benchmark (``load_gbps``, ``raw_read_gbps``, ``load_efficiency``), then the weight readers side by side on the same
-files in a child process (``loadtest.readers``: ours, safetensors, and fastsafetensors and runai-model-streamer where
-the ``fastload`` extra is installed), with the machine's raw read and pinned host-to-device bandwidth. Prints all tables
-and one JSON object with the keys of the three benchmarks plus the model's size, ``h2d_gbps`` and the comparison under
-``readers``.
+Sized to finish within 8 minutes on one recent GPU (an estimate, not yet measured on one: model build ~30 s,
+batching ~1 to 2 min, structured output ~1 min, continuous ~2 to 3 min, cold starts with and without a standby
+runtime ~1.5 min, the readers ~30 s); ``--deadline`` (default 480 s) stops it, children and all, if not. Steps: build
+the model on the GPU (random init) and save it as safetensors, then one runtime process for the batching benchmark,
+one for the structured-output benchmark (a JSON Schema on every row of batches of 16 against none, and the grammar
+libraries' per-step mask cost on the model's tokenizer), then a local gateway with a static and a continuous replica
+for the continuous-batching benchmark (Poisson arrivals at ``--rates``, for ``--duration`` s each), then local
+gateways for the cold-start benchmark without and with a standby runtime (``load_gbps``, ``raw_read_gbps``,
+``load_efficiency``), then the weight readers side by side on the same files in a child process
+(``loadtest.readers``: ours, safetensors, and fastsafetensors and runai-model-streamer where the ``fastload`` extra
+is installed), with the machine's raw read and pinned host-to-device bandwidth. Prints all tables and one JSON object
+with the keys of the benchmarks plus the model's size, ``h2d_gbps`` and the comparison under ``readers``.
 
 ``--device cpu --size tiny`` runs the same steps on a CPU with a tiny model, to check the script without a GPU.
 """
@@ -28,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loadtest import batching, coldstart, continuous, readers
+from loadtest import batching, coldstart, continuous, readers, structured
 from loadtest.children import scratch_dir
 from loadtest.models import SIZES, build_in_child
 from loadtest.report import Table, finish
@@ -88,6 +90,10 @@ async def _run(args: argparse.Namespace) -> int:
             built = await build_in_child(args.size, model, args.device)
         options = batching.BatchingOptions(args.requests, args.max_tokens, 20, 2, args.device, dtype)
         sides, batching_summary = await batching.bench(model, work, options)
+        structured_options = structured.StructuredOptions(
+            args.requests, args.max_tokens, 20, 2, args.device, dtype, threads=None if args.device == "cuda" else 1
+        )
+        structured_sides, structured_summary = await structured.bench(model, work, structured_options)
         continuous_options = continuous.ContinuousOptions(
             rates=args.rates, duration_s=args.duration, device=args.device, dtype=dtype, name="llama",
             threads=None if args.device == "cuda" else 1,
@@ -104,12 +110,16 @@ async def _run(args: argparse.Namespace) -> int:
         "dtype": dtype,
         "build_s": built["init_s"] + built["save_s"] if "init_s" in built else None,
         **batching_summary,
+        "structured": structured_summary,
         "continuous": continuous_summary,
         **{k: v for k, v in cold_summary.items() if k not in batching_summary},
         "coldstart_with_standby": standby_summary,
         "h2d_gbps": compared.get("h2d_gbps"),
         "readers": compared,
-        "errors": sum(part["errors"] for part in (batching_summary, continuous_summary, cold_summary, standby_summary)),
+        "errors": sum(
+            part["errors"]
+            for part in (batching_summary, structured_summary, continuous_summary, cold_summary, standby_summary)
+        ),
         "elapsed_s": time.monotonic() - started,
     }
     model_table = Table("model", ["figure", "value"])
@@ -125,6 +135,7 @@ async def _run(args: argparse.Namespace) -> int:
     tables = [
         model_table,
         batching.table(sides, batching_summary),
+        *structured.tables(structured_sides, structured_summary),
         *continuous.tables(continuous_summary, continuous_options),
         *coldstart.tables(runs, cold_summary),
         coldstart.standby_table(cold_summary, standby_summary),

@@ -6,7 +6,10 @@ object when it is the JSON text of one (templates write it with ``tojson``); a `
 null content as ``""``. A template that ignores tool calls would drop them without a word, and the model would
 answer a conversation the client did not send: so when a message has ``tool_calls``, the messages are rendered a
 second time without them, and if the two texts are the same the request is refused (``PromptRejected``).
-Declaring tools to the template (``tools=``) is not done here yet.
+
+Tools a request declares go to the template as ``tools=`` (``[{"type": "function", "function": {"name",
+"description", "parameters"}}]``, as transformers' ``apply_chat_template`` takes them); a template that ignores
+them is caught the same way, as the model would never hear of them.
 """
 
 from __future__ import annotations
@@ -16,18 +19,23 @@ from collections.abc import Sequence
 from typing import Any
 
 from runtime.errors import PromptRejected
-from wire import ChatMessage, ToolCall
+from wire import ChatMessage, Tool, ToolCall
 
 __all__ = ["chat_prompt", "template_messages"]
 
 
-def chat_prompt(tokenizer: Any, messages: Sequence[ChatMessage]) -> tuple[str, bool]:
+def chat_prompt(tokenizer: Any, messages: Sequence[ChatMessage], tools: Sequence[Tool] = ()) -> tuple[str, bool]:
     """The prompt text, and whether tokenizing it must add the special tokens (a template writes them itself)."""
     if not tokenizer.chat_template:
+        if tools:
+            raise PromptRejected("this model has no chat template to declare tools with")
         return _plain(messages), True
-    text = _render(tokenizer, template_messages(messages))
+    declared = [tool.model_dump(exclude_none=True) for tool in tools] or None
+    text = _render(tokenizer, template_messages(messages), declared)
+    if declared and _render(tokenizer, template_messages(messages), None) == text:
+        raise PromptRejected("this model's chat template does not render tools, so it cannot be told about them")
     if any(m.tool_calls for m in messages):
-        without = _render(tokenizer, template_messages(messages, tool_calls=False))
+        without = _render(tokenizer, template_messages(messages, tool_calls=False), declared)
         if without == text:
             first = next(i for i, m in enumerate(messages) if m.tool_calls)
             raise PromptRejected(
@@ -52,8 +60,9 @@ def template_messages(messages: Sequence[ChatMessage], *, tool_calls: bool = Tru
     return rendered
 
 
-def _render(tokenizer: Any, messages: list[dict[str, Any]]) -> str:
-    return str(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+def _render(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+    rendered = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
+    return str(rendered)
 
 
 def _tool_call(call: ToolCall) -> dict[str, Any]:

@@ -12,6 +12,12 @@ concatenate to exactly the ``FinishEvent`` text.
 Log-probability entries follow the same rule: an entry goes out with the first delta that carries some of its
 token's text, never before, so an entry sent is never one a stop sequence later cuts off. The output of an
 ``echo`` request starts with its prompt (and the prompt's entries), sent with the first delta.
+
+A request that may call tools is seen through its model's ``ToolFormat`` (``runtime.toolcalls``): deltas carry
+the content outside the calls' markup (the markup is held until a call is complete) and each call once it is
+whole; the finish has the content, the calls and ``finish_reason`` ``tool_calls`` when there are any. Their
+log-probability entries cover every generated token, markup included, and go out once no stop sequence can cut
+their token.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from typing import Literal
 
 from runtime.cancellation import cancelled_event
 from runtime.logprobs import Logprob, Vocabulary
-from wire import ErrorEvent, FinishEvent, GenerationRequest, TokenEvent, TokenLogprob, Usage
+from runtime.toolcalls import ToolFormat
+from wire import ErrorEvent, FinishEvent, GenerationRequest, TokenEvent, TokenLogprob, ToolCall, Usage
 
 __all__ = ["Completion", "Decode", "Echo", "IncrementalText", "holdback_start"]
 
@@ -51,7 +58,9 @@ class Completion:
         *,
         vocabulary: Vocabulary | None = None,
         echo: Echo | None = None,
+        tools: ToolFormat | None = None,
     ) -> None:
+        """``tools``: the model's tool-call format, for a request that may call tools."""
         self.request = request
         self.prompt_tokens = prompt_tokens
         self._decode = decode
@@ -64,6 +73,8 @@ class Completion:
         self._entries: list[TokenLogprob] = list(echo.logprobs) if echo is not None and request.echo else []
         self._starts: list[int] = [-1] * len(self._entries)
         self._entries_sent = 0
+        self._tools = tools
+        self._calls_sent = 0
         # Following the text every step is only needed to find stop sequences or to stream.
         self._text = IncrementalText(decode) if request.stream or request.params.stop else None
         self.finished = False
@@ -112,15 +123,23 @@ class Completion:
         self._starts.append(len(self._prefix) + (len(self._text.text) if self._text else 0))
 
     def _delta(self, safe_text: str) -> list[TokenEvent | FinishEvent]:
-        output = self._prefix + safe_text
-        if not self.request.stream or len(output) <= len(self._sent):
+        output, calls = self._view(safe_text, final=False)
+        if not self.request.stream or not output.startswith(self._sent):
+            # (Not a prefix: the decoded text changed under us, a tokenizer that rewrites earlier text; wait.)
             return []
-        if not output.startswith(self._sent):
-            # The decoded prefix changed under us (a tokenizer that rewrites earlier text); wait for the end.
+        delta, new_calls = output[len(self._sent) :], calls[self._calls_sent :]
+        if not delta and not new_calls:
             return []
-        delta = output[len(self._sent) :]
-        self._sent = output
-        return [TokenEvent(id=self.request.id, text=delta, logprobs=self._take_entries(len(output)))]
+        self._sent, self._calls_sent = output, len(calls)
+        covered = len(self._prefix) + len(safe_text) if self._tools else len(output)
+        return [TokenEvent(id=self.request.id, text=delta, logprobs=self._take_entries(covered), tool_calls=new_calls)]
+
+    def _view(self, text: str, *, final: bool) -> tuple[str, tuple[ToolCall, ...]]:
+        """The output as the client sees it: with tools, the content outside the calls' markup and the calls."""
+        if self._tools is None:
+            return self._prefix + text, ()
+        split = self._tools.split(text, self.request.id, final=final)
+        return self._prefix + split.content, split.calls
 
     def _take_entries(self, covered: int) -> tuple[TokenLogprob, ...]:
         """The entries not sent yet whose token's text starts before ``covered``: they go out now."""
@@ -136,29 +155,37 @@ class Completion:
     ) -> list[TokenEvent | FinishEvent]:
         """``cut``: a stop sequence ended the text, so tokens whose text lies wholly beyond it are not part of it."""
         self.finished = True
-        output = self._prefix + text
         if cut:
-            kept = sum(1 for start in self._starts if start < len(output))
+            kept = sum(1 for start in self._starts if start < len(self._prefix) + len(text))
             del self._entries[max(kept, self._entries_sent) :]
+        output, calls = self._view(text, final=True)
         events: list[TokenEvent | FinishEvent] = []
         if self.request.stream:
             if not output.startswith(self._sent):
                 log.warning("request %s: final text does not extend the streamed text", self.request.id)
                 output = self._sent + output[_common_prefix(output, self._sent) :]
-            rest = output[len(self._sent) :]
+            rest, new_calls = output[len(self._sent) :], calls[self._calls_sent :]
             entries = tuple(self._entries[self._entries_sent :])
             self._entries_sent = len(self._entries)
-            if rest or entries:
-                events.append(TokenEvent(id=self.request.id, text=rest, logprobs=entries))
-                self._sent = output
+            if rest or entries or new_calls:
+                events.append(TokenEvent(id=self.request.id, text=rest, logprobs=entries, tool_calls=new_calls))
+                self._sent, self._calls_sent = output, len(calls)
         usage = Usage(
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self._completion_tokens,
             total_tokens=self.prompt_tokens + self._completion_tokens,
         )
         logprobs = tuple(self._entries) if self.wants_logprobs else None
+        finish_reason = "tool_calls" if calls and reason == "stop" else reason
         events.append(
-            FinishEvent(id=self.request.id, text=output, finish_reason=reason, usage=usage, logprobs=logprobs)
+            FinishEvent(
+                id=self.request.id,
+                text=output,
+                finish_reason=finish_reason,
+                usage=usage,
+                logprobs=logprobs,
+                tool_calls=calls,
+            )
         )
         return events
 

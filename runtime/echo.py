@@ -54,6 +54,9 @@ class EchoEngine:
         return run_to_completion(self, requests, cancellation)
 
     def prepare(self, request: GenerationRequest) -> EchoRow | ErrorEvent:
+        if request.tools or request.response_format is not None:
+            message = "the echo engine neither calls tools nor constrains its output"
+            return ErrorEvent(id=request.id, code="invalid_request", message=message)
         words = _words(request)
         if error := too_long(request, len(words), self._context_length):
             return error

@@ -4,14 +4,17 @@ and the log-probabilities of the choice.
 Each row has its own ``RowSampler``. A step, for all rows together:
 
 1. **process**: a row's *logits processors* change its logits in turn (``Penalties``: OpenAI's frequency and presence
-   penalties over the tokens the row generated; ``LogitBias``). Any per-row rule can join that list (a grammar's
-   mask, say) by being a ``LogitsProcessor``. Rows without processors keep their logits exactly as they are;
+   penalties over the tokens the row generated; ``LogitBias``). Any per-row rule can join that list by being a
+   ``LogitsProcessor``. Last, the rows with a ``grammar`` (``runtime.grammar``) have the logits of the tokens it
+   does not allow next set to ``-inf``, all such rows at once. Rows without processors or grammar keep their logits
+   exactly as they are;
 2. **choose**: greedy rows take the argmax of their processed logits; the others sample from
    ``softmax(processed / temperature)``, cut to the nucleus;
 3. **score**: rows that asked for ``logprobs`` get ``log_softmax(processed)`` of the chosen token and the top ``k``:
    the distribution after penalties and bias, before temperature and top-p (so the numbers do not depend on the
-   temperature, and greedy rows have them too);
-4. **accept**: each processor hears the token chosen for its row (penalties count it).
+   temperature, and greedy rows have them too). Tokens a grammar masked out are never among the top ``k``: a
+   row may have fewer alternatives than it asked for, never one with a log-probability of ``-inf``;
+4. **accept**: each processor hears the token chosen for its row (penalties count it), and so does the grammar.
 
 Randomness comes from one ``random.Random`` per request, seeded from the request's seed: each sampled row draws
 exactly one uniform number per step and turns it into a token by inverting the (nucleus-truncated) distribution.
@@ -22,6 +25,7 @@ new parameters takes exactly the path it always took.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +33,7 @@ from typing import Protocol
 
 import torch
 
+from runtime.grammar import GrammarMask, apply_masks
 from runtime.logprobs import Logprob
 from wire import SamplingParams
 
@@ -95,14 +100,15 @@ def logits_processors(params: SamplingParams) -> list[LogitsProcessor]:
 
 @dataclass
 class RowSampler:
-    """One request's sampling state: its parameters, its logits processors and its own random stream.
-    ``logprobs``: how many alternatives to report per token (None: no log-probabilities)."""
+    """One request's sampling state: its parameters, its logits processors, its grammar (if its output must follow
+    one) and its own random stream. ``logprobs``: how many alternatives to report per token (None: none)."""
 
     temperature: float
     top_p: float
     rng: random.Random
     logprobs: int | None = None
     processors: list[LogitsProcessor] = field(default_factory=list)
+    grammar: GrammarMask | None = None
 
     @classmethod
     def for_params(cls, params: SamplingParams) -> RowSampler:
@@ -141,6 +147,8 @@ def choose(logits: torch.Tensor, samplers: Sequence[RowSampler]) -> list[Chosen]
     for sampler, token in zip(samplers, tokens, strict=True):
         for processor in sampler.processors:
             processor.accept(token)
+        if sampler.grammar is not None:
+            sampler.grammar.accept(token)
     return [Chosen(token, scores.get(i)) for i, token in enumerate(tokens)]
 
 
@@ -150,10 +158,11 @@ def choose_tokens(logits: torch.Tensor, samplers: Sequence[RowSampler]) -> list[
 
 
 def _process(logits: torch.Tensor, samplers: Sequence[RowSampler]) -> torch.Tensor:
-    """The logits after each row's processors: ``logits`` itself when no row has any; else a float32 copy (exact
-    for every row: widening a float is exact) whose rows with processors are changed."""
+    """The logits after each row's processors and grammar: ``logits`` itself when no row has any; else a float32
+    copy (exact for every row: widening a float is exact) whose rows with processors or a grammar are changed."""
     changing = [i for i, s in enumerate(samplers) if s.processors]
-    if not changing:
+    constrained = [i for i, s in enumerate(samplers) if s.grammar is not None]
+    if not changing and not constrained:
         return logits
     processed = logits.to(torch.float32, copy=True)
     for i in changing:
@@ -161,6 +170,8 @@ def _process(logits: torch.Tensor, samplers: Sequence[RowSampler]) -> torch.Tens
         for processor in samplers[i].processors:
             row = processor(row)
         processed[i] = row
+    if constrained:
+        apply_masks(processed, constrained, [mask for i in constrained if (mask := samplers[i].grammar) is not None])
     return processed
 
 
@@ -179,7 +190,7 @@ def _scores(processed: torch.Tensor, samplers: Sequence[RowSampler], tokens: lis
     scores = {}
     for n, i in enumerate(asking):
         wanted = samplers[i].logprobs or 0
-        top = tuple(zip(ids[n][:wanted], values[n][:wanted], strict=True))
+        top = tuple((t, v) for t, v in zip(ids[n][:wanted], values[n][:wanted], strict=True) if v != -math.inf)
         scores[i] = Logprob(chosen[n], top)
     return scores
 

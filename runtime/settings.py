@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal, NoReturn, TypeVar
 
 from runtime.errors import SettingsError
+from runtime.toolcalls import ToolParserName
 from wire import SchedulerKind
 
 __all__ = ["ENV_PREFIX", "Device", "Dtype", "EngineKind", "RuntimeSettings", "SchedulerKind"]
@@ -30,6 +31,7 @@ _DTYPES: tuple[Dtype, ...] = ("auto", "float32", "float16", "bfloat16")
 _ENGINES: tuple[EngineKind, ...] = ("torch", "echo")
 _WEIGHT_LOADERS: tuple[WeightLoader, ...] = ("direct", "from_pretrained")
 _SCHEDULERS: tuple[SchedulerKind, ...] = ("continuous", "static")
+_TOOL_PARSERS: tuple[ToolParserName, ...] = ("auto", "hermes", "llama3_json", "none")
 _Choice = TypeVar("_Choice", bound=str)
 _WILDCARDS = frozenset({"0.0.0.0", "::", ""})
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -100,6 +102,14 @@ class RuntimeSettings:
     max_context_tokens: int | None = None
     """Cap on prompt tokens plus ``max_tokens`` per request, below the model's own context length. Default:
     none (the model's ``max_position_embeddings``). Lower it when a long-context model would not fit a GPU."""
+
+    tool_parser: ToolParserName = "auto"
+    """How this model writes tool calls (``runtime.toolcalls``): ``hermes`` (``<tool_call>{json}</tool_call>``
+    blocks: Hermes, Qwen 2 and later, the demo model), ``llama3_json`` (the answer is ``{"name", "parameters"}``:
+    Llama 3.1 and later), or ``none`` (requests with tools are refused). ``auto`` (default): from the chat template,
+    ``hermes`` if it writes ``<tool_call>``, ``llama3_json`` if it writes ``<|python_tag|>`` or an ``ipython``
+    turn with ``"parameters"``, else ``none``. It decides how calls are parsed out of the text and the grammar that
+    forces a call (``tool_choice`` ``required`` or named)."""
 
     engine: EngineKind = "torch"
     """``torch`` runs the model; ``echo`` answers at once with the prompt's words and never imports torch, to
@@ -189,6 +199,7 @@ class RuntimeSettings:
             max_batch_tokens=args.max_batch_tokens or None,
             prefill_chunk_tokens=args.prefill_chunk_tokens,
             max_context_tokens=args.max_context_tokens or None,
+            tool_parser=args.tool_parser,
             engine=args.engine,
             warmup=args.warmup,
             shutdown_grace_s=args.shutdown_grace_s,
@@ -248,6 +259,12 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     p.add_argument("--prefill-chunk-tokens", type=int, default=env.integer("PREFILL_CHUNK_TOKENS", 128))
     p.add_argument("--max-context-tokens", type=int, default=env.integer("MAX_CONTEXT_TOKENS", 0))
+    p.add_argument(
+        "--tool-parser",
+        choices=_TOOL_PARSERS,
+        default=env.choice("TOOL_PARSER", _TOOL_PARSERS, "auto"),
+        help="how the model writes tool calls (auto: from its chat template)",
+    )
     p.add_argument("--engine", choices=_ENGINES, default=env.choice("ENGINE", _ENGINES, "torch"))
     p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=env.boolean("WARMUP", True))
     p.add_argument("--shutdown-grace-s", type=int, default=env.integer("SHUTDOWN_GRACE_S", 30))

@@ -7,7 +7,9 @@ position ids count only real tokens (``cumsum(mask) - 1``), so each row computes
 scheduler) and leave it when they finish or are cancelled on their own (``POST /v1/cancel``): they are dropped from
 the cache, mask and positions, so a batch costs what its still-running requests cost. Sampling (penalties, bias,
 log-probabilities) and stop handling are per request (see ``sampling`` and ``completion``); chat messages become a
-prompt in ``chat``, an echoed prompt's log-probabilities come from ``scoring``.
+prompt in ``chat``, an echoed prompt's log-probabilities come from ``scoring``. Tool calls are parsed out of the text
+in the model's format (``toolcalls``, ``--tool-parser``), and a request whose output must follow a grammar (a
+forced tool call, ``response_format``) gets the grammar's mask in its sampler (``grammar``).
 """
 
 from __future__ import annotations
@@ -31,12 +33,14 @@ from runtime.completion import Completion, Echo
 from runtime.engine import BatchEvent, LoadReport, too_long
 from runtime.errors import EngineError, EngineNotLoaded, PromptRejected
 from runtime.fastload import load_without_init
+from runtime.grammar import Grammars, grammar_text
 from runtime.kvcache import plain_layers
 from runtime.logprobs import Vocabulary, token_bytes_table
 from runtime.sampling import RowSampler
 from runtime.scoring import prompt_logprobs
 from runtime.settings import RuntimeSettings
 from runtime.stepping import run_to_completion
+from runtime.toolcalls import ToolFormat, format_for_template
 from runtime.torch_batch import TorchBatch, TorchRow
 from wire import ErrorEvent, GenerationRequest, SamplingParams
 
@@ -61,6 +65,8 @@ class TorchEngine:
         self._context_length = 0
         self._unmergeable: str | None = None  # a cache layer type rows cannot join, if the model has one
         self._bytes_table: list[bytes] | None = None
+        self._tool_format: ToolFormat | None = None
+        self._grammars: Grammars | None = None
 
     @property
     def context_length(self) -> int:
@@ -90,6 +96,10 @@ class TorchEngine:
         self._pad_id = _pad_id(self._tokenizer, self._eos_ids)
         self._context_length = _context_length(self._model.config, self._settings.max_context_tokens)
         self._unmergeable = plain_layers(DynamicCache(config=self._model.config))
+        template = self._tokenizer.chat_template
+        self._tool_format = format_for_template(self._settings.tool_parser, template if template else None)
+        self._grammars = Grammars(self._tokenizer, self._vocabulary_size, self._eos_ids)
+        log.info("tool-call format: %s", self._tool_format.name if self._tool_format else "none")
         size = sum(p.stat().st_size for p in self._model_dir.glob("*.safetensors"))
         return LoadReport(time.monotonic() - started, size, str(self._device), str(self._dtype).split(".")[-1])
 
@@ -136,6 +146,8 @@ class TorchEngine:
         try:
             prompt_ids = self._prompt_ids(request)
             self._check_token_ids(request)
+            tools = self._tools_for(request)
+            sampler = self._sampler(request)
         except TemplateError as exc:
             return ErrorEvent(id=request.id, code="invalid_request", message=f"chat template: {exc}")
         except PromptRejected as exc:
@@ -146,8 +158,27 @@ class TorchEngine:
             return error
         vocabulary = Vocabulary(self._token_bytes)
         echo = self._echo(request, prompt_ids, vocabulary) if request.echo else None
-        completion = Completion(request, len(prompt_ids), self._decode, vocabulary=vocabulary, echo=echo)
-        return TorchRow(completion, prompt_ids, RowSampler.for_params(request.params))
+        completion = Completion(request, len(prompt_ids), self._decode, vocabulary=vocabulary, echo=echo, tools=tools)
+        return TorchRow(completion, prompt_ids, sampler)
+
+    def _tools_for(self, request: GenerationRequest) -> ToolFormat | None:
+        """The format to parse tool calls in, for a request that may call tools."""
+        if not request.calls_tools:
+            return None
+        if self._tool_format is None:
+            raise PromptRejected(
+                "this model has no tool-call format (the runtime's --tool-parser), so it cannot call tools"
+            )
+        return self._tool_format
+
+    def _sampler(self, request: GenerationRequest) -> RowSampler:
+        """The row's sampler; with a grammar's mask when its output must follow one."""
+        sampler = RowSampler.for_params(request.params)
+        grammar = grammar_text(request, self._tool_format)
+        if grammar is not None:
+            assert self._grammars is not None
+            sampler.grammar = self._grammars.mask(grammar)
+        return sampler
 
     def _check_token_ids(self, request: GenerationRequest) -> None:
         """Token ids a client wrote itself (a token prompt, ``logit_bias``) must be in the model's vocabulary."""
@@ -212,7 +243,7 @@ class TorchEngine:
         if request.prompt is not None:
             return list(self._tokenizer(request.prompt)["input_ids"])
         # A chat template writes the special tokens (BOS) itself; adding them again would double BOS.
-        text, special = chat_prompt(self._tokenizer, request.messages or ())
+        text, special = chat_prompt(self._tokenizer, request.messages or (), request.tools)
         return list(self._tokenizer(text, add_special_tokens=special)["input_ids"])
 
     def _decode(self, ids: Sequence[int]) -> str:

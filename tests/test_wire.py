@@ -144,10 +144,8 @@ def test_a_request_without_new_fields_reads_as_it_did_before_they_existed() -> N
     }
     usage = wire.Usage(prompt_tokens=1, completion_tokens=1, total_tokens=2)
     finish = wire.FinishEvent(id="a", text="x", finish_reason="stop", usage=usage)
-    assert (
-        "logprobs" not in finish.model_dump_json()
-        and "logprobs" not in wire.TokenEvent(id="a", text="x").model_dump_json()
-    )
+    for old in (finish, wire.TokenEvent(id="a", text="x")):
+        assert "logprobs" not in old.model_dump_json() and "tool_calls" not in old.model_dump_json()
     used = request.model_copy(update={"params": wire.SamplingParams(seed=1, logprobs=0)})
     assert json.loads(used.model_dump_json())["params"]["logprobs"] == 0
     assert wire.GenerationRequest.model_validate_json(used.model_dump_json()) == used
@@ -164,3 +162,48 @@ def test_logprob_entries_round_trip() -> None:
     token = wire.TokenEvent(id="a", text="xa", logprobs=entries)
     for event in (finish, token):
         assert wire.BatchEventAdapter.validate_json(event.model_dump_json()) == event
+
+
+HI = (wire.ChatMessage(role="user", content="hi"),)
+WEATHER = wire.Tool(function=wire.FunctionDefinition(name="weather", parameters={"type": "object"}))
+
+
+def test_tools_and_structured_output_round_trip() -> None:
+    request = wire.GenerationRequest(
+        id="a",
+        messages=HI,
+        tools=(WEATHER,),
+        tool_choice=wire.ForcedTool(name="weather"),
+        parallel_tool_calls=False,
+        response_format=wire.ResponseFormat(type="json_schema", json_schema={"type": "object"}),
+    )
+    assert wire.GenerationRequest.model_validate_json(request.model_dump_json()) == request
+    assert request.calls_tools and not request.model_copy(update={"tool_choice": "none"}).calls_tools
+    call = wire.ToolCall(id="call_1", function=wire.FunctionCall(name="weather", arguments="{}"))
+    usage = wire.Usage(prompt_tokens=1, completion_tokens=1, total_tokens=2)
+    events = [
+        wire.TokenEvent(id="a", text="", tool_calls=(call,)),
+        wire.FinishEvent(id="a", text="", finish_reason="tool_calls", usage=usage, tool_calls=(call,)),
+    ]
+    assert [wire.BatchEventAdapter.validate_json(e.model_dump_json()) for e in events] == events
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"tool_choice": "required"},
+        {"tools": (WEATHER,), "tool_choice": wire.ForcedTool(name="clock")},
+        {"tools": (WEATHER, WEATHER)},
+        {"response_format": {"type": "json_schema"}},
+        {"response_format": {"type": "json_object", "json_schema": {"type": "object"}}},
+        {"tools": ({"function": {"name": "has space"}},)},
+    ],
+)
+def test_tool_choice_and_formats_that_cannot_be_met_are_invalid(fields: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        wire.GenerationRequest(id="a", messages=HI, **fields)
+
+
+def test_tools_and_formats_are_for_chat_only() -> None:
+    with pytest.raises(ValidationError, match="chat messages only"):
+        wire.GenerationRequest(id="a", prompt="hi", tools=(WEATHER,))

@@ -47,6 +47,7 @@ __all__ = [
     "MAX_LOGIT_BIAS",
     "MAX_LOGPROBS",
     "MAX_REQUEST_ID_LENGTH",
+    "MAX_TOOLS",
     "NDJSON",
     "READY_PATH",
     "REPLICAS_CHANNEL",
@@ -61,17 +62,22 @@ __all__ = [
     "ErrorBody",
     "ErrorEvent",
     "FinishEvent",
+    "ForcedTool",
     "FunctionCall",
+    "FunctionDefinition",
     "GenerationRequest",
     "ReadyBody",
     "ReplicaState",
+    "ResponseFormat",
     "SamplingParams",
     "SchedulerKind",
     "StartupPhase",
     "StartupTimings",
     "TokenEvent",
     "TokenLogprob",
+    "Tool",
     "ToolCall",
+    "ToolChoice",
     "TopLogprob",
     "Usage",
     "json_schema",
@@ -98,6 +104,8 @@ MAX_CANCEL_IDS = 1024
 MAX_LOGPROBS = 20
 #: Most tokens one ``SamplingParams.logit_bias`` may name.
 MAX_LOGIT_BIAS = 300
+#: Most tools one request may declare (OpenAI's limit).
+MAX_TOOLS = 128
 
 
 class _Wire(BaseModel):
@@ -201,12 +209,59 @@ class SamplingParams(_Evolving):
         return bias
 
 
+class FunctionDefinition(_Wire):
+    """A function the model may call: its name, what it does, and the JSON Schema of its arguments object."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(
+        None, description="JSON Schema of the arguments (an object); None: a function that takes none"
+    )
+
+
+class Tool(_Wire):
+    """A tool declared to the model (OpenAI's ``tools`` entry); only functions exist."""
+
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class ForcedTool(_Wire):
+    """``tool_choice`` naming one function: the model must call exactly it."""
+
+    name: str = Field(min_length=1)
+
+
+#: ``none``: the model answers in text (the tools are still shown to it); ``auto``: it may call tools, and calls it
+#: writes in its family's markup are parsed out; ``required``: it must call at least one (constrained decoding);
+#: a ``ForcedTool``: it must call that one.
+ToolChoice = Literal["none", "auto", "required"] | ForcedTool
+
+
+class ResponseFormat(_Wire):
+    """Structured output: the answer is one JSON object (``json_object``) or a JSON value valid for
+    ``json_schema`` (``json_schema``), enforced by constrained decoding."""
+
+    type: Literal["json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = Field(None, description="the JSON Schema, for type json_schema only")
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("'json_schema' is given exactly when 'type' is 'json_schema'")
+        return self
+
+
 class GenerationRequest(_Evolving):
     """One request in a batch: a plain ``prompt`` (text), a ``prompt_token_ids`` (token ids, used as they are), or
     chat ``messages``: exactly one. ``echo`` (plain prompts only) puts the prompt before the generated text, and
-    with ``params.logprobs`` the prompt tokens' log-probabilities (the first one null) before the generated ones."""
+    with ``params.logprobs`` the prompt tokens' log-probabilities (the first one null) before the generated ones.
 
-    _newer = ("prompt_token_ids", "echo")
+    Chat requests only: ``tools`` are declared to the model through its chat template; ``tool_choice`` says
+    whether it may, must or must not call them; ``parallel_tool_calls`` whether it may call several at once.
+    ``response_format`` constrains the answer to JSON (a schema's, or any object)."""
+
+    _newer = ("prompt_token_ids", "echo", "tools", "tool_choice", "parallel_tool_calls", "response_format")
 
     id: str = Field(min_length=1, max_length=MAX_REQUEST_ID_LENGTH)
     prompt: str | None = None
@@ -215,6 +270,10 @@ class GenerationRequest(_Evolving):
     params: SamplingParams = SamplingParams()
     stream: bool = False
     echo: bool = False
+    tools: tuple[Tool, ...] = Field((), max_length=MAX_TOOLS)
+    tool_choice: ToolChoice = "auto"
+    parallel_tool_calls: bool = True
+    response_format: ResponseFormat | None = None
 
     @model_validator(mode="after")
     def _one_prompt(self) -> GenerationRequest:
@@ -225,7 +284,25 @@ class GenerationRequest(_Evolving):
             raise ValueError("'messages' must not be empty")
         if self.echo and self.messages is not None:
             raise ValueError("'echo' applies to plain prompts only")
+        if (self.tools or self.response_format is not None) and self.messages is None:
+            raise ValueError("'tools' and 'response_format' apply to chat messages only")
         return self
+
+    @model_validator(mode="after")
+    def _tool_choice_among_tools(self) -> GenerationRequest:
+        names = [tool.function.name for tool in self.tools]
+        if len(set(names)) != len(names):
+            raise ValueError("tool names must be unique")
+        if self.tool_choice == "required" and not self.tools:
+            raise ValueError("tool_choice 'required' needs tools")
+        if isinstance(self.tool_choice, ForcedTool) and self.tool_choice.name not in names:
+            raise ValueError(f"tool_choice names {self.tool_choice.name!r}, which is not among the tools")
+        return self
+
+    @property
+    def calls_tools(self) -> bool:
+        """Whether the answer may contain tool calls (to be parsed out of the text)."""
+        return bool(self.tools) and self.tool_choice != "none"
 
 
 class BatchRequest(_Wire):
@@ -268,30 +345,37 @@ class TokenLogprob(_Wire):
 class TokenEvent(_Evolving):
     """New text for a streaming request, to be appended to what came before; with ``logprobs`` asked for, the
     entries of the tokens this text completes (appended likewise; they may come in a later event than their
-    text's first characters, but never before)."""
+    text's first characters, but never before). ``tool_calls``: calls the model finished writing since the last
+    event, whole, to be appended to those before (a call's markup is never part of ``text``)."""
 
-    _newer = ("logprobs",)
+    _newer = ("logprobs", "tool_calls")
 
     type: Literal["token"] = "token"
     id: str
     text: str
     logprobs: tuple[TokenLogprob, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 class FinishEvent(_Evolving):
     """A request is done: its whole text (stop sequences removed; with ``echo``, the prompt first), why it stopped,
     and its token counts. ``logprobs`` (None unless asked for) lines up one to one with the tokens of ``text``
     (an end-of-sequence token is not one of them; a token that completed a stop sequence is, if some of its text
-    is part of ``text``): their ``bytes`` concatenate to the text, up to how the tokenizer joins tokens."""
+    is part of ``text``): their ``bytes`` concatenate to the text, up to how the tokenizer joins tokens.
 
-    _newer = ("logprobs",)
+    A request with tools whose answer holds tool calls has them in ``tool_calls`` (ids unique within the request,
+    the same on a redelivery) and ``finish_reason`` ``tool_calls``; ``text`` is then what the model wrote outside
+    the calls' markup (often empty), and ``logprobs`` still has every generated token, markup included."""
+
+    _newer = ("logprobs", "tool_calls")
 
     type: Literal["finish"] = "finish"
     id: str
     text: str
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "tool_calls"]
     usage: Usage
     logprobs: tuple[TokenLogprob, ...] | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 class ErrorEvent(_Wire):

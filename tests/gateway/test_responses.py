@@ -84,3 +84,35 @@ def test_streamed_text_offsets_continue_per_choice() -> None:
     assert first["choices"][0]["logprobs"]["text_offset"] == [0]
     assert other["choices"][0]["logprobs"]["text_offset"] == [0]
     assert second["choices"][0]["logprobs"]["text_offset"] == [2]
+
+
+def call(name: str, arguments: str, n: int) -> wire.ToolCall:
+    return wire.ToolCall(id=f"call_{n}", function=wire.FunctionCall(name=name, arguments=arguments))
+
+
+def test_tool_calls_in_messages_and_chunks() -> None:
+    chat = ResponseShape("chat", "chatcmpl-1", "m", logprobs=False)
+    calls = (call("weather", '{"city": "Oslo"}', 1), call("clock", "{}", 2))
+    done = wire.FinishEvent(id="x", text="", finish_reason="tool_calls", usage=USAGE, tool_calls=calls)
+    (choice,) = chat.final([done], USAGE)["choices"]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"] == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Oslo"}'}},
+            {"id": "call_2", "type": "function", "function": {"name": "clock", "arguments": "{}"}},
+        ],
+    }
+    with_text = done.model_copy(update={"text": "Checking."})
+    assert chat.final([with_text], USAGE)["choices"][0]["message"]["content"] == "Checking."
+
+    first = chat.chunk(0, "", first=True, tool_calls=calls[:1])["choices"][0]["delta"]
+    assert first == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"index": 0, **calls[0].model_dump()}],
+    }
+    later = chat.chunk(0, "", tool_calls=calls[1:])["choices"][0]["delta"]
+    assert later["tool_calls"] == [{"index": 1, **calls[1].model_dump()}], "indexed among the choice's calls"
+    assert chat.chunk(1, "", tool_calls=calls[1:])["choices"][0]["delta"]["tool_calls"][0]["index"] == 0

@@ -121,13 +121,8 @@ def test_no_message_shows_validation_internals(body: dict[str, Any]) -> None:
             "Audio inputs are not supported",
         ),
         (chat({"role": "user", "content": [{"type": "file", "file": {}}]}), "messages[0].content[0].file", "File"),
-        (chat(tools=[{"type": "function", "function": {"name": "f"}}]), "tools", "Tool calling ('tools')"),
-        (chat(tool_choice="auto"), "tool_choice", "Tool calling ('tool_choice') is not supported yet"),
-        (chat(tool_choice={"type": "function"}), "tool_choice", "not supported yet"),
-        (chat(parallel_tool_calls=True), "parallel_tool_calls", "not supported yet"),
-        (chat(functions=[{"name": "f"}]), "functions", "Function calling"),
-        (chat(response_format={"type": "json_schema", "json_schema": {}}), "response_format", "Structured output"),
-        (chat(response_format={"type": "json_object"}), "response_format", "'json_object'"),
+        (chat(functions=[{"name": "f"}]), "functions", "Function calling ('functions', deprecated; use 'tools')"),
+        (chat(function_call="auto"), "function_call", "use 'tool_choice'"),
         (chat(audio={"voice": "x"}), "audio", "Audio output"),
         (chat(modalities=["text", "audio"]), "modalities", "Only text output"),
         (chat(reasoning_effort="low"), "reasoning_effort", "'reasoning_effort'"),
@@ -234,6 +229,58 @@ def test_chat_to_wire_flattens_parts_and_keeps_tool_turns() -> None:
         wire.ChatMessage(role="assistant", content="no"),
     )
     assert parsed.sampling_params(99, seed=1).max_tokens == 7
+
+
+WEATHER = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}, "strict": True}}
+
+
+def test_tools_choices_and_formats_reach_the_wire() -> None:
+    def wired(**fields: Any) -> dict[str, Any]:
+        (prompt,) = parse_request(ChatCompletionRequest, chat(**fields)).inputs()
+        return {key: value for key, value in prompt.items() if key != "messages"}
+
+    tool = wire.Tool(function=wire.FunctionDefinition(name="weather", parameters={"type": "object"}))
+    assert wired(tools=[WEATHER]) == {"tools": (tool,)}
+    named = {"type": "function", "function": {"name": "weather"}}
+    assert wired(tools=[WEATHER], tool_choice=named, parallel_tool_calls=False) == {
+        "tools": (tool,),
+        "tool_choice": wire.ForcedTool(name="weather"),
+        "parallel_tool_calls": False,
+    }
+    assert wired(tools=[WEATHER], tool_choice="required")["tool_choice"] == "required"
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    structured = {"type": "json_schema", "json_schema": {"name": "a", "schema": schema, "strict": True}}
+    assert wired(response_format=structured) == {
+        "response_format": wire.ResponseFormat(type="json_schema", json_schema=schema)
+    }
+    assert wired(response_format={"type": "json_object"}) == {
+        "response_format": wire.ResponseFormat(type="json_object")
+    }
+    assert wired(response_format={"type": "text"}) == {"response_format": None}
+    for fields in ({"tools": [WEATHER], "tool_choice": "required"}, {"response_format": structured}):
+        (prompt,) = parse_request(ChatCompletionRequest, chat(**fields)).inputs()
+        wire.GenerationRequest(id="x", **prompt)
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "words"),
+    [
+        ({"tool_choice": "required"}, "tool_choice", "only allowed when 'tools' are specified"),
+        (
+            {"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "clock"}}},
+            "tool_choice",
+            "'clock'",
+        ),
+        ({"tools": [WEATHER, WEATHER]}, "tools", "unique"),
+        ({"tools": [{"type": "function", "function": {"name": "a b"}}]}, "tools[0].function.name", "Invalid value"),
+        ({"response_format": {"type": "json_schema"}}, "response_format", "needs 'json_schema'"),
+        ({"tool_choice": "sometimes", "tools": [WEATHER]}, "tool_choice", "Invalid value"),
+    ],
+)
+def test_tool_choices_and_formats_that_cannot_be_met_are_400(fields: dict[str, Any], param: str, words: str) -> None:
+    error = refusal(ChatCompletionRequest, chat(**fields))
+    assert error.param == param and words in error.message, (error.param, error.message)
+    assert not PYDANTIC_WORDS.search(error.message)
 
 
 def test_body_must_be_an_object() -> None:

@@ -207,6 +207,29 @@ async def test_a_redelivered_attempt_does_not_repeat_logprob_entries(rig: Rig) -
     await ticket.close()
 
 
+async def test_a_redelivered_attempt_does_not_repeat_tool_calls(rig: Rig) -> None:
+    ticket = await rig.submit("a", stream=True)
+    (delivery,) = await rig.take()
+    first, second = (
+        wire.ToolCall(id=f"call_{n}", function=wire.FunctionCall(name="f", arguments="{}")) for n in (1, 2)
+    )
+    replies: list[Dispatched | Token] = [
+        Dispatched(id="a", attempt=1),
+        Token(id="a", attempt=1, text="", tool_calls=(first,)),
+        Dispatched(id="a", attempt=2),
+        Token(id="a", attempt=2, text="", tool_calls=(first,)),
+        Token(id="a", attempt=2, text="", tool_calls=(second,)),
+    ]
+    await rig.sender.publish([(rig.router.channel, reply) for reply in replies])
+    result = wire.FinishEvent(id="a", text="", finish_reason="tool_calls", usage=USAGE, tool_calls=(first, second))
+    await rig.queue.settle(MODEL, delivery, Finished(id="a", result=result))
+    await ticket.dispatched()
+    async with asyncio.timeout(5):
+        items = [item async for item in ticket.stream()]
+    assert items == [Delta("", tool_calls=(first,)), Delta("", tool_calls=(second,)), result]
+    await ticket.close()
+
+
 async def test_closing_an_unanswered_ticket_cancels_it(rig: Rig) -> None:
     ticket = await rig.submit("a")
     await ticket.close()

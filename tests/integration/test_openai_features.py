@@ -1,15 +1,17 @@
 """The OpenAI features apps send, through the official SDK against a real gateway, Redis and runtime: logprobs,
-logit_bias, several choices (n, prompt lists, token prompts), streamed and not, and clear refusals."""
+logit_bias, several choices (n, prompt lists, token prompts), tool calls and structured output, streamed and not,
+and clear refusals."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import openai
 import pytest
+from pydantic import BaseModel, Field
 
 from tests.harness import LocalGateway
 
@@ -169,30 +171,87 @@ async def test_an_image_part_is_refused_with_its_param(sdk: openai.AsyncOpenAI) 
     assert "Image inputs are not supported by this model" in info.value.message
 
 
-async def test_tools_and_structured_output_are_refused_not_ignored(sdk: openai.AsyncOpenAI) -> None:
-    tool: Any = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
-    with pytest.raises(openai.BadRequestError) as info:
-        await sdk.chat.completions.create(model="tiny", messages=HELLO, tools=[tool])
-    assert info.value.param == "tools"
-    with pytest.raises(openai.BadRequestError) as info:
-        await sdk.chat.completions.create(model="tiny", messages=HELLO, response_format={"type": "json_object"})
-    assert info.value.param == "response_format" and "Structured output" in info.value.message
+class Weather(BaseModel):
+    city: str = Field(max_length=12)
+    unit: Literal["celsius", "fahrenheit"]
 
 
-async def test_a_tool_result_turn_is_refused_clearly_by_a_template_without_tools(sdk: openai.AsyncOpenAI) -> None:
+class Summary(BaseModel):
+    title: str = Field(max_length=20)
+    stars: int = Field(ge=1, le=5)
+
+
+WEATHER_TOOL = openai.pydantic_function_tool(Weather, name="weather", description="The weather now")
+ASK: Any = [{"role": "user", "content": "Weather in Oslo?"}]
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "weather"}}])
+async def test_a_forced_tool_call_is_valid_for_its_schema(sdk: openai.AsyncOpenAI, choice: Any) -> None:
+    answer = await sdk.chat.completions.create(
+        model="tiny", messages=ASK, tools=[WEATHER_TOOL], tool_choice=choice, parallel_tool_calls=False,
+        max_tokens=100, temperature=0,
+    )  # fmt: skip
+    (result,) = answer.choices
+    assert result.finish_reason == "tool_calls" and result.message.content is None
+    assert result.message.tool_calls is not None
+    (call,) = result.message.tool_calls
+    assert call.type == "function" and call.function.name == "weather" and call.id.startswith("call_")
+    Weather.model_validate_json(call.function.arguments)
+
+    stream = await sdk.chat.completions.create(
+        model="tiny", messages=ASK, tools=[WEATHER_TOOL], tool_choice=choice, parallel_tool_calls=False,
+        max_tokens=100, temperature=0, stream=True,
+    )  # fmt: skip
+    arguments: dict[int, str] = defaultdict(str)
+    names: dict[int, str | None] = {}
+    ids: dict[int, str | None] = {}
+    reasons: list[str] = []
+    async for chunk in stream:
+        for c in chunk.choices:
+            reasons += [c.finish_reason] if c.finish_reason else []
+            for delta in c.delta.tool_calls or []:
+                arguments[delta.index] += (delta.function and delta.function.arguments) or ""
+                names[delta.index] = (delta.function and delta.function.name) or names.get(delta.index)
+                ids[delta.index] = delta.id or ids.get(delta.index)
+    assert reasons == ["tool_calls"]
+    assert (dict(arguments), names) == ({0: call.function.arguments}, {0: "weather"}), "greedy: the same call"
+    assert list(ids) == [0] and (ids[0] or "").startswith("call_")
+
+
+async def test_parse_returns_a_pydantic_object(sdk: openai.AsyncOpenAI) -> None:
+    answer = await sdk.chat.completions.parse(
+        model="tiny", messages=HELLO, response_format=Summary, max_tokens=60, temperature=0
+    )
+    parsed = answer.choices[0].message.parsed
+    assert isinstance(parsed, Summary) and 1 <= parsed.stars <= 5
+    assert answer.choices[0].message.content == parsed.model_dump_json().replace('":', '": ').replace(',"', ', "')
+
+
+async def test_a_tool_result_turn_is_answered(sdk: openai.AsyncOpenAI) -> None:
     call = {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Oslo"}'}}
     messages: Any = [
-        {"role": "user", "content": "Weather in Oslo?"},
+        *ASK,
         {"role": "assistant", "content": None, "tool_calls": [call]},
-        {"role": "tool", "content": "sunny", "tool_call_id": "call_1"},
+        {"role": "tool", "content": "12 degrees and sunny", "tool_call_id": "call_1"},
     ]
+    answer = await sdk.chat.completions.create(
+        model="tiny", messages=messages, tools=[WEATHER_TOOL], max_tokens=8, temperature=0
+    )
+    (result,) = answer.choices
+    assert result.message.content and result.message.tool_calls is None, "the random model answers in words"
+    assert result.finish_reason == "length"
+
+
+async def test_tool_choices_that_cannot_be_met_are_400(sdk: openai.AsyncOpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
-        await sdk.chat.completions.create(model="tiny", messages=messages, max_tokens=4)
-    assert "does not render tool calls (messages[1].tool_calls)" in info.value.message
-    assert "Input should" not in info.value.message
-    tool_turn_alone = [messages[0], messages[2]]  # no call to drop: the template renders the tool's answer
-    answer = await sdk.chat.completions.create(model="tiny", messages=tool_turn_alone, max_tokens=4)
-    assert answer.choices[0].message.content
+        await sdk.chat.completions.create(
+            model="tiny", messages=ASK, tools=[WEATHER_TOOL],
+            tool_choice={"type": "function", "function": {"name": "clock"}},
+        )  # fmt: skip
+    assert info.value.param == "tool_choice" and "'clock'" in info.value.message
+    bad_schema: Any = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/nowhere"}}}
+    with pytest.raises(openai.BadRequestError, match="cannot be constrained"):
+        await sdk.chat.completions.create(model="tiny", messages=HELLO, response_format=bad_schema)
 
 
 async def test_one_failing_choice_fails_the_request(sdk: openai.AsyncOpenAI, warm_gateway: LocalGateway) -> None:

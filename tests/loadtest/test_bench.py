@@ -1,4 +1,5 @@
-"""``bench overhead``, ``bench batching``, ``bench coldstart``, ``bench continuous`` and ``gpu`` run end to end on
+"""``bench overhead``, ``bench batching``, ``bench structured``, ``bench coldstart``, ``bench continuous`` and ``gpu``
+run end to end on
 tiny inputs and report the figures they promise. How fast anything is, is not tested: only that it is measured and
 reported."""
 
@@ -46,6 +47,24 @@ async def test_batching(tiny_llama: Path, tmp_path: Path) -> None:
     assert summary["completion_tokens_b1"] == summary["completion_tokens_b16"] == 16 * 4
     assert summary["errors"] == 0
     assert (tmp_path / "out" / "batching.png").stat().st_size > 0
+
+
+async def test_structured(tiny_llama: Path, tmp_path: Path) -> None:
+    run = await loadtest(
+        "bench", "structured", "--model", tiny_llama, "--device", "cpu", "--requests", "16", "--max-tokens", "6",
+        "--rounds", "1", "--out", tmp_path / "out",
+    )  # fmt: skip
+    summary = run.check().summary
+    assert summary["tokens_per_s_free"] > 0 and summary["tokens_per_s_json_schema"] > 0
+    assert summary["ratio"] == pytest.approx(
+        summary["tokens_per_s_json_schema"] / summary["tokens_per_s_free"], rel=1e-3
+    )
+    # The schema cannot be complete within max_tokens: both sides generate the same tokens.
+    assert summary["completion_tokens_free"] == summary["completion_tokens_json_schema"] == 16 * 6
+    assert summary["errors"] == 0
+    (llguidance,) = [row for row in summary["masks"] if row["library"].startswith("llguidance")]
+    assert llguidance["batch"] == 16 and llguidance["step_ms"] > 0 and llguidance["vocab"] > 0
+    assert "ratio (json_schema / free)" in run.stdout and "grammar mask per decoding step" in run.stdout
 
 
 async def test_coldstart(tiny_llama: Path, tmp_path: Path) -> None:

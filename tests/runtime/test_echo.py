@@ -11,7 +11,7 @@ from runtime.cancellation import Cancellation, cancelled_event
 from runtime.echo import EchoEngine
 from runtime.engine import BatchEvent
 from tests.runtime.support import REPO_ROOT, errors, finishes, run_batch, streamed_text, tokens_of
-from wire import ChatMessage, GenerationRequest, SamplingParams, TokenEvent
+from wire import ChatMessage, FunctionDefinition, GenerationRequest, ResponseFormat, SamplingParams, TokenEvent, Tool
 
 pytestmark = pytest.mark.unit
 
@@ -37,6 +37,18 @@ def test_streams_and_stops_like_the_torch_engine() -> None:
 def test_chat_messages_are_echoed() -> None:
     request = GenerationRequest(id="c", messages=(ChatMessage(role="user", content="hi there"),))
     assert finishes(run_batch(EchoEngine(), [request]))["c"].text == "hi there"
+
+
+def test_tools_and_structured_output_are_refused() -> None:
+    hi = (ChatMessage(role="user", content="hi"),)
+    tool = Tool(function=FunctionDefinition(name="f"))
+    json_answer = ResponseFormat(type="json_object")
+    requests = [
+        GenerationRequest(id="t", messages=hi, tools=(tool,)),
+        GenerationRequest(id="j", messages=hi, response_format=json_answer),
+    ]
+    found = errors(run_batch(EchoEngine(), requests))
+    assert {i: e.code for i, e in found.items()} == {"t": "invalid_request", "j": "invalid_request"}
 
 
 def test_context_limit_applies() -> None:

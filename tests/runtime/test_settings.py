@@ -46,6 +46,7 @@ def test_defaults() -> None:
     assert settings.fault_exit_on is None
     assert (settings.scheduler, settings.max_batch_tokens, settings.prefill_chunk_tokens) == ("continuous", None, 128)
     assert (settings.weight_loader, settings.weight_read_threads) == ("direct", 4)
+    assert settings.tool_parser == "auto"
 
 
 def test_weight_read_threads_come_from_a_flag_or_the_environment() -> None:
@@ -64,11 +65,14 @@ def test_environment_supplies_defaults_and_flags_win() -> None:
         "KALTSTART_RUNTIME_WARMUP": "false",
         "KALTSTART_RUNTIME_MAX_BATCH_SIZE": "64",
         "KALTSTART_RUNTIME_MAX_CONTEXT_TOKENS": "4096",
+        "KALTSTART_RUNTIME_TOOL_PARSER": "llama3_json",
     }
     settings = RuntimeSettings.from_args(["--port", "7001"], environ)
     assert (settings.source, settings.model_name, settings.port) == ("/models/a", "a", 7001)
     assert (settings.dtype, settings.warmup, settings.max_batch_size) == ("bfloat16", False, 64)
     assert settings.max_context_tokens == 4096
+    assert settings.tool_parser == "llama3_json"
+    assert RuntimeSettings.from_args(["--tool-parser", "none"], environ).tool_parser == "none"
     assert RuntimeSettings.from_args(["--warmup"], environ).warmup is True
 
 
@@ -89,6 +93,7 @@ def test_environment_supplies_defaults_and_flags_win() -> None:
         (["--source", "x", "--prefill-chunk-tokens", "0"], {}, "prefill chunk"),
         (["--source", "x", "--weight-read-threads", "0"], {}, "weight read threads"),
         (["--source", "x"], {"KALTSTART_RUNTIME_WEIGHT_READ_THREADS": "many"}, "KALTSTART_RUNTIME_WEIGHT_READ_THREADS"),
+        (["--source", "x", "--tool-parser", "mistral"], {}, "invalid choice"),
         (["--source", "x", "--bogus"], {}, "unrecognized"),
     ],
 )

@@ -1,0 +1,208 @@
+"""``python -m loadtest bench structured``: what a JSON Schema on every row costs, on one runtime.
+
+One ``python -m runtime`` process (tiny demo model by default) gets the same chat requests twice per turn, as
+batches of 16 (``POST /v1/batch``): once free, once with ``response_format`` ``json_schema`` on every row, so every
+row's logits pass its grammar's mask at every step. The sides take turns on every group of 16 (and take turns going
+first), so load from elsewhere on the machine falls on both alike. The schema (an object holding at least
+``MIN_NOTES`` short strings) cannot be complete within ``max_tokens``, so both sides generate the same number of
+tokens. ``ratio`` is the constrained side's tokens/s over the free side's (target: at least 0.8).
+
+Then, in a child process, ``loadtest.masks`` measures the per-step mask cost at batch 16 on the same model's
+tokenizer, per grammar library that is installed (llguidance; xgrammar if present).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from loadtest.children import running_runtime, scratch_dir
+from loadtest.client import prompt_of
+from loadtest.masks import measure_in_child
+from loadtest.models import demo_model
+from loadtest.progress import Progress
+from loadtest.report import Table, finish
+from loadtest.stats import ratio
+
+__all__ = ["SCHEMA", "StructuredOptions", "add_arguments", "bench", "run", "tables"]
+
+BATCH = 16
+MIN_NOTES = 200
+#: Every row's answer: ``{"notes": [...]}`` with at least ``MIN_NOTES`` strings of up to 24 characters.
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "notes": {"type": "array", "items": {"type": "string", "maxLength": 24}, "minItems": MIN_NOTES},
+    },
+    "required": ["notes"],
+    "additionalProperties": False,
+}
+_MODEL = "bench"
+
+
+@dataclass(frozen=True)
+class StructuredOptions:
+    requests: int = 32
+    max_tokens: int = 64
+    prompt_tokens: int = 20
+    rounds: int = 3
+    device: str = "auto"
+    dtype: str = "auto"
+    #: ``OMP_NUM_THREADS`` for the runtime (None: torch's default). 1 (default) gives steady figures on a small
+    #: shared machine, where torch's spinning worker threads fight everything else for the cores (measured: the
+    #: free side's rate swung between 120 and 300 tokens/s with torch's default while other tests ran).
+    threads: int | None = 1
+
+
+@dataclass
+class Side:
+    name: str
+    constrained: bool
+    seconds: float = 0.0
+    completion_tokens: int = 0
+    errors: int = 0
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return self.completion_tokens / self.seconds if self.seconds > 0 else None
+
+
+class BatchFailed(Exception):
+    pass
+
+
+def _body(prompts: Sequence[str], max_tokens: int, constrained: bool) -> dict[str, Any]:
+    extra = {"response_format": {"type": "json_schema", "json_schema": SCHEMA}} if constrained else {}
+    return {
+        "model": _MODEL,
+        "requests": [
+            {
+                "id": f"r{i}",
+                "messages": [{"role": "user", "content": prompt}],
+                "params": {"max_tokens": max_tokens, "temperature": 0},
+                **extra,
+            }
+            for i, prompt in enumerate(prompts)
+        ],
+    }
+
+
+async def _batch(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> tuple[int, int]:
+    """One ``POST /v1/batch``: (completion tokens, requests that failed)."""
+    async with session.post(url + "/v1/batch", json=body, timeout=aiohttp.ClientTimeout(total=600)) as response:
+        text = await response.text()
+        if response.status != 200:
+            raise BatchFailed(f"runtime answered {response.status}: {text[:300]}")
+    tokens = errors = 0
+    for line in filter(str.strip, text.splitlines()):
+        event: dict[str, Any] = json.loads(line)
+        if event.get("type") == "finish":
+            tokens += int(event["usage"]["completion_tokens"])
+        elif event.get("type") == "error":
+            errors += 1
+    return tokens, errors
+
+
+async def measure(session: aiohttp.ClientSession, url: str, options: StructuredOptions) -> list[Side]:
+    prompts = [prompt_of(options.prompt_tokens, salt=i) for i in range(options.requests)]
+    sides = [Side("free", constrained=False), Side("json_schema on every row", constrained=True)]
+    for side in sides:  # warm-up: the first batches pay for allocations and the grammar's compilation
+        await _batch(session, url, _body(prompts[:BATCH], 4, side.constrained))
+    groups = [prompts[i : i + BATCH] for i in range(0, len(prompts), BATCH)]
+    turns = [group for _ in range(options.rounds) for group in groups]
+    with Progress("structured", total=len(turns) * len(sides) * BATCH) as progress:
+        for turn, group in enumerate(turns):
+            for side in sides if turn % 2 == 0 else sides[::-1]:
+                started = time.perf_counter()
+                tokens, errors = await _batch(session, url, _body(group, options.max_tokens, side.constrained))
+                side.seconds += time.perf_counter() - started
+                side.completion_tokens += tokens
+                side.errors += errors
+                progress.advance(len(group))
+    return sides
+
+
+def summarise(sides: Sequence[Side], masks: list[dict[str, Any]], options: StructuredOptions) -> dict[str, Any]:
+    free, constrained = sides
+    return {
+        "tokens_per_s_free": free.tokens_per_s,
+        "tokens_per_s_json_schema": constrained.tokens_per_s,
+        "ratio": ratio(constrained.tokens_per_s, free.tokens_per_s),
+        "batch": BATCH,
+        "requests": options.requests * options.rounds,
+        "max_tokens": options.max_tokens,
+        "completion_tokens_free": free.completion_tokens,
+        "completion_tokens_json_schema": constrained.completion_tokens,
+        "errors": free.errors + constrained.errors,
+        "device": options.device,
+        "masks": masks,
+    }
+
+
+def tables(sides: Sequence[Side], summary: dict[str, Any]) -> list[Table]:
+    throughput = Table(
+        f"structured output: batches of {BATCH}, {summary['requests']} requests per side, "
+        f"{summary['max_tokens']} new tokens each",
+        ["side", "seconds", "completion tokens", "tokens/s", "errors"],
+    )
+    for side in sides:
+        throughput.add(side.name, side.seconds, side.completion_tokens, side.tokens_per_s, side.errors)
+    shown = f"{summary['ratio']:.2f}" if summary["ratio"] else None
+    throughput.add("ratio (json_schema / free)", None, None, shown, None)
+    masks = Table(
+        f"grammar mask per decoding step, batch {BATCH}, this model's tokenizer (ms; medians)",
+        ["library", "vocab", "tokenizer set-up", "compile", "fill masks", "apply", "accept", "step"],
+    )
+    for row in summary["masks"]:
+        masks.add(
+            row["library"], row["vocab"], row["tokenizer_ms"], row["compile_ms"], row["fill_ms"], row["apply_ms"],
+            row["accept_ms"], row["step_ms"],
+        )  # fmt: skip
+    return [throughput, masks]
+
+
+async def bench(model: Path, work: Path, options: StructuredOptions) -> tuple[list[Side], dict[str, Any]]:
+    flags = [
+        "--model-name", _MODEL, "--source", str(model), "--cache-dir", str(work / "cache"),
+        "--max-batch-size", str(BATCH), "--device", options.device, "--dtype", options.dtype,
+    ]  # fmt: skip
+    env = {} if options.threads is None else {"OMP_NUM_THREADS": str(options.threads)}
+    async with (
+        aiohttp.ClientSession() as session,
+        running_runtime(flags, work / "runtime-structured.log", env=env) as runtime,
+    ):
+        sides = await measure(session, runtime.url, options)
+    masks = await measure_in_child(model, batch=BATCH)
+    return sides, summarise(sides, masks, options)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, help="model directory. Default: .demo-model, or a fresh demo model")
+    parser.add_argument("--requests", type=int, default=32, help="requests per side and round. Default 32")
+    parser.add_argument("--max-tokens", type=int, default=64, help="new tokens per request. Default 64")
+    parser.add_argument("--prompt-tokens", type=int, default=20, help="prompt length in words. Default 20")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds. Default 3")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
+    parser.add_argument(
+        "--threads", type=int, default=1, metavar="N", help="OMP_NUM_THREADS for the runtime (0: torch's). Default 1"
+    )
+    parser.add_argument("--out", type=Path, help="write the runtime log and summary.json here")
+
+
+async def run(args: argparse.Namespace) -> int:
+    options = StructuredOptions(
+        args.requests, args.max_tokens, args.prompt_tokens, args.rounds, args.device, args.dtype, args.threads or None
+    )
+    with scratch_dir(args.out) as work:
+        model = await demo_model(args.model, work)
+        sides, summary = await bench(model, work, options)
+    finish(tables(sides, summary), summary, args.out)
+    return 0
