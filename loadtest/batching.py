@@ -59,21 +59,23 @@ class BatchFailed(Exception):
 
 
 async def _batch(session: aiohttp.ClientSession, url: str, prompts: Sequence[str], max_tokens: int) -> tuple[int, int]:
-    """One ``POST /v1/batch``: (completion tokens, requests that failed)."""
-    body = {
-        "model": _MODEL,
-        "requests": [
-            {"id": f"r{i}", "prompt": p, "params": {"max_tokens": max_tokens, "temperature": 0}}
-            for i, p in enumerate(prompts)
-        ],
-    }
+    """One ``POST /v1/batch`` of plain prompts: (completion tokens, requests that failed)."""
+    requests = [
+        {"id": f"r{i}", "prompt": p, "params": {"max_tokens": max_tokens, "temperature": 0}}
+        for i, p in enumerate(prompts)
+    ]
+    return await post_batch(session, url, {"model": _MODEL, "requests": requests})
+
+
+async def post_batch(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> tuple[int, int]:
+    """One ``POST /v1/batch`` of ``body``, read to its end: (completion tokens, requests that failed)."""
     async with session.post(url + "/v1/batch", json=body, timeout=aiohttp.ClientTimeout(total=600)) as response:
         text = await response.text()
         if response.status != 200:
             raise BatchFailed(f"runtime answered {response.status}: {text[:300]}")
     tokens = errors = 0
-    for line in text.splitlines():
-        event: dict[str, Any] = json.loads(line) if line.strip() else {}
+    for line in filter(str.strip, text.splitlines()):
+        event: dict[str, Any] = json.loads(line)
         if event.get("type") == "finish":
             tokens += int(event["usage"]["completion_tokens"])
         elif event.get("type") == "error":

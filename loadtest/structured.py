@@ -14,7 +14,6 @@ tokenizer, per grammar library that is installed (llguidance; xgrammar if presen
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any
 
 import aiohttp
 
+from loadtest.batching import post_batch
 from loadtest.children import running_runtime, scratch_dir
 from loadtest.client import prompt_of
 from loadtest.masks import measure_in_child
@@ -74,10 +74,6 @@ class Side:
         return self.completion_tokens / self.seconds if self.seconds > 0 else None
 
 
-class BatchFailed(Exception):
-    pass
-
-
 def _body(prompts: Sequence[str], max_tokens: int, constrained: bool) -> dict[str, Any]:
     extra = {"response_format": {"type": "json_schema", "json_schema": SCHEMA}} if constrained else {}
     return {
@@ -94,34 +90,18 @@ def _body(prompts: Sequence[str], max_tokens: int, constrained: bool) -> dict[st
     }
 
 
-async def _batch(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> tuple[int, int]:
-    """One ``POST /v1/batch``: (completion tokens, requests that failed)."""
-    async with session.post(url + "/v1/batch", json=body, timeout=aiohttp.ClientTimeout(total=600)) as response:
-        text = await response.text()
-        if response.status != 200:
-            raise BatchFailed(f"runtime answered {response.status}: {text[:300]}")
-    tokens = errors = 0
-    for line in filter(str.strip, text.splitlines()):
-        event: dict[str, Any] = json.loads(line)
-        if event.get("type") == "finish":
-            tokens += int(event["usage"]["completion_tokens"])
-        elif event.get("type") == "error":
-            errors += 1
-    return tokens, errors
-
-
 async def measure(session: aiohttp.ClientSession, url: str, options: StructuredOptions) -> list[Side]:
     prompts = [prompt_of(options.prompt_tokens, salt=i) for i in range(options.requests)]
     sides = [Side("free", constrained=False), Side("json_schema on every row", constrained=True)]
     for side in sides:  # warm-up: the first batches pay for allocations and the grammar's compilation
-        await _batch(session, url, _body(prompts[:BATCH], 4, side.constrained))
+        await post_batch(session, url, _body(prompts[:BATCH], 4, side.constrained))
     groups = [prompts[i : i + BATCH] for i in range(0, len(prompts), BATCH)]
     turns = [group for _ in range(options.rounds) for group in groups]
     with Progress("structured", total=len(turns) * len(sides) * BATCH) as progress:
         for turn, group in enumerate(turns):
             for side in sides if turn % 2 == 0 else sides[::-1]:
                 started = time.perf_counter()
-                tokens, errors = await _batch(session, url, _body(group, options.max_tokens, side.constrained))
+                tokens, errors = await post_batch(session, url, _body(group, options.max_tokens, side.constrained))
                 side.seconds += time.perf_counter() - started
                 side.completion_tokens += tokens
                 side.errors += errors

@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
 import uvicorn
+from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
+import wire
 from gateway.app import create_app
 from gateway.backends import BackendParts
 from gateway.backends.kubernetes.backend import KubernetesBackend, build_kubernetes
@@ -166,3 +168,23 @@ async def eventually(check: Callable[[], bool], timeout_s: float = 10.0) -> None
     async with asyncio.timeout(timeout_s):
         while not check():  # noqa: ASYNC110 - nothing to wait on, see above
             await asyncio.sleep(0.02)
+
+
+async def announce_ready(redis_url: str, url: str, model: str, *raw: str) -> wire.Announcement:
+    """Publish a ready ``Announcement`` of ``model`` at ``url`` on the replicas channel (then ``raw`` messages), as
+    a replica would, or something posing as one."""
+    announcement = wire.Announcement(
+        url=url,
+        models=(model,),
+        state="ready",
+        elapsed_s=1.0,
+        interval_s=1.0,
+        ready=wire.ReadyBody(model=model, max_batch_size=1, context_length=64),
+    )
+    redis = Redis.from_url(redis_url)
+    try:
+        for message in (announcement.model_dump_json(), *raw):
+            await redis.publish(wire.REPLICAS_CHANNEL, message)
+    finally:
+        await redis.aclose()
+    return announcement

@@ -9,11 +9,9 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from redis.asyncio import Redis
 
-import wire
 from gateway.backends import local
-from tests.harness import eventually, model, run_gateway
+from tests.harness import announce_ready, eventually, model, run_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -38,17 +36,7 @@ async def test_announcements_from_a_replica_the_gateway_did_not_start_are_refuse
     redis_url: str, cache_dir: Path
 ) -> None:
     async with run_gateway([model("echo", "unused", engine="echo")], redis_url, cache_dir) as gw:
-        intruder = wire.Announcement(
-            url="http://127.0.0.1:9",
-            models=("echo",),
-            state="ready",
-            elapsed_s=1.0,
-            interval_s=1.0,
-            ready=wire.ReadyBody(model="echo", max_batch_size=1, context_length=64),
-        )
-        async with Redis.from_url(redis_url) as redis:
-            await redis.publish(wire.REPLICAS_CHANNEL, intruder.model_dump_json())
-            await redis.publish(wire.REPLICAS_CHANNEL, "not json")
+        await announce_ready(redis_url, "http://127.0.0.1:9", "echo", "not json")
         await eventually(lambda: gw.metric("kaltstart_replica_announcements_total", outcome="malformed") == 1)
         assert gw.metric("kaltstart_replica_announcements_total", outcome="refused") == 1
         assert gw.endpoints.get("echo") == ()

@@ -9,10 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
-from redis.asyncio import Redis
 
-import wire
-from tests.harness import eventually, run_kubernetes_gateway
+from tests.harness import announce_ready, eventually, run_kubernetes_gateway
 from tests.kube.double import ApiDouble
 from tests.kube.double.commands import PodCommand
 from tests.kube.manifests import model_deployment, runtime_pods
@@ -46,15 +44,6 @@ async def test_an_announcing_pod_gets_work_before_its_endpoint_turns_ready(
         deployment = api_double.find("apps/v1", "Deployment", "default", "echo")
         assert deployment is not None and not deployment.get("status", {}).get("readyReplicas")
 
-        intruder = wire.Announcement(
-            url="http://10.99.0.1:8000",
-            models=("echo",),
-            state="ready",
-            elapsed_s=1.0,
-            interval_s=1.0,
-            ready=wire.ReadyBody(model="echo", max_batch_size=1, context_length=64),
-        )
-        async with Redis.from_url(redis_url) as redis:
-            await redis.publish(wire.REPLICAS_CHANNEL, intruder.model_dump_json())
+        intruder = await announce_ready(redis_url, "http://10.99.0.1:8000", "echo")
         await eventually(lambda: gw.metric("kaltstart_replica_announcements_total", outcome="refused") == 1)
         assert intruder.url not in gw.endpoints.get("echo")
