@@ -1,0 +1,44 @@
+"""The wire format's base models and the limits its fields are checked against (see ``wire``)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
+
+MAX_STOP_SEQUENCES = 4
+MAX_REQUEST_ID_LENGTH = 128
+#: Most ids one ``CancelRequest`` may carry: far more than any batch, small enough to bound the work one call does.
+MAX_CANCEL_IDS = 1024
+#: Most alternatives ``SamplingParams.logprobs`` may ask for per token (OpenAI's ``top_logprobs`` limit).
+MAX_LOGPROBS = 20
+#: Most tokens one ``SamplingParams.logit_bias`` may name.
+MAX_LOGIT_BIAS = 300
+#: Most tools one request may declare (OpenAI's limit).
+MAX_TOOLS = 128
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Evolving(_Wire):
+    """A model that gained fields (``_newer``) after peers that read it were deployed. Those fields are left out of
+    its JSON while they hold their defaults, so a peer that predates them (its models forbid unknown fields) still
+    reads everything that does not use them: a request without logprobs, say, during a rolling update."""
+
+    _newer: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _without_unused_newer_fields(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):
+            for name in self._newer:
+                if getattr(self, name) == type(self).model_fields[name].get_default(call_default_factory=True):
+                    data.pop(name, None)
+        return data

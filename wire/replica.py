@@ -1,0 +1,115 @@
+"""What a replica says about itself (``/readyz``, announcements on Redis), how a standby is claimed, and how single
+requests are cancelled (see ``wire``)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import (
+    Field,
+)
+
+from wire.base import MAX_CANCEL_IDS, MAX_REQUEST_ID_LENGTH, _Wire
+
+#: How a replica schedules work: ``static`` runs one ``POST /v1/batch`` at a time, start to finish (further batches
+#: wait); ``continuous`` admits the requests of any open batch into its running batch between decoding steps.
+SchedulerKind = Literal["static", "continuous"]
+
+
+class StartupTimings(_Wire):
+    """Where a replica's cold start went, in seconds, phase by phase in the order they ran. ``process_s`` is from
+    the operating system starting the process until loading began (interpreter, server imports, binding the port);
+    None where it cannot be told. ``total_s`` is from that start (or, without it, from when loading began) until
+    the replica was ready."""
+
+    process_s: float | None = Field(None, ge=0.0, description="process start until loading began; None: unknown")
+    cache_s: float = Field(ge=0.0, description="finding or filling the node-local weight cache")
+    imports_s: float = Field(ge=0.0, description="importing the engine (torch, transformers)")
+    load_s: float = Field(ge=0.0, description="loading weights and tokenizer onto the device")
+    warmup_s: float = Field(ge=0.0, description="the warm-up generation (0 without --warmup)")
+    total_s: float = Field(ge=0.0, description="process start (or loading start) until ready")
+    standby: bool = Field(
+        False,
+        description="a standby runtime took this model: process_s and imports_s were paid before the claim, and "
+        "total_s runs from the claim",
+    )
+
+
+class ReadyBody(_Wire):
+    """A ready replica's report. ``scheduler``, ``max_batch_tokens``, ``free_rows`` and ``startup`` came later; their
+    defaults describe a replica that predates them: one batch at a time, no token budget, no start-up timings."""
+
+    status: Literal["ready"] = "ready"
+    model: str
+    max_batch_size: int = Field(ge=1)
+    context_length: int = Field(ge=1)
+    scheduler: SchedulerKind = Field(
+        "static",
+        description="static: one POST /v1/batch at a time, start to finish; continuous: requests of any open batch "
+        "join the running batch between decoding steps",
+    )
+    max_batch_tokens: int = Field(
+        0,
+        ge=0,
+        description="most KV-cache tokens the running batch may hold, counted as rows times the longest row's "
+        "prompt + max_tokens; a request that does not fit waits for room. 0: no token budget (static)",
+    )
+    free_rows: int = Field(
+        0,
+        ge=0,
+        description="requests the replica can take now: max_batch_size minus the requests it holds, running or "
+        "waiting; 0 on a static replica while it holds a batch",
+    )
+    startup: StartupTimings | None = Field(
+        None, description="where the cold start went (seconds per phase); None: not reported"
+    )
+
+
+class ErrorBody(_Wire):
+    error: str
+
+
+#: Where a replica stands: starting (phase says which step), ready to serve, or going away.
+ReplicaState = Literal["starting", "ready", "stopping"]
+#: The steps of a start, in order: ``standby`` (up, engine imported, waiting for ``POST /v1/claim``), ``cache``
+#: (finding or filling the weight cache), ``imports``, ``load`` (weights and tokenizer) and ``warmup``.
+StartupPhase = Literal["standby", "cache", "imports", "load", "warmup"]
+
+
+class Announcement(_Wire):
+    """A runtime replica's word about itself on ``REPLICAS_CHANNEL``. A gateway uses it only for a replica it can
+    vouch for (one it started, or an address in the model's EndpointSlices), and forgets it when no announcement
+    came for a few ``interval_s``."""
+
+    url: str = Field(min_length=1, max_length=256, description="base URL the gateway sends batches to")
+    models: tuple[str, ...] = Field(description="every model name the replica serves; empty while on standby")
+    state: ReplicaState
+    phase: StartupPhase | None = Field(None, description="while starting: the step under way")
+    elapsed_s: float = Field(
+        ge=0.0, description="seconds since the process started (or, on a standby, since its claim)"
+    )
+    interval_s: float = Field(gt=0.0, description="the next announcement comes within this many seconds")
+    ready: ReadyBody | None = Field(None, description="the replica's ready report, when state is ready")
+
+
+class ClaimRequest(_Wire):
+    """Body of ``POST /v1/claim`` to a standby runtime: the flags (``python -m runtime --help``) it would have
+    been started with for its model, without ``--host``/``--port`` (it keeps its own). Answered 202 and loading
+    starts; 409 if it was claimed before, 422 if the flags are invalid."""
+
+    args: tuple[Annotated[str, Field(max_length=4096)], ...] = Field(max_length=256)
+
+
+class CancelRequest(_Wire):
+    """Body of ``POST /v1/cancel``: ids of requests (``GenerationRequest.id``) to stop, in any batch."""
+
+    ids: tuple[Annotated[str, Field(min_length=1, max_length=MAX_REQUEST_ID_LENGTH)], ...] = Field(
+        min_length=1, max_length=MAX_CANCEL_IDS
+    )
+
+
+class CancelResponse(_Wire):
+    """The ids that were running or queued on this replica and are now cancelled, each once: exactly these get
+    the ``cancelled`` error event. Ids the replica does not hold (finished, or never seen) are left out."""
+
+    cancelled: tuple[str, ...]
