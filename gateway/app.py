@@ -62,7 +62,7 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
         may_scale_down=lambda: backend.is_leader,
     )
     client = _runtime_client(server)
-    sender = ReplySender(redis)
+    sender = ReplySender(redis, local=replies)
     limits = ContextLengths(redis)
     dispatchers = Dispatchers(
         catalog,

@@ -21,6 +21,7 @@ from gateway.catalog import ModelCatalog
 from gateway.coldstarts import ColdStarts
 from gateway.endpoints import EndpointPool, ReadyEndpoints
 from gateway.errors import QueueUnavailable
+from gateway.flush import ReplyBuffer, ndjson_reads
 from gateway.limits import ContextLengths
 from gateway.messages import Dispatched, Failed, Finished, Token
 from gateway.metrics import Metrics
@@ -286,13 +287,19 @@ class Dispatcher:
             if response.status_code != 200:
                 raise _RuntimeRefused(response.status_code, (await response.aread()).decode(errors="replace"))
             self._batch_accepted(url, batch)
-            async for line in response.aiter_lines():
-                if line.strip():
-                    await self._relay(wire.BatchEventAdapter.validate_json(line), unfinished)
+            tokens = ReplyBuffer(self._sender)
+            async for lines in ndjson_reads(response.aiter_bytes()):
+                for line in lines:
+                    await self._relay(wire.BatchEventAdapter.validate_json(line), unfinished, tokens)
+                await tokens.flush()
 
     async def _relay(
-        self, event: wire.TokenEvent | wire.FinishEvent | wire.ErrorEvent, unfinished: dict[str, Delivery]
+        self,
+        event: wire.TokenEvent | wire.FinishEvent | wire.ErrorEvent,
+        unfinished: dict[str, Delivery],
+        tokens: ReplyBuffer,
     ) -> None:
+        """Tokens wait in ``tokens`` for the flush after this read; a request's end flushes them first."""
         delivery = unfinished.get(event.id)
         if delivery is None:
             log.warning("runtime sent an event for unknown request %s", event.id)
@@ -307,8 +314,9 @@ class Dispatcher:
                     logprobs=event.logprobs,
                     tool_calls=event.tool_calls,
                 )
-                await self._sender.publish([(delivery.queued.reply_to, reply)])
+                tokens.add(delivery.queued.reply_to, reply)
             return
+        await tokens.flush()  # the final reply comes after every token before it
         del unfinished[event.id]
         self._row_done(event.id)
         if isinstance(event, wire.ErrorEvent) and event.code == "cancelled":
