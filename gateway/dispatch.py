@@ -113,7 +113,7 @@ class Dispatcher:
             free = self._pool.free(url) or free  # a continuous replica may take more than a static one
         batch: list[Delivery] = []
         try:
-            batch = await self._read(free)
+            batch = await self._read(free, self._fill_s(url))
             while batch and not self._pool.is_ready(url):  # it went away while we waited for work
                 url, free = await self._pool.acquire()
             if len(batch) > free:  # another replica is less roomy than the one we read for
@@ -156,11 +156,15 @@ class Dispatcher:
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("batch for %s failed unexpectedly", self._model, exc_info=exc)
 
-    async def _read(self, room: int) -> list[Delivery]:
-        s = self.settings
+    def _fill_s(self, url: str) -> float:
+        """The batching window for a batch to ``url``: none for a continuous replica, whose running batch takes
+        later requests at its next step anyway, so a request that finds room there goes at once."""
+        return 0.0 if self._pool.is_continuous(url) else self.settings.max_batch_delay_s
+
+    async def _read(self, room: int, fill_s: float) -> list[Delivery]:
         try:
             batch = await self._queue.read_batch(
-                self._model, self._consumer, min(room, s.max_batch_size), s.max_batch_delay_s, READ_BLOCK_S
+                self._model, self._consumer, min(room, self.settings.max_batch_size), fill_s, READ_BLOCK_S
             )
             if batch:
                 batch = await self._queue.drop_settled(self._model, batch)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -155,7 +156,7 @@ class Rig:
 async def make_rig(queue: RequestQueue, redis: Redis) -> AsyncIterator[Callable[[Answer], Rig]]:
     clients: list[httpx.AsyncClient] = []
 
-    def make(answer: Answer) -> Rig:
+    def make(answer: Answer, settings: ModelSettings = SETTINGS) -> Rig:
         runtime = Runtime(answer)
         client = httpx.AsyncClient(transport=httpx.MockTransport(runtime.handle))
         clients.append(client)
@@ -163,12 +164,25 @@ async def make_rig(queue: RequestQueue, redis: Redis) -> AsyncIterator[Callable[
         endpoints.set(MODEL, [R1])
         metrics = Metrics()
         sender = ReplySender(redis)
-        dispatcher = Dispatcher(SETTINGS, queue, sender, endpoints, client, "c1", metrics, max_attempts=2)
+        dispatcher = Dispatcher(settings, queue, sender, endpoints, client, "c1", metrics, max_attempts=2)
         return Rig(queue, sender, endpoints, metrics, runtime, dispatcher)
 
     yield make
     for client in clients:
         await client.aclose()
+
+
+async def test_a_continuous_replica_gets_requests_at_once_without_a_batch_window(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(answering(echo), dataclasses.replace(SETTINGS, max_batch_delay_s=30.0))
+    rig.runtime.scheduler = "continuous"
+    await rig.enqueue("a")
+    async with asyncio.timeout(10):  # not the 30 s window
+        await rig.dispatcher.step()
+        await rig.runtime.wait_for_batches(1)
+    await rig.dispatcher.drain(5)
+    assert [[r.id for r in body.requests] for _url, body in rig.runtime.batches] == [["a"]]
 
 
 async def test_a_batch_goes_to_the_runtime_in_one_post(make_rig: Callable[[Answer], Rig]) -> None:
