@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-import httpx
 from pydantic import ValidationError
 
 import wire
@@ -27,6 +26,7 @@ from gateway.messages import Dispatched, Failed, Finished, Token
 from gateway.metrics import Metrics
 from gateway.queue import CancelNotice, Delivery, RequestQueue
 from gateway.replies import ReplySender
+from gateway.runtimeclient import RuntimeClient, RuntimeFailed, RuntimeUnreachable
 from gateway.settings import ModelSettings
 from gateway.tasks import Loop
 
@@ -50,7 +50,7 @@ class Dispatcher:
         queue: RequestQueue,
         sender: ReplySender,
         endpoints: ReadyEndpoints,
-        client: httpx.AsyncClient,
+        client: RuntimeClient,
         consumer: str,
         metrics: Metrics,
         max_attempts: int,
@@ -187,12 +187,11 @@ class Dispatcher:
         try:
             report = self._endpoints.report(self._model, url)
             if report is None:
-                response = await self._client.get(url + wire.READY_PATH)
-                report = wire.ReadyBody.model_validate_json(response.content)
+                report = wire.ReadyBody.model_validate_json(await self._client.get(url + wire.READY_PATH))
             self._pool.set_continuous(url, report.scheduler == "continuous")
             if self._limits is not None:
                 await self._limits.learn(self._model, report.context_length)
-        except (httpx.HTTPError, ValidationError, QueueUnavailable) as exc:
+        except (RuntimeFailed, ValidationError, QueueUnavailable) as exc:
             log.warning("no ready report from %s for %s: %r", url, self._model, exc)
 
     def cancel(self, request_id: str) -> None:
@@ -222,11 +221,8 @@ class Dispatcher:
     async def _cancel_on(self, url: str, request_ids: Sequence[str]) -> None:
         body = wire.CancelRequest(ids=tuple(request_ids)).model_dump_json()
         try:
-            response = await self._client.post(
-                url + wire.CANCEL_PATH, content=body, headers={"content-type": "application/json"}
-            )
-            response.raise_for_status()
-        except httpx.HTTPError as exc:  # the batch ends anyway; only the tokens for nobody are not saved
+            await self._client.post(url + wire.CANCEL_PATH, body)
+        except RuntimeFailed as exc:  # the batch ends anyway; only the tokens for nobody are not saved
             log.warning("could not cancel %s on %s: %r", ", ".join(request_ids), url, exc)
 
     async def _drop_orphans(self, batch: list[Delivery]) -> list[Delivery]:
@@ -259,12 +255,12 @@ class Dispatcher:
         except asyncio.CancelledError:  # this gateway is stopping: another one will dispatch them
             await asyncio.shield(self._queue.put_back(self._model, list(unfinished.values())))
             raise
-        except httpx.ConnectError as exc:  # the batch never reached the replica: not the requests' fault
+        except RuntimeUnreachable as exc:  # the batch never reached the replica: not the requests' fault
             log.warning("replica %s of %s cannot be reached (%s); its batch goes back", url, self._model, exc)
             self._pool.suspend(url)
             await self._queue.put_back(self._model, list(unfinished.values()))
             return
-        except (httpx.HTTPError, ValidationError, _RuntimeRefused) as exc:
+        except (RuntimeFailed, ValidationError, _RuntimeRefused) as exc:
             log.warning("replica %s failed a batch of %d for %s: %s", url, len(batch), self._model, exc)
         except QueueUnavailable:
             log.error("queue unavailable while relaying a batch for %s", self._model)
@@ -284,15 +280,12 @@ class Dispatcher:
 
     async def _stream_batch(self, url: str, batch: Sequence[Delivery], unfinished: dict[str, Delivery]) -> None:
         body = wire.BatchRequest(model=self._model, requests=tuple(d.queued.request for d in batch))
-        headers = {"content-type": "application/json"}
-        async with self._client.stream(
-            "POST", url + wire.BATCH_PATH, content=body.model_dump_json(), headers=headers
-        ) as response:
-            if response.status_code != 200:
-                raise _RuntimeRefused(response.status_code, (await response.aread()).decode(errors="replace"))
+        async with self._client.stream(url + wire.BATCH_PATH, body.model_dump_json()) as answer:
+            if answer.status != 200:
+                raise _RuntimeRefused(answer.status, await answer.text())
             self._batch_accepted(url, batch)
             tokens = ReplyBuffer(self._sender)
-            async for lines in ndjson_reads(response.aiter_bytes()):
+            async for lines in ndjson_reads(answer.chunks()):
                 for line in lines:
                     await self._relay(wire.BatchEventAdapter.validate_json(line), unfinished, tokens)
                 await tokens.flush()

@@ -20,6 +20,7 @@ from gateway.messages import AnyReply, Dispatched, Failed, Finished, Token
 from gateway.metrics import Metrics
 from gateway.queue import QueuedRequest, RequestQueue
 from gateway.replies import ReplyRouter, ReplySender
+from gateway.runtimeclient import HttpxRuntimeClient
 from gateway.settings import ModelSettings
 
 pytestmark = pytest.mark.integration
@@ -164,7 +165,8 @@ async def make_rig(queue: RequestQueue, redis: Redis) -> AsyncIterator[Callable[
         endpoints.set(MODEL, [R1])
         metrics = Metrics()
         sender = ReplySender(redis)
-        dispatcher = Dispatcher(settings, queue, sender, endpoints, client, "c1", metrics, max_attempts=2)
+        runtime_client = HttpxRuntimeClient(client)
+        dispatcher = Dispatcher(settings, queue, sender, endpoints, runtime_client, "c1", metrics, max_attempts=2)
         return Rig(queue, sender, endpoints, metrics, runtime, dispatcher)
 
     yield make
