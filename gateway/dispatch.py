@@ -320,9 +320,9 @@ class Dispatcher:
             self._metrics.stopped.labels(self._model).inc()
             return  # its client left; the cancellation settled it already
         if isinstance(event, wire.FinishEvent):
-            await self._queue.settle(self._model, delivery, Finished(id=event.id, result=event))
+            await self._settle(delivery, Finished(id=event.id, result=event))
         elif event.code == "invalid_request":
-            await self._queue.settle(self._model, delivery, Failed(id=event.id, status=400, message=event.message))
+            await self._settle(delivery, Failed(id=event.id, status=400, message=event.message))
         else:
             log.error("runtime failed request %s: %s", event.id, event.message)
             unfinished[event.id] = delivery  # an internal error is retried like a failed replica
@@ -340,7 +340,13 @@ class Dispatcher:
         )
         self._metrics.poison.labels(self._model).inc()
         failed = Failed(id=delivery.queued.id, status=502, message="The model failed to generate a response.")
-        await self._queue.settle(self._model, delivery, failed)
+        await self._settle(delivery, failed)
+
+    async def _settle(self, delivery: Delivery, reply: Finished | Failed) -> None:
+        """Store the final reply; a client of this replica gets it in-process (after the tokens flushed before)."""
+        here = self._sender.is_local(delivery.queued.reply_to)
+        if await self._queue.settle(self._model, delivery, reply, publish=not here) and here:
+            self._sender.deliver_here(reply)
 
 
 class Dispatchers:

@@ -4,9 +4,10 @@ Dispatchers ``PUBLISH`` replies (``gateway.messages``) on the reply channel name
 (``ReplySender``), all the non-final replies of one flush for one channel as one JSON array (``gateway.flush``);
 each gateway replica keeps one subscription to its own channel and hands each reply to the waiting request
 (``ReplyRouter``). Replies for this replica's own channel skip Redis: they are handed over in-process, in the
-same order (a final reply still goes through Redis, after the flush before it). Pub/sub is not durable, so the
-final reply is also stored in the request's ``settled`` key (see ``queue.py``), which a waiting request reads if
-it has heard nothing for a while.
+same order; a final reply for them is stored by the settle script without a publish and handed over once
+stored (``Dispatcher._settle``), after the flush before it. Pub/sub is not durable, so the final reply is also
+stored in the request's ``settled`` key (see ``queue.py``), which a waiting request reads if it has heard nothing
+for a while.
 
 The same subscription carries other broadcast channels the gateway listens to (the scale-down fence's "lifted"
 announcements), so each gateway replica holds one pub/sub connection in all.
@@ -47,6 +48,15 @@ class ReplySender:
         for channel, reply in replies:
             by_channel[channel].append(reply)
         await self.send(by_channel)
+
+    def is_local(self, channel: str) -> bool:
+        """Whether replies on ``channel`` go to this replica's own clients (in-process)."""
+        return self._local is not None and channel == self._local.channel
+
+    def deliver_here(self, reply: AnyReply) -> None:
+        """A final reply for this replica's own client, stored already: handed over without Redis."""
+        if self._local is not None:
+            self._local.deliver([reply])
 
     async def send(self, by_channel: Mapping[str, Sequence[Progress]]) -> None:
         """One message per channel, the replies in order."""

@@ -157,14 +157,14 @@ class Rig:
 async def make_rig(queue: RequestQueue, redis: Redis) -> AsyncIterator[Callable[[Answer], Rig]]:
     clients: list[httpx.AsyncClient] = []
 
-    def make(answer: Answer, settings: ModelSettings = SETTINGS) -> Rig:
+    def make(answer: Answer, settings: ModelSettings = SETTINGS, local: ReplyRouter | None = None) -> Rig:
         runtime = Runtime(answer)
         client = httpx.AsyncClient(transport=httpx.MockTransport(runtime.handle))
         clients.append(client)
         endpoints = ReadyEndpoints()
         endpoints.set(MODEL, [R1])
         metrics = Metrics()
-        sender = ReplySender(redis)
+        sender = ReplySender(redis, local=local)
         runtime_client = HttpxRuntimeClient(client)
         dispatcher = Dispatcher(settings, queue, sender, endpoints, runtime_client, "c1", metrics, max_attempts=2)
         return Rig(queue, sender, endpoints, metrics, runtime, dispatcher)
@@ -221,6 +221,24 @@ async def test_tokens_are_relayed_for_streams_and_finals_settled_once(
         assert await rig.replies(plain, "p") == [Dispatched(id="p", attempt=1), final_p]
     assert await rig.queue.final_reply(MODEL, "s") == final_s
     assert (await rig.queue.load(MODEL)).demand == 0  # acked and deleted
+
+
+async def test_replies_for_this_replicas_clients_arrive_in_process_in_order_final_last(
+    make_rig: Callable[..., Rig], redis: Redis
+) -> None:
+    here = ReplyRouter(redis, CHANNEL, {})  # never subscribed: whatever arrives came without Redis
+    rig = make_rig(answering(echo), local=here)
+    with here.expect("s") as inbox:
+        await rig.enqueue("s", stream=True)
+        await rig.dispatcher.step()
+        await rig.dispatcher.drain(5)
+        got = [inbox.get_nowait() for _ in range(inbox.qsize())]
+    assert got == [
+        Dispatched(id="s", attempt=1),
+        Token(id="s", attempt=1, text="hello"),
+        Finished(id="s", result=finish("s", "hello")),
+    ]
+    assert await rig.queue.final_reply(MODEL, "s") == got[-1]  # stored as well, for the backstop read
 
 
 async def test_a_runtime_answering_500_puts_the_batch_back_as_the_next_attempt(
