@@ -14,7 +14,7 @@ from gateway.backends.local import build_local
 from gateway.backends.localconfig import LocalConfig, load_local_config
 from gateway.embedded import EmbeddedRedis
 from gateway.errors import ConfigError
-from gateway.serving import serve
+from gateway.serving import quiet_request_logs, serve
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger("kaltstart")
@@ -58,6 +58,7 @@ def main() -> int:
         return 2
     server = settings.server
     logging.basicConfig(level=server.log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    quiet_request_logs(server)
     with contextlib.ExitStack() as stack:
         redis_url = server.redis_url or stack.enter_context(EmbeddedRedis())
         if server.redis_url is None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -27,16 +26,16 @@ from gateway.metrics import Metrics
 from gateway.queue import RequestQueue
 from gateway.replies import ReplyRouter, ReplySender
 from gateway.routes import error_response, routes
+from gateway.runtimeclient import AiohttpRuntimeClient
 from gateway.scaling import Scaler
 from gateway.service import Gateway
 from gateway.settings import GatewaySettings, ServerSettings
 
 
-def _runtime_client(settings: ServerSettings) -> httpx.AsyncClient:
+def _runtime_client(settings: ServerSettings) -> AiohttpRuntimeClient:
     # Read timeout: the longest gap between two events of a batch answer (a batch's first token can take a
     # while on a big prompt); a request's own deadline is enforced by its ticket.
-    timeout = httpx.Timeout(connect=5.0, read=settings.request_timeout_s, write=30.0, pool=None)
-    return httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=256))
+    return AiohttpRuntimeClient(connect_timeout_s=5.0, read_timeout_s=settings.request_timeout_s, max_connections=256)
 
 
 def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts) -> Starlette:
@@ -62,7 +61,7 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
         may_scale_down=lambda: backend.is_leader,
     )
     client = _runtime_client(server)
-    sender = ReplySender(redis)
+    sender = ReplySender(redis, local=replies)
     limits = ContextLengths(redis)
     dispatchers = Dispatchers(
         catalog,

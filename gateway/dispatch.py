@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-import httpx
 from pydantic import ValidationError
 
 import wire
@@ -21,11 +20,13 @@ from gateway.catalog import ModelCatalog
 from gateway.coldstarts import ColdStarts
 from gateway.endpoints import EndpointPool, ReadyEndpoints
 from gateway.errors import QueueUnavailable
+from gateway.flush import ReplyBuffer, ndjson_reads
 from gateway.limits import ContextLengths
 from gateway.messages import Dispatched, Failed, Finished, Token
 from gateway.metrics import Metrics
 from gateway.queue import CancelNotice, Delivery, RequestQueue
 from gateway.replies import ReplySender
+from gateway.runtimeclient import RuntimeClient, RuntimeFailed, RuntimeUnreachable
 from gateway.settings import ModelSettings
 from gateway.tasks import Loop
 
@@ -49,7 +50,7 @@ class Dispatcher:
         queue: RequestQueue,
         sender: ReplySender,
         endpoints: ReadyEndpoints,
-        client: httpx.AsyncClient,
+        client: RuntimeClient,
         consumer: str,
         metrics: Metrics,
         max_attempts: int,
@@ -112,7 +113,7 @@ class Dispatcher:
             free = self._pool.free(url) or free  # a continuous replica may take more than a static one
         batch: list[Delivery] = []
         try:
-            batch = await self._read(free)
+            batch = await self._read(free, self._fill_s(url))
             while batch and not self._pool.is_ready(url):  # it went away while we waited for work
                 url, free = await self._pool.acquire()
             if len(batch) > free:  # another replica is less roomy than the one we read for
@@ -155,11 +156,15 @@ class Dispatcher:
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("batch for %s failed unexpectedly", self._model, exc_info=exc)
 
-    async def _read(self, room: int) -> list[Delivery]:
-        s = self.settings
+    def _fill_s(self, url: str) -> float:
+        """The batching window for a batch to ``url``: none for a continuous replica, whose running batch takes
+        later requests at its next step anyway, so a request that finds room there goes at once."""
+        return 0.0 if self._pool.is_continuous(url) else self.settings.max_batch_delay_s
+
+    async def _read(self, room: int, fill_s: float) -> list[Delivery]:
         try:
             batch = await self._queue.read_batch(
-                self._model, self._consumer, min(room, s.max_batch_size), s.max_batch_delay_s, READ_BLOCK_S
+                self._model, self._consumer, min(room, self.settings.max_batch_size), fill_s, READ_BLOCK_S
             )
             if batch:
                 batch = await self._queue.drop_settled(self._model, batch)
@@ -182,12 +187,11 @@ class Dispatcher:
         try:
             report = self._endpoints.report(self._model, url)
             if report is None:
-                response = await self._client.get(url + wire.READY_PATH)
-                report = wire.ReadyBody.model_validate_json(response.content)
+                report = wire.ReadyBody.model_validate_json(await self._client.get(url + wire.READY_PATH))
             self._pool.set_continuous(url, report.scheduler == "continuous")
             if self._limits is not None:
                 await self._limits.learn(self._model, report.context_length)
-        except (httpx.HTTPError, ValidationError, QueueUnavailable) as exc:
+        except (RuntimeFailed, ValidationError, QueueUnavailable) as exc:
             log.warning("no ready report from %s for %s: %r", url, self._model, exc)
 
     def cancel(self, request_id: str) -> None:
@@ -217,11 +221,8 @@ class Dispatcher:
     async def _cancel_on(self, url: str, request_ids: Sequence[str]) -> None:
         body = wire.CancelRequest(ids=tuple(request_ids)).model_dump_json()
         try:
-            response = await self._client.post(
-                url + wire.CANCEL_PATH, content=body, headers={"content-type": "application/json"}
-            )
-            response.raise_for_status()
-        except httpx.HTTPError as exc:  # the batch ends anyway; only the tokens for nobody are not saved
+            await self._client.post(url + wire.CANCEL_PATH, body)
+        except RuntimeFailed as exc:  # the batch ends anyway; only the tokens for nobody are not saved
             log.warning("could not cancel %s on %s: %r", ", ".join(request_ids), url, exc)
 
     async def _drop_orphans(self, batch: list[Delivery]) -> list[Delivery]:
@@ -254,12 +255,12 @@ class Dispatcher:
         except asyncio.CancelledError:  # this gateway is stopping: another one will dispatch them
             await asyncio.shield(self._queue.put_back(self._model, list(unfinished.values())))
             raise
-        except httpx.ConnectError as exc:  # the batch never reached the replica: not the requests' fault
+        except RuntimeUnreachable as exc:  # the batch never reached the replica: not the requests' fault
             log.warning("replica %s of %s cannot be reached (%s); its batch goes back", url, self._model, exc)
             self._pool.suspend(url)
             await self._queue.put_back(self._model, list(unfinished.values()))
             return
-        except (httpx.HTTPError, ValidationError, _RuntimeRefused) as exc:
+        except (RuntimeFailed, ValidationError, _RuntimeRefused) as exc:
             log.warning("replica %s failed a batch of %d for %s: %s", url, len(batch), self._model, exc)
         except QueueUnavailable:
             log.error("queue unavailable while relaying a batch for %s", self._model)
@@ -279,20 +280,23 @@ class Dispatcher:
 
     async def _stream_batch(self, url: str, batch: Sequence[Delivery], unfinished: dict[str, Delivery]) -> None:
         body = wire.BatchRequest(model=self._model, requests=tuple(d.queued.request for d in batch))
-        headers = {"content-type": "application/json"}
-        async with self._client.stream(
-            "POST", url + wire.BATCH_PATH, content=body.model_dump_json(), headers=headers
-        ) as response:
-            if response.status_code != 200:
-                raise _RuntimeRefused(response.status_code, (await response.aread()).decode(errors="replace"))
+        async with self._client.stream(url + wire.BATCH_PATH, body.model_dump_json()) as answer:
+            if answer.status != 200:
+                raise _RuntimeRefused(answer.status, await answer.text())
             self._batch_accepted(url, batch)
-            async for line in response.aiter_lines():
-                if line.strip():
-                    await self._relay(wire.BatchEventAdapter.validate_json(line), unfinished)
+            tokens = ReplyBuffer(self._sender)
+            async for lines in ndjson_reads(answer.chunks()):
+                for line in lines:
+                    await self._relay(wire.BatchEventAdapter.validate_json(line), unfinished, tokens)
+                await tokens.flush()
 
     async def _relay(
-        self, event: wire.TokenEvent | wire.FinishEvent | wire.ErrorEvent, unfinished: dict[str, Delivery]
+        self,
+        event: wire.TokenEvent | wire.FinishEvent | wire.ErrorEvent,
+        unfinished: dict[str, Delivery],
+        tokens: ReplyBuffer,
     ) -> None:
+        """Tokens wait in ``tokens`` for the flush after this read; a request's end flushes them first."""
         delivery = unfinished.get(event.id)
         if delivery is None:
             log.warning("runtime sent an event for unknown request %s", event.id)
@@ -307,17 +311,18 @@ class Dispatcher:
                     logprobs=event.logprobs,
                     tool_calls=event.tool_calls,
                 )
-                await self._sender.publish([(delivery.queued.reply_to, reply)])
+                tokens.add(delivery.queued.reply_to, reply)
             return
+        await tokens.flush()  # the final reply comes after every token before it
         del unfinished[event.id]
         self._row_done(event.id)
         if isinstance(event, wire.ErrorEvent) and event.code == "cancelled":
             self._metrics.stopped.labels(self._model).inc()
             return  # its client left; the cancellation settled it already
         if isinstance(event, wire.FinishEvent):
-            await self._queue.settle(self._model, delivery, Finished(id=event.id, result=event))
+            await self._settle(delivery, Finished(id=event.id, result=event))
         elif event.code == "invalid_request":
-            await self._queue.settle(self._model, delivery, Failed(id=event.id, status=400, message=event.message))
+            await self._settle(delivery, Failed(id=event.id, status=400, message=event.message))
         else:
             log.error("runtime failed request %s: %s", event.id, event.message)
             unfinished[event.id] = delivery  # an internal error is retried like a failed replica
@@ -335,7 +340,13 @@ class Dispatcher:
         )
         self._metrics.poison.labels(self._model).inc()
         failed = Failed(id=delivery.queued.id, status=502, message="The model failed to generate a response.")
-        await self._queue.settle(self._model, delivery, failed)
+        await self._settle(delivery, failed)
+
+    async def _settle(self, delivery: Delivery, reply: Finished | Failed) -> None:
+        """Store the final reply; a client of this replica gets it in-process (after the tokens flushed before)."""
+        here = self._sender.is_local(delivery.queued.reply_to)
+        if await self._queue.settle(self._model, delivery, reply, publish=not here) and here:
+            self._sender.deliver_here(reply)
 
 
 class Dispatchers:

@@ -158,6 +158,10 @@ class EndpointPool:
         (self._continuous.add if continuous else self._continuous.discard)(url)
         self._wake.set()
 
+    def is_continuous(self, url: str) -> bool:
+        """Whether ``url`` takes requests into its running batch (then no one gains by waiting to fill a batch)."""
+        return url in self._continuous
+
     def free(self, url: str) -> int:
         """Rows ``url`` may take now (none while it runs a request alone, see ``acquire_alone``)."""
         rows = self._rows.get(url, 0)

@@ -53,3 +53,5 @@ AnyReply = Dispatched | Token | Finished | Failed
 Progress = Dispatched | Token
 Final = Finished | Failed
 ReplyAdapter: TypeAdapter[AnyReply] = TypeAdapter(Annotated[AnyReply, Field(discriminator="kind")])
+#: A flush (``gateway.flush``): the replies for one reply channel, in order, as one JSON array.
+RepliesAdapter: TypeAdapter[list[AnyReply]] = TypeAdapter(list[Annotated[AnyReply, Field(discriminator="kind")]])

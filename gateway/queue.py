@@ -197,8 +197,9 @@ class RequestQueue:
                 deliveries.append(Delivery(text(entry_id), QueuedRequest.model_validate_json(payload)))
         return deliveries
 
-    async def settle(self, model: str, delivery: Delivery, reply: Final) -> bool:
-        """Store and publish a request's final reply and drop its entry. False if it was settled already."""
+    async def settle(self, model: str, delivery: Delivery, reply: Final, *, publish: bool = True) -> bool:
+        """Store and publish a request's final reply and drop its entry. False if it was settled already.
+        ``publish=False``: stored only (the caller hands it over in-process, if first)."""
         async with converted():
             first = await self._settle(
                 keys=[keys.queue(model), keys.settled(model, delivery.queued.id), keys.activity(model)],
@@ -206,7 +207,7 @@ class RequestQueue:
                     delivery.entry_id,
                     keys.GROUP,
                     SETTLED_TTL_MS,
-                    delivery.queued.reply_to,
+                    delivery.queued.reply_to if publish else "",
                     reply.model_dump_json(),
                 ],
             )

@@ -1,9 +1,13 @@
 """How a request's outcome travels from whichever replica dispatched it back to the replica holding its client.
 
 Dispatchers ``PUBLISH`` replies (``gateway.messages``) on the reply channel named in the queued request
-(``ReplySender``); each gateway replica keeps one subscription to its own channel and hands each reply to the
-waiting request (``ReplyRouter``). Pub/sub is not durable, so the final reply is also stored in the request's
-``settled`` key (see ``queue.py``), which a waiting request reads if it has heard nothing for a while.
+(``ReplySender``), all the non-final replies of one flush for one channel as one JSON array (``gateway.flush``);
+each gateway replica keeps one subscription to its own channel and hands each reply to the waiting request
+(``ReplyRouter``). Replies for this replica's own channel skip Redis: they are handed over in-process, in the
+same order; a final reply for them is stored by the settle script without a publish and handed over once
+stored (``Dispatcher._settle``), after the flush before it. Pub/sub is not durable, so the final reply is also
+stored in the request's ``settled`` key (see ``queue.py``), which a waiting request reads if it has heard nothing
+for a while.
 
 The same subscription carries other broadcast channels the gateway listens to (the scale-down fence's "lifted"
 announcements), so each gateway replica holds one pub/sub connection in all.
@@ -14,14 +18,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.connection import converted, text
-from gateway.messages import AnyReply, Progress, ReplyAdapter
+from gateway.messages import AnyReply, Progress, RepliesAdapter, ReplyAdapter
 from gateway.tasks import Loop
 
 log = logging.getLogger("kaltstart.replies")
@@ -31,15 +36,38 @@ RESUBSCRIBE_BACKOFF_S = 0.5
 
 
 class ReplySender:
-    """The dispatcher's side: non-final replies (dispatched, tokens) to the replicas waiting for them."""
+    """The dispatcher's side: non-final replies (dispatched, tokens) to the replicas waiting for them. With
+    ``local`` (this replica's router), replies for its channel are delivered in-process."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, local: ReplyRouter | None = None) -> None:
         self._redis = redis
+        self._local = local
 
     async def publish(self, replies: Sequence[tuple[str, Progress]]) -> None:
+        by_channel: defaultdict[str, list[Progress]] = defaultdict(list)
+        for channel, reply in replies:
+            by_channel[channel].append(reply)
+        await self.send(by_channel)
+
+    def is_local(self, channel: str) -> bool:
+        """Whether replies on ``channel`` go to this replica's own clients (in-process)."""
+        return self._local is not None and channel == self._local.channel
+
+    def deliver_here(self, reply: AnyReply) -> None:
+        """A final reply for this replica's own client, stored already: handed over without Redis."""
+        if self._local is not None:
+            self._local.deliver([reply])
+
+    async def send(self, by_channel: Mapping[str, Sequence[Progress]]) -> None:
+        """One message per channel, the replies in order."""
+        remote = dict(by_channel)
+        if self._local is not None and (here := remote.pop(self._local.channel, None)):
+            self._local.deliver(here)
+        if not remote:
+            return
         async with converted(), self._redis.pipeline(transaction=False) as pipe:
-            for channel, reply in replies:
-                pipe.publish(channel, reply.model_dump_json())
+            for channel, replies in remote.items():
+                pipe.publish(channel, RepliesAdapter.dump_json(list(replies)))
             await pipe.execute()
 
 
@@ -108,12 +136,18 @@ class ReplyRouter:
                 else:
                     self._deliver(message["data"])
 
+    def deliver(self, replies: Iterable[AnyReply]) -> None:
+        """Hand replies to the requests waiting here (the others are dropped: nobody waits for them)."""
+        for reply in replies:
+            inbox = self._waiting.get(reply.id)
+            if inbox is not None:
+                inbox.put_nowait(reply)
+
     def _deliver(self, data: bytes | str) -> None:
         try:
-            reply = ReplyAdapter.validate_json(data)
+            if data[:1] in (b"[", "["):
+                self.deliver(RepliesAdapter.validate_json(data))
+            else:
+                self.deliver([ReplyAdapter.validate_json(data)])
         except ValidationError:
             log.error("dropping malformed reply on %s: %.200r", self.channel, data)
-            return
-        inbox = self._waiting.get(reply.id)
-        if inbox is not None:
-            inbox.put_nowait(reply)

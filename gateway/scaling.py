@@ -65,14 +65,31 @@ class Scaler:
         self._endpoints = endpoints
         self._cold_starts = cold_starts
         self._tick_listeners: list[Callable[[], None]] = []
+        #: The request path's scale-up in flight, per (model, recheck).
+        self._scaling_up: dict[tuple[str, bool], asyncio.Task[None]] = {}
         self._loop = Loop("autoscaler", self._tick_and_wait)
         endpoints.subscribe(self._on_endpoints)
 
     async def ensure_capacity(self, model: str, *, recheck: bool = False) -> None:
-        """Request path: a model with no replica wanted gets one now, not at the next tick."""
-        desired = self._backend.replicas(model).desired
-        if desired > 0 and not recheck:
+        """Request path: a model with no replica wanted gets one now, not at the next tick. Concurrent requests
+        for a cold model share one scale-up in flight per gateway replica (those that waited at the fence share
+        one with a fresh count), so a burst costs one read and one write of the backend, not one per request."""
+        if self._backend.replicas(model).desired > 0 and not recheck:
             return
+        key = (model, recheck)
+        task = self._scaling_up.get(key)
+        if task is None:
+            task = asyncio.create_task(self._scale_from_request(model, recheck), name=f"scale-up-{model}")
+            self._scaling_up[key] = task
+            task.add_done_callback(lambda done: self._forget_scale_up(key, done))
+        await asyncio.shield(task)  # one request leaving does not cancel the others' scale-up
+
+    def _forget_scale_up(self, key: tuple[str, bool], task: asyncio.Task[None]) -> None:
+        if self._scaling_up.get(key) is task:
+            del self._scaling_up[key]
+
+    async def _scale_from_request(self, model: str, recheck: bool) -> None:
+        desired = self._backend.replicas(model).desired
         if desired == 0:
             self._cold_started(model)
             log.info("scaling %s from zero for a waiting request", model)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 from typing import Any
 
@@ -105,8 +106,16 @@ def uvicorn_config(app: ASGIApp, server: ServerSettings, log_level: str | None =
         app,
         http=protocol_for(server),
         log_level=log_level or server.log_level.lower(),
+        access_log=server.access_log,
         timeout_keep_alive=max(1, round(server.keep_alive_s)),
     )
+
+
+def quiet_request_logs(server: ServerSettings) -> None:
+    """Without ``access_log``, no INFO line per batch from the runtime client (httpx) either."""
+    if not server.access_log:
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).getEffectiveLevel()))
 
 
 def listen(host: str, port: int) -> socket.socket:

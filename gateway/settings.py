@@ -160,6 +160,13 @@ def _words(text: Value) -> tuple[str, ...]:
     return tuple(word for word in re.split(r"[\s,]+", str(text)) if word)
 
 
+def _flag(text: Value) -> bool:
+    word = str(text).strip().lower()
+    if word not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise ValueError(f"not a flag: {text!r} (use true or false)")
+    return word in ("1", "true", "yes", "on")
+
+
 def _path(text: Value) -> Path:
     return Path(str(text))
 
@@ -188,6 +195,9 @@ class ServerSettings:
     default_max_tokens: int = field(default=256, metadata=_key("KALTSTART_DEFAULT_MAX_TOKENS", at_least(1)))
     #: Python log level of the whole process.
     log_level: str = field(default="INFO", metadata=_key("KALTSTART_LOG_LEVEL", lambda v: str(v).upper()))
+    #: A log line per request (uvicorn's access log) and per batch sent to a runtime (httpx's request log). Off by
+    #: default: at INFO they cost ~5 % of the gateway's CPU per request (docs/architecture.md, the hot path).
+    access_log: bool = field(default=False, metadata=_key("KALTSTART_ACCESS_LOG", _flag))
     #: API keys (comma-separated) valid for every model. With none here and no key file, the API is open.
     api_keys: tuple[str, ...] = field(default=(), metadata=_key("KALTSTART_API_KEYS", _words))
     #: A file of API keys, one ``KEY [model,model...]`` per line (a mounted Secret); re-read when it changes.

@@ -24,12 +24,13 @@ class _Command(Protocol):
 
 
 def _commands() -> dict[str, tuple[str, _Command]]:
-    from loadtest import batching, coldstart, continuous, gpu, overhead, replay, simulate, structured
+    from loadtest import batching, coldstart, continuous, gpu, overhead, relay, replay, simulate, structured
 
     return {
         "replay": ("replay a request trace against a gateway", replay),
         "simulate": ("run a trace through the scaling policy on a virtual clock", simulate),
         "bench overhead": ("the gateway's own cost: an echo runtime, direct vs through the gateway", overhead),
+        "bench relay": ("streamed tokens: an echo runtime, direct vs through the gateway", relay),
         "bench batching": ("one runtime, the same requests in batches of 1 and 16", batching),
         "bench coldstart": ("a cold start from zero replicas, phase by phase", coldstart),
         "bench continuous": ("one replica, a static against a continuous (step-level) scheduler", continuous),
@@ -50,7 +51,7 @@ def parser() -> argparse.ArgumentParser:
         if sub:
             if bench is None:
                 bench_parser = commands.add_parser(
-                    group, help="benchmarks: overhead, batching, coldstart, continuous, structured"
+                    group, help="benchmarks: overhead, relay, batching, coldstart, continuous, structured"
                 )
                 bench = bench_parser.add_subparsers(dest="benchmark", required=True, metavar="benchmark")
             command = bench.add_parser(sub, help=summary, description=_describe(module))

@@ -45,7 +45,6 @@ from typing import Any
 
 import aiohttp
 
-from loadtest import logs
 from loadtest.children import GatewayProcess, StartError, local_model, running_gateway, scratch_dir, write_config
 from loadtest.client import Outcome, prompt_of, stream_completion
 from loadtest.continuous_report import SCHEDULERS, summarise, tables, write_requests
@@ -286,16 +285,20 @@ async def _warm(session: aiohttp.ClientSession, gateway: GatewayProcess, options
             raise StartError(f"{model} did not serve its warm-up requests ({failed[0].error}):\n{gateway.log.tail()}")
 
 
-async def _reported_schedulers(session: aiohttp.ClientSession, gateway: GatewayProcess) -> dict[str, str | None]:
+async def _reported_schedulers(
+    session: aiohttp.ClientSession, gateway: GatewayProcess, models: Sequence[str]
+) -> dict[str, str | None]:
     """What each replica's own ``/readyz`` says its scheduler is (None: it does not say), by model. Its URL is
-    read from the gateway's log."""
+    read from the gateway's log, waiting for the line: a replica that announced itself can serve the warm-up
+    before the backend's probe logs it ready."""
     found: dict[str, str | None] = {}
-    for match in logs.REPLICA_READY.finditer(gateway.log.text()):
-        model = match.group(1).rpartition("#")[0]
+    for model in models:
+        pattern = re.compile(rf"replica {re.escape(model)}#\d+ is ready at (http://\S+)")
         try:
-            async with session.get(match.group(2) + "/readyz", timeout=aiohttp.ClientTimeout(total=10)) as response:
+            match = await gateway.log.wait_for(pattern, 0, timeout_s=10)
+            async with session.get(match.group(1) + "/readyz", timeout=aiohttp.ClientTimeout(total=10)) as response:
                 body = await response.json()
-        except (aiohttp.ClientError, TimeoutError, ValueError):
+        except (aiohttp.ClientError, TimeoutError, ValueError, StartError):
             continue
         found[model] = body.get("scheduler") if isinstance(body, dict) else None
     return found
@@ -315,7 +318,7 @@ def _in_turn(pair: Sequence[Any], turn: int) -> list[Any]:
 
 async def measure(session: aiohttp.ClientSession, gateway: GatewayProcess, options: ContinuousOptions) -> Measured:
     await _warm(session, gateway, options)
-    reported = await _reported_schedulers(session, gateway)
+    reported = await _reported_schedulers(session, gateway, [options.model(s) for s in SCHEDULERS])
     for scheduler in SCHEDULERS:
         said = reported.get(options.model(scheduler))
         if said is not None and said != scheduler:

@@ -32,7 +32,7 @@ from loadtest.progress import Progress
 from loadtest.report import Table, finish, write_csv
 from loadtest.stats import difference, ms, percentile, ratio
 
-__all__ = ["OverheadOptions", "add_arguments", "run"]
+__all__ = ["OverheadOptions", "add_arguments", "run", "warm_replica"]
 
 _MODEL = "echo"
 
@@ -117,12 +117,10 @@ async def measure(
     return sides
 
 
-async def _warm_replica(
-    session: aiohttp.ClientSession, gateway_url: str, log: LogFile, options: OverheadOptions
-) -> str:
+async def warm_replica(session: aiohttp.ClientSession, gateway_url: str, log: LogFile, timeout_s: float) -> str:
     """Cold-start the echo replica with one request; its URL is read from the gateway's log."""
     body = json.dumps({"model": _MODEL, "prompt": "warm up", "max_tokens": 2}).encode()
-    outcome = await post(session, gateway_url + "/v1/completions", body, options.timeout_s)
+    outcome = await post(session, gateway_url + "/v1/completions", body, timeout_s)
     if not outcome.ok:
         raise StartError(f"the gateway did not serve a warm-up request ({outcome.error}):\n{log.tail()}")
     match = await log.wait_for(REPLICA_READY, 0, timeout_s=10)
@@ -194,7 +192,7 @@ async def run(args: argparse.Namespace) -> int:
             aiohttp.ClientSession(connector=connector) as session,
             running_gateway(config, work / "gateway.log", redis_url=args.redis_url) as gateway,
         ):
-            runtime_url = await _warm_replica(session, gateway.url, gateway.log, options)
+            runtime_url = await warm_replica(session, gateway.url, gateway.log, options.timeout_s)
             sides = await measure(session, gateway.url, runtime_url, options)
     summary = summarise(sides, options)
     if args.out is not None:

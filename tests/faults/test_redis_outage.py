@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from gateway import keys
 from gateway.embedded import EmbeddedRedis
 from tests.faults.conftest import assert_back_at_zero, assert_nothing_left
-from tests.harness import model, run_gateway
+from tests.harness import eventually, model, run_gateway
 
 pytestmark = pytest.mark.faults
 
@@ -70,7 +70,10 @@ async def test_waiting_clients_are_answered_after_a_redis_crash(
         streams = [asyncio.create_task(_streamed_text(client, url, i, first_token)) for i in range(REQUESTS // 2)]
         plain = [asyncio.create_task(client.post(url, json=_body(i))) for i in range(REQUESTS // 2, REQUESTS)]
         leaving = asyncio.create_task(_streamed_text(client, url, REQUESTS, asyncio.Event()))
-        await asyncio.wait_for(first_token.wait(), 60)  # generation is under way: now Redis dies
+        await asyncio.wait_for(first_token.wait(), 60)  # generation is under way
+        # Every request was accepted and dispatched (a continuous replica takes each at once, so the first token
+        # can come before the last request was even sent): now Redis dies.
+        await eventually(lambda: gw.metric("kaltstart_queue_wait_seconds_count", model="tiny") >= REQUESTS + 2, 60)
         crashable_redis.kill()
         leaving.cancel()  # a client gives up while Redis is down: its cancellation cannot be written yet
         await asyncio.sleep(OUTAGE_S)  # the outage itself: the injected fault's duration

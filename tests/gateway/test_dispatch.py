@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from gateway.messages import AnyReply, Dispatched, Failed, Finished, Token
 from gateway.metrics import Metrics
 from gateway.queue import QueuedRequest, RequestQueue
 from gateway.replies import ReplyRouter, ReplySender
+from gateway.runtimeclient import HttpxRuntimeClient
 from gateway.settings import ModelSettings
 
 pytestmark = pytest.mark.integration
@@ -155,20 +157,34 @@ class Rig:
 async def make_rig(queue: RequestQueue, redis: Redis) -> AsyncIterator[Callable[[Answer], Rig]]:
     clients: list[httpx.AsyncClient] = []
 
-    def make(answer: Answer) -> Rig:
+    def make(answer: Answer, settings: ModelSettings = SETTINGS, local: ReplyRouter | None = None) -> Rig:
         runtime = Runtime(answer)
         client = httpx.AsyncClient(transport=httpx.MockTransport(runtime.handle))
         clients.append(client)
         endpoints = ReadyEndpoints()
         endpoints.set(MODEL, [R1])
         metrics = Metrics()
-        sender = ReplySender(redis)
-        dispatcher = Dispatcher(SETTINGS, queue, sender, endpoints, client, "c1", metrics, max_attempts=2)
+        sender = ReplySender(redis, local=local)
+        runtime_client = HttpxRuntimeClient(client)
+        dispatcher = Dispatcher(settings, queue, sender, endpoints, runtime_client, "c1", metrics, max_attempts=2)
         return Rig(queue, sender, endpoints, metrics, runtime, dispatcher)
 
     yield make
     for client in clients:
         await client.aclose()
+
+
+async def test_a_continuous_replica_gets_requests_at_once_without_a_batch_window(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(answering(echo), dataclasses.replace(SETTINGS, max_batch_delay_s=30.0))
+    rig.runtime.scheduler = "continuous"
+    await rig.enqueue("a")
+    async with asyncio.timeout(10):  # not the 30 s window
+        await rig.dispatcher.step()
+        await rig.runtime.wait_for_batches(1)
+    await rig.dispatcher.drain(5)
+    assert [[r.id for r in body.requests] for _url, body in rig.runtime.batches] == [["a"]]
 
 
 async def test_a_batch_goes_to_the_runtime_in_one_post(make_rig: Callable[[Answer], Rig]) -> None:
@@ -199,13 +215,30 @@ async def test_tokens_are_relayed_for_streams_and_finals_settled_once(
         final_s, final_p = Finished(id="s", result=finish("s", "hello")), Finished(id="p", result=finish("p", "hello"))
         assert await rig.replies(streamed, "s") == [
             Dispatched(id="s", attempt=1),
-            Token(id="s", attempt=1, text="he"),
-            Token(id="s", attempt=1, text="llo"),
+            Token(id="s", attempt=1, text="hello"),  # "he" and "llo" came in one read: one flush, one token
             final_s,
         ]
         assert await rig.replies(plain, "p") == [Dispatched(id="p", attempt=1), final_p]
     assert await rig.queue.final_reply(MODEL, "s") == final_s
     assert (await rig.queue.load(MODEL)).demand == 0  # acked and deleted
+
+
+async def test_replies_for_this_replicas_clients_arrive_in_process_in_order_final_last(
+    make_rig: Callable[..., Rig], redis: Redis
+) -> None:
+    here = ReplyRouter(redis, CHANNEL, {})  # never subscribed: whatever arrives came without Redis
+    rig = make_rig(answering(echo), local=here)
+    with here.expect("s") as inbox:
+        await rig.enqueue("s", stream=True)
+        await rig.dispatcher.step()
+        await rig.dispatcher.drain(5)
+        got = [inbox.get_nowait() for _ in range(inbox.qsize())]
+    assert got == [
+        Dispatched(id="s", attempt=1),
+        Token(id="s", attempt=1, text="hello"),
+        Finished(id="s", result=finish("s", "hello")),
+    ]
+    assert await rig.queue.final_reply(MODEL, "s") == got[-1]  # stored as well, for the backstop read
 
 
 async def test_a_runtime_answering_500_puts_the_batch_back_as_the_next_attempt(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -144,6 +145,29 @@ async def test_a_request_scales_from_zero_at_once_and_counts_one_cold_start() ->
     assert s.backend.calls == [("up", "m", 1, False)]
     assert s.cold_starts() == 1
     assert s.metric("kaltstart_scale_writes_total", model="m", direction="up") == 1
+
+
+async def test_concurrent_requests_for_a_cold_model_share_one_scale_up() -> None:
+    s = Setup()
+    called, written = asyncio.Event(), asyncio.Event()
+    scale_up = s.backend.scale_up
+
+    async def slow_scale_up(model: str, at_least: int, *, fresh: bool = False) -> bool:
+        called.set()
+        await written.wait()  # the API call is in flight while the other requests arrive
+        return await scale_up(model, at_least, fresh=fresh)
+
+    s.backend.scale_up = slow_scale_up  # type: ignore[method-assign]
+    requests = [asyncio.create_task(s.scaler.ensure_capacity("m")) for _ in range(20)]
+    fenced = [asyncio.create_task(s.scaler.ensure_capacity("m", recheck=True)) for _ in range(3)]
+    await called.wait()  # the first request's scale-up is in flight, and every request has reached it
+    requests[0].cancel()  # a client that leaves does not take the others' scale-up with it
+    written.set()
+    await asyncio.gather(*requests, *fenced, return_exceptions=True)
+    assert s.backend.calls == [("up", "m", 1, False), ("up", "m", 1, True)]
+    assert s.cold_starts() == 1
+    await s.scaler.ensure_capacity("m")  # later requests find the replica wanted
+    assert len(s.backend.calls) == 2
 
 
 async def test_a_request_leaves_a_wanted_model_alone() -> None:

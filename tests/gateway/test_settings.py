@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
+from starlette.applications import Starlette
 
 from gateway.backends.localconfig import LocalConfig, LocalModel, dump_local_config, load_local_config
 from gateway.errors import ConfigError
+from gateway.serving import quiet_request_logs, uvicorn_config
 from gateway.settings import (
     GatewaySettings,
     KubernetesSettings,
@@ -147,3 +150,14 @@ def test_every_setting_is_documented() -> None:
     names = [*keys_of(ServerSettings), *keys_of(QueueSettings), *keys_of(LocalSettings), *keys_of(KubernetesSettings)]
     names += [*ModelSettings.keys(), "KALTSTART_BACKEND"]
     assert [name for name in names if f"`{name}`" not in text] == []
+
+
+def test_request_logs_are_off_unless_asked_for() -> None:
+    quiet = GatewaySettings.from_env({}).server
+    assert uvicorn_config(Starlette(), quiet).access_log is False
+    loud = GatewaySettings.from_env({"KALTSTART_ACCESS_LOG": "true"}).server
+    assert uvicorn_config(Starlette(), loud).access_log is True
+    quiet_request_logs(quiet)
+    assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)
+    with pytest.raises(ConfigError, match="KALTSTART_ACCESS_LOG"):
+        GatewaySettings.from_env({"KALTSTART_ACCESS_LOG": "maybe"})

@@ -1,7 +1,6 @@
-"""``bench overhead``, ``bench batching``, ``bench structured``, ``bench coldstart``, ``bench continuous`` and ``gpu``
-run end to end on
-tiny inputs and report the figures they promise. How fast anything is, is not tested: only that it is measured and
-reported."""
+"""``bench overhead``, ``bench relay``, ``bench batching``, ``bench structured``, ``bench coldstart``, ``bench
+continuous`` and ``gpu`` run end to end on tiny inputs and report the figures they promise. How fast anything is, is
+not tested: only that it is measured and reported."""
 
 from __future__ import annotations
 
@@ -33,6 +32,23 @@ async def test_overhead(tmp_path: Path) -> None:
     assert "direct" in run.stdout and "gateway" in run.stdout
     assert (out / "overhead.png").stat().st_size > 0
     assert len((out / "samples.csv").read_text().splitlines()) == 1 + 2 * 80
+
+
+async def test_relay(tmp_path: Path) -> None:
+    run = await loadtest(
+        "bench", "relay", "--streams", "3", "--tokens", "20", "--rounds", "2", "--max-batch-delay", "0ms",
+        "--out", tmp_path / "out",
+    )  # fmt: skip
+    summary = run.check().summary
+    keys = {"direct_chunks_per_s", "gateway_chunks_per_s", "relay_ratio", "ttft_added_p50_ms"}
+    assert all(summary[k] is not None for k in keys)
+    assert summary["relay_ratio"] == pytest.approx(
+        summary["gateway_chunks_per_s"] / summary["direct_chunks_per_s"], rel=1e-3
+    )
+    # Every token of every stream arrives on both sides (one text chunk per echoed word, direct and relayed).
+    assert summary["direct_chunks"] == summary["gateway_chunks"] == 2 * 3 * 20
+    assert summary["errors"] == 0
+    assert "gateway/direct" in run.stdout
 
 
 async def test_batching(tiny_llama: Path, tmp_path: Path) -> None:
