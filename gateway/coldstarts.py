@@ -9,7 +9,6 @@ cold-start 503) and a streaming client how far along it is (``progress``).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -24,6 +23,7 @@ from gateway.connection import converted
 from gateway.endpoints import ReadyEndpoints
 from gateway.errors import QueueUnavailable
 from gateway.metrics import Metrics
+from gateway.tasks import Background
 
 log = logging.getLogger("kaltstart.scaling")
 
@@ -78,7 +78,7 @@ class ColdStarts:
         self._since: dict[str, float] = {}
         self._phase: dict[str, str] = {}
         self._typical: dict[str, float] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._background = Background()
 
     # -- what the scaler says -----------------------------------------------------------------------------------
 
@@ -89,7 +89,7 @@ class ColdStarts:
         self._since[model] = self._clock()
         self._phase.pop(model, None)
         self._metrics.cold_starts.labels(model).inc()
-        self._background(self._read_typical(model))
+        self._background.spawn(self._quietly(self._read_typical(model)))
 
     def ready(self, model: str) -> None:
         """A replica of ``model`` is ready; ends its cold start, if one is running."""
@@ -101,7 +101,7 @@ class ColdStarts:
         self._metrics.cold_start_seconds.labels(model).observe(elapsed)
         self._metrics.cold_start_phases.labels(model, "scale_to_ready").observe(elapsed)
         log.info("%s is ready after a cold start of %.2f s", model, elapsed)
-        self._background(self._remember(model, elapsed))
+        self._background.spawn(self._quietly(self._remember(model, elapsed)))
 
     def abandoned(self, model: str) -> None:
         """Scaled back to zero before any replica was ready: the next cold start is counted anew."""
@@ -175,13 +175,7 @@ class ColdStarts:
 
     async def settle(self) -> None:
         """Wait for the bookkeeping started so far (tests; shutdown)."""
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def _background(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(self._quietly(work))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        await self._background.settle()
 
     @staticmethod
     async def _quietly(work: Coroutine[Any, Any, None]) -> None:

@@ -13,14 +13,14 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Coroutine, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import httpx
 
 import wire
 from gateway.backends.localconfig import LocalConfig
 from gateway.processes import die_with_parent, free_port, probe_until_ready
+from gateway.tasks import Background
 
 log = logging.getLogger("kaltstart.local")
 
@@ -108,7 +108,7 @@ class StandbyPool:
         self._spawned = 0
         self._backoff_s = STANDBY_BACKOFF_S[0]
         self._stopping = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._background = Background()
 
     def start(self) -> None:
         self.replenish()
@@ -122,7 +122,7 @@ class StandbyPool:
         """Start standbys until there are ``size`` (call once a claimed one is ready, or gone)."""
         while not self._stopping and len(self._idle) + self._starting < self._size:
             self._starting += 1
-            self._background(self._add())
+            self._background.spawn(self._add())
 
     async def claim(self, name: str, args: Sequence[str]) -> RuntimeProcess | None:
         """A standby turned into ``name``, serving the model ``args`` describe; None if none could be claimed."""
@@ -132,14 +132,12 @@ class StandbyPool:
                 log.info("%s claimed standby runtime %s at %s", name, standby.name, standby.url)
                 standby.name = name
                 return standby
-            self._background(standby.stop())
+            self._background.spawn(standby.stop())
         return None
 
     async def stop(self) -> None:
         self._stopping = True
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._background.cancel()
         idle, self._idle = self._idle, []
         await asyncio.gather(*(standby.stop() for standby in idle))
 
@@ -151,7 +149,7 @@ class StandbyPool:
         if standby is None:
             return
         self._idle.append(standby)
-        self._background(self._watch(standby))
+        self._background.spawn(self._watch(standby))
 
     async def _watch(self, standby: RuntimeProcess) -> None:
         """A standby that dies before it is claimed is replaced, with back-off (it may die at every start)."""
@@ -189,8 +187,3 @@ class StandbyPool:
             return False
         self._backoff_s = STANDBY_BACKOFF_S[0]
         return True
-
-    def _background(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
