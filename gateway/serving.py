@@ -112,7 +112,7 @@ def uvicorn_config(app: ASGIApp, server: ServerSettings, log_level: str | None =
 
 
 def quiet_request_logs(server: ServerSettings) -> None:
-    """Without ``access_log``, no INFO line per batch from the runtime client (httpx) either."""
+    """Without ``access_log``, no INFO line per httpx call either (the local backend's probes and claims)."""
     if not server.access_log:
         for name in ("httpx", "httpcore"):
             logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).getEffectiveLevel()))
