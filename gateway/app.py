@@ -30,6 +30,7 @@ from gateway.runtimeclient import AiohttpRuntimeClient
 from gateway.scaling import Scaler
 from gateway.service import Gateway
 from gateway.settings import GatewaySettings, ServerSettings
+from gateway.work import WorkSignals
 
 
 def _runtime_client(settings: ServerSettings) -> AiohttpRuntimeClient:
@@ -43,9 +44,11 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
     server, backend, catalog, endpoints = settings.server, parts.backend, parts.catalog, parts.endpoints
     redis = connect(redis_url, settings.queue)
     metrics = Metrics()
-    queue = RequestQueue(redis, settings.queue.max_queue_per_model)
+    work = WorkSignals(server.gateway_id)
+    queue = RequestQueue(redis, settings.queue.max_queue_per_model, work)
     door = FencedDoor()
-    replies = ReplyRouter(redis, keys.replies(server.gateway_id), {keys.FENCES: door.lifted})
+    replies = ReplyRouter(redis, keys.replies(server.gateway_id), {keys.FENCES: door.lifted, keys.WORK: work.received})
+    replies.on_subscribed(work.notify_all)
     cold_starts = ColdStarts(RedisDurations(redis), endpoints, metrics)
     announcements = Announcements(endpoints, cold_starts, metrics)
     replies.on(wire.REPLICAS_CHANNEL, announcements.received)
@@ -60,6 +63,7 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
         interval_s=settings.queue.scale_interval_s,
         may_scale_down=lambda: backend.is_leader,
     )
+    work.subscribe(scaler.wake)
     client = _runtime_client(server)
     sender = ReplySender(redis, local=replies)
     limits = ContextLengths(redis)
@@ -94,6 +98,7 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
         held=dispatchers.held,
         is_waiting=replies.is_waiting,
         abandoned=abandoned,
+        in_use=lambda model: backend.replicas(model).desired > 0 or bool(dispatchers.held(model)),
     )
 
     @contextlib.asynccontextmanager

@@ -9,6 +9,7 @@ replica left unfinished are put back on the queue for another replica (up to ``m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -32,9 +33,10 @@ from gateway.tasks import Loop
 
 log = logging.getLogger("kaltstart.dispatch")
 
-#: How long one blocking queue read waits before the dispatcher loops (it wakes at once when work arrives).
-#: Must stay below the Redis client's socket timeout (redis-py's default is 5 s), or idle reads time out.
-READ_BLOCK_S = 2.0
+#: Longest wait for a work signal before a dispatcher with a ready replica reads its queue anyway. Signals are
+#: not expected to go missing (see ``gateway.work``); this bounds the harm if one does, at one read per model
+#: with a ready replica per period.
+IDLE_READ_S = 10.0
 
 
 class _RuntimeRefused(Exception):
@@ -82,17 +84,17 @@ class Dispatcher:
         self._cancel_when_accepted: set[str] = set()
         self._prepared = False
         self._dispatched_to: set[str] = set()
+        self._work = queue.work.event(settings.name)
+        #: The last read left the queue empty and no work signal came since.
+        self._drained = False
 
     def held(self) -> frozenset[str]:
         """Entry ids this dispatcher's running batches hold (the janitor leaves those alone)."""
         return frozenset(self._held)
 
     async def step(self) -> None:
-        """Dispatch one batch (or find no work within a blocking read). Batches already sent keep running
-        when the dispatcher stops (see ``drain``)."""
-        if not self._prepared:
-            await self._queue.prepare(self._model)
-            self._prepared = True
+        """Dispatch one batch, or wait for the model's work signal if the queue is empty. Batches already sent
+        keep running when the dispatcher stops (see ``drain``)."""
         await self._dispatch_next()
 
     async def drain(self, timeout_s: float) -> None:
@@ -105,15 +107,24 @@ class Dispatcher:
         self._pool.close()
 
     async def _dispatch_next(self) -> None:
-        """Wait for a replica with room, read up to that many queued requests, and send them as one batch. A
-        continuous replica takes them into its running batch; the loop then looks for room again at once."""
+        """Wait for work (if the last read emptied the queue) and a replica with room, read up to that many queued
+        requests, and send them as one batch. A continuous replica takes them into its running batch; the loop
+        then looks for room again at once."""
+        if self._drained:  # the last read emptied the queue: nothing to read before the next work signal
+            await self._wait_for_work()
         url, free = await self._pool.acquire()
         if url not in self._reported:
             await self._read_report(url)
             free = self._pool.free(url) or free  # a continuous replica may take more than a static one
+        if not self._prepared:  # once the model has a replica: a gateway with many idle models starts quietly
+            await self._queue.prepare(self._model)
+            self._prepared = True
         batch: list[Delivery] = []
         try:
+            self._work.clear()  # before the read: work added meanwhile leaves it set
             batch = await self._read(free, self._fill_s(url))
+            if not batch:
+                return
             while batch and not self._pool.is_ready(url):  # it went away while we waited for work
                 url, free = await self._pool.acquire()
             if len(batch) > free:  # another replica is less roomy than the one we read for
@@ -161,17 +172,21 @@ class Dispatcher:
         later requests at its next step anyway, so a request that finds room there goes at once."""
         return 0.0 if self._pool.is_continuous(url) else self.settings.max_batch_delay_s
 
+    async def _wait_for_work(self) -> None:
+        self._drained = False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(IDLE_READ_S):
+                await self._work.wait()
+
     async def _read(self, room: int, fill_s: float) -> list[Delivery]:
+        """Read a batch; ``_drained`` says whether the queue was empty after it (unless a signal came since)."""
         try:
-            batch = await self._queue.read_batch(
-                self._model, self._consumer, min(room, self.settings.max_batch_size), fill_s, READ_BLOCK_S
-            )
-            if batch:
-                batch = await self._queue.drop_settled(self._model, batch)
-            return await self._isolate_retries(await self._drop_orphans(batch))
+            read = await self._queue.read(self._model, self._consumer, min(room, self.settings.max_batch_size), fill_s)
+            self._drained = read.drained and not self._work.is_set()
+            return await self._isolate_retries(await self._drop_orphans(read.deliveries))
         except QueueUnavailable as exc:
             log.warning("queue unavailable (%r); %s dispatcher retries in 1 s", exc.__cause__, self._model)
-            await asyncio.sleep(1.0)  # back off from a failing Redis
+            await asyncio.sleep(1.0)  # back off from a failing Redis, then read again
             return []
 
     def _first_dispatch(self, url: str, batch: Sequence[Delivery]) -> None:

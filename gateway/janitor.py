@@ -77,7 +77,11 @@ class Janitor:
         held: Callable[[str], Collection[str]],
         is_waiting: Callable[[str], bool],
         abandoned: Abandoned,
+        in_use: Callable[[str], bool] = lambda _model: True,
     ) -> None:
+        """``in_use(model)``: whether the model has replicas or running batches. Only those can have requests in
+        flight (a model is not scaled to zero while it has any), so the others are swept once, at start, not
+        every interval: an idle model costs no Redis command."""
         self._queue = queue
         self._heartbeats = heartbeats
         self._catalog = catalog
@@ -86,6 +90,8 @@ class Janitor:
         self._held = held
         self._is_waiting = is_waiting
         self.abandoned = abandoned
+        self._in_use = in_use
+        self._swept_all = False
         self._loop = Loop("janitor", self._beat_and_sweep)
 
     @property
@@ -105,8 +111,10 @@ class Janitor:
         try:
             await self._heartbeats.beat(self._id, self.ttl_s)
             await self.abandoned.write(self._queue)
-            for model in self._catalog.all():
-                await self.sweep(model.name)
+            models = [m.name for m in self._catalog.all() if not self._swept_all or self._in_use(m.name)]
+            for model in models:
+                await self.sweep(model)
+            self._swept_all = True
         except KaltstartError as exc:
             log.warning("janitor: %s", exc)
 

@@ -65,3 +65,8 @@ def gateway(gateway_id: str) -> str:
 def replies(gateway_id: str) -> str:
     """Pub/sub channel on which dispatchers send a request's replies to the gateway replica holding its client."""
     return f"{PREFIX}:replies:{gateway_id}"
+
+
+#: Pub/sub channel on which new work is announced (``<gateway id>\n<model>``, see ``gateway.work``), so that
+#: dispatchers wait for work without holding a Redis connection each.
+WORK = f"{PREFIX}:work"

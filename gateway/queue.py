@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import cast
 
 from pydantic import BaseModel, ConfigDict
@@ -24,19 +24,24 @@ from gateway.connection import converted, text
 from gateway.errors import QueueFull
 from gateway.fence import REFUSE_IF_FENCED, Fenced
 from gateway.messages import Failed, Final, Finished, ReplyAdapter
+from gateway.work import WorkSignals
+from gateway.work import message as work_message
 
 #: How long a settled marker outlives its request: long enough to suppress any late duplicate.
 SETTLED_TTL_MS = 3_600_000
 CANCELLED = "cancelled"
 
-# KEYS: queue, activity, fence. ARGV: max length, payload. -> entry id; 0 if full; the fence's ms left if fenced.
+# KEYS: queue, activity, fence. ARGV: max length, payload, request id, work channel, work message. -> entry id;
+# 0 if full; the fence's ms left if fenced.
 _ENQUEUE = (
     REFUSE_IF_FENCED
     + """
 if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
 local t = redis.call('TIME')
 redis.call('SET', KEYS[2], t[1] * 1000 + math.floor(t[2] / 1000))
-return redis.call('XADD', KEYS[1], '*', 'r', ARGV[2])
+local id = redis.call('XADD', KEYS[1], '*', 'r', ARGV[2], 'i', ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return id
 """
 )
 
@@ -57,13 +62,51 @@ end
 return 0
 """
 
-# KEYS: queue, settled. ARGV: entry id, group, new payload. -> new entry id; false if the entry was not pending
-# (someone else put it back already) or the request is settled.
+# KEYS: queue, settled. ARGV: entry id, group, new payload, request id, work channel, work message. -> new entry
+# id; false if the entry was not pending (someone else put it back already) or the request is settled.
 _REQUEUE = """
 if redis.call('XACK', KEYS[1], ARGV[2], ARGV[1]) == 0 then return false end
 redis.call('XDEL', KEYS[1], ARGV[1])
 if redis.call('EXISTS', KEYS[2]) == 1 then return false end
-return redis.call('XADD', KEYS[1], '*', 'r', ARGV[3])
+local id = redis.call('XADD', KEYS[1], '*', 'r', ARGV[3], 'i', ARGV[4])
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return id
+"""
+
+# KEYS: queue. ARGV: group, consumer, count, settled-key prefix. -> flat list: how many entries were read, then
+# entry id, payload, checked, ... per entry returned; -1 if the group is missing.
+# Reads new entries without blocking (a dispatcher waits on its work signal instead), and acks and deletes at once
+# those whose request is settled already (cancelled by its client before a dispatcher got to it), so a read is one
+# round trip. ``checked`` is 0 for an entry without the request id field ``i`` (added by a gateway older than
+# that field): the caller checks those itself. The settled keys are not in KEYS, as the ids are known only here;
+# they share the queue's hash tag, so on a Redis Cluster they live in the same slot as the declared key.
+_READ = """
+local got = redis.pcall('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '>')
+if type(got) == 'table' and got.err then
+  if string.find(got.err, 'NOGROUP') then return -1 end
+  return got
+end
+local out, done = {0}, {}
+if not got then return out end
+out[1] = #got[1][2]
+for _, entry in ipairs(got[1][2]) do
+  local fields, payload, request = entry[2], nil, nil
+  for i = 1, #fields, 2 do
+    if fields[i] == 'r' then payload = fields[i + 1] elseif fields[i] == 'i' then request = fields[i + 1] end
+  end
+  if request and redis.call('EXISTS', ARGV[4] .. request) == 1 then
+    done[#done + 1] = entry[1]
+  else
+    out[#out + 1] = entry[1]
+    out[#out + 1] = payload
+    out[#out + 1] = request and 1 or 0
+  end
+end
+if #done > 0 then
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(done))
+  redis.call('XDEL', KEYS[1], unpack(done))
+end
+return out
 """
 
 
@@ -105,6 +148,13 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class Read:
+    deliveries: list[Delivery]
+    #: The read found fewer new entries than it asked for: the queue held no more at that moment.
+    drained: bool
+
+
+@dataclass(frozen=True)
 class Load:
     """A model's demand, as every gateway replica sees it (derived from the stream, so it survives restarts)."""
 
@@ -119,12 +169,15 @@ class Load:
 
 
 class RequestQueue:
-    def __init__(self, redis: Redis, max_queue_per_model: int) -> None:
+    def __init__(self, redis: Redis, max_queue_per_model: int, work: WorkSignals | None = None) -> None:
+        """``work``: told of every entry this queue adds (and published for the other gateway replicas)."""
         self._redis = redis
         self._max = max_queue_per_model
+        self.work = work if work is not None else WorkSignals("")
         self._enqueue = redis.register_script(_ENQUEUE)
         self._settle = redis.register_script(_SETTLE)
         self._requeue = redis.register_script(_REQUEUE)
+        self._read_script = redis.register_script(_READ)
 
     async def prepare(self, model: str) -> None:
         """Create the model's stream and consumer group if missing (reading from the start: nothing queued
@@ -141,61 +194,64 @@ class RequestQueue:
         async with converted():
             entry = await self._enqueue(
                 keys=[keys.queue(model), keys.activity(model), keys.fence(model)],
-                args=[self._max, queued.model_dump_json()],
+                args=[self._max, queued.model_dump_json(), queued.id, *self._work_message(model)],
             )
         if entry == 0:
             raise QueueFull(f"Too many requests are queued for model '{model}'; try again later.", retry_after_s=5)
         if isinstance(entry, int):
             return Fenced(seconds_left=entry / 1000)
+        self.work.notify(model)
         return text(entry)
 
-    async def read_batch(
-        self, model: str, consumer: str, max_size: int, fill_s: float, block_s: float
-    ) -> list[Delivery]:
-        """Block up to ``block_s`` for the first entry, then give others ``fill_s`` to join the batch.
+    def _work_message(self, model: str) -> tuple[str, str]:
+        return keys.WORK, work_message(self.work.gateway_id, model)
+
+    async def read_batch(self, model: str, consumer: str, max_size: int, fill_s: float) -> list[Delivery]:
+        return (await self.read(model, consumer, max_size, fill_s)).deliveries
+
+    async def read(self, model: str, consumer: str, max_size: int, fill_s: float) -> Read:
+        """Read up to ``max_size`` queued requests without blocking; if some were there, give others ``fill_s``
+        to join the batch. (To wait for work, wait on ``work.event(model)``, cleared before this read.)
 
         No window when the first entry has waited that long already: a backlog (requests that waited through a cold
         start, or for a busy replica) goes at once with what is there.
-
-        The fill window is timed here, not with ``BLOCK``: a Redis server checks blocked clients' timeouts only
-        ``hz`` times a second (10 by default), so ``BLOCK 10`` can last 100 ms.
         """
-        batch = await self._read(model, consumer, max_size, block_s)
+        read = await self._read(model, consumer, max_size)
+        batch = read.deliveries
         if batch and len(batch) < max_size and fill_s > 0 and not _waited(batch, fill_s):
             try:
                 await asyncio.sleep(fill_s)  # the batching window itself: an intended delay
-                batch += await self._read(model, consumer, max_size - len(batch), None)
+                read = await self._read(model, consumer, max_size - len(batch))
+                batch += read.deliveries
             except asyncio.CancelledError:
                 await asyncio.shield(self.put_back(model, batch))
                 raise
-        return batch
+        return Read(batch, read.drained)
 
     async def put_back(self, model: str, batch: Sequence[Delivery]) -> None:
         """Return read entries to the queue unchanged (this dispatcher is stopping before it could send them)."""
         for delivery in batch:
             await self.requeue(model, delivery, failed=False)
 
-    async def _read(self, model: str, consumer: str, count: int, block_s: float | None) -> list[Delivery]:
-        """Read up to ``count`` new entries, blocking up to ``block_s`` for the first (None: do not block)."""
-        block = None if block_s is None else max(1, int(block_s * 1000))
+    async def _read(self, model: str, consumer: str, count: int) -> Read:
+        """Read up to ``count`` new entries, those of settled requests dropped (one round trip)."""
         async with converted():
-            try:
-                response = await self._redis.xreadgroup(
-                    keys.GROUP, consumer, {keys.queue(model): ">"}, count=count, block=block
-                )
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                await self.prepare(model)  # Redis lost its data (restart without persistence, flush)
-                return []
-        deliveries = []
-        # RESP2 shape: [[stream, [(entry id, {field: value}), ...]]]
-        streams = cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]], response or [])
-        for _stream, entries in streams:
-            for entry_id, fields in entries:
-                payload = fields[b"r"]
-                deliveries.append(Delivery(text(entry_id), QueuedRequest.model_validate_json(payload)))
-        return deliveries
+            response = await self._read_script(
+                keys=[keys.queue(model)], args=[keys.GROUP, consumer, count, keys.settled(model, "")]
+            )
+        if response == -1:
+            await self.prepare(model)  # Redis lost its data (restart without persistence, flush)
+            return Read([], drained=False)
+        read, *flat = cast(list[bytes | int], response)
+        deliveries: list[Delivery] = []
+        unchecked: list[Delivery] = []
+        for at in range(0, len(flat), 3):
+            entry_id, payload, checked = cast(bytes, flat[at]), cast(bytes, flat[at + 1]), flat[at + 2]
+            delivery = Delivery(text(entry_id), QueuedRequest.model_validate_json(payload))
+            (deliveries if checked else unchecked).append(delivery)
+        if unchecked:
+            deliveries += await self._drop_settled(model, unchecked)
+        return Read(deliveries, drained=cast(int, read) < count)
 
     async def settle(self, model: str, delivery: Delivery, reply: Final, *, publish: bool = True) -> bool:
         """Store and publish a request's final reply and drop its entry. False if it was settled already.
@@ -233,12 +289,16 @@ class RequestQueue:
         async with converted():
             entry = await self._requeue(
                 keys=[keys.queue(model), keys.settled(model, delivery.queued.id)],
-                args=[delivery.entry_id, keys.GROUP, again.model_dump_json()],
+                args=[delivery.entry_id, keys.GROUP, again.model_dump_json(), queued.id, *self._work_message(model)],
             )
-        return entry is not None
+        if entry is None:
+            return False
+        self.work.notify(model)
+        return True
 
-    async def drop_settled(self, model: str, batch: Sequence[Delivery]) -> list[Delivery]:
-        """Ack and delete the entries of requests already settled (cancelled by their client); return the rest."""
+    async def _drop_settled(self, model: str, batch: Sequence[Delivery]) -> list[Delivery]:
+        """Ack and delete the entries of requests already settled (cancelled by their client); return the rest.
+        (For entries without the request id field, which the read script checks itself.)"""
         async with converted():
             markers = await self._redis.mget([keys.settled(model, d.queued.id) for d in batch])
             done = [d.entry_id for d, marker in zip(batch, markers, strict=True) if marker is not None]
@@ -310,27 +370,45 @@ class RequestQueue:
             return False
 
     async def load(self, model: str) -> Load:
-        """Queued and in-flight requests, and seconds since the last activity. A model seen for the first time
-        (or after Redis lost its data) counts as active now: idleness is never assumed, so a gateway that
-        starts, or restarts, changes no replica count."""
+        return (await self.loads([model]))[model]
+
+    async def loads(self, models: Sequence[str]) -> dict[str, Load]:
+        """Queued and in-flight requests, and seconds since the last activity, of every model in ``models``, in one
+        round trip. A model seen for the first time (or after Redis lost its data) counts as active now: idleness
+        is never assumed, so a gateway that starts, or restarts, changes no replica count."""
+        if not models:
+            return {}
         async with converted(), self._redis.pipeline(transaction=False) as pipe:
-            pipe.xlen(keys.queue(model))
-            pipe.get(keys.activity(model))
             pipe.time()
-            length, activity, now = await pipe.execute()
-            now_ms = now[0] * 1000 + now[1] // 1000
-            if activity is None:
-                await self._redis.set(keys.activity(model), now_ms, nx=True)
-                activity = now_ms
-            try:
-                pending = await self._redis.xpending(keys.queue(model), keys.GROUP)
-            except ResponseError as exc:  # no group yet: nothing was ever dispatched
-                if "NOGROUP" not in str(exc):
-                    raise
-                pending = None
-        in_flight = int(pending["pending"]) if pending else 0
-        idle = max(0.0, (now_ms - int(activity)) / 1000)
-        return Load(queued=max(0, int(length) - in_flight), in_flight=in_flight, idle_for_s=idle)
+            for model in models:
+                pipe.xlen(keys.queue(model))
+                pipe.get(keys.activity(model))
+                pipe.xpending(keys.queue(model), keys.GROUP)
+            now, *replies = await pipe.execute(raise_on_error=False)
+            if isinstance(now, Exception):
+                raise now
+            now_ms = int(now[0]) * 1000 + int(now[1]) // 1000
+            loads = {m: _load(now_ms, *replies[3 * i : 3 * i + 3]) for i, m in enumerate(models)}
+            unseen = [m for m, load in loads.items() if load.idle_for_s is None]
+            for model in unseen:
+                pipe.set(keys.activity(model), now_ms, nx=True)
+            if unseen:
+                await pipe.execute()
+        return {m: load if load.idle_for_s is not None else replace(load, idle_for_s=0.0) for m, load in loads.items()}
+
+
+def _load(now_ms: int, length: object, activity: object, pending: object) -> Load:
+    """One model's ``Load`` from its pipelined replies (``idle_for_s`` None: no activity recorded yet)."""
+    for reply in (length, activity):
+        if isinstance(reply, Exception):
+            raise reply
+    if isinstance(pending, ResponseError) and "NOGROUP" in str(pending):  # nothing was ever dispatched
+        pending = None
+    elif isinstance(pending, Exception):
+        raise pending
+    in_flight = int(cast(dict[str, int], pending)["pending"]) if pending else 0
+    idle = None if activity is None else max(0.0, (now_ms - int(cast(bytes, activity))) / 1000)
+    return Load(queued=max(0, int(cast(int, length)) - in_flight), in_flight=in_flight, idle_for_s=idle)
 
 
 def _waited(batch: Sequence[Delivery], fill_s: float) -> bool:

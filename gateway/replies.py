@@ -84,10 +84,15 @@ class ReplyRouter:
         self._waiting: dict[str, asyncio.Queue[AnyReply]] = {}
         self._loop = Loop("reply-router", self._listen)
         self._subscribed = asyncio.Event()
+        self._on_subscribed: list[Callable[[], None]] = []
 
     def on(self, channel: str, handler: Callable[[str], None]) -> None:
         """Call ``handler(message)`` for every message of the broadcast ``channel``; before ``start``."""
         self._broadcasts[channel] = handler
+
+    def on_subscribed(self, handler: Callable[[], None]) -> None:
+        """Call ``handler()`` each time the subscription is (re)made: messages sent while it was down are lost."""
+        self._on_subscribed.append(handler)
 
     async def start(self) -> None:
         self._loop.start()
@@ -126,6 +131,8 @@ class ReplyRouter:
         async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
             await pubsub.subscribe(self.channel, *self._broadcasts)
             self._subscribed.set()
+            for subscribed in self._on_subscribed:
+                subscribed()
             while not self._loop.stopping:  # wakes at least every second, so a stop is never missed
                 message = await pubsub.get_message(timeout=1.0)
                 if message is None or message["type"] != "message":

@@ -30,9 +30,13 @@ log = logging.getLogger("kaltstart.scaling")
 
 
 class Demand(Protocol):
-    """Where a model's load is read (the request queue)."""
+    """Where models' load is read (the request queue)."""
 
     async def load(self, model: str) -> Load: ...
+
+    async def loads(self, models: Sequence[str]) -> dict[str, Load]:
+        """Several models' load in one round trip."""
+        ...
 
 
 class ScaleDownFence(Protocol):
@@ -68,7 +72,18 @@ class Scaler:
         #: The request path's scale-up in flight, per (model, recheck).
         self._scaling_up: dict[tuple[str, bool], asyncio.Task[None]] = {}
         self._loop = Loop("autoscaler", self._tick_and_wait)
+        #: Models with new work since the last pass, looked at even if at rest; all of them at the first pass.
+        self._woken: set[str] = set()
+        self._woken_all = True
         endpoints.subscribe(self._on_endpoints)
+
+    def wake(self, model: str) -> None:
+        """New work on ``model`` (``""``: on any model, maybe): the next pass looks at it even if it is at rest.
+        (A ``gateway.work`` listener.)"""
+        if model:
+            self._woken.add(model)
+        else:
+            self._woken_all = True
 
     async def ensure_capacity(self, model: str, *, recheck: bool = False) -> None:
         """Request path: a model with no replica wanted gets one now, not at the next tick. Concurrent requests
@@ -120,14 +135,36 @@ class Scaler:
         await asyncio.sleep(self._interval_s)  # a control loop's period, not a wait for an event
 
     async def tick(self) -> None:
-        """One pass of the rules over every scaling unit; a unit that fails does not stop the others."""
-        for unit in self._catalog.units():
+        """One pass of the rules over the scaling units that may need a change: those not at rest, and those
+        woken by new work. Their loads are read in one round trip; a unit that fails does not stop the others.
+
+        A unit at rest (its floor of replicas, none starting) and without new work is not read at all: with no
+        demand the rules keep it where it is, and new demand always comes with a work signal. So a gateway with a
+        thousand idle models sends Redis nothing for them."""
+        units = self._units_to_look_at()
+        try:
+            loads = await self._queue.loads([m.name for unit in units for m in unit])
+        except KaltstartError as exc:
+            log.error("autoscaler: %s", exc)
+            self._woken.update(m.name for unit in units for m in unit)  # look again at the next pass
+            loads = {}
+        for unit in units if loads else []:
             try:
-                await self._reconcile(unit)
+                await self._reconcile(unit, [loads[m.name] for m in unit])
             except KaltstartError as exc:
                 log.error("autoscaler: %s: %s", unit[0].name, exc)
+                self._woken.add(unit[0].name)
         for listener in list(self._tick_listeners):
             listener()
+
+    def _units_to_look_at(self) -> list[list[ModelSettings]]:
+        woken, everything = self._woken, self._woken_all
+        self._woken, self._woken_all = set(), False
+        return [u for u in self._catalog.units() if everything or not self._at_rest(u) or woken & {m.name for m in u}]
+
+    def _at_rest(self, unit: list[ModelSettings]) -> bool:
+        now = self._backend.replicas(unit[0].name)
+        return now.desired == unit[0].min_replicas and now.starting == 0
 
     def subscribe_ticks(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call ``listener()`` after every pass; returns an unsubscribe function. (Proof, for a test or a
@@ -144,12 +181,13 @@ class Scaler:
     def _observe(self, model: str, load: Load) -> None:
         self._metrics.observe_model(model, load.queued, load.in_flight, self._backend.replicas(model))
 
-    async def _reconcile(self, unit: list[ModelSettings]) -> None:
+    async def _reconcile(self, unit: list[ModelSettings], loads: list[Load]) -> None:
         settings, name = unit[0], unit[0].name
-        loads = [await self._queue.load(m.name) for m in unit]
         for m, load in zip(unit, loads, strict=True):
             self._observe(m.name, load)
         demand = sum(load.demand for load in loads)
+        if demand > 0:
+            self._woken.add(name)  # while it has demand, look again at every pass (a failed scale-up is retried)
         idles = [load.idle_for_s for load in loads if load.idle_for_s is not None]
         now = self._backend.replicas(name)
         wanted = policy.desired_replicas(settings, demand, min(idles) if idles else None, now)

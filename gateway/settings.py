@@ -237,12 +237,13 @@ class QueueSettings:
     #: dispatchers held are given to others.
     heartbeat_interval_s: float = field(default=2.0, metadata=_key("KALTSTART_HEARTBEAT_INTERVAL", parse_duration_s))
     #: Most connections to Redis this process opens. At the bound a command waits (``redis_pool_timeout_s``)
-    #: for a free one instead of failing. Each model with a ready replica holds one in a blocking read.
-    redis_max_connections: int = field(default=256, metadata=_key("KALTSTART_REDIS_MAX_CONNECTIONS", at_least(4)))
+    #: for a free one instead of failing. No command blocks (dispatchers wait for a work signal, ``gateway.work``),
+    #: so this holds for any number of models; the pub/sub subscription keeps one.
+    redis_max_connections: int = field(default=32, metadata=_key("KALTSTART_REDIS_MAX_CONNECTIONS", at_least(4)))
     #: How long a command waits for a free connection before the request gets 503 + Retry-After.
     redis_pool_timeout_s: float = field(default=5.0, metadata=_key("KALTSTART_REDIS_POOL_TIMEOUT", parse_duration_s))
-    #: Longest wait for one Redis reply (and for a connection to open). Must exceed the dispatchers' 2 s
-    #: blocking read; a Redis that does not answer within it counts as down.
+    #: Longest wait for one Redis reply (and for a connection to open); a Redis that does not answer within it
+    #: counts as down.
     redis_timeout_s: float = field(default=5.0, metadata=_key("KALTSTART_REDIS_TIMEOUT", parse_duration_s))
 
 

@@ -140,7 +140,7 @@ class Rig:
 
     async def queued(self) -> list[QueuedRequest]:
         """What is back in the queue for another dispatch (read as another consumer)."""
-        return [d.queued for d in await self.queue.read_batch(MODEL, "inspector", 100, 0.0, 0.1)]
+        return [d.queued for d in await self.queue.read_batch(MODEL, "inspector", 100, 0.0)]
 
     async def replies(self, inbox: asyncio.Queue[AnyReply], request_id: str) -> list[AnyReply]:
         """Every reply the request got so far: a marker published now arrives after all of them."""

@@ -32,7 +32,7 @@ async def test_fence_is_taken_only_when_idle(queue: RequestQueue, redis: Redis) 
     await queue.enqueue(MODEL, _queued("a"))
     async with fence.hold([MODEL], idle_s=0) as held:
         assert not held  # something is queued
-    (delivery,) = await queue.read_batch(MODEL, "c1", 8, 0.0, 0.1)
+    (delivery,) = await queue.read_batch(MODEL, "c1", 8, 0.0)
     async with fence.hold([MODEL], idle_s=0) as held:
         assert not held  # something is in flight
     result = wire.FinishEvent(id="a", text="x", finish_reason="stop", usage=USAGE)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
 from redis.asyncio import Redis
 
 import wire
+from gateway import keys
 from gateway.catalog import ModelCatalog
 from gateway.errors import QueueFull
 from gateway.janitor import Abandoned, Heartbeats, Janitor
@@ -15,6 +17,7 @@ from gateway.messages import Failed, Finished, Token
 from gateway.queue import QueuedRequest, RequestQueue
 from gateway.replies import ReplyRouter, ReplySender
 from gateway.settings import ModelSettings
+from gateway.work import WorkSignals
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +41,7 @@ async def test_enqueue_read_settle_once(queue: RequestQueue, redis: Redis) -> No
         with router.expect("a") as inbox:
             await queue.enqueue(MODEL, _queued("a"))
             assert (await queue.load(MODEL)).queued == 1
-            (delivery,) = await queue.read_batch(MODEL, "c1", max_size=8, fill_s=0, block_s=0.1)
+            (delivery,) = await queue.read_batch(MODEL, "c1", max_size=8, fill_s=0)
             load = await queue.load(MODEL)
             assert (load.queued, load.in_flight) == (0, 1)
             await ReplySender(redis).publish([("replies", Token(id="a", attempt=1, text="x"))])
@@ -56,9 +59,9 @@ async def test_enqueue_read_settle_once(queue: RequestQueue, redis: Redis) -> No
 async def test_batches_fill_up_to_the_limit(queue: RequestQueue) -> None:
     for i in range(3):
         await queue.enqueue(MODEL, _queued(f"r{i}"))
-    batch = await queue.read_batch(MODEL, "c1", max_size=2, fill_s=0.05, block_s=0.1)
+    batch = await queue.read_batch(MODEL, "c1", max_size=2, fill_s=0.05)
     assert [d.queued.id for d in batch] == ["r0", "r1"]
-    assert [d.queued.id for d in await queue.read_batch(MODEL, "c2", 2, 0.0, 0.1)] == ["r2"]
+    assert [d.queued.id for d in await queue.read_batch(MODEL, "c2", 2, 0.0)] == ["r2"]
 
 
 async def test_queue_full(queue: RequestQueue) -> None:
@@ -79,37 +82,78 @@ async def test_cancelled_request_is_never_dispatched_or_answered(queue: RequestQ
     entry = await _enqueue(queue, "a")
     await queue.enqueue(MODEL, _queued("b"))
     assert await queue.cancel(MODEL, "a", entry)
-    batch = await queue.read_batch(MODEL, "c1", 8, 0.0, 0.1)
+    batch = await queue.read_batch(MODEL, "c1", 8, 0.0)
     assert [d.queued.id for d in batch] == ["b"]
     assert (await queue.load(MODEL)).demand == 1
 
 
 async def test_cancel_after_dispatch_suppresses_the_answer(queue: RequestQueue) -> None:
     entry = await _enqueue(queue, "a")
-    (delivery,) = await queue.read_batch(MODEL, "c1", 8, 0.0, 0.1)
+    (delivery,) = await queue.read_batch(MODEL, "c1", 8, 0.0)
     assert await queue.cancel(MODEL, "a", entry)
     assert not await queue.settle(MODEL, delivery, _finished("a"))
     assert await queue.final_reply(MODEL, "a") is None
     assert (await queue.load(MODEL)).demand == 0
 
 
-async def test_drop_settled_filters_cancelled_entries(queue: RequestQueue) -> None:
+async def test_a_read_drops_the_entries_of_settled_requests(queue: RequestQueue, redis: Redis) -> None:
     await queue.enqueue(MODEL, _queued("a"))
     await queue.enqueue(MODEL, _queued("b"))
-    batch = await queue.read_batch(MODEL, "c1", 8, 0.0, 0.1)
-    await queue.cancel(MODEL, "a", "")
-    assert [d.queued.id for d in await queue.drop_settled(MODEL, batch)] == ["b"]
+    await queue.cancel(MODEL, "a", "")  # settled, but its entry is still there (e.g. it was requeued meanwhile)
+    assert [d.queued.id for d in await queue.read_batch(MODEL, "c1", 8, 0.0)] == ["b"]
+    assert await redis.xlen(keys.queue(MODEL)) == 1  # a's entry is acked and deleted by the read
     assert (await queue.load(MODEL)).demand == 1
+
+
+async def test_entries_without_a_request_id_field_are_checked_too(queue: RequestQueue, redis: Redis) -> None:
+    """Entries queued by a gateway from before the ``i`` field (a rolling upgrade) are filtered all the same."""
+    for request_id in ("a", "b"):
+        await redis.xadd(keys.queue(MODEL), {"r": _queued(request_id).model_dump_json()})
+    await queue.cancel(MODEL, "a", "")
+    assert [d.queued.id for d in await queue.read_batch(MODEL, "c1", 8, 0.0)] == ["b"]
+    assert (await queue.load(MODEL)).demand == 1
+
+
+async def test_read_says_when_it_drained_the_queue(queue: RequestQueue) -> None:
+    for request_id in ("a", "b", "c"):
+        await queue.enqueue(MODEL, _queued(request_id))
+    first = await queue.read(MODEL, "c1", 2, 0.0)
+    assert [d.queued.id for d in first.deliveries] == ["a", "b"] and not first.drained
+    second = await queue.read(MODEL, "c1", 2, 0.0)
+    assert [d.queued.id for d in second.deliveries] == ["c"] and second.drained
+
+
+async def test_work_is_signalled_locally_and_to_other_gateways(queue: RequestQueue, redis: Redis) -> None:
+    here, there = queue.work, WorkSignals("other-gateway")
+    router = ReplyRouter(redis, "replies", {keys.WORK: there.received})
+    await router.start()
+    try:
+        heard: list[str] = []
+        there.subscribe(heard.append)
+        event, elsewhere = here.event(MODEL), there.event(MODEL)
+        await queue.enqueue(MODEL, _queued("a"))
+        assert event.is_set()  # in-process, before the enqueue returned
+        async with asyncio.timeout(5):
+            await elsewhere.wait()  # over pub/sub
+        assert heard == [MODEL]
+    finally:
+        await router.stop()
+
+
+async def test_loads_of_several_models_in_one_round_trip(queue: RequestQueue) -> None:
+    await queue.enqueue(MODEL, _queued("a"))
+    loads = await queue.loads([MODEL, "never-used"])
+    assert (loads[MODEL].queued, loads["never-used"].queued, loads["never-used"].idle_for_s) == (1, 0, 0.0)
 
 
 async def test_requeue_is_the_next_attempt_unless_settled(queue: RequestQueue) -> None:
     await queue.enqueue(MODEL, _queued("a"))
     await queue.enqueue(MODEL, _queued("b"))
-    first = await queue.read_batch(MODEL, "c1", 8, 0.0, 0.1)
+    first = await queue.read_batch(MODEL, "c1", 8, 0.0)
     await queue.settle(MODEL, first[1], Failed(id="b", status=400, message="bad"))
     assert await queue.requeue(MODEL, first[0])
     assert not await queue.requeue(MODEL, first[1])
-    (again,) = await queue.read_batch(MODEL, "c2", 8, 0.0, 0.1)
+    (again,) = await queue.read_batch(MODEL, "c2", 8, 0.0)
     assert (again.queued.id, again.queued.attempt) == ("a", 2)
     assert (await queue.load(MODEL)).demand == 1
 
@@ -121,7 +165,7 @@ async def test_load_of_an_unused_model(queue: RequestQueue) -> None:
 
 async def test_requeue_twice_puts_back_once(queue: RequestQueue) -> None:
     await _enqueue(queue, "a")
-    (delivery,) = await queue.read_batch(MODEL, "c1", 8, 0.0, 0.1)
+    (delivery,) = await queue.read_batch(MODEL, "c1", 8, 0.0)
     assert await queue.requeue(MODEL, delivery)
     assert not await queue.requeue(MODEL, delivery)
     assert (await queue.load(MODEL)).queued == 1
@@ -143,11 +187,11 @@ async def test_janitor_hands_back_the_work_of_a_dead_gateway(queue: RequestQueue
     for request_id, accepted_by in (("mine", "live"), ("orphan", "dead")):
         queued = _queued(request_id).model_copy(update={"gateway": accepted_by})
         await queue.enqueue(MODEL, queued)
-    assert len(await queue.read_batch(MODEL, "dead", 8, 0.0, 0.1)) == 2  # then "dead" died: no heartbeat
+    assert len(await queue.read_batch(MODEL, "dead", 8, 0.0)) == 2  # then "dead" died: no heartbeat
 
     await live.sweep(MODEL)
 
-    (again,) = await queue.read_batch(MODEL, "live", 8, 0.0, 0.1)
+    (again,) = await queue.read_batch(MODEL, "live", 8, 0.0)
     # Back in the queue as a new attempt (its tokens start again), not counted as a failure.
     assert (again.queued.id, again.queued.attempt, again.queued.failures) == ("mine", 2, 0)
     assert await queue.final_reply(MODEL, "orphan") is None  # nobody waits for it: cancelled

@@ -66,10 +66,13 @@ class FakeDemand:
     """A scripted ``Load`` per model (idle since just now by default)."""
 
     def __init__(self) -> None:
-        self.loads: dict[str, Load] = {}
+        self.scripted: dict[str, Load] = {}
 
     async def load(self, model: str) -> Load:
-        return self.loads.get(model, IDLE)
+        return self.scripted.get(model, IDLE)
+
+    async def loads(self, models: Sequence[str]) -> dict[str, Load]:
+        return {m: await self.load(m) for m in models}
 
 
 class FakeFence:
@@ -201,14 +204,14 @@ async def test_a_failing_backend_is_logged_not_raised(caplog: pytest.LogCaptureF
 async def test_tick_scales_out_per_target_queue_up_to_max(demand: int, wanted: int) -> None:
     s = Setup()
     s.backend.replicas_of["m"] = Replicas(desired=1, ready=1)
-    s.demand.loads["m"] = Load(queued=demand, in_flight=0, idle_for_s=0.0)
+    s.demand.scripted["m"] = Load(queued=demand, in_flight=0, idle_for_s=0.0)
     await s.scaler.tick()
     assert s.backend.calls == ([("up", "m", wanted, False)] if wanted > 1 else [])
 
 
 async def test_tick_counts_in_flight_requests_as_demand() -> None:
     s = Setup()
-    s.demand.loads["m"] = Load(queued=5, in_flight=10, idle_for_s=0.0)
+    s.demand.scripted["m"] = Load(queued=5, in_flight=10, idle_for_s=0.0)
     await s.scaler.tick()
     assert s.backend.calls == [("up", "m", 2, False)]
     assert s.cold_starts() == 1  # from zero
@@ -220,11 +223,11 @@ async def test_tick_counts_in_flight_requests_as_demand() -> None:
 async def test_tick_scales_down_to_min_only_after_the_idle_timeout() -> None:
     s = Setup(ModelSettings(name="m", min_replicas=1, max_replicas=3, idle_timeout_s=60))
     s.backend.replicas_of["m"] = Replicas(desired=3, ready=3)
-    s.demand.loads["m"] = Load(queued=0, in_flight=0, idle_for_s=59.9)
+    s.demand.scripted["m"] = Load(queued=0, in_flight=0, idle_for_s=59.9)
     await s.scaler.tick()
     assert (s.backend.calls, s.fence.holds) == ([], [])
 
-    s.demand.loads["m"] = Load(queued=0, in_flight=0, idle_for_s=60.0)
+    s.demand.scripted["m"] = Load(queued=0, in_flight=0, idle_for_s=60.0)
     await s.scaler.tick()
     assert s.fence.holds == [(["m"], 60.0)]
     assert s.backend.calls == [("down", "m", 1, False)]
@@ -234,7 +237,7 @@ async def test_tick_scales_down_to_min_only_after_the_idle_timeout() -> None:
 async def test_tick_does_not_scale_down_when_another_gateway_leads() -> None:
     s = Setup(may_scale_down=False)
     s.backend.replicas_of["m"] = Replicas(desired=1, ready=1)
-    s.demand.loads["m"] = Load(queued=0, in_flight=0, idle_for_s=3600.0)
+    s.demand.scripted["m"] = Load(queued=0, in_flight=0, idle_for_s=3600.0)
     await s.scaler.tick()
     assert (s.backend.calls, s.fence.holds) == ([], [])
 
@@ -242,7 +245,7 @@ async def test_tick_does_not_scale_down_when_another_gateway_leads() -> None:
 async def test_tick_scales_down_only_through_the_fence() -> None:
     s = Setup()
     s.backend.replicas_of["m"] = Replicas(desired=1, ready=1)
-    s.demand.loads["m"] = Load(queued=0, in_flight=0, idle_for_s=3600.0)
+    s.demand.scripted["m"] = Load(queued=0, in_flight=0, idle_for_s=3600.0)
     s.fence.refuse = True  # a request arrived since the load was read
     await s.scaler.tick()
     assert s.fence.holds == [(["m"], 60.0)]
@@ -252,11 +255,11 @@ async def test_tick_scales_down_only_through_the_fence() -> None:
 async def test_a_starting_replica_gets_its_cold_start_timeout_before_it_is_scaled_away() -> None:
     s = Setup()
     s.backend.replicas_of["m"] = Replicas(desired=1, ready=0)
-    s.demand.loads["m"] = Load(queued=0, in_flight=0, idle_for_s=299.0)  # past idle_timeout, not cold_start_timeout
+    s.demand.scripted["m"] = Load(queued=0, in_flight=0, idle_for_s=299.0)  # past idle_timeout, not cold_start_timeout
     await s.scaler.tick()
     assert (s.backend.calls, s.fence.holds) == ([], [])
 
-    s.demand.loads["m"] = Load(queued=0, in_flight=0, idle_for_s=300.0)
+    s.demand.scripted["m"] = Load(queued=0, in_flight=0, idle_for_s=300.0)
     await s.scaler.tick()
     assert s.fence.holds == [(["m"], 300.0)]
     assert s.backend.calls == [("down", "m", 0, False)]
@@ -275,8 +278,8 @@ def _unit() -> Setup:
 async def test_a_units_demand_adds_up_over_its_models() -> None:
     s = _unit()
     s.backend.replicas_of["a"] = Replicas(desired=1, ready=1)
-    s.demand.loads["a"] = Load(queued=6, in_flight=0, idle_for_s=0.0)
-    s.demand.loads["b"] = Load(queued=0, in_flight=6, idle_for_s=0.0)  # 12 in all: 2 replicas, though 6 needs 1
+    s.demand.scripted["a"] = Load(queued=6, in_flight=0, idle_for_s=0.0)
+    s.demand.scripted["b"] = Load(queued=0, in_flight=6, idle_for_s=0.0)  # 12 in all: 2 replicas, though 6 needs 1
     await s.scaler.tick()
     assert s.backend.calls == [("up", "a", 2, False)]
 
@@ -284,12 +287,12 @@ async def test_a_units_demand_adds_up_over_its_models() -> None:
 async def test_a_unit_scales_down_only_when_all_its_models_are_idle() -> None:
     s = _unit()
     s.backend.replicas_of["a"] = Replicas(desired=1, ready=1)
-    s.demand.loads["a"] = Load(queued=0, in_flight=0, idle_for_s=3600.0)
-    s.demand.loads["b"] = Load(queued=0, in_flight=0, idle_for_s=10.0)
+    s.demand.scripted["a"] = Load(queued=0, in_flight=0, idle_for_s=3600.0)
+    s.demand.scripted["b"] = Load(queued=0, in_flight=0, idle_for_s=10.0)
     await s.scaler.tick()
     assert (s.backend.calls, s.fence.holds) == ([], [])
 
-    s.demand.loads["b"] = Load(queued=0, in_flight=0, idle_for_s=60.0)
+    s.demand.scripted["b"] = Load(queued=0, in_flight=0, idle_for_s=60.0)
     await s.scaler.tick()
     assert s.fence.holds == [(["a", "b"], 60.0)]  # the whole unit is fenced
     assert s.backend.calls == [("down", "a", 0, False)]
@@ -298,8 +301,8 @@ async def test_a_unit_scales_down_only_when_all_its_models_are_idle() -> None:
 async def test_a_busy_model_keeps_its_unit_up() -> None:
     s = _unit()
     s.backend.replicas_of["a"] = Replicas(desired=1, ready=1)
-    s.demand.loads["a"] = Load(queued=0, in_flight=0, idle_for_s=3600.0)
-    s.demand.loads["b"] = Load(queued=0, in_flight=1, idle_for_s=3600.0)
+    s.demand.scripted["a"] = Load(queued=0, in_flight=0, idle_for_s=3600.0)
+    s.demand.scripted["b"] = Load(queued=0, in_flight=1, idle_for_s=3600.0)
     await s.scaler.tick()
     assert (s.backend.calls, s.fence.holds) == ([], [])
 
@@ -325,7 +328,7 @@ async def test_each_scale_up_from_zero_is_its_own_cold_start() -> None:
     s = Setup()
     await s.scaler.ensure_capacity("m")  # the replica never gets ready...
     s.clock.now += 300
-    s.demand.loads["m"] = Load(queued=0, in_flight=0, idle_for_s=300.0)
+    s.demand.scripted["m"] = Load(queued=0, in_flight=0, idle_for_s=300.0)
     await s.scaler.tick()  # ...and is scaled away once its cold-start budget is spent
     assert s.backend.replicas("m").desired == 0
 
@@ -340,8 +343,8 @@ async def test_each_scale_up_from_zero_is_its_own_cold_start() -> None:
 async def test_an_unknown_model_does_not_stop_the_tick(caplog: pytest.LogCaptureFixture) -> None:
     s = Setup(ModelSettings(name="gone"), M)  # "gone" left the backend; this catalog has not caught up yet
     s.backend.unknown.add("gone")
-    s.demand.loads["gone"] = Load(queued=1, in_flight=0, idle_for_s=0.0)
-    s.demand.loads["m"] = Load(queued=1, in_flight=0, idle_for_s=0.0)
+    s.demand.scripted["gone"] = Load(queued=1, in_flight=0, idle_for_s=0.0)
+    s.demand.scripted["m"] = Load(queued=1, in_flight=0, idle_for_s=0.0)
     await s.scaler.tick()
     assert s.backend.calls == [("up", "gone", 1, False), ("up", "m", 1, False)]
     assert s.backend.replicas("m").desired == 1

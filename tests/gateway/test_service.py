@@ -94,8 +94,7 @@ class Rig:
 
     async def take(self) -> list[Delivery]:
         """What a dispatcher would get now."""
-        batch = await self.queue.read_batch(MODEL, "dispatcher", 100, 0.0, 0.1)
-        return await self.queue.drop_settled(MODEL, batch) if batch else batch
+        return await self.queue.read_batch(MODEL, "dispatcher", 100, 0.0)
 
 
 def _finished(request_id: str, text: str) -> Finished:
