@@ -62,13 +62,14 @@ async def converted() -> AsyncIterator[None]:
     try:
         yield
     except RedisError as exc:
-        _log_unavailable(exc)
-        raise QueueUnavailable() from exc
+        raise unavailable(exc) from exc
 
 
-def _log_unavailable(exc: RedisError) -> None:
+def unavailable(exc: RedisError) -> QueueUnavailable:
+    """The ``QueueUnavailable`` to raise for ``exc`` (logged, at most once a second)."""
     if _log_now():
         log.warning("Redis unavailable: %r", exc)
+    return QueueUnavailable()
 
 
 def text(value: bytes | str) -> str:

@@ -23,9 +23,9 @@ from gateway.endpoints import EndpointPool, ReadyEndpoints
 from gateway.errors import QueueUnavailable
 from gateway.flush import ReplyBuffer, ndjson_reads
 from gateway.limits import ContextLengths
-from gateway.messages import Dispatched, Failed, Finished, Token
+from gateway.messages import Dispatched, Failed, Final, Finished, Token
 from gateway.metrics import Metrics
-from gateway.queue import CancelNotice, Delivery, RequestQueue
+from gateway.queue import CancelNotice, Delivery, RequestQueue, Settlement
 from gateway.replies import ReplySender
 from gateway.runtimeclient import RuntimeClient, RuntimeFailed, RuntimeUnreachable
 from gateway.settings import ModelSettings
@@ -301,17 +301,22 @@ class Dispatcher:
             self._batch_accepted(url, batch)
             tokens = ReplyBuffer(self._sender)
             async for lines in ndjson_reads(answer.chunks()):
+                finals: list[tuple[Delivery, Final]] = []
                 for line in lines:
-                    await self._relay(wire.BatchEventAdapter.validate_json(line), unfinished, tokens)
-                await tokens.flush()
+                    self._relay(wire.BatchEventAdapter.validate_json(line), unfinished, tokens, finals)
+                await tokens.flush()  # a request's final reply comes after every token before it
+                if finals:
+                    await self._settle(finals)
 
-    async def _relay(
+    def _relay(
         self,
         event: wire.TokenEvent | wire.FinishEvent | wire.ErrorEvent,
         unfinished: dict[str, Delivery],
         tokens: ReplyBuffer,
+        finals: list[tuple[Delivery, Final]],
     ) -> None:
-        """Tokens wait in ``tokens`` for the flush after this read; a request's end flushes them first."""
+        """Tokens wait in ``tokens``, final replies in ``finals``, for the flush after this read (the tokens first);
+        so the requests that end in one read of the answer are settled in one round trip."""
         delivery = unfinished.get(event.id)
         if delivery is None:
             log.warning("runtime sent an event for unknown request %s", event.id)
@@ -328,16 +333,15 @@ class Dispatcher:
                 )
                 tokens.add(delivery.queued.reply_to, reply)
             return
-        await tokens.flush()  # the final reply comes after every token before it
         del unfinished[event.id]
         self._row_done(event.id)
         if isinstance(event, wire.ErrorEvent) and event.code == "cancelled":
             self._metrics.stopped.labels(self._model).inc()
             return  # its client left; the cancellation settled it already
         if isinstance(event, wire.FinishEvent):
-            await self._settle(delivery, Finished(id=event.id, result=event))
+            finals.append((delivery, Finished(id=event.id, result=event)))
         elif event.code == "invalid_request":
-            await self._settle(delivery, Failed(id=event.id, status=400, message=event.message))
+            finals.append((delivery, Failed(id=event.id, status=400, message=event.message)))
         else:
             log.error("runtime failed request %s: %s", event.id, event.message)
             unfinished[event.id] = delivery  # an internal error is retried like a failed replica
@@ -355,13 +359,17 @@ class Dispatcher:
         )
         self._metrics.poison.labels(self._model).inc()
         failed = Failed(id=delivery.queued.id, status=502, message="The model failed to generate a response.")
-        await self._settle(delivery, failed)
+        await self._settle([(delivery, failed)])
 
-    async def _settle(self, delivery: Delivery, reply: Finished | Failed) -> None:
-        """Store the final reply; a client of this replica gets it in-process (after the tokens flushed before)."""
-        here = self._sender.is_local(delivery.queued.reply_to)
-        if await self._queue.settle(self._model, delivery, reply, publish=not here) and here:
-            self._sender.deliver_here(reply)
+    async def _settle(self, finals: Sequence[tuple[Delivery, Final]]) -> None:
+        """Store the final replies (one round trip); a client of this replica gets its reply in-process (after the
+        tokens flushed before)."""
+        here = [self._sender.is_local(delivery.queued.reply_to) for delivery, _ in finals]
+        settlements = [Settlement(d, reply, publish=not h) for (d, reply), h in zip(finals, here, strict=True)]
+        firsts = await self._queue.settle_many(self._model, settlements)
+        for (_, reply), h, first in zip(finals, here, firsts, strict=True):
+            if first and h:
+                self._sender.deliver_here(reply)
 
 
 class Dispatchers:

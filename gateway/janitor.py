@@ -108,6 +108,10 @@ class Janitor:
 
     async def _beat_and_sweep(self) -> None:
         await asyncio.sleep(self._interval_s)  # a heartbeat's period
+        await self.pass_once()
+
+    async def pass_once(self) -> None:
+        """One heartbeat, the abandoned cancellations, and a sweep of the models in use (all, the first time)."""
         try:
             await self._heartbeats.beat(self._id, self.ttl_s)
             await self.abandoned.write(self._queue)

@@ -16,14 +16,16 @@ from typing import cast
 
 from pydantic import BaseModel, ConfigDict
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 import wire
 from gateway import keys
-from gateway.connection import converted, text
+from gateway.connection import converted, text, unavailable
 from gateway.errors import QueueFull
 from gateway.fence import REFUSE_IF_FENCED, Fenced
 from gateway.messages import Failed, Final, Finished, ReplyAdapter
+from gateway.pipelining import Call, Coalesced
 from gateway.work import WorkSignals
 from gateway.work import message as work_message
 
@@ -148,6 +150,15 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class Settlement:
+    """A request's final reply to store; ``publish=False``: stored only (handed over in-process by the caller)."""
+
+    delivery: Delivery
+    reply: Final
+    publish: bool = True
+
+
+@dataclass(frozen=True)
 class Read:
     deliveries: list[Delivery]
     #: The read found fewer new entries than it asked for: the queue held no more at that moment.
@@ -178,6 +189,7 @@ class RequestQueue:
         self._settle = redis.register_script(_SETTLE)
         self._requeue = redis.register_script(_REQUEUE)
         self._read_script = redis.register_script(_READ)
+        self._coalesced_enqueue = Coalesced(lambda calls: self._pipelined(self._enqueue, calls))
 
     async def prepare(self, model: str) -> None:
         """Create the model's stream and consumer group if missing (reading from the start: nothing queued
@@ -192,16 +204,16 @@ class RequestQueue:
     async def enqueue(self, model: str, queued: QueuedRequest) -> str | Fenced:
         """Queue a request: its entry id, or ``Fenced`` while a scale-down of the model is being written."""
         async with converted():
-            entry = await self._enqueue(
-                keys=[keys.queue(model), keys.activity(model), keys.fence(model)],
-                args=[self._max, queued.model_dump_json(), queued.id, *self._work_message(model)],
+            entry = await self._coalesced_enqueue(
+                [keys.queue(model), keys.activity(model), keys.fence(model)],
+                [self._max, queued.model_dump_json(), queued.id, *self._work_message(model)],
             )
         if entry == 0:
             raise QueueFull(f"Too many requests are queued for model '{model}'; try again later.", retry_after_s=5)
         if isinstance(entry, int):
             return Fenced(seconds_left=entry / 1000)
         self.work.notify(model)
-        return text(entry)
+        return text(cast(bytes, entry))
 
     def _work_message(self, model: str) -> tuple[str, str]:
         return keys.WORK, work_message(self.work.gateway_id, model)
@@ -256,18 +268,41 @@ class RequestQueue:
     async def settle(self, model: str, delivery: Delivery, reply: Final, *, publish: bool = True) -> bool:
         """Store and publish a request's final reply and drop its entry. False if it was settled already.
         ``publish=False``: stored only (the caller hands it over in-process, if first)."""
-        async with converted():
-            first = await self._settle(
-                keys=[keys.queue(model), keys.settled(model, delivery.queued.id), keys.activity(model)],
-                args=[
-                    delivery.entry_id,
+        return (await self.settle_many(model, [Settlement(delivery, reply, publish)]))[0]
+
+    async def settle_many(self, model: str, settlements: Sequence[Settlement]) -> list[bool]:
+        """``settle`` several requests of one model in one round trip (a pipeline of the settle script)."""
+        calls: list[Call] = [
+            (
+                [keys.queue(model), keys.settled(model, s.delivery.queued.id), keys.activity(model)],
+                [
+                    s.delivery.entry_id,
                     keys.GROUP,
                     SETTLED_TTL_MS,
-                    delivery.queued.reply_to if publish else "",
-                    reply.model_dump_json(),
+                    s.delivery.queued.reply_to if s.publish else "",
+                    s.reply.model_dump_json(),
                 ],
             )
-        return bool(first)
+            for s in settlements
+        ]
+        return [bool(_raised(first)) for first in await self._pipelined(self._settle, calls)]
+
+    async def _pipelined(self, script: AsyncScript, calls: Sequence[Call]) -> list[object]:
+        """Run ``script`` once per call in one pipeline; a failed call's reply is its exception. By the script's
+        SHA: given a ``Script`` object, redis-py checks that it exists (a round trip of its own) on every such
+        pipeline. A missing script (Redis restarted) fails every call, none ran: it is loaded and they go again."""
+        async with converted():
+            replies = await self._run_pipelined(script, calls)
+            if any(isinstance(reply, NoScriptError) for reply in replies):
+                await self._redis.script_load(script.script)
+                replies = await self._run_pipelined(script, calls)
+        return replies
+
+    async def _run_pipelined(self, script: AsyncScript, calls: Sequence[Call]) -> list[object]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for script_keys, args in calls:
+                pipe.evalsha(script.sha, len(script_keys), *script_keys, *args)
+            return cast(list[object], await pipe.execute(raise_on_error=False))
 
     async def cancel(self, model: str, request_id: str, entry_id: str) -> bool:
         """The client stopped waiting: make sure the request is never dispatched or answered, and announce it
@@ -409,6 +444,13 @@ def _load(now_ms: int, length: object, activity: object, pending: object) -> Loa
     in_flight = int(cast(dict[str, int], pending)["pending"]) if pending else 0
     idle = None if activity is None else max(0.0, (now_ms - int(cast(bytes, activity))) / 1000)
     return Load(queued=max(0, int(cast(int, length)) - in_flight), in_flight=in_flight, idle_for_s=idle)
+
+
+def _raised(reply: object) -> object:
+    """A pipelined reply, or the error it is raised (as ``QueueUnavailable``, logged)."""
+    if isinstance(reply, RedisError):
+        raise unavailable(reply) from reply
+    return reply
 
 
 def _waited(batch: Sequence[Delivery], fill_s: float) -> bool:

@@ -66,8 +66,10 @@ async def test_requests_wait_at_a_fence_until_it_is_lifted(queue: RequestQueue, 
             assert (await queue.load(MODEL)).demand == 0
             await fence._release(MODEL, "wrong token")
             assert isinstance(await queue.enqueue(MODEL, _queued("a")), Fenced)
+            started_waiting = asyncio.Event()
+            door.subscribe(lambda _model: started_waiting.set())
             waiting = asyncio.create_task(door.enter(MODEL, lambda: queue.enqueue(MODEL, _queued("a"))))
-            await asyncio.sleep(0)  # let it try once and start waiting
+            await asyncio.wait_for(started_waiting.wait(), timeout=5)  # it tried once and was fenced out
             assert not waiting.done()
         entry, waited = await asyncio.wait_for(waiting, timeout=5)  # woken by the lift, well before the TTL
         assert isinstance(entry, str) and waited

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Sequence
 
@@ -67,11 +68,14 @@ class FakeDemand:
 
     def __init__(self) -> None:
         self.scripted: dict[str, Load] = {}
+        #: The models of each ``loads`` call.
+        self.asked: list[list[str]] = []
 
     async def load(self, model: str) -> Load:
         return self.scripted.get(model, IDLE)
 
     async def loads(self, models: Sequence[str]) -> dict[str, Load]:
+        self.asked.append(list(models))
         return {m: await self.load(m) for m in models}
 
 
@@ -232,6 +236,32 @@ async def test_tick_scales_down_to_min_only_after_the_idle_timeout() -> None:
     assert s.fence.holds == [(["m"], 60.0)]
     assert s.backend.calls == [("down", "m", 1, False)]
     assert s.metric("kaltstart_scale_writes_total", model="m", direction="down") == 1
+
+
+async def test_tick_reads_only_models_that_are_not_at_rest_or_have_new_work() -> None:
+    s = Setup(M, dataclasses.replace(M, name="warm"), dataclasses.replace(M, name="floor", min_replicas=1))
+    s.backend.replicas_of["warm"] = Replicas(desired=1, ready=1)
+    s.backend.replicas_of["floor"] = Replicas(desired=1, ready=1)
+    await s.scaler.tick()  # the first pass looks at every model
+    await s.scaler.tick()
+    s.scaler.wake("m")
+    await s.scaler.tick()
+    s.scaler.wake("")  # signals may have been lost: everyone
+    await s.scaler.tick()
+    assert s.demand.asked == [["m", "warm", "floor"], ["warm"], ["m", "warm"], ["m", "warm", "floor"]]
+
+
+async def test_a_model_with_demand_is_looked_at_until_it_has_none() -> None:
+    s = Setup()
+    await s.scaler.tick()
+    s.demand.scripted["m"] = Load(queued=1, in_flight=0, idle_for_s=0.0)
+    s.backend.broken = True  # its scale-up fails: the next pass must try again, without a new signal
+    s.scaler.wake("m")
+    await s.scaler.tick()
+    s.backend.broken = False
+    await s.scaler.tick()
+    assert s.backend.replicas("m").desired == 1
+    assert s.demand.asked[1:] == [["m"], ["m"]]
 
 
 async def test_tick_does_not_scale_down_when_another_gateway_leads() -> None:
