@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar
 
 from pydantic import (
@@ -38,7 +39,13 @@ class _Evolving(_Wire):
     def _without_unused_newer_fields(self, handler: SerializerFunctionWrapHandler) -> Any:
         data = handler(self)
         if isinstance(data, dict):
-            for name in self._newer:
-                if getattr(self, name) == type(self).model_fields[name].get_default(call_default_factory=True):
+            for name, default in _newer_defaults(type(self)).items():
+                if getattr(self, name) == default:
                     data.pop(name, None)
         return data
+
+
+@functools.cache
+def _newer_defaults(cls: type[_Evolving]) -> dict[str, Any]:
+    """The defaults of a model's newer fields, computed once per class (this runs for every message sent)."""
+    return {name: cls.model_fields[name].get_default(call_default_factory=True) for name in cls._newer}
