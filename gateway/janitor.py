@@ -116,14 +116,17 @@ class Janitor:
             await self._heartbeats.beat(self._id, self.ttl_s)
             await self.abandoned.write(self._queue)
             models = [m.name for m in self._catalog.all() if not self._swept_all or self._in_use(m.name)]
-            for model in models:
-                await self.sweep(model)
+            for model, consumers in (await self._queue.consumers_of(models)).items():
+                await self._sweep(model, consumers)
             self._swept_all = True
         except KaltstartError as exc:
             log.warning("janitor: %s", exc)
 
     async def sweep(self, model: str) -> None:
-        for consumer, pending in (await self._queue.consumers(model)).items():
+        await self._sweep(model, await self._queue.consumers(model))
+
+    async def _sweep(self, model: str, consumers: dict[str, int]) -> None:
+        for consumer, pending in consumers.items():
             if consumer == self._id:
                 if pending:
                     await self._reclaim_own(model)

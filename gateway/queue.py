@@ -3,7 +3,8 @@
 Life of an entry: ``enqueue`` (XADD) -> a dispatcher's ``read_batch`` (XREADGROUP: now pending, i.e. in flight)
 -> ``settle`` (final reply stored and published, entry acked and deleted) or ``requeue`` (a fresh entry with
 attempt + 1, old one deleted) or ``cancel`` (the client gave up). Every multi-key step is one Lua script, so a
-request is answered at most once however its deliveries race. Redis errors become ``QueueUnavailable`` here.
+request is answered at most once however its deliveries race (the scripts: ``gateway.queuescripts``). Redis
+errors become ``QueueUnavailable`` here.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 import wire
 from gateway import keys
+from gateway import queuescripts as scripts
 from gateway.connection import converted, text, unavailable
 from gateway.errors import QueueFull
-from gateway.fence import REFUSE_IF_FENCED, Fenced
+from gateway.fence import Fenced
 from gateway.messages import Failed, Final, Finished, ReplyAdapter
 from gateway.pipelining import Call, Coalesced
 from gateway.work import WorkSignals
@@ -32,84 +34,6 @@ from gateway.work import message as work_message
 #: How long a settled marker outlives its request: long enough to suppress any late duplicate.
 SETTLED_TTL_MS = 3_600_000
 CANCELLED = "cancelled"
-
-# KEYS: queue, activity, fence. ARGV: max length, payload, request id, work channel, work message. -> entry id;
-# 0 if full; the fence's ms left if fenced.
-_ENQUEUE = (
-    REFUSE_IF_FENCED
-    + """
-if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
-local t = redis.call('TIME')
-redis.call('SET', KEYS[2], t[1] * 1000 + math.floor(t[2] / 1000))
-local id = redis.call('XADD', KEYS[1], '*', 'r', ARGV[2], 'i', ARGV[3])
-redis.call('PUBLISH', ARGV[4], ARGV[5])
-return id
-"""
-)
-
-# KEYS: queue, settled, activity. ARGV: entry id, group, ttl ms, channel, final reply[, message to publish instead]
-# -> 1 if first.
-_SETTLE = """
-local first = redis.call('SET', KEYS[2], ARGV[5], 'NX', 'PX', ARGV[3])
-if ARGV[1] ~= '' then
-  redis.call('XACK', KEYS[1], ARGV[2], ARGV[1])
-  redis.call('XDEL', KEYS[1], ARGV[1])
-end
-local t = redis.call('TIME')
-redis.call('SET', KEYS[3], t[1] * 1000 + math.floor(t[2] / 1000))
-if first then
-  if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[6] or ARGV[5]) end
-  return 1
-end
-return 0
-"""
-
-# KEYS: queue, settled. ARGV: entry id, group, new payload, request id, work channel, work message. -> new entry
-# id; false if the entry was not pending (someone else put it back already) or the request is settled.
-_REQUEUE = """
-if redis.call('XACK', KEYS[1], ARGV[2], ARGV[1]) == 0 then return false end
-redis.call('XDEL', KEYS[1], ARGV[1])
-if redis.call('EXISTS', KEYS[2]) == 1 then return false end
-local id = redis.call('XADD', KEYS[1], '*', 'r', ARGV[3], 'i', ARGV[4])
-redis.call('PUBLISH', ARGV[5], ARGV[6])
-return id
-"""
-
-# KEYS: queue. ARGV: group, consumer, count, settled-key prefix. -> flat list: how many entries were read, then
-# entry id, payload, checked, ... per entry returned; -1 if the group is missing.
-# Reads new entries without blocking (a dispatcher waits on its work signal instead), and acks and deletes at once
-# those whose request is settled already (cancelled by its client before a dispatcher got to it), so a read is one
-# round trip. ``checked`` is 0 for an entry without the request id field ``i`` (added by a gateway older than
-# that field): the caller checks those itself. The settled keys are not in KEYS, as the ids are known only here;
-# they share the queue's hash tag, so on a Redis Cluster they live in the same slot as the declared key.
-_READ = """
-local got = redis.pcall('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '>')
-if type(got) == 'table' and got.err then
-  if string.find(got.err, 'NOGROUP') then return -1 end
-  return got
-end
-local out, done = {0}, {}
-if not got then return out end
-out[1] = #got[1][2]
-for _, entry in ipairs(got[1][2]) do
-  local fields, payload, request = entry[2], nil, nil
-  for i = 1, #fields, 2 do
-    if fields[i] == 'r' then payload = fields[i + 1] elseif fields[i] == 'i' then request = fields[i + 1] end
-  end
-  if request and redis.call('EXISTS', ARGV[4] .. request) == 1 then
-    done[#done + 1] = entry[1]
-  else
-    out[#out + 1] = entry[1]
-    out[#out + 1] = payload
-    out[#out + 1] = request and 1 or 0
-  end
-end
-if #done > 0 then
-  redis.call('XACK', KEYS[1], ARGV[1], unpack(done))
-  redis.call('XDEL', KEYS[1], unpack(done))
-end
-return out
-"""
 
 
 class QueuedRequest(BaseModel):
@@ -185,10 +109,10 @@ class RequestQueue:
         self._redis = redis
         self._max = max_queue_per_model
         self.work = work if work is not None else WorkSignals("")
-        self._enqueue = redis.register_script(_ENQUEUE)
-        self._settle = redis.register_script(_SETTLE)
-        self._requeue = redis.register_script(_REQUEUE)
-        self._read_script = redis.register_script(_READ)
+        self._enqueue = redis.register_script(scripts.ENQUEUE)
+        self._settle = redis.register_script(scripts.SETTLE)
+        self._requeue = redis.register_script(scripts.REQUEUE)
+        self._read_script = redis.register_script(scripts.READ)
         self._coalesced_enqueue = Coalesced(lambda calls: self._pipelined(self._enqueue, calls))
 
     async def prepare(self, model: str) -> None:
@@ -355,14 +279,17 @@ class RequestQueue:
 
     async def consumers(self, model: str) -> dict[str, int]:
         """The model's dispatchers (gateway ids) and how many entries each holds in flight."""
-        async with converted():
-            try:
-                infos = await self._redis.xinfo_consumers(keys.queue(model), keys.GROUP)
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc) and "no such key" not in str(exc):
-                    raise
-                return {}
-        return {text(info["name"]): int(info["pending"]) for info in infos}
+        return (await self.consumers_of([model]))[model]
+
+    async def consumers_of(self, models: Sequence[str]) -> dict[str, dict[str, int]]:
+        """``consumers`` of several models, in one round trip."""
+        if not models:
+            return {}
+        async with converted(), self._redis.pipeline(transaction=False) as pipe:
+            for model in models:
+                pipe.xinfo_consumers(keys.queue(model), keys.GROUP)
+            replies = await pipe.execute(raise_on_error=False)
+        return {model: _consumers(reply) for model, reply in zip(models, replies, strict=True)}
 
     async def take_over(
         self,
@@ -444,6 +371,14 @@ def _load(now_ms: int, length: object, activity: object, pending: object) -> Loa
     in_flight = int(cast(dict[str, int], pending)["pending"]) if pending else 0
     idle = None if activity is None else max(0.0, (now_ms - int(cast(bytes, activity))) / 1000)
     return Load(queued=max(0, int(cast(int, length)) - in_flight), in_flight=in_flight, idle_for_s=idle)
+
+
+def _consumers(reply: object) -> dict[str, int]:
+    """An ``XINFO CONSUMERS`` reply as {consumer: entries pending}; none for a model without a stream or group."""
+    if isinstance(reply, ResponseError) and ("NOGROUP" in str(reply) or "no such key" in str(reply)):
+        return {}
+    infos = cast(list[dict[str, object]], _raised(reply))
+    return {text(cast(bytes, info["name"])): int(cast(int, info["pending"])) for info in infos}
 
 
 def _raised(reply: object) -> object:
