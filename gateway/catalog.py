@@ -35,6 +35,27 @@ class ModelCatalog:
         for listener in list(self._listeners):
             listener()
 
+    def update(
+        self, models: Iterable[ModelSettings], units: Mapping[str, str] | None = None, removed: Iterable[str] = ()
+    ) -> None:
+        """Add or change ``models`` and drop ``removed``, leaving the others as they are (a change to one
+        Deployment costs work for its models only); listeners are told if anything changed."""
+        changed = False
+        for name in removed:
+            if self._models.pop(name, None) is not None:
+                del self._units[name], self._created[name]
+                changed = True
+        for settings in models:
+            unit = (units or {}).get(settings.name, settings.name)
+            if self._models.get(settings.name) == settings and self._units.get(settings.name) == unit:
+                continue
+            self._models[settings.name], self._units[settings.name] = settings, unit
+            self._created.setdefault(settings.name, int(time.time()))
+            changed = True
+        if changed:
+            for listener in list(self._listeners):
+                listener()
+
     def get(self, name: str) -> ModelSettings:
         try:
             return self._models[name]

@@ -50,6 +50,8 @@ class ReadyEndpoints:
         self._urls: dict[str, tuple[str, ...]] = {}
         self._since: dict[str, float] = {}
         self._listeners: list[Listener] = []
+        #: Listeners to one model only, so a change costs a call per interested party, not per model served.
+        self._model_listeners: dict[str, list[Listener]] = {}
 
     def get(self, model: str) -> tuple[str, ...]:
         return self._urls.get(model, ())
@@ -117,13 +119,24 @@ class ReadyEndpoints:
         for url in old - set(new):
             self._since.pop(url, None)
         self._urls[model] = new
-        for listener in list(self._listeners):
+        for listener in [*self._listeners, *self._model_listeners.get(model, ())]:
             listener(model)
 
-    def subscribe(self, listener: Listener) -> Callable[[], None]:
-        """Call ``listener(model)`` whenever a model's ready set changes; returns an unsubscribe function."""
-        self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener)
+    def subscribe(self, listener: Listener, model: str | None = None) -> Callable[[], None]:
+        """Call ``listener(model)`` whenever a model's ready set changes (only ``model``'s, if given); returns an
+        unsubscribe function."""
+        listeners = self._listeners if model is None else self._model_listeners.setdefault(model, [])
+        listeners.append(listener)
+        return lambda: self._unsubscribe(listener, model)
+
+    def _unsubscribe(self, listener: Listener, model: str | None) -> None:
+        if model is None:
+            self._listeners.remove(listener)
+            return
+        listeners = self._model_listeners[model]
+        listeners.remove(listener)
+        if not listeners:
+            del self._model_listeners[model]
 
 
 class EndpointPool:
@@ -139,7 +152,7 @@ class EndpointPool:
         self._suspended: dict[str, float] = {}
         self._alone: set[str] = set()
         self._wake = asyncio.Event()
-        self._unsubscribe = endpoints.subscribe(self._changed)
+        self._unsubscribe = endpoints.subscribe(self._changed, model=model)
 
     def _changed(self, model: str) -> None:
         if model == self._model:

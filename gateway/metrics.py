@@ -1,10 +1,19 @@
-"""Prometheus metrics, one registry per gateway so that tests can run several side by side."""
+"""Prometheus metrics, one registry per gateway so that tests can run several side by side.
+
+A scrape costs work per model with activity, not per model served: the per-model gauges every model has (queue
+depth, in flight, replicas) are kept by ``ModelGauges`` as the autoscaler last observed them, each model's lines
+formatted when its values change, so ``GET /metrics`` joins text instead of formatting 4 samples x N models
+(42 ms at 1,000 models through ``prometheus_client``), and reads nothing from Redis.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from gateway.backends import Replicas
@@ -12,10 +21,72 @@ if TYPE_CHECKING:
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
+#: The per-model gauges: (name, help, label name and value of a second label, if any) per sample kind.
+_GAUGES = (
+    ("kaltstart_queue_depth", "Requests waiting for a replica.", None),
+    ("kaltstart_in_flight", "Requests being generated.", None),
+    ("kaltstart_replicas", "Replicas by state (desired, ready).", ("state", "desired")),
+    ("kaltstart_replicas", "Replicas by state (desired, ready).", ("state", "ready")),
+)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _label_text(extra: tuple[str, str] | None) -> str:
+    return "" if extra is None else f',{extra[0]}="{extra[1]}"'
+
+
+class ModelGauges(Collector):
+    """Queue depth, in-flight requests and replicas per model, as last observed (``observe``), rendered from
+    text kept per model (``text``). Also a collector, so ``registry.get_sample_value`` reads them."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, tuple[int, int, int, int]] = {}
+        self._lines: dict[str, tuple[str, ...]] = {}
+
+    def observe(self, model: str, values: tuple[int, int, int, int]) -> None:
+        if self._values.get(model) == values:
+            return
+        self._values[model] = values
+        label = _escape(model)
+        self._lines[model] = tuple(
+            f'{name}{{model="{label}"{_label_text(extra)}}} {float(value)}\n'
+            for (name, _, extra), value in zip(_GAUGES, values, strict=True)
+        )
+
+    def forget(self, model: str) -> None:
+        self._values.pop(model, None)
+        self._lines.pop(model, None)
+
+    def text(self) -> str:
+        parts: list[str] = []
+        for index, (name, help_text, _) in enumerate(_GAUGES):
+            if index == 0 or name != _GAUGES[index - 1][0]:
+                parts.append(f"# HELP {name} {help_text}\n# TYPE {name} gauge\n")
+            parts.extend(lines[index] for lines in self._lines.values())
+        return "".join(parts)
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, GaugeMetricFamily] = {}
+        for index, (name, help_text, extra) in enumerate(_GAUGES):
+            labels = ["model", *([extra[0]] if extra else [])]
+            family = families.setdefault(name, GaugeMetricFamily(name, help_text, labels=labels))
+            for model, values in self._values.items():
+                family.add_metric([model, *([extra[1]] if extra else [])], values[index])
+        yield from families.values()
+
+
 class Metrics:
     def __init__(self) -> None:
+        #: What ``render`` formats with ``prometheus_client``: metrics with a series per model with activity.
+        self._standard = CollectorRegistry()
+        self.models = ModelGauges()
+        #: Everything, for reading single samples (``get_sample_value``).
         self.registry = CollectorRegistry()
-        r = self.registry
+        self.registry.register(_Both(self._standard, self.models))
+        r = self._standard
         self.requests = Counter(
             "kaltstart_requests",
             "Requests answered, by model and HTTP status.",
@@ -107,17 +178,19 @@ class Metrics:
             ["model"],
             registry=r,
         )
-        self.queued = Gauge("kaltstart_queue_depth", "Requests waiting for a replica.", ["model"], registry=r)
-        self.in_flight = Gauge("kaltstart_in_flight", "Requests being generated.", ["model"], registry=r)
-        self.replicas = Gauge(
-            "kaltstart_replicas", "Replicas by state (desired, ready).", ["model", "state"], registry=r
-        )
 
     def observe_model(self, model: str, queued: int, in_flight: int, replicas: Replicas) -> None:
-        self.queued.labels(model).set(queued)
-        self.in_flight.labels(model).set(in_flight)
-        self.replicas.labels(model, "desired").set(replicas.desired)
-        self.replicas.labels(model, "ready").set(replicas.ready)
+        self.models.observe(model, (queued, in_flight, replicas.desired, replicas.ready))
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self._standard) + self.models.text().encode()
+
+
+class _Both(Collector):
+    def __init__(self, standard: CollectorRegistry, models: ModelGauges) -> None:
+        self._standard = standard
+        self._models = models
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._standard.collect()
+        yield from self._models.collect()

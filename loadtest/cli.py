@@ -24,7 +24,7 @@ class _Command(Protocol):
 
 
 def _commands() -> dict[str, tuple[str, _Command]]:
-    from loadtest import batching, coldstart, continuous, gpu, overhead, relay, replay, simulate, structured
+    from loadtest import batching, coldstart, continuous, gpu, overhead, relay, replay, scale, simulate, structured
 
     return {
         "replay": ("replay a request trace against a gateway", replay),
@@ -35,6 +35,7 @@ def _commands() -> dict[str, tuple[str, _Command]]:
         "bench coldstart": ("a cold start from zero replicas, phase by phase", coldstart),
         "bench continuous": ("one replica, a static against a continuous (step-level) scheduler", continuous),
         "bench structured": ("one runtime, batches of 16 with and without a JSON Schema on every row", structured),
+        "bench scale": ("one gateway serving 10 to 1,000 models (Kubernetes backend, API double): idle cost", scale),
         "gpu": ("bench batching, continuous and coldstart with a ~1B random Llama on CUDA", gpu),
     }
 
@@ -51,7 +52,7 @@ def parser() -> argparse.ArgumentParser:
         if sub:
             if bench is None:
                 bench_parser = commands.add_parser(
-                    group, help="benchmarks: overhead, relay, batching, coldstart, continuous, structured"
+                    group, help="benchmarks: overhead, relay, batching, coldstart, continuous, structured, scale"
                 )
                 bench = bench_parser.add_subparsers(dest="benchmark", required=True, metavar="benchmark")
             command = bench.add_parser(sub, help=summary, description=_describe(module))

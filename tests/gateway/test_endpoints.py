@@ -121,3 +121,13 @@ async def test_a_retry_waits_for_a_replica_with_nothing_in_flight_and_has_it_alo
     assert pool.free(A) == 0  # nothing joins it
     pool.finish(A, 1)
     assert pool.free(A) == 4
+
+
+def test_a_listener_to_one_model_hears_only_that_model() -> None:
+    e, heard = ReadyEndpoints(), list[str]()
+    unsubscribe = e.subscribe(heard.append, model="m")
+    e.set("other", [A])
+    e.set("m", [A])
+    unsubscribe()
+    e.set("m", [B])
+    assert heard == ["m"]

@@ -11,7 +11,7 @@ import asyncio
 import datetime
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import aiohttp
@@ -19,9 +19,10 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from gateway.backends import NO_REPLICAS, BackendParts, Replicas
-from gateway.backends.kubernetes.informer import Informer, Object, Snapshot
+from gateway.backends.kubernetes.index import SERVICE_NAME_LABEL, RouteChange, RouteTable, ServiceKey, SliceIndex
+from gateway.backends.kubernetes.informer import Informer, Key, Object, Snapshot
 from gateway.backends.kubernetes.leader import LeaderElector, LeaseSettings
-from gateway.backends.kubernetes.routes import LABEL_SELECTOR, Route, RouteError, build_routes
+from gateway.backends.kubernetes.routes import LABEL_SELECTOR, DeploymentRef, Route, RouteError
 from gateway.catalog import ModelCatalog
 from gateway.endpoints import ReadyEndpoints
 from gateway.errors import BackendError, UnknownModel
@@ -29,7 +30,6 @@ from gateway.settings import KubernetesSettings
 
 log = logging.getLogger("kaltstart.kubernetes")
 
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 #: Attempts of a read-modify-write of a Scale that keeps meeting 409 Conflict.
 SCALE_ATTEMPTS = 8
 #: How long start() waits for the first list of Deployments and EndpointSlices.
@@ -69,6 +69,14 @@ async def api_client(kubeconfig: str | None) -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
+class _Handler:
+    """An informer's consumer from two functions (see ``informer.Handler``)."""
+
+    def __init__(self, replaced: Callable[[Snapshot], None], changed: Callable[[Key, Object | None], None]) -> None:
+        self.replaced = replaced
+        self.changed = changed
+
+
 class KubernetesBackend:
     """``identity`` names this gateway replica in the leader election (its gateway id)."""
 
@@ -86,8 +94,8 @@ class KubernetesBackend:
         self._endpoints = endpoints
         namespaces = settings.namespaces
         self._deployments: dict[str, Snapshot] = {ns: {} for ns in namespaces}
-        self._slices: dict[str, Snapshot] = {ns: {} for ns in namespaces}
-        self._routes: dict[str, Route] = {}
+        self._table = RouteTable()
+        self._slices = SliceIndex()
         self._reported: dict[tuple[str, str], str] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._api: client.ApiClient | None = None
@@ -135,44 +143,63 @@ class KubernetesBackend:
     def is_leader(self) -> bool:
         return self.elector is not None and self.elector.is_leader
 
-    # -- what the informers report -------------------------------------------------------------------------
+    # -- what the informers report: each event updates the models it touches, no others -----------------
 
-    def _on_deployments(self, namespace: str) -> Any:
-        def changed(snapshot: Snapshot) -> None:
-            self._deployments[namespace] = snapshot
-            self._rebuild_routes()
+    def _on_deployments(self, namespace: str) -> _Handler:
+        return _Handler(lambda objects: self._deployments_listed(namespace, objects), self._deployment_changed)
 
-        return changed
+    def _on_slices(self, namespace: str) -> _Handler:
+        return _Handler(lambda objects: self._publish(self._slices.replace(namespace, objects)), self._slice_changed)
 
-    def _on_slices(self, namespace: str) -> Any:
-        def changed(snapshot: Snapshot) -> None:
-            self._slices[namespace] = snapshot
-            self._publish_endpoints()
+    def _deployments_listed(self, namespace: str, objects: Snapshot) -> None:
+        self._deployments[namespace] = dict(objects)
+        self._routes_changed(self._table.replace(namespace, objects.values()))
 
-        return changed
+    def _deployment_changed(self, key: Key, obj: Object | None) -> None:
+        snapshot = self._deployments.setdefault(key[0], {})
+        if obj is None:
+            snapshot.pop(key, None)
+            self._reported.pop(key, None)
+            self._routes_changed(self._table.remove(DeploymentRef(*key)))
+        else:
+            snapshot[key] = obj
+            self._routes_changed(self._table.put(obj))
 
-    def _rebuild_routes(self) -> None:
-        deployments = [d for snapshot in self._deployments.values() for d in snapshot.values()]
-        routes, errors = build_routes(deployments)
-        for error in errors:
+    def _slice_changed(self, key: Key, obj: Object | None) -> None:
+        self._publish(self._slices.remove(key) if obj is None else self._slices.put(key, obj))
+
+    def _routes_changed(self, change: RouteChange) -> None:
+        for error in change.errors:
             self._report(error)
-        served = {(r.deployment.namespace, r.deployment.name) for r in routes.values()}
-        for key in list(self._reported):
-            if key in served:
-                del self._reported[key]
+        for ref in change.served:
+            key = (ref.namespace, ref.name)
+            if self._reported.pop(key, None) is not None:
                 log.info("deployment %s/%s: annotations valid again", *key)
-        if routes != self._routes:
-            log.info("models: %s", ", ".join(f"{m} -> {r.deployment}" for m, r in sorted(routes.items())) or "none")
-        self._routes = routes
-        units = {name: str(route.deployment) for name, route in routes.items()}
-        self._catalog.replace([r.model for r in routes.values()], units)
-        self._publish_endpoints()
+        if not change.models:
+            return
+        routes = self._table.routes
+        log.info("models: %s", ", ".join(f"{m} -> {routes[m].deployment}" if m in routes else f"{m} gone"
+                                         for m in sorted(change.models)))  # fmt: skip
+        self._catalog.update(
+            [routes[m].model for m in change.models if m in routes],
+            {m: str(routes[m].deployment) for m in change.models if m in routes},
+            removed=[m for m in change.models if m not in routes],
+        )
+        for model in change.models:
+            self._publish_model(model)
 
-    def _publish_endpoints(self) -> None:
-        for name, route in self._routes.items():
-            slices = self._slices.get(route.deployment.namespace, {}).values()
-            self._endpoints.vouch(name, ready_urls(slices, route.service, route.port, ready_only=False))
-            self._endpoints.set(name, ready_urls(slices, route.service, route.port))
+    def _publish(self, services: set[ServiceKey]) -> None:
+        for service in services:
+            for model in self._table.models_of(service):
+                self._publish_model(model)
+
+    def _publish_model(self, model: str) -> None:
+        route = self._table.routes.get(model)
+        if route is None:
+            return
+        slices = self._slices.of((route.deployment.namespace, route.service))
+        self._endpoints.vouch(model, ready_urls(slices, route.service, route.port, ready_only=False))
+        self._endpoints.set(model, ready_urls(slices, route.service, route.port))
 
     def _report(self, error: RouteError) -> None:
         key = (error.deployment.namespace, error.deployment.name)
@@ -206,12 +233,12 @@ class KubernetesBackend:
 
     def _route(self, model: str) -> Route:
         try:
-            return self._routes[model]
+            return self._table.routes[model]
         except KeyError:
             raise UnknownModel(f"unknown model {model!r}") from None
 
     def replicas(self, model: str) -> Replicas:
-        route = self._routes.get(model)
+        route = self._table.routes.get(model)
         if route is None:
             return NO_REPLICAS
         ref = route.deployment

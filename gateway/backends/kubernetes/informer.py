@@ -1,8 +1,9 @@
 """List, then watch; when the watch breaks or answers 410 Gone, list again.
 
-Consumers get the whole current set of objects after every change (``on_change(snapshot)``), never a
-half-built view: a re-list builds a new snapshot and replaces the old one in one step. ``synced`` is set once
-the first list has been applied.
+A consumer (``Handler``) is told of each watch event as the one object it changed (``changed``), and of each
+list as the whole set (``replaced``), never a half-built view: a re-list builds a new snapshot and hands it over
+in one step. An event costs the consumer work for that object only, however many there are. ``synced`` is set
+once the first list has been applied.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -19,7 +20,9 @@ from kubernetes_asyncio.client.exceptions import ApiException
 log = logging.getLogger("kaltstart.kubernetes")
 
 Object = dict[str, Any]
-Snapshot = dict[tuple[str, str], Object]
+#: (namespace, name)
+Key = tuple[str, str]
+Snapshot = dict[Key, Object]
 ListFunc = Callable[..., Awaitable[Any]]
 
 #: A server-side watch timeout, so that a silently dead connection is noticed at the latest this often.
@@ -28,20 +31,27 @@ WATCH_TIMEOUT_S = 240
 RETRY_S = (0.5, 10.0)
 
 
-def _key(obj: Object) -> tuple[str, str]:
+def key_of(obj: Object) -> Key:
     meta = obj.get("metadata") or {}
     return meta.get("namespace", ""), meta.get("name", "")
 
 
+class Handler(Protocol):
+    def replaced(self, objects: Snapshot) -> None:
+        """A list: the whole current set, replacing everything seen before."""
+        ...
+
+    def changed(self, key: Key, obj: Object | None) -> None:
+        """A watch event: ``obj`` added or modified, or (None) deleted."""
+        ...
+
+
 class Informer:
-    def __init__(
-        self, what: str, list_func: ListFunc, on_change: Callable[[Snapshot], None], **list_kwargs: Any
-    ) -> None:
+    def __init__(self, what: str, list_func: ListFunc, handler: Handler, **list_kwargs: Any) -> None:
         self._what = what
         self._list = list_func
         self._kwargs = list_kwargs
-        self._on_change = on_change
-        self._objects: Snapshot = {}
+        self._handler = handler
         self.synced = asyncio.Event()
 
     async def run(self) -> None:
@@ -71,8 +81,7 @@ class Informer:
     async def _relist(self) -> str:
         response = await self._request(60)
         body = json.loads(await response.read())
-        self._objects = {_key(item): item for item in body.get("items") or []}
-        self._on_change(dict(self._objects))
+        self._handler.replaced({key_of(item): item for item in body.get("items") or []})
         self.synced.set()
         version: str = (body.get("metadata") or {}).get("resourceVersion", "")
         return version
@@ -101,9 +110,5 @@ class Informer:
         version: str | None = (obj.get("metadata") or {}).get("resourceVersion")
         if kind == "BOOKMARK":
             return version
-        if kind == "DELETED":
-            self._objects.pop(_key(obj), None)
-        else:
-            self._objects[_key(obj)] = obj
-        self._on_change(dict(self._objects))
+        self._handler.changed(key_of(obj), None if kind == "DELETED" else obj)
         return version

@@ -1,0 +1,282 @@
+"""``python -m loadtest bench scale``: what one gateway costs per model it serves, idle or warm.
+
+For each N, a fresh API double (``python -m tests.kube.double``), a fresh Valkey and a gateway with the Kubernetes
+backend (``python -m gateway``) serve N models, one Deployment each: one warm (``replicas: 1``, an echo runtime
+pod), N-1 idle (``replicas: 0``, no pod). Measured, in this order:
+
+- start-up: gateway process started until ``/v1/models`` lists all N models;
+- warm p50/p99: sequential requests to the warm model, with N-1 idle ones beside it;
+- idle, over a window with no requests: the gateway's CPU (% of one core, from ``/proc``), its RSS at the end,
+  Redis commands/s (``total_commands_processed``, less this benchmark's own INFO) and Redis connections
+  (``connected_clients``, less this benchmark's own);
+- ``GET /metrics``: median time of a few scrapes;
+- edit to visible: one idle Deployment's ``kaltstart.dev/models`` annotation gains a name, until
+  ``GET /v1/models/<name>`` answers 200 (median of a few edits);
+- with ``--warm W`` (default 150): one more Deployment whose one echo pod serves W model names (one runtime
+  can serve several names, ``--model-name a,b``; each is its own model to the gateway, with its own dispatcher
+  and queue), then rounds of one request per warm model at once: answered or not, p50, Redis connections, and
+  idle CPU and Redis commands/s with W models warm. One pod instead of W keeps 150 warm models within a small
+  machine (an echo runtime is a Python process of ~50 MB); the gateway's per-model work is the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from redis.asyncio import Redis
+
+from gateway.embedded import EmbeddedRedis
+from loadtest.children import GatewayProcess, StartError, scratch_dir
+from loadtest.client import post
+from loadtest.cluster import (
+    Cluster,
+    model_deployment,
+    process_sample,
+    redis_sample,
+    running_cluster,
+    running_kube_gateway,
+)
+from loadtest.report import Table, finish
+from loadtest.stats import ms, percentile
+
+__all__ = ["ScaleOptions", "add_arguments", "run"]
+
+_WARM = "warm"
+#: How often another process's state is polled where it announces nothing (a new model in /v1/models).
+_POLL_S = 0.002
+
+
+@dataclass(frozen=True)
+class ScaleOptions:
+    models: tuple[int, ...] = (10, 100, 1000)
+    warm: int = 150
+    window_s: float = 10.0
+    requests: int = 200
+    edits: int = 5
+    scrapes: int = 5
+    rounds: int = 3
+    timeout_s: float = 120.0
+
+
+def _body(model: str) -> bytes:
+    return json.dumps({"model": model, "prompt": "hello scale", "max_tokens": 4, "temperature": 0}).encode()
+
+
+async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, bytes]:
+    async with session.get(url) as response:
+        return response.status, await response.read()
+
+
+async def _model_count(session: aiohttp.ClientSession, gateway: GatewayProcess) -> int:
+    status, body = await _get(session, gateway.url + "/v1/models")
+    return len(json.loads(body)["data"]) if status == 200 else 0
+
+
+async def _until(check: Any, what: str, timeout_s: float) -> None:
+    """Poll ``await check()`` until true: the gateway is another process, and says nothing when it changes."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not await check():  # noqa: ASYNC110 - another process; nothing to wait on
+                await asyncio.sleep(_POLL_S)
+    except TimeoutError:
+        raise StartError(f"{what}: not within {timeout_s:.0f} s") from None
+
+
+async def _idle(redis: Redis, pid: int, window_s: float) -> dict[str, Any]:
+    """The gateway left alone for ``window_s``: its CPU, RSS and Redis use."""
+    cpu0, redis0 = process_sample(pid), await redis_sample(redis)
+    started = time.perf_counter()
+    await asyncio.sleep(window_s)  # the measurement window itself
+    elapsed = time.perf_counter() - started
+    cpu1, redis1 = process_sample(pid), await redis_sample(redis)
+    return {
+        "idle_cpu_percent": 100 * (cpu1.cpu_s - cpu0.cpu_s) / elapsed,
+        "idle_redis_ops_per_s": (redis1.commands - redis0.commands - 1) / elapsed,  # less our first INFO
+        "redis_connections": redis1.clients - 1,  # less our own
+        "rss_mb": cpu1.rss_bytes / 2**20,
+    }
+
+
+async def _latencies(session: aiohttp.ClientSession, url: str, model: str, count: int, timeout_s: float) -> list[float]:
+    body, found = _body(model), []
+    for _ in range(count):
+        outcome = await post(session, url + "/v1/completions", body, timeout_s)
+        if not outcome.ok:
+            raise StartError(f"a request to {model} failed: {outcome.error}")
+        found.append(outcome.latency_s)
+    return found
+
+
+async def _scrapes(session: aiohttp.ClientSession, gateway: GatewayProcess, count: int) -> list[float]:
+    found = []
+    for _ in range(count):
+        started = time.perf_counter()
+        status, _ = await _get(session, gateway.url + "/metrics")
+        if status != 200:
+            raise StartError(f"GET /metrics answered {status}")
+        found.append(time.perf_counter() - started)
+    return found
+
+
+async def _edits(
+    session: aiohttp.ClientSession, cluster: Cluster, gateway: GatewayProcess, count: int, timeout_s: float
+) -> list[float]:
+    """Add a model name to one idle Deployment, until the gateway serves it; ``count`` times, a new name each."""
+    found = []
+    for index in range(count):
+        name = f"edited-{index}"
+
+        async def visible(url: str = f"{gateway.url}/v1/models/{name}") -> bool:
+            return (await _get(session, url))[0] == 200
+
+        started = time.perf_counter()
+        await cluster.annotate("idle-00001", {"kaltstart.dev/models": f"idle-00001,{name}"})
+        await _until(visible, f"model {name} after an edit", timeout_s)
+        found.append(time.perf_counter() - started)
+    return found
+
+
+async def _fleet(
+    session: aiohttp.ClientSession, cluster: Cluster, gateway: GatewayProcess, redis: Redis, n: int,
+    options: ScaleOptions, cache: Path,
+) -> dict[str, Any]:  # fmt: skip
+    """W more models on one warm pod: rounds of one request per model at once, then the gateway at rest."""
+    names = [f"fleet-{i:04d}" for i in range(options.warm)]
+    await cluster.create([model_deployment("fleet", names, 1, cache)])
+
+    async def listed() -> bool:
+        return await _model_count(session, gateway) >= n + options.warm
+
+    await _until(listed, f"{options.warm} warm models listed", options.timeout_s)
+    rounds: list[list[Any]] = []
+    for _ in range(options.rounds):
+        rounds.append(
+            await asyncio.gather(
+                *(post(session, gateway.url + "/v1/completions", _body(m), options.timeout_s) for m in names)
+            )
+        )
+    warmed = [o.latency_s for round_ in rounds[1:] for o in round_ if o.ok]
+    failed = [o for round_ in rounds for o in round_ if not o.ok]
+    at_rest = await _idle(redis, gateway.child.process.pid, options.window_s)
+    return {
+        "warm_models": options.warm,
+        "requests": sum(len(r) for r in rounds),
+        "answered": sum(len(r) for r in rounds) - len(failed),
+        "errors": sorted({str(o.error) for o in failed}),
+        "p50_ms": ms(percentile(warmed, 50)),
+        "p99_ms": ms(percentile(warmed, 99)),
+        **at_rest,
+    }
+
+
+@contextlib.asynccontextmanager
+async def _redis(url: str | None) -> AsyncIterator[tuple[str, Redis]]:
+    """A fresh embedded Valkey per run (so its counters are this run's), or ``url`` flushed."""
+    with contextlib.ExitStack() as stack:
+        if url is None:
+            url = stack.enter_context(EmbeddedRedis())
+        redis = Redis.from_url(url)
+        try:
+            await redis.flushall()
+            yield url, redis
+        finally:
+            await redis.aclose()
+
+
+async def measure(n: int, options: ScaleOptions, work: Path, redis_url: str | None) -> dict[str, Any]:
+    """One N, from a fresh API double, Valkey and gateway."""
+    cache = work / "cache"
+    idle = [model_deployment(f"idle-{i:05d}", [f"idle-{i:05d}"], 0, cache) for i in range(1, n)]
+    async with (
+        running_cluster(work / f"n{n}") as cluster,
+        _redis(redis_url) as (url, redis),
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session,
+    ):
+        await cluster.create([model_deployment(_WARM, [_WARM], 1, cache), *idle])
+        started = time.perf_counter()
+        async with running_kube_gateway(cluster, url, work / f"n{n}" / "gateway.log", options.timeout_s) as gateway:
+
+            async def listed() -> bool:
+                return await _model_count(session, gateway) >= n
+
+            await _until(listed, f"{n} models listed", options.timeout_s)
+            result: dict[str, Any] = {"models": n, "startup_s": time.perf_counter() - started}
+            await _latencies(session, gateway.url, _WARM, 1, options.timeout_s)  # waits for the warm pod
+            warm = await _latencies(session, gateway.url, _WARM, options.requests, options.timeout_s)
+            result |= {"warm_p50_ms": ms(percentile(warm, 50)), "warm_p99_ms": ms(percentile(warm, 99))}
+            result |= await _idle(redis, gateway.child.process.pid, options.window_s)
+            scrapes = await _scrapes(session, gateway, options.scrapes)
+            result["metrics_ms"] = ms(percentile(scrapes, 50))
+            edits = await _edits(session, cluster, gateway, options.edits, options.timeout_s)
+            result |= {"edit_to_visible_ms": ms(percentile(edits, 50)), "edit_to_visible_max_ms": ms(max(edits))}
+            if options.warm > 0:
+                result["fleet"] = await _fleet(session, cluster, gateway, redis, n, options, cache)
+    return result
+
+
+def tables(runs: Sequence[dict[str, Any]], options: ScaleOptions) -> list[Table]:
+    idle = Table(
+        f"scale: one gateway, Kubernetes backend (API double), N models, one warm; idle window {options.window_s:g} s",
+        ["N", "start-up s", "RSS MB", "idle CPU %", "Redis ops/s", "Redis conns", "edit→visible ms", "/metrics ms",
+         "warm p50 ms", "warm p99 ms"],
+    )  # fmt: skip
+    keys = ["models", "startup_s", "rss_mb", "idle_cpu_percent", "idle_redis_ops_per_s", "redis_connections",
+            "edit_to_visible_ms", "metrics_ms", "warm_p50_ms", "warm_p99_ms"]  # fmt: skip
+    for r in runs:
+        idle.add(*(r[k] for k in keys))
+    result = [idle]
+    fleets = [(r["models"], r["fleet"]) for r in runs if r.get("fleet")]
+    if fleets:
+        warm = Table(
+            f"scale: {options.warm} more models warm (one echo pod serves them all), {options.rounds} rounds of one "
+            "request per model at once",
+            ["N", "answered", "requests", "p50 ms", "p99 ms", "Redis conns", "idle CPU %", "Redis ops/s", "RSS MB"],
+        )
+        for n, f in fleets:
+            warm.add(n, f["answered"], f["requests"], f["p50_ms"], f["p99_ms"], f["redis_connections"],
+                     f["idle_cpu_percent"], f["idle_redis_ops_per_s"], f["rss_mb"])  # fmt: skip
+        result.append(warm)
+    return result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--models", default="10,100,1000", help="comma-separated model counts N, one run each. Default 10,100,1000"
+    )
+    parser.add_argument("--warm", type=int, default=150, help="more models warm on one pod (0: skip). Default 150")
+    parser.add_argument("--window", type=float, default=10.0, help="seconds of each idle measurement. Default 10")
+    parser.add_argument("--requests", type=int, default=200, help="sequential requests to the warm model. Default 200")
+    parser.add_argument("--edits", type=int, default=5, help="annotation edits timed. Default 5")
+    parser.add_argument("--scrapes", type=int, default=5, help="GET /metrics timed. Default 5")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds over the warm models (the first warms). Default 3"
+    )
+    parser.add_argument("--redis-url", help="a Redis to use (flushed!). Default: an embedded Valkey per N")
+    parser.add_argument("--out", type=Path, help="write logs and summary.json here")
+
+
+def options_of(args: argparse.Namespace) -> ScaleOptions:
+    models = tuple(int(n) for n in args.models.split(",") if n.strip())
+    if not models or min(models) < 2:
+        raise StartError("--models: each N must be at least 2 (one warm model, one idle one to edit)")
+    return ScaleOptions(models, args.warm, args.window, args.requests, args.edits, args.scrapes, max(2, args.rounds))
+
+
+async def run(args: argparse.Namespace) -> int:
+    options = options_of(args)
+    runs = []
+    with scratch_dir(args.out) as work:
+        for n in options.models:
+            runs.append(await measure(n, options, work, args.redis_url))
+    summary = {"runs": runs, "warm": options.warm, "window_s": options.window_s, "requests": options.requests}
+    finish(tables(runs, options), summary, args.out)
+    return 0
