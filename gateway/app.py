@@ -64,6 +64,7 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
         may_scale_down=lambda: backend.is_leader,
     )
     work.subscribe(scaler.wake)
+    catalog.subscribe(lambda: metrics.models.keep_only({m.name for m in catalog.all()}))
     client = _runtime_client(server)
     sender = ReplySender(redis, local=replies)
     limits = ContextLengths(redis)

@@ -8,7 +8,7 @@ formatted when its values change, so ``GET /metrics`` joins text instead of form
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -59,6 +59,11 @@ class ModelGauges(Collector):
     def forget(self, model: str) -> None:
         self._values.pop(model, None)
         self._lines.pop(model, None)
+
+    def keep_only(self, models: Collection[str]) -> None:
+        """Forget every model not in ``models`` (it left the catalog)."""
+        for model in [m for m in self._values if m not in models]:
+            self.forget(model)
 
     def text(self) -> str:
         parts: list[str] = []

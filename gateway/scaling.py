@@ -9,7 +9,6 @@ the unit is idle only when all its models are.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -158,9 +157,18 @@ class Scaler:
             listener()
 
     def _units_to_look_at(self) -> list[list[ModelSettings]]:
+        """The units to read this pass. The others' gauges are kept current from memory: nothing queued or in
+        flight (they had no demand when last read and no work since), and the backend's replica count."""
         woken, everything = self._woken, self._woken_all
         self._woken, self._woken_all = set(), False
-        return [u for u in self._catalog.units() if everything or not self._at_rest(u) or woken & {m.name for m in u}]
+        units = []
+        for unit in self._catalog.units():
+            if everything or not self._at_rest(unit) or woken & {m.name for m in unit}:
+                units.append(unit)
+            else:
+                for m in unit:
+                    self._observe(m.name, Load(queued=0, in_flight=0, idle_for_s=None))
+        return units
 
     def _at_rest(self, unit: list[ModelSettings]) -> bool:
         now = self._backend.replicas(unit[0].name)
@@ -171,12 +179,6 @@ class Scaler:
         health check, that the autoscaler had its chance to act.)"""
         self._tick_listeners.append(listener)
         return lambda: self._tick_listeners.remove(listener)
-
-    async def tick_metrics(self) -> None:
-        """Refresh the queue and replica gauges (for a scrape between ticks)."""
-        for settings in self._catalog.all():
-            with contextlib.suppress(KaltstartError):
-                self._observe(settings.name, await self._queue.load(settings.name))
 
     def _observe(self, model: str, load: Load) -> None:
         self._metrics.observe_model(model, load.queued, load.in_flight, self._backend.replicas(model))

@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.backends import Replicas
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, ModelGauges
 
 pytestmark = pytest.mark.unit
 
@@ -59,3 +59,11 @@ def test_single_samples_are_readable_from_the_registry() -> None:
     metrics.models.forget("llama")
     assert metrics.registry.get_sample_value("kaltstart_queue_depth", {"model": "llama"}) is None
     assert "llama" not in metrics.render().decode()
+
+
+def test_a_model_that_left_the_catalog_has_no_gauges() -> None:
+    gauges = ModelGauges()
+    gauges.observe("kept", (1, 0, 1, 1))
+    gauges.observe("gone", (0, 0, 0, 0))
+    gauges.keep_only({"kept"})
+    assert 'model="kept"' in gauges.text() and 'model="gone"' not in gauges.text()
