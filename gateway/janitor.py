@@ -79,9 +79,10 @@ class Janitor:
         abandoned: Abandoned,
         in_use: Callable[[str], bool] = lambda _model: True,
     ) -> None:
-        """``in_use(model)``: whether the model has replicas or running batches. Only those can have requests in
-        flight (a model is not scaled to zero while it has any), so the others are swept once, at start, not
-        every interval: an idle model costs no Redis command."""
+        """``in_use(model)``: whether the model has replicas or running batches; only those are swept, so an idle
+        model costs no Redis command. A model without replicas has nothing in flight: it is not scaled to zero
+        while it has (in-flight entries count as demand), and one that has some anyway (scaled down by hand while
+        busy) is scaled up by the autoscaler's first pass, which reads every model, and so comes into use."""
         self._queue = queue
         self._heartbeats = heartbeats
         self._catalog = catalog
@@ -91,7 +92,6 @@ class Janitor:
         self._is_waiting = is_waiting
         self.abandoned = abandoned
         self._in_use = in_use
-        self._swept_all = False
         self._loop = Loop("janitor", self._beat_and_sweep)
 
     @property
@@ -111,14 +111,13 @@ class Janitor:
         await self.pass_once()
 
     async def pass_once(self) -> None:
-        """One heartbeat, the abandoned cancellations, and a sweep of the models in use (all, the first time)."""
+        """One heartbeat, the abandoned cancellations, and a sweep of the models in use."""
         try:
             await self._heartbeats.beat(self._id, self.ttl_s)
             await self.abandoned.write(self._queue)
-            models = [m.name for m in self._catalog.all() if not self._swept_all or self._in_use(m.name)]
+            models = [m.name for m in self._catalog.all() if self._in_use(m.name)]
             for model, consumers in (await self._queue.consumers_of(models)).items():
                 await self._sweep(model, consumers)
-            self._swept_all = True
         except KaltstartError as exc:
             log.warning("janitor: %s", exc)
 

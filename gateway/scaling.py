@@ -74,7 +74,15 @@ class Scaler:
         #: Models with new work since the last pass, looked at even if at rest; all of them at the first pass.
         self._woken: set[str] = set()
         self._woken_all = True
+        self._known = {m.name for m in catalog.all()}  # the first pass looks at these
         endpoints.subscribe(self._on_endpoints)
+        catalog.subscribe(self._on_catalog)
+
+    def _on_catalog(self) -> None:
+        """A model new to the catalog is looked at once (it may have requests queued by another gateway)."""
+        names = {m.name for m in self._catalog.all()}
+        self._woken |= names - self._known
+        self._known = names
 
     def wake(self, model: str) -> None:
         """New work on ``model`` (``""``: on any model, maybe): the next pass looks at it even if it is at rest.

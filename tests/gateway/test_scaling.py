@@ -386,3 +386,12 @@ async def test_an_unknown_model_on_the_request_path_is_logged_not_raised() -> No
     s.backend.unknown.add("m")
     await s.scaler.ensure_capacity("m")
     assert s.backend.calls == [("up", "m", 1, False)]
+
+
+async def test_a_model_new_to_the_catalog_is_looked_at_once() -> None:
+    s = Setup()
+    await s.scaler.tick()
+    s.catalog.replace([M, dataclasses.replace(M, name="new")])
+    await s.scaler.tick()
+    await s.scaler.tick()
+    assert s.demand.asked[1:] == [["new"], []]
