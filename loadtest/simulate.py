@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.backends import Replicas
+from gateway.keepalive import GapLearner
 from gateway.policy import desired_replicas
 from gateway.settings import ModelSettings, parse_duration_s
 from loadtest.report import Table, finish
@@ -60,6 +61,8 @@ class Policy:
     min_replicas: int
     #: None: always on (the gateway's default idle timeout applies, which only matters above min_replicas).
     idle_timeout_s: float | None
+    #: Set: ``idle-policy = "adaptive"`` with this ``cold-start-cost`` (``idle_timeout_s`` is its fallback).
+    cold_start_cost_s: float | None = None
 
 
 @dataclass
@@ -84,6 +87,8 @@ class _ModelRun:
     replica_seconds: float = 0.0
     cold_requests: int = 0
     cold_starts: int = 0
+    prewarms: int = 0
+    learner: GapLearner | None = None
     waits: list[float] = field(default_factory=list)
     timeline: list[tuple[float, int]] = field(default_factory=list)
     _events: list[tuple[float, int, int, Any]] = field(default_factory=list)
@@ -140,9 +145,14 @@ class _ModelRun:
         if self.activity is None:  # the gateway starts counting idleness when it first sees a model
             self.activity = self.now
         now = Replicas(desired=len(self.replicas), ready=self._ready)
-        demand = len(self.queue) + self.in_flight
-        wanted = desired_replicas(self.settings, demand, self.now - self.activity, now)
+        demand, idle_for = len(self.queue) + self.in_flight, self.now - self.activity
+        keep_alive = None
+        if self.learner is not None:  # what Scaler does through gateway.keepalives, minus Redis
+            self.learner.observe(self.now, demand, idle_for)
+            keep_alive = self.learner.decision(self.settings, self.sim.cold_start_s, self.sim.scale_interval_s)
+        wanted = desired_replicas(self.settings, demand, idle_for, now, keep_alive)
         if wanted != now.desired:
+            self.prewarms += demand == 0 and now.desired == 0
             self._resize(wanted)
         self._at(self.now + self.sim.scale_interval_s, _TICK, None)
 
@@ -179,6 +189,8 @@ def _model_settings(model: str, policy: Policy, sim: SimulationSettings) -> Mode
         max_replicas=max(sim.max_replicas, policy.min_replicas),
         idle_timeout_s=idle,
         max_batch_size=sim.max_batch_size,
+        idle_policy="fixed" if policy.cold_start_cost_s is None else "adaptive",
+        cold_start_cost_s=policy.cold_start_cost_s if policy.cold_start_cost_s is not None else base.cold_start_cost_s,
     )
 
 
@@ -188,7 +200,9 @@ def simulate(trace: Sequence[TraceRequest], policy: Policy, sim: SimulationSetti
     runs = []
     for model in sorted({r.model for r in trace}):
         requests = [r for r in trace if r.model == model]
-        run = _ModelRun(_model_settings(model, policy, sim), sim, requests, horizon)
+        settings = _model_settings(model, policy, sim)
+        learner = GapLearner() if settings.idle_policy == "adaptive" else None
+        run = _ModelRun(settings, sim, requests, horizon, learner=learner)
         run.run()
         runs.append(run)
     return PolicyResult(
@@ -198,6 +212,8 @@ def simulate(trace: Sequence[TraceRequest], policy: Policy, sim: SimulationSetti
         replica_seconds=sum(r.replica_seconds for r in runs),
         cold_start_requests=sum(r.cold_requests for r in runs),
         cold_starts=sum(r.cold_starts for r in runs),
+        prewarms=sum(r.prewarms for r in runs),
+        cold_start_cost_s=policy.cold_start_cost_s,
         requests=len(trace),
         waits_s=[w for r in runs for w in r.waits],
         timeline=_summed([r.timeline for r in runs]),
