@@ -204,8 +204,8 @@ def add_trace_arguments(parser: argparse.ArgumentParser) -> None:
         "--trace",
         default="azure",
         help="'azure' (the bundled Azure LLM code trace), a synthetic pattern ('sporadic', 'periodic', 'bursty', "
-        "'poisson', 'diurnal'), or a CSV path in the Azure format (TIMESTAMP,ContextTokens,GeneratedTokens). "
-        "Default: azure",
+        "'poisson[:rate]', 'diurnal[:peak rate]'), or a CSV path in the Azure format (TIMESTAMP,ContextTokens,"
+        "GeneratedTokens). simulate takes several, comma-separated. Default: azure",
     )
     source.add_argument("--start", type=float, default=0.0, metavar="S", help="skip the first S trace seconds")
     source.add_argument("--duration", type=float, default=None, metavar="S", help="keep S trace seconds")
@@ -219,12 +219,14 @@ def add_trace_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--max-output-tokens", type=int, default=None, metavar="N", help="cap completion lengths")
     source.add_argument("--seed", type=int, default=0, help="seed for synthetic traces and model assignment")
     patterns = parser.add_argument_group("synthetic patterns (--trace periodic|bursty|poisson|diurnal)")
-    patterns.add_argument("--hours", type=float, default=6.0, help="length of the trace. Default 6")
+    patterns.add_argument(
+        "--hours", type=float, default=None, help="length of the trace. Default 6 (bursty 12, diurnal 48)"
+    )
     patterns.add_argument("--period", type=float, default=300.0, metavar="S", help="periodic: every S s. Default 300")
     patterns.add_argument("--jitter", type=float, default=10.0, metavar="S", help="periodic: late by up to S s. 10")
     patterns.add_argument("--per-run", type=int, default=3, help="periodic: requests per run. Default 3")
     patterns.add_argument(
-        "--rate", type=float, default=1 / 120, metavar="R", help="poisson: requests/s; diurnal: at the peak. 1/120"
+        "--rate", default="1/120", metavar="R", help="poisson: requests/s (or poisson:R); diurnal: at the peak. 1/120"
     )
     synthetic = parser.add_argument_group("synthetic sporadic trace (--trace sporadic)")
     synthetic.add_argument("--bursts", type=int, default=3, help="number of bursts. Default 3")
@@ -246,7 +248,7 @@ def trace_from_args(args: argparse.Namespace) -> list[TraceRequest]:
             args.output_tokens,
             args.seed,
         )
-    elif args.trace in SYNTHETIC:
+    elif args.trace.partition(":")[0] in SYNTHETIC:
         raw = synthetic(args.trace, args)
     else:
         raw = load_azure(BUNDLED_AZURE if args.trace == "azure" else Path(args.trace))
@@ -263,14 +265,28 @@ def trace_from_args(args: argparse.Namespace) -> list[TraceRequest]:
     return shape(raw, shaping)
 
 
-def synthetic(pattern: str, args: argparse.Namespace) -> list[TraceRequest]:
+#: Hours of each synthetic pattern unless ``--hours`` says otherwise (a diurnal pattern needs days).
+_DEFAULT_HOURS = {"periodic": 6.0, "bursty": 12.0, "poisson": 6.0, "diurnal": 48.0}
+
+
+def _rate(text: str) -> float:
+    """``0.5`` or ``1/60`` (requests per second)."""
+    numerator, _, denominator = text.partition("/")
+    return float(numerator) / float(denominator or 1)
+
+
+def synthetic(spec: str, args: argparse.Namespace) -> list[TraceRequest]:
+    """``pattern`` or ``pattern:rate`` (poisson, diurnal: requests per second, e.g. ``poisson:1/60``)."""
+    pattern, _, rate_text = spec.partition(":")
+    rate = _rate(rate_text) if rate_text else _rate(str(args.rate))
+    hours = args.hours if args.hours is not None else _DEFAULT_HOURS[pattern]
     tokens = (args.prompt_tokens, args.output_tokens)
     if pattern == "periodic":
-        return periodic(args.hours, args.period, args.per_run, args.jitter, *tokens, args.seed)
+        return periodic(hours, args.period, args.per_run, args.jitter, *tokens, args.seed)
     if pattern == "bursty":
-        return bursty(args.hours, *tokens, args.seed)
+        return bursty(hours, *tokens, args.seed)
     if pattern == "poisson":
-        return poisson(args.hours, args.rate, *tokens, args.seed)
+        return poisson(hours, rate, *tokens, args.seed)
     if pattern == "diurnal":
-        return diurnal(args.hours, args.rate, *tokens, args.seed)
+        return diurnal(hours, rate, *tokens, args.seed)
     raise ValueError(f"no synthetic pattern {pattern!r}")
