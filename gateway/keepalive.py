@@ -144,7 +144,8 @@ def decide(
     learned_cost = cost(gaps, learned, c, price)
     fixed_cost = cost(gaps, fixed(settings, ""), c, price)
     if learned_cost > MUST_SAVE * fixed_cost:
-        return fixed(settings, f"fixed idle-timeout: no pattern in {len(gaps)} idle gaps that saves 5 %")
+        unknown = "; no pre-warm before a cold start was measured" if cold_start_s is None else ""
+        return fixed(settings, f"fixed idle-timeout: nothing learned from {len(gaps)} idle gaps saves 5 %{unknown}")
     saved = 1 - learned_cost / fixed_cost if fixed_cost > 0 else 0.0
     reason = f"learned from {len(gaps)} idle gaps, {saved:.0%} cheaper than idle-timeout on them"
     return KeepAlive(learned.keep_s, learned.prewarm_at_s, learned.prewarm_until_s, learned=True, reason=reason)

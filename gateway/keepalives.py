@@ -90,9 +90,10 @@ class KeepAlives:
         if gap is not None:
             self._gap_ended(settings, gap)
         decision = learner.decision(settings, self._cold_start_s(name), self._shortest_keep_s)
-        if decision != self._current.get(name):
+        previous = self._current.get(name)
+        if decision != previous:
             self._current[name] = decision
-            self._publish(name, decision)
+            self._publish(name, decision, log_it=previous is None or previous.describe() != decision.describe())
         return decision
 
     def _gap_ended(self, settings: ModelSettings, gap_s: float) -> None:
@@ -108,8 +109,9 @@ class KeepAlives:
                 self._metrics.cold_starts_added.labels(name).inc()
         self._background.spawn(self._quietly(self._store.append(name, gap_s)))
 
-    def _publish(self, model: str, decision: KeepAlive) -> None:
-        log.info("keep-alive of %s: %s", model, decision.describe())
+    def _publish(self, model: str, decision: KeepAlive, *, log_it: bool) -> None:
+        if log_it:  # a change of the cold start by milliseconds moves the pre-warm but says nothing new
+            log.info("keep-alive of %s: %s", model, decision.describe())
         gauge = self._metrics.keep_alive_seconds
         gauge.labels(model, "keep").set(decision.keep_s)
         gauge.labels(model, "prewarm_at").set(decision.prewarm_at_s if decision.prewarm_at_s is not None else 0.0)
