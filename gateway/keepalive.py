@@ -152,18 +152,34 @@ def decide(
 
 
 def _cheapest(h: _Histogram, c: float, price: float, *, prewarm: bool, shortest: float) -> KeepAlive:
-    """Search every (K, W, Q) among the histogram's edges, in O(edges^3) with prefix sums (~6,000 candidates)."""
-    n_all, s_all = h.below_n[-1], h.below_s[-1]
-    edges = EDGES_S
-    best_cost, best = s_all, KeepAlive(keep_s=math.inf)  # never drop: every gap is paid in full
-    for k, keep in enumerate(edges):
+    """The cheapest keep-alive; with a pre-warm only if that is clearly cheaper still (``MUST_SAVE``): a window
+    fitted to a handful of long gaps would otherwise be chosen for what is noise, and missed next time."""
+    plain_cost, plain = _cheapest_plain(h, c, price, shortest)
+    if not prewarm:
+        return plain
+    found = _cheapest_prewarm(h, c, price, shortest, MUST_SAVE * plain_cost)
+    return found if found is not None else plain
+
+
+def _cheapest_plain(h: _Histogram, c: float, price: float, shortest: float) -> tuple[float, KeepAlive]:
+    n_all = h.below_n[-1]
+    best_cost, best = h.below_s[-1], KeepAlive(keep_s=math.inf)  # never drop: every gap is paid in full
+    for k, keep in enumerate(EDGES_S):
         if keep < shortest:
             continue
-        cold_after = n_all - h.below_n[k]
-        plain = h.below_s[k] + cold_after * (keep + c + price)
-        if plain < best_cost:
-            best_cost, best = plain, KeepAlive(keep_s=keep)
-        if not prewarm:
+        total = h.below_s[k] + (n_all - h.below_n[k]) * (keep + c + price)
+        if total < best_cost:
+            best_cost, best = total, KeepAlive(keep_s=keep)
+    return best_cost, best
+
+
+def _cheapest_prewarm(h: _Histogram, c: float, price: float, shortest: float, bar: float) -> KeepAlive | None:
+    """Search every (K, W, Q) among the histogram's edges costing less than ``bar``, in O(edges^3) with prefix
+    sums (~6,000 candidates)."""
+    n_all, edges = h.below_n[-1], EDGES_S
+    best_cost, best = bar, None
+    for k, keep in enumerate(edges):
+        if keep < shortest:
             continue
         for w in range(k + 1, len(edges)):
             ask = edges[w] - c
