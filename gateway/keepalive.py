@@ -7,7 +7,10 @@ of that gap (a *pre-warm*).
 
 What is learned: an *idle gap* is the time from the end of all activity (nothing queued or in flight) to the next
 request. ``GapLearner.observe`` sees the same (demand, idle-for) pairs the autoscaler feeds to
-``policy.desired_replicas`` and notices a gap when it ends, without reading anything more. The last ``WINDOW``
+``policy.desired_replicas`` and notices a gap when it ends, without reading anything more. It keeps when the idle
+period began, so the looks need not be regular: the autoscaler does not look at a model at rest until new work
+wakes it (or its pre-warm is due), and the gap is then measured up to that look, less than one autoscaler period
+after the request came. The last ``WINDOW``
 gaps of at least ``SHORTEST_GAP_S`` are kept (the gateway keeps them in Redis as well, ``gateway.keepalives``).
 
 What is chosen (``decide``): the keep-alive ``K``, and optionally a pre-warm: a replica asked for again at
@@ -204,9 +207,8 @@ class GapLearner:
 
     def __init__(self, window: int = WINDOW) -> None:
         self._gaps: deque[float] = deque(maxlen=window)
-        #: Start of the current idle period (by the caller's clock), and how long it had lasted at the last look.
+        #: Start of the current idle period, by the caller's clock (None: busy, or not looked at yet).
         self._idle_since: float | None = None
-        self._idle_seen_s = 0.0
         self._cached: tuple[tuple[ModelSettings, float | None, float], KeepAlive] | None = None
 
     @property
@@ -222,15 +224,17 @@ class GapLearner:
 
     def observe(self, now_s: float, demand: int, idle_for_s: float | None) -> float | None:
         """One look at the model; returns the idle gap that ended since the last look, if one did (and was long
-        enough to keep). The gap is the idleness last seen, so it is short by less than one look's interval."""
-        ended = self._idle_seen_s if self._idle_since is not None else None
+        enough to keep). A gap ends at this look if it finds demand, else at the activity that began a new idle
+        period since the last look; either is at most one look's delay after the request that ended it."""
+        before, ended = self._idle_since, None
         if demand > 0 or idle_for_s is None:
-            self._idle_since, self._idle_seen_s = None, 0.0
+            self._idle_since = None
+            ended = now_s - before if before is not None else None
         else:
             since = now_s - idle_for_s
-            if self._idle_since is not None and since <= self._idle_since + _NEW_PERIOD_S:
-                ended = None  # the same idle period goes on
-            self._idle_since, self._idle_seen_s = since, idle_for_s
+            if before is None or since > before + _NEW_PERIOD_S:  # a new idle period (clock noise is smaller)
+                self._idle_since = since
+                ended = since - before if before is not None else None
         if ended is None or ended < SHORTEST_GAP_S:
             return None
         self._gaps.append(ended)

@@ -9,7 +9,9 @@ autoscaler already reads and keeps what they learn:
   in one transaction), so idleness costs nothing and the writes follow traffic;
 - the stored gaps are read once per model, at its first adaptive decision, so a restarted gateway, or a new leader,
   goes on from what was learned. Only the replica that scales down (the leader) learns and decides, so gaps are
-  not recorded twice.
+  not recorded twice;
+- the autoscaler does not look at a model at rest (at its floor) until new work wakes it; a model whose pre-warm
+  lies ahead says when it wants to be looked at again (``due``), one timestamp in memory.
 """
 
 from __future__ import annotations
@@ -75,6 +77,8 @@ class KeepAlives:
         self._clock = clock
         self._learners: dict[str, GapLearner] = {}
         self._current: dict[str, KeepAlive] = {}
+        #: When (by ``clock``) a model idle at rest wants its next look: its pre-warm is due then.
+        self._look_at: dict[str, float] = {}
         self._background = Background()
 
     def decide(self, settings: ModelSettings, demand: int, idle_for_s: float | None) -> KeepAlive | None:
@@ -94,7 +98,19 @@ class KeepAlives:
         if decision != previous:
             self._current[name] = decision
             self._publish(name, decision, log_it=previous is None or previous.describe() != decision.describe())
+        self._plan_look(name, decision, demand, idle_for_s)
         return decision
+
+    def due(self, model: str) -> bool:
+        """Whether ``model``'s pre-warm is due, so the autoscaler must look at it though it is at rest."""
+        at = self._look_at.get(model)
+        return at is not None and self._clock() >= at
+
+    def _plan_look(self, model: str, decision: KeepAlive, demand: int, idle_for_s: float | None) -> None:
+        self._look_at.pop(model, None)
+        at = decision.prewarm_at_s
+        if demand == 0 and idle_for_s is not None and at is not None and idle_for_s < at:
+            self._look_at[model] = self._clock() + (at - idle_for_s)
 
     def _gap_ended(self, settings: ModelSettings, gap_s: float) -> None:
         """Count what the keep-alive in force did for this gap against what the fixed idle-timeout would have."""

@@ -164,7 +164,11 @@ class Scaler:
     def _units_to_look_at(self) -> list[list[ModelSettings]]:
         woken, everything = self._woken, self._woken_all
         self._woken, self._woken_all = set(), False
-        return [u for u in self._catalog.units() if everything or not self._at_rest(u) or woken & {m.name for m in u}]
+        return [
+            u
+            for u in self._catalog.units()
+            if everything or not self._at_rest(u) or woken & {m.name for m in u} or self._prewarm_due(u)
+        ]
 
     def _at_rest(self, unit: list[ModelSettings]) -> bool:
         now = self._backend.replicas(unit[0].name)
@@ -208,6 +212,10 @@ class Scaler:
             await self._scale_up(name, wanted)
         elif wanted < now.desired and self._may_scale_down():
             await self._scale_down(unit, wanted, policy.idle_threshold_s(settings, now, keep_alive))
+
+    def _prewarm_due(self, unit: list[ModelSettings]) -> bool:
+        """A unit at rest whose adaptive keep-alive wants a replica ahead of an expected request by now."""
+        return self._keep_alives is not None and self._keep_alives.due(unit[0].name)
 
     def _keep_alive(self, settings: ModelSettings, demand: int, idle_for_s: float | None) -> KeepAlive | None:
         """``idle-policy = "adaptive"``: what it learned (``gateway.keepalives``). Only the replica that scales down

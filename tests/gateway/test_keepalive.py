@@ -28,9 +28,9 @@ def test_a_gap_is_learned_when_a_request_ends_it() -> None:
     assert look(learner, 100.0, 0, 0.0) is None  # idle since 100
     assert look(learner, 101.0, 0, 1.0) is None
     assert look(learner, 130.0, 0, 30.0) is None  # the same idle period, looked at again
-    assert look(learner, 131.0, 2, 0.0) == 30.0  # a request came: the gap was at least what was last seen
+    assert look(learner, 131.0, 2, 0.0) == 31.0  # a request came: the gap ends at this look, at the latest
     assert look(learner, 132.0, 1, 0.0) is None  # busy
-    assert learner.gaps == (30.0,)
+    assert learner.gaps == (31.0,)
 
 
 def test_a_gap_ended_between_two_looks_is_learned_from_the_refreshed_activity() -> None:
@@ -38,7 +38,7 @@ def test_a_gap_ended_between_two_looks_is_learned_from_the_refreshed_activity() 
     look(learner, 100.0, 0, 0.0)
     look(learner, 150.0, 0, 50.0)
     # A request came and was answered between two looks: idle again, but since 150.5 instead of 100.
-    assert look(learner, 151.0, 0, 0.5) == 50.0
+    assert look(learner, 151.0, 0, 0.5) == 50.5
     assert look(learner, 160.0, 0, 9.5) is None
 
 
@@ -46,7 +46,7 @@ def test_short_gaps_and_looks_without_idleness_teach_nothing() -> None:
     learner = GapLearner()
     look(learner, 0.0, 0, 0.0)
     look(learner, 1.0, 0, 1.0)
-    assert look(learner, 2.0, 1, 0.0) is None  # 1 s: shorter than any keep-alive
+    assert look(learner, 1.5, 1, 0.0) is None  # 1.5 s: shorter than any keep-alive
     assert look(learner, 3.0, 0, None) is None  # never used
     assert learner.gaps == ()
 
@@ -57,7 +57,7 @@ def test_the_window_slides() -> None:
     for at in (100.0, 200.0):
         look(learner, at, 0, 40.0)
         look(learner, at + 1, 1, 0.0)
-    assert learner.gaps == (30.0, 40.0, 40.0)
+    assert learner.gaps == (30.0, 41.0, 41.0)
 
 
 def test_too_few_gaps_fall_back_to_the_fixed_timeout() -> None:
@@ -131,6 +131,13 @@ def test_pre_warm_respects_min_and_max_replicas() -> None:
     floor = ModelSettings(name="m", min_replicas=2, max_replicas=3, idle_policy="adaptive")
     assert desired_replicas(floor, 0, 150.0, Replicas(2, 2), keep_alive) == 2
     assert desired_replicas(floor, 0, 50.0, Replicas(3, 3), keep_alive) == 2
+
+
+def test_looks_may_be_far_apart_while_a_model_is_at_rest() -> None:
+    learner = GapLearner()
+    look(learner, 100.0, 0, 0.0)
+    look(learner, 102.0, 0, 2.0)  # scaled down here; not looked at again until new work wakes the autoscaler
+    assert look(learner, 700.5, 1, 0.0) == 600.5
 
 
 def test_the_decision_is_recomputed_only_when_the_gaps_change() -> None:

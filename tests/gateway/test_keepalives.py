@@ -3,6 +3,9 @@ after a restart, the pre-warm written through the scaler, and the gaps' Redis li
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import pytest
 from redis.asyncio import Redis
 
@@ -75,7 +78,7 @@ async def test_a_gap_is_stored_when_it_ends_and_idleness_stores_nothing() -> Non
     assert learning.store.stored == {}  # 100 looks at an idle model: no write
     learning.look(1.0, 1, 0.0)
     await learning.keep_alives.settle()
-    assert learning.store.stored == {"m": [99.0]}
+    assert learning.store.stored == {"m": [100.0]}
 
 
 @pytest.mark.unit
@@ -100,10 +103,22 @@ async def test_cold_starts_avoided_are_counted_against_the_fixed_timeout() -> No
     assert learning.metric("kaltstart_cold_starts_added_total", model="m") == 1
 
 
+class CountingDemand(FakeDemand):
+    def __init__(self) -> None:
+        super().__init__()
+        self.read: list[str] = []
+
+    async def loads(self, models: Sequence[str]) -> dict[str, Load]:
+        self.read += models
+        return await super().loads(models)
+
+
 class ScalerSetup:
+    """The autoscaler with a learned keep-alive, its clock moved with the model's idleness (idle since 1000)."""
+
     def __init__(self, store: MemoryGaps, *, leader: bool = True) -> None:
         self.clock, self.metrics, self.endpoints = Clock(), Metrics(), ReadyEndpoints()
-        self.backend, self.demand, self.fence = FakeBackend(), FakeDemand(), FakeFence()
+        self.backend, self.demand, self.fence = FakeBackend(), CountingDemand(), FakeFence()
         durations = MemoryDurations()
         durations.stored["m"] = 20.0
         self.cold = ColdStarts(durations, self.endpoints, self.metrics, clock=self.clock)
@@ -115,8 +130,8 @@ class ScalerSetup:
         self.keep_alives = keep_alives
 
     async def tick_at(self, idle_for_s: float, demand: int = 0) -> None:
-        self.clock.now += 1.0
-        self.demand.loads["m"] = Load(queued=demand, in_flight=0, idle_for_s=idle_for_s)
+        self.clock.now = 1000.0 + idle_for_s
+        self.demand.scripted["m"] = Load(queued=demand, in_flight=0, idle_for_s=idle_for_s)
         await self.scaler.tick()
         await self.keep_alives.settle()
 
@@ -135,9 +150,11 @@ async def test_the_scaler_drops_the_replica_early_and_pre_warms_it_before_the_ex
     await s.tick_at(keep_alive.keep_s)
     assert s.backend.calls == [("down", "m", 0, False)]
     assert s.fence.holds == [(["m"], keep_alive.keep_s)]  # the fence re-checks the learned keep-alive
-    await s.tick_at(keep_alive.prewarm_at_s - 1)
-    assert len(s.backend.calls) == 1
-    await s.tick_at(keep_alive.prewarm_at_s)
+    s.demand.read.clear()
+    for idle in range(math.ceil(keep_alive.keep_s) + 1, math.ceil(keep_alive.prewarm_at_s)):
+        await s.tick_at(idle)
+    assert s.demand.read == [] and len(s.backend.calls) == 1  # at rest: not read, not touched
+    await s.tick_at(keep_alive.prewarm_at_s)  # due: looked at, pre-warmed
     assert s.backend.calls[1:] == [("up", "m", 1, False)]
     assert s.metrics.registry.get_sample_value("kaltstart_prewarms_total", {"model": "m"}) == 1
 
@@ -148,6 +165,7 @@ async def test_only_the_replica_that_scales_down_learns_and_pre_warms() -> None:
     s = ScalerSetup(store, leader=False)
     await s.tick_at(0.0)
     await s.tick_at(500.0)
+    s.scaler.wake("m")  # a request came
     await s.tick_at(0.0, demand=1)
     assert store.reads == [] and store.stored["m"] == PERIODIC
     assert s.backend.calls == [("up", "m", 1, False)]  # demand only
