@@ -21,6 +21,7 @@ from gateway.errors import RequestError
 from gateway.fence import Fence, FencedDoor
 from gateway.guards import PortSplit
 from gateway.janitor import Abandoned, Heartbeats, Janitor
+from gateway.keepalives import KeepAlives, RedisGapStore
 from gateway.limits import ContextLengths
 from gateway.metrics import Metrics
 from gateway.queue import RequestQueue
@@ -51,6 +52,9 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
     replies.on_subscribed(work.notify_all)
     cold_starts = ColdStarts(RedisDurations(redis), endpoints, metrics)
     announcements = Announcements(endpoints, cold_starts, metrics)
+    keep_alives = KeepAlives(
+        RedisGapStore(redis), metrics, cold_starts.typical_s, shortest_keep_s=settings.queue.scale_interval_s
+    )
     replies.on(wire.REPLICAS_CHANNEL, announcements.received)
     scaler = Scaler(
         catalog,
@@ -62,6 +66,7 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
         cold_starts,
         interval_s=settings.queue.scale_interval_s,
         may_scale_down=lambda: backend.is_leader,
+        keep_alives=keep_alives,
     )
     work.subscribe(scaler.wake)
     catalog.subscribe(lambda: metrics.models.keep_only({m.name for m in catalog.all()}))
@@ -119,6 +124,7 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
             await backend.stop()
             await announcements.stop()
             await cold_starts.settle()
+            await keep_alives.settle()
             await replies.stop()
             await client.aclose()
             await redis.aclose()

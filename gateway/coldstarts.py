@@ -151,6 +151,10 @@ class ColdStarts:
             return fallback
         return max(RETRY_AFTER_S[0], min(RETRY_AFTER_S[1], math.ceil(left)))
 
+    def typical_s(self, model: str) -> float | None:
+        """The model's typical cold start, once one was measured (or read back) here."""
+        return self._typical.get(model)
+
     def progress(self, model: str, waited_s: float) -> str:
         """One line for a streaming client waiting through a cold start (an SSE comment)."""
         phase = self._phase.get(model)

@@ -43,6 +43,11 @@ def cold_start(model: str) -> str:
     return f"{_model(model)}:cold-start"
 
 
+def idle_gaps(model: str) -> str:
+    """List of the model's recent idle gaps in ms, oldest first, trimmed to a window (``gateway.keepalives``)."""
+    return f"{_model(model)}:idle-gaps"
+
+
 def fence(model: str) -> str:
     """Held while a scale-down of the model is being written: new requests wait at the door until it is lifted,
     so a model is never scaled to zero with a request in its queue."""

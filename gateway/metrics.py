@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -180,6 +180,33 @@ class Metrics:
         self.poison = Counter(
             "kaltstart_poison_requests",
             "Requests given up after their replica failed on every attempt.",
+            ["model"],
+            registry=r,
+        )
+        self.keep_alive_seconds = Gauge(
+            "kaltstart_keep_alive_seconds",
+            "The keep-alive in force (idle-policy adaptive): keep, and the pre-warm window (0: none), in idle seconds.",
+            ["model", "window"],
+            registry=r,
+        )
+        self.keep_alive_learned = Gauge(
+            "kaltstart_keep_alive_learned",
+            "1 while the adaptive keep-alive uses what it learned, 0 while it falls back to the idle-timeout.",
+            ["model"],
+            registry=r,
+        )
+        self.prewarms = Counter(
+            "kaltstart_prewarms", "Scale-ups from zero ahead of an expected request.", ["model"], registry=r
+        )
+        self.cold_starts_avoided = Counter(
+            "kaltstart_cold_starts_avoided",
+            "Idle gaps ended warm by the adaptive keep-alive that the fixed idle-timeout would have ended cold.",
+            ["model"],
+            registry=r,
+        )
+        self.cold_starts_added = Counter(
+            "kaltstart_cold_starts_added",
+            "Idle gaps ended cold by the adaptive keep-alive that the fixed idle-timeout would have ended warm.",
             ["model"],
             registry=r,
         )

@@ -8,6 +8,10 @@ Rules:
    away for being idle until the model has been idle for ``cold_start_timeout`` too, so a slow node is given its
    full cold-start budget, while a replica that never gets ready does not hold a GPU forever.
 3. Otherwise: keep what there is (but at least ``min_replicas``).
+
+With ``idle-policy = "adaptive"`` the caller passes the model's learned ``KeepAlive`` (``gateway.keepalive``): its
+keep-alive replaces ``idle_timeout`` in rule 2, and during its pre-warm window an idle model gets one replica
+(at least ``min_replicas``, at most ``max_replicas``) ahead of the request it expects.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import math
 
 from gateway.backends import Replicas
+from gateway.keepalive import KeepAlive
 from gateway.settings import ModelSettings
 
 
@@ -24,16 +29,25 @@ def wanted_for_demand(settings: ModelSettings, demand: int) -> int:
     return min(settings.max_replicas, max(1, math.ceil(demand / settings.target_queue_per_replica)))
 
 
-def idle_threshold_s(settings: ModelSettings, now: Replicas) -> float:
+def idle_threshold_s(settings: ModelSettings, now: Replicas, keep_alive: KeepAlive | None = None) -> float:
     """How long a model must have been idle before it is scaled down (rule 2)."""
+    keep_s = settings.idle_timeout_s if keep_alive is None else keep_alive.keep_s
     if now.starting > 0:
-        return max(settings.idle_timeout_s, settings.cold_start_timeout_s)
-    return settings.idle_timeout_s
+        return max(keep_s, settings.cold_start_timeout_s)
+    return keep_s
 
 
-def desired_replicas(settings: ModelSettings, demand: int, idle_for_s: float | None, now: Replicas) -> int:
+def desired_replicas(
+    settings: ModelSettings,
+    demand: int,
+    idle_for_s: float | None,
+    now: Replicas,
+    keep_alive: KeepAlive | None = None,
+) -> int:
     floor = settings.min_replicas
     if demand > 0:
         return max(now.desired, wanted_for_demand(settings, demand), floor)
-    idle = idle_for_s is None or idle_for_s >= idle_threshold_s(settings, now)
+    if keep_alive is not None and idle_for_s is not None and keep_alive.prewarming(idle_for_s):
+        return max(now.desired, min(settings.max_replicas, max(1, floor)))
+    idle = idle_for_s is None or idle_for_s >= idle_threshold_s(settings, now, keep_alive)
     return floor if idle else max(now.desired, floor)

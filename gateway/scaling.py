@@ -20,6 +20,8 @@ from gateway.catalog import ModelCatalog
 from gateway.coldstarts import ColdStarts
 from gateway.endpoints import ReadyEndpoints
 from gateway.errors import KaltstartError
+from gateway.keepalive import KeepAlive
+from gateway.keepalives import KeepAlives
 from gateway.metrics import Metrics
 from gateway.queue import Load
 from gateway.settings import ModelSettings
@@ -57,6 +59,7 @@ class Scaler:
         *,
         interval_s: float,
         may_scale_down: Callable[[], bool] = lambda: True,
+        keep_alives: KeepAlives | None = None,
     ) -> None:
         self._catalog = catalog
         self._queue = queue
@@ -67,6 +70,7 @@ class Scaler:
         self._may_scale_down = may_scale_down
         self._endpoints = endpoints
         self._cold_starts = cold_starts
+        self._keep_alives = keep_alives
         self._tick_listeners: list[Callable[[], None]] = []
         #: The request path's scale-up in flight, per (model, recheck).
         self._scaling_up: dict[tuple[str, bool], asyncio.Task[None]] = {}
@@ -171,7 +175,7 @@ class Scaler:
         self._woken, self._woken_all = set(), False
         units = []
         for unit in self._catalog.units():
-            if everything or not self._at_rest(unit) or woken & {m.name for m in unit}:
+            if everything or not self._at_rest(unit) or woken & {m.name for m in unit} or self._prewarm_due(unit):
                 units.append(unit)
             else:
                 for m in unit:
@@ -199,15 +203,32 @@ class Scaler:
         if demand > 0:
             self._woken.add(name)  # while it has demand, look again at every pass (a failed scale-up is retried)
         idles = [load.idle_for_s for load in loads if load.idle_for_s is not None]
+        idle = min(idles) if idles else None
         now = self._backend.replicas(name)
-        wanted = policy.desired_replicas(settings, demand, min(idles) if idles else None, now)
+        keep_alive = self._keep_alive(settings, demand, idle)
+        wanted = policy.desired_replicas(settings, demand, idle, now, keep_alive)
         if wanted > now.desired:
-            log.info("scaling %s up to %d (demand %d)", name, wanted, demand)
+            if demand == 0 and keep_alive is not None and idle is not None and keep_alive.prewarming(idle):
+                log.info("pre-warming %s after %.0f s idle: %s", name, idle, keep_alive.describe())
+                self._metrics.prewarms.labels(name).inc()
+            else:
+                log.info("scaling %s up to %d (demand %d)", name, wanted, demand)
             if now.desired == 0:
                 self._cold_started(name)
             await self._scale_up(name, wanted)
         elif wanted < now.desired and self._may_scale_down():
-            await self._scale_down(unit, wanted, policy.idle_threshold_s(settings, now))
+            await self._scale_down(unit, wanted, policy.idle_threshold_s(settings, now, keep_alive))
+
+    def _prewarm_due(self, unit: list[ModelSettings]) -> bool:
+        """A unit at rest whose adaptive keep-alive wants a replica ahead of an expected request by now."""
+        return self._keep_alives is not None and self._keep_alives.due(unit[0].name)
+
+    def _keep_alive(self, settings: ModelSettings, demand: int, idle_for_s: float | None) -> KeepAlive | None:
+        """``idle-policy = "adaptive"``: what it learned (``gateway.keepalives``). Only the replica that scales down
+        learns and decides; the others apply the fixed rules, which never scale up an idle model."""
+        if self._keep_alives is None or not self._may_scale_down():
+            return None
+        return self._keep_alives.decide(settings, demand, idle_for_s)
 
     async def _scale_down(self, unit: list[ModelSettings], to: int, idle_s: float) -> None:
         """Write the lower count only while every model of the unit is fenced (see ``gateway.fence``): requests

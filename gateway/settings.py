@@ -67,6 +67,16 @@ def at_least(minimum: int) -> Parser:
     return lambda text: _parse_int(text, minimum)
 
 
+def _one_of(*choices: str) -> Parser:
+    def parse(text: Value) -> str:
+        word = str(text).strip().lower()
+        if word not in choices:
+            raise ValueError(f"{text!r}: use one of {', '.join(choices)}")
+        return word
+
+    return parse
+
+
 def check_model_name(name: str) -> str:
     if not _MODEL_NAME.match(name):
         raise ConfigError(f"invalid model name {name!r}: letters, digits and ._:/- only, at most 128")
@@ -121,6 +131,14 @@ class ModelSettings:
     max_batch_delay_s: float = field(default=0.01, metadata=_key("max-batch-delay", parse_duration_s))
     #: Queued + in-flight requests per replica above which another replica is asked for (up to max).
     target_queue_per_replica: int = field(default=32, metadata=_key("target-queue-per-replica", at_least(1)))
+    #: ``fixed``: scale to ``min_replicas`` after ``idle_timeout_s``. ``adaptive``: learn the model's idle gaps and
+    #: choose the keep-alive, and a pre-warm before an expected request, from them (``gateway.keepalive``); the
+    #: fixed timeout applies until enough gaps were seen, or when they show no pattern.
+    idle_policy: str = field(default="fixed", metadata=_key("idle-policy", _one_of("fixed", "adaptive")))
+    #: ``adaptive`` only: how many replica-seconds (GPU-seconds) one avoided cold start is worth. Higher: fewer
+    #: cold starts, more GPU time. The default equals the default idle-timeout, the price a fixed timeout of that
+    #: length implicitly pays.
+    cold_start_cost_s: float = field(default=300.0, metadata=_key("cold-start-cost", parse_duration_s))
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:

@@ -14,7 +14,15 @@ if TYPE_CHECKING:
 
     from loadtest.results import Phase, PolicyResult, ReplayResult
 
-__all__ = ["plot_batching", "plot_coldstart", "plot_continuous", "plot_overhead", "plot_replay", "plot_simulation"]
+__all__ = [
+    "plot_batching",
+    "plot_coldstart",
+    "plot_continuous",
+    "plot_overhead",
+    "plot_pareto",
+    "plot_replay",
+    "plot_simulation",
+]
 
 _DPI = 90
 
@@ -100,6 +108,37 @@ def plot_simulation(results: Sequence[PolicyResult], arrivals: Sequence[float], 
         axis.text(0.99, 0.8, f"{result.replica_seconds / 3600:.2f} replica-h, {result.cold_start_requests} cold",
                   transform=axis.transAxes, ha="right", fontsize="small")  # fmt: skip
     axes[-1].set_xlabel("trace time (s)")
+    _save(figure, path)
+
+
+def plot_pareto(panels: Sequence[tuple[str, float, Sequence[PolicyResult]]], path: Path) -> None:
+    """Replica-hours against requests that met a cold start, one panel per (trace, cold start): the fixed idle
+    timeouts (grey, joined) and the adaptive keep-alive at each cold-start cost (blue). Lower left is better."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    traces = list(dict.fromkeys(trace for trace, _c, _r in panels))
+    colds = sorted({c for _t, c, _r in panels})
+    figure, grid = plt.subplots(len(traces), len(colds), figsize=(4.2 * len(colds), 3.2 * len(traces)), squeeze=False)
+    for trace, cold, results in panels:
+        axis = grid[traces.index(trace)][colds.index(cold)]
+        fixed = sorted((r for r in results if r.cold_start_cost_s is None), key=lambda r: r.replica_seconds)
+        adaptive = [r for r in results if r.cold_start_cost_s is not None]
+        axis.plot([r.replica_seconds / 3600 for r in fixed], [r.cold_start_requests for r in fixed], "o-",
+                  color="tab:gray", label="fixed")  # fmt: skip
+        axis.plot([r.replica_seconds / 3600 for r in adaptive], [r.cold_start_requests for r in adaptive], "^",
+                  color="tab:blue", label="adaptive")  # fmt: skip
+        for r in [*fixed, *adaptive]:
+            label = r.name.replace("idle ", "").replace("adaptive ", "a")
+            axis.annotate(label, (r.replica_seconds / 3600, r.cold_start_requests), fontsize="x-small",
+                          xytext=(3, 3), textcoords="offset points")  # fmt: skip
+        axis.set_title(f"{trace}, cold start {cold:g} s", fontsize="small")
+        axis.set_xlabel("replica-hours", fontsize="small")
+        axis.set_ylabel("cold-start requests", fontsize="small")
+        axis.grid(alpha=0.3)
+    grid[0][0].legend(fontsize="x-small")
     _save(figure, path)
 
 

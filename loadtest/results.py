@@ -61,9 +61,13 @@ class PolicyResult:
     idle_timeout_s: float | None
     replica_seconds: float
     cold_start_requests: int
-    #: Scale-ups from zero replicas.
+    #: Scale-ups from zero replicas (pre-warms included).
     cold_starts: int
     requests: int
     waits_s: list[float]
     #: (time, replicas asked for) at every change, summed over models.
     timeline: list[tuple[float, int]]
+    #: Scale-ups from zero with nothing queued (the adaptive policy's pre-warms).
+    prewarms: int = 0
+    #: The adaptive policy's ``cold-start-cost``; None for a fixed timeout.
+    cold_start_cost_s: float | None = None

@@ -28,8 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from gateway.backends import Replicas
+from gateway.keepalive import GapLearner
 from gateway.policy import desired_replicas
 from gateway.settings import ModelSettings, parse_duration_s
+from loadtest.pareto import beaten_by, beats, frontier_gap, is_fixed
 from loadtest.report import Table, finish
 from loadtest.results import PolicyResult
 from loadtest.stats import mean, percentile
@@ -60,6 +62,8 @@ class Policy:
     min_replicas: int
     #: None: always on (the gateway's default idle timeout applies, which only matters above min_replicas).
     idle_timeout_s: float | None
+    #: Set: ``idle-policy = "adaptive"`` with this ``cold-start-cost`` (``idle_timeout_s`` is its fallback).
+    cold_start_cost_s: float | None = None
 
 
 @dataclass
@@ -84,6 +88,8 @@ class _ModelRun:
     replica_seconds: float = 0.0
     cold_requests: int = 0
     cold_starts: int = 0
+    prewarms: int = 0
+    learner: GapLearner | None = None
     waits: list[float] = field(default_factory=list)
     timeline: list[tuple[float, int]] = field(default_factory=list)
     _events: list[tuple[float, int, int, Any]] = field(default_factory=list)
@@ -140,9 +146,14 @@ class _ModelRun:
         if self.activity is None:  # the gateway starts counting idleness when it first sees a model
             self.activity = self.now
         now = Replicas(desired=len(self.replicas), ready=self._ready)
-        demand = len(self.queue) + self.in_flight
-        wanted = desired_replicas(self.settings, demand, self.now - self.activity, now)
+        demand, idle_for = len(self.queue) + self.in_flight, self.now - self.activity
+        keep_alive = None
+        if self.learner is not None:  # what Scaler does through gateway.keepalives, minus Redis
+            self.learner.observe(self.now, demand, idle_for)
+            keep_alive = self.learner.decision(self.settings, self.sim.cold_start_s, self.sim.scale_interval_s)
+        wanted = desired_replicas(self.settings, demand, idle_for, now, keep_alive)
         if wanted != now.desired:
+            self.prewarms += demand == 0 and now.desired == 0
             self._resize(wanted)
         self._at(self.now + self.sim.scale_interval_s, _TICK, None)
 
@@ -179,6 +190,8 @@ def _model_settings(model: str, policy: Policy, sim: SimulationSettings) -> Mode
         max_replicas=max(sim.max_replicas, policy.min_replicas),
         idle_timeout_s=idle,
         max_batch_size=sim.max_batch_size,
+        idle_policy="fixed" if policy.cold_start_cost_s is None else "adaptive",
+        cold_start_cost_s=policy.cold_start_cost_s if policy.cold_start_cost_s is not None else base.cold_start_cost_s,
     )
 
 
@@ -188,7 +201,9 @@ def simulate(trace: Sequence[TraceRequest], policy: Policy, sim: SimulationSetti
     runs = []
     for model in sorted({r.model for r in trace}):
         requests = [r for r in trace if r.model == model]
-        run = _ModelRun(_model_settings(model, policy, sim), sim, requests, horizon)
+        settings = _model_settings(model, policy, sim)
+        learner = GapLearner() if settings.idle_policy == "adaptive" else None
+        run = _ModelRun(settings, sim, requests, horizon, learner=learner)
         run.run()
         runs.append(run)
     return PolicyResult(
@@ -198,6 +213,8 @@ def simulate(trace: Sequence[TraceRequest], policy: Policy, sim: SimulationSetti
         replica_seconds=sum(r.replica_seconds for r in runs),
         cold_start_requests=sum(r.cold_requests for r in runs),
         cold_starts=sum(r.cold_starts for r in runs),
+        prewarms=sum(r.prewarms for r in runs),
+        cold_start_cost_s=policy.cold_start_cost_s,
         requests=len(trace),
         waits_s=[w for r in runs for w in r.waits],
         timeline=_summed([r.timeline for r in runs]),
@@ -216,8 +233,11 @@ def _summed(timelines: Sequence[Sequence[tuple[float, int]]]) -> list[tuple[floa
     return summed
 
 
-def policies(idle_timeouts_s: Sequence[float]) -> list[Policy]:
-    return [Policy("always-on", 1, None)] + [Policy(f"idle {_seconds(t)}", 0, t) for t in idle_timeouts_s]
+def policies(idle_timeouts_s: Sequence[float], cold_start_costs_s: Sequence[float] = ()) -> list[Policy]:
+    """Always-on, each fixed idle timeout, then the adaptive policy at each cold-start cost (whose fallback idle
+    timeout, while it learns, is that cost: the fixed timeout that pays as much for one gap as a cold start)."""
+    fixed = [Policy("always-on", 1, None)] + [Policy(f"idle {_seconds(t)}", 0, t) for t in idle_timeouts_s]
+    return fixed + [Policy(f"adaptive {_seconds(c)}", 0, c, cold_start_cost_s=c) for c in cold_start_costs_s]
 
 
 def _seconds(value: float) -> str:
@@ -231,20 +251,32 @@ def report_rows(results: Sequence[PolicyResult]) -> list[dict[str, Any]]:
             "policy": r.name,
             "min_replicas": r.min_replicas,
             "idle_timeout_s": r.idle_timeout_s,
+            "cold_start_cost_s": r.cold_start_cost_s,
             "replica_seconds": r.replica_seconds,
             "cold_start_requests": r.cold_start_requests,
             "cold_starts": r.cold_starts,
+            "prewarms": r.prewarms,
             "saved_vs_always_on": 1.0 - r.replica_seconds / baseline if baseline > 0 else None,
             "mean_wait_s": mean(r.waits_s),
             "p99_wait_s": percentile(r.waits_s, 99),
+            "beats": None if is_fixed(r) else beats(r, results),
+            "beaten_by": None if is_fixed(r) else beaten_by(r, results),
+            "vs_fixed_line": None if is_fixed(r) else frontier_gap(r, results),
         }
         for r in results
     ]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cold-start", type=float, default=20.0, metavar="S", help="cold-start time. Default 20")
+    parser.add_argument(
+        "--cold-start", default="20", metavar="S[,S...]", help="cold-start time(s), e.g. 5,20,60. Default 20"
+    )
     parser.add_argument("--idle-timeouts", default="30s,60s,300s,600s", help="comma-separated idle timeouts to compare")
+    parser.add_argument(
+        "--cold-start-costs",
+        default="60s,300s,1800s",
+        help="the adaptive keep-alive at each of these cold-start-cost values ('' for none). Default 60s,300s,1800s",
+    )
     parser.add_argument("--scale-interval", type=float, default=1.0, metavar="S", help="autoscaler period. Default 1")
     parser.add_argument(
         "--seconds-per-token", type=float, default=0.02, help="generation time per completion token. Default 0.02"
@@ -255,42 +287,80 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--horizon", type=float, default=None, metavar="S", help="end of the window. Default: last arrival"
     )
-    parser.add_argument("--out", type=Path, help="write simulate.png and summary.json here")
+    parser.add_argument("--out", type=Path, help="write simulate.png, pareto.png and summary.json here")
     add_trace_arguments(parser)
 
 
-async def run(args: argparse.Namespace) -> int:
-    trace = spread(trace_from_args(args), args.models.split(","), args.seed)
-    sim = SimulationSettings(
-        cold_start_s=args.cold_start,
-        scale_interval_s=args.scale_interval,
-        seconds_per_token=args.seconds_per_token,
-        horizon_s=args.horizon,
-        max_replicas=args.max_replicas,
-        max_batch_size=args.max_batch_size,
-    )
+@dataclass(frozen=True)
+class _Panel:
+    trace: str
+    cold_start_s: float
+    requests: int
+    duration_s: float
+    results: list[PolicyResult]
+
+
+def _simulate_all(args: argparse.Namespace) -> list[_Panel]:
+    """Every policy on every trace named in ``--trace`` (comma-separated) for every ``--cold-start``."""
     timeouts = [parse_duration_s(t) for t in args.idle_timeouts.split(",") if t.strip()]
-    results = [simulate(trace, policy, sim) for policy in policies(timeouts)]
-    rows = report_rows(results)
-    horizon = sim.horizon_s if sim.horizon_s is not None else max((r.at_s for r in trace), default=0.0)
+    costs = [parse_duration_s(c) for c in args.cold_start_costs.split(",") if c.strip()]
+    panels = []
+    for name in [t.strip() for t in args.trace.split(",") if t.strip()]:
+        raw = trace_from_args(argparse.Namespace(**{**vars(args), "trace": name}))
+        trace = spread(raw, args.models.split(","), args.seed)
+        horizon = args.horizon if args.horizon is not None else max((r.at_s for r in trace), default=0.0)
+        for cold_start in (float(c) for c in args.cold_start.split(",") if c.strip()):
+            sim = SimulationSettings(
+                cold_start_s=cold_start,
+                scale_interval_s=args.scale_interval,
+                seconds_per_token=args.seconds_per_token,
+                horizon_s=args.horizon,
+                max_replicas=args.max_replicas,
+                max_batch_size=args.max_batch_size,
+            )
+            results = [simulate(trace, policy, sim) for policy in policies(timeouts, costs)]
+            panels.append(_Panel(name, cold_start, len(trace), horizon, results))
+    return panels
+
+
+def _table(panel: _Panel, rows: Sequence[dict[str, Any]]) -> Table:
     table = Table(
-        f"simulate: {len(trace)} requests over {horizon:.0f} s, cold start {sim.cold_start_s:g} s",
-        ["policy", "replica-s", "saved", "cold starts", "cold requests", "mean wait s", "p99 wait s"],
-    )
+        f"simulate {panel.trace}: {panel.requests} requests over {panel.duration_s:.0f} s, "
+        f"cold start {panel.cold_start_s:g} s",
+        ["policy", "replica-s", "saved", "cold starts", "pre-warms", "cold requests", "mean wait s", "p99 wait s",
+         "Pareto-better than", "worse than", "vs fixed line"],
+    )  # fmt: skip
     for row in rows:
         saved = row["saved_vs_always_on"]
+        better, worse, line = row["beats"], row["beaten_by"], row["vs_fixed_line"]
         table.add(row["policy"], row["replica_seconds"], f"{saved:.0%}" if saved is not None else None,
-                  row["cold_starts"], row["cold_start_requests"], row["mean_wait_s"], row["p99_wait_s"])  # fmt: skip
+                  row["cold_starts"], row["prewarms"], row["cold_start_requests"], row["mean_wait_s"],
+                  row["p99_wait_s"], None if better is None else ", ".join(better) or "none",
+                  None if worse is None else ", ".join(worse) or "none",
+                  None if line is None else f"{line:+.0%}")  # fmt: skip
+    return table
+
+
+async def run(args: argparse.Namespace) -> int:
+    panels = _simulate_all(args)
+    tables, rows = [], []
+    for panel in panels:
+        panel_rows = report_rows(panel.results)
+        tables.append(_table(panel, panel_rows))
+        rows += [{"trace": panel.trace, "cold_start_s": panel.cold_start_s, **row} for row in panel_rows]
+    traces = {p.trace: {"trace": p.trace, "requests": p.requests, "duration_s": p.duration_s} for p in panels}
     summary = {
         "policies": rows,
-        "requests": len(trace),
-        "duration_s": horizon,
-        "cold_start_s": sim.cold_start_s,
-        "models": sorted({r.model for r in trace}),
+        "traces": list(traces.values()),
+        "cold_start_s": sorted({p.cold_start_s for p in panels}),
+        "models": args.models.split(","),
     }
     if args.out is not None:
-        from loadtest.plots import plot_simulation
+        from loadtest.plots import plot_pareto, plot_simulation
 
-        plot_simulation(results, [r.at_s for r in trace], args.out / "simulate.png")
-    finish([table], summary, args.out)
+        if len(panels) == 1:
+            trace = spread(trace_from_args(args), args.models.split(","), args.seed)
+            plot_simulation(panels[0].results, [r.at_s for r in trace], args.out / "simulate.png")
+        plot_pareto([(p.trace, p.cold_start_s, p.results) for p in panels], args.out / "pareto.png")
+    finish(tables, summary, args.out)
     return 0

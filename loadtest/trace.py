@@ -1,5 +1,6 @@
-"""Request traces: the Azure LLM inference trace format, a synthetic sporadic pattern, and how both are shaped
-(sliced, compressed in time, capped, scaled down to a tiny model, spread over several models).
+"""Request traces: the Azure LLM inference trace format, synthetic patterns (sporadic bursts; periodic, bursty,
+Poisson and diurnal arrivals for the keep-alive comparison), and how traces are shaped (sliced, compressed in time,
+capped, scaled down to a tiny model, spread over several models).
 
 A trace is a list of ``TraceRequest`` sorted by arrival; ``at_s`` counts from the start of the (sliced) trace.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -16,10 +18,15 @@ from pathlib import Path
 
 __all__ = [
     "BUNDLED_AZURE",
+    "SYNTHETIC",
     "Shaping",
     "TraceRequest",
     "add_trace_arguments",
+    "bursty",
+    "diurnal",
     "load_azure",
+    "periodic",
+    "poisson",
     "shape",
     "sporadic",
     "spread",
@@ -73,6 +80,71 @@ def sporadic(
         for _ in range(per_burst):
             requests.append(TraceRequest(start + rng.uniform(0, burst_s), prompt_tokens, output_tokens))
     return sorted(requests, key=lambda r: r.at_s)
+
+
+def _request(at_s: float, rng: random.Random, prompt_tokens: int, output_tokens: int) -> TraceRequest:
+    # Output lengths vary around the given one (a batch lasts as long as its longest request).
+    return TraceRequest(at_s, prompt_tokens, max(1, round(rng.expovariate(1 / output_tokens))))
+
+
+def periodic(
+    hours: float, period_s: float, per_run: int, jitter_s: float, prompt_tokens: int, output_tokens: int, seed: int
+) -> list[TraceRequest]:
+    """A cron-like caller: every ``period_s`` (each run late by up to ``jitter_s``), ``per_run`` requests within
+    a few seconds."""
+    rng = random.Random(seed)
+    runs = int(hours * 3600 // period_s)
+    requests = [
+        _request(run * period_s + rng.uniform(0, jitter_s) + rng.uniform(0, 3.0), rng, prompt_tokens, output_tokens)
+        for run in range(runs)
+        for _ in range(per_run)
+    ]
+    return sorted(requests, key=lambda r: r.at_s)
+
+
+def poisson(hours: float, rate_per_s: float, prompt_tokens: int, output_tokens: int, seed: int) -> list[TraceRequest]:
+    """Independent arrivals at ``rate_per_s`` on average: gaps with no pattern to learn."""
+    rng = random.Random(seed)
+    requests: list[TraceRequest] = []
+    at = rng.expovariate(rate_per_s)
+    while at < hours * 3600:
+        requests.append(_request(at, rng, prompt_tokens, output_tokens))
+        at += rng.expovariate(rate_per_s)
+    return requests
+
+
+def bursty(hours: float, prompt_tokens: int, output_tokens: int, seed: int) -> list[TraceRequest]:
+    """Sessions of a person at work: 1-5 minutes of requests a few seconds apart, then a long gap (lognormal,
+    median 20 minutes: most between 5 minutes and 1.5 hours)."""
+    rng = random.Random(seed)
+    requests: list[TraceRequest] = []
+    at = 0.0
+    while at < hours * 3600:
+        end = at + rng.uniform(60, 300)
+        while at < end:
+            requests.append(_request(at, rng, prompt_tokens, output_tokens))
+            at += rng.expovariate(1 / 8.0)
+        at += rng.lognormvariate(math.log(1200), 0.8)
+    return requests
+
+
+def diurnal(hours: float, peak_per_s: float, prompt_tokens: int, output_tokens: int, seed: int) -> list[TraceRequest]:
+    """Poisson arrivals whose rate follows the day: ``peak_per_s`` at 14:00, almost none at night (the rate is
+    ``peak x ((1 - cos(2 pi (t - 2 h) / 24 h)) / 2) ** 3``, drawn by thinning)."""
+    rng = random.Random(seed)
+    requests: list[TraceRequest] = []
+    at = 0.0
+    while True:
+        at += rng.expovariate(peak_per_s)
+        if at >= hours * 3600:
+            return requests
+        phase = (1 - math.cos(2 * math.pi * (at - 2 * 3600) / 86400)) / 2
+        if rng.random() < phase**3:
+            requests.append(_request(at, rng, prompt_tokens, output_tokens))
+
+
+#: The synthetic patterns ``--trace`` accepts besides ``sporadic``.
+SYNTHETIC = ("periodic", "bursty", "poisson", "diurnal")
 
 
 @dataclass(frozen=True)
@@ -131,8 +203,9 @@ def add_trace_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--trace",
         default="azure",
-        help="'azure' (the bundled Azure LLM code trace), 'sporadic' (synthetic bursts), or a CSV path in the "
-        "Azure format (TIMESTAMP,ContextTokens,GeneratedTokens). Default: azure",
+        help="'azure' (the bundled Azure LLM code trace), a synthetic pattern ('sporadic', 'periodic', 'bursty', "
+        "'poisson[:rate]', 'diurnal[:peak rate]'), or a CSV path in the Azure format (TIMESTAMP,ContextTokens,"
+        "GeneratedTokens). simulate takes several, comma-separated. Default: azure",
     )
     source.add_argument("--start", type=float, default=0.0, metavar="S", help="skip the first S trace seconds")
     source.add_argument("--duration", type=float, default=None, metavar="S", help="keep S trace seconds")
@@ -145,6 +218,16 @@ def add_trace_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--max-prompt-tokens", type=int, default=None, metavar="N", help="cap prompt lengths")
     source.add_argument("--max-output-tokens", type=int, default=None, metavar="N", help="cap completion lengths")
     source.add_argument("--seed", type=int, default=0, help="seed for synthetic traces and model assignment")
+    patterns = parser.add_argument_group("synthetic patterns (--trace periodic|bursty|poisson|diurnal)")
+    patterns.add_argument(
+        "--hours", type=float, default=None, help="length of the trace. Default 6 (bursty 12, diurnal 48)"
+    )
+    patterns.add_argument("--period", type=float, default=300.0, metavar="S", help="periodic: every S s. Default 300")
+    patterns.add_argument("--jitter", type=float, default=10.0, metavar="S", help="periodic: late by up to S s. 10")
+    patterns.add_argument("--per-run", type=int, default=3, help="periodic: requests per run. Default 3")
+    patterns.add_argument(
+        "--rate", default="1/120", metavar="R", help="poisson: requests/s (or poisson:R); diurnal: at the peak. 1/120"
+    )
     synthetic = parser.add_argument_group("synthetic sporadic trace (--trace sporadic)")
     synthetic.add_argument("--bursts", type=int, default=3, help="number of bursts. Default 3")
     synthetic.add_argument("--burst-requests", type=int, default=8, help="requests per burst. Default 8")
@@ -165,6 +248,8 @@ def trace_from_args(args: argparse.Namespace) -> list[TraceRequest]:
             args.output_tokens,
             args.seed,
         )
+    elif args.trace.partition(":")[0] in SYNTHETIC:
+        raw = synthetic(args.trace, args)
     else:
         raw = load_azure(BUNDLED_AZURE if args.trace == "azure" else Path(args.trace))
     shaping = Shaping(
@@ -178,3 +263,30 @@ def trace_from_args(args: argparse.Namespace) -> list[TraceRequest]:
         max_output_tokens=args.max_output_tokens,
     )
     return shape(raw, shaping)
+
+
+#: Hours of each synthetic pattern unless ``--hours`` says otherwise (a diurnal pattern needs days).
+_DEFAULT_HOURS = {"periodic": 6.0, "bursty": 12.0, "poisson": 6.0, "diurnal": 48.0}
+
+
+def _rate(text: str) -> float:
+    """``0.5`` or ``1/60`` (requests per second)."""
+    numerator, _, denominator = text.partition("/")
+    return float(numerator) / float(denominator or 1)
+
+
+def synthetic(spec: str, args: argparse.Namespace) -> list[TraceRequest]:
+    """``pattern`` or ``pattern:rate`` (poisson, diurnal: requests per second, e.g. ``poisson:1/60``)."""
+    pattern, _, rate_text = spec.partition(":")
+    rate = _rate(rate_text) if rate_text else _rate(str(args.rate))
+    hours = args.hours if args.hours is not None else _DEFAULT_HOURS[pattern]
+    tokens = (args.prompt_tokens, args.output_tokens)
+    if pattern == "periodic":
+        return periodic(hours, args.period, args.per_run, args.jitter, *tokens, args.seed)
+    if pattern == "bursty":
+        return bursty(hours, *tokens, args.seed)
+    if pattern == "poisson":
+        return poisson(hours, rate, *tokens, args.seed)
+    if pattern == "diurnal":
+        return diurnal(hours, rate, *tokens, args.seed)
+    raise ValueError(f"no synthetic pattern {pattern!r}")

@@ -125,9 +125,20 @@ def test_model_setting_keys_are_listed_once() -> None:
         "max-batch-size",
         "max-batch-delay",
         "target-queue-per-replica",
+        "idle-policy",
+        "cold-start-cost",
     )
     s = ModelSettings.parse("m", {"idle-timeout": "90s", "max-batch-delay": "5ms", "max-replicas": 4})
     assert ModelSettings.parse("m", s.to_values()) == s
+
+
+def test_the_idle_policy_is_fixed_or_adaptive() -> None:
+    s = ModelSettings.parse("m", {"idle-policy": "Adaptive", "cold-start-cost": "10m"})
+    assert (s.idle_policy, s.cold_start_cost_s) == ("adaptive", 600.0)
+    assert ModelSettings.parse("m", s.to_values()) == s
+    assert ModelSettings(name="m").idle_policy == "fixed"
+    with pytest.raises(ConfigError, match="idle-policy"):
+        ModelSettings.parse("m", {"idle-policy": "clever"})
 
 
 def test_local_config_written_reads_back_the_same(tmp_path: Path) -> None:

@@ -6,8 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from gateway.keepalive import MIN_GAPS
+from loadtest.pareto import beaten_by, beats, frontier_gap
+from loadtest.results import PolicyResult
 from loadtest.simulate import Policy, SimulationSettings, policies, report_rows, simulate
-from loadtest.trace import TraceRequest
+from loadtest.trace import TraceRequest, periodic
 from tests.loadtest.conftest import loadtest
 
 # Three requests at t = 0, 10 and 100 s, 5 completion tokens each at 0.02 s per token: 0.1 s of work apiece.
@@ -73,11 +76,79 @@ async def test_simulate_command(tmp_path: Path) -> None:
         "2023-11-16 18:01:40.0000000,10,5\n"
     )
     run = await loadtest(
-        "simulate", "--trace", csv, "--cold-start", "5", "--idle-timeouts", "5s,20s", "--out", tmp_path / "out"
-    )
+        "simulate", "--trace", csv, "--cold-start", "5", "--idle-timeouts", "5s,20s", "--cold-start-costs", "",
+        "--out", tmp_path / "out",
+    )  # fmt: skip
     policies_ = run.check().summary["policies"]
     assert [p["policy"] for p in policies_] == ["always-on", "idle 5s", "idle 20s"]
     assert [p["replica_seconds"] for p in policies_] == pytest.approx([100.0, 16.0, 31.0])
+    assert (tmp_path / "out" / "pareto.png").exists()
     assert [p["cold_start_requests"] for p in policies_] == [0, 2, 2]
     assert [p["saved_vs_always_on"] for p in policies_] == pytest.approx([0.0, 0.84, 0.69])
     assert (tmp_path / "out" / "simulate.png").stat().st_size > 0
+
+
+# The adaptive keep-alive: the same policy functions and learner the autoscaler uses, on the virtual clock.
+
+PERIODIC = periodic(hours=6, period_s=600, per_run=2, jitter_s=5, prompt_tokens=8, output_tokens=4, seed=3)
+
+
+@pytest.mark.unit
+def test_adaptive_keep_alive_on_a_periodic_caller_pre_warms_and_beats_the_fixed_timeouts() -> None:
+    sim = SimulationSettings(cold_start_s=20.0)
+    results = [simulate(PERIODIC, p, sim) for p in policies([30.0, 60.0, 300.0, 600.0], [300.0])]
+    adaptive = results[-1]
+    assert adaptive.name == "adaptive 300s" and adaptive.cold_start_cost_s == 300.0
+    # Learning takes MIN_GAPS gaps, under the 300 s fallback: every call then meets a cold start (2 requests each).
+    # From then on each call finds a replica pre-warmed for it: no more cold requests, and far fewer replica-seconds
+    # than the fixed timeouts long enough to keep the replica through a gap.
+    assert adaptive.cold_start_requests <= 2 * (MIN_GAPS + 1)
+    assert adaptive.prewarms >= 36 - 1 - MIN_GAPS  # 36 calls
+    assert beats(adaptive, results) == ["idle 300s", "idle 600s"]
+    assert adaptive.replica_seconds < results[4].replica_seconds / 3
+    # The short timeouts cost even less, and every one of their 72 requests meets a cold start: not dominated.
+    assert beaten_by(adaptive, results) == []
+    assert results[1].replica_seconds < adaptive.replica_seconds and results[1].cold_start_requests == 72
+
+
+@pytest.mark.unit
+def test_adaptive_keep_alive_falls_back_to_its_fixed_timeout_while_learning() -> None:
+    sim = SimulationSettings(cold_start_s=20.0)
+    few = PERIODIC[: 2 * 5]  # 5 calls: 4 gaps, fewer than it learns from
+    adaptive = simulate(few, Policy("adaptive 300s", 0, 300.0, cold_start_cost_s=300.0), sim)
+    fixed = simulate(few, Policy("idle 300s", 0, 300.0), sim)
+    assert adaptive.replica_seconds == fixed.replica_seconds
+    assert adaptive.cold_start_requests == fixed.cold_start_requests
+    assert adaptive.prewarms == 0
+
+
+@pytest.mark.unit
+def test_the_fixed_line_and_dominance() -> None:
+    def point(name: str, replica_s: float, cold: int, cost: float | None = None) -> PolicyResult:
+        return PolicyResult(name, 0, None, replica_s, cold, 0, 0, [], [], cold_start_cost_s=cost)
+
+    fixed = [point("always-on", 100.0, 0), point("idle 30s", 20.0, 40), point("idle 60s", 60.0, 20)]
+    inside = point("a", 70.0, 10, 300.0)
+    assert beats(inside, [*fixed, inside]) == []  # more replica-seconds than 60 s, more cold than always-on...
+    assert frontier_gap(inside, fixed) == pytest.approx(70 / 80 - 1)  # ...but below the line between them
+    better = point("b", 50.0, 20, 300.0)
+    assert beats(better, fixed) == ["idle 60s"] and beaten_by(better, fixed) == []
+    assert frontier_gap(point("c", 10.0, 50, 300.0), fixed) is None  # more cold requests than any fixed point
+
+
+async def test_simulate_compares_traces_and_cold_starts_in_one_run(tmp_path: Path) -> None:
+    run = await loadtest(
+        "simulate", "--trace", "periodic,poisson:1/60", "--hours", "1", "--cold-start", "5,20",
+        "--cold-start-costs", "300s", "--out", tmp_path,
+    )  # fmt: skip
+    summary = run.check().summary
+    rows = summary["policies"]
+    assert {(r["trace"], r["cold_start_s"]) for r in rows} == {
+        (t, c) for t in ("periodic", "poisson:1/60") for c in (5.0, 20.0)
+    }
+    assert len(rows) == 4 * 6  # always-on, 4 fixed timeouts, 1 adaptive
+    adaptive = [r for r in rows if r["policy"] == "adaptive 300s"]
+    assert all(isinstance(r["beats"], list) and isinstance(r["beaten_by"], list) for r in adaptive)
+    assert summary["cold_start_s"] == [5.0, 20.0]
+    assert (tmp_path / "pareto.png").exists() and not (tmp_path / "simulate.png").exists()
+    assert "Pareto-better than" in run.stdout

@@ -1,12 +1,27 @@
-"""Traces: the bundled Azure copy, the synthetic sporadic pattern, and how both are shaped."""
+"""Traces: the bundled Azure copy, the synthetic patterns, and how traces are shaped."""
 
 from __future__ import annotations
 
+import argparse
 import itertools
 
 import pytest
 
-from loadtest.trace import BUNDLED_AZURE, Shaping, TraceRequest, load_azure, shape, sporadic, spread
+from loadtest.trace import (
+    BUNDLED_AZURE,
+    Shaping,
+    TraceRequest,
+    add_trace_arguments,
+    bursty,
+    diurnal,
+    load_azure,
+    periodic,
+    poisson,
+    shape,
+    sporadic,
+    spread,
+    trace_from_args,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -55,3 +70,36 @@ def test_spread_assigns_models_reproducibly() -> None:
     assert [r.model for r in first] == [r.model for r in spread(trace, ["a", "b", "c"], seed=7)]
     assert {r.model for r in first} == {"a", "b", "c"}
     assert [r.at_s for r in first] == [r.at_s for r in trace]
+
+
+def _gaps(trace: list[TraceRequest]) -> list[float]:
+    return [b.at_s - a.at_s for a, b in itertools.pairwise(trace)]
+
+
+def test_a_periodic_caller_comes_back_every_period() -> None:
+    trace = periodic(hours=1, period_s=300, per_run=2, jitter_s=10, prompt_tokens=8, output_tokens=4, seed=1)
+    assert len(trace) == 24
+    long_gaps = [g for g in _gaps(trace) if g > 60]
+    assert len(long_gaps) == 11 and all(280 < g < 320 for g in long_gaps)
+
+
+def test_poisson_bursty_and_diurnal_arrivals() -> None:
+    steady = poisson(hours=10, rate_per_s=1 / 60, prompt_tokens=8, output_tokens=4, seed=1)
+    assert 540 < len(steady) < 660  # 600 expected
+    sessions = bursty(hours=12, prompt_tokens=8, output_tokens=4, seed=1)
+    assert sum(g > 300 for g in _gaps(sessions)) > 10  # long gaps between sessions...
+    assert sum(g < 30 for g in _gaps(sessions)) > 100  # ...and requests close together within them
+    day = diurnal(hours=24, peak_per_s=1 / 20, prompt_tokens=8, output_tokens=4, seed=1)
+    night = [r for r in day if r.at_s % 86400 < 4 * 3600]  # 00:00-04:00, the trough at 02:00
+    afternoon = [r for r in day if 12 * 3600 <= r.at_s % 86400 < 16 * 3600]
+    assert len(night) < 5
+    assert len(afternoon) > 100
+
+
+def test_synthetic_specs_name_a_pattern_and_a_rate() -> None:
+    parser = argparse.ArgumentParser()
+    add_trace_arguments(parser)
+    args = parser.parse_args(["--trace", "poisson:1/30", "--hours", "2"])
+    assert 180 < len(trace_from_args(args)) < 300  # 240 expected
+    args = parser.parse_args(["--trace", "periodic", "--period", "600"])
+    assert len(trace_from_args(args)) == 6 * 6 * 3  # 6 hours by default, 3 requests a run
