@@ -6,9 +6,9 @@ import helm_python
 import pytest
 
 from tests.chart.rendering import CHART_DIR
-from tests.kube.fixtures import api_double, kubeconfig, kubelet_settings
+from tests.kube.fixtures import api_double, kube_client, kubeconfig, kubelet_settings
 
-__all__ = ["api_double", "api_token", "chart", "kubeconfig", "kubelet_settings"]
+__all__ = ["api_double", "api_token", "chart", "kube_client", "kubeconfig", "kubelet_settings"]
 
 
 @pytest.fixture(scope="session")
