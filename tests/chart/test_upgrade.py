@@ -58,7 +58,9 @@ def _deployment(api: ApiDouble, name: str) -> dict[str, Any]:
 def _pods(api: ApiDouble, name: str) -> list[tuple[str, str]]:
     selector = f"kaltstart.dev/deployment={RELEASE}-{name}"
     pods = api.objects("v1", "Pod", NAMESPACE, selector)
-    return sorted((p["metadata"]["name"], p["metadata"]["uid"]) for p in pods if not p["metadata"].get("deletionTimestamp"))
+    return sorted(
+        (p["metadata"]["name"], p["metadata"]["uid"]) for p in pods if not p["metadata"].get("deletionTimestamp")
+    )
 
 
 def _applied(release: dict[str, Any], name: str) -> dict[str, Any]:
