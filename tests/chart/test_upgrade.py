@@ -109,18 +109,21 @@ async def test_an_upgrade_leaves_the_gateway_s_replica_counts_and_running_pods_a
     assert _applied(release, "added")["spec"]["replicas"] == 0
 
 
-async def test_an_upgrade_keeps_the_redis_password_and_rolls_no_pod_for_it(
+async def test_an_upgrade_keeps_the_generated_secrets_and_rolls_no_pod_for_them(
     api_double: ApiDouble, helm: helm_python.Config
 ) -> None:
     with helm_python.Chart.load(CHART_DIR) as chart:
         await asyncio.to_thread(helm.install, chart, RELEASE, TWO_MODELS, namespace=NAMESPACE, timeout=30)
         secret = api_double.find("v1", "Secret", NAMESPACE, f"{RELEASE}-redis")
+        keys = api_double.find("v1", "Secret", NAMESPACE, f"{RELEASE}-api-keys")
         gateway = _deployment(api_double, "gateway")["spec"]["template"]
         redis = api_double.find("apps/v1", "StatefulSet", NAMESPACE, f"{RELEASE}-redis")
         assert secret is not None and redis is not None
         await asyncio.to_thread(helm.upgrade, chart, RELEASE, TWO_MODELS, namespace=NAMESPACE, timeout=30)
     after = api_double.find("v1", "Secret", NAMESPACE, f"{RELEASE}-redis")
     assert after is not None and after["data"] == secret["data"]
+    keys_after = api_double.find("v1", "Secret", NAMESPACE, f"{RELEASE}-api-keys")
+    assert keys is not None and keys_after is not None and keys_after["data"] == keys["data"]
     assert _deployment(api_double, "gateway")["spec"]["template"] == gateway
     redis_after = api_double.find("apps/v1", "StatefulSet", NAMESPACE, f"{RELEASE}-redis")
     assert redis_after is not None and redis_after["spec"]["template"] == redis["spec"]["template"]
