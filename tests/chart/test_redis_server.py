@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import re
 import subprocess
@@ -46,30 +47,40 @@ def _expand(container: Manifest, secrets: dict[str, str], port: int) -> dict[str
     for item in container["env"]:
         source = item.get("valueFrom", {})
         if "secretKeyRef" in source:
-            environ[item["name"]] = secrets[source["secretKeyRef"]["key"]]
+            ref = source["secretKeyRef"]
+            if ref["key"] in secrets or not ref.get("optional"):
+                environ[item["name"]] = secrets[ref["key"]]
             continue
         if "fieldRef" in source:
             environ[item["name"]] = "10.0.0.7" if source["fieldRef"]["fieldPath"] == "status.podIP" else "pod"
             continue
-        value = re.sub(r"\$\((\w+)\)", lambda m: environ[m.group(1)], item["value"])
+        # $(VAR) of an unset VAR stays as it is, as the kubelet leaves it.
+        value = re.sub(r"\$\((\w+)\)", lambda m: environ.get(m.group(1), m.group(0)), item["value"])
         environ[item["name"]] = value.replace("@kaltstart-redis:6379/", f"@127.0.0.1:{port}/")
     return environ
 
 
 @pytest.fixture
 def server(chart: helm_python.Chart, tmp_path: Path, unused_tcp_port: int) -> Iterator[Server]:
+    with _run_server(chart, tmp_path, unused_tcp_port) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def _run_server(chart: helm_python.Chart, tmp_path: Path, port: int, without: str = "") -> Iterator[Server]:
+    """The bundled server as the chart starts it, its Secret missing the key ``without`` (if given)."""
     rendered = render(chart, MODEL | {"redis": {"maxmemory": "4mb"}})
     data = rendered.get("Secret", "kaltstart-redis")["data"]
-    secrets = {key: base64.b64decode(value).decode() for key, value in data.items()}
+    secrets = {key: base64.b64decode(value).decode() for key, value in data.items() if key != without}
     (container,) = rendered.get("StatefulSet", "kaltstart-redis")["spec"]["template"]["spec"]["containers"]
     bin_dir, data_dir = tmp_path / "bin", tmp_path / "data"
     bin_dir.mkdir()
     data_dir.mkdir()
     (bin_dir / "valkey-server").symlink_to(valkey_binary())
-    env = _expand(container, secrets, unused_tcp_port)
+    env = _expand(container, secrets, port)
     env |= {"VALKEY_CONFIG": str(tmp_path / "valkey.conf"), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     args = [str(data_dir) if arg == "/data" else arg for arg in container["args"]]
-    argv = [*container["command"], *args, "--port", str(unused_tcp_port), "--bind", "127.0.0.1"]
+    argv = [*container["command"], *args, "--port", str(port), "--bind", "127.0.0.1"]
     process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert process.stdout is not None
@@ -81,11 +92,11 @@ def server(chart: helm_python.Chart, tmp_path: Path, unused_tcp_port: int) -> It
         assert READY_LINE in "".join(output), "".join(output)
         (gateway,) = [d for d in rendered.of_kind("Deployment") if d["metadata"]["name"] == "kaltstart-gateway"]
         (model,) = [d for d in rendered.of_kind("Deployment") if d["metadata"]["name"] == "kaltstart-tiny"]
-        gateway_env = _expand(gateway["spec"]["template"]["spec"]["containers"][0], secrets, unused_tcp_port)
-        model_env = _expand(model["spec"]["template"]["spec"]["containers"][0], secrets, unused_tcp_port)
+        gateway_env = _expand(gateway["spec"]["template"]["spec"]["containers"][0], secrets, port)
+        model_env = _expand(model["spec"]["template"]["spec"]["containers"][0], secrets, port)
         yield Server(
             process.pid,
-            (secrets["redis-password"], secrets["redis-announce-password"]),
+            (secrets["redis-password"], secrets.get("redis-announce-password", "")),
             gateway_env["REDIS_URL"],
             model_env["REDIS_URL"],
         )
@@ -150,3 +161,21 @@ def test_the_passwords_are_on_no_command_line_and_in_no_environment(server: Serv
     for password in server.passwords:
         assert password.encode() not in cmdline
         assert password.encode() not in environ
+
+
+async def test_a_secret_without_the_announcer_s_key_still_starts_server_gateway_and_models(
+    chart: helm_python.Chart, tmp_path: Path, unused_tcp_port: int
+) -> None:
+    """A Secret of yours made before the announcer existed (redis.auth.existingSecret without its key): the
+    reference is optional, so everything starts; model pods cannot announce (the runtime logs it) and dispatch
+    waits for their EndpointSlices."""
+    with _run_server(chart, tmp_path, unused_tcp_port, without="redis-announce-password") as server:
+        gateway = Redis.from_url(server.gateway_url)
+        try:
+            assert await gateway.ping()
+        finally:
+            await gateway.aclose()
+        assert "$(REDIS_ANNOUNCE_PASSWORD)" in server.model_url
+        announcement = wire.Announcement(url="http://10.0.0.7:8000", models=("tiny",), state="starting", elapsed_s=0.0,
+                                         interval_s=1.0)  # fmt: skip
+        await Announcer(server.model_url, lambda: announcement, interval_s=60).stop()  # fails softly

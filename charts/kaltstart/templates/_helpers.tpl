@@ -242,6 +242,9 @@ which can PUBLISH on the replicas channel and nothing else; an external Redis's 
     secretKeyRef:
       name: {{ include "kaltstart.redis.passwordSecret" . }}
       key: {{ .Values.redis.auth.announcePasswordKey }}
+      # A Secret of yours without the key still starts the model; its announcements fail (logged), and
+      # dispatch waits for its EndpointSlices instead.
+      optional: true
 - name: REDIS_URL
   value: "redis://{{ include "kaltstart.redis.announceUser" . }}:$(REDIS_ANNOUNCE_PASSWORD)@{{ include "kaltstart.redis.fullname" . }}:6379/0"
 {{- else }}
