@@ -156,7 +156,11 @@ class _Entries:
             if key[2]:
                 entry["subresource"] = key[2]
             managed.append(entry)
-        obj.setdefault("metadata", {})["managedFields"] = managed
+        metadata = obj.setdefault("metadata", {})
+        if managed:
+            metadata["managedFields"] = managed
+        else:
+            metadata.pop("managedFields", None)
 
 
 def record_update(
