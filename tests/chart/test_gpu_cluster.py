@@ -6,7 +6,6 @@ deadlines consistent with the cold-start timeout, a bounded /dev/shm)."""
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,16 @@ import pytest
 import yaml
 
 from gateway.backends.kubernetes.routes import RouteError, routes_of
-from tests.chart.rendering import CHART_DIR, NAMESPACE, RELEASE, Manifest, Rendered, load_values, render
+from tests.chart.rendering import (
+    CHART_DIR,
+    NAMESPACE,
+    NEXT_CHART_LABEL,
+    RELEASE,
+    Manifest,
+    Rendered,
+    load_values,
+    render,
+)
 
 pytestmark = pytest.mark.chart
 
@@ -78,17 +86,6 @@ def test_pod_templates_carry_only_their_selector_labels(chart: helm_python.Chart
         assert "helm.sh/chart" in workload["metadata"]["labels"]  # on the object, where it restarts nothing
 
 
-@pytest.fixture
-def next_chart(tmp_path: Path) -> Path:
-    """The chart's next release: a new chart version, the same application (so the same images)."""
-    copied = tmp_path / "kaltstart"
-    shutil.copytree(CHART_DIR, copied)
-    metadata = yaml.safe_load((copied / "Chart.yaml").read_text())
-    metadata["version"] = "0.2.0"
-    (copied / "Chart.yaml").write_text(yaml.safe_dump(metadata))
-    return copied
-
-
 def test_a_rendered_upgrade_changes_no_model_pod_template(chart: helm_python.Chart, next_chart: Path) -> None:
     """A new chart version with changes elsewhere (gateway, Redis, a model added) rolls no existing model."""
     installed = render(chart, EVERYTHING)
@@ -104,7 +101,7 @@ def test_a_rendered_upgrade_changes_no_model_pod_template(chart: helm_python.Cha
     for before in _models(installed):
         after = upgraded.get("Deployment", before["metadata"]["name"])
         assert after["spec"]["template"] == before["spec"]["template"], before["metadata"]["name"]
-        assert after["metadata"]["labels"]["helm.sh/chart"] == "kaltstart-0.2.0"
+        assert after["metadata"]["labels"]["helm.sh/chart"] == NEXT_CHART_LABEL
     # Offline, Helm cannot look the Deployments up: it renders them at 0, as a create would (see test_upgrade.py
     # for the upgrade against an API server, and docs/helm.md for GitOps tools).
     assert {d["spec"]["replicas"] for d in _models(upgraded)} == {0}

@@ -9,7 +9,6 @@ and its pod template is unchanged (a real Deployment controller would roll nothi
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import pytest
 import yaml
 from kubernetes_asyncio import client
 
-from tests.chart.rendering import CHART_DIR, RELEASE
+from tests.chart.rendering import CHART_DIR, NEXT_CHART_LABEL, RELEASE
 from tests.kube.double import ApiDouble
 
 pytestmark = [pytest.mark.chart, pytest.mark.kubernetes]
@@ -29,17 +28,6 @@ TWO_MODELS: dict[str, Any] = {
     "models": [{"name": "serving", "source": "org/serving"}, {"name": "idle", "source": "org/idle"}],
     "gateway": {"replicas": 1},
 }
-
-
-@pytest.fixture
-def next_chart(tmp_path: Path) -> Path:
-    """The chart as its next release: a new chart version, the same application (so the same images)."""
-    copied = tmp_path / "kaltstart"
-    shutil.copytree(CHART_DIR, copied)
-    metadata = yaml.safe_load((copied / "Chart.yaml").read_text())
-    metadata["version"] = "0.1.99"
-    (copied / "Chart.yaml").write_text(yaml.safe_dump(metadata))
-    return copied
 
 
 @pytest.fixture
@@ -99,7 +87,7 @@ async def test_an_upgrade_leaves_the_gateway_s_replica_counts_and_running_pods_a
     assert serving["spec"]["replicas"] == 1
     assert "replicas" not in _applied(release, "serving")["spec"]  # the chart left the count to the gateway
     assert serving["spec"]["template"] == before["serving"]["spec"]["template"]  # so nothing would roll
-    assert serving["metadata"]["labels"]["helm.sh/chart"] == "kaltstart-0.1.99"  # while the object is updated
+    assert serving["metadata"]["labels"]["helm.sh/chart"] == NEXT_CHART_LABEL  # while the object is updated
     assert _pods(api_double, "serving") == running
 
     assert idle["spec"]["replicas"] == 0  # kept at 0, not dropped to the default of 1
