@@ -15,6 +15,9 @@ CHART_DIR = REPO / "charts" / "kaltstart"
 CI_VALUES = sorted((CHART_DIR / "ci").glob("*-values.yaml"))
 RELEASE = "kaltstart"
 NAMESPACE = "llm"
+#: The chart's next release in upgrade tests (the ``next_chart`` fixture): a new chart version, the same app.
+NEXT_CHART_VERSION = "0.2.0"
+NEXT_CHART_LABEL = f"kaltstart-{NEXT_CHART_VERSION}"
 
 Manifest = dict[str, Any]
 

@@ -149,7 +149,7 @@ def test_template_checks_fail_with_a_reason(chart: helm_python.Chart, values: di
 
 
 #: Maps whose keys are the user's own (Kubernetes resource names, labels): documented as one value.
-OPAQUE = {"resources", "nodeSelector", "labels", "annotations"}
+OPAQUE = {"resources", "nodeSelector", "labels", "annotations", "strategy", "fixPermissionsResources"}
 
 
 def _leaves(values: dict[str, Any], prefix: str = "") -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -54,17 +55,66 @@ async def test_openapi_v3_index_and_documents_cover_every_kind(http: httpx.Async
 async def test_apply_creates_then_merges_and_records_the_manager(http: httpx.AsyncClient) -> None:
     created = await apply(http, CM_PATH, config_map(a="1"))
     assert created.status_code == 201, created.text
-    assert created.json()["metadata"]["managedFields"][0]["manager"] == "helm"
-    assert created.json()["metadata"]["managedFields"][0]["operation"] == "Apply"
+    (entry,) = created.json()["metadata"]["managedFields"]
+    assert (entry["manager"], entry["operation"]) == ("helm", "Apply")
+    assert entry["fieldsV1"] == {"f:data": {"f:a": {}}}
 
-    merged = await apply(http, CM_PATH, config_map(b="2"), force="true")
+    merged = await apply(http, CM_PATH, config_map(a="1", b="2"))
     assert merged.status_code == 200
-    assert merged.json()["data"] == {"a": "1", "b": "2"}  # no field ownership: "a" stays
+    assert merged.json()["data"] == {"a": "1", "b": "2"}
     assert int(merged.json()["metadata"]["resourceVersion"]) > int(created.json()["metadata"]["resourceVersion"])
 
-    again = await apply(http, CM_PATH, config_map(b="2"))
+    again = await apply(http, CM_PATH, config_map(a="1", b="2"))
     assert again.json()["metadata"]["resourceVersion"] == merged.json()["metadata"]["resourceVersion"]
     assert len(again.json()["metadata"]["managedFields"]) == 1
+
+    dropped = await apply(http, CM_PATH, config_map(b="2"))  # a field the manager applied before, left out
+    assert dropped.json()["data"] == {"b": "2"}
+
+
+async def test_apply_leaves_fields_another_manager_owns_and_conflicts_on_them(http: httpx.AsyncClient) -> None:
+    await apply(http, CM_PATH, config_map(a="1", b="2"))
+    # Another manager changes "a" with an ordinary write: it owns "a" now, and the applier no longer does.
+    patched = await http.patch(
+        CM_PATH, json={"data": {"a": "9"}}, headers={"Content-Type": "application/merge-patch+json"},
+        params={"fieldManager": "scaler"},
+    )  # fmt: skip
+    owners = {e["manager"]: e["fieldsV1"] for e in patched.json()["metadata"]["managedFields"]}
+    assert owners == {"helm": {"f:data": {"f:b": {}}}, "scaler": {"f:data": {"f:a": {}}}}
+
+    kept = await apply(http, CM_PATH, config_map(b="2"))  # leaving "a" out: it is the scaler's, and stays
+    assert kept.json()["data"] == {"a": "9", "b": "2"}
+    conflict = await apply(http, CM_PATH, config_map(a="1", b="2"))  # taking it back: refused...
+    assert conflict.status_code == 409
+    assert conflict.json()["reason"] == "Conflict" and '"scaler": .data.a' in conflict.json()["message"]
+    same = await apply(http, CM_PATH, config_map(a="9", b="2"))  # ...unless the value is the same (co-owned)
+    assert same.status_code == 200
+    forced = await apply(http, CM_PATH, config_map(a="1", b="2"), force="true")  # or forced
+    assert forced.json()["data"] == {"a": "1", "b": "2"}
+    assert [e["manager"] for e in forced.json()["metadata"]["managedFields"]] == ["helm"]
+
+
+async def test_a_scale_write_takes_replicas_from_the_applier(api_double: ApiDouble, http: httpx.AsyncClient) -> None:
+    """As on a real server: replicas the applier alone owns fall back to the default (1) when it leaves them out;
+    once the scale subresource has changed them, they are the scaler's and stay."""
+    path = "/apis/apps/v1/namespaces/default/deployments/web"
+    body = manifests.deployment("web", replicas=0)
+    assert (await apply(http, path, body)).status_code == 201
+    without = copy.deepcopy(body)
+    del without["spec"]["replicas"]
+    assert (await apply(http, path, without)).json()["spec"]["replicas"] == 1
+
+    assert (await apply(http, path, body)).json()["spec"]["replicas"] == 0
+    scaled = await http.put(
+        path + "/scale", json={"spec": {"replicas": 2}, "metadata": {"name": "web"}},
+        headers={"User-Agent": "OpenAPI-Generator/31.1.0/python"},
+    )  # fmt: skip
+    assert scaled.status_code == 200, scaled.text
+    deployment = (await apply(http, path, without)).json()
+    assert deployment["spec"]["replicas"] == 2
+    scale_entry = next(e for e in deployment["metadata"]["managedFields"] if e.get("subresource") == "scale")
+    assert (scale_entry["manager"], scale_entry["operation"]) == ("OpenAPI-Generator", "Update")
+    assert scale_entry["fieldsV1"] == {"f:spec": {"f:replicas": {}}}
 
 
 async def test_apply_merges_containers_by_name(api_double: ApiDouble, http: httpx.AsyncClient) -> None:

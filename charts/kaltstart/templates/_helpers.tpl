@@ -21,14 +21,14 @@
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/*
+Labels of the objects themselves. Pod templates carry only their selector labels (kaltstart.selectorLabels):
+the chart and version labels change with every chart release, and a changed pod template restarts the pods,
+so on a pod template they would restart every running model on every upgrade.
+*/}}
 {{- define "kaltstart.labels" -}}
 app.kubernetes.io/name: {{ include "kaltstart.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
-{{ include "kaltstart.commonLabels" . }}
-{{- end }}
-
-{{/* Labels that select nothing: added to pod templates next to the selector labels. */}}
-{{- define "kaltstart.commonLabels" -}}
 helm.sh/chart: {{ include "kaltstart.chart" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
@@ -77,6 +77,27 @@ app.kubernetes.io/component: {{ .component }}
 
 {{- define "kaltstart.redis.passwordSecret" -}}
 {{- default (include "kaltstart.redis.fullname" .) .Values.redis.auth.existingSecret }}
+{{- end }}
+
+{{/* The headless Service that gives the bundled Redis StatefulSet's pod its network identity. */}}
+{{- define "kaltstart.redis.headless" -}}
+{{- printf "%s-redis-headless" (include "kaltstart.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The bundled Redis's user for model pods: PUBLISH on the replicas channel, nothing else (Valkey ACL). */}}
+{{- define "kaltstart.redis.announceUser" -}}
+announcer
+{{- end }}
+
+{{/*
+Pod template annotations that roll the pods when the chart-generated Redis Secret changes: Valkey and the
+gateway read the password only at start. Empty with redis.auth.existingSecret (the chart cannot see your
+Secret: restart them yourself after changing it) and with an external Redis.
+*/}}
+{{- define "kaltstart.redis.checksum" -}}
+{{- if and (include "kaltstart.redis.bundled" .) (not .Values.redis.auth.existingSecret) }}
+checksum/redis-secret: {{ include "kaltstart.redis.secretData" . | sha256sum }}
+{{- end }}
 {{- end }}
 
 {{/* The Secret holding the API key file: gateway.apiKeys.existingSecret, or the one the chart generates. */}}
@@ -132,6 +153,14 @@ seccompProfile:
   image: {{ include "kaltstart.runtimeImage" .root }}
   imagePullPolicy: {{ .root.Values.image.runtime.pullPolicy }}
   command: ["chown", "10001:10001", {{ .root.Values.runtime.cacheDir | quote }}]
+  env:
+    # The CUDA base image sets NVIDIA_VISIBLE_DEVICES=all: a chown needs no GPU.
+    - name: NVIDIA_VISIBLE_DEVICES
+      value: void
+  # Every container of the pod has resources, so that a namespace with a ResourceQuota (and no LimitRange)
+  # admits the pod.
+  resources:
+    {{- toYaml .root.Values.runtime.cache.fixPermissionsResources | nindent 4 }}
   securityContext:
     runAsUser: 0
     runAsNonRoot: false
@@ -155,8 +184,31 @@ seccompProfile:
 {{- end }}
 
 {{/*
-The REDIS_URL env entries (with REDIS_PASSWORD before it when the bundled Redis is used): the gateway's, and the
-runtimes' when they announce themselves.
+The data of the chart-generated Redis Secret: the server's password, and (runtime.announce) the password of the
+publish-only user of model pods. Each is redis.auth's value, else what the Secret holds now (lookup), else new
+and random. Offline renders (helm template, Argo CD) cannot look the Secret up and make new ones every time:
+use redis.auth.existingSecret there.
+*/}}
+{{- define "kaltstart.redis.secretData" -}}
+{{- /* Computed once per render and kept in .Values (one map for every template of the chart), so that the
+Secret and the checksum annotations see the same random values. */}}
+{{- if not (hasKey .Values "_redisSecretData") }}
+{{- $auth := .Values.redis.auth }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "kaltstart.redis.fullname" .) | default dict }}
+{{- $password := $auth.password | default (dig "data" $auth.existingSecretKey "" $existing | b64dec) }}
+{{- $data := dict $auth.existingSecretKey ($password | default (randAlphaNum 32) | b64enc) }}
+{{- if .Values.runtime.announce }}
+{{- $announce := $auth.announcePassword | default (dig "data" $auth.announcePasswordKey "" $existing | b64dec) }}
+{{- $_ := set $data $auth.announcePasswordKey ($announce | default (randAlphaNum 32) | b64enc) }}
+{{- end }}
+{{- $_ := set .Values "_redisSecretData" $data }}
+{{- end }}
+{{- toYaml .Values._redisSecretData }}
+{{- end }}
+
+{{/*
+The gateway's REDIS_URL env entries (with REDIS_PASSWORD before it when the bundled Redis is used): the server's
+password, every command.
 */}}
 {{- define "kaltstart.redis.env" -}}
 {{- if .Values.redis.existingSecret }}
@@ -177,4 +229,35 @@ runtimes' when they announce themselves.
 - name: REDIS_URL
   value: "redis://:$(REDIS_PASSWORD)@{{ include "kaltstart.redis.fullname" . }}:6379/0"
 {{- end }}
+{{- end }}
+
+{{/*
+The model pods' REDIS_URL env entries (runtime.announce): on the bundled Redis, the publish-only user's URL,
+which can PUBLISH on the replicas channel and nothing else; an external Redis's URL as the gateway gets it.
+*/}}
+{{- define "kaltstart.redis.announceEnv" -}}
+{{- if include "kaltstart.redis.bundled" . }}
+- name: REDIS_ANNOUNCE_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "kaltstart.redis.passwordSecret" . }}
+      key: {{ .Values.redis.auth.announcePasswordKey }}
+      # A Secret of yours without the key still starts the model; its announcements fail (logged), and
+      # dispatch waits for its EndpointSlices instead.
+      optional: true
+- name: REDIS_URL
+  value: "redis://{{ include "kaltstart.redis.announceUser" . }}:$(REDIS_ANNOUNCE_PASSWORD)@{{ include "kaltstart.redis.fullname" . }}:6379/0"
+{{- else }}
+{{- include "kaltstart.redis.env" . }}
+{{- end }}
+{{- end }}
+
+{{/*
+progressDeadlineSeconds of a model Deployment: the startup probe's allowance (periodSeconds * failureThreshold)
+plus runtime.progressDeadlineMarginSeconds for scheduling (a node to be added) and the image pull, so that a
+slow but healthy cold start is never reported as a failed rollout (which Argo CD and helm --wait act on).
+*/}}
+{{- define "kaltstart.model.progressDeadline" -}}
+{{- $probe := .Values.runtime.startupProbe }}
+{{- add (mul (int $probe.periodSeconds) (int $probe.failureThreshold)) (int .Values.runtime.progressDeadlineMarginSeconds) }}
 {{- end }}

@@ -16,10 +16,10 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import apply, errors, openapi, resources, scale
+from . import apply, errors, openapi, ownership, resources, scale
 from .errors import ApiError
 from .faults import RecordedRequest, RequestHooks
-from .patches import APPLY_PATCH
+from .patches import APPLY_PATCH, apply_patch
 from .resources import ResourceType
 from .selection import FieldSelector, LabelSelector
 from .store import Store, WatchScope
@@ -122,6 +122,8 @@ class ApiApp:
         self.hooks = hooks
         self._pod_logs = pod_logs
         self._server_address = server_address
+        #: The field manager of the request being dispatched (set right before the synchronous dispatch).
+        self._manager = "unknown"
 
     def build(self, extra_routes: list[BaseRoute], token: str | None) -> ASGIApp:
         routes: list[BaseRoute] = [
@@ -191,6 +193,7 @@ class ApiApp:
             if verb == "watch":
                 return self._watch(target, query, record)
             self.hooks.admit(record)
+            self._manager = ownership.manager_of(query, request.headers.get("user-agent"))
             return self._dispatch(target, verb, query, body, content_type or "application/json")
         except ApiError as error:
             return _error_response(error)
@@ -232,8 +235,8 @@ class ApiApp:
         if verb == "get":
             return scale.read_scale(self.store, namespace, name)
         if verb == "update":
-            return scale.replace_scale(self.store, namespace, name, self._object_body(body))
-        return scale.patch_scale(self.store, namespace, name, content_type, body)
+            return scale.replace_scale(self.store, namespace, name, self._object_body(body), self._manager)
+        return scale.patch_scale(self.store, namespace, name, content_type, body, self._manager)
 
     def _log(self, target: Target) -> Response:
         self.store.get(target.rt, target.namespace or "", target.name or "")
@@ -253,13 +256,18 @@ class ApiApp:
         return JSONResponse(self.store.get(target.rt, target.namespace or "", target.name or ""))
 
     def _create(self, target: Target, query: dict[str, str], body: Any, content_type: str) -> Response:
-        created = self.store.create(target.rt, target.namespace or "", self._object_body(body))
+        body = self._object_body(body)
+        ownership.record_update(target.rt, None, body, self._manager)
+        created = self.store.create(target.rt, target.namespace or "", body)
         return JSONResponse(created, status_code=201)
 
     def _update(self, target: Target, query: dict[str, str], body: Any, content_type: str) -> Response:
         status = target.subresource == "status"
         namespace, name = target.namespace or "", target.name or ""
-        return JSONResponse(self.store.replace(target.rt, namespace, name, self._object_body(body), status))
+        body = self._object_body(body)
+        if not status:
+            ownership.record_update(target.rt, self.store.get(target.rt, namespace, name), body, self._manager)
+        return JSONResponse(self.store.replace(target.rt, namespace, name, body, status))
 
     def _patch(self, target: Target, query: dict[str, str], body: Any, content_type: str) -> Response:
         status = target.subresource == "status"
@@ -268,7 +276,11 @@ class ApiApp:
             body = self._object_body(body)
             applied, created = apply.server_side_apply(self.store, target.rt, namespace, name, body, query, status)
             return JSONResponse(applied, status_code=201 if created else 200)
-        return JSONResponse(self.store.patch(target.rt, namespace, name, content_type, body, status))
+        current = self.store.get(target.rt, namespace, name)
+        patched = apply_patch(current, content_type, body)
+        if not status:
+            ownership.record_update(target.rt, current, patched, self._manager)
+        return JSONResponse(self.store.replace(target.rt, namespace, name, patched, status))
 
     def _delete(self, target: Target, query: dict[str, str], body: Any, content_type: str) -> Response:
         preconditions = (body or {}).get("preconditions") if isinstance(body, dict) else None

@@ -3,11 +3,9 @@
 - The object does not exist: it is created from the applied configuration (as a POST would).
 - It exists: the applied configuration is merged into it the way a strategic merge patch is (maps merge,
   lists of objects with a ``name`` merge by name, other lists are replaced).
-- ``fieldManager`` is required (400 without it, as on a real server) and is recorded in
-  ``metadata.managedFields`` as one ``Apply`` entry per manager, with an empty ``fieldsV1``.
-
-Not emulated: field ownership. Fields a manager applied before and leaves out now are kept (a real server
-removes them), and no apply conflicts with other managers are reported, so ``force`` changes nothing.
+- ``fieldManager`` is required (400 without it, as on a real server); field ownership is kept as a real server
+  keeps it (``ownership.py``): fields the manager applied before and leaves out now are removed unless another
+  manager owns them, and changing a field another manager owns is a 409 Conflict unless ``force=true``.
 """
 
 from __future__ import annotations
@@ -16,10 +14,10 @@ from typing import Any
 
 import yaml
 
-from . import errors
+from . import errors, ownership
 from .patches import merge_patch
 from .resources import ResourceType
-from .store import Store, now_timestamp
+from .store import Store
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -41,23 +39,6 @@ def _check_identity(rt: ResourceType, name: str, body: dict[str, Any]) -> None:
         raise errors.bad_request("the name of the applied configuration does not match the URL")
 
 
-def _record_manager(obj: dict[str, Any], rt: ResourceType, manager: str, subresource: str | None) -> None:
-    managed: list[dict[str, Any]] = obj["metadata"].setdefault("managedFields", [])
-    if any(entry.get("manager") == manager and entry.get("operation") == "Apply" for entry in managed):
-        return
-    entry = {
-        "manager": manager,
-        "operation": "Apply",
-        "apiVersion": rt.api_version,
-        "time": now_timestamp(),
-        "fieldsType": "FieldsV1",
-        "fieldsV1": {},
-    }
-    if subresource:
-        entry["subresource"] = subresource
-    managed.append(entry)
-
-
 def server_side_apply(
     store: Store,
     rt: ResourceType,
@@ -73,14 +54,16 @@ def server_side_apply(
         raise errors.bad_request("PATCH with apply-patch+yaml requires the fieldManager query parameter")
     if query.get("force", "false").lower() not in ("true", "false"):
         raise errors.bad_request(f"invalid force: {query['force']!r}")
+    force = query.get("force", "false").lower() == "true"
     _check_identity(rt, name, body)
     current = store.find(rt, namespace, name)
     if current is None:
         if status:
             raise errors.not_found(rt, name)
         created = merge_patch({}, body, strategic=True)
-        _record_manager(created, rt, manager, None)
+        ownership.apply(rt, {}, created, body, manager, force)
         return store.create(rt, namespace, created), True
     merged = merge_patch(current, body, strategic=True)
-    _record_manager(merged, rt, manager, "status" if status else None)
+    if not status:  # the ownership of status fields is not tracked
+        ownership.apply(rt, current, merged, body, manager, force)
     return store.replace(rt, namespace, name, merged, status=status), False

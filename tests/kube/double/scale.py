@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import errors
+from . import errors, ownership
 from .patches import apply_patch
 from .resources import DEPLOYMENTS
 from .selection import selector_string
@@ -41,8 +41,11 @@ def read_scale(store: Store, namespace: str, name: str) -> dict[str, Any]:
     return scale_of(store.get(DEPLOYMENTS, namespace, name))
 
 
-def replace_scale(store: Store, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+def replace_scale(
+    store: Store, namespace: str, name: str, body: dict[str, Any], manager: str = "unknown"
+) -> dict[str, Any]:
     deployment = store.get(DEPLOYMENTS, namespace, name)
+    old = store.get(DEPLOYMENTS, namespace, name)
     metadata = body.get("metadata") or {}
     if metadata.get("name") not in (None, name):
         raise errors.bad_request(f"the name of the object ({metadata.get('name')}) does not match the URL")
@@ -51,9 +54,12 @@ def replace_scale(store: Store, namespace: str, name: str, body: dict[str, Any])
         raise errors.invalid(DEPLOYMENTS, name, [f"spec.replicas: Invalid value: {replicas!r}"])
     deployment["spec"]["replicas"] = replicas
     deployment["metadata"]["resourceVersion"] = metadata.get("resourceVersion") or ""
+    ownership.record_update(DEPLOYMENTS, old, deployment, manager, "scale")
     return scale_of(store.replace(DEPLOYMENTS, namespace, name, deployment))
 
 
-def patch_scale(store: Store, namespace: str, name: str, content_type: str, patch: Any) -> dict[str, Any]:
+def patch_scale(
+    store: Store, namespace: str, name: str, content_type: str, patch: Any, manager: str = "unknown"
+) -> dict[str, Any]:
     patched = apply_patch(read_scale(store, namespace, name), content_type, patch)
-    return replace_scale(store, namespace, name, patched)
+    return replace_scale(store, namespace, name, patched, manager)
