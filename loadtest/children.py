@@ -32,6 +32,7 @@ __all__ = [
     "LogFile",
     "RuntimeProcess",
     "StartError",
+    "gateway_child",
     "local_model",
     "running_gateway",
     "running_runtime",
@@ -205,6 +206,15 @@ async def running_gateway(
         env["KALTSTART_SCALE_INTERVAL"] = f"{scale_interval_s}s"
     if redis_url is not None:
         env["REDIS_URL"] = redis_url
+    async with gateway_child(env, port, log_path, timeout_s) as gateway:
+        yield gateway
+
+
+@contextlib.asynccontextmanager
+async def gateway_child(
+    env: Mapping[str, str], port: int, log_path: Path, timeout_s: float
+) -> AsyncIterator[GatewayProcess]:
+    """``python -m gateway`` with ``env`` (its port among it: ``port``), once its ``/readyz`` answers."""
     child = Child("gateway", [sys.executable, "-m", "gateway"], child_env(env), log_path)
     try:
         url = f"http://127.0.0.1:{port}"

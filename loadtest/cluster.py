@@ -24,7 +24,7 @@ from kubernetes_asyncio import client, config
 from redis.asyncio import Redis
 
 from gateway.processes import free_port
-from loadtest.children import Child, GatewayProcess, StartError, child_env, wait_until_ready
+from loadtest.children import Child, GatewayProcess, StartError, child_env, gateway_child
 
 __all__ = [
     "Cluster",
@@ -142,13 +142,8 @@ async def running_kube_gateway(
         "KALTSTART_PORT": str(port),
         "KALTSTART_LOG_LEVEL": "INFO",
     }
-    child = Child("gateway", [sys.executable, "-m", "gateway"], child_env(env), log_path)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        await wait_until_ready(url + "/readyz", child, timeout_s)
-        yield GatewayProcess(url, child)
-    finally:
-        child.stop()
+    async with gateway_child(env, port, log_path, timeout_s) as gateway:
+        yield gateway
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,7 @@ def test_the_gateway_routes_every_rendered_model(chart: helm_python.Chart) -> No
     )
     llama = routes["llama-3.2-1b"].model
     assert (llama.min_replicas, llama.max_replicas, llama.idle_timeout_s) == (0, 1, 900.0)
+    assert (llama.idle_policy, llama.cold_start_cost_s, qwen.model.idle_policy) == ("adaptive", 600.0, "fixed")
     _, errors = build_routes(_models(chart))
     assert errors == []
 
