@@ -16,7 +16,8 @@ from gateway.auth import ApiKeyAuth, ApiKeys
 from gateway.backends import BackendParts
 from gateway.coldstarts import ColdStarts, RedisDurations
 from gateway.connection import connect
-from gateway.dispatch import Dispatcher, Dispatchers
+from gateway.dispatch import Dispatcher
+from gateway.dispatchers import Dispatchers
 from gateway.errors import RequestError
 from gateway.fence import Fence, FencedDoor
 from gateway.guards import PortSplit

@@ -28,10 +28,11 @@ CONTRACTS: dict[str, str] = {
 TREE = {
     "wire/__init__.py": "import pydantic\n",
     "gateway/__init__.py": "",
-    "gateway/app.py": "from gateway import dispatch, routes\n",
+    "gateway/app.py": "from gateway import dispatchers, routes\n",
     "gateway/routes.py": "from gateway import service\n",
     "gateway/service.py": "import wire\nfrom gateway import scaling\n",
     "gateway/dispatch.py": "import wire\n",
+    "gateway/dispatchers.py": "from gateway import dispatch\n",
     "gateway/scaling.py": "import redis\n",
     "gateway/processes.py": "",
     "gateway/backends/__init__.py": "",
@@ -55,6 +56,7 @@ VIOLATIONS = {
     "a backend imports the service": ("gateway/backends/local.py", "from gateway.service import x", {"backends"}),
     "a backend imports the app": ("gateway/backends/__init__.py", "import gateway.app", {"backends"}),
     "a backend reaches dispatch through scaling": ("gateway/scaling.py", "from gateway import dispatch", {"backends"}),
+    "a backend runs dispatchers": ("gateway/backends/local.py", "import gateway.dispatchers", {"backends"}),
     "gateway imports torch": ("gateway/dispatch.py", "import torch", {"slim"}),
     "gateway imports transformers through wire": ("wire/__init__.py", "from transformers import x", {"slim"}),
 }

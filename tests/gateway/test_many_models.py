@@ -16,7 +16,8 @@ import wire
 from gateway.backends import NO_REPLICAS, Replicas
 from gateway.catalog import ModelCatalog
 from gateway.coldstarts import ColdStarts, RedisDurations
-from gateway.dispatch import Dispatcher, Dispatchers
+from gateway.dispatch import Dispatcher
+from gateway.dispatchers import Dispatchers
 from gateway.endpoints import ReadyEndpoints
 from gateway.fence import Fence
 from gateway.janitor import Abandoned, Heartbeats, Janitor
