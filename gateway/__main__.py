@@ -45,7 +45,8 @@ def _local_config(settings: GatewaySettings) -> LocalConfig | None:
 
 def _backend(settings: GatewaySettings, local: LocalConfig | None, redis_url: str) -> BackendParts:
     if local is not None:
-        return build_local(local, announce_to=redis_url)
+        # A runtime's line per batch is relayed into this log: per request, like the access log, so with it.
+        return build_local(local, announce_to=redis_url, batch_log=settings.server.access_log)
     return build_kubernetes(settings.kubernetes, identity=settings.server.gateway_id)
 
 

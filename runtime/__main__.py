@@ -22,6 +22,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
+    if not settings.batch_log:
+        logging.getLogger("runtime.batches").setLevel(logging.WARNING)
     return serve(settings)
 
 

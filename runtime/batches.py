@@ -26,7 +26,8 @@ from wire import ErrorEvent, FinishEvent, GenerationRequest, TokenEvent
 
 __all__ = ["Batches", "Emit", "Outlet", "Runner", "RunningBatch", "internal_error"]
 
-log = logging.getLogger("runtime.server")  # the batch log lines have always come from the server's logger
+#: The one line per batch (``--no-batch-log`` quiets it: with continuous batching that is a line per request).
+log = logging.getLogger("runtime.batches")
 
 EmitItem = BatchEvent | None
 Emit = Callable[[EmitItem], None]

@@ -123,6 +123,11 @@ class RuntimeSettings:
     """Seconds a SIGTERM waits for running batches to finish before connections are closed. Default 30."""
 
     log_level: str = "info"
+
+    batch_log: bool = True
+    """Log one INFO line per batch (size, tokens, tokens/s). Default on. With continuous batching a batch is often
+    one request, so at a high request rate this is a line per request: the local backend turns it off unless the
+    gateway's access log is on (``KALTSTART_ACCESS_LOG``)."""
     """Python logging level name for the runtime and uvicorn. Default info."""
 
     standby: bool = False
@@ -204,6 +209,7 @@ class RuntimeSettings:
             warmup=args.warmup,
             shutdown_grace_s=args.shutdown_grace_s,
             log_level=args.log_level,
+            batch_log=args.batch_log,
             standby=args.standby,
             standby_families=tuple(f.strip() for f in args.standby_families.split(",") if f.strip()),
             announce_to=args.announce_to or None,
@@ -269,6 +275,12 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=env.boolean("WARMUP", True))
     p.add_argument("--shutdown-grace-s", type=int, default=env.integer("SHUTDOWN_GRACE_S", 30))
     p.add_argument("--log-level", default=env.text("LOG_LEVEL", "info"))
+    p.add_argument(
+        "--batch-log",
+        action=argparse.BooleanOptionalAction,
+        default=env.boolean("BATCH_LOG", True),
+        help="one INFO line per batch",
+    )
     p.add_argument(
         "--standby",
         action=argparse.BooleanOptionalAction,

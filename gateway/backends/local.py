@@ -172,9 +172,11 @@ class ReplicaGroup:
 class LocalBackend:
     """``announce_to``: the Redis URL the runtimes announce themselves on (None: the gateway probes only)."""
 
-    def __init__(self, config: LocalConfig, endpoints: ReadyEndpoints, announce_to: str | None = None) -> None:
+    def __init__(
+        self, config: LocalConfig, endpoints: ReadyEndpoints, announce_to: str | None = None, *, batch_log: bool = True
+    ) -> None:
         self.config = config
-        extra = ["--announce-to", announce_to] if announce_to else []
+        extra = (["--announce-to", announce_to] if announce_to else []) + ([] if batch_log else ["--no-batch-log"])
         self.standbys = StandbyPool(config, config.standby, extra)
         self._groups = {
             m.settings.name: ReplicaGroup(m, config, endpoints, self.standbys, extra) for m in config.models
@@ -230,9 +232,10 @@ class LocalBackend:
                 await group.resize(0)
 
 
-def build_local(config: LocalConfig, announce_to: str | None = None) -> BackendParts:
+def build_local(config: LocalConfig, announce_to: str | None = None, *, batch_log: bool = True) -> BackendParts:
     """The local backend serving ``config``'s models, with its catalog and ready endpoints; its runtimes announce
-    themselves on the Redis at ``announce_to``, if given (the gateway's own)."""
+    themselves on the Redis at ``announce_to``, if given (the gateway's own), and log a line per batch if
+    ``batch_log`` (relayed into the gateway's log)."""
     endpoints = ReadyEndpoints()
-    backend = LocalBackend(config, endpoints, announce_to)
+    backend = LocalBackend(config, endpoints, announce_to, batch_log=batch_log)
     return BackendParts(backend, ModelCatalog(backend.models), endpoints, config.models[0].settings.name)

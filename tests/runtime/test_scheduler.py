@@ -202,7 +202,7 @@ async def test_a_client_that_leaves_cancels_only_its_own_rows(
     await read_until(leaving_lines, lambda ev: tokens_of(ev, "l0") >= 1)
     stays = greedy("stays", prompt=TEXT, max_tokens=40)
     staying = scheduler.submit([stays])
-    with caplog.at_level(logging.INFO, logger="runtime.server"):
+    with caplog.at_level(logging.INFO, logger="runtime.batches"):
         await leaving_lines.aclose()  # what the response does when its client disconnects
         assert finishes(await read_events(staying.lines()))["stays"] == alone(torch_engine, stays)
     assert any("batch of 2:" in r.message and "cancelled with 2 unfinished" in r.message for r in caplog.records)

@@ -36,6 +36,12 @@ def test_the_flags_the_gateway_local_backend_passes() -> None:
     assert (settings.device, settings.engine) == ("cpu", "echo")
 
 
+def test_the_line_per_batch_can_be_quieted() -> None:
+    assert RuntimeSettings.from_args(["--engine", "echo"], {}).batch_log
+    assert not RuntimeSettings.from_args(["--engine", "echo", "--no-batch-log"], {}).batch_log
+    assert not RuntimeSettings.from_args(["--engine", "echo"], {"KALTSTART_RUNTIME_BATCH_LOG": "0"}).batch_log
+
+
 def test_defaults() -> None:
     settings = RuntimeSettings.from_args(["--source", "Qwen/Qwen2.5-0.5B-Instruct@main"], {})
     assert settings.model_name == "Qwen2.5-0.5B-Instruct"
