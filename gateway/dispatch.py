@@ -9,7 +9,6 @@ replica left unfinished are put back on the queue for another replica (up to ``m
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -108,15 +107,10 @@ class Dispatcher:
         """Wait for work (if the last read emptied the queue) and a replica with room, read up to that many queued
         requests, and send them as one batch. A continuous replica takes them into its running batch; the loop
         then looks for room again at once."""
+        url, free = await self._replica()
         if self._drained:  # the last read emptied the queue: nothing to read before the next work signal
             await self._wait_for_work()
-        url, free = await self._pool.acquire()
-        if url not in self._reported:
-            await self._read_report(url)
-            free = self._pool.free(url) or free  # a continuous replica may take more than a static one
-        if not self._prepared:  # once the model has a replica: a gateway with many idle models starts quietly
-            await self._queue.prepare(self._model)
-            self._prepared = True
+            url, free = await self._replica()  # the same at once, unless it went away meanwhile
         batch: list[Delivery] = []
         try:
             self._work.clear()  # before the read: work added meanwhile leaves it set
@@ -170,17 +164,30 @@ class Dispatcher:
         later requests at its next step anyway, so a request that finds room there goes at once."""
         return 0.0 if self._pool.is_continuous(url) else self.settings.max_batch_delay_s
 
+    async def _replica(self) -> tuple[str, int]:
+        """A ready replica with room, and how many requests it takes now."""
+        url, free = await self._pool.acquire()
+        if url not in self._reported:
+            await self._read_report(url)
+            free = self._pool.free(url) or free  # a continuous replica may take more than a static one
+        if not self._prepared:  # once the model has a replica: a gateway with many idle models starts quietly
+            await self._queue.prepare(self._model)
+            self._prepared = True
+        return url, free
+
     async def _wait_for_work(self) -> None:
+        """Wait for the model's work signal, with room on a replica: work this gateway adds meanwhile is ours to
+        take, and the other gateways are not woken for it (``gateway.work``)."""
         self._drained = False
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(IDLE_READ_S):
-                await self._work.wait()
+        await self._queue.work.wait(self._model, IDLE_READ_S)
 
     async def _read(self, room: int, fill_s: float) -> list[Delivery]:
         """Read a batch; ``_drained`` says whether the queue was empty after it (unless a signal came since)."""
         try:
             read = await self._queue.read(self._model, self._consumer, min(room, self.settings.max_batch_size), fill_s)
             self._drained = read.drained and not self._work.is_set()
+            if not read.drained:  # more than we have room for: the other gateways' dispatchers may have some
+                await self._queue.backlog(self._model)
             return await self._isolate_retries(await self._drop_orphans(read.deliveries))
         except QueueUnavailable as exc:
             log.warning("queue unavailable (%r); %s dispatcher retries in 1 s", exc.__cause__, self._model)

@@ -140,7 +140,13 @@ class RequestQueue:
         return text(cast(bytes, entry))
 
     def _work_message(self, model: str) -> tuple[str, str]:
-        return keys.WORK, work_message(self.work.gateway_id, model)
+        """The work signal to publish with an entry added now (``gateway.work``)."""
+        return keys.WORK, work_message(self.work.gateway_id, model, taken=self.work.taken_here(model))
+
+    async def backlog(self, model: str) -> None:
+        """A dispatcher here read less than the queue holds: wake the other gateways' dispatchers to help."""
+        async with converted():
+            await self._redis.publish(keys.WORK, work_message(self.work.gateway_id, model, taken=False))
 
     async def read_batch(self, model: str, consumer: str, max_size: int, fill_s: float) -> list[Delivery]:
         return (await self.read(model, consumer, max_size, fill_s)).deliveries

@@ -14,6 +14,7 @@ import pytest
 from redis.asyncio import Redis
 
 import wire
+from gateway import keys
 from gateway.dispatch import Dispatcher
 from gateway.endpoints import EndpointPool, ReadyEndpoints
 from gateway.messages import AnyReply, Dispatched, Failed, Finished, Token
@@ -22,6 +23,7 @@ from gateway.queue import QueuedRequest, RequestQueue
 from gateway.replies import ReplyRouter, ReplySender
 from gateway.runtimeclient import HttpxRuntimeClient
 from gateway.settings import ModelSettings
+from gateway.work import WorkSignals
 
 pytestmark = pytest.mark.integration
 
@@ -456,3 +458,28 @@ async def test_a_cancel_before_the_runtime_took_the_batch_is_sent_once_it_has(
     assert rig.runtime.cancels == [("gone",)]
     release.set()
     await rig.dispatcher.drain(5)
+
+
+async def test_a_read_that_leaves_work_behind_wakes_the_other_gateways(
+    make_rig: Callable[..., Rig], redis: Redis
+) -> None:
+    other = WorkSignals("other-gateway")
+    router = ReplyRouter(redis, "replies:other", {keys.WORK: other.received})
+    await router.start()
+    try:
+        rig = make_rig(answering(echo), dataclasses.replace(SETTINGS, max_batch_size=1))
+        woken, heard = other.event(MODEL), asyncio.Queue[str]()
+        other.subscribe(heard.put_nowait)
+        await rig.enqueue("a")
+        await rig.enqueue("b")
+        async with asyncio.timeout(5):
+            for _ in ("a", "b"):  # both enqueues heard there (no dispatcher waited here) ...
+                await heard.get()
+        assert woken.is_set()
+        woken.clear()  # ... so no late message of theirs can set it again
+        await rig.dispatcher.step()  # takes "a", the one it has room for; "b" is left
+        async with asyncio.timeout(5):
+            await woken.wait()
+        await rig.dispatcher.drain(5)
+    finally:
+        await router.stop()

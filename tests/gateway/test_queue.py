@@ -140,6 +140,28 @@ async def test_work_is_signalled_locally_and_to_other_gateways(queue: RequestQue
         await router.stop()
 
 
+async def test_work_a_dispatcher_here_waits_for_does_not_wake_other_gateways(queue: RequestQueue, redis: Redis) -> None:
+    here, there = queue.work, WorkSignals("other-gateway")
+    router = ReplyRouter(redis, "replies", {keys.WORK: there.received})
+    await router.start()
+    try:
+        heard = asyncio.Event()
+        there.subscribe(lambda _model: heard.set())
+        elsewhere = there.event(MODEL)
+        waiting = asyncio.create_task(here.wait(MODEL, timeout_s=5))  # a dispatcher here, with room
+        await asyncio.sleep(0)
+        await queue.enqueue(MODEL, _queued("a"))
+        await waiting  # woken in-process
+        async with asyncio.timeout(5):
+            await heard.wait()  # the other gateway heard of it (its autoscaler would look) ...
+        assert not elsewhere.is_set()  # ... but its dispatchers stay asleep
+        await queue.backlog(MODEL)  # more than the dispatcher here takes: now they are woken
+        async with asyncio.timeout(5):
+            await elsewhere.wait()
+    finally:
+        await router.stop()
+
+
 async def test_loads_of_several_models_in_one_round_trip(queue: RequestQueue) -> None:
     await queue.enqueue(MODEL, _queued("a"))
     loads = await queue.loads([MODEL, "never-used"])
