@@ -261,3 +261,23 @@ async def test_gateway_restart_under_load_changes_no_replica_count(
         assert statuses and set(statuses) == {200}
         assert (replicas(api_double, "warm"), replicas(api_double, "scaled"), replicas(api_double, "cold")) == (1, 2, 0)
         assert not api_double.requests_for("update", "deployments/scale")
+
+
+async def test_two_gateways_share_a_replica_without_stalls(
+    api_double: ApiDouble, kubeconfig: Path, redis_url: str, echo_pods: None, http: httpx.AsyncClient
+) -> None:
+    """Each gateway's dispatcher takes the work its own gateway adds (the work signal says so, and the other one is
+    not woken for it); work left behind wakes the other. No request waits for a dispatcher's fallback read."""
+    api_double.create(model_deployment("echo", "echo", idle_timeout="60s"))
+    async with contextlib.AsyncExitStack() as stack:
+        a = await stack.enter_async_context(run_kubernetes_gateway(kubeconfig, redis_url, **FAST))
+        b = await stack.enter_async_context(run_kubernetes_gateway(kubeconfig, redis_url, **FAST))
+        assert (await http.post(a.url + "/v1/completions", json=body("echo"))).status_code == 200  # cold start
+        async with httpx.AsyncClient(timeout=5) as quick:  # well below the dispatchers' 10 s fallback read
+            for gw in (a, b, b, a, b, a, a, b):
+                assert (await quick.post(gw.url + "/v1/completions", json=body("echo"))).status_code == 200
+            burst = await asyncio.gather(
+                *(quick.post(gw.url + "/v1/completions", json=body("echo")) for gw in (a, b) for _ in range(12))
+            )
+        assert [r.status_code for r in burst] == [200] * 24
+        assert all(gw.metric("kaltstart_batches_total", model="echo") > 0 for gw in (a, b))
