@@ -33,8 +33,6 @@ log = logging.getLogger("kaltstart.scaling")
 class Demand(Protocol):
     """Where models' load is read (the request queue)."""
 
-    async def load(self, model: str) -> Load: ...
-
     async def loads(self, models: Sequence[str]) -> dict[str, Load]:
         """Several models' load in one round trip."""
         ...
