@@ -194,7 +194,8 @@ def test_any_sequence_of_changes_ends_where_build_routes_does(seed: int, keep: b
     given the owners before it (or none, before ``keep_owners``)."""
     rng = random.Random(seed)
     names = ["p", "q", "r", "s", "t"]
-    table, current = RouteTable(keep_owners=keep), {}
+    table = RouteTable(keep_owners=keep)
+    current: dict[str, dict[str, Any]] = {}
     for _ in range(60):
         name = f"d{rng.randrange(8)}"
         action = rng.random()
