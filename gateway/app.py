@@ -45,7 +45,7 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
     """The gateway serving ``parts`` (one backend's builder made them), with its queue in ``redis_url``."""
     server, backend, catalog, endpoints = settings.server, parts.backend, parts.catalog, parts.endpoints
     redis = connect(redis_url, settings.queue)
-    metrics = Metrics()
+    metrics = Metrics(parts.collectors)
     work = WorkSignals(server.gateway_id)
     queue = RequestQueue(redis, settings.queue.max_queue_per_model, work)
     door = FencedDoor()

@@ -93,6 +93,9 @@ def test_defaults_render_a_gateway_and_a_bundled_redis(chart: helm_python.Chart)
         ({"gateway": {"apiKeys": {"existingSecret": "My_Keys"}}}, "/gateway/apiKeys/existingSecret", "pattern"),
         ({"gateway": {"apiKeys": {"secretKey": "keys/file"}}}, "/gateway/apiKeys/secretKey", "pattern"),
         ({"gateway": {"apiKeys": {"keys": ["sk-123"]}}}, "/gateway/apiKeys", "'keys' not allowed"),
+        ({"gateway": {"routeAllowList": {"llama": "Models/llama"}}}, "/gateway/routeAllowList/llama", "oneOf"),
+        ({"gateway": {"routeAllowList": {"llama": []}}}, "/gateway/routeAllowList/llama", "oneOf"),
+        ({"gateway": {"routeAllowList": {"no spaces": "models"}}}, "", "invalid propertyName 'no spaces'"),
         ({"networkPolicy": {"metricsFrom": [{}]}}, "/networkPolicy/metricsFrom/0", "minProperties"),
         (
             {"networkPolicy": {"metricsFrom": [{"podSelecter": {}}]}},

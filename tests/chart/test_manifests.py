@@ -37,15 +37,18 @@ def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
 # RBAC
 
 
-def _documented_role() -> Manifest:
+def _documented_roles() -> dict[str, Manifest]:
     text = (REPO / "docs" / "kubernetes.md").read_text()
     blocks = re.findall(r"```yaml\n(.*?)```", text, flags=re.DOTALL)
-    return next(doc for doc in map(yaml.safe_load, blocks) if doc.get("kind") == "Role")
+    return {doc["metadata"]["name"]: doc for doc in map(yaml.safe_load, blocks) if doc.get("kind") == "Role"}
 
 
 def test_role_has_exactly_the_documented_rules(chart: helm_python.Chart) -> None:
-    role = render(chart).get("Role", "kaltstart-gateway")
-    assert role["rules"] == _documented_role()["rules"]
+    rendered = render(chart)
+    documented = _documented_roles()
+    assert sorted(documented) == sorted(r["metadata"]["name"] for r in rendered.of_kind("Role"))
+    for name, role in documented.items():
+        assert rendered.get("Role", name)["rules"] == role["rules"]
 
 
 def test_role_grants_no_wildcard_and_no_write_on_deployments(chart: helm_python.Chart) -> None:
@@ -58,11 +61,33 @@ def test_role_grants_no_wildcard_and_no_write_on_deployments(chart: helm_python.
                 assert sorted(rule["verbs"]) == ["get", "update"]
 
 
+@pytest.mark.security
+def test_leases_only_in_the_release_namespace_and_only_the_gateways_own(chart: helm_python.Chart) -> None:
+    """Served namespaces are where other teams' Deployments live: no Lease rights there, so the gateway's account
+    cannot be used to hold or break their leader elections; in its own namespace, its one Lease by name."""
+    values = {"gateway": {"namespaces": ["models", "dev"], "leaseName": "kaltstart-leader"}}
+    rendered = render(chart, values)
+    leases = [
+        (role, rule) for role in rendered.of_kind("Role") for rule in role["rules"] if "leases" in rule["resources"]
+    ]
+    assert {role["metadata"]["namespace"] for role, _ in leases} == {"llm"}  # the release namespace
+    by_verbs = {tuple(sorted(rule["verbs"])): rule.get("resourceNames") for _, rule in leases}
+    assert by_verbs == {("create",): None, ("get", "update"): ["kaltstart-leader"]}
+    gateway = rendered.get("Deployment", "kaltstart-gateway")
+    env = _env(gateway["spec"]["template"]["spec"]["containers"][0])
+    assert (env["KALTSTART_LEASE_NAMESPACE"]["value"], env["KALTSTART_LEASE_NAME"]["value"]) == (
+        "llm",
+        "kaltstart-leader",
+    )
+
+
 def test_a_role_and_binding_in_every_served_namespace(chart: helm_python.Chart) -> None:
     rendered = render(chart, {"gateway": {"namespaces": ["llm", "other"]}})
-    assert sorted(r["metadata"]["namespace"] for r in rendered.of_kind("Role")) == ["llm", "other"]
+    served = [r for r in rendered.of_kind("Role") if r["metadata"]["name"] == "kaltstart-gateway"]
+    assert sorted(r["metadata"]["namespace"] for r in served) == ["llm", "other"]
     for binding in rendered.of_kind("RoleBinding"):
-        assert binding["roleRef"]["name"] == "kaltstart-gateway"
+        assert binding["roleRef"]["name"] == binding["metadata"]["name"]
+        assert binding["roleRef"]["name"] in ("kaltstart-gateway", "kaltstart-gateway-lease")
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kaltstart", "namespace": "llm"}]
     gateway = rendered.get("Deployment", "kaltstart-gateway")
     assert gateway["spec"]["template"]["spec"]["serviceAccountName"] == "kaltstart"
