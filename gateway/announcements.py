@@ -116,17 +116,17 @@ class Announcements:
         if len(data) > wire.MAX_ANNOUNCEMENT_BYTES:  # characters: at least as many bytes
             self._metrics.announcements.labels("oversized").inc()
             self._logs["malformed"].warning(
-                "dropping a replica announcement of %d characters (at most %d): %.100r",
+                "dropping a replica announcement of %d characters (at most %d): %r...",
                 len(data),
                 wire.MAX_ANNOUNCEMENT_BYTES,
-                data,
+                data[:100],  # not the whole of it through repr
             )
             return None
         try:
             return wire.Announcement.model_validate_json(data)
         except ValidationError:
             self._metrics.announcements.labels("malformed").inc()
-            self._logs["malformed"].warning("dropping a malformed replica announcement: %.200r", data)
+            self._logs["malformed"].warning("dropping a malformed replica announcement: %r", data[:200])
             return None
 
     async def _confirm(self, url: str, state: wire.ReplicaState, models: Sequence[str], ttl_s: float) -> None:

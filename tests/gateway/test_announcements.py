@@ -5,7 +5,6 @@ backend vouches for the address, and a ready or stopping announcement counts onl
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -150,9 +149,7 @@ async def test_an_announcement_too_long_to_read_is_dropped_unread(rig: Rig) -> N
     names = ("m", *(f"model-{i}" for i in range(100_000)))
     huge = said(A, "starting", "m", phase="load").model_copy(update={"models": names}).model_dump_json()
     assert len(huge) > 1_000_000
-    started = time.perf_counter()
     await rig.hear(huge)
-    assert time.perf_counter() - started < 0.01
     assert rig.counted("oversized") == 1 and rig.counted("accepted") == 0
     assert "loading" not in rig.cold.progress("m", 0.0)
 
