@@ -139,8 +139,9 @@ class Metrics:
         )
         self.announcements = Counter(
             "kaltstart_replica_announcements",
-            "Replica announcements received, by outcome (accepted, refused: from an address the backend does not "
-            "vouch for; malformed).",
+            "Replica announcements received, by outcome (accepted; refused: from an address the backend does not "
+            "vouch for; unconfirmed: ready or stopping, and the replica's /readyz did not agree; malformed; "
+            "oversized: longer than wire.MAX_ANNOUNCEMENT_BYTES).",
             ["outcome"],
             registry=r,
         )

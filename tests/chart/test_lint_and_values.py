@@ -144,6 +144,21 @@ def test_schema_rejects_with_the_key(chart: helm_python.Chart, values: dict[str,
             {"gateway": {"namespaces": ["other"]}, "models": [{"name": "a", "source": "x/y"}]},
             "must include the release namespace llm",
         ),
+        (  # model pods would get the gateway's URL, which reads and writes every queue
+            {"redis": {"url": "redis://r:6379/0"}, "models": [{"name": "a", "source": "x/y"}]},
+            "needs a publish-only URL for the model pods: set redis.announceUrl or redis.announceExistingSecret",
+        ),
+        (
+            {"redis": {"existingSecret": "r"}, "models": [{"name": "a", "source": "x/y"}]},
+            "needs a publish-only URL for the model pods",
+        ),
+        (
+            {
+                "redis": {"url": "redis://r:6379/0", "announceUrl": "redis://r:6379/0"},
+                "models": [{"name": "a", "source": "x/y"}],
+            },
+            "redis.announceUrl is the gateway's redis.url",
+        ),
     ],
 )
 def test_template_checks_fail_with_a_reason(chart: helm_python.Chart, values: dict[str, Any], why: str) -> None:
