@@ -32,6 +32,7 @@ from wire.base import (
     MAX_LOGIT_BIAS,
     MAX_LOGPROBS,
     MAX_REQUEST_ID_LENGTH,
+    MAX_STOP_LENGTH,
     MAX_STOP_SEQUENCES,
     MAX_TOOLS,
 )
@@ -79,6 +80,7 @@ __all__ = [
     "MAX_LOGIT_BIAS",
     "MAX_LOGPROBS",
     "MAX_REQUEST_ID_LENGTH",
+    "MAX_STOP_LENGTH",
     "MAX_STOP_SEQUENCES",
     "MAX_TOOLS",
     "NDJSON",
