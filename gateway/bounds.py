@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from gateway.errors import InvalidRequest
@@ -59,9 +59,12 @@ def depth_exceeds(value: Any, limit: int) -> bool:
     One level at a time, without recursion: safe at any depth; costs one look at every value."""
     level = [value] if isinstance(value, _CONTAINERS) else []
     for _depth in range(limit):
-        level = [child for node in level for child in _values(node) if isinstance(child, _CONTAINERS)]
-        if not level:
+        below: list[Any] = []
+        for node in level:
+            below += [child for child in _values(node) if isinstance(child, _CONTAINERS)]
+        if not below:
             return False
+        level = below
     return True
 
 
@@ -81,8 +84,8 @@ def check_depth(body: dict[str, Any]) -> None:
             raise _too_deep(key)
 
 
-def _values(node: dict[str, Any] | list[Any]) -> Iterator[Any]:
-    return iter(node.values()) if isinstance(node, dict) else iter(node)
+def _values(node: dict[str, Any] | list[Any]) -> Iterable[Any]:
+    return node.values() if isinstance(node, dict) else node
 
 
 def _too_deep(param: str | None) -> InvalidRequest:
