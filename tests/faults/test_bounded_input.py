@@ -73,7 +73,7 @@ async def test_a_deeply_nested_schema_does_not_delay_a_neighbours_request(redis_
 #: The issue's malformed values (each a 500 with a logged traceback, before), as raw bodies, and the field named.
 MALFORMED = [
     ("/v1/chat/completions", '{"model": "echo", "metadata": ' + "[" * 1100 + "]" * 1100 + "}", "metadata"),
-    ("/v1/completions", json.dumps({"model": "echo", "prompt": "a", "logit_bias": {"1" * 4300: 1}}), "logit_bias"),
+    ("/v1/completions", json.dumps({"model": "echo", "prompt": "a", "logit_bias": {"1" * 4400: 1}}), "logit_bias"),
     ("/v1/chat/completions", json.dumps({"model": "echo", "messages": [{"role": "user", "content": "\ud800"}]}),
      "messages[0].content"),
     ("/v1/completions", json.dumps({"model": "echo", "prompt": "\udfff"}), "prompt"),
