@@ -5,17 +5,25 @@ Life of an entry: ``enqueue`` (XADD) -> a dispatcher's ``read_batch`` (XREADGROU
 attempt + 1, old one deleted) or ``cancel`` (the client gave up). Every multi-key step is one Lua script, so a
 request is answered at most once however its deliveries race (the scripts: ``gateway.queuescripts``). Redis
 errors become ``QueueUnavailable`` here.
+
+A read never raises for what an entry holds: an entry that does not read back as a request (``Unreadable``: nested
+past the reader's limit by a gateway that did not bound it, or not a request at all) is settled as failed, for its
+own request only, by whichever read finds it (a dispatcher's, or the janitor's ``take_over``); the entries read
+with it go on as usual.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import logging
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
-from typing import cast
+from typing import Any, cast
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError, ResponseError
@@ -31,9 +39,13 @@ from gateway.pipelining import Call, Coalesced
 from gateway.work import WorkSignals
 from gateway.work import message as work_message
 
+log = logging.getLogger("kaltstart.queue")
+
 #: How long a settled marker outlives its request: long enough to suppress any late duplicate.
 SETTLED_TTL_MS = 3_600_000
 CANCELLED = "cancelled"
+#: The answer to a request whose entry cannot be read back (``Unreadable``).
+UNREADABLE_MESSAGE = "The request could not be read back from the queue (it nests too deeply or is malformed)."
 
 
 class QueuedRequest(BaseModel):
@@ -71,6 +83,18 @@ class CancelNotice(BaseModel):
 class Delivery:
     entry_id: str
     queued: QueuedRequest
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A stream entry that does not read back as a ``QueuedRequest``, and what could be made out of it: its
+    request's id and reply channel ("" where not even those)."""
+
+    entry_id: str
+    request_id: str
+    reply_to: str
+    #: Why it could not be read (for the log; never shown to a client).
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -187,13 +211,42 @@ class RequestQueue:
         read, *flat = cast(list[bytes | int], response)
         deliveries: list[Delivery] = []
         unchecked: list[Delivery] = []
+        unreadable: list[Unreadable] = []
         for at in range(0, len(flat), 3):
-            entry_id, payload, checked = cast(bytes, flat[at]), cast(bytes, flat[at + 1]), flat[at + 2]
-            delivery = Delivery(text(entry_id), QueuedRequest.model_validate_json(payload))
-            (deliveries if checked else unchecked).append(delivery)
+            entry_id, payload, request_id = (cast(bytes, field) for field in flat[at : at + 3])
+            delivery = _delivery(text(entry_id), payload, request_id)
+            if isinstance(delivery, Unreadable):
+                unreadable.append(delivery)
+            else:
+                (deliveries if request_id else unchecked).append(delivery)
+        await self._fail_unreadable(model, unreadable)
         if unchecked:
             deliveries += await self._drop_settled(model, unchecked)
         return Read(deliveries, drained=cast(int, read) < count)
+
+    async def _fail_unreadable(self, model: str, entries: Sequence[Unreadable]) -> None:
+        """Settle each unreadable entry's request as failed (400: its client hears at once, or at its next look
+        at its settled key), acking and deleting the entry; one whose request cannot be made out is only dropped."""
+        for entry in entries:
+            log.error(
+                "failing an unreadable entry of %s (entry %s, request %.128r): %s",
+                model, entry.entry_id, entry.request_id, entry.reason,
+            )  # fmt: skip
+        known = [e for e in entries if e.request_id]
+        calls: list[Call] = [
+            (
+                [keys.queue(model), keys.settled(model, e.request_id), keys.activity(model)],
+                [e.entry_id, keys.GROUP, SETTLED_TTL_MS, e.reply_to, _unreadable_reply(e).model_dump_json()],
+            )
+            for e in known
+        ]
+        for reply in await self._pipelined(self._settle, calls) if calls else []:
+            _raised(reply)
+        if anonymous := [e.entry_id for e in entries if not e.request_id]:
+            async with converted(), self._redis.pipeline(transaction=True) as pipe:
+                pipe.xack(keys.queue(model), keys.GROUP, *anonymous)
+                pipe.xdel(keys.queue(model), *anonymous)
+                await pipe.execute()
 
     async def settle(self, model: str, delivery: Delivery, reply: Final, *, publish: bool = True) -> bool:
         """Store and publish a request's final reply and drop its entry. False if it was settled already.
@@ -321,11 +374,13 @@ class RequestQueue:
                 await self._redis.xclaim(keys.queue(model), keys.GROUP, new_owner, min_idle_ms, ids) if ids else []
             )
         claimed = cast(list[tuple[bytes, dict[bytes, bytes] | None]], response)
-        return [
-            Delivery(text(entry_id), QueuedRequest.model_validate_json(fields[b"r"]))
+        taken = [
+            _delivery(text(entry_id), fields.get(b"r", b""), fields.get(b"i", b""))
             for entry_id, fields in claimed
             if fields  # an entry deleted meanwhile comes back without fields
         ]
+        await self._fail_unreadable(model, [t for t in taken if isinstance(t, Unreadable)])
+        return [t for t in taken if isinstance(t, Delivery)]
 
     async def forget_consumer(self, model: str, consumer: str) -> None:
         async with converted():
@@ -392,6 +447,37 @@ def _raised(reply: object) -> object:
     if isinstance(reply, RedisError):
         raise unavailable(reply) from reply
     return reply
+
+
+def _delivery(entry_id: str, payload: bytes, request_id: bytes) -> Delivery | Unreadable:
+    """The entry as a ``Delivery``, or as ``Unreadable`` if it does not read back as a request."""
+    try:
+        return Delivery(entry_id, QueuedRequest.model_validate_json(payload))
+    except ValidationError as exc:
+        return _unreadable(entry_id, payload, request_id, exc.errors(include_input=False)[0]["msg"])
+
+
+def _unreadable(entry_id: str, payload: bytes, request_id: bytes, reason: str) -> Unreadable:
+    """What can be made out of an entry that does not read as a request: its request's id (the entry's ``i``
+    field, else the payload's) and reply channel. The standard library's decoder reads about 1,000 levels, the
+    request reader 200, so these usually can be."""
+    fields: Any = None
+    with contextlib.suppress(ValueError, RecursionError):
+        fields = json.loads(payload)
+    fields = fields if isinstance(fields, dict) else {}
+    request = fields.get("request")
+    found_id = request.get("id") if isinstance(request, dict) else None
+    reply_to = fields.get("reply_to")
+    return Unreadable(
+        entry_id,
+        request_id=request_id.decode(errors="replace") or (found_id if isinstance(found_id, str) else ""),
+        reply_to=reply_to if isinstance(reply_to, str) else "",
+        reason=reason,
+    )
+
+
+def _unreadable_reply(entry: Unreadable) -> Failed:
+    return Failed(id=entry.request_id, status=400, message=UNREADABLE_MESSAGE)
 
 
 def _waited(batch: Sequence[Delivery], fill_s: float) -> bool:

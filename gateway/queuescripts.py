@@ -50,11 +50,12 @@ return id
 """
 
 # KEYS: queue. ARGV: group, consumer, count, settled-key prefix. -> flat list: how many entries were read, then
-# entry id, payload, checked, ... per entry returned; -1 if the group is missing.
+# entry id, payload, request id, ... per entry returned ('' for a field the entry lacks); -1 if the group is missing.
 # Reads new entries without blocking (a dispatcher waits on its work signal instead), and acks and deletes at once
 # those whose request is settled already (cancelled by its client before a dispatcher got to it), so a read is one
-# round trip. ``checked`` is 0 for an entry without the request id field ``i`` (added by a gateway older than
-# that field): the caller checks those itself. The settled keys are not in KEYS, as the ids are known only here;
+# round trip. The request id is '' for an entry without the request id field ``i`` (added by a gateway older than
+# that field): the caller checks those itself. (A field a Lua table lacks must not be appended as nil: that would
+# shift every later entry of the flat list.) The settled keys are not in KEYS, as the ids are known only here;
 # they share the queue's hash tag, so on a Redis Cluster they live in the same slot as the declared key.
 READ = """
 local got = redis.pcall('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '>')
@@ -74,8 +75,8 @@ for _, entry in ipairs(got[1][2]) do
     done[#done + 1] = entry[1]
   else
     out[#out + 1] = entry[1]
-    out[#out + 1] = payload
-    out[#out + 1] = request and 1 or 0
+    out[#out + 1] = payload or ''
+    out[#out + 1] = request or ''
   end
 end
 if #done > 0 then

@@ -124,6 +124,7 @@ def test_sampling_parameter_bounds() -> None:
         {"logit_bias": {1: 100.5}},
         {"logit_bias": {-1: 1.0}},
         {"logit_bias": {i: 1.0 for i in range(wire.MAX_LOGIT_BIAS + 1)}},
+        {"stop": ("x" * (wire.MAX_STOP_LENGTH + 1),)},  # the runtime scans each one's prefixes on every step
     ):
         with pytest.raises(ValidationError):
             wire.SamplingParams(**bad)

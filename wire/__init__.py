@@ -36,6 +36,7 @@ from wire.base import (
     MAX_LOGPROBS,
     MAX_MODEL_NAME_LENGTH,
     MAX_REQUEST_ID_LENGTH,
+    MAX_STOP_LENGTH,
     MAX_STOP_SEQUENCES,
     MAX_TOOLS,
 )
@@ -87,6 +88,7 @@ __all__ = [
     "MAX_LOGPROBS",
     "MAX_MODEL_NAME_LENGTH",
     "MAX_REQUEST_ID_LENGTH",
+    "MAX_STOP_LENGTH",
     "MAX_STOP_SEQUENCES",
     "MAX_TOOLS",
     "NDJSON",
