@@ -210,6 +210,19 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        # Per API key: labelled by the key's configured name, else ``key-`` and a short hash of it; never the key.
+        self.key_requests = Counter(
+            "kaltstart_key_requests",
+            "Requests queued per API key (its name in the key file, or key-<hash>).",
+            ["key"],
+            registry=r,
+        )
+        self.key_refusals = Counter(
+            "kaltstart_key_refusals",
+            "Requests refused with 429 for an API key's quota, by quota (requests, entries, bytes).",
+            ["key", "quota"],
+            registry=r,
+        )
 
     def observe_model(self, model: str, queued: int, in_flight: int, replicas: Replicas) -> None:
         self.models.observe(model, (queued, in_flight, replicas.desired, replicas.ready))

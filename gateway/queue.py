@@ -1,5 +1,9 @@
 """The durable request queue: one Redis Stream per model, read through one consumer group by every replica.
 
+A client request is stored once: its prompts in one body (``keys.body``), one entry per choice referring to it
+(``QueuedEntry``), charged to the model's and its API key's accounts (``gateway.budget``) in the same script; the
+last choice's settle deletes the body and releases the charges.
+
 Life of an entry: ``enqueue`` (XADD) -> a dispatcher's ``read_batch`` (XREADGROUP: now pending, i.e. in flight)
 -> ``settle`` (final reply stored and published, entry acked and deleted) or ``requeue`` (a fresh entry with
 attempt + 1, old one deleted) or ``cancel`` (the client gave up). Every multi-key step is one Lua script, so a
@@ -10,6 +14,7 @@ errors become ``QueueUnavailable`` here.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
@@ -23,8 +28,9 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 import wire
 from gateway import keys
 from gateway import queuescripts as scripts
+from gateway.budget import Account
 from gateway.connection import converted, text, unavailable
-from gateway.errors import QueueFull
+from gateway.errors import KeyQuotaExceeded, QueueFull
 from gateway.fence import Fenced
 from gateway.messages import Failed, Final, Finished, ReplyAdapter
 from gateway.pipelining import Call, Coalesced
@@ -34,10 +40,27 @@ from gateway.work import message as work_message
 #: How long a settled marker outlives its request: long enough to suppress any late duplicate.
 SETTLED_TTL_MS = 3_600_000
 CANCELLED = "cancelled"
+#: A body (and its charges) outlives its request's deadline by this long before it lapses: the deadline's own
+#: cancellation normally deletes it first.
+BODY_GRACE_S = 60.0
+#: What a refusal for a full account tells the client to wait.
+FULL_RETRY_AFTER_S = 5
+
+
+@dataclass(frozen=True)
+class Held:
+    """Where a request's body and charges are kept: its body's id (empty for an entry that carries its request
+    inline, as an older gateway wrote them) and its API key's account (empty: no key)."""
+
+    body: str = ""
+    account: str = ""
+
+
+INLINE = Held()
 
 
 class QueuedRequest(BaseModel):
-    """What one stream entry holds."""
+    """One choice of a request as the gateway handles it (an older gateway stored it whole in its entry)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     request: wire.GenerationRequest
@@ -53,10 +76,112 @@ class QueuedRequest(BaseModel):
     failures: int = 0
     #: The gateway replica that accepted it (whose heartbeat says whether anyone still waits for the answer).
     gateway: str = ""
+    #: Its request's stored body ('' for an inline entry), the prompt of it this choice answers, and the API key's
+    #: account charged for it.
+    body: str = ""
+    prompt: int = 0
+    account: str = ""
 
     @property
     def id(self) -> str:
         return self.request.id
+
+    @property
+    def held(self) -> Held:
+        return Held(self.body, self.account)
+
+    def entry(self) -> QueuedEntry:
+        """What its stream entry holds beside the body's reference."""
+        return QueuedEntry(
+            id=self.id,
+            seed=self.request.params.seed,
+            reply_to=self.reply_to,
+            accepted_at=self.accepted_at,
+            attempt=self.attempt,
+            failures=self.failures,
+            gateway=self.gateway,
+            body=self.body,
+            prompt=self.prompt,
+            account=self.account,
+        )
+
+
+class QueuedEntry(BaseModel):
+    """What one stream entry holds (field ``q``): what differs between the choices of one prompt
+    (``choices.fan_out``: their id and seed), the other ``QueuedRequest`` fields, and the reference to its body
+    (also in the entry's fields ``b`` and ``p``, for the scripts)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    id: str
+    seed: int | None
+    reply_to: str
+    accepted_at: float
+    attempt: int = 1
+    failures: int = 0
+    gateway: str = ""
+    body: str
+    prompt: int
+    account: str = ""
+
+    def queued(self, prompt: wire.GenerationRequest) -> QueuedRequest:
+        """The choice, its request rebuilt from the body's ``prompt`` (choice 0's request of that prompt)."""
+        params = prompt.params.model_copy(update={"seed": self.seed})
+        return QueuedRequest(
+            request=prompt.model_copy(update={"id": self.id, "params": params}),
+            reply_to=self.reply_to,
+            accepted_at=self.accepted_at,
+            attempt=self.attempt,
+            failures=self.failures,
+            gateway=self.gateway,
+            body=self.body,
+            prompt=self.prompt,
+            account=self.account,
+        )
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One client request as it is enqueued: its body (one ``GenerationRequest`` per prompt, ``id``: the body's) and
+    its choices (``prompt``: index into ``prompts``), charged to ``account`` if not None."""
+
+    id: str
+    prompts: tuple[wire.GenerationRequest, ...]
+    choices: tuple[QueuedRequest, ...]
+    account: Account | None = None
+
+    @functools.cached_property
+    def prompt_texts(self) -> tuple[str, ...]:
+        """The prompts as stored (JSON), serialised once."""
+        return tuple(p.model_dump_json() for p in self.prompts)
+
+    @functools.cached_property
+    def entry_texts(self) -> tuple[str, ...]:
+        return tuple(c.entry().model_dump_json() for c in self.choices)
+
+    @property
+    def size(self) -> int:
+        """The bytes it is charged: its prompts once, and its entries."""
+        return sum(map(_length, self.prompt_texts)) + sum(map(_length, self.entry_texts))
+
+    @property
+    def choice_bytes(self) -> int:
+        """Its prompts' bytes as many times as each has choices: what its batches send to a runtime."""
+        lengths = [_length(t) for t in self.prompt_texts]
+        return sum(lengths[c.prompt] for c in self.choices)
+
+    @property
+    def held(self) -> Held:
+        return Held(self.id, self.account.id if self.account else "")
+
+    @classmethod
+    def of(cls, choices: Sequence[QueuedRequest], per_prompt: int, account: Account | None = None) -> Stored:
+        """``choices`` in ``choices.fan_out``'s order (``per_prompt`` a prompt): the choices of one prompt differ
+        only in their id and seed, so choice 0's request of each prompt is what the body stores."""
+        body = choices[0].id
+        prompts = tuple(c.request for c in choices[::per_prompt])
+        update = {"body": body, "account": account.id if account else ""}
+        stored = tuple(c.model_copy(update=update | {"prompt": i // per_prompt}) for i, c in enumerate(choices))
+        return cls(body, prompts, stored, account)
 
 
 class CancelNotice(BaseModel):
@@ -104,10 +229,22 @@ class Load:
 
 
 class RequestQueue:
-    def __init__(self, redis: Redis, max_queue_per_model: int, work: WorkSignals | None = None) -> None:
-        """``work``: told of every entry this queue adds (and published for the other gateway replicas)."""
+    def __init__(
+        self,
+        redis: Redis,
+        max_queue_per_model: int,
+        work: WorkSignals | None = None,
+        *,
+        max_bytes_per_model: int = 64 << 20,
+        hold_s: float = 600.0 + BODY_GRACE_S,
+    ) -> None:
+        """``work``: told of every entry this queue adds (and published for the other gateway replicas).
+        ``max_bytes_per_model``: the model's account's limit; ``hold_s``: how long after its enqueue a request's
+        body and charges lapse if nobody settled it (its deadline and ``BODY_GRACE_S``)."""
         self._redis = redis
         self._max = max_queue_per_model
+        self._max_bytes = max_bytes_per_model
+        self._ttl_ms = int(hold_s * 1000)
         self.work = work if work is not None else WorkSignals("")
         self._enqueue = redis.register_script(scripts.ENQUEUE)
         self._settle = redis.register_script(scripts.SETTLE)
@@ -126,18 +263,36 @@ class RequestQueue:
                     raise
 
     async def enqueue(self, model: str, queued: QueuedRequest) -> str | Fenced:
-        """Queue a request: its entry id, or ``Fenced`` while a scale-down of the model is being written."""
+        """Queue a request of one choice: its entry id, or ``Fenced`` while a scale-down of the model is being
+        written."""
+        entries = await self.enqueue_stored(model, Stored.of([queued], 1))
+        return entries if isinstance(entries, Fenced) else entries[0]
+
+    async def enqueue_stored(self, model: str, stored: Stored) -> list[str] | Fenced:
+        """Queue a request: its body once and an entry per choice, charged to the model's account and its key's
+        (all or nothing). The entry ids, in order, or ``Fenced``. Raises ``QueueFull`` (the model's queue or
+        account is full) or ``KeyQuotaExceeded`` (the key's account is)."""
+        prompts, entries, account = stored.prompt_texts, stored.entry_texts, stored.account
+        limits = (account.max_requests, account.max_entries, account.max_bytes) if account else (0, 0, 0)
+        script_keys = [
+            keys.queue(model), keys.activity(model), keys.fence(model), keys.body(model, stored.id),
+            keys.model_held(model), keys.model_usage(model),
+            *([keys.key_held(account.id), keys.key_usage(account.id)] if account else []),
+        ]  # fmt: skip
+        args: list[str | int] = [
+            self._max, self._max_bytes, *limits, self._ttl_ms, stored.id, stored.size, len(prompts),
+            *self._work_message(model), *prompts,
+        ]  # fmt: skip
+        for choice, entry in zip(stored.choices, entries, strict=True):
+            args += [entry, choice.prompt, choice.id]
         async with converted():
-            entry = await self._coalesced_enqueue(
-                [keys.queue(model), keys.activity(model), keys.fence(model)],
-                [self._max, queued.model_dump_json(), queued.id, *self._work_message(model)],
-            )
-        if entry == 0:
-            raise QueueFull(f"Too many requests are queued for model '{model}'; try again later.", retry_after_s=5)
-        if isinstance(entry, int):
-            return Fenced(seconds_left=entry / 1000)
+            reply = await self._coalesced_enqueue(script_keys, args)
+        if isinstance(reply, int):
+            return Fenced(seconds_left=reply / 1000)
+        if isinstance(reply, bytes):
+            raise _refusal(text(reply), model, account)
         self.work.notify(model)
-        return text(cast(bytes, entry))
+        return [text(entry_id) for entry_id in cast(list[bytes], reply)]
 
     def _work_message(self, model: str) -> tuple[str, str]:
         """The work signal to publish with an entry added now (``gateway.work``)."""
@@ -179,7 +334,8 @@ class RequestQueue:
         """Read up to ``count`` new entries, those of settled requests dropped (one round trip)."""
         async with converted():
             response = await self._read_script(
-                keys=[keys.queue(model)], args=[keys.GROUP, consumer, count, keys.settled(model, "")]
+                keys=[keys.queue(model)],
+                args=[keys.GROUP, consumer, count, keys.settled(model, ""), keys.body(model, "")],
             )
         if response == -1:
             await self.prepare(model)  # Redis lost its data (restart without persistence, flush)
@@ -187,13 +343,29 @@ class RequestQueue:
         read, *flat = cast(list[bytes | int], response)
         deliveries: list[Delivery] = []
         unchecked: list[Delivery] = []
-        for at in range(0, len(flat), 3):
-            entry_id, payload, checked = cast(bytes, flat[at]), cast(bytes, flat[at + 1]), flat[at + 2]
-            delivery = Delivery(text(entry_id), QueuedRequest.model_validate_json(payload))
-            (deliveries if checked else unchecked).append(delivery)
+        lapsed: list[Delivery] = []
+        prompts: dict[tuple[str, int], wire.GenerationRequest] = {}
+        for at in range(0, len(flat), 4):
+            entry_id, payload, prompt, checked = text(cast(bytes, flat[at])), flat[at + 1], flat[at + 2], flat[at + 3]
+            if prompt == -1:  # an older gateway's entry: the request inline
+                queued: QueuedRequest | None = QueuedRequest.model_validate_json(cast(bytes, payload))
+            else:
+                entry = QueuedEntry.model_validate_json(cast(bytes, payload))
+                queued = _rebuilt(entry, prompt, prompts)
+                if queued is None:
+                    lapsed.append(Delivery(entry_id, _lapsed(entry)))
+                    continue
+            (deliveries if checked else unchecked).append(Delivery(entry_id, cast(QueuedRequest, queued)))
         if unchecked:
             deliveries += await self._drop_settled(model, unchecked)
+        if lapsed:
+            await self._fail_lapsed(model, lapsed)
         return Read(deliveries, drained=cast(int, read) < count)
+
+    async def _fail_lapsed(self, model: str, lapsed: Sequence[Delivery]) -> None:
+        """Entries whose body lapsed (their request outlived its deadline unsettled): failed, never sent."""
+        failed = [Settlement(d, Failed(id=d.queued.id, status=504, message=LAPSED)) for d in lapsed]
+        await self.settle_many(model, failed)
 
     async def settle(self, model: str, delivery: Delivery, reply: Final, *, publish: bool = True) -> bool:
         """Store and publish a request's final reply and drop its entry. False if it was settled already.
@@ -204,7 +376,7 @@ class RequestQueue:
         """``settle`` several requests of one model in one round trip (a pipeline of the settle script)."""
         calls: list[Call] = [
             (
-                [keys.queue(model), keys.settled(model, s.delivery.queued.id), keys.activity(model)],
+                _settle_keys(model, s.delivery.queued.id, s.delivery.queued.held),
                 [
                     s.delivery.entry_id,
                     keys.GROUP,
@@ -234,14 +406,14 @@ class RequestQueue:
                 pipe.evalsha(script.sha, len(script_keys), *script_keys, *args)
             return cast(list[object], await pipe.execute(raise_on_error=False))
 
-    async def cancel(self, model: str, request_id: str, entry_id: str) -> bool:
+    async def cancel(self, model: str, request_id: str, entry_id: str, held: Held = INLINE) -> bool:
         """The client stopped waiting: make sure the request is never dispatched or answered, and announce it
         (``keys.CANCELS``) so that whichever dispatcher has it in a running batch tells its runtime to stop.
         False if a final reply got there first."""
         notice = CancelNotice(model=model, id=request_id).model_dump_json()
         async with converted():
             first = await self._settle(
-                keys=[keys.queue(model), keys.settled(model, request_id), keys.activity(model)],
+                keys=_settle_keys(model, request_id, held),
                 args=[entry_id, keys.GROUP, SETTLED_TTL_MS, keys.CANCELS, CANCELLED, notice],
             )
         return bool(first)
@@ -251,11 +423,17 @@ class RequestQueue:
         ``failed`` (not if the gateway dispatching it is shutting down, or lost Redis)."""
         queued = delivery.queued
         again = queued.model_copy(update={"attempt": queued.attempt + 1, "failures": queued.failures + int(failed)})
+        fields: list[str | int] = ["r", again.model_dump_json()]
+        if again.body:
+            fields = ["q", again.entry().model_dump_json(), "b", again.body, "p", again.prompt]
         async with converted():
             entry = await self._requeue(
                 keys=[keys.queue(model), keys.settled(model, delivery.queued.id)],
-                args=[delivery.entry_id, keys.GROUP, again.model_dump_json(), queued.id, *self._work_message(model)],
-            )
+                args=[
+                    delivery.entry_id, keys.GROUP, queued.id, *self._work_message(model),
+                    *fields,
+                ],
+            )  # fmt: skip
         if entry is None:
             return False
         self.work.notify(model)
@@ -320,12 +498,37 @@ class RequestQueue:
             response = (
                 await self._redis.xclaim(keys.queue(model), keys.GROUP, new_owner, min_idle_ms, ids) if ids else []
             )
-        claimed = cast(list[tuple[bytes, dict[bytes, bytes] | None]], response)
-        return [
-            Delivery(text(entry_id), QueuedRequest.model_validate_json(fields[b"r"]))
-            for entry_id, fields in claimed
-            if fields  # an entry deleted meanwhile comes back without fields
-        ]
+            claimed = cast(list[tuple[bytes, dict[bytes, bytes] | None]], response)
+            return await self._claimed(model, [(text(i), fields) for i, fields in claimed if fields])
+
+    async def _claimed(self, model: str, claimed: Sequence[tuple[str, dict[bytes, bytes]]]) -> list[Delivery]:
+        """Deliveries of claimed entries (an entry deleted meanwhile comes back without fields, and is not here);
+        their bodies read in one round trip, those whose body lapsed failed."""
+        entries = {i: QueuedEntry.model_validate_json(f[b"q"]) for i, f in claimed if b"q" in f}
+        wanted = sorted({(e.body, e.prompt) for e in entries.values()})
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for body, index in wanted:
+                pipe.hget(keys.body(model, body), str(index))
+            found = await pipe.execute() if wanted else []
+        prompts = {
+            at: wire.GenerationRequest.model_validate_json(raw)
+            for at, raw in zip(wanted, found, strict=True)
+            if raw is not None
+        }
+        deliveries, lapsed = [], []
+        for entry_id, fields in claimed:
+            if b"r" in fields:
+                deliveries.append(Delivery(entry_id, QueuedRequest.model_validate_json(fields[b"r"])))
+                continue
+            entry = entries[entry_id]
+            prompt = prompts.get((entry.body, entry.prompt))
+            if prompt is None:
+                lapsed.append(Delivery(entry_id, _lapsed(entry)))
+            else:
+                deliveries.append(Delivery(entry_id, entry.queued(prompt)))
+        if lapsed:
+            await self._fail_lapsed(model, lapsed)
+        return deliveries
 
     async def forget_consumer(self, model: str, consumer: str) -> None:
         async with converted():
@@ -363,6 +566,70 @@ class RequestQueue:
             if unseen:
                 await pipe.execute()
         return {m: load if load.idle_for_s is not None else replace(load, idle_for_s=0.0) for m, load in loads.items()}
+
+
+def _length(stored: str) -> int:
+    """Bytes of a stored text (its UTF-8)."""
+    return len(stored) if stored.isascii() else len(stored.encode())
+
+
+def _settle_keys(model: str, request_id: str, held: Held) -> list[str]:
+    """The settle script's keys: the body's and the accounts' too for a request stored with a body."""
+    settle = [keys.queue(model), keys.settled(model, request_id), keys.activity(model)]
+    if held.body:
+        settle += [keys.body(model, held.body), keys.model_held(model), keys.model_usage(model)]
+        if held.account:
+            settle += [keys.key_held(held.account), keys.key_usage(held.account)]
+    return settle
+
+
+def _refusal(reason: str, model: str, account: Account | None) -> QueueFull | KeyQuotaExceeded:
+    """The error for the enqueue script's refusal ``reason``."""
+    if reason == "full":
+        return QueueFull(f"Too many requests are queued for model '{model}'; try again later.", retry_after_s=5)
+    if reason == "model-bytes":
+        message = f"Too many bytes of requests are queued for model '{model}'; try again later."
+        return QueueFull(message, retry_after_s=FULL_RETRY_AFTER_S)
+    quota = reason.removeprefix("key-")
+    limit = {"requests": "requests in progress", "entries": "queued choices", "bytes": "bytes queued"}[quota]
+    held = (
+        {"requests": account.max_requests, "entries": account.max_entries, "bytes": account.max_bytes}[quota]
+        if account
+        else 0
+    )
+    return KeyQuotaExceeded(
+        f"This API key has reached its quota of {held} {limit}; try again once some of its requests are answered.",
+        quota=quota,
+        retry_after_s=FULL_RETRY_AFTER_S,
+    )
+
+
+LAPSED = "The request was not dispatched before its deadline."
+
+
+def _rebuilt(
+    entry: QueuedEntry, prompt: object, prompts: dict[tuple[str, int], wire.GenerationRequest]
+) -> QueuedRequest | None:
+    """The choice an entry of the read script's reply stands for (``prompt``: its prompt, 1: as an earlier entry's,
+    0: lapsed), or None if its body lapsed. ``prompts``: those read so far, parsed once each."""
+    at = (entry.body, entry.prompt)
+    if isinstance(prompt, bytes):
+        prompts[at] = wire.GenerationRequest.model_validate_json(prompt)
+    found = prompts.get(at)
+    return None if found is None else entry.queued(found)
+
+
+def _lapsed(entry: QueuedEntry) -> QueuedRequest:
+    """A stand-in for the choice of an entry whose body lapsed, enough to settle it."""
+    return QueuedRequest(
+        request=wire.GenerationRequest(id=entry.id, prompt=""),
+        reply_to=entry.reply_to,
+        accepted_at=entry.accepted_at,
+        gateway=entry.gateway,
+        body=entry.body,
+        prompt=entry.prompt,
+        account=entry.account,
+    )
 
 
 def _load(now_ms: int, length: object, activity: object, pending: object) -> Load:
