@@ -13,7 +13,6 @@ import pytest
 from redis.asyncio import Redis
 
 import wire
-from gateway import keys
 from gateway.budget import Account, MemoryGuard
 from gateway.embedded import EmbeddedRedis
 from gateway.errors import KeyQuotaExceeded, QueueFull, QueueMemoryFull
