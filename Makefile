@@ -16,15 +16,16 @@ GATEWAY_IMAGE := ghcr.io/kaltstart/gateway
 RUNTIME_IMAGE := ghcr.io/kaltstart/runtime
 CONTAINER_TOOL ?= $(shell command -v docker || command -v podman)
 
-.PHONY: run test lint typecheck install demo-model images clean
+.PHONY: run test lint typecheck install lock lock-upgrade demo-model images clean
 
-$(STAMP): pyproject.toml
+# Everything is installed from requirements/dev.lock (every version pinned, every file hashed), never from the
+# ranges in pyproject.toml: a release upstream cannot change what `make test` runs. `make lock` writes the locks.
+$(STAMP): requirements/dev.lock pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	# torch first, pinned: this release's CPU build is what dev machines and CI carry; a bare `torch` would
-	# pull a multi-GB CUDA build.
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[runtime,loadtest,dev]'
+	# pip, setuptools, torch (its CPU build, found in PIP_FIND_LINKS or PIP_EXTRA_INDEX_URL) and the rest, checked
+	# against the lock's hashes; without --no-deps pip also proves the lock is complete.
+	$(BIN)/python -m pip install -q --require-hashes -r requirements/dev.lock
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
 install: $(STAMP)
@@ -38,6 +39,7 @@ run: $(STAMP) $(DEMO_MODEL)/config.json
 	KALTSTART_CONFIG=$${KALTSTART_CONFIG:-kaltstart.toml} $(BIN)/python -m gateway
 
 lint: $(STAMP)
+	$(BIN)/actionlint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-logo
@@ -47,6 +49,30 @@ typecheck: $(STAMP)
 
 test: lint typecheck
 	$(BIN)/python -m pytest
+
+# `make lock` resolves pyproject.toml's ranges into requirements/*.lock (uv pip compile, hashes of every file),
+# keeping the versions already locked where the ranges still allow them; `make lock-upgrade` takes the newest
+# versions the ranges allow (what the weekly workflow .github/workflows/lock.yml proposes as a pull request).
+# Linux x86_64, CPython 3.11: the machines, CI and images this project runs on. The locks agree on every version
+# but torch's build: dev.lock has the CPU build (TORCH_CPU_SOURCE: where uv finds it; on this project's machines a
+# wheel on disk, elsewhere e.g. TORCH_CPU_SOURCE='--index-url https://download.pytorch.org/whl/cpu
+# --extra-index-url https://pypi.org/simple --index-strategy unsafe-best-match'), the CUDA locks PyPI's build.
+TORCH_CPU_SOURCE ?= --find-links /opt/wheels
+LOCK_FLAGS ?=
+UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --quiet --generate-hashes --custom-compile-command 'make lock' --python-version 3.11 \
+	--python-platform x86_64-manylinux_2_28 $(LOCK_FLAGS)
+
+lock: $(STAMP)
+	$(UV_COMPILE) --extra runtime --extra loadtest --extra dev $(TORCH_CPU_SOURCE) \
+		--override requirements/torch-cpu.txt -o requirements/dev.lock
+	grep -E '^[A-Za-z0-9._-]+==' requirements/dev.lock | cut -d' ' -f1 | grep -v '^torch==' > requirements/.pins
+	$(UV_COMPILE) requirements/build.in -c requirements/.pins -o requirements/gateway.lock
+	$(UV_COMPILE) requirements/build.in --extra runtime -c requirements/.pins -o requirements/runtime-cuda.lock
+	$(UV_COMPILE) --extra runtime --extra loadtest --extra fastload -c requirements/.pins -o requirements/gpu.lock
+	rm requirements/.pins
+
+lock-upgrade:
+	$(MAKE) lock LOCK_FLAGS=--upgrade
 
 images:
 	@test -n "$(CONTAINER_TOOL)" || { echo "make images: neither docker nor podman is on PATH; install one" >&2; exit 1; }

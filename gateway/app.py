@@ -28,6 +28,7 @@ from gateway.keepalives import KeepAlives, RedisGapStore
 from gateway.limits import ContextLengths
 from gateway.metrics import Metrics
 from gateway.queue import BODY_GRACE_S, RequestQueue
+from gateway.readychecks import ReadyChecks
 from gateway.replies import ReplyRouter, ReplySender
 from gateway.routes import error_response, routes
 from gateway.runtimeclient import AiohttpRuntimeClient
@@ -63,14 +64,15 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
     """The gateway serving ``parts`` (one backend's builder made them), with its queue in ``redis_url``."""
     server, backend, catalog, endpoints = settings.server, parts.backend, parts.catalog, parts.endpoints
     redis = connect(redis_url, settings.queue)
-    metrics = Metrics()
+    metrics = Metrics(parts.collectors)
     work = WorkSignals(server.gateway_id)
     queue = _queue(settings, redis, work)
     door = FencedDoor()
     replies = ReplyRouter(redis, keys.replies(server.gateway_id), {keys.FENCES: door.lifted, keys.WORK: work.received})
     replies.on_subscribed(work.notify_all)
     cold_starts = ColdStarts(RedisDurations(redis), endpoints, metrics)
-    announcements = Announcements(endpoints, cold_starts, metrics)
+    client = _runtime_client(server)
+    announcements = Announcements(endpoints, cold_starts, metrics, ReadyChecks(client))
     keep_alives = KeepAlives(
         RedisGapStore(redis), metrics, cold_starts.typical_s, shortest_keep_s=settings.queue.scale_interval_s
     )
@@ -89,7 +91,6 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
     )
     work.subscribe(scaler.wake)
     catalog.subscribe(lambda: metrics.models.keep_only({m.name for m in catalog.all()}))
-    client = _runtime_client(server)
     sender = ReplySender(redis, local=replies)
     limits = ContextLengths(redis)
     dispatchers = Dispatchers(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
@@ -110,9 +110,10 @@ class ColdStarts:
 
     # -- what replicas announce ---------------------------------------------------------------------------------
 
-    def announced(self, announcement: wire.Announcement) -> None:
-        """A vouched-for replica's announcement: its phase while starting, its start-up timings once ready."""
-        for model in announcement.models:
+    def announced(self, announcement: wire.Announcement, models: Iterable[str]) -> None:
+        """A replica's announcement, for the ``models`` whose backend vouches for it (only those: the others'
+        names are whatever the announcer chose): its phase while starting."""
+        for model in models:
             if announcement.state == "starting" and announcement.phase is not None:
                 self._phase[model] = announcement.phase
 

@@ -42,6 +42,10 @@ class _RuntimeRefused(Exception):
         self.status = status
 
 
+class _RuntimeNotReady(_RuntimeRefused):
+    """503: the replica is up but has no model loaded (yet, or any more); the batch never ran there."""
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -280,6 +284,11 @@ class Dispatcher:
             self._pool.suspend(url)
             await self._queue.put_back(self._model, list(unfinished.values()))
             return
+        except _RuntimeNotReady as exc:  # not ready after all (a false ready announcement, a restart): not a failure
+            log.warning("replica %s of %s is not ready (%s); its batch goes back", url, self._model, exc)
+            self._not_ready(url)
+            await self._queue.put_back(self._model, list(unfinished.values()))
+            return
         except (RuntimeFailed, ValidationError, _RuntimeRefused) as exc:
             log.warning("replica %s failed a batch of %d for %s: %s", url, len(batch), self._model, exc)
         except QueueUnavailable:
@@ -287,6 +296,13 @@ class Dispatcher:
             return  # the entries stay pending: the janitor puts them back once Redis answers again
         for delivery in unfinished.values():
             await self._retry_or_fail(delivery)
+
+    def _not_ready(self, url: str) -> None:
+        """``url`` answered that it has no model loaded: its announcement no longer counts, it gets no work until
+        the ready set changes or ``SUSPEND_S`` passed, and its ready report is read again when it is back."""
+        self._endpoints.withdraw(self._model, url)
+        self._pool.suspend(url)  # after the withdrawal, whose change of the ready set lifts suspensions
+        self._reported.discard(url)
 
     async def _announce(self, batch: Sequence[Delivery]) -> None:
         now = time.time()
@@ -301,6 +317,8 @@ class Dispatcher:
     async def _stream_batch(self, url: str, batch: Sequence[Delivery], unfinished: dict[str, Delivery]) -> None:
         body = wire.BatchRequest(model=self._model, requests=tuple(d.queued.request for d in batch))
         async with self._client.stream(url + wire.BATCH_PATH, body.model_dump_json()) as answer:
+            if answer.status == 503:
+                raise _RuntimeNotReady(answer.status, await answer.text())
             if answer.status != 200:
                 raise _RuntimeRefused(answer.status, await answer.text())
             self._batch_accepted(url, batch)

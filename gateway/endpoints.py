@@ -36,7 +36,9 @@ class ReadyEndpoints:
     (``announce``, see ``wire.Announcement``), which come the moment a replica is ready. An announcement counts
     only for a URL the backend vouches for (``vouch``: a process it started, an address in the model's
     EndpointSlices, ready or not), so nothing else can register; it lapses at its expiry unless renewed, and a
-    replica that announces it is stopping gets no more work even while the backend still lists it.
+    replica that announces it is stopping gets no more work even while the backend still lists it. Ready and
+    stopping reach ``announce`` only once the replica's own ``/readyz`` agreed (``gateway.announcements``), with
+    the report it answered.
 
     Readers get one model's whole set at once (``get``) and are told of changes through ``subscribe``.
     """
@@ -70,6 +72,25 @@ class ReadyEndpoints:
         for url in set(announced) - self._vouched[model]:
             del announced[url]
         self._update(model)
+
+    def vouches(self, model: str, url: str) -> bool:
+        """Whether the backend vouches for ``url`` as a replica of ``model``."""
+        return url in self._vouched.get(model, ())
+
+    def renew(self, model: str, url: str, ttl_s: float) -> bool:
+        """Extend a taken ready announcement (same report) by ``ttl_s``; False if ``url`` has none for ``model``."""
+        announced = self._announced.get(model, {})
+        entry = announced.get(url)
+        if entry is None:
+            return False
+        announced[url] = _Announced(self._clock() + ttl_s, entry.report)
+        return True
+
+    def withdraw(self, model: str, url: str) -> None:
+        """``url`` said it is not ready for ``model`` after all: its announcement no longer counts (the backend's
+        view of it stands)."""
+        if self._announced.get(model, {}).pop(url, None) is not None:
+            self._update(model)
 
     def announce(
         self, model: str, url: str, state: wire.ReplicaState, report: wire.ReadyBody | None, ttl_s: float

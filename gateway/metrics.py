@@ -84,7 +84,9 @@ class ModelGauges(Collector):
 
 
 class Metrics:
-    def __init__(self) -> None:
+    """``backend``: a backend's own metrics (``RouteMetrics``), served with these."""
+
+    def __init__(self, backend: Collection[Collector] = ()) -> None:
         #: What ``render`` formats with ``prometheus_client``: metrics with a series per model with activity.
         self._standard = CollectorRegistry()
         self.models = ModelGauges()
@@ -137,8 +139,9 @@ class Metrics:
         )
         self.announcements = Counter(
             "kaltstart_replica_announcements",
-            "Replica announcements received, by outcome (accepted, refused: from an address the backend does not "
-            "vouch for; malformed).",
+            "Replica announcements received, by outcome (accepted; refused: from an address the backend does not "
+            "vouch for; unconfirmed: ready or stopping, and the replica's /readyz did not agree; malformed; "
+            "oversized: longer than wire.MAX_ANNOUNCEMENT_BYTES).",
             ["outcome"],
             registry=r,
         )
@@ -223,12 +226,38 @@ class Metrics:
             ["key", "quota"],
             registry=r,
         )
+        for collector in backend:
+            r.register(collector)
 
     def observe_model(self, model: str, queued: int, in_flight: int, replicas: Replicas) -> None:
         self.models.observe(model, (queued, in_flight, replicas.desired, replicas.ready))
 
     def render(self) -> bytes:
         return generate_latest(self._standard) + self.models.text().encode()
+
+
+class RouteMetrics:
+    """The Kubernetes backend's: route claims it refused and EndpointSlices it ignored. Built with the backend
+    (before the app's ``Metrics``), served through ``Metrics(backend=...)``. The ``model`` label only ever names a
+    model that is served or on the allow-list, so a Deployment author cannot grow the series."""
+
+    def __init__(self) -> None:
+        self.conflicts = Counter(
+            "kaltstart_route_conflicts",
+            "Deployments refused a model name, by reason (route_conflict: another Deployment serves it; "
+            "route_not_allowed: the route allow-list names others).",
+            ["model", "reason"],
+            registry=None,
+        )
+        self.ignored_slices = Counter(
+            "kaltstart_endpointslices_ignored",
+            "EndpointSlices left out because the EndpointSlice controller does not manage them.",
+            registry=None,
+        )
+
+    @property
+    def collectors(self) -> tuple[Collector, ...]:
+        return self.conflicts, self.ignored_slices
 
 
 class _Both(Collector):

@@ -9,18 +9,27 @@ Life of an entry: ``enqueue`` (XADD) -> a dispatcher's ``read_batch`` (XREADGROU
 attempt + 1, old one deleted) or ``cancel`` (the client gave up). Every multi-key step is one Lua script, so a
 request is answered at most once however its deliveries race (the scripts: ``gateway.queuescripts``). Redis
 errors become ``QueueUnavailable`` here.
+
+A read never raises for what an entry holds: an entry that does not read back as a request (``Unreadable``: its
+``q``, its inline ``r`` or the prompt of its body nested past the reader's limit by a gateway that did not bound it,
+or not a request at all) is settled as failed (400), for its own request only, by whichever read finds it (a
+dispatcher's, or the janitor's ``take_over``), through the settle that releases its body and charges; each choice
+of a request whose prompt does not parse is failed so as it is read. The entries read with it go on as usual.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import json
+import logging
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
-from typing import cast
+from typing import Any, cast
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError, ResponseError
@@ -37,9 +46,13 @@ from gateway.pipelining import Call, Coalesced
 from gateway.work import WorkSignals
 from gateway.work import message as work_message
 
+log = logging.getLogger("kaltstart.queue")
+
 #: How long a settled marker outlives its request: long enough to suppress any late duplicate.
 SETTLED_TTL_MS = 3_600_000
 CANCELLED = "cancelled"
+#: The answer to a request whose entry cannot be read back (``Unreadable``).
+UNREADABLE_MESSAGE = "The request could not be read back from the queue (it nests too deeply or is malformed)."
 #: A body (and its charges) outlives its request's deadline by this long before it lapses: the deadline's own
 #: cancellation normally deletes it first.
 BODY_GRACE_S = 60.0
@@ -199,6 +212,33 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class Unreadable:
+    """A stream entry that does not read back as a request (its ``q`` or inline ``r`` does not parse, or the prompt
+    it refers to in its body does not), and what could be made out of it: its request's id and reply channel (""
+    where not even those), and where its body and charges are kept (released by its settle)."""
+
+    entry_id: str
+    request_id: str
+    reply_to: str
+    #: Why it could not be read (for the log; never shown to a client).
+    reason: str
+    held: Held = INLINE
+
+
+@dataclass(frozen=True)
+class Lapsed:
+    """An entry whose body is gone (its request outlived its deadline unsettled), with a stand-in to settle it."""
+
+    delivery: Delivery
+
+
+#: What a read makes of an entry.
+Taken = Delivery | Unreadable | Lapsed
+#: A prompt of a body as read: the request, why it did not parse (str), or None if the body is gone.
+Prompt = wire.GenerationRequest | str | None
+
+
+@dataclass(frozen=True)
 class Settlement:
     """A request's final reply to store; ``publish=False``: stored only (handed over in-process by the caller)."""
 
@@ -341,31 +381,57 @@ class RequestQueue:
             await self.prepare(model)  # Redis lost its data (restart without persistence, flush)
             return Read([], drained=False)
         read, *flat = cast(list[bytes | int], response)
-        deliveries: list[Delivery] = []
-        unchecked: list[Delivery] = []
-        lapsed: list[Delivery] = []
-        prompts: dict[tuple[str, int], wire.GenerationRequest] = {}
-        for at in range(0, len(flat), 4):
-            entry_id, payload, prompt, checked = text(cast(bytes, flat[at])), flat[at + 1], flat[at + 2], flat[at + 3]
-            if prompt == -1:  # an older gateway's entry: the request inline
-                queued: QueuedRequest | None = QueuedRequest.model_validate_json(cast(bytes, payload))
-            else:
-                entry = QueuedEntry.model_validate_json(cast(bytes, payload))
-                queued = _rebuilt(entry, prompt, prompts)
-                if queued is None:
-                    lapsed.append(Delivery(entry_id, _lapsed(entry)))
-                    continue
-            (deliveries if checked else unchecked).append(Delivery(entry_id, cast(QueuedRequest, queued)))
+        prompts: dict[tuple[str, int], Prompt] = {}
+        taken: list[Taken] = []
+        unchecked: set[str] = set()
+        for at in range(0, len(flat), 5):
+            entry_id, request_id = text(cast(bytes, flat[at])), cast(bytes, flat[at + 3])
+            payload, prompt, body = cast(bytes, flat[at + 1]), flat[at + 2], cast(bytes, flat[at + 4])
+            taken.append(_read_entry(entry_id, payload, prompt, request_id, body, prompts))
+            if not request_id:  # added by a gateway older than the request id field: checked here
+                unchecked.add(entry_id)
+        ready = await self._fail_untaken(model, taken)
+        deliveries = [d for d in ready if d.entry_id not in unchecked]
         if unchecked:
-            deliveries += await self._drop_settled(model, unchecked)
-        if lapsed:
-            await self._fail_lapsed(model, lapsed)
+            deliveries += await self._drop_settled(model, [d for d in ready if d.entry_id in unchecked])
         return Read(deliveries, drained=cast(int, read) < count)
+
+    async def _fail_untaken(self, model: str, taken: Sequence[Taken]) -> list[Delivery]:
+        """Settle what was read but cannot be dispatched (unreadable entries, lapsed bodies) as failed; the
+        deliveries of the rest."""
+        await self._fail_unreadable(model, [t for t in taken if isinstance(t, Unreadable)])
+        if lapsed := [t.delivery for t in taken if isinstance(t, Lapsed)]:
+            await self._fail_lapsed(model, lapsed)
+        return [t for t in taken if isinstance(t, Delivery)]
 
     async def _fail_lapsed(self, model: str, lapsed: Sequence[Delivery]) -> None:
         """Entries whose body lapsed (their request outlived its deadline unsettled): failed, never sent."""
         failed = [Settlement(d, Failed(id=d.queued.id, status=504, message=LAPSED)) for d in lapsed]
         await self.settle_many(model, failed)
+
+    async def _fail_unreadable(self, model: str, entries: Sequence[Unreadable]) -> None:
+        """Settle each unreadable entry's request as failed (400: its client hears at once, or at its next look
+        at its settled key), acking and deleting the entry; one whose request cannot be made out is only dropped."""
+        for entry in entries:
+            log.error(
+                "failing an unreadable entry of %s (entry %s, request %.128r): %s",
+                model, entry.entry_id, entry.request_id, entry.reason,
+            )  # fmt: skip
+        known = [e for e in entries if e.request_id]
+        calls: list[Call] = [
+            (
+                _settle_keys(model, e.request_id, e.held),
+                [e.entry_id, keys.GROUP, SETTLED_TTL_MS, e.reply_to, _unreadable_reply(e).model_dump_json()],
+            )
+            for e in known
+        ]
+        for reply in await self._pipelined(self._settle, calls) if calls else []:
+            _raised(reply)
+        if anonymous := [e.entry_id for e in entries if not e.request_id]:
+            async with converted(), self._redis.pipeline(transaction=True) as pipe:
+                pipe.xack(keys.queue(model), keys.GROUP, *anonymous)
+                pipe.xdel(keys.queue(model), *anonymous)
+                await pipe.execute()
 
     async def settle(self, model: str, delivery: Delivery, reply: Final, *, publish: bool = True) -> bool:
         """Store and publish a request's final reply and drop its entry. False if it was settled already.
@@ -499,36 +565,31 @@ class RequestQueue:
                 await self._redis.xclaim(keys.queue(model), keys.GROUP, new_owner, min_idle_ms, ids) if ids else []
             )
             claimed = cast(list[tuple[bytes, dict[bytes, bytes] | None]], response)
-            return await self._claimed(model, [(text(i), fields) for i, fields in claimed if fields])
+            taken = await self._claimed(model, [(text(i), fields) for i, fields in claimed if fields])
+        return await self._fail_untaken(model, taken)
 
-    async def _claimed(self, model: str, claimed: Sequence[tuple[str, dict[bytes, bytes]]]) -> list[Delivery]:
-        """Deliveries of claimed entries (an entry deleted meanwhile comes back without fields, and is not here);
-        their bodies read in one round trip, those whose body lapsed failed."""
-        entries = {i: QueuedEntry.model_validate_json(f[b"q"]) for i, f in claimed if b"q" in f}
-        wanted = sorted({(e.body, e.prompt) for e in entries.values()})
+    async def _claimed(self, model: str, claimed: Sequence[tuple[str, dict[bytes, bytes]]]) -> list[Taken]:
+        """What claimed entries are (an entry deleted meanwhile comes back without fields, and is not here); their
+        bodies' prompts read in one round trip."""
+        entries = {
+            i: _entry(i, f.get(b"q", b""), f.get(b"i", b""), f.get(b"b", b"")) for i, f in claimed if b"r" not in f
+        }
+        wanted = sorted({(e.body, e.prompt) for e in entries.values() if isinstance(e, QueuedEntry)})
         async with self._redis.pipeline(transaction=False) as pipe:
             for body, index in wanted:
                 pipe.hget(keys.body(model, body), str(index))
             found = await pipe.execute() if wanted else []
-        prompts = {
-            at: wire.GenerationRequest.model_validate_json(raw)
-            for at, raw in zip(wanted, found, strict=True)
-            if raw is not None
-        }
-        deliveries, lapsed = [], []
+        prompts = {at: None if raw is None else _prompt(raw) for at, raw in zip(wanted, found, strict=True)}
+        taken: list[Taken] = []
         for entry_id, fields in claimed:
-            if b"r" in fields:
-                deliveries.append(Delivery(entry_id, QueuedRequest.model_validate_json(fields[b"r"])))
-                continue
-            entry = entries[entry_id]
-            prompt = prompts.get((entry.body, entry.prompt))
-            if prompt is None:
-                lapsed.append(Delivery(entry_id, _lapsed(entry)))
+            entry = entries.get(entry_id)
+            if entry is None:  # an older gateway's entry: the request inline
+                taken.append(_delivery(entry_id, fields[b"r"], fields.get(b"i", b"")))
+            elif isinstance(entry, Unreadable):
+                taken.append(entry)
             else:
-                deliveries.append(Delivery(entry_id, entry.queued(prompt)))
-        if lapsed:
-            await self._fail_lapsed(model, lapsed)
-        return deliveries
+                taken.append(_choice(entry_id, entry, prompts[(entry.body, entry.prompt)]))
+        return taken
 
     async def forget_consumer(self, model: str, consumer: str) -> None:
         async with converted():
@@ -607,16 +668,56 @@ def _refusal(reason: str, model: str, account: Account | None) -> QueueFull | Ke
 LAPSED = "The request was not dispatched before its deadline."
 
 
-def _rebuilt(
-    entry: QueuedEntry, prompt: object, prompts: dict[tuple[str, int], wire.GenerationRequest]
-) -> QueuedRequest | None:
-    """The choice an entry of the read script's reply stands for (``prompt``: its prompt, 1: as an earlier entry's,
-    0: lapsed), or None if its body lapsed. ``prompts``: those read so far, parsed once each."""
+def _read_entry(
+    entry_id: str,
+    payload: bytes,
+    prompt: bytes | int,
+    request_id: bytes,
+    body: bytes,
+    prompts: dict[tuple[str, int], Prompt],
+) -> Taken:
+    """What an entry of the read script's reply is (``prompt``: its prompt's text, 1: as an earlier entry's of this
+    read, 0: its body is gone, -1: an older gateway's entry, its request inline in ``payload``; ``body``: its ``b``
+    field). ``prompts``: those read so far, parsed once each."""
+    if prompt == -1:
+        return _delivery(entry_id, payload, request_id)
+    entry = _entry(entry_id, payload, request_id, body)
+    if isinstance(entry, Unreadable):
+        return entry
     at = (entry.body, entry.prompt)
     if isinstance(prompt, bytes):
-        prompts[at] = wire.GenerationRequest.model_validate_json(prompt)
-    found = prompts.get(at)
-    return None if found is None else entry.queued(found)
+        prompts[at] = _prompt(prompt)
+    elif prompt == 0:
+        prompts[at] = None
+    return _choice(entry_id, entry, prompts.get(at, "its prompt came with an entry that could not be read"))
+
+
+def _entry(entry_id: str, payload: bytes, request_id: bytes, body: bytes) -> QueuedEntry | Unreadable:
+    """An entry's ``q`` (``payload``), or ``Unreadable`` if it does not parse."""
+    try:
+        return QueuedEntry.model_validate_json(payload)
+    except ValidationError as exc:
+        return _unreadable(entry_id, payload, request_id, _reason(exc), body=body)
+
+
+def _prompt(raw: bytes) -> wire.GenerationRequest | str:
+    """A prompt from a body, or why it does not parse (nested past the reader's limit by a gateway that did not
+    bound it, or not a request at all)."""
+    try:
+        return wire.GenerationRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        return _reason(exc)
+
+
+def _choice(entry_id: str, entry: QueuedEntry, prompt: Prompt) -> Taken:
+    """The choice ``entry`` stands for, its request rebuilt from its body's ``prompt``."""
+    if prompt is None:
+        return Lapsed(Delivery(entry_id, _lapsed(entry)))
+    if isinstance(prompt, str):
+        return Unreadable(
+            entry_id, entry.id, entry.reply_to, reason=f"its prompt: {prompt}", held=Held(entry.body, entry.account)
+        )
+    return Delivery(entry_id, entry.queued(prompt))
 
 
 def _lapsed(entry: QueuedEntry) -> QueuedRequest:
@@ -659,6 +760,50 @@ def _raised(reply: object) -> object:
     if isinstance(reply, RedisError):
         raise unavailable(reply) from reply
     return reply
+
+
+def _delivery(entry_id: str, payload: bytes, request_id: bytes) -> Delivery | Unreadable:
+    """An entry with its request inline (``r``, as an older gateway wrote them) as a ``Delivery``, or as
+    ``Unreadable`` if it does not read back as a request."""
+    try:
+        return Delivery(entry_id, QueuedRequest.model_validate_json(payload))
+    except ValidationError as exc:
+        return _unreadable(entry_id, payload, request_id, _reason(exc))
+
+
+def _reason(exc: ValidationError) -> str:
+    return exc.errors(include_input=False)[0]["msg"]
+
+
+def _unreadable(entry_id: str, payload: bytes, request_id: bytes, reason: str, body: bytes | None = None) -> Unreadable:
+    """What can be made out of an entry that does not read as a request: its request's id (the entry's ``i``
+    field, else the payload's) and reply channel, and for an entry that refers to a body (``body``: its ``b``
+    field; None: its request inline) the body and the account its ``q`` names. The standard library's decoder
+    reads about 1,000 levels, the request reader 200, so these usually can be."""
+    fields: Any = None
+    with contextlib.suppress(ValueError, RecursionError):
+        fields = json.loads(payload)
+    fields = fields if isinstance(fields, dict) else {}
+    request = fields.get("request") if body is None else fields
+    found_id = _string(request.get("id")) if isinstance(request, dict) else ""
+    held = INLINE
+    if body is not None:
+        held = Held(body.decode(errors="replace") or _string(fields.get("body")), _string(fields.get("account")))
+    return Unreadable(
+        entry_id,
+        request_id=request_id.decode(errors="replace") or found_id,
+        reply_to=_string(fields.get("reply_to")),
+        reason=reason,
+        held=held,
+    )
+
+
+def _string(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _unreadable_reply(entry: Unreadable) -> Failed:
+    return Failed(id=entry.request_id, status=400, message=UNREADABLE_MESSAGE)
 
 
 def _waited(batch: Sequence[Delivery], fill_s: float) -> bool:

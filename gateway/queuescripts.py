@@ -126,15 +126,18 @@ return id
 """
 
 # KEYS: queue. ARGV: group, consumer, count, settled-key prefix, body-key prefix. -> flat list: how many entries
-# were read, then entry id, payload, prompt, checked, ... per entry returned; -1 if the group is missing.
+# were read, then entry id, payload, prompt, request id, body id, ... per entry returned ('' for a field the entry
+# lacks); -1 if the group is missing.
 # Reads new entries without blocking (a dispatcher waits on its work signal instead), and acks and deletes at once
 # those whose request is settled already (cancelled by its client before a dispatcher got to it), so a read is one
 # round trip. ``payload`` is the entry's ``q`` (or an older gateway's whole request, ``r``); ``prompt`` is the
-# prompt it refers to from its request's body, sent once per read (1: as for an earlier entry of this read; 0: the
-# body is gone; -1: an entry with its request inline). ``checked`` is 0 for an entry without the request id field
-# ``i`` (added by a gateway older than that field): the caller checks those itself. The settled and body keys are
-# not in KEYS, as the ids are known only here; they share the queue's hash tag, so on a Redis Cluster they live in
-# the same slot as the declared key.
+# prompt it refers to from its request's body (field ``b``), sent once per read (1: as for an earlier entry of this
+# read; 0: the body is gone; -1: an entry with its request inline). The request id is '' for an entry without the
+# request id field ``i`` (added by a gateway older than that field): the caller checks those itself. The request
+# and body ids are what the caller settles an entry by if its payload or prompt does not parse. (A field a Lua table
+# lacks must not be appended as nil: that would shift every later entry of the flat list.) The settled and body keys
+# are not in KEYS, as the ids are known only here; they share the queue's hash tag, so on a Redis Cluster they live
+# in the same slot as the declared key.
 READ = """
 local got = redis.pcall('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '>')
 if type(got) == 'table' and got.err then
@@ -164,9 +167,10 @@ for _, entry in ipairs(got[1][2]) do
       sent[tag] = true
     end
     out[#out + 1] = entry[1]
-    out[#out + 1] = payload
+    out[#out + 1] = payload or ''
     out[#out + 1] = text
-    out[#out + 1] = request and 1 or 0
+    out[#out + 1] = request or ''
+    out[#out + 1] = body or ''
   end
 end
 if #done > 0 then

@@ -19,8 +19,9 @@ from starlette.routing import Route
 
 import wire
 from gateway.auth import Grant, allowed_models
+from gateway.bounds import decode_body
 from gateway.choices import Choices, fan_out, submit
-from gateway.errors import BodyTimeout, ClientGone, InvalidRequest, ModelNotFound, PayloadTooLarge, RequestError
+from gateway.errors import BodyTimeout, ClientGone, ModelNotFound, PayloadTooLarge, RequestError
 from gateway.responses import ResponseShape, error_body
 from gateway.schemas import ChatCompletionRequest, CompletionRequest, parse_request
 from gateway.service import Delta, Gateway
@@ -48,10 +49,7 @@ async def _read_json(request: Request, limit: int, timeout_s: float) -> Any:
                     raise PayloadTooLarge(f"The request body exceeds {limit} bytes.")
     except TimeoutError:
         raise BodyTimeout(f"The request body did not arrive within {timeout_s:g} s.") from None
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest("The request body is not valid JSON.") from None
+    return decode_body(bytes(body))
 
 
 async def completions(request: Request) -> Response:

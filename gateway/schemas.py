@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import ErrorDetails
 
 import wire
+from gateway.bounds import check_depth, field_path
 from gateway.errors import InvalidRequest
 from gateway.refusals import refuse_unsupported
 from gateway.tools import NamedToolChoice, ResponseFormat, ToolDefinition
@@ -35,6 +36,10 @@ MAX_CHOICES = 128
 #: Most alternatives per token: OpenAI's limits (chat ``top_logprobs``, completions ``logprobs``).
 MAX_CHAT_LOGPROBS = wire.MAX_LOGPROBS
 MAX_COMPLETION_LOGPROBS = 5
+
+#: Most digits of a ``logit_bias`` key: every vocabulary's token ids fit in 10 (Python refuses to convert a string of
+#: more than 4,300 digits to an integer at all).
+MAX_TOKEN_ID_DIGITS = 10
 
 #: One prompt as the wire carries it: the fields of ``wire.GenerationRequest`` that say what to continue.
 PromptInput = dict[str, Any]
@@ -76,14 +81,20 @@ class _Sampling(_Body):
             raise ValueError(f"at most {wire.MAX_STOP_SEQUENCES} stop sequences")
         if any(not s for s in stops):
             raise ValueError("stop sequences must not be empty")
+        if any(len(s) > wire.MAX_STOP_LENGTH for s in stops):
+            raise ValueError(f"stop sequences must be at most {wire.MAX_STOP_LENGTH} characters long")
         return tuple(stops)
 
     @field_validator("logit_bias")
     @classmethod
     def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
         for token, bias in (value or {}).items():
-            if not token.isdecimal():
-                raise ValueError(f"keys must be token ids (integers written as strings), not {token!r}")
+            if not (token.isascii() and token.isdigit() and len(token) <= MAX_TOKEN_ID_DIGITS):
+                shown = repr(token) if len(token) <= 20 else f"{token[:20]!r}... ({len(token)} characters)"
+                raise ValueError(
+                    f"keys must be token ids (integers of at most {MAX_TOKEN_ID_DIGITS} digits, written as strings), "
+                    f"not {shown}"
+                )
             if not -100.0 <= bias <= 100.0:
                 raise ValueError(f"the bias of token {token} must be between -100 and 100")
         if len(value or {}) > wire.MAX_LOGIT_BIAS:
@@ -319,25 +330,18 @@ def parse_request(model: type[_Request], body: Any) -> _Request:
         parsed = model.model_validate(body, strict=True)  # no coercion: "stream": "yes" is an error, not true
     except ValidationError as exc:
         raise _invalid(exc.errors()[0]) from None
+    check_depth(body)  # after validation: a schema too deep is named by its own bound (``gateway.tools``)
     parsed.check()
     return parsed
 
 
 def _invalid(error: ErrorDetails) -> InvalidRequest:
-    param = _path(error["loc"])
+    param = field_path(error["loc"])
     if error["type"] == "extra_forbidden":
         return InvalidRequest(f"Unrecognized request argument supplied: {param}", param=param)
     if error["type"] == "missing":
         return InvalidRequest(f"Missing required parameter: '{param}'.", param=param)
     return InvalidRequest(f"Invalid value for '{param}': {_reason(error)}.", param=param)
-
-
-def _path(loc: tuple[int | str, ...]) -> str:
-    """``('messages', 1, 'content')`` -> ``messages[1].content``."""
-    path = ""
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
-    return path
 
 
 _TYPES = {

@@ -15,6 +15,7 @@ and parsed by the one function ``ModelSettings.parse``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
@@ -23,6 +24,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from gateway.errors import ConfigError
@@ -331,18 +333,59 @@ def _lease_seconds(text: Value) -> int:
     return _parse_int(parse_duration_s(text), 2)
 
 
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+def _allow_entry(entry: object) -> str:
+    namespace, _, name = str(entry).partition("/")
+    if not isinstance(entry, str) or not _DNS_LABEL.match(namespace) or (name and not _DNS_NAME.match(name)):
+        raise ValueError(f"{entry!r}: use a namespace or namespace/Deployment")
+    return entry
+
+
+def _allow_list(text: Value) -> Mapping[str, tuple[str, ...]]:
+    """``{"llama-70b": "models/llama", "qwen": ["team-a", "team-b/qwen"]}`` -> model name -> entries."""
+    try:
+        loaded = json.loads(str(text))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise ValueError("a JSON object of model name -> namespace[/Deployment] (or a list of them)")
+    allow: dict[str, tuple[str, ...]] = {}
+    for model, entries in loaded.items():
+        try:
+            check_model_name(model)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        listed = entries if isinstance(entries, list) else [entries]
+        if not listed:
+            raise ValueError(f"{model!r}: no namespace or Deployment given")
+        allow[model] = tuple(_allow_entry(e) for e in listed)
+    return MappingProxyType(allow)
+
+
 @dataclass(frozen=True)
 class KubernetesSettings:
     """The Kubernetes backend: annotated Deployments, scaled through the API."""
 
     #: Namespaces whose annotated Deployments are served; empty: the pod's own (see ``own_namespace``).
     namespaces: tuple[str, ...] = field(default=(), metadata=_key("KALTSTART_NAMESPACES", _namespaces))
-    #: The Lease (in the first namespace) whose holder scales models down.
+    #: The Lease whose holder scales models down.
     lease_name: str = field(default="kaltstart-gateway", metadata=_key("KALTSTART_LEASE_NAME", str))
+    #: The Lease's namespace; None: the first of ``namespaces``. The chart sets the release's own, so that the
+    #: gateway needs no Lease rights in the namespaces it serves.
+    lease_namespace: str | None = field(default=None, metadata=_key("KALTSTART_LEASE_NAMESPACE", str))
     #: How long scale-downs pause when the leader dies. Whole seconds (the Lease API's unit), at least 2.
     lease_duration_s: int = field(default=15, metadata=_key("KALTSTART_LEASE_DURATION", _lease_seconds))
     #: A kubeconfig file; None inside a pod: in-cluster config.
     kubeconfig: str | None = field(default=None, metadata=_key("KUBECONFIG", str))
+    #: Which Deployments may serve a model name (JSON: model -> "namespace" or "namespace/Deployment", or a list
+    #: of them). A listed name claimed by any other Deployment is refused (Event + metric); unlisted names follow
+    #: the sticky rule alone (an owner keeps its name; a newcomer never takes it). Empty: no list.
+    route_allow_list: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: MappingProxyType({}), metadata=_key("KALTSTART_ROUTE_ALLOW_LIST", _allow_list)
+    )
 
 
 _SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")

@@ -15,7 +15,7 @@ from typing import Literal, NoReturn, TypeVar
 
 from runtime.errors import SettingsError
 from runtime.toolcalls import ToolParserName
-from wire import SchedulerKind
+from wire import MAX_ANNOUNCE_INTERVAL_S, MAX_ANNOUNCED_MODELS, MAX_MODEL_NAME_LENGTH, SchedulerKind
 
 __all__ = ["ENV_PREFIX", "Device", "Dtype", "EngineKind", "RuntimeSettings", "SchedulerKind"]
 
@@ -172,8 +172,11 @@ class RuntimeSettings:
             raise SettingsError(f"prefill chunk tokens must be at least 1, got {self.prefill_chunk_tokens}")
         if self.max_context_tokens is not None and self.max_context_tokens < 2:
             raise SettingsError(f"max context tokens must be at least 2, got {self.max_context_tokens}")
-        if self.announce_interval_s <= 0:
-            raise SettingsError(f"announce interval must be positive, got {self.announce_interval_s}")
+        if not 0 < self.announce_interval_s <= MAX_ANNOUNCE_INTERVAL_S:
+            raise SettingsError(
+                f"announce interval must be in (0, {MAX_ANNOUNCE_INTERVAL_S:g}] seconds, got {self.announce_interval_s}"
+            )
+        self._check_names()
         if self.announce_to and self.advertise_url is None and self.host in _WILDCARDS:
             raise SettingsError(f"--advertise-url is needed to announce a replica listening on {self.host}")
         if self.shutdown_grace_s < 0:
@@ -221,6 +224,14 @@ class RuntimeSettings:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    def _check_names(self) -> None:
+        """The names fit what a gateway reads back (``wire.ReadyBody``, ``wire.Announcement``)."""
+        names = self.served_names
+        if not names or len(names) > MAX_ANNOUNCED_MODELS:
+            raise SettingsError(f"--model-name takes 1 to {MAX_ANNOUNCED_MODELS} names, got {len(names)}")
+        if too_long := [name for name in names if len(name) > MAX_MODEL_NAME_LENGTH]:
+            raise SettingsError(f"model name longer than {MAX_MODEL_NAME_LENGTH} characters: {too_long[0][:40]}...")
 
     @property
     def public_url(self) -> str:

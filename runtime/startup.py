@@ -118,6 +118,7 @@ class Readiness:
             max_batch_tokens=runner.max_batch_tokens,
             free_rows=runner.free_rows,
             startup=self.startup,
+            models=self.settings.served_names if len(self.settings.served_names) > 1 else (),
         )
 
     def announcement(self, url: str, interval_s: float) -> Announcement:

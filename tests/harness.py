@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
@@ -151,12 +151,23 @@ async def run_gateway(
 
 @contextlib.asynccontextmanager
 async def run_kubernetes_gateway(
-    kubeconfig: Path, redis_url: str, namespace: str = "default", lease_s: int = 2, **overrides: Any
+    kubeconfig: Path,
+    redis_url: str,
+    namespace: str = "default",
+    lease_s: int = 2,
+    allow: Mapping[str, tuple[str, ...]] | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[KubernetesGateway]:
-    """A gateway with the Kubernetes backend, talking to the API server named in ``kubeconfig``."""
+    """A gateway with the Kubernetes backend, talking to the API server named in ``kubeconfig``, serving
+    ``namespace`` (or several, comma-separated), with ``allow`` as its route allow-list."""
     async with _listening() as sock:
         settings = _settings(redis_url, sock, {"backend": "kubernetes", **overrides})
-        kube = KubernetesSettings(namespaces=(namespace,), lease_duration_s=lease_s, kubeconfig=str(kubeconfig))
+        kube = KubernetesSettings(
+            namespaces=tuple(namespace.split(",")),
+            lease_duration_s=lease_s,
+            kubeconfig=str(kubeconfig),
+            route_allow_list=allow or {},
+        )
         parts = build_kubernetes(kube, identity=settings.server.gateway_id)
         async with _run(settings, parts, sock) as gateway:
             yield gateway

@@ -124,6 +124,7 @@ def test_sampling_parameter_bounds() -> None:
         {"logit_bias": {1: 100.5}},
         {"logit_bias": {-1: 1.0}},
         {"logit_bias": {i: 1.0 for i in range(wire.MAX_LOGIT_BIAS + 1)}},
+        {"stop": ("x" * (wire.MAX_STOP_LENGTH + 1),)},  # the runtime scans each one's prefixes on every step
     ):
         with pytest.raises(ValidationError):
             wire.SamplingParams(**bad)
@@ -207,3 +208,14 @@ def test_tool_choice_and_formats_that_cannot_be_met_are_invalid(fields: dict[str
 def test_tools_and_formats_are_for_chat_only() -> None:
     with pytest.raises(ValidationError, match="chat messages only"):
         wire.GenerationRequest(id="a", prompt="hi", tools=(WEATHER,))
+
+
+def test_a_ready_report_names_its_aliases_only_when_it_has_some() -> None:
+    """``models`` came later: a replica serving one name answers exactly as before, so gateways that predate the
+    field (their models forbid unknown fields) still read its report."""
+    one = wire.ReadyBody(model="a", max_batch_size=1, context_length=8)
+    assert "models" not in json.loads(one.model_dump_json())
+    assert one.serves("a") and not one.serves("b")
+    two = one.model_copy(update={"models": ("a", "b")})
+    assert json.loads(two.model_dump_json())["models"] == ["a", "b"]
+    assert two.serves("b")

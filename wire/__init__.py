@@ -28,10 +28,15 @@ announcements, claims, cancellations) and ``wire.base`` (base models, limits); i
 from __future__ import annotations
 
 from wire.base import (
+    MAX_ANNOUNCE_INTERVAL_S,
+    MAX_ANNOUNCED_MODELS,
+    MAX_ANNOUNCEMENT_BYTES,
     MAX_CANCEL_IDS,
     MAX_LOGIT_BIAS,
     MAX_LOGPROBS,
+    MAX_MODEL_NAME_LENGTH,
     MAX_REQUEST_ID_LENGTH,
+    MAX_STOP_LENGTH,
     MAX_STOP_SEQUENCES,
     MAX_TOOLS,
 )
@@ -75,10 +80,15 @@ __all__ = [
     "CLAIM_PATH",
     "FREE_ROWS_HEADER",
     "HEALTH_PATH",
+    "MAX_ANNOUNCED_MODELS",
+    "MAX_ANNOUNCEMENT_BYTES",
+    "MAX_ANNOUNCE_INTERVAL_S",
     "MAX_CANCEL_IDS",
     "MAX_LOGIT_BIAS",
     "MAX_LOGPROBS",
+    "MAX_MODEL_NAME_LENGTH",
     "MAX_REQUEST_ID_LENGTH",
+    "MAX_STOP_LENGTH",
     "MAX_STOP_SEQUENCES",
     "MAX_TOOLS",
     "NDJSON",

@@ -13,6 +13,9 @@ from pydantic import (
 )
 
 MAX_STOP_SEQUENCES = 4
+#: Longest a stop sequence may be, in characters: the runtime looks for every proper prefix of every stop sequence at
+#: the end of a row's text on every step (``runtime.completion.holdback_start``), so this bounds that work.
+MAX_STOP_LENGTH = 256
 MAX_REQUEST_ID_LENGTH = 128
 #: Most ids one ``CancelRequest`` may carry: far more than any batch, small enough to bound the work one call does.
 MAX_CANCEL_IDS = 1024
@@ -22,6 +25,16 @@ MAX_LOGPROBS = 20
 MAX_LOGIT_BIAS = 300
 #: Most tools one request may declare (OpenAI's limit).
 MAX_TOOLS = 128
+#: Longest model name (the gateway's ``check_model_name`` allows 128 characters).
+MAX_MODEL_NAME_LENGTH = 128
+#: Most model names one replica may announce (or report at ``/readyz``): one Deployment's aliases, not a catalog.
+MAX_ANNOUNCED_MODELS = 32
+#: Longest announcement a gateway reads, in bytes of JSON: a full one (a ready report with start-up timings and
+#: ``MAX_ANNOUNCED_MODELS`` long names) is under 6 KiB. Anything longer is dropped unread.
+MAX_ANNOUNCEMENT_BYTES = 8192
+#: Longest announced interval, in seconds: a replica that goes quiet is forgotten after three of them, so this
+#: bounds how long one announcement can keep a replica listed.
+MAX_ANNOUNCE_INTERVAL_S = 60.0
 
 
 class _Wire(BaseModel):

@@ -16,6 +16,7 @@ from wire.base import (
     MAX_LOGIT_BIAS,
     MAX_LOGPROBS,
     MAX_REQUEST_ID_LENGTH,
+    MAX_STOP_LENGTH,
     MAX_STOP_SEQUENCES,
     MAX_TOOLS,
     _Evolving,
@@ -71,7 +72,7 @@ class SamplingParams(_Evolving):
     max_tokens: int = Field(16, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    stop: tuple[str, ...] = Field((), max_length=MAX_STOP_SEQUENCES)
+    stop: tuple[Annotated[str, Field(max_length=MAX_STOP_LENGTH)], ...] = Field((), max_length=MAX_STOP_SEQUENCES)
     # The gateway fills in a seed when the client gave none, so that a request redelivered after a replica
     # failure samples the same tokens again.
     seed: int | None = None

@@ -3,13 +3,26 @@ requests are cancelled (see ``wire``)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import (
     Field,
 )
 
-from wire.base import MAX_CANCEL_IDS, MAX_REQUEST_ID_LENGTH, _Wire
+from wire.base import (
+    MAX_ANNOUNCE_INTERVAL_S,
+    MAX_ANNOUNCED_MODELS,
+    MAX_CANCEL_IDS,
+    MAX_MODEL_NAME_LENGTH,
+    MAX_REQUEST_ID_LENGTH,
+    _Evolving,
+    _Wire,
+)
+
+#: A model name as a replica reports it.
+ModelName = Annotated[str, Field(min_length=1, max_length=MAX_MODEL_NAME_LENGTH)]
+#: A replica's base URL: http(s), a host and port, no credentials, query or fragment.
+_BASE_URL = r"^https?://[^\s/?#@]+(/[^\s?#@]*)?$"
 
 #: How a replica schedules work: ``static`` runs one ``POST /v1/batch`` at a time, start to finish (further batches
 #: wait); ``continuous`` admits the requests of any open batch into its running batch between decoding steps.
@@ -35,12 +48,16 @@ class StartupTimings(_Wire):
     )
 
 
-class ReadyBody(_Wire):
-    """A ready replica's report. ``scheduler``, ``max_batch_tokens``, ``free_rows`` and ``startup`` came later; their
-    defaults describe a replica that predates them: one batch at a time, no token budget, no start-up timings."""
+class ReadyBody(_Evolving):
+    """A ready replica's report. ``scheduler``, ``max_batch_tokens``, ``free_rows``, ``startup`` and ``models`` came
+    later; their defaults describe a replica that predates them: one batch at a time, no token budget, no start-up
+    timings, one model name. ``models`` is left out of the JSON while empty, so a replica serving one name answers
+    a gateway that predates it."""
+
+    _newer: ClassVar[tuple[str, ...]] = ("models",)
 
     status: Literal["ready"] = "ready"
-    model: str
+    model: ModelName = Field(description="the model the replica serves (its first name)")
     max_batch_size: int = Field(ge=1)
     context_length: int = Field(ge=1)
     scheduler: SchedulerKind = Field(
@@ -63,6 +80,15 @@ class ReadyBody(_Wire):
     startup: StartupTimings | None = Field(
         None, description="where the cold start went (seconds per phase); None: not reported"
     )
+    models: tuple[ModelName, ...] = Field(
+        (),
+        max_length=MAX_ANNOUNCED_MODELS,
+        description="every name the replica serves, when more than one (``model`` first); empty: ``model`` only",
+    )
+
+    def serves(self, model: str) -> bool:
+        """Whether the replica answering this report serves ``model`` (under any of its names)."""
+        return model == self.model or model in self.models
 
 
 class ErrorBody(_Wire):
@@ -78,18 +104,29 @@ StartupPhase = Literal["standby", "cache", "imports", "load", "warmup"]
 
 class Announcement(_Wire):
     """A runtime replica's word about itself on ``REPLICAS_CHANNEL``. A gateway uses it only for a replica it can
-    vouch for (one it started, or an address in the model's EndpointSlices), and forgets it when no announcement
-    came for a few ``interval_s``."""
+    vouch for (one it started, or an address in the model's EndpointSlices), believes ``ready`` and ``stopping``
+    only once the replica's own ``/readyz`` agrees, and forgets it when no announcement came for a few
+    ``interval_s``. Longer than ``MAX_ANNOUNCEMENT_BYTES`` in JSON, it is not read at all."""
 
-    url: str = Field(min_length=1, max_length=256, description="base URL the gateway sends batches to")
-    models: tuple[str, ...] = Field(description="every model name the replica serves; empty while on standby")
+    url: str = Field(
+        min_length=1, max_length=256, pattern=_BASE_URL, description="base URL the gateway sends batches to"
+    )
+    models: tuple[ModelName, ...] = Field(
+        max_length=MAX_ANNOUNCED_MODELS, description="every model name the replica serves; empty while on standby"
+    )
     state: ReplicaState
     phase: StartupPhase | None = Field(None, description="while starting: the step under way")
     elapsed_s: float = Field(
         ge=0.0, description="seconds since the process started (or, on a standby, since its claim)"
     )
-    interval_s: float = Field(gt=0.0, description="the next announcement comes within this many seconds")
-    ready: ReadyBody | None = Field(None, description="the replica's ready report, when state is ready")
+    interval_s: float = Field(
+        gt=0.0, le=MAX_ANNOUNCE_INTERVAL_S, description="the next announcement comes within this many seconds"
+    )
+    ready: ReadyBody | None = Field(
+        None,
+        description="the replica's ready report, when state is ready; a gateway uses only the one it reads from "
+        "the replica's /readyz itself",
+    )
 
 
 class ClaimRequest(_Wire):

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from prometheus_client.registry import Collector
+
 from gateway.catalog import ModelCatalog
 from gateway.endpoints import ReadyEndpoints
 
@@ -75,3 +77,5 @@ class BackendParts:
     endpoints: ReadyEndpoints
     #: A model name for the start-up banner's example requests.
     example_model: str
+    #: The backend's own metrics, which the app serves with its others.
+    collectors: tuple[Collector, ...] = ()

@@ -129,8 +129,18 @@ def test_the_gateway_settings_parse_the_rendered_environment(
     assert server.redis_url == redis_url
     assert server.gateway_id == POD_NAME
     assert kube.namespaces == (NAMESPACE,)
-    assert kube.lease_name == "kaltstart-gateway"
+    assert (kube.lease_name, kube.lease_namespace) == ("kaltstart-gateway", NAMESPACE)
     assert kube.kubeconfig is None
+    assert kube.route_allow_list == {}
+
+
+@pytest.mark.security
+def test_the_gateway_reads_the_rendered_route_allow_list(chart: helm_python.Chart) -> None:
+    values = {"gateway": {"routeAllowList": {"llama-70b": "models/llama", "qwen": ["team-a", "team-b/qwen"]}}}
+    deployment = render(chart, values).get("Deployment", "kaltstart-gateway")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    kube = GatewaySettings.from_env(_gateway_environ(container)).kubernetes
+    assert kube.route_allow_list == {"llama-70b": ("models/llama",), "qwen": ("team-a", "team-b/qwen")}
 
 
 def test_open_api_only_when_keys_are_turned_off(chart: helm_python.Chart) -> None:

@@ -38,7 +38,10 @@ EVERYTHING: dict[str, Any] = {
     "prefetch": {"enabled": True},
     "monitoring": {"serviceMonitor": {"enabled": True}, "dashboard": {"enabled": True}},
 }
-EXTERNAL_REDIS: dict[str, Any] = {**EVERYTHING, "redis": {"existingSecret": "redis-url"}}
+EXTERNAL_REDIS: dict[str, Any] = {
+    **EVERYTHING,
+    "redis": {"existingSecret": "redis-url", "announceExistingSecret": "redis-url", "announceExistingSecretKey": "pub"},
+}
 #: What docs/helm.md recommends under GitOps: every Secret your own.
 GITOPS: dict[str, Any] = {
     **EVERYTHING,

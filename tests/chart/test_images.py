@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.chart.rendering import REPO
+from tests.locks import read_locks
 
 pytestmark = pytest.mark.chart
 
@@ -50,6 +51,7 @@ class Dockerfile:
         return sources
 
 
+LOCKS = read_locks()
 IMAGES = {
     "gateway": Dockerfile.read(DOCKER / "gateway.Dockerfile"),
     "runtime": Dockerfile.read(DOCKER / "runtime.Dockerfile"),
@@ -106,11 +108,19 @@ def test_each_image_copies_what_its_package_imports(package: str, other: str) ->
     assert other not in _imported_top_packages(package)
 
 
+def _base_image(image: Dockerfile) -> str:
+    (arg,) = [args for args in image.all("ARG") if args.startswith("PYTHON_IMAGE=")]
+    assert set(image.all("FROM")) <= {"${PYTHON_IMAGE}", "${PYTHON_IMAGE} AS build"}
+    return arg.removeprefix("PYTHON_IMAGE=")
+
+
 def test_gateway_image_installs_no_torch() -> None:
-    runs = " ".join(IMAGES["gateway"].all("RUN"))
-    assert "pip install ." in runs
+    image = IMAGES["gateway"]
+    runs = " ".join(image.all("RUN"))
+    assert "--require-hashes -r requirements/gateway.lock" in runs
     assert "[runtime]" not in runs and "torch" not in runs
-    assert IMAGES["gateway"].all("FROM")[0].startswith("python:3.11-slim")
+    assert "torch" not in LOCKS["gateway"]
+    assert _base_image(image) == "python:3.11-slim"
 
 
 def _pyproject_torch_pin() -> str:
@@ -121,17 +131,14 @@ def _pyproject_torch_pin() -> str:
     return match.group(1)
 
 
-def test_runtime_image_pins_the_torch_of_pyproject() -> None:
+def test_runtime_image_installs_the_cuda_torch_of_pyproject_from_its_lock() -> None:
+    """The image's lock pins PyPI's (CUDA) build of exactly the torch of pyproject.toml, with its CUDA libraries,
+    and the image installs that lock before the package."""
     image = IMAGES["runtime"]
-    (default,) = [
-        re.fullmatch(r"TORCH_VERSION=(\S+)", args) for args in image.all("ARG") if args.startswith("TORCH_VERSION")
-    ]
-    assert default is not None
-    assert default.group(1) == _pyproject_torch_pin()
-    runs = " ".join(image.all("RUN"))
-    assert "torch==${TORCH_VERSION}" in runs
-    assert runs.index("torch==${TORCH_VERSION}") < runs.index("'.[runtime]'")  # the CUDA build first
-    assert "python3.11" in runs
-    (base,) = [args for args in image.all("ARG") if args.startswith("CUDA_IMAGE=")]
-    assert re.fullmatch(r"CUDA_IMAGE=nvidia/cuda:[\d.]+-runtime-ubuntu[\d.]+", base)
-    assert image.all("FROM") == ["${CUDA_IMAGE}"]
+    assert LOCKS["runtime-cuda"]["torch"] == _pyproject_torch_pin()  # no local version: not the +cpu build
+    assert any(name.startswith("nvidia-") for name in LOCKS["runtime-cuda"])
+    runs = image.all("RUN")
+    (lock_step,) = [i for i, run in enumerate(runs) if "--require-hashes -r requirements/runtime-cuda.lock" in run]
+    (package_step,) = [i for i, run in enumerate(runs) if "--no-deps --no-build-isolation ." in run]
+    assert lock_step < package_step
+    assert _base_image(image) == "python:3.11-slim"

@@ -93,6 +93,9 @@ def test_defaults_render_a_gateway_and_a_bundled_redis(chart: helm_python.Chart)
         ({"gateway": {"apiKeys": {"existingSecret": "My_Keys"}}}, "/gateway/apiKeys/existingSecret", "pattern"),
         ({"gateway": {"apiKeys": {"secretKey": "keys/file"}}}, "/gateway/apiKeys/secretKey", "pattern"),
         ({"gateway": {"apiKeys": {"keys": ["sk-123"]}}}, "/gateway/apiKeys", "'keys' not allowed"),
+        ({"gateway": {"routeAllowList": {"llama": "Models/llama"}}}, "/gateway/routeAllowList/llama", "oneOf"),
+        ({"gateway": {"routeAllowList": {"llama": []}}}, "/gateway/routeAllowList/llama", "oneOf"),
+        ({"gateway": {"routeAllowList": {"no spaces": "models"}}}, "", "invalid propertyName 'no spaces'"),
         ({"networkPolicy": {"metricsFrom": [{}]}}, "/networkPolicy/metricsFrom/0", "minProperties"),
         (
             {"networkPolicy": {"metricsFrom": [{"podSelecter": {}}]}},
@@ -140,6 +143,21 @@ def test_schema_rejects_with_the_key(chart: helm_python.Chart, values: dict[str,
         (
             {"gateway": {"namespaces": ["other"]}, "models": [{"name": "a", "source": "x/y"}]},
             "must include the release namespace llm",
+        ),
+        (  # model pods would get the gateway's URL, which reads and writes every queue
+            {"redis": {"url": "redis://r:6379/0"}, "models": [{"name": "a", "source": "x/y"}]},
+            "needs a publish-only URL for the model pods: set redis.announceUrl or redis.announceExistingSecret",
+        ),
+        (
+            {"redis": {"existingSecret": "r"}, "models": [{"name": "a", "source": "x/y"}]},
+            "needs a publish-only URL for the model pods",
+        ),
+        (
+            {
+                "redis": {"url": "redis://r:6379/0", "announceUrl": "redis://r:6379/0"},
+                "models": [{"name": "a", "source": "x/y"}],
+            },
+            "redis.announceUrl is the gateway's redis.url",
         ),
     ],
 )

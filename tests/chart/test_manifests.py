@@ -37,15 +37,18 @@ def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
 # RBAC
 
 
-def _documented_role() -> Manifest:
+def _documented_roles() -> dict[str, Manifest]:
     text = (REPO / "docs" / "kubernetes.md").read_text()
     blocks = re.findall(r"```yaml\n(.*?)```", text, flags=re.DOTALL)
-    return next(doc for doc in map(yaml.safe_load, blocks) if doc.get("kind") == "Role")
+    return {doc["metadata"]["name"]: doc for doc in map(yaml.safe_load, blocks) if doc.get("kind") == "Role"}
 
 
 def test_role_has_exactly_the_documented_rules(chart: helm_python.Chart) -> None:
-    role = render(chart).get("Role", "kaltstart-gateway")
-    assert role["rules"] == _documented_role()["rules"]
+    rendered = render(chart)
+    documented = _documented_roles()
+    assert sorted(documented) == sorted(r["metadata"]["name"] for r in rendered.of_kind("Role"))
+    for name, role in documented.items():
+        assert rendered.get("Role", name)["rules"] == role["rules"]
 
 
 def test_role_grants_no_wildcard_and_no_write_on_deployments(chart: helm_python.Chart) -> None:
@@ -58,11 +61,33 @@ def test_role_grants_no_wildcard_and_no_write_on_deployments(chart: helm_python.
                 assert sorted(rule["verbs"]) == ["get", "update"]
 
 
+@pytest.mark.security
+def test_leases_only_in_the_release_namespace_and_only_the_gateways_own(chart: helm_python.Chart) -> None:
+    """Served namespaces are where other teams' Deployments live: no Lease rights there, so the gateway's account
+    cannot be used to hold or break their leader elections; in its own namespace, its one Lease by name."""
+    values = {"gateway": {"namespaces": ["models", "dev"], "leaseName": "kaltstart-leader"}}
+    rendered = render(chart, values)
+    leases = [
+        (role, rule) for role in rendered.of_kind("Role") for rule in role["rules"] if "leases" in rule["resources"]
+    ]
+    assert {role["metadata"]["namespace"] for role, _ in leases} == {"llm"}  # the release namespace
+    by_verbs = {tuple(sorted(rule["verbs"])): rule.get("resourceNames") for _, rule in leases}
+    assert by_verbs == {("create",): None, ("get", "update"): ["kaltstart-leader"]}
+    gateway = rendered.get("Deployment", "kaltstart-gateway")
+    env = _env(gateway["spec"]["template"]["spec"]["containers"][0])
+    assert (env["KALTSTART_LEASE_NAMESPACE"]["value"], env["KALTSTART_LEASE_NAME"]["value"]) == (
+        "llm",
+        "kaltstart-leader",
+    )
+
+
 def test_a_role_and_binding_in_every_served_namespace(chart: helm_python.Chart) -> None:
     rendered = render(chart, {"gateway": {"namespaces": ["llm", "other"]}})
-    assert sorted(r["metadata"]["namespace"] for r in rendered.of_kind("Role")) == ["llm", "other"]
+    served = [r for r in rendered.of_kind("Role") if r["metadata"]["name"] == "kaltstart-gateway"]
+    assert sorted(r["metadata"]["namespace"] for r in served) == ["llm", "other"]
     for binding in rendered.of_kind("RoleBinding"):
-        assert binding["roleRef"]["name"] == "kaltstart-gateway"
+        assert binding["roleRef"]["name"] == binding["metadata"]["name"]
+        assert binding["roleRef"]["name"] in ("kaltstart-gateway", "kaltstart-gateway-lease")
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kaltstart", "namespace": "llm"}]
     gateway = rendered.get("Deployment", "kaltstart-gateway")
     assert gateway["spec"]["template"]["spec"]["serviceAccountName"] == "kaltstart"
@@ -173,7 +198,9 @@ def test_redis_persistence_claims_a_volume(chart: helm_python.Chart) -> None:
 def test_external_redis_renders_nothing_redis(
     chart: helm_python.Chart, redis: dict[str, Any], url_env: Manifest
 ) -> None:
-    rendered = render(chart, {"redis": redis, **ONE_MODEL})
+    rendered = render(
+        chart, {"redis": redis | {"announceUrl": "redis://announcer:pw@redis.example:6379/0"}, **ONE_MODEL}
+    )
     assert rendered.of_kind("StatefulSet") == []
     assert [s["metadata"]["name"] for s in rendered.of_kind("Secret")] == ["kaltstart-api-keys"]
     assert "kaltstart-redis" not in [s["metadata"]["name"] for s in rendered.of_kind("Service")]
@@ -399,39 +426,68 @@ def test_model_services_select_their_own_pods_on_a_port_named_http(chart: helm_p
 # NetworkPolicy
 
 
-def test_network_policies_admit_only_gateway_pods(chart: helm_python.Chart) -> None:
-    rendered = render(chart, TWO_MODELS)
-    gateway_labels = rendered.get("Deployment", "kaltstart-gateway")["spec"]["template"]["metadata"]["labels"]
+def _admits(policy: Manifest, pods: dict[str, dict[str, str]]) -> dict[str, object]:
+    """What one policy lets in: per pod it selects, per port, the release's pods admitted ("anyone": no ``from``).
+    Only pod selectors of this namespace are expected as peers (the chart renders no others by default)."""
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    selected = sorted(p for p, labels in pods.items() if _matches(spec["podSelector"]["matchLabels"], labels))
+    by_port: dict[int, object] = {}
+    for rule in spec["ingress"]:
+        for port in rule["ports"]:
+            assert port["protocol"] == "TCP"
+            if "from" not in rule:
+                by_port[port["port"]] = "anyone"
+                continue
+            assert all(set(peer) == {"podSelector"} for peer in rule["from"])
+            peers = [peer["podSelector"]["matchLabels"] for peer in rule["from"]]
+            by_port[port["port"]] = sorted(p for p, labels in pods.items() if any(_matches(s, labels) for s in peers))
+    return {"selects": selected, "admits": by_port}
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("announce", [True, False], ids=["announce", "no-announce"])
+def test_what_each_network_policy_admits(chart: helm_python.Chart, announce: bool) -> None:
+    """docs/helm.md and the chart's README say this: model pods take only the gateway; the bundled Redis takes the
+    gateway and, with runtime.announce (the default), every model pod of the release too (which holds only the
+    publish-only user's password); the gateway takes anyone on its API port, no one else on its metrics port."""
+    rendered = render(chart, TWO_MODELS | {"runtime": {"announce": announce}})
     pods = {obj["metadata"]["name"]: obj["spec"]["template"]["metadata"]["labels"] for obj, _ in rendered.pod_specs()}
     models = sorted(d["metadata"]["name"] for d in _model_deployments(rendered))
-    targets = {"kaltstart-models": (8000, models), "kaltstart-redis": (6379, ["kaltstart-redis"])}
-    for name, (port, protected) in targets.items():
-        policy = rendered.get("NetworkPolicy", name)["spec"]
-        assert policy["policyTypes"] == ["Ingress"]
-        selected = sorted(p for p, labels in pods.items() if _matches(policy["podSelector"]["matchLabels"], labels))
-        assert selected == protected
-        (rule,) = policy["ingress"]
-        assert rule["ports"] == [{"port": port, "protocol": "TCP"}]
-        source, *announcing = rule["from"]
-        assert set(source) == {"podSelector"}
-        admitted = [p for p, labels in pods.items() if _matches(source["podSelector"]["matchLabels"], labels)]
-        assert admitted == ["kaltstart-gateway"]
-        assert _matches(source["podSelector"]["matchLabels"], gateway_labels)
-        if name == "kaltstart-redis":  # model pods announce themselves on Redis (runtime.announce, default on)
-            (models_source,) = announcing
-            selector = models_source["podSelector"]["matchLabels"]
-            assert sorted(p for p, labels in pods.items() if _matches(selector, labels)) == models
-        else:
-            assert announcing == []
+    policies = {p["metadata"]["name"]: _admits(p, pods) for p in rendered.of_kind("NetworkPolicy")}
+    assert policies == {
+        "kaltstart-gateway": {"selects": ["kaltstart-gateway"], "admits": {8080: "anyone"}},
+        "kaltstart-models": {"selects": models, "admits": {8000: ["kaltstart-gateway"]}},
+        "kaltstart-redis": {
+            "selects": ["kaltstart-redis"],
+            "admits": {6379: sorted(["kaltstart-gateway", *(models if announce else [])])},
+        },
+    }
+    model_env = [_env(d["spec"]["template"]["spec"]["containers"][0]) for d in _model_deployments(rendered)]
+    for env in model_env:  # what an admitted model pod can log in as: the publish-only user, or nothing
+        if announce:
+            assert env["REDIS_URL"]["value"].startswith("redis://announcer:$(REDIS_ANNOUNCE_PASSWORD)@")
+            assert env["REDIS_ANNOUNCE_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "redis-announce-password"
+        assert "REDIS_PASSWORD" not in env
+        assert announce or "REDIS_URL" not in env
 
 
+@pytest.mark.security
 def test_model_pods_announce_themselves_on_the_gateways_redis_at_their_pod_address(chart: helm_python.Chart) -> None:
     for values, url in (
         (
             {"redis": {"auth": {"password": "s3cret"}}},
             "redis://announcer:$(REDIS_ANNOUNCE_PASSWORD)@kaltstart-redis:6379/0",  # the publish-only user
         ),
-        ({"redis": {"url": "redis://redis.example:6379/0"}}, "redis://redis.example:6379/0"),
+        (  # an external Redis: the publish-only URL of yours, never the gateway's
+            {
+                "redis": {
+                    "url": "redis://:all@redis.example:6379/0",
+                    "announceUrl": "redis://pub:pw@redis.example:6379/0",
+                }
+            },
+            "redis://pub:pw@redis.example:6379/0",
+        ),
     ):
         rendered = render(chart, ONE_MODEL | values)
         (deployment,) = _model_deployments(rendered)
@@ -444,6 +500,19 @@ def test_model_pods_announce_themselves_on_the_gateways_redis_at_their_pod_addre
         # $(VAR) expands only variables defined earlier in the list
         assert env.index("REDIS_URL") < env.index("KALTSTART_RUNTIME_ANNOUNCE_TO")
         assert env.index("POD_IP") < env.index("KALTSTART_RUNTIME_ADVERTISE_URL")
+
+    external = {
+        "url": "redis://:all@redis.example:6379/0",
+        "announceExistingSecret": "pub",
+        "announceExistingSecretKey": "u",
+    }
+    (deployment,) = _model_deployments(render(chart, ONE_MODEL | {"redis": external}))
+    from_secret = _env(deployment["spec"]["template"]["spec"]["containers"][0])["REDIS_URL"]
+    assert from_secret == {"name": "REDIS_URL", "valueFrom": {"secretKeyRef": {"name": "pub", "key": "u"}}}
+    gateway_only = {"redis": {"url": "redis://:all@redis.example:6379/0"}}
+    assert _model_deployments(render(chart, gateway_only)) == []  # no models: no publish-only URL needed
+    (deployment,) = _model_deployments(render(chart, ONE_MODEL | gateway_only | {"runtime": {"announce": False}}))
+    assert "REDIS_URL" not in _env(deployment["spec"]["template"]["spec"]["containers"][0])
 
     quiet = render(chart, ONE_MODEL | {"runtime": {"announce": False}})
     (deployment,) = _model_deployments(quiet)

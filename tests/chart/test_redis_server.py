@@ -137,7 +137,7 @@ async def test_model_pods_may_only_publish_announcements(server: Server, gateway
         while message is None:  # None for the subscribe confirmation, which comes first
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
     assert wire.Announcement.model_validate_json(message["data"]) == announcement
-    await pubsub.aclose()  # type: ignore[no-untyped-call]
+    await pubsub.aclose()
 
     model = Redis.from_url(server.model_url)
     try:

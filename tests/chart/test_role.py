@@ -23,9 +23,11 @@ Call = tuple[str, str, str]  # (API group, resource[/subresource], verb)
 
 
 def _granted(chart: helm_python.Chart) -> set[Call]:
-    role = render(chart).get("Role", "kaltstart-gateway")
+    """What the Role in a served namespace and the Lease Role in the release namespace grant together (the test's
+    gateway serves the one namespace its Lease is in)."""
     return {
         (group, resource, verb)
+        for role in render(chart).of_kind("Role")
         for rule in role["rules"]
         for group in rule["apiGroups"]
         for resource in rule["resources"]
@@ -66,3 +68,6 @@ async def test_the_role_grants_exactly_what_the_gateway_calls(
     events = api_double.objects("v1", "Event", "default")
     assert [e["involvedObject"]["name"] for e in events] == ["bad"]
     assert _calls(api_double) == granted
+    # The Lease Role's get/update are limited to its name: the gateway touches no other Lease.
+    named = {r.name for r in api_double.requests if r.resource == "leases" and r.verb in ("get", "update")}
+    assert named == {"kaltstart-gateway"}

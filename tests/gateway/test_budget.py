@@ -6,6 +6,7 @@ refused near ``maxmemory`` while settles go on."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 
@@ -13,6 +14,7 @@ import pytest
 from redis.asyncio import Redis
 
 import wire
+from gateway import keys
 from gateway.budget import Account, MemoryGuard
 from gateway.embedded import EmbeddedRedis
 from gateway.errors import KeyQuotaExceeded, QueueFull, QueueMemoryFull
@@ -178,6 +180,50 @@ async def test_a_charge_nobody_releases_lapses(redis: Redis) -> None:
     assert isinstance(reply, Failed) and reply.status == 504
     assert await queue.settle(MODEL, batch[0], _finished("next"))
     assert await _left_behind(redis) == []
+
+
+def _too_deep(request_id: str) -> str:
+    """A prompt as a gateway that did not bound schemas could store it: its tool schema nests past the queue
+    reader's limit (200 levels), though the standard library's decoder reads it."""
+    schema: dict[str, object] = {"type": "object"}
+    for _ in range(120):
+        schema = {"type": "object", "properties": {"a": schema}}
+    tools = [{"type": "function", "function": {"name": "f", "parameters": schema}}]
+    return json.dumps({"id": request_id, "messages": [{"role": "user", "content": "hi"}], "tools": tools})
+
+
+@pytest.mark.parametrize("reader", ["dispatcher", "janitor"])
+async def test_a_request_that_cannot_be_read_back_fails_alone_and_leaves_nothing(
+    queue: RequestQueue, redis: Redis, reader: str
+) -> None:
+    """A request whose stored prompt nests past the reader's limit, and an entry whose ``q`` is not one: each
+    request fails with 400 (every choice), through the settle that deletes its body and releases its charges;
+    the requests read with them are dispatched."""
+    account = _account()
+    await _enqueued(queue, _request("before", account=account))
+    deep = _request("deep", n=3, account=account)
+    await _enqueued(queue, deep)
+    await redis.hset(keys.body(MODEL, deep.id), "0", _too_deep(deep.id))  # as such a gateway stored it
+    garbled = _request("garbled", account=account)
+    await redis.xdel(keys.queue(MODEL), *await _enqueued(queue, garbled))
+    entry = garbled.choices[0].entry().model_dump(mode="json") | {"seed": "not a seed"}
+    await redis.xadd(keys.queue(MODEL), {"q": json.dumps(entry), "b": garbled.id, "p": 0, "i": "garbled"})
+    await _enqueued(queue, _request("after", account=account))
+
+    if reader == "dispatcher":
+        batch = await queue.read_batch(MODEL, "dispatcher", 100, 0.0)
+    else:  # a dead gateway's read left them all in flight
+        await redis.xreadgroup(keys.GROUP, "dead", {keys.queue(MODEL): ">"})
+        batch = await queue.take_over(MODEL, "dead", "janitor")
+
+    assert [d.queued.id for d in batch] == ["before", "after"]
+    for request_id in [*(c.id for c in deep.choices), "garbled"]:
+        reply = await queue.final_reply(MODEL, request_id)
+        assert isinstance(reply, Failed) and reply.status == 400, request_id
+    for delivery in batch:
+        assert await queue.settle(MODEL, delivery, _finished(delivery.queued.id))
+    assert await _left_behind(redis) == []
+    assert (await queue.load(MODEL)).demand == 0
 
 
 @pytest.fixture

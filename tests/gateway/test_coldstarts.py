@@ -56,7 +56,7 @@ async def test_progress_names_the_phase_the_replica_announced() -> None:
     announcement = wire.Announcement(
         url="http://a", models=("m",), state="starting", phase="load", elapsed_s=1, interval_s=2
     )
-    cold.announced(announcement)
+    cold.announced(announcement, announcement.models)
     assert "loading the weights; waited 3.2 s" in cold.progress("m", 3.21)
 
 

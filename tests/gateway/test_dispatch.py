@@ -14,6 +14,7 @@ import pytest
 from redis.asyncio import Redis
 
 import wire
+from gateway import endpoints as endpoints_module
 from gateway import keys
 from gateway.dispatch import Dispatcher
 from gateway.endpoints import EndpointPool, ReadyEndpoints
@@ -289,6 +290,26 @@ async def test_a_request_fails_with_502_after_max_attempts(make_rig: Callable[[A
     final = await rig.queue.final_reply(MODEL, "a")
     assert isinstance(final, Failed) and final.status == 502
     assert (await rig.queue.load(MODEL)).demand == 0
+
+
+@pytest.mark.security
+async def test_a_runtime_answering_503_not_loaded_is_not_ready_not_a_failure(
+    make_rig: Callable[[Answer], Rig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica taken for ready too early (a false ready announcement, a restart at the same address) answers
+    503 until its model is loaded: the batch waits for it, and no attempt is used up (max_attempts is 2 here)."""
+    monkeypatch.setattr(endpoints_module, "SUSPEND_S", 0.01)
+    loading = [httpx.Response(503, json={"error": "the model is not loaded yet"}, headers={"retry-after": "1"})] * 3
+    rig = make_rig(lambda batch: loading.pop() if loading else answering(echo)(batch))
+    rig.endpoints.vouch(MODEL, [R1])
+    await rig.enqueue("a")
+    for _ in range(4):
+        await rig.dispatcher.step()
+    await rig.dispatcher.drain(5)
+    assert len(rig.runtime.batches) == 4
+    assert await rig.queue.final_reply(MODEL, "a") == Finished(id="a", result=finish("a", "hello"))
+    assert rig.metrics.registry.get_sample_value("kaltstart_redeliveries_total", {"model": MODEL}) is None
+    assert rig.metrics.registry.get_sample_value("kaltstart_poison_requests_total", {"model": MODEL}) is None
 
 
 async def test_an_invalid_request_fails_with_400_without_retry(make_rig: Callable[[Answer], Rig]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -222,3 +223,75 @@ async def test_janitor_hands_back_the_work_of_a_dead_gateway(queue: RequestQueue
     await live.sweep(MODEL)
     assert "dead" not in await queue.consumers(MODEL)
     await live.stop()
+
+
+def _unreadable_payload(request_id: str, channel: str = "replies") -> str:
+    """A queued request as a gateway that did not bound schemas could write it: its tool schema nests past the
+    queue reader's limit (200 levels), though the standard library's decoder reads it."""
+    schema: dict[str, object] = {"type": "object"}
+    for _ in range(120):
+        schema = {"type": "object", "properties": {"a": schema}}
+    tools = [{"type": "function", "function": {"name": "f", "parameters": schema}}]
+    request = {"id": request_id, "messages": [{"role": "user", "content": "hi"}], "tools": tools}
+    return json.dumps({"request": request, "reply_to": channel, "accepted_at": time.time()})
+
+
+async def _add_unreadable_entries(redis: Redis, model: str) -> None:
+    """Entries with their request inline (``r``, as older gateways wrote them): one too deep to read, one not
+    JSON; one without a payload; one referring to a body whose ``q`` is not JSON (the last three name no request).
+    (``test_budget`` has a body's prompt that cannot be read.)"""
+    await redis.xadd(keys.queue(model), {"r": _unreadable_payload("deep"), "i": "deep"})
+    await redis.xadd(keys.queue(model), {"r": b"\xff not json"})
+    await redis.xadd(keys.queue(model), {"x": "no payload"})
+    await redis.xadd(keys.queue(model), {"q": b"\xff not json", "b": "gone", "p": 0})
+
+
+@pytest.mark.security
+async def test_a_read_fails_an_unreadable_entry_alone(queue: RequestQueue, redis: Redis) -> None:
+    router = ReplyRouter(redis, "replies", {})
+    await router.start()
+    try:
+        with router.expect("deep") as inbox:
+            await queue.enqueue(MODEL, _queued("a"))
+            await _add_unreadable_entries(redis, MODEL)
+            await redis.xadd(keys.queue(MODEL), {"r": _queued("b").model_dump_json()})  # no "i": checked apart
+            read = await queue.read(MODEL, "c1", 8, 0.0)
+            assert [d.queued.id for d in read.deliveries] == ["a", "b"]
+            failed = await asyncio.wait_for(inbox.get(), timeout=5)
+    finally:
+        await router.stop()
+    assert isinstance(failed, Failed) and failed.status == 400
+    assert await queue.final_reply(MODEL, "deep") == failed
+    assert await redis.xlen(keys.queue(MODEL)) == 2  # the unreadable entries are acked and deleted
+    load = await queue.load(MODEL)
+    assert (load.queued, load.in_flight) == (0, 2)
+
+
+@pytest.mark.security
+async def test_the_janitor_fails_an_unreadable_entry_and_sweeps_on(queue: RequestQueue, redis: Redis) -> None:
+    """A dead gateway held an unreadable entry beside readable ones: those are handed back, the unreadable one
+    failed, and the models after it are swept all the same."""
+    catalog = ModelCatalog([ModelSettings(name=MODEL), ModelSettings(name="other")])
+    janitor = Janitor(
+        queue,
+        Heartbeats(redis),
+        catalog,
+        "live",
+        interval_s=1,
+        held=lambda _model: (),
+        is_waiting=lambda _id: True,
+        abandoned=Abandoned(),
+    )
+    await queue.prepare("other")
+    await queue.enqueue(MODEL, _queued("a"))  # first: the queue takes 3, and the entries below bypass it
+    await _add_unreadable_entries(redis, MODEL)
+    await queue.enqueue("other", _queued("b"))
+    for model in (MODEL, "other"):  # as the dead gateway's reads did: all of them are in flight
+        await redis.xreadgroup(keys.GROUP, "dead", {keys.queue(model): ">"})
+
+    await janitor.pass_once()
+
+    assert isinstance(await queue.final_reply(MODEL, "deep"), Failed)
+    assert [d.queued.id for d in await queue.read_batch(MODEL, "live", 8, 0.0)] == ["a"]
+    assert [d.queued.id for d in await queue.read_batch("other", "live", 8, 0.0)] == ["b"]
+    assert await redis.xlen(keys.queue(MODEL)) == 1

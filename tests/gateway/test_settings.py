@@ -191,3 +191,24 @@ def test_byte_budget_settings() -> None:
         with pytest.raises(ConfigError) as info:
             GatewaySettings.from_env({key: wrong})
         assert info.value.key == key
+
+
+def test_the_route_allow_list_and_the_lease_namespace() -> None:
+    environ = {
+        "KALTSTART_ROUTE_ALLOW_LIST": '{"llama-70b": "models/llama", "qwen": ["team-a", "team-b/qwen"]}',
+        "KALTSTART_NAMESPACES": "models,team-a",
+        "KALTSTART_LEASE_NAMESPACE": "kaltstart",
+    }
+    kube = GatewaySettings.from_env(environ).kubernetes
+    assert kube.route_allow_list == {"llama-70b": ("models/llama",), "qwen": ("team-a", "team-b/qwen")}
+    assert (kube.namespaces, kube.lease_namespace) == (("models", "team-a"), "kaltstart")
+    assert GatewaySettings.from_env({}).kubernetes.route_allow_list == {}
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['["models/llama"]', '{"llama": "Models/llama"}', '{"llama": []}', '{"bad name": "models"}', "{", '{"m": 3}'],
+)
+def test_a_bad_route_allow_list_is_refused(text: str) -> None:
+    with pytest.raises(ConfigError, match="KALTSTART_ROUTE_ALLOW_LIST"):
+        GatewaySettings.from_env({"KALTSTART_ROUTE_ALLOW_LIST": text})

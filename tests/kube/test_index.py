@@ -1,4 +1,5 @@
-"""The backend's indexes: a change re-decides what it touches, and ends where a full rebuild would."""
+"""The backend's indexes: a change re-decides what it touches, and ends where a full rebuild would; a model name
+stays with its owner; only the EndpointSlice controller's slices count."""
 
 from __future__ import annotations
 
@@ -9,43 +10,127 @@ import pytest
 
 from gateway.backends.kubernetes import index
 from gateway.backends.kubernetes.index import RouteTable, SliceIndex, ref_of
-from gateway.backends.kubernetes.routes import DeploymentRef, Route, RouteError, build_routes, routes_of
+from gateway.backends.kubernetes.routes import (
+    ROUTE_CONFLICT,
+    ROUTE_NOT_ALLOWED,
+    DeploymentRef,
+    Route,
+    RouteError,
+    build_routes,
+    routes_of,
+)
 from tests.kube.manifests import model_deployment
 
 pytestmark = pytest.mark.unit
 
 
-def deployment(name: str, models: str, namespace: str = "default", **settings: str) -> dict[str, Any]:
+def deployment(
+    name: str, models: str, namespace: str = "default", created: str | None = None, **settings: str
+) -> dict[str, Any]:
     found = model_deployment(name, models, 0, **settings)
     found["metadata"]["namespace"] = namespace
+    if created is not None:
+        found["metadata"]["creationTimestamp"] = created
     return found
 
 
-def endpoint_slice(name: str, service: str) -> dict[str, Any]:
-    return {"metadata": {"name": name, "namespace": "default", "labels": {index.SERVICE_NAME_LABEL: service}}}
+def endpoint_slice(name: str, service: str, managed_by: str | None = index.SLICE_CONTROLLER) -> dict[str, Any]:
+    labels = {index.SERVICE_NAME_LABEL: service}
+    if managed_by is not None:
+        labels[index.MANAGED_BY_LABEL] = managed_by
+    return {"metadata": {"name": name, "namespace": "default", "labels": labels}}
 
 
-def left_out(deployments: list[dict[str, Any]]) -> set[DeploymentRef]:
-    return {error.deployment for error in build_routes(deployments)[1]}
+def owners(table: RouteTable) -> dict[str, str]:
+    return {m: str(r.deployment) for m, r in table.routes.items()}
 
 
-def test_a_model_claimed_twice_goes_to_the_first_and_moves_when_it_leaves() -> None:
+def left_out(deployments: list[dict[str, Any]], owned: dict[str, DeploymentRef]) -> set[DeploymentRef]:
+    return {error.deployment for error in build_routes(deployments, owned)[1]}
+
+
+@pytest.mark.security
+def test_a_model_claimed_twice_stays_with_its_owner_and_moves_when_it_leaves() -> None:
+    """a sorts first and is older, yet b served ``shared`` first: b keeps it, a is refused; when b goes, a gets it."""
     table = RouteTable()
-    table.put(deployment("b", "shared,b-only"))
-    change = table.put(deployment("a", "shared"))
+    table.put(deployment("b", "shared,b-only", created="2025-02-01T00:00:00Z"))
+    change = table.put(deployment("a", "shared", created="2025-01-01T00:00:00Z"))
 
-    assert table.routes["shared"].deployment == DeploymentRef("default", "a")
-    assert "b-only" not in table.routes  # b is left out as a whole, as build_routes does
-    assert [e.deployment.name for e in change.errors] == ["b"]
-    assert change.models == {"shared", "b-only"}
+    assert owners(table) == {"shared": "default/b", "b-only": "default/b"}
+    [error] = change.errors
+    assert (error.deployment.name, error.kind, error.model) == ("a", ROUTE_CONFLICT, "shared")
+    assert "served by default/b" in error.message
+    assert change.models == set()
 
-    change = table.remove(DeploymentRef("default", "a"))
-    assert table.routes["shared"].deployment == DeploymentRef("default", "b")
-    assert change.served == {DeploymentRef("default", "b")} and change.models == {"shared", "b-only"}
+    change = table.remove(DeploymentRef("default", "b"))
+    assert owners(table) == {"shared": "default/a"}
+    assert change.served == {DeploymentRef("default", "a")} and change.models == {"shared", "b-only"}
+
+
+@pytest.mark.security
+def test_a_takeover_by_another_namespace_leaves_the_route() -> None:
+    """The issue's case: dev/aaa names llama-70b, which models/llama serves."""
+    table = RouteTable()
+    table.put(deployment("llama", "llama-70b", namespace="models", created="2025-01-01T00:00:00Z"))
+
+    change = table.put(deployment("aaa", "llama-70b", namespace="dev", created="2025-03-01T00:00:00Z"))
+
+    assert owners(table) == {"llama-70b": "models/llama"}
+    assert [(e.deployment, e.kind) for e in change.errors] == [(DeploymentRef("dev", "aaa"), ROUTE_CONFLICT)]
+    # Dropping the name (here: an edit of the annotation) hands it on.
+    change = table.put(deployment("llama", "llama-405b", namespace="models", created="2025-01-01T00:00:00Z"))
+    assert owners(table) == {"llama-70b": "dev/aaa", "llama-405b": "models/llama"}
+    assert change.served == {DeploymentRef("dev", "aaa"), DeploymentRef("models", "llama")}
+
+
+@pytest.mark.security
+def test_after_a_restart_the_oldest_claimant_wins() -> None:
+    """A fresh table (a restarted gateway, or a new replica) sees the owner and a later claimant at once, in any
+    order: the older one wins, whatever its name."""
+    owner = deployment("llama", "llama-70b", namespace="models", created="2025-01-01T00:00:00Z")
+    claimant = deployment("aaa", "llama-70b", namespace="dev", created="2025-03-01T00:00:00Z")
+    for lists in (("dev", "models"), ("models", "dev")):
+        table = RouteTable(keep_owners=False)
+        by_namespace = {"dev": [claimant], "models": [owner]}
+        for namespace in lists:
+            table.replace(namespace, by_namespace[namespace])
+        table.keep_owners()
+        assert owners(table) == {"llama-70b": "models/llama"}, lists
+    assert {m: str(r.deployment) for m, r in build_routes([claimant, owner])[0].items()} == {
+        "llama-70b": "models/llama"
+    }
+
+
+@pytest.mark.security
+def test_an_owner_that_claims_another_owners_name_is_refused() -> None:
+    table = RouteTable()
+    table.put(deployment("one", "a", created="2025-02-01T00:00:00Z"))
+    table.put(deployment("two", "b", created="2025-01-01T00:00:00Z"))
+
+    change = table.put(deployment("two", "a,b", created="2025-01-01T00:00:00Z"))  # older, but a has an owner
+
+    assert owners(table) == {"a": "default/one"}
+    assert [(e.deployment.name, e.model) for e in change.errors] == [("two", "a")]
+
+
+@pytest.mark.security
+def test_the_allow_list_refuses_every_other_claimant() -> None:
+    table = RouteTable({"llama-70b": ("models/llama",), "qwen": ("team-q",)})
+    change = table.put(deployment("aaa", "llama-70b", namespace="dev"))  # first, and nobody serves it yet
+    assert owners(table) == {}
+    [error] = change.errors
+    assert (error.kind, error.model, error.deployment.name) == (ROUTE_NOT_ALLOWED, "llama-70b", "aaa")
+    assert error.obj["metadata"]["name"] == "aaa"  # the Event points at the claimant
+
+    table.put(deployment("llama", "llama-70b", namespace="models"))
+    table.put(deployment("any", "qwen", namespace="team-q"))  # a namespace entry allows its every Deployment
+    table.put(deployment("other", "unlisted", namespace="dev"))
+    assert owners(table) == {"llama-70b": "models/llama", "qwen": "team-q/any", "unlisted": "dev/other"}
 
 
 def test_a_chain_of_claims_is_decided_as_a_whole() -> None:
-    """a takes x; b (x, y) is left out, so c (y) is served: removing a serves b, which then leaves c out."""
+    """a takes x; b (x, y) is left out, so c (y) is served. Removing a frees x, but b still wants c's y and c keeps
+    it: b stays out as a whole, x is served by nobody."""
     table = RouteTable()
     for d in (deployment("a", "x"), deployment("b", "x,y"), deployment("c", "y")):
         table.put(d)
@@ -53,8 +138,18 @@ def test_a_chain_of_claims_is_decided_as_a_whole() -> None:
 
     change = table.remove(DeploymentRef("default", "a"))
 
-    assert {m: r.deployment.name for m, r in table.routes.items()} == {"x": "b", "y": "b"}
-    assert [e.deployment.name for e in change.errors] == ["c"]
+    assert {m: r.deployment.name for m, r in table.routes.items()} == {"y": "c"}
+    assert [(e.deployment.name, e.model) for e in change.errors] == [("b", "y")]
+
+
+@pytest.mark.security
+def test_a_misspelled_annotation_leaves_the_deployment_out() -> None:
+    found = routes_of(deployment("llama", "llama", max_replica="4"))
+
+    assert isinstance(found, RouteError)
+    assert found.annotation == "kaltstart.dev/max-replica"
+    assert "did you mean kaltstart.dev/max-replicas?" in found.message
+    assert not isinstance(routes_of(deployment("llama", "llama", max_replicas="4", service="s", port="80")), RouteError)
 
 
 def counting_parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -92,28 +187,35 @@ def test_an_edit_parses_only_its_deployment(monkeypatch: pytest.MonkeyPatch) -> 
     assert table.models_of(("default", "d7")) == {"m7", "extra"}
 
 
+@pytest.mark.parametrize("keep", [True, False])
 @pytest.mark.parametrize("seed", range(20))
-def test_any_sequence_of_changes_ends_where_build_routes_does(seed: int) -> None:
-    """Random puts, removals and re-lists over a few shared names agree with a full rebuild after every step."""
+def test_any_sequence_of_changes_ends_where_build_routes_does(seed: int, keep: bool) -> None:
+    """Random puts, removals and re-lists over a few shared names agree after every step with a full rebuild
+    given the owners before it (or none, before ``keep_owners``)."""
     rng = random.Random(seed)
     names = ["p", "q", "r", "s", "t"]
-    table, current = RouteTable(), {}
+    table = RouteTable(keep_owners=keep)
+    current: dict[str, dict[str, Any]] = {}
     for _ in range(60):
         name = f"d{rng.randrange(8)}"
         action = rng.random()
+        owned = {m: r.deployment for m, r in table.routes.items()} if keep else {}
         if action < 0.55:
             models = ",".join(rng.sample(names, rng.randint(1, 2)))
-            current[name] = deployment(name, models, idle_timeout=rng.choice(["30s", "60s", "soon"]))
+            created = f"2025-01-0{rng.randrange(1, 4)}T00:00:00Z"
+            if name in current:  # a Deployment's creationTimestamp never changes
+                created = current[name]["metadata"]["creationTimestamp"]
+            current[name] = deployment(name, models, created=created, idle_timeout=rng.choice(["30s", "60s", "soon"]))
             table.put(current[name])
         elif action < 0.85:
             current.pop(name, None)
             table.remove(DeploymentRef("default", name))
         else:
             table.replace("default", list(current.values()))
-        expected, _ = build_routes(list(current.values()))
+        expected, _ = build_routes(list(current.values()), owned)
         assert table.routes == expected
         served = {r.deployment for r in table.routes.values()}
-        assert {ref_of(d) for d in current.values()} - served == left_out(list(current.values()))
+        assert {ref_of(d) for d in current.values()} - served == left_out(list(current.values()), owned)
         for model, route in expected.items():
             assert model in table.models_of((route.deployment.namespace, route.service))
 
@@ -130,3 +232,19 @@ def test_slices_are_indexed_by_service() -> None:
     assert slices.remove(("default", "s2")) == {("default", "qwen")}
     assert slices.replace("default", {}) == {("default", "qwen")}
     assert list(slices.of(("default", "qwen"))) == []
+
+
+@pytest.mark.security
+def test_slices_not_managed_by_the_endpointslice_controller_are_ignored() -> None:
+    ignored: list[tuple[str, str]] = []
+    slices = SliceIndex(lambda key, obj: ignored.append(key))
+
+    assert slices.put(("default", "forged"), endpoint_slice("forged", "llama", managed_by=None)) == set()
+    assert slices.put(("default", "forged"), endpoint_slice("forged", "llama", managed_by="me")) == set()
+    assert slices.put(("default", "real"), endpoint_slice("real", "llama")) == {("default", "llama")}
+
+    assert [s["metadata"]["name"] for s in slices.of(("default", "llama"))] == ["real"]
+    assert ignored == [("default", "forged")]  # told once, not on every update
+    slices.forget(("default", "forged"))
+    slices.put(("default", "forged"), endpoint_slice("forged", "llama", managed_by=None))
+    assert ignored == [("default", "forged")] * 2

@@ -26,7 +26,12 @@ def endpoint_slice(service: str, port: int) -> dict[str, Any]:
     return {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
-        "metadata": {"name": f"{service}-abcde", "namespace": "default", "labels": {index.SERVICE_NAME_LABEL: service}},
+        "metadata": {
+            "name": f"{service}-abcde",
+            "namespace": "default",
+            # Written here as the EndpointSlice controller would: the gateway reads only the controller's slices.
+            "labels": {index.SERVICE_NAME_LABEL: service, index.MANAGED_BY_LABEL: index.SLICE_CONTROLLER},
+        },
         "addressType": "IPv4",
         "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}],
         "ports": [{"name": "http", "port": port, "protocol": "TCP"}],

@@ -101,6 +101,10 @@ def test_environment_supplies_defaults_and_flags_win() -> None:
         (["--source", "x"], {"KALTSTART_RUNTIME_WEIGHT_READ_THREADS": "many"}, "KALTSTART_RUNTIME_WEIGHT_READ_THREADS"),
         (["--source", "x", "--tool-parser", "mistral"], {}, "invalid choice"),
         (["--source", "x", "--bogus"], {}, "unrecognized"),
+        # What a gateway would drop from an announcement or a ready report (wire.MAX_*): refused at start instead.
+        (["--source", "x", "--announce-interval-s", "61"], {}, r"announce interval must be in \(0, 60\]"),
+        (["--source", "x", "--model-name", ",".join(f"m{i}" for i in range(33))], {}, "1 to 32 names"),
+        (["--source", "x", "--model-name", "m" * 129], {}, "longer than 128"),
     ],
 )
 def test_invalid_settings_raise(argv: list[str], environ: dict[str, str], message: str) -> None:

@@ -232,8 +232,9 @@ password, every command.
 {{- end }}
 
 {{/*
-The model pods' REDIS_URL env entries (runtime.announce): on the bundled Redis, the publish-only user's URL,
-which can PUBLISH on the replicas channel and nothing else; an external Redis's URL as the gateway gets it.
+The model pods' REDIS_URL env entries (runtime.announce): the URL of a user that can PUBLISH on the replicas
+channel and nothing else. On the bundled Redis, the user "announcer"; on an external one, redis.announceUrl or
+redis.announceExistingSecret, required: model pods never get the gateway's URL, which reads and writes every queue.
 */}}
 {{- define "kaltstart.redis.announceEnv" -}}
 {{- if include "kaltstart.redis.bundled" . }}
@@ -247,8 +248,19 @@ which can PUBLISH on the replicas channel and nothing else; an external Redis's 
       optional: true
 - name: REDIS_URL
   value: "redis://{{ include "kaltstart.redis.announceUser" . }}:$(REDIS_ANNOUNCE_PASSWORD)@{{ include "kaltstart.redis.fullname" . }}:6379/0"
+{{- else if .Values.redis.announceExistingSecret }}
+- name: REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.redis.announceExistingSecret }}
+      key: {{ .Values.redis.announceExistingSecretKey }}
+{{- else if and .Values.redis.announceUrl (ne .Values.redis.announceUrl .Values.redis.url) }}
+- name: REDIS_URL
+  value: {{ .Values.redis.announceUrl | quote }}
+{{- else if .Values.redis.announceUrl }}
+{{- fail "redis.announceUrl is the gateway's redis.url: model pods need a URL of their own, of a user that may only PUBLISH on kaltstart:replicas" }}
 {{- else }}
-{{- include "kaltstart.redis.env" . }}
+{{- fail "runtime.announce with an external Redis (redis.url or redis.existingSecret) needs a publish-only URL for the model pods: set redis.announceUrl or redis.announceExistingSecret (a user that may only PUBLISH on kaltstart:replicas, see values.yaml), or set runtime.announce=false. Model pods never get the gateway's URL, which reads and writes every queue." }}
 {{- end }}
 {{- end }}
 

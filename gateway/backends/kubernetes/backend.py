@@ -1,6 +1,9 @@
 """The Kubernetes backend: models from annotated Deployments, replicas through ``deployments/scale``,
 ready pod addresses from EndpointSlices, scale-down by the leader only.
 
+A Deployment left out (an invalid or unknown annotation, or a model name it may not take: see ``routes.decide``)
+gets a Warning Event, once per reason; a refused claim is counted in ``kaltstart_route_conflicts_total`` too.
+
 Everything the scaler needs lives in the cluster (Deployments' ``spec.replicas``, ``status.readyReplicas``) or
 in Redis (queue depth, activity), so a restarted gateway picks up where it was.
 """
@@ -19,13 +22,28 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from gateway.backends import NO_REPLICAS, BackendParts, Replicas
-from gateway.backends.kubernetes.index import SERVICE_NAME_LABEL, RouteChange, RouteTable, ServiceKey, SliceIndex
+from gateway.backends.kubernetes.index import (
+    MANAGED_BY_LABEL,
+    SERVICE_NAME_LABEL,
+    RouteChange,
+    RouteTable,
+    ServiceKey,
+    SliceIndex,
+)
 from gateway.backends.kubernetes.informer import Informer, Key, Object, Snapshot
 from gateway.backends.kubernetes.leader import LeaderElector, LeaseSettings
-from gateway.backends.kubernetes.routes import LABEL_SELECTOR, DeploymentRef, Route, RouteError
+from gateway.backends.kubernetes.routes import (
+    LABEL_SELECTOR,
+    ROUTE_CONFLICT,
+    ROUTE_NOT_ALLOWED,
+    DeploymentRef,
+    Route,
+    RouteError,
+)
 from gateway.catalog import ModelCatalog
 from gateway.endpoints import ReadyEndpoints
 from gateway.errors import BackendError, UnknownModel
+from gateway.metrics import RouteMetrics
 from gateway.settings import KubernetesSettings
 
 log = logging.getLogger("kaltstart.kubernetes")
@@ -34,6 +52,8 @@ log = logging.getLogger("kaltstart.kubernetes")
 SCALE_ATTEMPTS = 8
 #: How long start() waits for the first list of Deployments and EndpointSlices.
 SYNC_TIMEOUT_S = 30.0
+#: A refused claim's Event reason -> the ``reason`` label of ``kaltstart_route_conflicts_total``.
+_CONFLICT_LABELS = {ROUTE_CONFLICT: "route_conflict", ROUTE_NOT_ALLOWED: "route_not_allowed"}
 
 
 def ready_urls(slices: Iterable[Object], service: str, port: str, *, ready_only: bool = True) -> list[str]:
@@ -81,12 +101,18 @@ class KubernetesBackend:
     """``identity`` names this gateway replica in the leader election (its gateway id)."""
 
     def __init__(
-        self, settings: KubernetesSettings, identity: str, catalog: ModelCatalog, endpoints: ReadyEndpoints
+        self,
+        settings: KubernetesSettings,
+        identity: str,
+        catalog: ModelCatalog,
+        endpoints: ReadyEndpoints,
+        metrics: RouteMetrics | None = None,
     ) -> None:
         self._settings = settings
+        self._metrics = metrics or RouteMetrics()
         self._lease = LeaseSettings(
             name=settings.lease_name,
-            namespace=settings.namespaces[0],
+            namespace=settings.lease_namespace or settings.namespaces[0],
             identity=identity,
             duration_s=settings.lease_duration_s,
         )
@@ -94,8 +120,9 @@ class KubernetesBackend:
         self._endpoints = endpoints
         namespaces = settings.namespaces
         self._deployments: dict[str, Snapshot] = {ns: {} for ns in namespaces}
-        self._table = RouteTable()
-        self._slices = SliceIndex()
+        # Nobody owns a name until every namespace was listed: the first lists are decided by age alone.
+        self._table = RouteTable(settings.route_allow_list, keep_owners=False)
+        self._slices = SliceIndex(self._slice_ignored)
         self._reported: dict[tuple[str, str], str] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._api: client.ApiClient | None = None
@@ -123,6 +150,7 @@ class KubernetesBackend:
         except TimeoutError:
             await self.stop()
             raise BackendError(f"could not list Deployments within {SYNC_TIMEOUT_S:.0f} s") from None
+        self._table.keep_owners()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -166,7 +194,15 @@ class KubernetesBackend:
             self._routes_changed(self._table.put(obj))
 
     def _slice_changed(self, key: Key, obj: Object | None) -> None:
-        self._publish(self._slices.remove(key) if obj is None else self._slices.put(key, obj))
+        self._publish(self._slices.forget(key) if obj is None else self._slices.put(key, obj))
+
+    def _slice_ignored(self, key: Key, obj: Object) -> None:
+        self._metrics.ignored_slices.inc()
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        log.warning(
+            "EndpointSlice %s/%s (service %r) ignored: %s is %r, not the EndpointSlice controller",
+            *key, labels.get(SERVICE_NAME_LABEL), MANAGED_BY_LABEL, labels.get(MANAGED_BY_LABEL),
+        )  # fmt: skip
 
     def _routes_changed(self, change: RouteChange) -> None:
         for error in change.errors:
@@ -207,6 +243,8 @@ class KubernetesBackend:
             return
         self._reported[key] = error.message
         log.error("deployment %s: %s", error.deployment, error.message)
+        if error.model is not None and error.kind in _CONFLICT_LABELS:
+            self._metrics.conflicts.labels(error.model, _CONFLICT_LABELS[error.kind]).inc()
         task = asyncio.get_running_loop().create_task(self._record_event(error))
         self._tasks.append(task)
         task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
@@ -220,7 +258,7 @@ class KubernetesBackend:
                 api_version="apps/v1", kind="Deployment", name=error.deployment.name,
                 namespace=error.deployment.namespace, uid=meta.get("uid"), resource_version=meta.get("resourceVersion"),
             ),
-            reason="InvalidAnnotation", message=error.message, type="Warning",
+            reason=error.kind, message=error.message, type="Warning",
             source=client.V1EventSource(component="kaltstart-gateway"),
             first_timestamp=now, last_timestamp=now, count=1,
         )  # fmt: skip
@@ -284,6 +322,6 @@ class KubernetesBackend:
 
 def build_kubernetes(settings: KubernetesSettings, identity: str) -> BackendParts:
     """The Kubernetes backend with its catalog (kept current from annotations) and ready endpoints."""
-    catalog, endpoints = ModelCatalog(), ReadyEndpoints()
-    backend = KubernetesBackend(settings, identity, catalog, endpoints)
-    return BackendParts(backend, catalog, endpoints, "<model>")
+    catalog, endpoints, metrics = ModelCatalog(), ReadyEndpoints(), RouteMetrics()
+    backend = KubernetesBackend(settings, identity, catalog, endpoints, metrics)
+    return BackendParts(backend, catalog, endpoints, "<model>", metrics.collectors)

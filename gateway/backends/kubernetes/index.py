@@ -3,35 +3,48 @@ touches, not for every model (at a thousand models a full rebuild per event bloc
 
 ``RouteTable``: model routes by Deployment. An event re-parses that Deployment only (and not even that when its
 annotations did not change, as on a status update), then re-decides ownership among the Deployments that share a
-model name with it, directly or through others: ``build_routes``'s rule (the first by namespace/name wins) applied
-to that group alone gives what it gives over all Deployments, since no other Deployment can change the outcome.
+model name with it, directly or through others: ``routes.decide``'s rule (an owner keeps its names, unowned names go
+to the oldest claimant) applied to that group alone gives what ``build_routes`` gives over all Deployments, since no
+other Deployment can change the outcome. Until ``keep_owners`` is called (once every namespace was listed) nobody
+owns anything yet, so the first lists are decided by age alone, in whichever order the namespaces arrive.
 
 ``SliceIndex``: EndpointSlices by Service (label ``kubernetes.io/service-name``), so a slice event republishes the
-models of its Service only.
+models of its Service only. Only slices the EndpointSlice controller manages
+(``endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io``) count: anyone allowed to write
+EndpointSlices in a served namespace could otherwise add an address of their own to a model's Service.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.backends.kubernetes.routes import MODELS, DeploymentRef, Route, RouteError, routes_of
+from gateway.backends.kubernetes.routes import (
+    AllowList,
+    DeploymentRef,
+    Route,
+    RouteError,
+    check_allowed,
+    claim_order,
+    conflict,
+    decide,
+    ref_of,
+    routes_of,
+)
 
 Object = dict[str, Any]
 #: (namespace, Service name)
 ServiceKey = tuple[str, str]
+#: (namespace, EndpointSlice name)
+SliceKey = tuple[str, str]
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
+#: The only ``managed-by`` whose slices are read: the controller that derives them from a Service's selector.
+SLICE_CONTROLLER = "endpointslice-controller.k8s.io"
 
-
-def ref_of(obj: Mapping[str, Any]) -> DeploymentRef:
-    meta = obj.get("metadata") or {}
-    return DeploymentRef(meta.get("namespace", ""), meta.get("name", ""))
-
-
-def _ordered(ref: DeploymentRef) -> tuple[str, str]:
-    return ref.namespace, ref.name
+__all__ = ["RouteChange", "RouteTable", "SliceIndex", "ref_of"]
 
 
 @dataclass
@@ -45,7 +58,11 @@ class RouteChange:
 
 
 class RouteTable:
-    def __init__(self) -> None:
+    """``allow``: the route allow-list (model name -> namespaces or namespace/Deployment entries)."""
+
+    def __init__(self, allow: AllowList | None = None, *, keep_owners: bool = True) -> None:
+        self._allow: AllowList = allow or {}
+        self._keep_owners = keep_owners
         #: Model name -> its route, for the Deployments served.
         self.routes: dict[str, Route] = {}
         self._parsed: dict[DeploymentRef, list[Route] | RouteError] = {}
@@ -55,6 +72,10 @@ class RouteTable:
         #: Model name -> the Deployments whose valid annotations list it (served or not).
         self._claims: dict[str, set[DeploymentRef]] = {}
         self._by_service: dict[ServiceKey, set[str]] = {}
+
+    def keep_owners(self) -> None:
+        """From now on a served name stays with its Deployment (call once every namespace was listed)."""
+        self._keep_owners = True
 
     def models_of(self, service: ServiceKey) -> set[str]:
         return self._by_service.get(service, set())
@@ -92,7 +113,7 @@ class RouteTable:
             self._objects[ref] = deployment
             return None
         names = self._unparse(ref)
-        found = routes_of(deployment)
+        found = check_allowed(routes_of(deployment), self._allow, deployment)
         self._parsed[ref], self._annotations[ref], self._objects[ref] = found, dict(annotations), deployment
         for name in _names(found):
             self._claims.setdefault(name, set()).add(ref)
@@ -116,9 +137,13 @@ class RouteTable:
         """Re-decide the routes of ``names`` among every Deployment connected to ``refs`` or ``names``."""
         group, names = self._connected(refs, names)
         before = {name: self.routes.pop(name, None) for name in names}
-        change = RouteChange()
-        for ref in sorted(group, key=_ordered):
-            self._assign(ref, change)
+        claims = {ref: found for ref in group if not isinstance(found := self._parsed[ref], RouteError)}
+        owners = {n: r.deployment for n, r in before.items() if r is not None} if self._keep_owners else {}
+        routes, refused = decide(claims, lambda ref: claim_order(self._objects[ref]), owners)
+        self.routes.update(routes)
+        change = RouteChange(served=claims.keys() - refused.keys())
+        change.errors = [found for ref in group if isinstance(found := self._parsed[ref], RouteError)]
+        change.errors += [conflict(ref, refusal, self._objects[ref]) for ref, refusal in refused.items()]
         change.models = {name for name in names if before[name] != self.routes.get(name)}
         for name in change.models:
             self._index(name, before[name], self.routes.get(name))
@@ -141,21 +166,6 @@ class RouteTable:
                     todo_names.append(name)
         return group, names
 
-    def _assign(self, ref: DeploymentRef, change: RouteChange) -> None:
-        found = self._parsed[ref]
-        if isinstance(found, RouteError):
-            change.errors.append(found)
-            return
-        taken = [r.model.name for r in found if r.model.name in self.routes]
-        if taken:
-            owner = self.routes[taken[0]].deployment
-            deployment = found[0].deployment
-            reason = f"model {taken[0]!r} is served by {owner}"
-            change.errors.append(RouteError(deployment, MODELS, reason, self._objects[ref]))
-            return
-        self.routes.update({r.model.name: r for r in found})
-        change.served.add(ref)
-
     def _index(self, name: str, old: Route | None, new: Route | None) -> None:
         if old is not None:
             models = self._by_service.get((old.deployment.namespace, old.service), set())
@@ -171,26 +181,36 @@ def _names(found: list[Route] | RouteError | None) -> set[str]:
 
 
 class SliceIndex:
-    """EndpointSlices by the Service they belong to."""
+    """EndpointSlices by the Service they belong to; ``ignored`` is told once of each slice left out (no
+    ``managed-by`` of the EndpointSlice controller), again only if it was accepted or deleted in between."""
 
-    def __init__(self) -> None:
-        self._by_service: dict[ServiceKey, dict[tuple[str, str], Object]] = {}
-        self._service_of: dict[tuple[str, str], ServiceKey] = {}
+    def __init__(self, ignored: Callable[[SliceKey, Object], None] = lambda key, obj: None) -> None:
+        self._by_service: dict[ServiceKey, dict[SliceKey, Object]] = {}
+        self._service_of: dict[SliceKey, ServiceKey] = {}
+        self._ignored: set[SliceKey] = set()
+        self._on_ignored = ignored
 
     def of(self, service: ServiceKey) -> Iterable[Object]:
         return self._by_service.get(service, {}).values()
 
-    def put(self, key: tuple[str, str], obj: Object) -> set[ServiceKey]:
+    def put(self, key: SliceKey, obj: Object) -> set[ServiceKey]:
         """Store a slice; the Services whose slices changed (its old one too, if its label changed)."""
         touched = self.remove(key)
-        service = (key[0], ((obj.get("metadata") or {}).get("labels") or {}).get(SERVICE_NAME_LABEL) or "")
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        if labels.get(MANAGED_BY_LABEL) != SLICE_CONTROLLER:
+            if key not in self._ignored:
+                self._ignored.add(key)
+                self._on_ignored(key, obj)
+            return touched
+        self._ignored.discard(key)
+        service = (key[0], labels.get(SERVICE_NAME_LABEL) or "")
         if service[1]:
             self._by_service.setdefault(service, {})[key] = obj
             self._service_of[key] = service
             touched.add(service)
         return touched
 
-    def remove(self, key: tuple[str, str]) -> set[ServiceKey]:
+    def remove(self, key: SliceKey) -> set[ServiceKey]:
         service = self._service_of.pop(key, None)
         if service is None:
             return set()
@@ -200,11 +220,17 @@ class SliceIndex:
             del self._by_service[service]
         return {service}
 
-    def replace(self, namespace: str, objects: Mapping[tuple[str, str], Object]) -> set[ServiceKey]:
+    def forget(self, key: SliceKey) -> set[ServiceKey]:
+        """A slice deleted: its Service's change, and no memory of having ignored it."""
+        self._ignored.discard(key)
+        return self.remove(key)
+
+    def replace(self, namespace: str, objects: Mapping[SliceKey, Object]) -> set[ServiceKey]:
         """A fresh list of ``namespace``'s slices; every Service of the namespace, before or now."""
         touched = set()
         for key in [k for k in self._service_of if k[0] == namespace]:
             touched |= self.remove(key)
+        self._ignored -= {k for k in self._ignored if k[0] == namespace and k not in objects}
         for key, obj in objects.items():
             touched |= self.put(key, obj)
         return touched

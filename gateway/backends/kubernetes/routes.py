@@ -1,14 +1,22 @@
-"""Model routes from Deployment annotations.
+"""Model routes from Deployment annotations, and who owns a model name two Deployments claim.
 
 A Deployment labelled ``kaltstart.dev/enabled: "true"`` serves the models named in ``kaltstart.dev/models``;
 its other ``kaltstart.dev/<setting>`` annotations use the setting names of the local config file and are parsed
-by the same function. A Deployment whose annotations cannot be used yields a ``RouteError`` naming the
-annotation, and is left out; the other Deployments are unaffected.
+by the same function. A Deployment whose annotations cannot be used (an invalid value, or a ``kaltstart.dev/``
+key that is no setting, such as ``max-replica``) yields a ``RouteError`` naming the annotation, and is left out;
+the other Deployments are unaffected.
+
+Ownership is sticky (``decide``): a model name stays with the Deployment that serves it for as long as that
+Deployment claims it; another claimant is refused (``RouteError`` of kind ``ROUTE_CONFLICT``), never served.
+Names nobody serves yet go to the oldest claimant (``claim_order``: creationTimestamp, then namespace/name), a rule
+every gateway replica reaches alike, after a restart too, and that a Deployment created later cannot win. An
+optional allow-list (model name -> namespaces or namespace/Deployment) refuses any other claim of a listed name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import difflib
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +29,16 @@ LABEL_SELECTOR = f"{ENABLED_LABEL}=true"
 MODELS = f"{PREFIX}models"
 SERVICE = f"{PREFIX}service"
 PORT = f"{PREFIX}port"
+#: The ``kaltstart.dev/`` annotation keys the gateway reads (``enabled`` is the label, tolerated as an annotation).
+KNOWN_KEYS = frozenset({"models", "service", "port", "enabled", *ModelSettings.keys()})
+
+#: The Event reasons (and, lower-cased, the metric's ``reason`` label) of a Deployment left out.
+INVALID_ANNOTATION = "InvalidAnnotation"
+ROUTE_CONFLICT = "RouteConflict"
+ROUTE_NOT_ALLOWED = "RouteNotAllowed"
+
+#: Model name -> the namespaces (``ns``) or Deployments (``ns/name``) allowed to serve it.
+AllowList = Mapping[str, tuple[str, ...]]
 
 
 @dataclass(frozen=True)
@@ -50,6 +68,10 @@ class RouteError:
     reason: str
     #: The Deployment as read, so an Event can point at it (uid, resourceVersion).
     obj: Mapping[str, Any]
+    #: The Event's reason: ``INVALID_ANNOTATION``, or ``ROUTE_CONFLICT``/``ROUTE_NOT_ALLOWED`` for a refused claim.
+    kind: str = INVALID_ANNOTATION
+    #: The model name a refused claim was for (the metric's label); None for an invalid annotation.
+    model: str | None = None
 
     @property
     def message(self) -> str:
@@ -74,6 +96,11 @@ def routes_of(deployment: Mapping[str, Any]) -> list[Route] | RouteError:
         return error(MODELS, str(exc))
     if len(set(names)) != len(names):
         return error(MODELS, "a model is listed twice")
+    unknown = sorted(
+        key for key in annotations if key.startswith(PREFIX) and key.removeprefix(PREFIX) not in KNOWN_KEYS
+    )
+    if unknown:
+        return error(unknown[0], _unknown_key(unknown[0].removeprefix(PREFIX)))
     settings = {key.removeprefix(PREFIX): value for key, value in annotations.items() if key.startswith(PREFIX)}
     try:
         models = [ModelSettings.parse(name, settings) for name in names]
@@ -86,23 +113,110 @@ def routes_of(deployment: Mapping[str, Any]) -> list[Route] | RouteError:
     return [Route(model, ref, service, port) for model in models]
 
 
-def build_routes(deployments: Iterable[Mapping[str, Any]]) -> tuple[dict[str, Route], list[RouteError]]:
-    """Routes by model name. A model claimed by two Deployments goes to the first by namespace/name; the
-    other gets an error."""
+def _unknown_key(key: str) -> str:
+    close = difflib.get_close_matches(key, sorted(KNOWN_KEYS), n=1)
+    hint = f"did you mean {PREFIX}{close[0]}?" if close else f"known: {', '.join(sorted(KNOWN_KEYS))}"
+    return f"unknown setting ({hint})"
+
+
+def check_allowed(
+    found: list[Route] | RouteError, allow: AllowList, deployment: Mapping[str, Any]
+) -> list[Route] | RouteError:
+    """``found`` (``deployment``'s routes), or a ``RouteError`` if it claims a model of the allow-list that its
+    Deployment may not serve."""
+    if isinstance(found, RouteError):
+        return found
+    for route in found:
+        entries = allow.get(route.model.name)
+        ref = route.deployment
+        if entries is not None and ref.namespace not in entries and str(ref) not in entries:
+            reason = f"model {route.model.name!r} may be served only by {', '.join(entries)} (routeAllowList)"
+            return RouteError(ref, MODELS, reason, deployment, ROUTE_NOT_ALLOWED, route.model.name)
+    return found
+
+
+def claim_order(deployment: Mapping[str, Any]) -> tuple[str, str, str]:
+    """Which of two claimants of an unowned name gets it: the older Deployment (``creationTimestamp`` is RFC 3339
+    in UTC, so it sorts as text; the server sets it, a client cannot), then namespace/name. One without a timestamp
+    counts as the newest."""
+    meta = deployment.get("metadata") or {}
+    return meta.get("creationTimestamp") or "~", meta.get("namespace", ""), meta.get("name", "")
+
+
+#: A refused claimant -> (the model name it lost, the Deployment that serves it).
+Refusals = dict[DeploymentRef, tuple[str, DeploymentRef]]
+
+
+def decide(
+    claims: Mapping[DeploymentRef, Sequence[Route]],
+    order: Callable[[DeploymentRef], Any],
+    owners: Mapping[str, DeploymentRef],
+) -> tuple[dict[str, Route], Refusals]:
+    """Routes by model name for these valid claims, given each name's owner so far (``owners``; empty after a
+    restart). A Deployment is served with all its names or refused as a whole.
+
+    An owner that still claims its names keeps them; one that now also claims another owner's name is refused
+    (and its own names go to the next claimant). Then the owners that are left are served first, and the other
+    claimants in ``order``: each one whose names are all still free. Should an owner lose a new name that way, it is
+    refused as well and the decision starts over without it, so the outcome never depends on what came first
+    within one decision, and deciding again with its result as ``owners`` gives the same result.
+    """
+    names = {ref: {r.model.name for r in routes} for ref, routes in claims.items()}
+    losers: set[DeploymentRef] = set()
+    while True:
+        held = {n: o for n, o in owners.items() if o in claims and o not in losers and n in names[o]}
+        incumbents = set(held.values())
+        grabbing = {o for o in incumbents if any(held.get(n, o) != o for n in names[o])}
+        if grabbing:
+            losers |= grabbing
+            continue
+        routes, refused = _first_come(claims, sorted(claims, key=lambda r: (r not in incumbents, order(r))))
+        late = incumbents & refused.keys()
+        if not late:
+            return routes, refused
+        losers |= late
+
+
+def _first_come(
+    claims: Mapping[DeploymentRef, Sequence[Route]], ordered: list[DeploymentRef]
+) -> tuple[dict[str, Route], Refusals]:
     routes: dict[str, Route] = {}
+    refused: Refusals = {}
+    for ref in ordered:
+        taken = next((r.model.name for r in claims[ref] if r.model.name in routes), None)
+        if taken is not None:
+            refused[ref] = (taken, routes[taken].deployment)
+            continue
+        routes.update({r.model.name: r for r in claims[ref]})
+    return routes, refused
+
+
+def conflict(ref: DeploymentRef, refusal: tuple[str, DeploymentRef], obj: Mapping[str, Any]) -> RouteError:
+    model, owner = refusal
+    return RouteError(ref, MODELS, f"model {model!r} is served by {owner}", obj, ROUTE_CONFLICT, model)
+
+
+def build_routes(
+    deployments: Iterable[Mapping[str, Any]],
+    owners: Mapping[str, DeploymentRef] | None = None,
+    allow: AllowList | None = None,
+) -> tuple[dict[str, Route], list[RouteError]]:
+    """Routes by model name over all ``deployments`` at once (``decide``'s rule, given the ``owners`` so far);
+    the Deployments left out, with why."""
+    objects = {ref_of(d): d for d in deployments}
+    claims: dict[DeploymentRef, list[Route]] = {}
     errors: list[RouteError] = []
-    ordered = sorted(deployments, key=lambda d: (d["metadata"].get("namespace", ""), d["metadata"]["name"]))
-    for deployment in ordered:
-        found = routes_of(deployment)
+    for ref, deployment in objects.items():
+        found = check_allowed(routes_of(deployment), allow or {}, deployment)
         if isinstance(found, RouteError):
             errors.append(found)
-            continue
-        taken = [r.model.name for r in found if r.model.name in routes]
-        if taken:
-            owner = routes[taken[0]].deployment
-            errors.append(
-                RouteError(found[0].deployment, MODELS, f"model {taken[0]!r} is served by {owner}", deployment)
-            )
-            continue
-        routes.update({r.model.name: r for r in found})
+        else:
+            claims[ref] = found
+    routes, refused = decide(claims, lambda r: claim_order(objects[r]), owners or {})
+    errors += [conflict(ref, refusal, objects[ref]) for ref, refusal in refused.items()]
     return routes, errors
+
+
+def ref_of(obj: Mapping[str, Any]) -> DeploymentRef:
+    meta = obj.get("metadata") or {}
+    return DeploymentRef(meta.get("namespace", ""), meta.get("name", ""))

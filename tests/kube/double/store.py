@@ -34,8 +34,9 @@ T = TypeVar("T")
 _NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 
 
-def now_timestamp() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def now_timestamp(now: datetime | None = None) -> str:
+    """RFC 3339 in UTC with whole seconds, as the API server writes ``metav1.Time``."""
+    return (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def random_suffix(length: int = 5) -> str:
@@ -91,7 +92,11 @@ class WatchScope:
 
 
 class Store:
-    def __init__(self, history_size: int = 1000) -> None:
+    """``clock`` stamps ``creationTimestamp`` (tests move it forward to order objects created within one second,
+    which on a real server share a timestamp)."""
+
+    def __init__(self, history_size: int = 1000, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.clock = clock
         self._objects: dict[Key, dict[str, Any]] = {}
         # An empty cluster is at resourceVersion 1, not 0: "0" in a watch or list means "any version".
         self._rv = 1
@@ -150,7 +155,7 @@ class Store:
             raise errors.already_exists(rt, name)
         if rt.namespaced:
             metadata["namespace"] = namespace
-        metadata.update(uid=str(uuid.uuid4()), creationTimestamp=now_timestamp())
+        metadata.update(uid=str(uuid.uuid4()), creationTimestamp=now_timestamp(self.clock()))
         metadata.pop("resourceVersion", None)
         if rt.has_status:
             obj.pop("status", None)
