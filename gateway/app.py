@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
+from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -14,6 +15,7 @@ from gateway import keys
 from gateway.announcements import Announcements
 from gateway.auth import ApiKeyAuth, ApiKeys
 from gateway.backends import BackendParts
+from gateway.budget import Account, MemoryGuard
 from gateway.coldstarts import ColdStarts, RedisDurations
 from gateway.connection import connect
 from gateway.dispatch import Dispatcher
@@ -25,7 +27,7 @@ from gateway.janitor import Abandoned, Heartbeats, Janitor
 from gateway.keepalives import KeepAlives, RedisGapStore
 from gateway.limits import ContextLengths
 from gateway.metrics import Metrics
-from gateway.queue import RequestQueue
+from gateway.queue import BODY_GRACE_S, RequestQueue
 from gateway.readychecks import ReadyChecks
 from gateway.replies import ReplyRouter, ReplySender
 from gateway.routes import error_response, routes
@@ -42,13 +44,29 @@ def _runtime_client(settings: ServerSettings) -> AiohttpRuntimeClient:
     return AiohttpRuntimeClient(connect_timeout_s=5.0, read_timeout_s=settings.request_timeout_s, max_connections=256)
 
 
+def _queue(settings: GatewaySettings, redis: Redis, work: WorkSignals) -> RequestQueue:
+    return RequestQueue(
+        redis,
+        settings.queue.max_queue_per_model,
+        work,
+        max_bytes_per_model=settings.queue.max_queued_bytes_per_model,
+        hold_s=settings.server.request_timeout_s + BODY_GRACE_S,
+    )
+
+
+def _key_quota(settings: GatewaySettings) -> Account:
+    """Every API key's limits where its key-file line sets none."""
+    queue = settings.queue
+    return Account("", "", queue.max_requests_per_key, queue.max_entries_per_key, queue.max_queued_bytes_per_key)
+
+
 def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts) -> Starlette:
     """The gateway serving ``parts`` (one backend's builder made them), with its queue in ``redis_url``."""
     server, backend, catalog, endpoints = settings.server, parts.backend, parts.catalog, parts.endpoints
     redis = connect(redis_url, settings.queue)
     metrics = Metrics(parts.collectors)
     work = WorkSignals(server.gateway_id)
-    queue = RequestQueue(redis, settings.queue.max_queue_per_model, work)
+    queue = _queue(settings, redis, work)
     door = FencedDoor()
     replies = ReplyRouter(redis, keys.replies(server.gateway_id), {keys.FENCES: door.lifted, keys.WORK: work.received})
     replies.on_subscribed(work.notify_all)
@@ -95,7 +113,8 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
     abandoned = Abandoned()
     gateway = Gateway(
         server, catalog, queue, replies, door, scaler, metrics, abandon=abandoned.add, limits=limits,
-        cold_starts=cold_starts,
+        cold_starts=cold_starts, memory=MemoryGuard(redis, settings.queue.redis_memory_high_water),
+        quota=_key_quota(settings),
     )  # fmt: skip
     janitor = Janitor(
         queue,

@@ -2,8 +2,10 @@
 configured.
 
 Keys come from ``KALTSTART_API_KEYS_FILE`` (a mounted Secret, re-read when it changes) and/or
-``KALTSTART_API_KEYS``. A file line is ``KEY`` (every model) or ``KEY model-a,model-b`` (only those); ``#``
-starts a comment. The check runs in an ASGI middleware before the body is read, so a request without a valid
+``KALTSTART_API_KEYS``. A file line is ``KEY`` (every model) or ``KEY model-a,model-b`` (only those), then
+optionally the key's name and quotas (``name=team-a max-requests=16 max-entries=64 max-queued-bytes=8MiB``, see
+``gateway.budget``; a name labels the key's metrics, which are otherwise labelled by a hash of it); ``#`` starts
+a comment. The check runs in an ASGI middleware before the body is read, so a request without a valid
 key never reaches the queue and never scales anything. Keys are compared in constant time and never logged.
 """
 
@@ -15,11 +17,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.budget import Quota, account_id
 from gateway.errors import ConfigError
 from gateway.guards import refuse
+from gateway.settings import at_least, parse_bytes
 
 log = logging.getLogger("kaltstart.auth")
 
@@ -28,11 +33,22 @@ RELOAD_CHECK_S = 1.0
 STATE_KEY = "kaltstart.allowed_models"
 
 
+NO_QUOTA = Quota()
+
+
 @dataclass(frozen=True)
 class Grant:
-    """What one key may do: ``models`` None means every model."""
+    """What one key may do: ``models`` None means every model. ``account``: the key's account (a hash of it; empty
+    when no keys are configured), ``name`` its label in metrics, ``quota`` its own limits."""
 
     models: frozenset[str] | None = None
+    account: str = ""
+    name: str = ""
+    quota: Quota = NO_QUOTA
+
+    @property
+    def label(self) -> str:
+        return self.name or f"key-{self.account[:8]}"
 
     def allows(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -41,20 +57,45 @@ class Grant:
 ALL_MODELS = Grant()
 
 
+#: A key-file line's fields after the key and its models: name -> parser.
+_FIELDS: dict[str, Callable[[str], Any]] = {
+    "name": str,
+    "max-requests": at_least(1),
+    "max-entries": at_least(1),
+    "max-queued-bytes": parse_bytes,
+}
+
+
 def parse_keys(text: str, source: str) -> dict[str, Grant]:
-    """``KEY [model,model...]`` per line. Raises ``ConfigError`` naming the line (never the key)."""
+    """``KEY [model,model...] [field=value...]`` per line. Raises ``ConfigError`` naming the line (never the
+    key)."""
     keys: dict[str, Grant] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
-        parts = line.split(None, 1)
-        key = parts[0]
+        key, *words = line.split()
         if len(key) < 8:
             raise ConfigError(f"{source}, line {number}: an API key must have at least 8 characters")
-        models = frozenset(m.strip() for m in parts[1].split(",") if m.strip()) if len(parts) > 1 else None
-        keys[key] = Grant(models)
+        try:
+            fields = _fields([w for w in words if "=" in w])
+        except ValueError as exc:
+            raise ConfigError(f"{source}, line {number}: {exc}") from None
+        listed = ",".join(w for w in words if "=" not in w)
+        models = frozenset(m.strip() for m in listed.split(",") if m.strip()) if listed else None
+        quota = Quota(fields.get("max-requests"), fields.get("max-entries"), fields.get("max-queued-bytes"))
+        keys[key] = Grant(models, account_id(key), fields.get("name", ""), quota)
     return keys
+
+
+def _fields(words: list[str]) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for word in words:
+        name, _, value = word.partition("=")
+        if name not in _FIELDS:
+            raise ValueError(f"unknown field {name!r} (known: {', '.join(_FIELDS)})")
+        fields[name] = _FIELDS[name](value)
+    return fields
 
 
 class ApiKeys:
@@ -76,7 +117,7 @@ class ApiKeys:
     @classmethod
     def configured(cls, keys: Iterable[str], file: Path | None) -> ApiKeys | None:
         """None when no key is configured at all (the API is open, as for ``make run`` on 127.0.0.1)."""
-        fixed = {key: ALL_MODELS for key in keys}
+        fixed = {key: Grant(account=account_id(key)) for key in keys}
         for key in fixed:
             if len(key) < 8:
                 raise ConfigError("KALTSTART_API_KEYS: an API key must have at least 8 characters")

@@ -1,7 +1,8 @@
 """Several choices for one client request: ``n`` per prompt, and several prompts (``/v1/completions``).
 
-Each choice is a request of its own on the queue (its own id, dispatched, batched and cancelled like any other), so
-continuous batching, redelivery and cancellation need nothing new; the gateway merges their answers into one
+Each choice is a request of its own on the queue (its own id, dispatched, batched and cancelled like any other; its
+prompt stored once for all its choices, see ``gateway.queue``), so continuous batching, redelivery and
+cancellation need nothing new; the gateway merges their answers into one
 response. Choices are in OpenAI's order: prompt by prompt, ``n`` per prompt, index ``prompt * n + choice``. Choice
 ``j`` of every prompt samples with the request's seed mixed with ``j`` (choice 0 with the seed itself), so a seeded
 request is reproducible, and a single-choice request is the very request it was before choices existed. Usage
@@ -20,9 +21,8 @@ import secrets
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any, TypeVar
 
-import anyio
-
 import wire
+from gateway.auth import Grant
 from gateway.errors import InvalidRequest, RequestError
 from gateway.schemas import MAX_SEED, ChatCompletionRequest, CompletionRequest
 from gateway.service import Delta, Gateway, Ticket
@@ -63,8 +63,10 @@ def fan_out(
     ]
 
 
-async def submit(gateway: Gateway, model: str, requests: Sequence[wire.GenerationRequest], n: int) -> Choices:
-    """Queue every choice; if one cannot be queued, the ones that were are cancelled."""
+async def submit(
+    gateway: Gateway, model: str, requests: Sequence[wire.GenerationRequest], n: int, grant: Grant | None = None
+) -> Choices:
+    """Queue every choice, all or none, charged to ``grant``'s key."""
     limit = gateway.catalog.get(model).max_batch_size
     if len(requests) > limit:
         param = "n" if len(requests) == n else "prompt"
@@ -73,15 +75,7 @@ async def submit(gateway: Gateway, model: str, requests: Sequence[wire.Generatio
             "per request (its max-batch-size).",
             param=param,
         )
-    tickets: list[Ticket] = []
-    try:
-        for request in requests:
-            tickets.append(await gateway.submit(model, request))
-    except BaseException:
-        with anyio.CancelScope(shield=True):  # even while being cancelled: no replica may work for nobody
-            await Choices(tickets, n).close()
-        raise
-    return Choices(tickets, n)
+    return Choices(await gateway.submit_all(model, requests, n, grant), n)
 
 
 class Choices:

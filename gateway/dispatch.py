@@ -255,7 +255,7 @@ class Dispatcher:
         keep = []
         for delivery in batch:
             if delivery.queued.gateway == self._consumer and not self._is_waiting(delivery.queued.id):
-                await self._queue.cancel(self._model, delivery.queued.id, delivery.entry_id)
+                await self._queue.cancel(self._model, delivery.queued.id, delivery.entry_id, delivery.queued.held)
                 self._metrics.cancelled.labels(self._model, "orphaned").inc()
             else:
                 keep.append(delivery)

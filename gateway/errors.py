@@ -10,10 +10,12 @@
         ├── ModelNotFound           the model is not configured                           -> 404
         ├── BodyTimeout             the body did not arrive within its timeout            -> 408
         ├── PayloadTooLarge         body over the limit                                   -> 413
-        ├── QueueFull               too many requests queued for the model                -> 429 + Retry-After
+        ├── QueueFull               too many requests (or bytes) queued for the model     -> 429 + Retry-After
+        ├── KeyQuotaExceeded        the API key has too much in flight or queued          -> 429 + Retry-After
         ├── ColdStartTimeout        no replica became ready within the cold-start timeout -> 503 + Retry-After
         ├── ServiceUnavailable      Redis or the backend is down                          -> 503 + Retry-After
-        │   └── QueueUnavailable    Redis could not be reached or answered with an error  -> 503 + Retry-After
+        │   ├── QueueUnavailable    Redis could not be reached or answered with an error  -> 503 + Retry-After
+        │   └── QueueMemoryFull     Redis is near its maxmemory: no new work (settles go on) -> 503 + Retry-After
         ├── GenerationFailed        the runtime failed the request, retries exhausted     -> 502
         ├── DeadlineExceeded        not finished within the request timeout               -> 504
         └── ClientGone              the client closed its connection first (nginx's 499; only counted)
@@ -93,6 +95,19 @@ class QueueFull(RequestError):
     code = "queue_full"
 
 
+class KeyQuotaExceeded(RequestError):
+    """One API key's requests in flight, entries or bytes queued reached its quota (``gateway.budget``)."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "key_quota_exceeded"
+
+    def __init__(self, message: str, *, quota: str, retry_after_s: int) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        #: Which quota: ``requests``, ``entries`` or ``bytes`` (a metric label).
+        self.quota = quota
+
+
 class ColdStartTimeout(RequestError):
     status_code = 503
     error_type = "server_error"
@@ -110,6 +125,12 @@ class QueueUnavailable(ServiceUnavailable):
 
     def __init__(self, message: str = "The request queue is unavailable; try again shortly.") -> None:
         super().__init__(message, retry_after_s=2)
+
+
+class QueueMemoryFull(ServiceUnavailable):
+    """Redis is above its memory high-water mark: new requests are refused so that settles keep their room."""
+
+    code = "queue_memory_full"
 
 
 class GenerationFailed(RequestError):

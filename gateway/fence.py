@@ -18,11 +18,14 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from redis.asyncio import Redis
 
 from gateway import keys
 from gateway.connection import converted
+
+T = TypeVar("T")
 
 #: Longest a scale-down may hold its fence (new requests for the model wait meanwhile). A scale write takes
 #: milliseconds; the TTL only matters if the holder dies mid-way.
@@ -127,7 +130,7 @@ class FencedDoor:
         if event is not None:
             event.set()
 
-    async def enter(self, model: str, attempt: Callable[[], Awaitable[str | Fenced]]) -> tuple[str, bool]:
+    async def enter(self, model: str, attempt: Callable[[], Awaitable[T | Fenced]]) -> tuple[T, bool]:
         """Run ``attempt`` (an enqueue) until it is not fenced out; returns its result and whether we waited.
         The lifted event is taken before each attempt, so a lift between the attempt and the wait is not missed."""
         waited = False

@@ -22,7 +22,7 @@ from gateway import keys
 from gateway.catalog import ModelCatalog
 from gateway.connection import converted
 from gateway.errors import KaltstartError
-from gateway.queue import Delivery, RequestQueue
+from gateway.queue import INLINE, Delivery, Held, RequestQueue
 from gateway.tasks import Loop
 
 log = logging.getLogger("kaltstart.janitor")
@@ -49,15 +49,15 @@ class Abandoned:
     here and written once Redis answers again, so that nobody generates for a client that already left."""
 
     def __init__(self) -> None:
-        self._requests: dict[str, tuple[str, str]] = {}
+        self._requests: dict[str, tuple[str, str, Held]] = {}
 
-    def add(self, model: str, request_id: str, entry_id: str) -> None:
-        self._requests[request_id] = (model, entry_id)
+    def add(self, model: str, request_id: str, entry_id: str, held: Held = INLINE) -> None:
+        self._requests[request_id] = (model, entry_id, held)
 
     async def write(self, queue: RequestQueue) -> None:
         """Cancel them all; stops at the first Redis error (``QueueUnavailable``) and keeps the rest."""
-        for request_id, (model, entry_id) in list(self._requests.items()):
-            await queue.cancel(model, request_id, entry_id)
+        for request_id, (model, entry_id, held) in list(self._requests.items()):
+            await queue.cancel(model, request_id, entry_id, held)
             del self._requests[request_id]
 
 
@@ -157,7 +157,7 @@ class Janitor:
         if await self._client_waits(delivery):
             await self._queue.requeue(model, delivery, failed=False)
         else:
-            await self._queue.cancel(model, delivery.queued.id, delivery.entry_id)
+            await self._queue.cancel(model, delivery.queued.id, delivery.entry_id, delivery.queued.held)
 
     async def _client_waits(self, delivery: Delivery) -> bool:
         owner = delivery.queued.gateway

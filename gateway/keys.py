@@ -17,8 +17,10 @@ def _model(model: str) -> str:
 
 
 def queue(model: str) -> str:
-    """Stream of queued requests (field ``r``: a ``QueuedRequest``). Entries are deleted once settled, so
-    ``XLEN`` is queued + in flight, and the group's pending count is in flight."""
+    """Stream of queued requests, one entry per choice (fields ``q``: a ``QueuedEntry``, ``b`` and ``p``: its
+    request body's id and prompt, ``i``: its request id; an older gateway's entry has ``r``, a whole
+    ``QueuedRequest``). Entries are deleted once settled, so ``XLEN`` is queued + in flight, and the group's
+    pending count is in flight."""
     return f"{_model(model)}:queue"
 
 
@@ -31,6 +33,38 @@ def settled(model: str, request_id: str) -> str:
     """Set (NX) by whoever settles a request first: its final reply, or ``cancelled``. Guards against a
     request being answered twice, and lets a gateway read a final reply it missed on pub/sub."""
     return f"{_model(model)}:settled:{request_id}"
+
+
+def body(model: str, body_id: str) -> str:
+    """Hash of one client request's prompts, stored once however many choices it has (fields ``0``, ``1``...: a
+    ``GenerationRequest`` per prompt; ``left``: choices not settled yet; ``m``: its charge in the accounts). Deleted
+    with its last choice's settle; expires at the request's deadline otherwise (``gateway.budget``)."""
+    return f"{_model(model)}:body:{body_id}"
+
+
+def model_held(model: str) -> str:
+    """Sorted set of the charges (``<body id>|<entries>|<bytes>``) of the model's unanswered requests, scored by
+    their deadline in ms: a charge nobody released lapses then."""
+    return f"{_model(model)}:held"
+
+
+def model_usage(model: str) -> str:
+    """Hash of the sums of the model's held charges: ``requests``, ``entries``, ``bytes``."""
+    return f"{_model(model)}:usage"
+
+
+def _account(account: str) -> str:
+    return f"{PREFIX}:{{k:{account}}}"
+
+
+def key_held(account: str) -> str:
+    """``model_held`` of one API key's account (over every model); ``account`` is a hash of the key."""
+    return f"{_account(account)}:held"
+
+
+def key_usage(account: str) -> str:
+    """``model_usage`` of one API key's account."""
+    return f"{_account(account)}:usage"
 
 
 def context_length(model: str) -> str:

@@ -213,6 +213,19 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        # Per API key: labelled by the key's configured name, else ``key-`` and a short hash of it; never the key.
+        self.key_requests = Counter(
+            "kaltstart_key_requests",
+            "Requests queued per API key (its name in the key file, or key-<hash>).",
+            ["key"],
+            registry=r,
+        )
+        self.key_refusals = Counter(
+            "kaltstart_key_refusals",
+            "Requests refused with 429 for an API key's quota, by quota (requests, entries, bytes).",
+            ["key", "quota"],
+            registry=r,
+        )
         for collector in backend:
             r.register(collector)
 

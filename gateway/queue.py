@@ -1,21 +1,27 @@
 """The durable request queue: one Redis Stream per model, read through one consumer group by every replica.
 
+A client request is stored once: its prompts in one body (``keys.body``), one entry per choice referring to it
+(``QueuedEntry``), charged to the model's and its API key's accounts (``gateway.budget``) in the same script; the
+last choice's settle deletes the body and releases the charges.
+
 Life of an entry: ``enqueue`` (XADD) -> a dispatcher's ``read_batch`` (XREADGROUP: now pending, i.e. in flight)
 -> ``settle`` (final reply stored and published, entry acked and deleted) or ``requeue`` (a fresh entry with
 attempt + 1, old one deleted) or ``cancel`` (the client gave up). Every multi-key step is one Lua script, so a
 request is answered at most once however its deliveries race (the scripts: ``gateway.queuescripts``). Redis
 errors become ``QueueUnavailable`` here.
 
-A read never raises for what an entry holds: an entry that does not read back as a request (``Unreadable``: nested
-past the reader's limit by a gateway that did not bound it, or not a request at all) is settled as failed, for its
-own request only, by whichever read finds it (a dispatcher's, or the janitor's ``take_over``); the entries read
-with it go on as usual.
+A read never raises for what an entry holds: an entry that does not read back as a request (``Unreadable``: its
+``q``, its inline ``r`` or the prompt of its body nested past the reader's limit by a gateway that did not bound it,
+or not a request at all) is settled as failed (400), for its own request only, by whichever read finds it (a
+dispatcher's, or the janitor's ``take_over``), through the settle that releases its body and charges; each choice
+of a request whose prompt does not parse is failed so as it is read. The entries read with it go on as usual.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -31,8 +37,9 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 import wire
 from gateway import keys
 from gateway import queuescripts as scripts
+from gateway.budget import Account
 from gateway.connection import converted, text, unavailable
-from gateway.errors import QueueFull
+from gateway.errors import KeyQuotaExceeded, QueueFull
 from gateway.fence import Fenced
 from gateway.messages import Failed, Final, Finished, ReplyAdapter
 from gateway.pipelining import Call, Coalesced
@@ -46,10 +53,27 @@ SETTLED_TTL_MS = 3_600_000
 CANCELLED = "cancelled"
 #: The answer to a request whose entry cannot be read back (``Unreadable``).
 UNREADABLE_MESSAGE = "The request could not be read back from the queue (it nests too deeply or is malformed)."
+#: A body (and its charges) outlives its request's deadline by this long before it lapses: the deadline's own
+#: cancellation normally deletes it first.
+BODY_GRACE_S = 60.0
+#: What a refusal for a full account tells the client to wait.
+FULL_RETRY_AFTER_S = 5
+
+
+@dataclass(frozen=True)
+class Held:
+    """Where a request's body and charges are kept: its body's id (empty for an entry that carries its request
+    inline, as an older gateway wrote them) and its API key's account (empty: no key)."""
+
+    body: str = ""
+    account: str = ""
+
+
+INLINE = Held()
 
 
 class QueuedRequest(BaseModel):
-    """What one stream entry holds."""
+    """One choice of a request as the gateway handles it (an older gateway stored it whole in its entry)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     request: wire.GenerationRequest
@@ -65,10 +89,112 @@ class QueuedRequest(BaseModel):
     failures: int = 0
     #: The gateway replica that accepted it (whose heartbeat says whether anyone still waits for the answer).
     gateway: str = ""
+    #: Its request's stored body ('' for an inline entry), the prompt of it this choice answers, and the API key's
+    #: account charged for it.
+    body: str = ""
+    prompt: int = 0
+    account: str = ""
 
     @property
     def id(self) -> str:
         return self.request.id
+
+    @property
+    def held(self) -> Held:
+        return Held(self.body, self.account)
+
+    def entry(self) -> QueuedEntry:
+        """What its stream entry holds beside the body's reference."""
+        return QueuedEntry(
+            id=self.id,
+            seed=self.request.params.seed,
+            reply_to=self.reply_to,
+            accepted_at=self.accepted_at,
+            attempt=self.attempt,
+            failures=self.failures,
+            gateway=self.gateway,
+            body=self.body,
+            prompt=self.prompt,
+            account=self.account,
+        )
+
+
+class QueuedEntry(BaseModel):
+    """What one stream entry holds (field ``q``): what differs between the choices of one prompt
+    (``choices.fan_out``: their id and seed), the other ``QueuedRequest`` fields, and the reference to its body
+    (also in the entry's fields ``b`` and ``p``, for the scripts)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    id: str
+    seed: int | None
+    reply_to: str
+    accepted_at: float
+    attempt: int = 1
+    failures: int = 0
+    gateway: str = ""
+    body: str
+    prompt: int
+    account: str = ""
+
+    def queued(self, prompt: wire.GenerationRequest) -> QueuedRequest:
+        """The choice, its request rebuilt from the body's ``prompt`` (choice 0's request of that prompt)."""
+        params = prompt.params.model_copy(update={"seed": self.seed})
+        return QueuedRequest(
+            request=prompt.model_copy(update={"id": self.id, "params": params}),
+            reply_to=self.reply_to,
+            accepted_at=self.accepted_at,
+            attempt=self.attempt,
+            failures=self.failures,
+            gateway=self.gateway,
+            body=self.body,
+            prompt=self.prompt,
+            account=self.account,
+        )
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One client request as it is enqueued: its body (one ``GenerationRequest`` per prompt, ``id``: the body's) and
+    its choices (``prompt``: index into ``prompts``), charged to ``account`` if not None."""
+
+    id: str
+    prompts: tuple[wire.GenerationRequest, ...]
+    choices: tuple[QueuedRequest, ...]
+    account: Account | None = None
+
+    @functools.cached_property
+    def prompt_texts(self) -> tuple[str, ...]:
+        """The prompts as stored (JSON), serialised once."""
+        return tuple(p.model_dump_json() for p in self.prompts)
+
+    @functools.cached_property
+    def entry_texts(self) -> tuple[str, ...]:
+        return tuple(c.entry().model_dump_json() for c in self.choices)
+
+    @property
+    def size(self) -> int:
+        """The bytes it is charged: its prompts once, and its entries."""
+        return sum(map(_length, self.prompt_texts)) + sum(map(_length, self.entry_texts))
+
+    @property
+    def choice_bytes(self) -> int:
+        """Its prompts' bytes as many times as each has choices: what its batches send to a runtime."""
+        lengths = [_length(t) for t in self.prompt_texts]
+        return sum(lengths[c.prompt] for c in self.choices)
+
+    @property
+    def held(self) -> Held:
+        return Held(self.id, self.account.id if self.account else "")
+
+    @classmethod
+    def of(cls, choices: Sequence[QueuedRequest], per_prompt: int, account: Account | None = None) -> Stored:
+        """``choices`` in ``choices.fan_out``'s order (``per_prompt`` a prompt): the choices of one prompt differ
+        only in their id and seed, so choice 0's request of each prompt is what the body stores."""
+        body = choices[0].id
+        prompts = tuple(c.request for c in choices[::per_prompt])
+        update = {"body": body, "account": account.id if account else ""}
+        stored = tuple(c.model_copy(update=update | {"prompt": i // per_prompt}) for i, c in enumerate(choices))
+        return cls(body, prompts, stored, account)
 
 
 class CancelNotice(BaseModel):
@@ -87,14 +213,29 @@ class Delivery:
 
 @dataclass(frozen=True)
 class Unreadable:
-    """A stream entry that does not read back as a ``QueuedRequest``, and what could be made out of it: its
-    request's id and reply channel ("" where not even those)."""
+    """A stream entry that does not read back as a request (its ``q`` or inline ``r`` does not parse, or the prompt
+    it refers to in its body does not), and what could be made out of it: its request's id and reply channel (""
+    where not even those), and where its body and charges are kept (released by its settle)."""
 
     entry_id: str
     request_id: str
     reply_to: str
     #: Why it could not be read (for the log; never shown to a client).
     reason: str
+    held: Held = INLINE
+
+
+@dataclass(frozen=True)
+class Lapsed:
+    """An entry whose body is gone (its request outlived its deadline unsettled), with a stand-in to settle it."""
+
+    delivery: Delivery
+
+
+#: What a read makes of an entry.
+Taken = Delivery | Unreadable | Lapsed
+#: A prompt of a body as read: the request, why it did not parse (str), or None if the body is gone.
+Prompt = wire.GenerationRequest | str | None
 
 
 @dataclass(frozen=True)
@@ -128,10 +269,22 @@ class Load:
 
 
 class RequestQueue:
-    def __init__(self, redis: Redis, max_queue_per_model: int, work: WorkSignals | None = None) -> None:
-        """``work``: told of every entry this queue adds (and published for the other gateway replicas)."""
+    def __init__(
+        self,
+        redis: Redis,
+        max_queue_per_model: int,
+        work: WorkSignals | None = None,
+        *,
+        max_bytes_per_model: int = 64 << 20,
+        hold_s: float = 600.0 + BODY_GRACE_S,
+    ) -> None:
+        """``work``: told of every entry this queue adds (and published for the other gateway replicas).
+        ``max_bytes_per_model``: the model's account's limit; ``hold_s``: how long after its enqueue a request's
+        body and charges lapse if nobody settled it (its deadline and ``BODY_GRACE_S``)."""
         self._redis = redis
         self._max = max_queue_per_model
+        self._max_bytes = max_bytes_per_model
+        self._ttl_ms = int(hold_s * 1000)
         self.work = work if work is not None else WorkSignals("")
         self._enqueue = redis.register_script(scripts.ENQUEUE)
         self._settle = redis.register_script(scripts.SETTLE)
@@ -150,18 +303,36 @@ class RequestQueue:
                     raise
 
     async def enqueue(self, model: str, queued: QueuedRequest) -> str | Fenced:
-        """Queue a request: its entry id, or ``Fenced`` while a scale-down of the model is being written."""
+        """Queue a request of one choice: its entry id, or ``Fenced`` while a scale-down of the model is being
+        written."""
+        entries = await self.enqueue_stored(model, Stored.of([queued], 1))
+        return entries if isinstance(entries, Fenced) else entries[0]
+
+    async def enqueue_stored(self, model: str, stored: Stored) -> list[str] | Fenced:
+        """Queue a request: its body once and an entry per choice, charged to the model's account and its key's
+        (all or nothing). The entry ids, in order, or ``Fenced``. Raises ``QueueFull`` (the model's queue or
+        account is full) or ``KeyQuotaExceeded`` (the key's account is)."""
+        prompts, entries, account = stored.prompt_texts, stored.entry_texts, stored.account
+        limits = (account.max_requests, account.max_entries, account.max_bytes) if account else (0, 0, 0)
+        script_keys = [
+            keys.queue(model), keys.activity(model), keys.fence(model), keys.body(model, stored.id),
+            keys.model_held(model), keys.model_usage(model),
+            *([keys.key_held(account.id), keys.key_usage(account.id)] if account else []),
+        ]  # fmt: skip
+        args: list[str | int] = [
+            self._max, self._max_bytes, *limits, self._ttl_ms, stored.id, stored.size, len(prompts),
+            *self._work_message(model), *prompts,
+        ]  # fmt: skip
+        for choice, entry in zip(stored.choices, entries, strict=True):
+            args += [entry, choice.prompt, choice.id]
         async with converted():
-            entry = await self._coalesced_enqueue(
-                [keys.queue(model), keys.activity(model), keys.fence(model)],
-                [self._max, queued.model_dump_json(), queued.id, *self._work_message(model)],
-            )
-        if entry == 0:
-            raise QueueFull(f"Too many requests are queued for model '{model}'; try again later.", retry_after_s=5)
-        if isinstance(entry, int):
-            return Fenced(seconds_left=entry / 1000)
+            reply = await self._coalesced_enqueue(script_keys, args)
+        if isinstance(reply, int):
+            return Fenced(seconds_left=reply / 1000)
+        if isinstance(reply, bytes):
+            raise _refusal(text(reply), model, account)
         self.work.notify(model)
-        return text(cast(bytes, entry))
+        return [text(entry_id) for entry_id in cast(list[bytes], reply)]
 
     def _work_message(self, model: str) -> tuple[str, str]:
         """The work signal to publish with an entry added now (``gateway.work``)."""
@@ -203,26 +374,40 @@ class RequestQueue:
         """Read up to ``count`` new entries, those of settled requests dropped (one round trip)."""
         async with converted():
             response = await self._read_script(
-                keys=[keys.queue(model)], args=[keys.GROUP, consumer, count, keys.settled(model, "")]
+                keys=[keys.queue(model)],
+                args=[keys.GROUP, consumer, count, keys.settled(model, ""), keys.body(model, "")],
             )
         if response == -1:
             await self.prepare(model)  # Redis lost its data (restart without persistence, flush)
             return Read([], drained=False)
         read, *flat = cast(list[bytes | int], response)
-        deliveries: list[Delivery] = []
-        unchecked: list[Delivery] = []
-        unreadable: list[Unreadable] = []
-        for at in range(0, len(flat), 3):
-            entry_id, payload, request_id = (cast(bytes, field) for field in flat[at : at + 3])
-            delivery = _delivery(text(entry_id), payload, request_id)
-            if isinstance(delivery, Unreadable):
-                unreadable.append(delivery)
-            else:
-                (deliveries if request_id else unchecked).append(delivery)
-        await self._fail_unreadable(model, unreadable)
+        prompts: dict[tuple[str, int], Prompt] = {}
+        taken: list[Taken] = []
+        unchecked: set[str] = set()
+        for at in range(0, len(flat), 5):
+            entry_id, request_id = text(cast(bytes, flat[at])), cast(bytes, flat[at + 3])
+            payload, prompt, body = cast(bytes, flat[at + 1]), flat[at + 2], cast(bytes, flat[at + 4])
+            taken.append(_read_entry(entry_id, payload, prompt, request_id, body, prompts))
+            if not request_id:  # added by a gateway older than the request id field: checked here
+                unchecked.add(entry_id)
+        ready = await self._fail_untaken(model, taken)
+        deliveries = [d for d in ready if d.entry_id not in unchecked]
         if unchecked:
-            deliveries += await self._drop_settled(model, unchecked)
+            deliveries += await self._drop_settled(model, [d for d in ready if d.entry_id in unchecked])
         return Read(deliveries, drained=cast(int, read) < count)
+
+    async def _fail_untaken(self, model: str, taken: Sequence[Taken]) -> list[Delivery]:
+        """Settle what was read but cannot be dispatched (unreadable entries, lapsed bodies) as failed; the
+        deliveries of the rest."""
+        await self._fail_unreadable(model, [t for t in taken if isinstance(t, Unreadable)])
+        if lapsed := [t.delivery for t in taken if isinstance(t, Lapsed)]:
+            await self._fail_lapsed(model, lapsed)
+        return [t for t in taken if isinstance(t, Delivery)]
+
+    async def _fail_lapsed(self, model: str, lapsed: Sequence[Delivery]) -> None:
+        """Entries whose body lapsed (their request outlived its deadline unsettled): failed, never sent."""
+        failed = [Settlement(d, Failed(id=d.queued.id, status=504, message=LAPSED)) for d in lapsed]
+        await self.settle_many(model, failed)
 
     async def _fail_unreadable(self, model: str, entries: Sequence[Unreadable]) -> None:
         """Settle each unreadable entry's request as failed (400: its client hears at once, or at its next look
@@ -235,7 +420,7 @@ class RequestQueue:
         known = [e for e in entries if e.request_id]
         calls: list[Call] = [
             (
-                [keys.queue(model), keys.settled(model, e.request_id), keys.activity(model)],
+                _settle_keys(model, e.request_id, e.held),
                 [e.entry_id, keys.GROUP, SETTLED_TTL_MS, e.reply_to, _unreadable_reply(e).model_dump_json()],
             )
             for e in known
@@ -257,7 +442,7 @@ class RequestQueue:
         """``settle`` several requests of one model in one round trip (a pipeline of the settle script)."""
         calls: list[Call] = [
             (
-                [keys.queue(model), keys.settled(model, s.delivery.queued.id), keys.activity(model)],
+                _settle_keys(model, s.delivery.queued.id, s.delivery.queued.held),
                 [
                     s.delivery.entry_id,
                     keys.GROUP,
@@ -287,14 +472,14 @@ class RequestQueue:
                 pipe.evalsha(script.sha, len(script_keys), *script_keys, *args)
             return cast(list[object], await pipe.execute(raise_on_error=False))
 
-    async def cancel(self, model: str, request_id: str, entry_id: str) -> bool:
+    async def cancel(self, model: str, request_id: str, entry_id: str, held: Held = INLINE) -> bool:
         """The client stopped waiting: make sure the request is never dispatched or answered, and announce it
         (``keys.CANCELS``) so that whichever dispatcher has it in a running batch tells its runtime to stop.
         False if a final reply got there first."""
         notice = CancelNotice(model=model, id=request_id).model_dump_json()
         async with converted():
             first = await self._settle(
-                keys=[keys.queue(model), keys.settled(model, request_id), keys.activity(model)],
+                keys=_settle_keys(model, request_id, held),
                 args=[entry_id, keys.GROUP, SETTLED_TTL_MS, keys.CANCELS, CANCELLED, notice],
             )
         return bool(first)
@@ -304,11 +489,17 @@ class RequestQueue:
         ``failed`` (not if the gateway dispatching it is shutting down, or lost Redis)."""
         queued = delivery.queued
         again = queued.model_copy(update={"attempt": queued.attempt + 1, "failures": queued.failures + int(failed)})
+        fields: list[str | int] = ["r", again.model_dump_json()]
+        if again.body:
+            fields = ["q", again.entry().model_dump_json(), "b", again.body, "p", again.prompt]
         async with converted():
             entry = await self._requeue(
                 keys=[keys.queue(model), keys.settled(model, delivery.queued.id)],
-                args=[delivery.entry_id, keys.GROUP, again.model_dump_json(), queued.id, *self._work_message(model)],
-            )
+                args=[
+                    delivery.entry_id, keys.GROUP, queued.id, *self._work_message(model),
+                    *fields,
+                ],
+            )  # fmt: skip
         if entry is None:
             return False
         self.work.notify(model)
@@ -373,14 +564,32 @@ class RequestQueue:
             response = (
                 await self._redis.xclaim(keys.queue(model), keys.GROUP, new_owner, min_idle_ms, ids) if ids else []
             )
-        claimed = cast(list[tuple[bytes, dict[bytes, bytes] | None]], response)
-        taken = [
-            _delivery(text(entry_id), fields.get(b"r", b""), fields.get(b"i", b""))
-            for entry_id, fields in claimed
-            if fields  # an entry deleted meanwhile comes back without fields
-        ]
-        await self._fail_unreadable(model, [t for t in taken if isinstance(t, Unreadable)])
-        return [t for t in taken if isinstance(t, Delivery)]
+            claimed = cast(list[tuple[bytes, dict[bytes, bytes] | None]], response)
+            taken = await self._claimed(model, [(text(i), fields) for i, fields in claimed if fields])
+        return await self._fail_untaken(model, taken)
+
+    async def _claimed(self, model: str, claimed: Sequence[tuple[str, dict[bytes, bytes]]]) -> list[Taken]:
+        """What claimed entries are (an entry deleted meanwhile comes back without fields, and is not here); their
+        bodies' prompts read in one round trip."""
+        entries = {
+            i: _entry(i, f.get(b"q", b""), f.get(b"i", b""), f.get(b"b", b"")) for i, f in claimed if b"r" not in f
+        }
+        wanted = sorted({(e.body, e.prompt) for e in entries.values() if isinstance(e, QueuedEntry)})
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for body, index in wanted:
+                pipe.hget(keys.body(model, body), str(index))
+            found = await pipe.execute() if wanted else []
+        prompts = {at: None if raw is None else _prompt(raw) for at, raw in zip(wanted, found, strict=True)}
+        taken: list[Taken] = []
+        for entry_id, fields in claimed:
+            entry = entries.get(entry_id)
+            if entry is None:  # an older gateway's entry: the request inline
+                taken.append(_delivery(entry_id, fields[b"r"], fields.get(b"i", b"")))
+            elif isinstance(entry, Unreadable):
+                taken.append(entry)
+            else:
+                taken.append(_choice(entry_id, entry, prompts[(entry.body, entry.prompt)]))
+        return taken
 
     async def forget_consumer(self, model: str, consumer: str) -> None:
         async with converted():
@@ -420,6 +629,110 @@ class RequestQueue:
         return {m: load if load.idle_for_s is not None else replace(load, idle_for_s=0.0) for m, load in loads.items()}
 
 
+def _length(stored: str) -> int:
+    """Bytes of a stored text (its UTF-8)."""
+    return len(stored) if stored.isascii() else len(stored.encode())
+
+
+def _settle_keys(model: str, request_id: str, held: Held) -> list[str]:
+    """The settle script's keys: the body's and the accounts' too for a request stored with a body."""
+    settle = [keys.queue(model), keys.settled(model, request_id), keys.activity(model)]
+    if held.body:
+        settle += [keys.body(model, held.body), keys.model_held(model), keys.model_usage(model)]
+        if held.account:
+            settle += [keys.key_held(held.account), keys.key_usage(held.account)]
+    return settle
+
+
+def _refusal(reason: str, model: str, account: Account | None) -> QueueFull | KeyQuotaExceeded:
+    """The error for the enqueue script's refusal ``reason``."""
+    if reason == "full":
+        return QueueFull(f"Too many requests are queued for model '{model}'; try again later.", retry_after_s=5)
+    if reason == "model-bytes":
+        message = f"Too many bytes of requests are queued for model '{model}'; try again later."
+        return QueueFull(message, retry_after_s=FULL_RETRY_AFTER_S)
+    quota = reason.removeprefix("key-")
+    limit = {"requests": "requests in progress", "entries": "queued choices", "bytes": "bytes queued"}[quota]
+    held = (
+        {"requests": account.max_requests, "entries": account.max_entries, "bytes": account.max_bytes}[quota]
+        if account
+        else 0
+    )
+    return KeyQuotaExceeded(
+        f"This API key has reached its quota of {held} {limit}; try again once some of its requests are answered.",
+        quota=quota,
+        retry_after_s=FULL_RETRY_AFTER_S,
+    )
+
+
+LAPSED = "The request was not dispatched before its deadline."
+
+
+def _read_entry(
+    entry_id: str,
+    payload: bytes,
+    prompt: bytes | int,
+    request_id: bytes,
+    body: bytes,
+    prompts: dict[tuple[str, int], Prompt],
+) -> Taken:
+    """What an entry of the read script's reply is (``prompt``: its prompt's text, 1: as an earlier entry's of this
+    read, 0: its body is gone, -1: an older gateway's entry, its request inline in ``payload``; ``body``: its ``b``
+    field). ``prompts``: those read so far, parsed once each."""
+    if prompt == -1:
+        return _delivery(entry_id, payload, request_id)
+    entry = _entry(entry_id, payload, request_id, body)
+    if isinstance(entry, Unreadable):
+        return entry
+    at = (entry.body, entry.prompt)
+    if isinstance(prompt, bytes):
+        prompts[at] = _prompt(prompt)
+    elif prompt == 0:
+        prompts[at] = None
+    return _choice(entry_id, entry, prompts.get(at, "its prompt came with an entry that could not be read"))
+
+
+def _entry(entry_id: str, payload: bytes, request_id: bytes, body: bytes) -> QueuedEntry | Unreadable:
+    """An entry's ``q`` (``payload``), or ``Unreadable`` if it does not parse."""
+    try:
+        return QueuedEntry.model_validate_json(payload)
+    except ValidationError as exc:
+        return _unreadable(entry_id, payload, request_id, _reason(exc), body=body)
+
+
+def _prompt(raw: bytes) -> wire.GenerationRequest | str:
+    """A prompt from a body, or why it does not parse (nested past the reader's limit by a gateway that did not
+    bound it, or not a request at all)."""
+    try:
+        return wire.GenerationRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        return _reason(exc)
+
+
+def _choice(entry_id: str, entry: QueuedEntry, prompt: Prompt) -> Taken:
+    """The choice ``entry`` stands for, its request rebuilt from its body's ``prompt``."""
+    if prompt is None:
+        return Lapsed(Delivery(entry_id, _lapsed(entry)))
+    if isinstance(prompt, str):
+        return Unreadable(
+            entry_id, entry.id, entry.reply_to, reason=f"its prompt: {prompt}", held=Held(entry.body, entry.account)
+        )
+    return Delivery(entry_id, entry.queued(prompt))
+
+
+def _lapsed(entry: QueuedEntry) -> QueuedRequest:
+    """A stand-in for the choice of an entry whose body lapsed, enough to settle it."""
+    return QueuedRequest(
+        request=wire.GenerationRequest(id=entry.id, prompt=""),
+        reply_to=entry.reply_to,
+        accepted_at=entry.accepted_at,
+        gateway=entry.gateway,
+        body=entry.body,
+        prompt=entry.prompt,
+        account=entry.account,
+    )
+
+
 def _load(now_ms: int, length: object, activity: object, pending: object) -> Load:
     """One model's ``Load`` from its pipelined replies (``idle_for_s`` None: no activity recorded yet)."""
     for reply in (length, activity):
@@ -450,30 +763,43 @@ def _raised(reply: object) -> object:
 
 
 def _delivery(entry_id: str, payload: bytes, request_id: bytes) -> Delivery | Unreadable:
-    """The entry as a ``Delivery``, or as ``Unreadable`` if it does not read back as a request."""
+    """An entry with its request inline (``r``, as an older gateway wrote them) as a ``Delivery``, or as
+    ``Unreadable`` if it does not read back as a request."""
     try:
         return Delivery(entry_id, QueuedRequest.model_validate_json(payload))
     except ValidationError as exc:
-        return _unreadable(entry_id, payload, request_id, exc.errors(include_input=False)[0]["msg"])
+        return _unreadable(entry_id, payload, request_id, _reason(exc))
 
 
-def _unreadable(entry_id: str, payload: bytes, request_id: bytes, reason: str) -> Unreadable:
+def _reason(exc: ValidationError) -> str:
+    return exc.errors(include_input=False)[0]["msg"]
+
+
+def _unreadable(entry_id: str, payload: bytes, request_id: bytes, reason: str, body: bytes | None = None) -> Unreadable:
     """What can be made out of an entry that does not read as a request: its request's id (the entry's ``i``
-    field, else the payload's) and reply channel. The standard library's decoder reads about 1,000 levels, the
-    request reader 200, so these usually can be."""
+    field, else the payload's) and reply channel, and for an entry that refers to a body (``body``: its ``b``
+    field; None: its request inline) the body and the account its ``q`` names. The standard library's decoder
+    reads about 1,000 levels, the request reader 200, so these usually can be."""
     fields: Any = None
     with contextlib.suppress(ValueError, RecursionError):
         fields = json.loads(payload)
     fields = fields if isinstance(fields, dict) else {}
-    request = fields.get("request")
-    found_id = request.get("id") if isinstance(request, dict) else None
-    reply_to = fields.get("reply_to")
+    request = fields.get("request") if body is None else fields
+    found_id = _string(request.get("id")) if isinstance(request, dict) else ""
+    held = INLINE
+    if body is not None:
+        held = Held(body.decode(errors="replace") or _string(fields.get("body")), _string(fields.get("account")))
     return Unreadable(
         entry_id,
-        request_id=request_id.decode(errors="replace") or (found_id if isinstance(found_id, str) else ""),
-        reply_to=reply_to if isinstance(reply_to, str) else "",
+        request_id=request_id.decode(errors="replace") or found_id,
+        reply_to=_string(fields.get("reply_to")),
         reason=reason,
+        held=held,
     )
+
+
+def _string(value: object) -> str:
+    return value if isinstance(value, str) else ""
 
 
 def _unreadable_reply(entry: Unreadable) -> Failed:

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 import wire
-from gateway.auth import allowed_models
+from gateway.auth import Grant, allowed_models
 from gateway.bounds import decode_body
 from gateway.choices import Choices, fan_out, submit
 from gateway.errors import BodyTimeout, ClientGone, ModelNotFound, PayloadTooLarge, RequestError
@@ -72,10 +72,11 @@ async def _generate(
         body = await _read_json(request, gateway.settings.max_body_bytes, gateway.settings.body_timeout_s)
         parsed = parse_request(schema, body)
         model = parsed.model
-        if not allowed_models(request.scope).allows(model):
+        grant = allowed_models(request.scope)
+        if not grant.allows(model):
             raise ModelNotFound(f"The model '{model}' does not exist or you do not have access to it.", param="model")
         async with ClientWatch(request) as client:
-            return await _serve(gateway, client, kind, parsed, started)
+            return await _serve(gateway, client, kind, parsed, started, grant)
     except RequestError as exc:
         gateway.record(model, exc.status_code, time.monotonic() - started)
         gateway.record_cancellation(model, exc)
@@ -130,13 +131,14 @@ async def _serve(
     kind: Literal["completion", "chat"],
     parsed: CompletionRequest | ChatCompletionRequest,
     started: float,
+    grant: Grant,
 ) -> Response:
     request_id = f"{'cmpl' if kind == 'completion' else 'chatcmpl'}-{uuid.uuid4().hex}"
     default_max = 16 if kind == "completion" else gateway.settings.default_max_tokens
     shape = ResponseShape(kind, request_id, parsed.model, logprobs=parsed.logprobs_wanted() is not None)
     requests = fan_out(parsed, request_id, default_max)
     cold = gateway.cold_starts.is_cold(parsed.model)
-    choices = await submit(gateway, parsed.model, requests, parsed.choices_per_prompt)
+    choices = await submit(gateway, parsed.model, requests, parsed.choices_per_prompt, grant)
     if parsed.streaming and cold and gateway.settings.cold_start_progress_s > 0:
         events = _server_sent_events(gateway, choices, shape, parsed.include_usage, started, cold_start=True)
         return StreamingResponse(events, media_type="text/event-stream", headers={"cache-control": "no-cache"})

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 
 import wire
+from gateway.auth import Grant
+from gateway.budget import Account, MemoryGuard
 from gateway.catalog import ModelCatalog
 from gateway.coldstarts import ColdStarts
 from gateway.errors import (
@@ -23,6 +25,8 @@ from gateway.errors import (
     DeadlineExceeded,
     GenerationFailed,
     InvalidRequest,
+    KeyQuotaExceeded,
+    PayloadTooLarge,
     QueueUnavailable,
     RequestError,
 )
@@ -30,7 +34,7 @@ from gateway.fence import FencedDoor
 from gateway.limits import ContextLengths
 from gateway.messages import AnyReply, Failed, Finished, Token
 from gateway.metrics import Metrics
-from gateway.queue import QueuedRequest, RequestQueue
+from gateway.queue import INLINE, Held, QueuedRequest, RequestQueue, Stored
 from gateway.replies import ReplyRouter
 from gateway.scaling import Scaler
 from gateway.settings import ModelSettings, ServerSettings
@@ -41,8 +45,8 @@ log = logging.getLogger("kaltstart.gateway")
 #: subscription dropped it. A backstop, not the normal path.
 MISSED_REPLY_CHECK_S = 5.0
 
-#: Takes over the cancellation of a request (model, request id, entry id) that could not be written now.
-Abandon = Callable[[str, str, str], None]
+#: Takes over the cancellation of a request (model, request id, entry id, body) that could not be written now.
+Abandon = Callable[[str, str, str, Held], None]
 
 
 class Ticket:
@@ -58,10 +62,12 @@ class Ticket:
         closer: ExitStack,
         abandon: Abandon,
         retry_after_s: Callable[[], int],
+        held: Held = INLINE,
     ) -> None:
         self.model = model
         self.id = request_id
         self.entry_id = ""
+        self.held = held
         self._inbox = inbox
         self._queue = queue
         self._closer = closer
@@ -129,7 +135,7 @@ class Ticket:
             if not self._settled:
                 await self._give_up()
         except QueueUnavailable:
-            self._abandon(self.model.name, self.id, self.entry_id)
+            self._abandon(self.model.name, self.id, self.entry_id, self.held)
         finally:
             self._closer.close()
 
@@ -179,7 +185,7 @@ class Ticket:
 
     async def _give_up(self) -> bool:
         """Cancel the request unless a final reply was stored first; True if it is now cancelled."""
-        if await self._queue.cancel(self.model.name, self.id, self.entry_id):
+        if await self._queue.cancel(self.model.name, self.id, self.entry_id, self.held):
             self._settled = True
             return True
         stored = await self._queue.final_reply(self.model.name, self.id)
@@ -216,7 +222,11 @@ class Gateway:
         abandon: Abandon,
         limits: ContextLengths,
         cold_starts: ColdStarts,
+        memory: MemoryGuard | None = None,
+        quota: Account | None = None,
     ) -> None:
+        """``memory``: refuses requests while Redis is near its maxmemory; ``quota``: every key's limits where its
+        key-file line sets none (its ``id`` and ``label`` unused)."""
         self.settings = settings
         self.cold_starts = cold_starts
         self._abandon = abandon
@@ -227,34 +237,84 @@ class Gateway:
         self.door = door
         self._scaler = scaler
         self._metrics = metrics
+        self._memory = memory
+        self._quota = quota or Account("", "", 256, 256, 32 << 20)
 
     async def submit(self, model_name: str, request: wire.GenerationRequest) -> Ticket:
-        model = self.catalog.get(model_name)
-        await self._limits.check(model.name, request.params.max_tokens)
-        closer = ExitStack()
-        inbox = closer.enter_context(self._replies.expect(request.id))
-        ticket = Ticket(
-            model, request.id, inbox, self._queue, self.settings.request_timeout_s, closer, self._abandon,
-            retry_after_s=lambda: self.cold_starts.retry_after_s(model.name, model.retry_after_s),
-        )  # fmt: skip
-        queued = QueuedRequest(
-            request=request,
-            reply_to=self._replies.channel,
-            accepted_at=time.time(),
-            gateway=self.settings.gateway_id,
-        )
-        try:
-            ticket.entry_id, fenced = await self._enqueue(model.name, queued)
-        except BaseException:
-            closer.close()
-            raise
-        await self._scaler.ensure_capacity(model.name, recheck=fenced)
-        return ticket
+        """``submit_all`` of a request of one choice, for no key."""
+        return (await self.submit_all(model_name, [request], 1))[0]
 
-    async def _enqueue(self, model: str, queued: QueuedRequest) -> tuple[str, bool]:
-        """Enqueue, waiting at the door while a scale-down of the model is being written (see ``gateway.fence``).
-        Returns the entry id and whether we had to wait (then the scale count must be read afresh)."""
-        return await self.door.enter(model, lambda: self._queue.enqueue(model, queued))
+    async def submit_all(
+        self, model_name: str, requests: Sequence[wire.GenerationRequest], per_prompt: int, grant: Grant | None = None
+    ) -> list[Ticket]:
+        """Queue a client request's choices (``choices.fan_out``'s order, ``per_prompt`` a prompt), its prompts
+        stored once and charged to the model's account and ``grant``'s key's (``gateway.budget``): all or none.
+        Returns a ticket per choice."""
+        model = self.catalog.get(model_name)
+        await self._limits.check(model.name, requests[0].params.max_tokens)
+        account = self._account(grant)
+        now = time.time()
+        stored = Stored.of(
+            [
+                QueuedRequest(
+                    request=r, reply_to=self._replies.channel, accepted_at=now, gateway=self.settings.gateway_id
+                )
+                for r in requests
+            ],
+            per_prompt,
+            account,
+        )
+        if stored.choice_bytes > self.settings.max_choice_bytes:
+            raise PayloadTooLarge(
+                f"This request's prompts times its choices come to {stored.choice_bytes} bytes, over the limit of "
+                f"{self.settings.max_choice_bytes}; ask for fewer choices (n) or send a shorter prompt.",
+                param="n",
+            )
+        if self._memory is not None:
+            await self._memory.check()
+        closer = ExitStack()
+        tickets = [self._ticket(model, request.id, closer, stored.held) for request in requests]
+        try:
+            entry_ids, fenced = await self.door.enter(
+                model.name, lambda: self._queue.enqueue_stored(model.name, stored)
+            )
+        except BaseException as exc:
+            closer.close()
+            if isinstance(exc, KeyQuotaExceeded) and grant is not None:
+                self._metrics.key_refusals.labels(grant.label, exc.quota).inc()
+            raise
+        if self._memory is not None:
+            self._memory.added(stored.size)
+        if grant is not None and account is not None:
+            self._metrics.key_requests.labels(grant.label).inc()
+        for ticket, entry_id in zip(tickets, entry_ids, strict=True):
+            ticket.entry_id = entry_id
+        await self._scaler.ensure_capacity(model.name, recheck=fenced)
+        return tickets
+
+    def _ticket(self, model: ModelSettings, request_id: str, closer: ExitStack, held: Held) -> Ticket:
+        """A ticket whose replies are expected from now on (before its request is queued); ``closer`` closes them
+        all, once every ticket of the request is closed."""
+        own = ExitStack()
+        inbox = own.enter_context(self._replies.expect(request_id))
+        closer.callback(own.close)
+        return Ticket(
+            model, request_id, inbox, self._queue, self.settings.request_timeout_s, own, self._abandon,
+            retry_after_s=lambda: self.cold_starts.retry_after_s(model.name, model.retry_after_s), held=held,
+        )  # fmt: skip
+
+    def _account(self, grant: Grant | None) -> Account | None:
+        """``grant``'s key's account with its limits (the settings' where its line sets none); None for no key."""
+        if grant is None or not grant.account:
+            return None
+        quota, default = grant.quota, self._quota
+        return Account(
+            grant.account,
+            grant.label,
+            quota.max_requests or default.max_requests,
+            quota.max_entries or default.max_entries,
+            quota.max_bytes or default.max_bytes,
+        )
 
     def record(self, model: str, status: int, seconds: float) -> None:
         label = model if self.catalog.has(model) else ""

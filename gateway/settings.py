@@ -31,6 +31,8 @@ from gateway.errors import ConfigError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_BYTES = re.compile(r"^\s*(\d+)\s*(KiB|MiB|GiB)?\s*$")
+_UNIT_BYTES = {"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, None: 1}
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
 Value = str | int | float
@@ -67,6 +69,28 @@ def _parse_int(text: Value, minimum: int) -> int:
 
 def at_least(minimum: int) -> Parser:
     return lambda text: _parse_int(text, minimum)
+
+
+def parse_bytes(text: Value) -> int:
+    """``"64MiB"``, ``"512KiB"``, ``"1GiB"`` or a bare number of bytes -> bytes (at least 1)."""
+    match = _BYTES.match(str(text)) if not isinstance(text, bool) else None
+    if match is None:
+        raise ValueError(f"not a size: {text!r} (use e.g. '64MiB', '512KiB' or bytes)")
+    value = int(match.group(1)) * _UNIT_BYTES[match.group(2)]
+    if value < 1:
+        raise ValueError(f"must be at least 1 byte, got {text!r}")
+    return value
+
+
+def _fraction(text: Value) -> float:
+    """A fraction in (0, 1]: ``0.85``."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"not a number: {text!r}") from None
+    if not 0 < value <= 1:
+        raise ValueError(f"must be above 0 and at most 1, got {text!r}")
+    return value
 
 
 def _one_of(*choices: str) -> Parser:
@@ -211,6 +235,10 @@ class ServerSettings:
     request_timeout_s: float = field(default=600.0, metadata=_key("KALTSTART_REQUEST_TIMEOUT", parse_duration_s))
     #: Larger request bodies get 413 (checked before the body is read when Content-Length says so).
     max_body_bytes: int = field(default=1 << 20, metadata=_key("KALTSTART_MAX_BODY_BYTES", at_least(1024)))
+    #: A request's prompt bytes times its choices (``n``, and the prompts of a completions request) above this get
+    #: 413 (``param: n``): every choice is sent to a runtime with its prompt, whose memory this bounds. The queue
+    #: stores each prompt once whatever ``n`` is (``gateway.queue``).
+    max_choice_bytes: int = field(default=8 << 20, metadata=_key("KALTSTART_MAX_CHOICE_BYTES", parse_bytes))
     #: ``max_tokens`` when a chat request gives none (completions use 16, as OpenAI does).
     default_max_tokens: int = field(default=256, metadata=_key("KALTSTART_DEFAULT_MAX_TOKENS", at_least(1)))
     #: Python log level of the whole process.
@@ -249,6 +277,25 @@ class QueueSettings:
 
     #: Queued + in-flight requests per model beyond which new ones get 429.
     max_queue_per_model: int = field(default=1000, metadata=_key("KALTSTART_MAX_QUEUE", at_least(1)))
+    #: Bytes of requests queued or in flight per model beyond which new ones get 429 (``gateway.budget``).
+    max_queued_bytes_per_model: int = field(
+        default=64 << 20, metadata=_key("KALTSTART_MAX_QUEUED_BYTES_PER_MODEL", parse_bytes)
+    )
+    #: Bytes of one API key's requests queued or in flight, over every model, beyond which its new ones get 429.
+    #: A key-file line may set its own (``max-queued-bytes=``).
+    max_queued_bytes_per_key: int = field(
+        default=32 << 20, metadata=_key("KALTSTART_MAX_QUEUED_BYTES_PER_KEY", parse_bytes)
+    )
+    #: Requests of one API key being served at once (accepted, not yet answered) beyond which its new ones get 429.
+    #: A key-file line may set its own (``max-requests=``).
+    max_requests_per_key: int = field(default=256, metadata=_key("KALTSTART_MAX_REQUESTS_PER_KEY", at_least(1)))
+    #: Queue entries (choices) of one API key queued or in flight, over every model, beyond which its new requests
+    #: get 429: below ``max_queue_per_model``, so that one key cannot fill a model's queue for everyone. A key-file
+    #: line may set its own (``max-entries=``).
+    max_entries_per_key: int = field(default=256, metadata=_key("KALTSTART_MAX_ENTRIES_PER_KEY", at_least(1)))
+    #: Redis memory (``used_memory``) as a fraction of its ``maxmemory`` above which new requests get 503 +
+    #: Retry-After, so that settles, which must not fail, keep the rest. No effect on a Redis without maxmemory.
+    redis_memory_high_water: float = field(default=0.85, metadata=_key("KALTSTART_REDIS_MEMORY_HIGH_WATER", _fraction))
     #: Dispatches of one request before it fails with 502 (its replica died mid-batch each time).
     max_attempts: int = field(default=3, metadata=_key("KALTSTART_MAX_ATTEMPTS", at_least(1)))
     #: How often the autoscaler applies the scaling rules to queue depth and idleness.

@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,10 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+import wire
 from gateway import keys
 from gateway.messages import Failed
-from gateway.queue import RequestQueue
+from gateway.queue import QueuedRequest, RequestQueue, Stored
 from gateway.replies import ReplyRouter
 from tests.faults.conftest import assert_nothing_left
 from tests.harness import LocalGateway, model, run_gateway
@@ -94,24 +96,33 @@ async def test_malformed_values_are_400s_naming_their_field(
 
 
 async def test_an_unreadable_entry_fails_alone_and_its_batch_is_dispatched(redis_url: str, cache_dir: Path) -> None:
-    """Entries no gateway can read back (one nested past the reader's limit, as an older gateway could queue it;
-    one not JSON; one without a payload) are put straight into the stream beside a client's request."""
+    """Entries no gateway can read back (one nested past the reader's limit, as an older gateway could queue it
+    inline; a request of two choices whose stored prompt nests so; one not JSON; one without a payload) are put
+    straight into Redis beside a client's request."""
     redis = Redis.from_url(redis_url)
     router = ReplyRouter(redis, "elsewhere")
     await router.start()
     try:
         async with echo_gateway(redis_url, cache_dir) as gw, httpx.AsyncClient(timeout=120) as client:
-            with router.expect("too-deep") as inbox:
+            with ExitStack() as expected:
+                inboxes = {i: expected.enter_context(router.expect(i)) for i in ("too-deep", *DEEP_BODY_CHOICES)}
                 await _add_unreadable_entries(redis)
                 answered, waited_s = await neighbour(client, gw)
                 assert answered.status_code == 200, (answered.text, waited_s)
-                failed = await asyncio.wait_for(inbox.get(), timeout=10)
-            assert isinstance(failed, Failed) and failed.status == 400
-            assert await RequestQueue(redis, 1).final_reply("echo", "too-deep") == failed
+                for request_id, inbox in inboxes.items():
+                    failed = await asyncio.wait_for(inbox.get(), timeout=10)
+                    assert isinstance(failed, Failed) and failed.status == 400, request_id
+                    assert await RequestQueue(redis, 1).final_reply("echo", request_id) == failed
             await assert_nothing_left(redis_url, "echo")
+            left = [keys.body("echo", DEEP_BODY_CHOICES[0]), keys.model_held("echo"), keys.model_usage("echo")]
+            assert not await redis.exists(*left)  # its body deleted, its charge released
     finally:
         await router.stop()
         await redis.aclose()
+
+
+#: The choices of the request whose stored prompt nests too deeply.
+DEEP_BODY_CHOICES = ("too-deep-body-0", "too-deep-body-1")
 
 
 async def _add_unreadable_entries(redis: Redis) -> None:
@@ -120,5 +131,23 @@ async def _add_unreadable_entries(redis: Redis) -> None:
     payload = {"request": request, "reply_to": "elsewhere", "accepted_at": time.time(), "gateway": "old"}
     stream = keys.queue("echo")
     await redis.xadd(stream, {"r": json.dumps(payload), "i": "too-deep"})
+    await _add_too_deep_body(redis, request)
     await redis.xadd(stream, {"r": b"\xff not json"})
     await redis.xadd(stream, {"x": "no payload at all"})
+
+
+async def _add_too_deep_body(redis: Redis, deep: dict[str, Any]) -> None:
+    """A request of two choices stored as a gateway whose door did not bound it would: its body (charged to the
+    model) holds the too deep prompt."""
+    choices = [
+        QueuedRequest(
+            request=wire.GenerationRequest(id=i, prompt="stand-in"),
+            reply_to="elsewhere",
+            accepted_at=time.time(),
+            gateway="old",
+        )
+        for i in DEEP_BODY_CHOICES
+    ]
+    stored = Stored.of(choices, len(choices))
+    await RequestQueue(redis, 1000).enqueue_stored("echo", stored)
+    await redis.hset(keys.body("echo", stored.id), "0", json.dumps(deep | {"id": stored.id}))

@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway.auth import ApiKeyAuth, ApiKeys, allowed_models, parse_keys
+from gateway.budget import Quota
 from gateway.errors import ConfigError
 from gateway.guards import PortSplit
 
@@ -58,6 +59,20 @@ def test_key_file_format_and_errors(tmp_path: Path) -> None:
         parse_keys("short\n", "f")
     assert "short" not in str(info.value)  # a key is never echoed
     assert ApiKeys.configured((), None) is None
+
+
+def test_key_file_names_and_quotas(tmp_path: Path) -> None:
+    line = "sk-aaaaaaaa a, b name=team-a max-requests=4 max-entries=16 max-queued-bytes=2MiB\nsk-bbbbbbbb\n"
+    parsed = parse_keys(line, "f")
+    team_a, other = parsed["sk-aaaaaaaa"], parsed["sk-bbbbbbbb"]
+    assert team_a.models == frozenset({"a", "b"}) and team_a.label == "team-a"
+    assert team_a.quota == Quota(max_requests=4, max_entries=16, max_bytes=2 << 20)
+    assert other.quota == Quota() and other.label.startswith("key-") and "sk-bbbb" not in other.label
+    assert other.account and other.account != team_a.account and "sk-" not in other.account
+    for wrong in ("max-request=4", "max-requests=0", "max-queued-bytes=lots"):
+        with pytest.raises(ConfigError, match="line 1") as info:
+            parse_keys(f"sk-aaaaaaaa {wrong}\n", "f")
+        assert "sk-aaaaaaaa" not in str(info.value)
 
 
 def test_a_changed_key_file_is_reloaded_and_a_broken_one_ignored(tmp_path: Path) -> None:

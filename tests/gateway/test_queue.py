@@ -237,10 +237,13 @@ def _unreadable_payload(request_id: str, channel: str = "replies") -> str:
 
 
 async def _add_unreadable_entries(redis: Redis, model: str) -> None:
-    """One too deep to read, one not JSON, one without a payload (the last two name no request)."""
+    """Entries with their request inline (``r``, as older gateways wrote them): one too deep to read, one not
+    JSON; one without a payload; one referring to a body whose ``q`` is not JSON (the last three name no request).
+    (``test_budget`` has a body's prompt that cannot be read.)"""
     await redis.xadd(keys.queue(model), {"r": _unreadable_payload("deep"), "i": "deep"})
     await redis.xadd(keys.queue(model), {"r": b"\xff not json"})
     await redis.xadd(keys.queue(model), {"x": "no payload"})
+    await redis.xadd(keys.queue(model), {"q": b"\xff not json", "b": "gone", "p": 0})
 
 
 @pytest.mark.security

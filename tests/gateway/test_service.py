@@ -22,7 +22,7 @@ from gateway.fence import Fence, FencedDoor
 from gateway.limits import ContextLengths
 from gateway.messages import Dispatched, Final, Finished, Token
 from gateway.metrics import Metrics
-from gateway.queue import Delivery, RequestQueue
+from gateway.queue import INLINE, Delivery, Held, RequestQueue
 from gateway.replies import ReplyRouter, ReplySender
 from gateway.scaling import Scaler
 from gateway.service import Delta, Gateway, Ticket
@@ -64,11 +64,11 @@ class RacingQueue(RequestQueue):
     racing: tuple[Delivery, Final] | None = None
     cancels = 0
 
-    async def cancel(self, model: str, request_id: str, entry_id: str) -> bool:
+    async def cancel(self, model: str, request_id: str, entry_id: str, held: Held = INLINE) -> bool:
         self.cancels += 1
         if self.cancels > 10:
             raise Spinning(f"cancel called {self.cancels} times")
-        return await super().cancel(model, request_id, entry_id)
+        return await super().cancel(model, request_id, entry_id, held)
 
     async def final_reply(self, model: str, request_id: str) -> Final | None:
         stored = await super().final_reply(model, request_id)
@@ -87,7 +87,7 @@ class Rig:
     sender: ReplySender
     backend: Backend
     router: ReplyRouter
-    abandoned: list[tuple[str, str, str]]
+    abandoned: list[tuple[str, str, str, Held]]
 
     async def submit(self, request_id: str, *, stream: bool = False) -> Ticket:
         return await self.gateway.submit(MODEL, wire.GenerationRequest(id=request_id, prompt="hi", stream=stream))
@@ -118,7 +118,7 @@ async def rig(redis_url: str) -> AsyncIterator[Rig]:
     scaler = Scaler(catalog, queue, Fence(redis), backend, endpoints, metrics, cold_starts, interval_s=1.0)
     await router.start()
     try:
-        abandoned: list[tuple[str, str, str]] = []
+        abandoned: list[tuple[str, str, str, Held]] = []
         gateway = Gateway(
             settings,
             catalog,

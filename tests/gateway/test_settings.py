@@ -174,6 +174,25 @@ def test_request_logs_are_off_unless_asked_for() -> None:
         GatewaySettings.from_env({"KALTSTART_ACCESS_LOG": "maybe"})
 
 
+def test_byte_budget_settings() -> None:
+    env = {
+        "KALTSTART_MAX_QUEUED_BYTES_PER_MODEL": "128MiB",
+        "KALTSTART_MAX_QUEUED_BYTES_PER_KEY": "512KiB",
+        "KALTSTART_MAX_CHOICE_BYTES": "1000",
+        "KALTSTART_REDIS_MEMORY_HIGH_WATER": "0.9",
+    }
+    settings = GatewaySettings.from_env(env)
+    assert (settings.queue.max_queued_bytes_per_model, settings.queue.max_queued_bytes_per_key) == (
+        128 << 20,
+        512 << 10,
+    )
+    assert (settings.server.max_choice_bytes, settings.queue.redis_memory_high_water) == (1000, 0.9)
+    for key, wrong in [("KALTSTART_MAX_QUEUED_BYTES_PER_KEY", "1MB"), ("KALTSTART_REDIS_MEMORY_HIGH_WATER", "1.5")]:
+        with pytest.raises(ConfigError) as info:
+            GatewaySettings.from_env({key: wrong})
+        assert info.value.key == key
+
+
 def test_the_route_allow_list_and_the_lease_namespace() -> None:
     environ = {
         "KALTSTART_ROUTE_ALLOW_LIST": '{"llama-70b": "models/llama", "qwen": ["team-a", "team-b/qwen"]}',
