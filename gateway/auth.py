@@ -108,7 +108,7 @@ class ApiKeys:
                 self._from_file = parse_keys(self._file.read_text(), str(self._file))
                 self._signature = signature
                 log.info("API keys reloaded from %s: %d key(s)", self._file, len(self._from_file))
-        except (OSError, ConfigError) as exc:
+        except (OSError, ValueError, ConfigError) as exc:  # ValueError: not UTF-8 text
             if self._signature is not None:  # once per failure, not at every check
                 log.error(
                     "cannot reload API keys from %s, every key from it is revoked until it is fixed: %s",

@@ -101,6 +101,11 @@ class LocalReplica:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
 
+    @property
+    def pid(self) -> int | None:
+        """The process id of its runtime, while it has one."""
+        return None if self._process is None else self._process.process.pid
+
     def kill(self) -> None:
         """Kill the process as a crash would (tests use this); it is restarted while wanted."""
         if self._process is not None:
