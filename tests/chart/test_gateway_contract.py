@@ -149,7 +149,7 @@ def test_open_api_only_when_keys_are_turned_off(chart: helm_python.Chart) -> Non
 def test_keys_off_without_allow_anonymous_does_not_render(chart: helm_python.Chart) -> None:
     """The gateway listens on 0.0.0.0: an open API must be asked for in so many words, at render time already,
     rather than a gateway that refuses to start (``KALTSTART_ALLOW_ANONYMOUS``)."""
-    with pytest.raises(helm_python.HelmError, match="gateway.allowAnonymous"):
+    with pytest.raises(helm_python.HelmError, match=r"gateway\.allowAnonymous"):
         render(chart, {"gateway": {"apiKeys": {"enabled": False}}})
 
 
