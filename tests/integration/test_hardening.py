@@ -79,6 +79,7 @@ def test_the_embedded_valkey_wants_its_password() -> None:
     with EmbeddedRedis() as url:
         parts = urlsplit(url)
         assert parts.password and len(parts.password) >= 24
+        assert parts.port is not None
         anonymous = redis.Redis(host="127.0.0.1", port=parts.port)
         with pytest.raises((redis.exceptions.AuthenticationError, redis.exceptions.ResponseError)):
             anonymous.set("stolen", "1")
