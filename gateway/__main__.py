@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import sys
 
 from gateway.app import create_app
@@ -14,6 +15,7 @@ from gateway.backends.local import build_local
 from gateway.backends.localconfig import LocalConfig, load_local_config
 from gateway.embedded import EmbeddedRedis
 from gateway.errors import ConfigError
+from gateway.processes import redact
 from gateway.serving import quiet_request_logs, serve
 from gateway.settings import GatewaySettings
 
@@ -43,10 +45,19 @@ def _local_config(settings: GatewaySettings) -> LocalConfig | None:
     return None
 
 
+def _with_runtime_token(settings: GatewaySettings, local: LocalConfig | None) -> GatewaySettings:
+    """The local backend's runtimes are our own children: they get a random token per start, unless one is set."""
+    if local is None or settings.server.runtime_token is not None:
+        return settings
+    return settings.replace(runtime_token=secrets.token_urlsafe(32))
+
+
 def _backend(settings: GatewaySettings, local: LocalConfig | None, redis_url: str) -> BackendParts:
     if local is not None:
         # A runtime's line per batch is relayed into this log: per request, like the access log, so with it.
-        return build_local(local, announce_to=redis_url, batch_log=settings.server.access_log)
+        return build_local(
+            local, announce_to=redis_url, token=settings.server.runtime_token, batch_log=settings.server.access_log
+        )
     return build_kubernetes(settings.kubernetes, identity=settings.server.gateway_id)
 
 
@@ -54,6 +65,7 @@ def main() -> int:
     try:
         settings = GatewaySettings.from_env(os.environ)
         local = _local_config(settings)
+        settings = _with_runtime_token(settings, local)
     except ConfigError as exc:
         print(f"kaltstart: {exc}", file=sys.stderr)
         return 2
@@ -63,7 +75,7 @@ def main() -> int:
     with contextlib.ExitStack() as stack:
         redis_url = server.redis_url or stack.enter_context(EmbeddedRedis())
         if server.redis_url is None:
-            log.info("REDIS_URL not set: started an embedded Valkey at %s", redis_url)
+            log.info("REDIS_URL not set: started an embedded Valkey at %s", redact(redis_url))
         parts = _backend(settings, local, redis_url)
         app = create_app(settings, redis_url=redis_url, parts=parts)
         print(_banner(f"http://{server.host}:{server.port}", parts.example_model), flush=True)

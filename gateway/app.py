@@ -41,7 +41,12 @@ from gateway.work import WorkSignals
 def _runtime_client(settings: ServerSettings) -> AiohttpRuntimeClient:
     # Read timeout: the longest gap between two events of a batch answer (a batch's first token can take a
     # while on a big prompt); a request's own deadline is enforced by its ticket.
-    return AiohttpRuntimeClient(connect_timeout_s=5.0, read_timeout_s=settings.request_timeout_s, max_connections=256)
+    return AiohttpRuntimeClient(
+        connect_timeout_s=5.0,
+        read_timeout_s=settings.request_timeout_s,
+        max_connections=256,
+        token=settings.runtime_token,
+    )
 
 
 def _queue(settings: GatewaySettings, redis: Redis, work: WorkSignals) -> RequestQueue:

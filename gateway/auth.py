@@ -7,6 +7,10 @@ optionally the key's name and quotas (``name=team-a max-requests=16 max-entries=
 ``gateway.budget``; a name labels the key's metrics, which are otherwise labelled by a hash of it); ``#`` starts
 a comment. The check runs in an ASGI middleware before the body is read, so a request without a valid
 key never reaches the queue and never scales anything. Keys are compared in constant time and never logged.
+
+A reload that cannot read or parse the changed file fails closed: every key from the file is revoked (an error
+is logged; the keys of ``KALTSTART_API_KEYS`` stay) until the file reads again, so that a revocation saved with
+a typo elsewhere in the file still revokes, rather than leaving every old key valid.
 """
 
 from __future__ import annotations
@@ -145,8 +149,14 @@ class ApiKeys:
                 self._from_file = parse_keys(self._file.read_text(), str(self._file))
                 self._signature = signature
                 log.info("API keys reloaded from %s: %d key(s)", self._file, len(self._from_file))
-        except (OSError, ConfigError) as exc:
-            log.error("cannot reload API keys from %s (keeping the previous ones): %s", self._file, exc)
+        except (OSError, ValueError, ConfigError) as exc:  # ValueError: not UTF-8 text
+            if self._signature is not None:  # once per failure, not at every check
+                log.error(
+                    "cannot reload API keys from %s, every key from it is revoked until it is fixed: %s",
+                    self._file,
+                    exc,
+                )
+            self._from_file, self._signature = {}, None  # fail closed; read again at the next check
 
 
 def _signature(path: Path) -> tuple[int, int, int]:

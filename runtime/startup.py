@@ -165,7 +165,7 @@ def prepare_engine(
     model_dir = None
     if settings.engine == "torch":
         assert settings.source is not None  # RuntimeSettings checks this for the torch engine
-        model_dir = materialise(settings.source, settings.cache_dir).path
+        model_dir = materialise(settings.source, settings.cache_dir, settings.cache_verify).path
     cached = time.monotonic()
     on_phase("imports")
     engine = create_engine(settings, model_dir)

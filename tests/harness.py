@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import socket
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -139,12 +140,14 @@ async def run_gateway(
     **overrides: Any,
 ) -> AsyncIterator[LocalGateway]:
     """A gateway with the local backend serving ``models``; its runtimes announce themselves (as under
-    ``python -m gateway``) unless ``announce`` is off. No standby runtime by default: most tests need none, and
-    each costs a process importing torch."""
+    ``python -m gateway``) unless ``announce`` is off, and require a random token on their API, as under
+    ``python -m gateway`` (``runtime_token=None`` turns it off). No standby runtime by default: most tests need
+    none, and each costs a process importing torch."""
     async with _listening() as sock:
-        settings = _settings(redis_url, sock, overrides)
+        settings = _settings(redis_url, sock, {"runtime_token": secrets.token_urlsafe(32), **overrides})
         config = LocalConfig(models=tuple(models), cache_dir=cache_dir, standby=standby)
-        parts = build_local(config, announce_to=redis_url if announce else None)
+        token = settings.server.runtime_token
+        parts = build_local(config, announce_to=redis_url if announce else None, token=token)
         async with _run(settings, parts, sock) as gateway:
             yield gateway
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import wire
 from gateway.backends import NO_REPLICAS, BackendParts, Replicas
 from gateway.backends.localconfig import LocalConfig, LocalModel
-from gateway.backends.runtimes import RuntimeProcess, StandbyPool
+from gateway.backends.runtimes import RuntimeEnvironment, RuntimeProcess, StandbyPool
 from gateway.catalog import ModelCatalog
 from gateway.endpoints import ReadyEndpoints
 from gateway.errors import UnknownModel
@@ -78,7 +78,9 @@ class LocalReplica:
         """Probe until ready; False at once if the process exits first (it may have been announced ready and
         got work already, so its exit must not wait for the next probe)."""
         probe = asyncio.create_task(
-            probe_until_ready(url + wire.READY_PATH, exited=exited.done, period_s=READY_PROBE_S)
+            probe_until_ready(
+                url + wire.READY_PATH, exited=exited.done, period_s=READY_PROBE_S, headers=self._group.env.headers
+            )
         )
         await asyncio.wait({probe, exited}, return_when=asyncio.FIRST_COMPLETED)
         if not probe.done():
@@ -99,6 +101,11 @@ class LocalReplica:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
 
+    @property
+    def pid(self) -> int | None:
+        """The process id of its runtime, while it has one."""
+        return None if self._process is None else self._process.process.pid
+
     def kill(self) -> None:
         """Kill the process as a crash would (tests use this); it is restarted while wanted."""
         if self._process is not None:
@@ -114,12 +121,14 @@ class ReplicaGroup:
         config: LocalConfig,
         endpoints: ReadyEndpoints,
         standbys: StandbyPool,
+        env: RuntimeEnvironment,
         extra: Sequence[str],
     ) -> None:
         self.model = model
         self._config = config
         self._endpoints = endpoints
         self._standbys = standbys
+        self.env = env
         self._extra = tuple(extra)
         self.replicas: list[LocalReplica] = []
         self.lock = asyncio.Lock()
@@ -144,7 +153,7 @@ class ReplicaGroup:
         """A runtime process for replica ``name``: a claimed standby if there is one, else a new process."""
         args = self.runtime_args()
         claimed = await self._standbys.claim(name, args)
-        return claimed or await RuntimeProcess.spawn(self._config.python, args, name)
+        return claimed or await RuntimeProcess.spawn(self._config.python, args, name, self.env)
 
     def replica_settled(self) -> None:
         """A replica became ready or exited: the CPU is free for the next standby to start."""
@@ -170,16 +179,22 @@ class ReplicaGroup:
 
 
 class LocalBackend:
-    """``announce_to``: the Redis URL the runtimes announce themselves on (None: the gateway probes only)."""
+    """``env``: the Redis URL the runtimes announce themselves on (None: the gateway probes only) and the token
+    their API requires, both given to them through their environment."""
 
     def __init__(
-        self, config: LocalConfig, endpoints: ReadyEndpoints, announce_to: str | None = None, *, batch_log: bool = True
+        self,
+        config: LocalConfig,
+        endpoints: ReadyEndpoints,
+        env: RuntimeEnvironment,
+        *,
+        batch_log: bool = True,
     ) -> None:
         self.config = config
-        extra = (["--announce-to", announce_to] if announce_to else []) + ([] if batch_log else ["--no-batch-log"])
-        self.standbys = StandbyPool(config, config.standby, extra)
+        extra = [] if batch_log else ["--no-batch-log"]
+        self.standbys = StandbyPool(config, config.standby, env, extra)
         self._groups = {
-            m.settings.name: ReplicaGroup(m, config, endpoints, self.standbys, extra) for m in config.models
+            m.settings.name: ReplicaGroup(m, config, endpoints, self.standbys, env, extra) for m in config.models
         }
 
     @property
@@ -232,10 +247,13 @@ class LocalBackend:
                 await group.resize(0)
 
 
-def build_local(config: LocalConfig, announce_to: str | None = None, *, batch_log: bool = True) -> BackendParts:
+def build_local(
+    config: LocalConfig, announce_to: str | None = None, *, token: str | None = None, batch_log: bool = True
+) -> BackendParts:
     """The local backend serving ``config``'s models, with its catalog and ready endpoints; its runtimes announce
-    themselves on the Redis at ``announce_to``, if given (the gateway's own), and log a line per batch if
+    themselves on the Redis at ``announce_to``, if given (the gateway's own), require ``token`` on their API, if
+    given (the gateway's ``runtime_token``: the same, or its calls are refused), and log a line per batch if
     ``batch_log`` (relayed into the gateway's log)."""
     endpoints = ReadyEndpoints()
-    backend = LocalBackend(config, endpoints, announce_to, batch_log=batch_log)
+    backend = LocalBackend(config, endpoints, RuntimeEnvironment(announce_to, token), batch_log=batch_log)
     return BackendParts(backend, ModelCatalog(backend.models), endpoints, config.models[0].settings.name)

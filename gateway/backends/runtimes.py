@@ -5,6 +5,10 @@
 imported, no model. A cold start then *claims* it (``POST /v1/claim`` with the model's flags) instead of starting
 a process, which saves the process start and the imports: most of a small model's cold start. The pool starts
 the next standby only once the claimed replica is ready (or gone), so the two do not compete for the CPU.
+
+Secrets never go on a child's command line (``ps`` shows it to every user of the machine) nor into the log: the
+Redis URL to announce on and the runtimes' token travel in the child's environment (``RuntimeEnvironment``),
+which holds nothing else of the gateway's but an allow-list (``gateway.processes.child_environment``).
 """
 
 from __future__ import annotations
@@ -13,13 +17,15 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import httpx
 
 import wire
 from gateway.backends.localconfig import LocalConfig
-from gateway.processes import die_with_parent, free_port, probe_until_ready
+from gateway.processes import child_environment, die_with_parent, free_port, probe_until_ready, redact
+from gateway.runtimeclient import runtime_headers
 from gateway.tasks import Background
 
 log = logging.getLogger("kaltstart.local")
@@ -33,6 +39,29 @@ CLAIM_TIMEOUT_S = 10.0
 #: Back-off before replacing a standby that died on its own: doubles from the first value up to the second.
 STANDBY_BACKOFF_S = (1.0, 60.0)
 
+#: The runtime's settings (``runtime.settings``) that carry secrets, set in a child's environment, never as flags.
+ANNOUNCE_TO_ENV = "KALTSTART_RUNTIME_ANNOUNCE_TO"
+TOKEN_ENV = "KALTSTART_RUNTIME_TOKEN"
+
+
+@dataclass(frozen=True)
+class RuntimeEnvironment:
+    """What every runtime child is given besides its flags: the Redis URL to announce on (None: no announcing)
+    and the token its API requires (None: none), both through the environment."""
+
+    announce_to: str | None = None
+    token: str | None = None
+
+    def environ(self, parent: Mapping[str, str]) -> dict[str, str]:
+        # Set even when None: an operator's own KALTSTART_RUNTIME_ANNOUNCE_TO or _TOKEN would otherwise reach the
+        # child through the allow-list; empty is the runtime's "not set".
+        return child_environment(parent, {ANNOUNCE_TO_ENV: self.announce_to or "", TOKEN_ENV: self.token or ""})
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The headers of the gateway's own calls to its children (claims, probes)."""
+        return runtime_headers(self.token)
+
 
 class RuntimeProcess:
     """One runtime child process, serving (or on standby) at ``url``."""
@@ -45,18 +74,21 @@ class RuntimeProcess:
         self._relay = asyncio.create_task(self._relay_output(), name=f"relay-{name}")
 
     @classmethod
-    async def spawn(cls, python: str, args: Sequence[str], name: str, role: str = "replica") -> RuntimeProcess | None:
-        """Start ``python -m runtime ARGS --host 127.0.0.1 --port <free>``; None if it cannot be started."""
+    async def spawn(
+        cls, python: str, args: Sequence[str], name: str, env: RuntimeEnvironment, role: str = "replica"
+    ) -> RuntimeProcess | None:
+        """Start ``python -m runtime ARGS --host 127.0.0.1 --port <free>`` with ``env``; None if it cannot be
+        started."""
         port = free_port()
         argv = [python, "-m", "runtime", *args, "--host", "127.0.0.1", "--port", str(port)]
-        log.info("starting %s %s: %s", role, name, " ".join(argv))
+        log.info("starting %s %s: %s", role, name, redact(" ".join(argv)))  # a model's own flags may hold a URL
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 preexec_fn=die_with_parent,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env=env.environ(os.environ),
             )
         except OSError as exc:
             log.error("cannot start %s: %s", name, exc)
@@ -93,16 +125,17 @@ class RuntimeProcess:
     async def _relay_output(self) -> None:
         assert self.process.stdout is not None
         async for line in self.process.stdout:
-            log.info("[%s] %s", self.name, line.decode(errors="replace").rstrip())
+            log.info("[%s] %s", self.name, redact(line.decode(errors="replace").rstrip()))
 
 
 class StandbyPool:
     """Up to ``size`` standby runtimes (0: none; every cold start starts a process)."""
 
-    def __init__(self, config: LocalConfig, size: int, announce_args: Sequence[str] = ()) -> None:
+    def __init__(self, config: LocalConfig, size: int, env: RuntimeEnvironment, extra_args: Sequence[str] = ()) -> None:
         self._config = config
         self._size = size
-        self._announce_args = tuple(announce_args)
+        self._env = env
+        self._extra_args = tuple(extra_args)
         self._idle: list[RuntimeProcess] = []
         self._starting = 0
         self._spawned = 0
@@ -143,8 +176,9 @@ class StandbyPool:
 
     async def _add(self) -> None:
         self._spawned += 1
-        args = ["--standby", "--cache-dir", str(self._config.cache_dir), *self._announce_args]
-        standby = await RuntimeProcess.spawn(self._config.python, args, f"standby#{self._spawned}", "standby")
+        args = ["--standby", "--cache-dir", str(self._config.cache_dir), *self._extra_args]
+        name = f"standby#{self._spawned}"
+        standby = await RuntimeProcess.spawn(self._config.python, args, name, self._env, "standby")
         self._starting -= 1
         if standby is None:
             return
@@ -170,10 +204,11 @@ class StandbyPool:
                 exited=lambda: standby.exited,
                 period_s=PORT_PROBE_S,
                 timeout_s=CLAIM_TIMEOUT_S,
+                headers=self._env.headers,
             )
             if not up:
                 return False
-            async with httpx.AsyncClient(timeout=CLAIM_TIMEOUT_S) as client:
+            async with httpx.AsyncClient(timeout=CLAIM_TIMEOUT_S, headers=self._env.headers) as client:
                 response = await client.post(
                     standby.url + wire.CLAIM_PATH, content=body, headers={"content-type": "application/json"}
                 )

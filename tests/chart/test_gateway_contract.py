@@ -38,7 +38,7 @@ def _gateway_environ(container: Manifest) -> dict[str, str]:
             environ[item["name"]] = {"metadata.name": POD_NAME, "metadata.namespace": NAMESPACE}[field]
         else:
             assert "secretKeyRef" in source, item
-            environ[item["name"]] = "dummy-secret"
+            environ[item["name"]] = "dummy-secret-0123456789"
     return environ
 
 
@@ -107,9 +107,9 @@ def test_the_runtime_accepts_the_rendered_flags(chart: helm_python.Chart) -> Non
 @pytest.mark.parametrize(
     ("values", "redis_url"),
     [
-        ({}, "redis://:dummy-secret@kaltstart-redis:6379/0"),
+        ({}, "redis://:dummy-secret-0123456789@kaltstart-redis:6379/0"),
         ({"redis": {"url": "redis://redis.example:6379/2"}}, "redis://redis.example:6379/2"),
-        ({"redis": {"existingSecret": "redis-url"}}, "dummy-secret"),
+        ({"redis": {"existingSecret": "redis-url"}}, "dummy-secret-0123456789"),
     ],
 )
 def test_the_gateway_settings_parse_the_rendered_environment(
@@ -127,6 +127,8 @@ def test_the_gateway_settings_parse_the_rendered_environment(
     assert server.api_keys_file == Path(mounts["api-keys"]) / "api-keys"
     assert server.api_keys == ()
     assert server.redis_url == redis_url
+    assert server.runtime_token == "dummy-secret-0123456789"  # from the runtime token Secret
+    assert server.allow_anonymous is False
     assert server.gateway_id == POD_NAME
     assert kube.namespaces == (NAMESPACE,)
     assert (kube.lease_name, kube.lease_namespace) == ("kaltstart-gateway", NAMESPACE)
@@ -144,11 +146,49 @@ def test_the_gateway_reads_the_rendered_route_allow_list(chart: helm_python.Char
 
 
 def test_open_api_only_when_keys_are_turned_off(chart: helm_python.Chart) -> None:
-    deployment = render(chart, {"gateway": {"apiKeys": {"enabled": False}}}).get("Deployment", "kaltstart-gateway")
+    values = {"gateway": {"apiKeys": {"enabled": False}, "allowAnonymous": True}}
+    deployment = render(chart, values).get("Deployment", "kaltstart-gateway")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     server = GatewaySettings.from_env(_gateway_environ(container)).server
     assert (server.api_keys_file, server.api_keys) == (None, ())
     assert ApiKeys.configured(server.api_keys, server.api_keys_file) is None  # what the gateway takes for "open"
+    assert server.allow_anonymous  # said explicitly: the gateway would refuse an open API on 0.0.0.0 otherwise
+
+
+@pytest.mark.security
+def test_keys_off_without_allow_anonymous_does_not_render(chart: helm_python.Chart) -> None:
+    """The gateway listens on 0.0.0.0: an open API must be asked for in so many words, at render time already,
+    rather than a gateway that refuses to start (``KALTSTART_ALLOW_ANONYMOUS``)."""
+    with pytest.raises(helm_python.HelmError, match=r"gateway\.allowAnonymous"):
+        render(chart, {"gateway": {"apiKeys": {"enabled": False}}})
+
+
+@pytest.mark.security
+def test_the_gateway_and_the_model_pods_share_the_runtime_token(chart: helm_python.Chart) -> None:
+    """One Secret, kept across upgrades: the gateway sends the token, the chart's model pods require it."""
+    rendered = render(chart, TWO_MODELS)
+    gateway = rendered.get("Deployment", "kaltstart-gateway")["spec"]["template"]["spec"]["containers"][0]
+    refs = [_token_ref(gateway)]
+    for deployment in _models(chart):
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        refs.append(_token_ref(container))
+        environ = {item["name"]: "dummy-secret-0123456789" for item in container["env"] if "valueFrom" in item}
+        assert RuntimeSettings.from_args(container["args"], environ).token == "dummy-secret-0123456789"
+        assert "--announce-to" not in container["args"]  # no secret on a command line
+    assert refs == [{"name": "kaltstart-runtime-token", "key": "runtime-token"}] * 3
+    secret = rendered.get("Secret", "kaltstart-runtime-token")
+    token = base64.b64decode(secret["data"]["runtime-token"]).decode()
+    assert re.fullmatch(r"[A-Za-z0-9]{40}", token)
+    own = render(chart, {"runtime": {"token": {"existingSecret": "my-token", "existingSecretKey": "t"}}})
+    assert [s["metadata"]["name"] for s in own.of_kind("Secret") if "token" in s["metadata"]["name"]] == []
+    gateway = own.get("Deployment", "kaltstart-gateway")["spec"]["template"]["spec"]["containers"][0]
+    assert _token_ref(gateway) == {"name": "my-token", "key": "t"}
+
+
+def _token_ref(container: Manifest) -> dict[str, str]:
+    (item,) = [item for item in container["env"] if item["name"] == "KALTSTART_RUNTIME_TOKEN"]
+    ref: dict[str, str] = item["valueFrom"]["secretKeyRef"]
+    return ref
 
 
 def test_the_gateway_accepts_the_generated_key_file(chart: helm_python.Chart, tmp_path: Path) -> None:

@@ -47,6 +47,7 @@ GITOPS: dict[str, Any] = {
     **EVERYTHING,
     "redis": {"auth": {"existingSecret": "kaltstart-redis"}},
     "gateway": {"apiKeys": {"existingSecret": "kaltstart-keys"}},
+    "runtime": {**EVERYTHING.get("runtime", {}), "token": {"existingSecret": "kaltstart-runtime-token"}},
 }
 
 
@@ -125,8 +126,8 @@ def test_with_your_own_secrets_two_renders_are_identical(chart: helm_python.Char
             for item in container.get("env", [])
             if "secretKeyRef" in item.get("valueFrom", {})
         ]
-        assert set(refs) <= {"kaltstart-redis", "hf-token"}
-    external = EXTERNAL_REDIS | {"gateway": GITOPS["gateway"]}
+        assert set(refs) <= {"kaltstart-redis", "hf-token", "kaltstart-runtime-token"}
+    external = EXTERNAL_REDIS | {"gateway": GITOPS["gateway"], "runtime": GITOPS["runtime"]}
     assert chart.render(external, name=RELEASE, namespace=NAMESPACE) == chart.render(
         external, name=RELEASE, namespace=NAMESPACE
     )
@@ -136,7 +137,7 @@ def test_generated_secrets_differ_per_offline_render_which_is_why_gitops_needs_y
     chart: helm_python.Chart,
 ) -> None:
     first, second = render(chart, EVERYTHING), render(chart, EVERYTHING)
-    for name in ("kaltstart-redis", "kaltstart-api-keys"):
+    for name in ("kaltstart-redis", "kaltstart-api-keys", "kaltstart-runtime-token"):
         assert first.get("Secret", name)["data"] != second.get("Secret", name)["data"]
 
 

@@ -202,7 +202,10 @@ def test_external_redis_renders_nothing_redis(
         chart, {"redis": redis | {"announceUrl": "redis://announcer:pw@redis.example:6379/0"}, **ONE_MODEL}
     )
     assert rendered.of_kind("StatefulSet") == []
-    assert [s["metadata"]["name"] for s in rendered.of_kind("Secret")] == ["kaltstart-api-keys"]
+    assert [s["metadata"]["name"] for s in rendered.of_kind("Secret")] == [
+        "kaltstart-api-keys",
+        "kaltstart-runtime-token",
+    ]
     assert "kaltstart-redis" not in [s["metadata"]["name"] for s in rendered.of_kind("Service")]
     assert sorted(p["metadata"]["name"] for p in rendered.of_kind("NetworkPolicy")) == [
         "kaltstart-gateway",
@@ -261,7 +264,7 @@ def test_a_generated_api_key_is_mounted_as_a_file(chart: helm_python.Chart) -> N
 def test_an_existing_api_key_secret_is_mounted_and_none_rendered(chart: helm_python.Chart) -> None:
     values = {"gateway": {"apiKeys": {"existingSecret": "team-keys", "secretKey": "keys.txt"}}, **ONE_MODEL}
     rendered = render(chart, values)
-    assert [s["metadata"]["name"] for s in rendered.of_kind("Secret")] == ["kaltstart-redis"]
+    assert [s["metadata"]["name"] for s in rendered.of_kind("Secret")] == ["kaltstart-redis", "kaltstart-runtime-token"]
     volume = _key_volume(_gateway_pod(rendered))
     assert volume is not None
     assert volume["secret"]["secretName"] == "team-keys"
@@ -270,9 +273,9 @@ def test_an_existing_api_key_secret_is_mounted_and_none_rendered(chart: helm_pyt
 
 
 def test_api_keys_can_be_turned_off(chart: helm_python.Chart) -> None:
-    values = {"gateway": {"apiKeys": {"enabled": False, "existingSecret": "ignored"}}}
+    values = {"gateway": {"apiKeys": {"enabled": False, "existingSecret": "ignored"}, "allowAnonymous": True}}
     rendered = render(chart, values)
-    assert [s["metadata"]["name"] for s in rendered.of_kind("Secret")] == ["kaltstart-redis"]
+    assert [s["metadata"]["name"] for s in rendered.of_kind("Secret")] == ["kaltstart-redis", "kaltstart-runtime-token"]
     assert _key_volume(_gateway_pod(rendered)) is None
     text = notes(chart, values)
     assert "the API is open to anyone" in text
@@ -395,7 +398,10 @@ def test_model_probes_give_a_cold_start_thirty_minutes(chart: helm_python.Chart)
 def test_model_pods_mount_the_node_local_cache(chart: helm_python.Chart) -> None:
     pod = render(chart, ONE_MODEL).get("Deployment", "kaltstart-tiny")["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes["model-cache"]["hostPath"] == {"path": "/var/lib/kaltstart/models", "type": "DirectoryOrCreate"}
+    assert volumes["model-cache"]["hostPath"] == {
+        "path": "/var/lib/kaltstart/models/kaltstart-tiny",  # the model's own directory
+        "type": "DirectoryOrCreate",
+    }
     (runtime,) = pod["containers"]
     assert {"name": "model-cache", "mountPath": "/var/lib/kaltstart/models"} in runtime["volumeMounts"]
     (chown,) = pod["initContainers"]
@@ -624,7 +630,19 @@ def test_prefetch_fills_the_cache_with_the_runtime_s_own_code(chart: helm_python
     pod = daemonset["spec"]["template"]["spec"]
     assert [c["name"] for c in pod["initContainers"]] == ["cache-permissions", "fill-0", "fill-1", "fill-2"]
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
-    assert {v["name"]: v for v in pod["volumes"]}["model-cache"]["hostPath"]["path"] == "/var/lib/kaltstart/models"
+    volumes = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    assert volumes == {  # each model's own directory, the one its pods mount
+        "model-cache-0": "/var/lib/kaltstart/models/kaltstart-local",
+        "model-cache-1": "/var/lib/kaltstart/models/kaltstart-qwen2-5-0-5b",
+        "model-cache-2": "/var/lib/kaltstart/models/kaltstart-llama-3-2-1b",
+    }
+    chown = pod["initContainers"][0]
+    assert chown["command"] == ["chown", "10001:10001", *(f"/kaltstart-cache/{i}" for i in range(3))]
+    assert [m["name"] for m in chown["volumeMounts"]] == ["model-cache-0", "model-cache-1", "model-cache-2"]
+    assert pod["initContainers"][2]["volumeMounts"][0] == {
+        "name": "model-cache-1",
+        "mountPath": "/var/lib/kaltstart/models",
+    }
     command = pod["initContainers"][1]["command"]
     assert command[0] == "python" and command[-2:] == [str(source), "/var/lib/kaltstart/models"]
     cache = tmp_path / "cache"

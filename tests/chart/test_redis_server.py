@@ -72,6 +72,8 @@ def _run_server(chart: helm_python.Chart, tmp_path: Path, port: int, without: st
     rendered = render(chart, MODEL | {"redis": {"maxmemory": "4mb"}})
     data = rendered.get("Secret", "kaltstart-redis")["data"]
     secrets = {key: base64.b64decode(value).decode() for key, value in data.items() if key != without}
+    token = rendered.get("Secret", "kaltstart-runtime-token")["data"]  # gateway and models read it too
+    secrets |= {key: base64.b64decode(value).decode() for key, value in token.items()}
     (container,) = rendered.get("StatefulSet", "kaltstart-redis")["spec"]["template"]["spec"]["containers"]
     bin_dir, data_dir = tmp_path / "bin", tmp_path / "data"
     bin_dir.mkdir()

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,54 @@ def test_command_line_fills_and_reports_errors(tmp_path: Path, capsys: pytest.Ca
     assert "hit" in capsys.readouterr().out
     assert cache.main([str(tmp_path / "missing"), str(tmp_path / "cache")]) == 1
     assert "is not a directory" in capsys.readouterr().err
+
+
+# A hit is checked against the fill's record
+
+
+def _flip_one_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.unit
+@pytest.mark.security
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda model: (model / "model.safetensors").write_bytes(b"\0" * 10),  # truncated, or replaced
+        lambda model: (model / "sub" / "tokenizer.json").write_text('{"added": true}'),  # grown
+        lambda model: (model / "extra.py").write_text("import os"),  # a file added
+        lambda model: (model / "config.json").unlink(),  # a file removed
+        lambda model: (model / MARKER).write_text('{"source": "x"}'),  # a marker without its file list
+    ],
+    ids=["truncated", "grown", "added", "removed", "old-marker"],
+)
+def test_a_cache_that_does_not_match_its_record_is_filled_again(
+    tmp_path: Path, tamper: Callable[[Path], object]
+) -> None:
+    source = make_source(tmp_path / "model")
+    first = materialise(str(source), tmp_path / "cache")
+    tamper(first.path)
+    again = materialise(str(source), tmp_path / "cache")
+    assert not again.hit  # the marker alone would have said "hit"
+    assert digest(again.path) == {name: h for name, h in digest(source).items() if not name.startswith(".git")}
+    assert materialise(str(source), tmp_path / "cache").hit  # and the refilled copy is a hit again
+
+
+@pytest.mark.unit
+@pytest.mark.security
+def test_sha256_verification_catches_what_sizes_cannot(tmp_path: Path) -> None:
+    source = make_source(tmp_path / "model")
+    cached = materialise(str(source), tmp_path / "cache")
+    record = json.loads((cached.path / MARKER).read_text())["files"]
+    assert (
+        record["model.safetensors"]["sha256"] == hashlib.sha256((source / "model.safetensors").read_bytes()).hexdigest()
+    )
+    _flip_one_byte(cached.path / "model.safetensors")  # same size, other bytes
+    assert materialise(str(source), tmp_path / "cache", "size").hit  # the documented limit of the cheap check
+    refilled = materialise(str(source), tmp_path / "cache", "sha256")
+    assert not refilled.hit
+    assert (refilled.path / "model.safetensors").read_bytes() == (source / "model.safetensors").read_bytes()
+    assert materialise(str(source), tmp_path / "cache", "sha256").hit

@@ -147,12 +147,13 @@ seccompProfile:
   type: RuntimeDefault
 {{- end }}
 
-{{/* The init container that hands the node-local cache directory to the runtime user. */}}
+{{/* The init container that hands node-local cache directories to the runtime user: include with (dict "root" $
+"mounts" (list (dict "volume" "model-cache" "path" "/var/lib/kaltstart/models") ...)). */}}
 {{- define "kaltstart.cachePermissions" -}}
 - name: cache-permissions
   image: {{ include "kaltstart.runtimeImage" .root }}
   imagePullPolicy: {{ .root.Values.image.runtime.pullPolicy }}
-  command: ["chown", "10001:10001", {{ .root.Values.runtime.cacheDir | quote }}]
+  command: ["chown", "10001:10001"{{ range .mounts }}, {{ .path | quote }}{{ end }}]
   env:
     # The CUDA base image sets NVIDIA_VISIBLE_DEVICES=all: a chown needs no GPU.
     - name: NVIDIA_VISIBLE_DEVICES
@@ -172,15 +173,46 @@ seccompProfile:
     seccompProfile:
       type: RuntimeDefault
   volumeMounts:
-    - name: model-cache
-      mountPath: {{ .root.Values.runtime.cacheDir }}
+    {{- range .mounts }}
+    - name: {{ .volume }}
+      mountPath: {{ .path }}
+    {{- end }}
 {{- end }}
 
+{{/* One model's node-local cache directory, <runtime.cache.hostPath>/<the model's full name>: include with
+(dict "root" $ "name" "model-cache" "model" $fullname). A directory per model, so that a model's pod can read and
+write its own weights and no other model's. */}}
 {{- define "kaltstart.cacheVolume" -}}
-- name: model-cache
+- name: {{ .name }}
   hostPath:
-    path: {{ .Values.runtime.cache.hostPath }}
+    path: {{ printf "%s/%s" (.root.Values.runtime.cache.hostPath | trimSuffix "/") .model }}
     type: DirectoryOrCreate
+{{- end }}
+
+{{/* The Secret holding the runtimes' token: runtime.token.existingSecret, or the one the chart generates. */}}
+{{- define "kaltstart.runtimeToken.secretName" -}}
+{{- default (printf "%s-runtime-token" (include "kaltstart.fullname" .) | trunc 63 | trimSuffix "-") .Values.runtime.token.existingSecret }}
+{{- end }}
+
+{{/* The token's env entry, for the gateway (which sends it) and the model pods (which require it). */}}
+{{- define "kaltstart.runtimeToken.env" -}}
+- name: KALTSTART_RUNTIME_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "kaltstart.runtimeToken.secretName" . }}
+      key: {{ .Values.runtime.token.existingSecretKey }}
+{{- end }}
+
+{{/*
+The data of the chart-generated runtime token Secret: what the Secret holds now (lookup), else new and random
+(40 letters and digits). No checksum annotation rolls pods on it: it never changes on an upgrade, and one on the
+model pods would restart every running model at each offline render (use existingSecret there, as for Redis).
+*/}}
+{{- define "kaltstart.runtimeToken.secretData" -}}
+{{- $key := .Values.runtime.token.existingSecretKey }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "kaltstart.runtimeToken.secretName" .) | default dict }}
+{{- $token := dig "data" $key "" $existing | b64dec | default (randAlphaNum 40) }}
+{{- toYaml (dict $key ($token | b64enc)) }}
 {{- end }}
 
 {{/*
