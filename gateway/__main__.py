@@ -10,8 +10,10 @@ import sys
 from gateway.app import create_app
 from gateway.backends import BackendParts
 from gateway.backends.kubernetes.backend import build_kubernetes
+from gateway.backends.kubernetes.owners import RedisOwners
 from gateway.backends.local import build_local
 from gateway.backends.localconfig import LocalConfig, load_local_config
+from gateway.connection import connect
 from gateway.embedded import EmbeddedRedis
 from gateway.errors import ConfigError
 from gateway.serving import quiet_request_logs, serve
@@ -47,7 +49,8 @@ def _backend(settings: GatewaySettings, local: LocalConfig | None, redis_url: st
     if local is not None:
         # A runtime's line per batch is relayed into this log: per request, like the access log, so with it.
         return build_local(local, announce_to=redis_url, batch_log=settings.server.access_log)
-    return build_kubernetes(settings.kubernetes, identity=settings.server.gateway_id)
+    owners = RedisOwners(connect(redis_url, settings.queue))
+    return build_kubernetes(settings.kubernetes, identity=settings.server.gateway_id, owners=owners)
 
 
 def main() -> int:
