@@ -11,8 +11,10 @@ import sys
 from gateway.app import create_app
 from gateway.backends import BackendParts
 from gateway.backends.kubernetes.backend import build_kubernetes
+from gateway.backends.kubernetes.owners import RedisOwners
 from gateway.backends.local import build_local
 from gateway.backends.localconfig import LocalConfig, load_local_config
+from gateway.connection import connect
 from gateway.embedded import EmbeddedRedis
 from gateway.errors import ConfigError
 from gateway.processes import redact
@@ -58,7 +60,8 @@ def _backend(settings: GatewaySettings, local: LocalConfig | None, redis_url: st
         return build_local(
             local, announce_to=redis_url, token=settings.server.runtime_token, batch_log=settings.server.access_log
         )
-    return build_kubernetes(settings.kubernetes, identity=settings.server.gateway_id)
+    owners = RedisOwners(connect(redis_url, settings.queue))
+    return build_kubernetes(settings.kubernetes, identity=settings.server.gateway_id, owners=owners)
 
 
 def main() -> int:

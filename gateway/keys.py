@@ -109,3 +109,9 @@ def replies(gateway_id: str) -> str:
 #: Pub/sub channel on which new work is announced (``<gateway id>\n<model>``, see ``gateway.work``), so that
 #: dispatchers wait for work without holding a Redis connection each.
 WORK = f"{PREFIX}:work"
+
+
+#: Hash of the served model names' owners: model name -> ``<namespace>/<name>/<uid>`` of the Deployment that serves
+#: it (Kubernetes backend, ``gateway.backends.kubernetes.owners``). Set if absent when a gateway first decides an
+#: owner, deleted (if it still names that owner) when the owner drops the name; every gateway honours it.
+ROUTE_OWNERS = f"{PREFIX}:route-owners"

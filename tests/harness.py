@@ -20,9 +20,11 @@ import wire
 from gateway.app import create_app
 from gateway.backends import BackendParts
 from gateway.backends.kubernetes.backend import KubernetesBackend, build_kubernetes
+from gateway.backends.kubernetes.owners import RedisOwners
 from gateway.backends.local import LocalBackend, build_local
 from gateway.backends.localconfig import LocalConfig, LocalModel
 from gateway.catalog import ModelCatalog
+from gateway.connection import connect
 from gateway.endpoints import ReadyEndpoints
 from gateway.metrics import Metrics
 from gateway.scaling import Scaler
@@ -159,10 +161,12 @@ async def run_kubernetes_gateway(
     namespace: str = "default",
     lease_s: int = 2,
     allow: Mapping[str, tuple[str, ...]] | None = None,
+    owners_url: str | None = None,
     **overrides: Any,
 ) -> AsyncIterator[KubernetesGateway]:
     """A gateway with the Kubernetes backend, talking to the API server named in ``kubeconfig``, serving
-    ``namespace`` (or several, comma-separated), with ``allow`` as its route allow-list."""
+    ``namespace`` (or several, comma-separated), with ``allow`` as its route allow-list, recording the owners of
+    model names in ``owners_url`` (by default its own Redis, as ``python -m gateway`` does)."""
     async with _listening() as sock:
         settings = _settings(redis_url, sock, {"backend": "kubernetes", **overrides})
         kube = KubernetesSettings(
@@ -171,7 +175,8 @@ async def run_kubernetes_gateway(
             kubeconfig=str(kubeconfig),
             route_allow_list=allow or {},
         )
-        parts = build_kubernetes(kube, identity=settings.server.gateway_id)
+        owners = RedisOwners(connect(owners_url or redis_url, settings.queue))
+        parts = build_kubernetes(kube, identity=settings.server.gateway_id, owners=owners)
         async with _run(settings, parts, sock) as gateway:
             yield gateway
 

@@ -10,6 +10,7 @@ import pytest
 
 from gateway.backends.kubernetes import index
 from gateway.backends.kubernetes.index import RouteTable, SliceIndex, ref_of
+from gateway.backends.kubernetes.owners import Claim, Owner, Release, Write
 from gateway.backends.kubernetes.routes import (
     ROUTE_CONFLICT,
     ROUTE_NOT_ALLOWED,
@@ -218,6 +219,140 @@ def test_any_sequence_of_changes_ends_where_build_routes_does(seed: int, keep: b
         assert {ref_of(d) for d in current.values()} - served == left_out(list(current.values()), owned)
         for model, route in expected.items():
             assert model in table.models_of((route.deployment.namespace, route.service))
+
+
+def owner_of(found: dict[str, Any]) -> Owner:
+    return Owner(ref_of(found), found["metadata"]["uid"])
+
+
+def with_uid(found: dict[str, Any], uid: str) -> dict[str, Any]:
+    found["metadata"]["uid"] = uid
+    return found
+
+
+@pytest.mark.security
+def test_a_recorded_owner_is_kept_over_an_older_claimant_from_the_first_list() -> None:
+    """A restarted gateway (a fresh table) with the records: the recorded owner, not the older claimant; without
+    them (Redis unreadable at start) the older one, until ``reconcile`` hands the name to the recorded owner."""
+    owner = with_uid(deployment("llama", "llama-70b", namespace="models", created="2025-03-01T00:00:00Z"), "u1")
+    older = with_uid(deployment("aaa", "llama-70b", namespace="dev", created="2025-01-01T00:00:00Z"), "u2")
+    for lists in (("dev", "models"), ("models", "dev")):
+        table = RouteTable(keep_owners=False)
+        table.load({"llama-70b": owner_of(owner)})
+        for namespace in lists:
+            table.replace(namespace, [{"dev": older, "models": owner}[namespace]])
+        assert table.keep_owners().writes == []
+        assert owners(table) == {"llama-70b": "models/llama"}, lists
+
+    table = RouteTable(keep_owners=False)
+    table.replace("dev", [older])
+    table.replace("models", [owner])
+    assert table.keep_owners().writes == []
+    assert owners(table) == {"llama-70b": "dev/aaa"}
+    change = table.reconcile({"llama-70b": owner_of(owner)})
+    assert owners(table) == {"llama-70b": "models/llama"} and change.models == {"llama-70b"}
+    assert [(e.deployment.name, e.kind) for e in change.errors] == [("aaa", ROUTE_CONFLICT)]
+    assert change.writes == []
+
+
+@pytest.mark.security
+def test_the_records_follow_the_owner_and_pass_to_the_next_claimant() -> None:
+    table = RouteTable()
+    table.load({"stale": Owner(DeploymentRef("gone", "x"), "u0")})  # its owner was deleted while no gateway ran
+    owner = with_uid(deployment("b", "shared", created="2025-02-01T00:00:00Z"), "ub")
+    table.put(owner)
+    assert table.keep_owners().writes == [
+        Claim("shared", owner_of(owner)),
+        Release("stale", Owner(DeploymentRef("gone", "x"), "u0")),
+    ]
+
+    older = with_uid(deployment("a", "shared", created="2025-01-01T00:00:00Z"), "ua")
+    assert table.put(older).writes == []  # refused: the record stays
+
+    change = table.remove(ref_of(owner))
+    assert owners(table) == {"shared": "default/a"}
+    assert change.writes == [Release("shared", owner_of(owner)), Claim("shared", owner_of(older))]
+    assert table.records == {"shared": owner_of(older)}
+
+
+@pytest.mark.security
+def test_a_recreated_deployment_is_a_new_claimant() -> None:
+    """The record names the object (its uid): the same name created again does not inherit it, also when a
+    re-list is the first the table hears of it."""
+    owner = with_uid(deployment("b", "shared", created="2025-02-01T00:00:00Z"), "ub1")
+    older = with_uid(deployment("a", "shared", created="2025-01-01T00:00:00Z"), "ua")
+    table = RouteTable()
+    table.load({})
+    table.replace("default", [owner])
+    table.keep_owners()
+    table.put(older)
+    assert owners(table) == {"shared": "default/b"}
+
+    again = with_uid(deployment("b", "shared", created="2025-04-01T00:00:00Z"), "ub2")
+    change = table.replace("default", [again, older])
+
+    assert owners(table) == {"shared": "default/a"}
+    assert change.writes == [Release("shared", owner_of(owner)), Claim("shared", owner_of(older))]
+
+
+@pytest.mark.security
+def test_a_lost_claim_is_taken_up_when_its_owner_claims_here_too() -> None:
+    mine = with_uid(deployment("y", "shared", created="2025-03-01T00:00:00Z"), "uy")
+    theirs = with_uid(deployment("z", "shared", namespace="dev", created="2025-01-01T00:00:00Z"), "uz")
+    table = RouteTable()
+    table.load({})
+    table.put(mine)
+    [claim] = table.keep_owners().writes
+
+    change = table.adopt("shared", owner_of(theirs), claim.owner)  # another gateway recorded dev/z first
+    assert owners(table) == {"shared": "default/y"} and change.writes == []  # dev/z claims nothing here yet
+    # An edit of mine neither releases that record nor claims the name again.
+    edited = with_uid(deployment("y", "shared,other", created="2025-03-01T00:00:00Z"), "uy")
+    assert table.put(edited).writes == [Claim("other", owner_of(edited))]
+
+    change = table.put(theirs)
+    assert owners(table) == {"shared": "dev/z"}
+    assert [(e.deployment.name, e.kind) for e in change.errors] == [("y", ROUTE_CONFLICT)]
+    assert change.writes == [Release("other", owner_of(edited))]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_records_always_name_the_owners_served(seed: int) -> None:
+    """Random puts, removals (and re-creations: a new uid) and re-lists: the writes, applied as Redis applies them,
+    leave a record for every name served, naming its owner, and none for a name nobody serves."""
+    rng = random.Random(seed)
+    table = RouteTable()
+    table.load({})
+    table.keep_owners()
+    redis: dict[str, Owner] = {}
+    current: dict[str, dict[str, Any]] = {}
+    for step in range(60):
+        name, action = f"d{rng.randrange(8)}", rng.random()
+        if action < 0.55:
+            models = ",".join(rng.sample(["p", "q", "r", "s", "t"], rng.randint(1, 2)))
+            old = current.get(name)
+            created = old["metadata"]["creationTimestamp"] if old else f"2025-01-0{rng.randrange(1, 4)}T00:00:00Z"
+            current[name] = with_uid(
+                deployment(name, models, created=created), old["metadata"]["uid"] if old else f"u{step}"
+            )
+            change = table.put(current[name])
+        elif action < 0.85:
+            current.pop(name, None)
+            change = table.remove(DeploymentRef("default", name))
+        else:
+            change = table.replace("default", list(current.values()))
+        apply(redis, change.writes)
+        assert redis == {m: owner_of(current[r.deployment.name]) for m, r in table.routes.items()}
+        assert table.records == redis
+
+
+def apply(redis: dict[str, Owner], writes: list[Write]) -> None:
+    """The writes as ``owners.RedisOwners`` applies them."""
+    for write in writes:
+        if isinstance(write, Claim):
+            redis.setdefault(write.model, write.owner)
+        elif redis.get(write.model) == write.owner:
+            del redis[write.model]
 
 
 def test_slices_are_indexed_by_service() -> None:

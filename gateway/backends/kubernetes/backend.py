@@ -5,7 +5,10 @@ A Deployment left out (an invalid or unknown annotation, or a model name it may 
 gets a Warning Event, once per reason; a refused claim is counted in ``kaltstart_route_conflicts_total`` too.
 
 Everything the scaler needs lives in the cluster (Deployments' ``spec.replicas``, ``status.readyReplicas``) or
-in Redis (queue depth, activity), so a restarted gateway picks up where it was.
+in Redis (queue depth, activity), so a restarted gateway picks up where it was. So do the owners of model names
+(``owners``): read before the first list, written by one task in the order decided (``RouteChange.writes``). If
+Redis cannot be read at start, or a write fails, routes are decided in memory (owners kept, unowned names by age)
+with a warning, and the records are read again and reconciled with the routes once Redis answers.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from gateway.backends.kubernetes.index import (
 )
 from gateway.backends.kubernetes.informer import Informer, Key, Object, Snapshot
 from gateway.backends.kubernetes.leader import LeaderElector, LeaseSettings
+from gateway.backends.kubernetes.owners import Claim, OwnerStore, Write
 from gateway.backends.kubernetes.routes import (
     LABEL_SELECTOR,
     ROUTE_CONFLICT,
@@ -42,7 +46,7 @@ from gateway.backends.kubernetes.routes import (
 )
 from gateway.catalog import ModelCatalog
 from gateway.endpoints import ReadyEndpoints
-from gateway.errors import BackendError, UnknownModel
+from gateway.errors import BackendError, QueueUnavailable, UnknownModel
 from gateway.metrics import RouteMetrics
 from gateway.settings import KubernetesSettings
 
@@ -52,6 +56,10 @@ log = logging.getLogger("kaltstart.kubernetes")
 SCALE_ATTEMPTS = 8
 #: How long start() waits for the first list of Deployments and EndpointSlices.
 SYNC_TIMEOUT_S = 30.0
+#: How long start() waits for the recorded owners (read before the first list, written after it).
+OWNERS_TIMEOUT_S = 5.0
+#: Pause before reading the recorded owners again after Redis failed.
+OWNERS_RETRY_S = 1.0
 #: A refused claim's Event reason -> the ``reason`` label of ``kaltstart_route_conflicts_total``.
 _CONFLICT_LABELS = {ROUTE_CONFLICT: "route_conflict", ROUTE_NOT_ALLOWED: "route_not_allowed"}
 
@@ -98,7 +106,8 @@ class _Handler:
 
 
 class KubernetesBackend:
-    """``identity`` names this gateway replica in the leader election (its gateway id)."""
+    """``identity`` names this gateway replica in the leader election (its gateway id); ``owners`` is where the
+    owners of model names are recorded (None: in memory only, each gateway on its own)."""
 
     def __init__(
         self,
@@ -107,8 +116,16 @@ class KubernetesBackend:
         catalog: ModelCatalog,
         endpoints: ReadyEndpoints,
         metrics: RouteMetrics | None = None,
+        owners: OwnerStore | None = None,
     ) -> None:
         self._settings = settings
+        self._owners = owners
+        self._writes: list[Write] = []
+        self._wake_writer = asyncio.Event()
+        self._written = asyncio.Event()
+        self._written.set()
+        #: The records must be read again before anything is written (unread at start, or a write failed).
+        self._owners_stale = False
         self._metrics = metrics or RouteMetrics()
         self._lease = LeaseSettings(
             name=settings.lease_name,
@@ -131,6 +148,8 @@ class KubernetesBackend:
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self._owners is not None:
+            await self._load_owners(self._owners)
         self._api = await api_client(self._settings.kubeconfig)
         self._apps = client.AppsV1Api(self._api)
         self._core = client.CoreV1Api(self._api)
@@ -150,7 +169,11 @@ class KubernetesBackend:
         except TimeoutError:
             await self.stop()
             raise BackendError(f"could not list Deployments within {SYNC_TIMEOUT_S:.0f} s") from None
-        self._table.keep_owners()
+        self._routes_changed(self._table.keep_owners())
+        if self._owners is not None:
+            self._tasks.append(asyncio.create_task(self._record_owners(self._owners), name="route-owners"))
+            if not self._owners_stale:  # else serve as decided here at once; the records follow when Redis does
+                await self._first_records()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -166,6 +189,66 @@ class KubernetesBackend:
         if self._api is not None:
             await self._api.close()
             self._api = None
+        if self._owners is not None:
+            await self._owners.aclose()
+
+    async def owners_recorded(self) -> None:
+        """Wait until the recorded owners match the routes decided so far (tests; the first records at start)."""
+        await self._written.wait()
+
+    # -- the recorded owners of model names: read once, then written in the order decided ----------------------
+
+    async def _load_owners(self, store: OwnerStore) -> None:
+        try:
+            async with asyncio.timeout(OWNERS_TIMEOUT_S):
+                self._table.load(await store.read())
+        except (QueueUnavailable, TimeoutError) as exc:
+            self._owners_unavailable(exc)
+
+    def _owners_unavailable(self, exc: Exception) -> None:
+        if not self._owners_stale:
+            log.warning(
+                "route owners: Redis unavailable (%r); deciding in memory (owners kept, unowned names by age) "
+                "until it answers, then reconciling with the records", exc,
+            )  # fmt: skip
+        self._owners_stale = True
+        self._writes.clear()  # the reconcile derives what to write from the records as they are then
+        self._written.clear()
+        self._wake_writer.set()
+
+    async def _first_records(self) -> None:
+        try:
+            async with asyncio.timeout(OWNERS_TIMEOUT_S):
+                await self.owners_recorded()
+        except TimeoutError:
+            log.warning("route owners: not recorded within %.0f s; serving as decided here", OWNERS_TIMEOUT_S)
+
+    async def _record_owners(self, store: OwnerStore) -> None:
+        while True:
+            await self._wake_writer.wait()
+            self._wake_writer.clear()
+            try:
+                if self._owners_stale:
+                    records = await store.read()
+                    self._owners_stale = False
+                    self._writes.clear()
+                    log.info("route owners: %d read from Redis; reconciling", len(records))
+                    self._routes_changed(self._table.reconcile(records))
+                await self._write_owners(store)
+            except QueueUnavailable as exc:
+                self._owners_unavailable(exc)
+                await asyncio.sleep(OWNERS_RETRY_S)  # a back-off: Redis says nothing when it is back
+                continue
+            if not self._writes and not self._owners_stale:
+                self._written.set()
+
+    async def _write_owners(self, store: OwnerStore) -> None:
+        while self._writes:
+            writes, self._writes = self._writes, []
+            for write, recorded in zip(writes, await store.write(writes), strict=True):
+                if isinstance(write, Claim) and recorded is not None and recorded != write.owner:
+                    log.info("model %s: recorded for %s by another gateway first", write.model, recorded)
+                    self._routes_changed(self._table.adopt(write.model, recorded, write.owner))
 
     @property
     def is_leader(self) -> bool:
@@ -205,6 +288,10 @@ class KubernetesBackend:
         )  # fmt: skip
 
     def _routes_changed(self, change: RouteChange) -> None:
+        if change.writes and self._owners is not None:
+            self._writes += change.writes
+            self._written.clear()
+            self._wake_writer.set()
         for error in change.errors:
             self._report(error)
         for ref in change.served:
@@ -320,8 +407,9 @@ class KubernetesBackend:
         raise BackendError(f"scaling {ref}: {SCALE_ATTEMPTS} conflicts in a row")
 
 
-def build_kubernetes(settings: KubernetesSettings, identity: str) -> BackendParts:
-    """The Kubernetes backend with its catalog (kept current from annotations) and ready endpoints."""
+def build_kubernetes(settings: KubernetesSettings, identity: str, owners: OwnerStore | None = None) -> BackendParts:
+    """The Kubernetes backend with its catalog (kept current from annotations) and ready endpoints; ``owners``:
+    where the owners of model names are recorded (``owners.RedisOwners`` on the gateway's Redis)."""
     catalog, endpoints, metrics = ModelCatalog(), ReadyEndpoints(), RouteMetrics()
-    backend = KubernetesBackend(settings, identity, catalog, endpoints, metrics)
+    backend = KubernetesBackend(settings, identity, catalog, endpoints, metrics, owners)
     return BackendParts(backend, catalog, endpoints, "<model>", metrics.collectors)

@@ -9,8 +9,10 @@ the other Deployments are unaffected.
 Ownership is sticky (``decide``): a model name stays with the Deployment that serves it for as long as that
 Deployment claims it; another claimant is refused (``RouteError`` of kind ``ROUTE_CONFLICT``), never served.
 Names nobody serves yet go to the oldest claimant (``claim_order``: creationTimestamp, then namespace/name), a rule
-every gateway replica reaches alike, after a restart too, and that a Deployment created later cannot win. An
-optional allow-list (model name -> namespaces or namespace/Deployment) refuses any other claim of a listed name.
+every gateway replica reaches alike, and that a Deployment created later cannot win; the owners so far come from
+the records in Redis (``owners``), so an older Deployment that claims a served name later does not win after a
+restart either. An optional allow-list (model name -> namespaces or namespace/Deployment) refuses any other claim
+of a listed name.
 """
 
 from __future__ import annotations
