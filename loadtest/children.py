@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -176,6 +177,8 @@ def write_config(path: Path, models: Sequence[LocalModel], cache_dir: Path, *, s
 class GatewayProcess:
     url: str
     child: Child
+    #: The token its runtimes require (``KALTSTART_RUNTIME_TOKEN``): a bench's direct side sends it as the gateway does.
+    runtime_token: str
 
     @property
     def log(self) -> LogFile:
@@ -214,12 +217,16 @@ async def running_gateway(
 async def gateway_child(
     env: Mapping[str, str], port: int, log_path: Path, timeout_s: float
 ) -> AsyncIterator[GatewayProcess]:
-    """``python -m gateway`` with ``env`` (its port among it: ``port``), once its ``/readyz`` answers."""
-    child = Child("gateway", [sys.executable, "-m", "gateway"], child_env(env), log_path)
+    """``python -m gateway`` with ``env`` (its port among it: ``port``), once its ``/readyz`` answers. Its runtimes
+    require a token (``env``'s ``KALTSTART_RUNTIME_TOKEN``, else a new one), which the result carries."""
+    token = env.get("KALTSTART_RUNTIME_TOKEN") or secrets.token_urlsafe(24)
+    child = Child(
+        "gateway", [sys.executable, "-m", "gateway"], child_env({**env, "KALTSTART_RUNTIME_TOKEN": token}), log_path
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         await wait_until_ready(url + "/readyz", child, timeout_s)
-        yield GatewayProcess(url, child)
+        yield GatewayProcess(url, child, token)
     finally:
         child.stop()
 

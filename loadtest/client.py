@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,14 +48,16 @@ def _failure(started: float, status: int | None, key: str) -> Outcome:
     return Outcome(status=status, error=key, latency_s=time.perf_counter() - started)
 
 
-async def post(session: aiohttp.ClientSession, url: str, body: bytes, timeout_s: float) -> Outcome:
-    """One non-streaming JSON POST, body read to the end. Success means status 200."""
+async def post(
+    session: aiohttp.ClientSession, url: str, body: bytes, timeout_s: float, headers: Mapping[str, str] | None = None
+) -> Outcome:
+    """One non-streaming JSON POST (``headers`` added), body read to the end. Success means status 200."""
     started = time.perf_counter()
     try:
         async with session.post(
             url,
             data=body,
-            headers={"content-type": "application/json"},
+            headers={"content-type": "application/json", **(headers or {})},
             timeout=aiohttp.ClientTimeout(total=timeout_s),
         ) as response:
             await response.read()

@@ -18,13 +18,14 @@ import argparse
 import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from gateway.runtimeclient import runtime_headers
 from loadtest.children import LogFile, StartError, local_model, running_gateway, scratch_dir, write_config
 from loadtest.client import post, prompt_of
 from loadtest.logs import REPLICA_READY
@@ -52,6 +53,8 @@ class Side:
     name: str
     url: str
     body: bytes
+    #: The direct side's carry the runtime's token, as the gateway's calls do.
+    headers: Mapping[str, str] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
     seconds: float = 0.0
     errors: int = 0
@@ -73,7 +76,7 @@ async def _closed_loop(
         nonlocal remaining
         while remaining > 0:
             remaining -= 1
-            outcome = await post(session, side.url, side.body, options.timeout_s)
+            outcome = await post(session, side.url, side.body, options.timeout_s, side.headers)
             if outcome.ok:
                 latencies.append(outcome.latency_s)
             else:
@@ -92,21 +95,21 @@ async def _closed_loop(
         side.per_round.append(len(latencies) / elapsed)
 
 
-def _sides(gateway_url: str, runtime_url: str, options: OverheadOptions) -> list[Side]:
+def _sides(gateway_url: str, runtime_url: str, options: OverheadOptions, token: str) -> list[Side]:
     prompt = prompt_of(options.max_tokens)
     params = {"max_tokens": options.max_tokens, "temperature": 0}
     direct = {"model": _MODEL, "requests": [{"id": "r", "prompt": prompt, "params": params}]}
     via = {"model": _MODEL, "prompt": prompt} | params
     return [
-        Side("direct", runtime_url + "/v1/batch", json.dumps(direct).encode()),
+        Side("direct", runtime_url + "/v1/batch", json.dumps(direct).encode(), runtime_headers(token)),
         Side("gateway", gateway_url + "/v1/completions", json.dumps(via).encode()),
     ]
 
 
 async def measure(
-    session: aiohttp.ClientSession, gateway_url: str, runtime_url: str, options: OverheadOptions
+    session: aiohttp.ClientSession, gateway_url: str, runtime_url: str, options: OverheadOptions, token: str
 ) -> list[Side]:
-    sides = _sides(gateway_url, runtime_url, options)
+    sides = _sides(gateway_url, runtime_url, options, token)
     for side in sides:
         await _closed_loop(session, side, max(50, 4 * options.concurrency), options, None)
         side.errors = 0
@@ -193,7 +196,7 @@ async def run(args: argparse.Namespace) -> int:
             running_gateway(config, work / "gateway.log", redis_url=args.redis_url) as gateway,
         ):
             runtime_url = await warm_replica(session, gateway.url, gateway.log, options.timeout_s)
-            sides = await measure(session, gateway.url, runtime_url, options)
+            sides = await measure(session, gateway.url, runtime_url, options, gateway.runtime_token)
     summary = summarise(sides, options)
     if args.out is not None:
         from loadtest.plots import plot_overhead

@@ -21,13 +21,14 @@ import argparse
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from gateway.runtimeclient import runtime_headers
 from loadtest.children import local_model, running_gateway, scratch_dir, write_config
 from loadtest.client import prompt_of
 from loadtest.overhead import warm_replica
@@ -66,6 +67,8 @@ class Side:
     url: str
     body: bytes
     read: Callable[[aiohttp.ClientResponse, float, Stream], Awaitable[None]]
+    #: The direct side's carry the runtime's token, as the gateway's calls do.
+    headers: Mapping[str, str] = field(default_factory=dict)
     chunks: int = 0
     events: int = 0
     seconds: float = 0.0
@@ -120,7 +123,7 @@ async def _one(session: aiohttp.ClientSession, side: Side, timeout_s: float) -> 
         async with session.post(
             side.url,
             data=side.body,
-            headers={"content-type": "application/json"},
+            headers={"content-type": "application/json", **side.headers},
             timeout=aiohttp.ClientTimeout(total=timeout_s),
         ) as response:
             if response.status == 200:
@@ -145,21 +148,21 @@ async def _round(session: aiohttp.ClientSession, side: Side, options: RelayOptio
     side.errors += sum(not s.ok for s in streams)
 
 
-def _sides(gateway_url: str, runtime_url: str, options: RelayOptions) -> list[Side]:
+def _sides(gateway_url: str, runtime_url: str, options: RelayOptions, token: str) -> list[Side]:
     prompt = prompt_of(options.tokens)
     params = {"max_tokens": options.tokens, "temperature": 0}
     direct = {"model": _MODEL, "requests": [{"id": "r", "prompt": prompt, "params": params, "stream": True}]}
     via = {"model": _MODEL, "prompt": prompt, "stream": True} | params
     return [
-        Side("direct", runtime_url + "/v1/batch", json.dumps(direct).encode(), _read_ndjson),
+        Side("direct", runtime_url + "/v1/batch", json.dumps(direct).encode(), _read_ndjson, runtime_headers(token)),
         Side("gateway", gateway_url + "/v1/completions", json.dumps(via).encode(), _read_sse),
     ]
 
 
 async def measure(
-    session: aiohttp.ClientSession, gateway_url: str, runtime_url: str, options: RelayOptions
+    session: aiohttp.ClientSession, gateway_url: str, runtime_url: str, options: RelayOptions, token: str
 ) -> list[Side]:
-    sides = _sides(gateway_url, runtime_url, options)
+    sides = _sides(gateway_url, runtime_url, options, token)
     for side in sides:
         await _round(session, side, options, measured=False)
     for round_ in range(options.rounds):
@@ -231,7 +234,7 @@ async def run(args: argparse.Namespace) -> int:
             running_gateway(config, work / "gateway.log", redis_url=args.redis_url) as gateway,
         ):
             runtime_url = await warm_replica(session, gateway.url, gateway.log, options.timeout_s)
-            sides = await measure(session, gateway.url, runtime_url, options)
+            sides = await measure(session, gateway.url, runtime_url, options, gateway.runtime_token)
     summary = summarise(sides, options)
     finish([table(sides, summary)], summary, args.out)
     return 0
