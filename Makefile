@@ -31,7 +31,7 @@ $(STAMP): requirements/dev.lock pyproject.toml
 install: $(STAMP)
 
 $(DEMO_MODEL)/config.json: | $(STAMP)
-	$(BIN)/python -m runtime.demo_model --out $(DEMO_MODEL)
+	$(BIN)/python -m runtime.weights.demo_model --out $(DEMO_MODEL)
 
 demo-model: $(DEMO_MODEL)/config.json
 

@@ -8,18 +8,18 @@ import os
 import secrets
 import sys
 
+from gateway.api.serving import quiet_request_logs, serve
 from gateway.app import create_app
 from gateway.backends import BackendParts
 from gateway.backends.kubernetes.backend import build_kubernetes
 from gateway.backends.kubernetes.owners import RedisOwners
-from gateway.backends.local import build_local
-from gateway.backends.localconfig import LocalConfig, load_local_config
-from gateway.connection import connect
-from gateway.embedded import EmbeddedRedis
+from gateway.backends.local.backend import build_local
+from gateway.backends.local.config import LocalConfig, load_local_config
 from gateway.errors import ConfigError
 from gateway.processes import redact
-from gateway.serving import quiet_request_logs, serve
 from gateway.settings import GatewaySettings
+from gateway.store.connection import connect
+from gateway.store.embedded import EmbeddedRedis
 
 log = logging.getLogger("kaltstart")
 

@@ -11,31 +11,31 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
 import wire
-from gateway import keys
-from gateway.announcements import Announcements
-from gateway.auth import ApiKeyAuth, ApiKeys
+from gateway.api.admission import Admission
+from gateway.api.auth import ApiKeyAuth, ApiKeys
+from gateway.api.guards import PortSplit
+from gateway.api.routes import error_response, routes
 from gateway.backends import BackendParts
-from gateway.budget import Account, MemoryGuard
-from gateway.coldstarts import ColdStarts, RedisDurations
-from gateway.connection import connect
-from gateway.dispatch import Dispatcher
-from gateway.dispatchers import Dispatchers
+from gateway.dispatch.loop import Dispatcher
+from gateway.dispatch.supervisor import Dispatchers
 from gateway.errors import RequestError
-from gateway.fence import Fence, FencedDoor
-from gateway.guards import PortSplit
-from gateway.janitor import Abandoned, Heartbeats, Janitor
-from gateway.keepalives import KeepAlives, RedisGapStore
-from gateway.limits import ContextLengths
 from gateway.metrics import Metrics
-from gateway.queue import BODY_GRACE_S, RequestQueue
-from gateway.readychecks import ReadyChecks
-from gateway.replies import ReplyRouter, ReplySender
-from gateway.routes import error_response, routes
-from gateway.runtimeclient import AiohttpRuntimeClient
-from gateway.scaling import Scaler
-from gateway.service import Gateway
+from gateway.queue.budget import Account, MemoryGuard
+from gateway.queue.fence import Fence, FencedDoor
+from gateway.queue.recovery import Abandoned, Heartbeats, Janitor
+from gateway.queue.signals import WorkSignals
+from gateway.queue.stream import BODY_GRACE_S, RequestQueue
+from gateway.relay.transport import ReplyRouter, ReplySender
+from gateway.replicas.announcements import Announcements
+from gateway.replicas.client import AiohttpRuntimeClient
+from gateway.replicas.coldstarts import ColdStarts, RedisDurations
+from gateway.replicas.context import ContextLengths
+from gateway.replicas.readychecks import ReadyChecks
+from gateway.scaling.autoscaler import Scaler
+from gateway.scaling.gaps import KeepAlives, RedisGapStore
 from gateway.settings import GatewaySettings, ServerSettings
-from gateway.work import WorkSignals
+from gateway.store import keys
+from gateway.store.connection import connect
 
 
 def _runtime_client(settings: ServerSettings) -> AiohttpRuntimeClient:
@@ -116,7 +116,7 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
     )
     replies.on(keys.CANCELS, dispatchers.cancelled)
     abandoned = Abandoned()
-    gateway = Gateway(
+    gateway = Admission(
         server, catalog, queue, replies, door, scaler, metrics, abandon=abandoned.add, limits=limits,
         cold_starts=cold_starts, memory=MemoryGuard(redis, settings.queue.redis_memory_high_water),
         quota=_key_quota(settings),
@@ -149,8 +149,8 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
             await janitor.stop()
             await backend.stop()
             await announcements.stop()
-            await cold_starts.settle()
-            await keep_alives.settle()
+            await cold_starts.drain()
+            await keep_alives.drain()
             await replies.stop()
             await client.aclose()
             await redis.aclose()

@@ -96,7 +96,7 @@ class QueueFull(RequestError):
 
 
 class KeyQuotaExceeded(RequestError):
-    """One API key's requests in flight, entries or bytes queued reached its quota (``gateway.budget``)."""
+    """One API key's requests in flight, entries or bytes queued reached its quota (``gateway.queue.budget``)."""
 
     status_code = 429
     error_type = "rate_limit_error"

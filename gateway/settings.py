@@ -159,7 +159,7 @@ class ModelSettings:
     #: Queued + in-flight requests per replica above which another replica is asked for (up to max).
     target_queue_per_replica: int = field(default=32, metadata=_key("target-queue-per-replica", at_least(1)))
     #: ``fixed``: scale to ``min_replicas`` after ``idle_timeout_s``. ``adaptive``: learn the model's idle gaps and
-    #: choose the keep-alive, and a pre-warm before an expected request, from them (``gateway.keepalive``); the
+    #: choose the keep-alive, and a pre-warm before an expected request, from them (``gateway.scaling.keepalive``); the
     #: fixed timeout applies until enough gaps were seen, or when they show no pattern.
     idle_policy: str = field(default="fixed", metadata=_key("idle-policy", _one_of("fixed", "adaptive")))
     #: ``adaptive`` only: how many replica-seconds (GPU-seconds) one avoided cold start is worth. Higher: fewer
@@ -252,7 +252,7 @@ class ServerSettings:
     max_body_bytes: int = field(default=1 << 20, metadata=_key("KALTSTART_MAX_BODY_BYTES", at_least(1024)))
     #: A request's prompt bytes times its choices (``n``, and the prompts of a completions request) above this get
     #: 413 (``param: n``): every choice is sent to a runtime with its prompt, whose memory this bounds. The queue
-    #: stores each prompt once whatever ``n`` is (``gateway.queue``).
+    #: stores each prompt once whatever ``n`` is (``gateway.queue.stream``).
     max_choice_bytes: int = field(default=8 << 20, metadata=_key("KALTSTART_MAX_CHOICE_BYTES", parse_bytes))
     #: ``max_tokens`` when a chat request gives none (completions use 16, as OpenAI does).
     default_max_tokens: int = field(default=256, metadata=_key("KALTSTART_DEFAULT_MAX_TOKENS", at_least(1)))
@@ -315,7 +315,7 @@ class QueueSettings:
 
     #: Queued + in-flight requests per model beyond which new ones get 429.
     max_queue_per_model: int = field(default=1000, metadata=_key("KALTSTART_MAX_QUEUE", at_least(1)))
-    #: Bytes of requests queued or in flight per model beyond which new ones get 429 (``gateway.budget``).
+    #: Bytes of requests queued or in flight per model beyond which new ones get 429 (``gateway.queue.budget``).
     max_queued_bytes_per_model: int = field(
         default=64 << 20, metadata=_key("KALTSTART_MAX_QUEUED_BYTES_PER_MODEL", parse_bytes)
     )
@@ -342,7 +342,8 @@ class QueueSettings:
     #: dispatchers held are given to others.
     heartbeat_interval_s: float = field(default=2.0, metadata=_key("KALTSTART_HEARTBEAT_INTERVAL", parse_duration_s))
     #: Most connections to Redis this process opens. At the bound a command waits (``redis_pool_timeout_s``)
-    #: for a free one instead of failing. No command blocks (dispatchers wait for a work signal, ``gateway.work``),
+    #: for a free one instead of failing. No command blocks (dispatchers wait for a work signal,
+    #: ``gateway.queue.signals``),
     #: so this holds for any number of models; the pub/sub subscription keeps one.
     redis_max_connections: int = field(default=32, metadata=_key("KALTSTART_REDIS_MAX_CONNECTIONS", at_least(4)))
     #: How long a command waits for a free connection before the request gets 503 + Retry-After.

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.backends.localconfig import LocalConfig, LocalModel, write_local_config
+from gateway.backends.local.config import LocalConfig, LocalModel, write_local_config
 from gateway.processes import die_with_parent, free_port, probe_until_ready
 from gateway.settings import ModelSettings
 
@@ -167,7 +167,7 @@ def local_model(
 
 
 def write_config(path: Path, models: Sequence[LocalModel], cache_dir: Path, *, standby: int = 0) -> Path:
-    """The gateway's model file, written by the gateway's own writer (``gateway.backends.localconfig``). No
+    """The gateway's model file, written by the gateway's own writer (``gateway.backends.local.config``). No
     standby runtime unless asked: one that starts in the background would disturb what a benchmark measures."""
     config = LocalConfig(models=tuple(models), cache_dir=cache_dir.resolve(), standby=standby)
     return write_local_config(path, config)

@@ -297,7 +297,7 @@ class _Prepared:
 
 def _prepare(model: Path, work: Path, options: ColdStartOptions) -> _Prepared:
     """Fill the node cache now (so every measured cold start hits it) and write the gateway's config."""
-    from runtime.cache import materialise
+    from runtime.weights.cache import materialise
 
     source = str(model.resolve())
     cache_dir = work / "cache"

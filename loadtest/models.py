@@ -1,6 +1,6 @@
 """Models for the benchmarks, built locally with random weights (nothing is downloaded).
 
-- The tiny demo Llama of ``runtime.demo_model`` (``make demo-model`` puts one in ``.demo-model``).
+- The tiny demo Llama of ``runtime.weights.demo_model`` (``make demo-model`` puts one in ``.demo-model``).
 - ``random_llama``: a Llama of a given size with random weights, saved as safetensors with the demo model's
   tokenizer. Built on the GPU when there is one: random init of 1B parameters there takes well under a second.
   The output rows of special tokens are zeroed (as in the demo model) so random text never stops early and every
@@ -78,7 +78,7 @@ async def demo_model(given: Path | None, scratch: Path) -> Path:
         return made
     target = scratch / "demo-model"
     if not _complete(target):
-        await python_child("-m", "runtime.demo_model", "--out", str(target))
+        await python_child("-m", "runtime.weights.demo_model", "--out", str(target))
     return target
 
 
@@ -99,7 +99,7 @@ def random_llama(size: str, out: Path, device: str, tokenizer_from: Path | None 
 
     started = time.monotonic()
     if tokenizer_from is None:
-        from runtime.demo_model import build
+        from runtime.weights.demo_model import build
 
         tokenizer_from = build(out.parent / f".{out.name}-tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)

@@ -25,7 +25,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway.runtimeclient import runtime_headers
+from gateway.replicas.client import runtime_headers
 from loadtest.children import LogFile, StartError, local_model, running_gateway, scratch_dir, write_config
 from loadtest.client import post, prompt_of
 from loadtest.logs import REPLICA_READY

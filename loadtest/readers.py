@@ -1,4 +1,4 @@
-"""Weight readers side by side, on the same safetensors files: ours (``runtime.reader``), safetensors'
+"""Weight readers side by side, on the same safetensors files: ours (``runtime.weights.reader``), safetensors'
 ``load_file``, and ``fastsafetensors`` and ``runai-model-streamer`` where they are installed (the ``fastload``
 extra); next to them the machine's raw read and, on CUDA, host-to-device bandwidth.
 
@@ -42,7 +42,7 @@ Reader = Callable[[Sequence[Path], Any, Any, int], Tensors]
 
 
 def _ours(files: Sequence[Path], dtype: Any, device: Any, threads: int) -> Tensors:
-    from runtime.reader import read_checkpoint
+    from runtime.weights.reader import read_checkpoint
 
     return read_checkpoint(files, dtype, device, threads)
 

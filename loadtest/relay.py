@@ -28,7 +28,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway.runtimeclient import runtime_headers
+from gateway.replicas.client import runtime_headers
 from loadtest.children import local_model, running_gateway, scratch_dir, write_config
 from loadtest.client import prompt_of
 from loadtest.overhead import warm_replica

@@ -34,7 +34,7 @@ from typing import Any
 import aiohttp
 from redis.asyncio import Redis
 
-from gateway.embedded import EmbeddedRedis
+from gateway.store.embedded import EmbeddedRedis
 from loadtest.children import GatewayProcess, StartError, scratch_dir
 from loadtest.client import post
 from loadtest.cluster import (

@@ -1,6 +1,6 @@
 """``python -m loadtest simulate``: what a scaling policy costs and what it saves, on a virtual clock.
 
-The trace is fed through the gateway's OWN scaling rules (``gateway.policy.desired_replicas``, the function its
+The trace is fed through the gateway's OWN scaling rules (``gateway.scaling.rules.desired_replicas``, the function its
 autoscaler calls), with the gateway's mechanics around them:
 
 - on arrival, a model with no replica wanted gets one at once (the request path's scale-from-zero);
@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.backends import Replicas
-from gateway.keepalive import GapLearner
-from gateway.policy import desired_replicas
+from gateway.scaling.keepalive import GapLearner
+from gateway.scaling.rules import desired_replicas
 from gateway.settings import ModelSettings, parse_duration_s
 from loadtest.pareto import beaten_by, beats, frontier_gap, is_fixed
 from loadtest.report import Table, finish
@@ -148,7 +148,7 @@ class _ModelRun:
         now = Replicas(desired=len(self.replicas), ready=self._ready)
         demand, idle_for = len(self.queue) + self.in_flight, self.now - self.activity
         keep_alive = None
-        if self.learner is not None:  # what Scaler does through gateway.keepalives, minus Redis
+        if self.learner is not None:  # what Scaler does through gateway.scaling.gaps, minus Redis
             self.learner.observe(self.now, demand, idle_for)
             keep_alive = self.learner.decision(self.settings, self.sim.cold_start_s, self.sim.scale_interval_s)
         wanted = desired_replicas(self.settings, demand, idle_for, now, keep_alive)

@@ -23,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
     if not settings.batch_log:
-        logging.getLogger("runtime.batches").setLevel(logging.WARNING)
+        logging.getLogger("runtime.scheduling.batches").setLevel(logging.WARNING)
     return serve(settings)
 
 
@@ -31,7 +31,7 @@ def serve(settings: RuntimeSettings) -> int:
     """Run uvicorn until SIGINT/SIGTERM (exit 0) or until the model fails to load (exit 1)."""
     import uvicorn
 
-    from runtime.server import create_app
+    from runtime.server.app import create_app
 
     failed = False
 

@@ -3,9 +3,10 @@
 The event loop cancels and the generation thread asks between decoding steps, so the state sits behind one lock.
 It also knows which requests are still *open* (no final event yet) and whether the batch has *started* on the
 generation thread. That makes a cancel exact: it takes only open requests, and every request it takes ends with
-the ``cancelled`` error and nothing else (``settle`` turns a final event that raced the cancel into that error).
-A request cancelled before its batch starts is settled at once by whoever cancelled it and never reaches the
-engine. The continuous scheduler (``runtime.scheduler``) asks the same questions of the same class, per batch.
+the ``cancelled`` error and nothing else (``finish`` turns a final event that raced the cancel into that error).
+A request cancelled before its batch starts is finished at once by whoever cancelled it and never reaches the
+engine. The continuous scheduler (``runtime.scheduling.continuous``) asks the same questions of the same class, per
+batch.
 """
 
 from __future__ import annotations
@@ -84,14 +85,14 @@ class Cancellation:
             self._started = True
             return frozenset(i for i in self._open if i not in self._cancelled)
 
-    def settle(self, request_id: str) -> bool:
+    def finish(self, request_id: str) -> bool:
         """A final event for ``request_id`` is on its way out; True if the request was cancelled, so the event
         must be ``cancelled_event`` whatever the engine made."""
         with self._lock:
             self._open.pop(request_id, None)
             return request_id in self._cancelled
 
-    def unsettled(self) -> list[str]:
+    def unfinished(self) -> list[str]:
         """Open requests, in batch order: those a failed or abandoned batch leaves without a final event."""
         with self._lock:
             return list(self._open)

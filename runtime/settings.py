@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NoReturn, TypeVar
 
-from runtime.cache import VERIFY_MODES, CacheVerify
 from runtime.errors import SettingsError
-from runtime.toolcalls import ToolParserName
+from runtime.output.toolcalls import ToolParserName
+from runtime.weights.cache import VERIFY_MODES, CacheVerify
 from wire import MAX_ANNOUNCE_INTERVAL_S, MAX_ANNOUNCED_MODELS, MAX_MODEL_NAME_LENGTH, SchedulerKind
 
 __all__ = ["ENV_PREFIX", "Device", "Dtype", "EngineKind", "RuntimeSettings", "SchedulerKind"]
@@ -70,7 +70,8 @@ class RuntimeSettings:
 
     weight_loader: WeightLoader = "direct"
     """``direct`` (default): build the model on the ``meta`` device and read the safetensors straight into it
-    (``runtime.fastload``), falling back to ``from_pretrained`` for checkpoints it cannot take; ``from_pretrained``:
+    (``runtime.weights.fastload``), falling back to ``from_pretrained`` for checkpoints it cannot take;
+    ``from_pretrained``:
     always the latter."""
 
     weight_read_threads: int = 4
@@ -107,7 +108,7 @@ class RuntimeSettings:
     none (the model's ``max_position_embeddings``). Lower it when a long-context model would not fit a GPU."""
 
     tool_parser: ToolParserName = "auto"
-    """How this model writes tool calls (``runtime.toolcalls``): ``hermes`` (``<tool_call>{json}</tool_call>``
+    """How this model writes tool calls (``runtime.output.toolcalls``): ``hermes`` (``<tool_call>{json}</tool_call>``
     blocks: Hermes, Qwen 2 and later, the demo model), ``llama3_json`` (the answer is ``{"name", "parameters"}``:
     Llama 3.1 and later), or ``none`` (requests with tools are refused). ``auto`` (default): from the chat template,
     ``hermes`` if it writes ``<tool_call>``, ``llama3_json`` if it writes ``<|python_tag|>`` or an ``ipython``
@@ -167,7 +168,7 @@ class RuntimeSettings:
     default) each, with room; raise it with either of those."""
 
     cache_verify: CacheVerify = "size"
-    """What a weight-cache hit checks against the file list its fill recorded (``runtime.cache``): ``size``
+    """What a weight-cache hit checks against the file list its fill recorded (``runtime.weights.cache``): ``size``
     (default) every file's size, one ``stat`` each; ``sha256`` also every file's hash, reading every byte once
     more per start (seconds per GB). A cache that does not match is filled again."""
 

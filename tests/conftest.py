@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from gateway.embedded import EmbeddedRedis
+from gateway.store.embedded import EmbeddedRedis
 
 
 @pytest.fixture(scope="session")
 def demo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight Llama with a locally trained tokenizer, built once per test session."""
-    from runtime.demo_model import build
+    from runtime.weights.demo_model import build
 
     return build(tmp_path_factory.mktemp("demo-model") / "tiny-llama")
 

@@ -17,19 +17,19 @@ from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
 import wire
+from gateway.api.serving import listen, protocol_for
 from gateway.app import create_app
 from gateway.backends import BackendParts
 from gateway.backends.kubernetes.backend import KubernetesBackend, build_kubernetes
 from gateway.backends.kubernetes.owners import RedisOwners
-from gateway.backends.local import LocalBackend, build_local
-from gateway.backends.localconfig import LocalConfig, LocalModel
+from gateway.backends.local.backend import LocalBackend, build_local
+from gateway.backends.local.config import LocalConfig, LocalModel
 from gateway.catalog import ModelCatalog
-from gateway.connection import connect
-from gateway.endpoints import ReadyEndpoints
 from gateway.metrics import Metrics
-from gateway.scaling import Scaler
-from gateway.serving import listen, protocol_for
+from gateway.replicas.endpoints import ReadyEndpoints
+from gateway.scaling.autoscaler import Scaler
 from gateway.settings import GatewaySettings, KubernetesSettings, ServerSettings
+from gateway.store.connection import connect
 from loadtest.children import local_model
 
 B = TypeVar("B", LocalBackend, KubernetesBackend)

@@ -14,7 +14,7 @@ from pydantic import (
 
 MAX_STOP_SEQUENCES = 4
 #: Longest a stop sequence may be, in characters: the runtime looks for every proper prefix of every stop sequence at
-#: the end of a row's text on every step (``runtime.completion.holdback_start``), so this bounds that work.
+#: the end of a row's text on every step (``runtime.output.completion.holdback_start``), so this bounds that work.
 MAX_STOP_LENGTH = 256
 MAX_REQUEST_ID_LENGTH = 128
 #: Most ids one ``CancelRequest`` may carry: far more than any batch, small enough to bound the work one call does.

@@ -15,7 +15,7 @@ from typing import Protocol
 from prometheus_client.registry import Collector
 
 from gateway.catalog import ModelCatalog
-from gateway.endpoints import ReadyEndpoints
+from gateway.replicas.endpoints import ReadyEndpoints
 
 
 @dataclass(frozen=True)

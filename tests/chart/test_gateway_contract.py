@@ -10,8 +10,8 @@ from pathlib import Path
 import helm_python
 import pytest
 
-from gateway.auth import ApiKeys, Grant
-from gateway.backends.kubernetes.routes import Route, RouteError, build_routes, routes_of
+from gateway.api.auth import ApiKeys, Grant
+from gateway.backends.kubernetes.claims import Route, RouteError, build_routes, routes_of
 from gateway.settings import GatewaySettings
 from runtime.settings import RuntimeSettings
 from tests.chart.rendering import CHART_DIR, NAMESPACE, Manifest, load_values, render

@@ -13,7 +13,7 @@ import helm_python
 import pytest
 import yaml
 
-from gateway.backends.kubernetes.routes import RouteError, routes_of
+from gateway.backends.kubernetes.claims import RouteError, routes_of
 from tests.chart.rendering import (
     CHART_DIR,
     NAMESPACE,

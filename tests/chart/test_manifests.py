@@ -94,7 +94,7 @@ def test_a_role_and_binding_in_every_served_namespace(chart: helm_python.Chart) 
     assert _env(gateway["spec"]["template"]["spec"]["containers"][0])["KALTSTART_NAMESPACES"]["value"] == "llm,other"
 
 
-# Gateway
+# Admission
 
 
 def _assert_restricted(pod: Manifest) -> None:

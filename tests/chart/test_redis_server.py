@@ -22,8 +22,8 @@ from redis.asyncio import Redis
 from redis.exceptions import NoPermissionError, ResponseError
 
 import wire
-from gateway.embedded import valkey_binary
-from runtime.announce import Announcer
+from gateway.store.embedded import valkey_binary
+from runtime.server.announce import Announcer
 from tests.chart.rendering import Manifest, render
 
 pytestmark = pytest.mark.chart

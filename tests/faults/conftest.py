@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from gateway.queue import RequestQueue
+from gateway.queue.stream import RequestQueue
 from tests.harness import LocalGateway
 
 

@@ -17,10 +17,10 @@ import pytest
 from redis.asyncio import Redis
 
 import wire
-from gateway import keys
-from gateway.messages import Failed
-from gateway.queue import QueuedRequest, RequestQueue, Stored
-from gateway.replies import ReplyRouter
+from gateway.queue.stream import QueuedRequest, RequestQueue, Stored
+from gateway.relay.messages import Failed
+from gateway.relay.transport import ReplyRouter
+from gateway.store import keys
 from tests.faults.conftest import assert_nothing_left
 from tests.harness import LocalGateway, model, run_gateway
 from tests.integration.conftest import assert_openai_error

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from gateway.embedded import EmbeddedRedis
+from gateway.store.embedded import EmbeddedRedis
 from tests.harness import model, run_gateway
 from tests.integration.conftest import assert_openai_error
 

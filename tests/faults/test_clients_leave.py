@@ -12,7 +12,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from gateway import keys
+from gateway.store import keys
 from tests.faults.conftest import assert_back_at_zero, assert_nothing_left
 from tests.harness import LocalGateway, eventually, model, run_gateway
 

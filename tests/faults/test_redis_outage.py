@@ -13,8 +13,8 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from gateway import keys
-from gateway.embedded import EmbeddedRedis
+from gateway.store import keys
+from gateway.store.embedded import EmbeddedRedis
 from tests.faults.conftest import assert_back_at_zero, assert_nothing_left
 from tests.harness import eventually, model, run_gateway
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from gateway.queue import RequestQueue
+from gateway.queue.stream import RequestQueue
 
 #: The model most queue tests use.
 MODEL = "tiny"

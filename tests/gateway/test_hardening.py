@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.auth import ALL_MODELS, ApiKeys, Grant
-from gateway.backends.runtimes import RuntimeEnvironment
+from gateway.api.auth import ALL_MODELS, ApiKeys, Grant
+from gateway.backends.local.runtimes import RuntimeEnvironment
 from gateway.errors import ConfigError
 from gateway.processes import child_environment, redact
-from gateway.runtimeclient import runtime_headers
+from gateway.replicas.client import runtime_headers
 from gateway.settings import GatewaySettings, ServerSettings
 
 pytestmark = [pytest.mark.unit, pytest.mark.security]

@@ -15,18 +15,18 @@ from redis.asyncio import BlockingConnectionPool, Redis
 import wire
 from gateway.backends import NO_REPLICAS, Replicas
 from gateway.catalog import ModelCatalog
-from gateway.coldstarts import ColdStarts, RedisDurations
-from gateway.dispatch import Dispatcher
-from gateway.dispatchers import Dispatchers
-from gateway.endpoints import ReadyEndpoints
-from gateway.fence import Fence
-from gateway.janitor import Abandoned, Heartbeats, Janitor
-from gateway.messages import Finished
+from gateway.dispatch.loop import Dispatcher
+from gateway.dispatch.supervisor import Dispatchers
 from gateway.metrics import Metrics
-from gateway.queue import QueuedRequest, RequestQueue
-from gateway.replies import ReplyRouter, ReplySender
-from gateway.runtimeclient import HttpxRuntimeClient
-from gateway.scaling import Scaler
+from gateway.queue.fence import Fence
+from gateway.queue.recovery import Abandoned, Heartbeats, Janitor
+from gateway.queue.stream import QueuedRequest, RequestQueue
+from gateway.relay.messages import Finished
+from gateway.relay.transport import ReplyRouter, ReplySender
+from gateway.replicas.client import HttpxRuntimeClient
+from gateway.replicas.coldstarts import ColdStarts, RedisDurations
+from gateway.replicas.endpoints import ReadyEndpoints
+from gateway.scaling.autoscaler import Scaler
 from gateway.settings import ModelSettings
 
 pytestmark = pytest.mark.integration

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from starlette.applications import Starlette
 
-from gateway.backends.localconfig import LocalConfig, LocalModel, dump_local_config, load_local_config
+from gateway.api.serving import quiet_request_logs, uvicorn_config
+from gateway.backends.local.config import LocalConfig, LocalModel, dump_local_config, load_local_config
 from gateway.errors import ConfigError
-from gateway.serving import quiet_request_logs, uvicorn_config
 from gateway.settings import (
     GatewaySettings,
     KubernetesSettings,

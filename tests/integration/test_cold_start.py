@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.backends import local
+from gateway.backends.local import backend as local
 from tests.harness import announce_ready, eventually, model, run_gateway
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 import wire
-from gateway.queue import QueuedRequest, RequestQueue
+from gateway.queue.stream import QueuedRequest, RequestQueue
 from tests.harness import model, run_gateway
 from tests.integration.conftest import assert_openai_error, completion
 

@@ -13,9 +13,9 @@ import pytest
 from redis.asyncio import Redis
 
 import wire
-from gateway import keys
-from gateway.backends import local
+from gateway.backends.local import backend as local
 from gateway.processes import probe_until_ready
+from gateway.store import keys
 from tests.harness import LocalGateway, eventually, model, run_gateway
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]

@@ -17,7 +17,7 @@ import redis
 import redis.exceptions
 
 import wire
-from gateway.embedded import EmbeddedRedis
+from gateway.store.embedded import EmbeddedRedis
 from tests.harness import model, run_gateway
 from tests.runtime.support import REPO_ROOT
 

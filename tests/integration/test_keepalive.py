@@ -9,7 +9,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from gateway import keys
+from gateway.store import keys
 from tests.harness import model, run_gateway
 
 pytestmark = pytest.mark.integration

@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from gateway.fence import FencedDoor
-from gateway.scaling import Scaler
+from gateway.queue.fence import FencedDoor
+from gateway.scaling.autoscaler import Scaler
 
 
 class ScalerTicks:

@@ -14,8 +14,8 @@ import pytest
 from kubernetes_asyncio import client
 from redis.asyncio import Redis
 
-from gateway.fence import Fence
-from gateway.queue import RequestQueue
+from gateway.queue.fence import Fence
+from gateway.queue.stream import RequestQueue
 from tests.harness import KubernetesGateway, eventually, run_kubernetes_gateway
 from tests.kube.double import ApiDouble
 from tests.kube.manifests import model_deployment, runtime_pods

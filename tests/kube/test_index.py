@@ -9,9 +9,7 @@ from typing import Any
 import pytest
 
 from gateway.backends.kubernetes import index
-from gateway.backends.kubernetes.index import RouteTable, SliceIndex, ref_of
-from gateway.backends.kubernetes.owners import Claim, Owner, Release, Write
-from gateway.backends.kubernetes.routes import (
+from gateway.backends.kubernetes.claims import (
     ROUTE_CONFLICT,
     ROUTE_NOT_ALLOWED,
     DeploymentRef,
@@ -20,6 +18,8 @@ from gateway.backends.kubernetes.routes import (
     build_routes,
     routes_of,
 )
+from gateway.backends.kubernetes.index import RouteTable, SliceIndex, ref_of
+from gateway.backends.kubernetes.owners import Claim, Owner, Release, Write
 from tests.kube.manifests import model_deployment
 
 pytestmark = pytest.mark.unit

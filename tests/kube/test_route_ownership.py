@@ -16,12 +16,12 @@ import pytest
 from kubernetes_asyncio import client
 from redis.asyncio import Redis
 
-from gateway import keys
 from gateway.backends.kubernetes import index
 from gateway.backends.kubernetes.index import RouteTable
 from gateway.backends.kubernetes.owners import Claim, Owner, RedisOwners
-from gateway.connection import text
-from gateway.embedded import EmbeddedRedis
+from gateway.store import keys
+from gateway.store.connection import text
+from gateway.store.embedded import EmbeddedRedis
 from tests.harness import KubernetesGateway, run_kubernetes_gateway
 from tests.kube.double import ApiDouble
 from tests.kube.manifests import model_deployment, runtime_pods

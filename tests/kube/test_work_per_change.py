@@ -11,7 +11,7 @@ import pytest
 from kubernetes_asyncio import client
 
 from gateway.backends.kubernetes import index
-from gateway.backends.kubernetes.routes import routes_of
+from gateway.backends.kubernetes.claims import routes_of
 from tests.harness import eventually, run_kubernetes_gateway
 from tests.kube.double import ApiDouble
 from tests.kube.manifests import model_deployment

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.keepalive import MIN_GAPS
+from gateway.scaling.keepalive import MIN_GAPS
 from loadtest.pareto import beaten_by, beats, frontier_gap
 from loadtest.results import PolicyResult
 from loadtest.simulate import Policy, SimulationSettings, policies, report_rows, simulate

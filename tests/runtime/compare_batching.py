@@ -26,12 +26,12 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, ContinuousBatchingConfig, GenerationConfig
 
-from runtime.batches import Runner
-from runtime.budget import Budget
-from runtime.scheduler import Scheduler
+from runtime.scheduling.batches import Runner
+from runtime.scheduling.budget import Budget
+from runtime.scheduling.continuous import ContinuousScheduler
+from runtime.scheduling.static import StaticScheduler
 from runtime.settings import RuntimeSettings
-from runtime.static import BatchRunner
-from runtime.torch_engine import TorchEngine
+from runtime.torch_engine.engine import TorchEngine
 from tests.runtime.support import WORDS, finishes, read_events
 from wire import GenerationRequest, SamplingParams
 
@@ -126,8 +126,8 @@ def main() -> None:
     engine = TorchEngine(args.model, settings)
     engine.load()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; tokens/s, best of {args.repeat}")
-    static = measure_ours(BatchRunner(engine, max_batch_size=16), args.repeat)
-    continuous = measure_ours(Scheduler(engine, Budget(rows=16, tokens=16384)), args.repeat)
+    static = measure_ours(StaticScheduler(engine, max_batch_size=16), args.repeat)
+    continuous = measure_ours(ContinuousScheduler(engine, Budget(rows=16, tokens=16384)), args.repeat)
     for load in workloads():
         assert static[load.name][1] == continuous[load.name][1], "static and continuous must agree"
         print(

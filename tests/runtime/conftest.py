@@ -25,7 +25,7 @@ def demo_settings(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(scope="session")
 def torch_engine(demo_model_dir: Path, demo_settings: RuntimeSettings) -> object:
     """A ``TorchEngine`` with the demo model loaded (typed ``object`` so collecting needs no torch import)."""
-    from runtime.torch_engine import TorchEngine
+    from runtime.torch_engine.engine import TorchEngine
 
     engine = TorchEngine(demo_model_dir, demo_settings)
     engine.load()
@@ -36,7 +36,7 @@ def torch_engine(demo_model_dir: Path, demo_settings: RuntimeSettings) -> object
 def chunked_engine(demo_model_dir: Path, demo_settings: RuntimeSettings) -> object:
     """Like ``torch_engine``, but prefilling 4 prompt tokens per row per step, so that almost every prompt joins a
     running batch over several steps."""
-    from runtime.torch_engine import TorchEngine
+    from runtime.torch_engine.engine import TorchEngine
 
     engine = TorchEngine(demo_model_dir, dataclasses.replace(demo_settings, prefill_chunk_tokens=4))
     engine.load()

@@ -17,8 +17,8 @@ import httpx
 
 from gateway.processes import free_port
 from runtime.cancellation import Cancellation
-from runtime.echo import EchoBatch, EchoEngine, EchoRow
-from runtime.engine import BatchEvent, Engine, NextToken
+from runtime.engine.echo import EchoBatch, EchoEngine, EchoRow
+from runtime.engine.interface import BatchEvent, Engine, NextToken
 from wire import (
     BATCH_PATH,
     BatchEventAdapter,

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 import torch
 
-from runtime.budget import Budget
-from runtime.logprobs import Logprob
-from runtime.scheduler import Scheduler
-from runtime.scoring import prompt_logprobs
+from runtime.output.logprobs import Logprob
+from runtime.scheduling.budget import Budget
+from runtime.scheduling.continuous import ContinuousScheduler
+from runtime.torch_engine.prompt_logprobs import prompt_logprobs
 from tests.runtime.support import TEXT, alone, errors, finishes, greedy, mixed_batch, read_events, run_batch, sampled
 from wire import FinishEvent, GenerationRequest, SamplingParams, TokenEvent
 
@@ -149,7 +149,7 @@ def test_token_ids_outside_the_vocabulary_are_refused(torch_engine: Any) -> None
 
 
 async def test_rows_with_the_new_parameters_join_a_running_batch_as_if_alone(chunked_engine: Any) -> None:
-    scheduler = Scheduler(chunked_engine, Budget(rows=8, tokens=8192))
+    scheduler = ContinuousScheduler(chunked_engine, Budget(rows=8, tokens=8192))
     try:
         running = scheduler.submit([greedy("long", prompt="a queue", max_tokens=60, stream=True)])
         joining = [

@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from runtime.budget import CPU_BATCH_TOKENS
-from runtime.cache import parse_source
 from runtime.cancellation import cancelled_event
-from runtime.faults import FAULT_EXIT_STATUS
+from runtime.scheduling.budget import CPU_BATCH_TOKENS
+from runtime.server.faults import FAULT_EXIT_STATUS
+from runtime.weights.cache import parse_source
 from tests.runtime.support import RuntimeProcess, StreamedBatch, finishes, streamed_text, tokens_of
 from wire import (
     BATCH_PATH,

@@ -13,9 +13,9 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from starlette.applications import Starlette
 
-from runtime.server import create_app
+from runtime.server.app import create_app
+from runtime.server.startup import Readiness
 from runtime.settings import RuntimeSettings
-from runtime.startup import Readiness
 from wire import CLAIM_PATH, READY_PATH, REPLICAS_CHANNEL, Announcement, ReadyBody
 
 STANDBY = RuntimeSettings.from_args(["--standby", "--engine", "echo", "--port", "8123"], {})
@@ -30,9 +30,9 @@ async def standby() -> AsyncIterator[tuple[Starlette, httpx.AsyncClient]]:
         yield app, client
 
 
-async def settled(app: Starlette) -> Readiness:
+async def decided(app: Starlette) -> Readiness:
     readiness: Readiness = app.state.readiness
-    await asyncio.wait_for(readiness.settled.wait(), timeout=30)
+    await asyncio.wait_for(readiness.decided.wait(), timeout=30)
     return readiness
 
 
@@ -44,7 +44,7 @@ async def test_a_standby_serves_the_model_it_is_claimed_for(standby: tuple[Starl
 
     claimed = await client.post(CLAIM_PATH, json=CLAIM)
     assert (claimed.status_code, claimed.json()) == (202, {"model": "claimed,alias"})
-    readiness = await settled(app)
+    readiness = await decided(app)
     assert readiness.settings.port == 8123  # its own port, whatever the claim says
     ready = ReadyBody.model_validate_json((await client.get(READY_PATH)).content)
     assert (ready.model, ready.max_batch_size) == ("claimed", 3)
@@ -64,14 +64,14 @@ async def test_an_invalid_claim_is_refused_and_the_standby_stays_claimable(
         assert "invalid claim" in refused.json()["error"]
     assert (await client.post(CLAIM_PATH, json={"argv": []})).status_code == 422  # not a ClaimRequest
     assert (await client.post(CLAIM_PATH, json=CLAIM)).status_code == 202
-    await settled(app)
+    await decided(app)
 
 
 @pytest.mark.unit
 async def test_a_runtime_started_with_a_model_cannot_be_claimed() -> None:
     app = create_app(RuntimeSettings.from_args(["--engine", "echo"], {}))
     async with app.router.lifespan_context(app):
-        await settled(app)
+        await decided(app)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://r") as client:
             assert (await client.post(CLAIM_PATH, json=CLAIM)).status_code == 409
 

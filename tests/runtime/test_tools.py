@@ -12,10 +12,10 @@ from typing import Any, Literal
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
-from runtime.budget import Budget
-from runtime.completion import Completion
-from runtime.scheduler import Scheduler
-from runtime.toolcalls import Hermes
+from runtime.output.completion import Completion
+from runtime.output.toolcalls import Hermes
+from runtime.scheduling.budget import Budget
+from runtime.scheduling.continuous import ContinuousScheduler
 from tests.runtime.support import alone, errors, finishes, greedy, mixed_batch, read_events, run_batch
 from wire import (
     BatchEvent,
@@ -140,7 +140,7 @@ async def test_constrained_rows_join_a_running_batch_as_if_alone(chunked_engine:
         chat("named", tools=(WEATHER,), tool_choice=ForcedTool(name="weather"), parallel_tool_calls=False, stream=True),
         chat("json", response_format=ResponseFormat(type="json_schema", json_schema=schema_of(Summary))),
     ]
-    scheduler = Scheduler(chunked_engine, Budget(rows=8, tokens=8192))
+    scheduler = ContinuousScheduler(chunked_engine, Budget(rows=8, tokens=8192))
     try:
         running = scheduler.submit(plain)
         late = await read_events(scheduler.submit(constrained).lines())

@@ -25,6 +25,14 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from gateway.backends import NO_REPLICAS, BackendParts, Replicas
+from gateway.backends.kubernetes.claims import (
+    LABEL_SELECTOR,
+    ROUTE_CONFLICT,
+    ROUTE_NOT_ALLOWED,
+    DeploymentRef,
+    Route,
+    RouteError,
+)
 from gateway.backends.kubernetes.index import (
     MANAGED_BY_LABEL,
     SERVICE_NAME_LABEL,
@@ -36,18 +44,10 @@ from gateway.backends.kubernetes.index import (
 from gateway.backends.kubernetes.informer import Informer, Key, Object, Snapshot
 from gateway.backends.kubernetes.leader import LeaderElector, LeaseSettings
 from gateway.backends.kubernetes.owners import Claim, OwnerStore, Write
-from gateway.backends.kubernetes.routes import (
-    LABEL_SELECTOR,
-    ROUTE_CONFLICT,
-    ROUTE_NOT_ALLOWED,
-    DeploymentRef,
-    Route,
-    RouteError,
-)
 from gateway.catalog import ModelCatalog
-from gateway.endpoints import ReadyEndpoints
 from gateway.errors import BackendError, QueueUnavailable, UnknownModel
 from gateway.metrics import RouteMetrics
+from gateway.replicas.endpoints import ReadyEndpoints
 from gateway.settings import KubernetesSettings
 
 log = logging.getLogger("kaltstart.kubernetes")

@@ -32,8 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.backends.kubernetes.owners import Claim, Owner, Release, Write
-from gateway.backends.kubernetes.routes import (
+from gateway.backends.kubernetes.claims import (
     AllowList,
     DeploymentRef,
     Route,
@@ -45,6 +44,7 @@ from gateway.backends.kubernetes.routes import (
     ref_of,
     routes_of,
 )
+from gateway.backends.kubernetes.owners import Claim, Owner, Release, Write
 
 Object = dict[str, Any]
 #: (namespace, Service name)

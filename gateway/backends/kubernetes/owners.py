@@ -24,9 +24,9 @@ from typing import Protocol, cast
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from gateway import keys
-from gateway.backends.kubernetes.routes import DeploymentRef
-from gateway.connection import converted, text
+from gateway.backends.kubernetes.claims import DeploymentRef
+from gateway.store import keys
+from gateway.store.connection import converted, text
 
 
 @dataclass(frozen=True)

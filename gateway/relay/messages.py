@@ -1,0 +1,57 @@
+"""The messages a dispatcher sends to the gateway replica holding a request's client.
+
+Non-final ones (``Dispatched``, ``Token``) travel on pub/sub only; a final one (``Finished``, ``Failed``) is also
+stored in the request's ``settled`` key, so a waiting request that missed it on pub/sub can still read it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+import wire
+
+
+class _Reply(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    id: str
+
+
+class Dispatched(_Reply):
+    """The request was sent to a ready replica (attempt N): the cold start, if any, is over."""
+
+    kind: Literal["dispatched"] = "dispatched"
+    attempt: int
+
+
+class Token(_Reply):
+    """Streamed text of attempt N, with its tokens' log-probability entries when they were asked for, and the tool
+    calls completed since the last one. A redelivered request starts again from its first token."""
+
+    kind: Literal["token"] = "token"
+    attempt: int
+    text: str
+    logprobs: tuple[wire.TokenLogprob, ...] = ()
+    tool_calls: tuple[wire.ToolCall, ...] = ()
+
+
+class Finished(_Reply):
+    kind: Literal["finished"] = "finished"
+    result: wire.FinishEvent
+
+
+class Failed(_Reply):
+    """The request will not be answered: ``status`` is the HTTP status to give the client."""
+
+    kind: Literal["failed"] = "failed"
+    status: int
+    message: str
+
+
+AnyReply = Dispatched | Token | Finished | Failed
+Progress = Dispatched | Token
+Final = Finished | Failed
+ReplyAdapter: TypeAdapter[AnyReply] = TypeAdapter(Annotated[AnyReply, Field(discriminator="kind")])
+#: A flush (``gateway.relay.buffer``): the replies for one reply channel, in order, as one JSON array.
+RepliesAdapter: TypeAdapter[list[AnyReply]] = TypeAdapter(list[Annotated[AnyReply, Field(discriminator="kind")]])

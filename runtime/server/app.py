@@ -1,0 +1,231 @@
+"""The runtime's HTTP face: ``/healthz``, ``/readyz``, ``POST /v1/batch``, ``POST /v1/cancel`` and, on a standby
+runtime, ``POST /v1/claim`` (see ``wire``).
+
+Start-up order: uvicorn binds the port at once (so ``/healthz`` answers and the process can be probed), while a
+background thread (``runtime.server.startup``) resolves the weights into the node-local cache, loads them and warms up;
+only then does ``/readyz`` answer 200. If that fails the process exits with status 1 so its supervisor notices.
+With ``--announce-to`` the replica also announces each step, and its readiness, on Redis (``runtime.server.announce``).
+
+One generation thread runs the model (the accelerator does one forward pass at a time anyway). With the continuous
+scheduler (``runtime.scheduling.continuous``, the default) the requests of every open ``POST /v1/batch`` join one
+running
+batch between decoding steps; with the static one (``runtime.scheduling.static``) batches run one at a time. Either way
+events travel from that thread to the event loop through an ``asyncio.Queue`` and out as NDJSON lines while the
+batch is still running. A client that goes away cancels its batch at the next decoding step; ``POST /v1/cancel``
+cancels single requests of a running batch at its next decoding step, and of a queued batch at once.
+
+With a token (``KALTSTART_RUNTIME_TOKEN``) every route but ``/healthz`` and ``/readyz`` needs it (401 without);
+a body over ``max_body_bytes`` gets 413 before it is read whole (``runtime.server.guard``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from runtime.errors import SettingsError
+from runtime.scheduling.batches import Runner, RunningBatch
+from runtime.scheduling.continuous import ContinuousScheduler
+from runtime.scheduling.static import StaticScheduler
+from runtime.server.announce import Announcer
+from runtime.server.faults import exit_if_triggered
+from runtime.server.guard import BodyTooLarge, TokenGuard, read_body
+from runtime.server.startup import AlreadyClaimed, Loader, Readiness, make_runner, prepare_engine, start_in_background
+from runtime.settings import RuntimeSettings
+from wire import (
+    BATCH_PATH,
+    CANCEL_PATH,
+    CLAIM_PATH,
+    FREE_ROWS_HEADER,
+    HEALTH_PATH,
+    NDJSON,
+    READY_PATH,
+    BatchRequest,
+    CancelRequest,
+    CancelResponse,
+    ClaimRequest,
+    ErrorBody,
+)
+
+__all__ = [
+    "BatchResponse",
+    "ContinuousScheduler",
+    "Readiness",
+    "RunningBatch",
+    "StaticScheduler",
+    "create_app",
+    "make_runner",
+    "prepare_engine",
+]
+
+log = logging.getLogger(__name__)
+
+_Body = TypeVar("_Body", bound=BaseModel)
+
+
+class BatchResponse(StreamingResponse):
+    """The NDJSON answer to ``POST /v1/batch``. Closes its batch however the response ends, even if it never
+    started streaming (the client left before the first byte), so no batch outlives its stream."""
+
+    def __init__(self, batch: RunningBatch, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(batch.lines(), media_type=NDJSON, headers=headers)
+        self._batch = batch
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._batch.close()
+
+
+def create_app(
+    settings: RuntimeSettings,
+    loader: Loader | None = None,
+    on_fatal: Callable[[], None] = lambda: None,
+) -> Starlette:
+    """The ASGI app. ``loader`` makes the ready engine (default: ``prepare_engine``); ``on_fatal`` is called on
+    the event loop if it fails. ``app.state.readiness`` is the app's ``Readiness``."""
+    readiness = Readiness(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        announcer = _announcer(readiness)
+        if announcer is not None:
+            readiness.on_change = announcer.nudge
+            announcer.start()
+        start_in_background(readiness, asyncio.get_running_loop(), loader, on_fatal)
+        try:
+            yield
+        finally:
+            readiness.close()
+            if announcer is not None:
+                await announcer.stop()
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "alive"})
+
+    async def readyz(request: Request) -> Response:
+        body = readiness.ready_body()
+        if body is None:
+            return _error(503, _not_ready(readiness))
+        return JSONResponse(body.model_dump())
+
+    async def body(request: Request) -> bytes | Response:
+        try:
+            return await read_body(request, readiness.settings.max_body_bytes)
+        except BodyTooLarge as exc:
+            return _error(413, str(exc))
+
+    async def batch(request: Request) -> Response:
+        runner = readiness.runner
+        if runner is None:
+            return _error(503, "the model is not loaded yet", {"Retry-After": "1"})
+        received = await body(request)
+        if isinstance(received, Response):
+            return received
+        answer = _batch_answer(runner, received, readiness.settings)
+        answer.headers[FREE_ROWS_HEADER] = str(runner.free_rows)  # after taking the batch, if it was taken
+        return answer
+
+    async def cancel(request: Request) -> Response:
+        received = await body(request)
+        if isinstance(received, Response):
+            return received
+        parsed = _parse(CancelRequest, received, "cancel request")
+        if isinstance(parsed, Response):
+            return parsed
+        cancelled = readiness.runner.cancel(parsed.ids) if readiness.runner else ()
+        if cancelled:
+            log.info("cancelled %d of %d requests asked for: %s", len(cancelled), len(parsed.ids), ", ".join(cancelled))
+        return JSONResponse(CancelResponse(cancelled=cancelled).model_dump())
+
+    async def claim(request: Request) -> Response:
+        received = await body(request)
+        return received if isinstance(received, Response) else _claim(readiness, received)
+
+    routes = [
+        Route(HEALTH_PATH, healthz, methods=["GET"]),
+        Route(READY_PATH, readyz, methods=["GET"]),
+        Route(BATCH_PATH, batch, methods=["POST"]),
+        Route(CANCEL_PATH, cancel, methods=["POST"]),
+        Route(CLAIM_PATH, claim, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(TokenGuard, token=settings.token)])
+    app.state.readiness = readiness
+    return app
+
+
+def _announcer(readiness: Readiness) -> Announcer | None:
+    settings = readiness.settings
+    if not settings.announce_to:
+        return None
+    url, interval_s = settings.public_url, settings.announce_interval_s
+    return Announcer(settings.announce_to, lambda: readiness.announcement(url, interval_s), interval_s)
+
+
+def _not_ready(readiness: Readiness) -> str:
+    if readiness.failed:
+        return "failed to load the model"
+    if readiness.phase == "standby":
+        return "standby: waiting for a claim (POST /v1/claim)"
+    return f"starting: {readiness.phase or 'process'}"
+
+
+def _claim(readiness: Readiness, body: bytes) -> Response:
+    """A standby runtime takes its model: the flags it would have been started with, on its own host and port."""
+    parsed = _parse(ClaimRequest, body, "claim")
+    if isinstance(parsed, Response):
+        return parsed
+    own = readiness.settings
+    try:
+        settings = RuntimeSettings.from_args([*parsed.args, "--host", own.host, "--port", str(own.port)], os.environ)
+        if settings.standby:
+            raise SettingsError("a claim cannot ask for --standby")
+        readiness.claim(settings)
+    except SettingsError as exc:
+        return _error(422, f"invalid claim: {exc}")
+    except AlreadyClaimed:
+        return _error(409, "this runtime is not a standby, or was claimed already")
+    log.info("claimed for %s (%s)", settings.model_name, settings.source or settings.engine)
+    return JSONResponse({"model": settings.model_name}, status_code=202)
+
+
+def _batch_answer(runner: Runner, body: bytes, settings: RuntimeSettings) -> Response:
+    """The streaming answer with the batch taken by ``runner``, or why it was refused."""
+    parsed = _parse(BatchRequest, body, "batch")
+    if isinstance(parsed, Response):
+        return parsed
+    if parsed.model not in settings.served_names:
+        return _error(404, f"this runtime serves {settings.model_name!r}, not {parsed.model!r}")
+    if len(parsed.requests) > settings.max_batch_size:
+        return _error(413, f"{len(parsed.requests)} requests, more than max_batch_size {settings.max_batch_size}")
+    exit_if_triggered(parsed.requests, settings.fault_exit_on)
+    return BatchResponse(runner.submit(parsed.requests))
+
+
+def _parse(model: type[_Body], body: bytes, what: str) -> _Body | Response:
+    """The body as ``model``, or the 400 (not JSON) or 422 (not a valid ``what``) answer."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        problems = exc.errors(include_url=False, include_input=False)
+        if any(p["type"] == "json_invalid" for p in problems):
+            return _error(400, "the body is not valid JSON")
+        summary = "; ".join(f"{'.'.join(str(part) for part in p['loc']) or 'body'}: {p['msg']}" for p in problems[:5])
+        return _error(422, f"invalid {what}: {summary}")
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse(ErrorBody(error=message).model_dump(), status_code=status, headers=headers)

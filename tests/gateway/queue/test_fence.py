@@ -1,0 +1,77 @@
+"""The scale-down fence against a real Redis: taken only when idle, requests wait at the door until it is lifted."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from redis.asyncio import Redis
+
+import wire
+from gateway.queue.fence import Fence, Fenced, FencedDoor
+from gateway.queue.stream import QueuedRequest, RequestQueue
+from gateway.relay.messages import Finished
+from gateway.relay.transport import ReplyRouter
+from gateway.store import keys
+
+pytestmark = pytest.mark.integration
+
+MODEL = "tiny"
+USAGE = wire.Usage(prompt_tokens=1, completion_tokens=1, total_tokens=2)
+
+
+def _queued(request_id: str) -> QueuedRequest:
+    return QueuedRequest(
+        request=wire.GenerationRequest(id=request_id, prompt="hi"), reply_to="replies", accepted_at=time.time()
+    )
+
+
+async def test_fence_is_taken_only_when_idle(queue: RequestQueue, redis: Redis) -> None:
+    fence = Fence(redis, ttl_s=5)
+    await queue.enqueue(MODEL, _queued("a"))
+    async with fence.hold([MODEL], idle_s=0) as held:
+        assert not held  # something is queued
+    (delivery,) = await queue.read_batch(MODEL, "c1", 8, 0.0)
+    async with fence.hold([MODEL], idle_s=0) as held:
+        assert not held  # something is in flight
+    result = wire.FinishEvent(id="a", text="x", finish_reason="stop", usage=USAGE)
+    await queue.settle(MODEL, delivery, Finished(id="a", result=result))
+    async with fence.hold([MODEL], idle_s=60) as held:
+        assert not held  # active just now
+    async with fence.hold([MODEL], idle_s=0) as held:
+        assert held
+        async with fence.hold([MODEL], idle_s=0) as again:
+            assert not again  # held already
+    assert not await redis.exists(keys.fence(MODEL))  # lifted when the block was left
+
+
+async def test_a_unit_is_fenced_whole_or_not_at_all(queue: RequestQueue, redis: Redis) -> None:
+    await queue.enqueue("busy", _queued("b"))
+    async with Fence(redis).hold([MODEL, "busy"], idle_s=0) as held:
+        assert not held
+        assert not await redis.exists(keys.fence(MODEL))  # the idle one was let go at once
+
+
+async def test_requests_wait_at_a_fence_until_it_is_lifted(queue: RequestQueue, redis: Redis) -> None:
+    door = FencedDoor()
+    router = ReplyRouter(redis, "replies", {keys.FENCES: door.lifted})
+    await router.start()
+    fence = Fence(redis, ttl_s=5)
+    try:
+        async with fence.hold([MODEL], idle_s=0) as held:
+            assert held
+            fenced = await queue.enqueue(MODEL, _queued("a"))
+            assert isinstance(fenced, Fenced) and 0 < fenced.seconds_left <= 5
+            assert (await queue.load(MODEL)).demand == 0
+            await fence._release(MODEL, "wrong token")
+            assert isinstance(await queue.enqueue(MODEL, _queued("a")), Fenced)
+            started_waiting = asyncio.Event()
+            door.subscribe(lambda _model: started_waiting.set())
+            waiting = asyncio.create_task(door.enter(MODEL, lambda: queue.enqueue(MODEL, _queued("a"))))
+            await asyncio.wait_for(started_waiting.wait(), timeout=5)  # it tried once and was fenced out
+            assert not waiting.done()
+        entry, waited = await asyncio.wait_for(waiting, timeout=5)  # woken by the lift, well before the TTL
+        assert isinstance(entry, str) and waited
+    finally:
+        await router.stop()
