@@ -1,5 +1,6 @@
 """What the informers saw, indexed by what changes, so that one watch event costs work for the objects it
-touches, not for every model (at a thousand models a full rebuild per event blocked the event loop for 175 ms).
+touches, not for every model (a full rebuild per event blocked the event loop for long at a thousand models:
+docs/loadtest.md, "bench scale").
 
 ``RouteTable``: model routes by Deployment. An event re-parses that Deployment only (and not even that when its
 annotations did not change, as on a status update), then re-decides ownership among the Deployments that share a model
