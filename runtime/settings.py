@@ -393,4 +393,3 @@ class _EnvDefaults:
         if raw not in choices:
             raise SettingsError(f"{ENV_PREFIX}{name} must be one of {', '.join(choices)}, got {raw!r}")
         return raw
-
