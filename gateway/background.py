@@ -8,7 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-log = logging.getLogger("kaltstart.tasks")
+log = logging.getLogger("kaltstart.background")
 
 #: Pause after a step failed unexpectedly, so a persistent fault does not spin.
 CRASH_BACKOFF_S = 1.0

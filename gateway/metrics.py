@@ -3,7 +3,7 @@
 A scrape costs work per model with activity, not per model served: the per-model gauges every model has (queue
 depth, in flight, replicas) are kept by ``ModelGauges`` as the autoscaler last observed them, each model's lines
 formatted when its values change, so ``GET /metrics`` joins text instead of formatting 4 samples x N models
-(42 ms at 1,000 models through ``prometheus_client``), and reads nothing from Redis.
+through ``prometheus_client`` (what that cost: docs/loadtest.md, "bench scale"), and reads nothing from Redis.
 """
 
 from __future__ import annotations

@@ -259,7 +259,8 @@ class ServerSettings:
     #: Python log level of the whole process.
     log_level: str = field(default="INFO", metadata=_key("KALTSTART_LOG_LEVEL", lambda v: str(v).upper()))
     #: A log line per request (uvicorn's access log) and per batch sent to a runtime (httpx's request log). Off by
-    #: default: at INFO they cost ~5 % of the gateway's CPU per request (docs/architecture.md, the hot path).
+    #: default: at INFO they are a visible share of the gateway's CPU per request (docs/architecture.md, "The hot
+    #: path, profiled").
     access_log: bool = field(default=False, metadata=_key("KALTSTART_ACCESS_LOG", _flag))
     #: API keys (comma-separated) valid for every model. With none here and no key file, the API is open.
     api_keys: tuple[str, ...] = field(default=(), metadata=_key("KALTSTART_API_KEYS", _words))

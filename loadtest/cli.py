@@ -24,7 +24,19 @@ class _Command(Protocol):
 
 
 def _commands() -> dict[str, tuple[str, _Command]]:
-    from loadtest import batching, coldstart, continuous, gpu, overhead, relay, replay, scale, simulate, structured
+    from loadtest import (
+        batching,
+        coldstart,
+        continuous,
+        gpu,
+        library,
+        overhead,
+        relay,
+        replay,
+        scale,
+        simulate,
+        structured,
+    )
 
     return {
         "replay": ("replay a request trace against a gateway", replay),
@@ -34,6 +46,7 @@ def _commands() -> dict[str, tuple[str, _Command]]:
         "bench batching": ("one runtime, the same requests in batches of 1 and 16", batching),
         "bench coldstart": ("a cold start from zero replicas, phase by phase", coldstart),
         "bench continuous": ("one replica, a static against a continuous (step-level) scheduler", continuous),
+        "bench library": ("in process: our static and continuous schedulers against transformers' manager", library),
         "bench structured": ("one runtime, batches of 16 with and without a JSON Schema on every row", structured),
         "bench scale": ("one gateway serving 10 to 1,000 models (Kubernetes backend, API double): idle cost", scale),
         "gpu": ("bench batching, continuous and coldstart with a ~1B random Llama on CUDA", gpu),
@@ -51,9 +64,8 @@ def parser() -> argparse.ArgumentParser:
         group, _, sub = name.partition(" ")
         if sub:
             if bench is None:
-                bench_parser = commands.add_parser(
-                    group, help="benchmarks: overhead, relay, batching, coldstart, continuous, structured, scale"
-                )
+                benchmarks = "overhead, relay, batching, coldstart, continuous, library, structured, scale"
+                bench_parser = commands.add_parser(group, help=f"benchmarks: {benchmarks}")
                 bench = bench_parser.add_subparsers(dest="benchmark", required=True, metavar="benchmark")
             command = bench.add_parser(sub, help=summary, description=_describe(module))
         else:

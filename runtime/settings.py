@@ -7,7 +7,6 @@ Deployment can configure the runtime through ``env:`` while a local backend pass
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,12 +126,12 @@ class RuntimeSettings:
     """Seconds a SIGTERM waits for running batches to finish before connections are closed. Default 30."""
 
     log_level: str = "info"
+    """Python logging level name for the runtime and uvicorn. Default info."""
 
     batch_log: bool = True
     """Log one INFO line per batch (size, tokens, tokens/s). Default on. With continuous batching a batch is often
     one request, so at a high request rate this is a line per request: the local backend turns it off unless the
     gateway's access log is on (``KALTSTART_ACCESS_LOG``)."""
-    """Python logging level name for the runtime and uvicorn. Default info."""
 
     standby: bool = False
     """Start without a model: bind the port, import the engine (torch, transformers and the modelling code of
@@ -394,8 +393,3 @@ class _EnvDefaults:
         if raw not in choices:
             raise SettingsError(f"{ENV_PREFIX}{name} must be one of {', '.join(choices)}, got {raw!r}")
         return raw
-
-
-def from_environment(argv: Sequence[str]) -> RuntimeSettings:
-    """``RuntimeSettings.from_args`` against the real process environment; called once, in ``main``."""
-    return RuntimeSettings.from_args(argv, os.environ)

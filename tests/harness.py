@@ -22,7 +22,7 @@ from gateway.app import create_app
 from gateway.backends import BackendParts
 from gateway.backends.kubernetes.backend import KubernetesBackend, build_kubernetes
 from gateway.backends.kubernetes.owners import RedisOwners
-from gateway.backends.local.backend import LocalBackend, build_local
+from gateway.backends.local.backend import LocalBackend, LocalReplica, build_local
 from gateway.backends.local.config import LocalConfig, LocalModel
 from gateway.catalog import ModelCatalog
 from gateway.metrics import Metrics
@@ -71,6 +71,11 @@ class RunningGateway(Generic[B]):
 
 LocalGateway = RunningGateway[LocalBackend]
 KubernetesGateway = RunningGateway[KubernetesBackend]
+
+
+def replica_processes(gw: LocalGateway, model: str) -> tuple[LocalReplica, ...]:
+    """The local backend's replicas of ``model`` as they are now (to read a replica's URL or pid, or kill it)."""
+    return tuple(gw.backend._group(model).replicas)
 
 
 def model(

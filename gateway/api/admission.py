@@ -8,7 +8,6 @@ through Redis.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import ExitStack
@@ -38,8 +37,6 @@ from gateway.relay.transport import ReplyRouter
 from gateway.replicas.coldstarts import ColdStarts
 from gateway.replicas.context import ContextLengths
 from gateway.settings import ModelSettings, ServerSettings
-
-log = logging.getLogger("kaltstart.gateway")
 
 
 class Capacity(Protocol):

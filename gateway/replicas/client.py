@@ -1,10 +1,10 @@
 """The dispatcher's HTTP client to runtime replicas: the small interface it needs (``RuntimeClient``), and two
 implementations.
 
-- ``AiohttpRuntimeClient``, the one the gateway runs: the profile of the request path (docs/architecture.md, "The
-  hot path, profiled") found httpx 0.28 taking 27 % of the gateway's CPU per request, and aiohttp serves ~6x the
-  requests per CPU second of httpx on this machine (/work/shared/brief/FACTS.md). Its ``chunks`` are what each
-  read of the socket brought, which is what a token flush (``gateway.relay.buffer``) is made of.
+- ``AiohttpRuntimeClient``, the one the gateway runs: with httpx 0.28 the runtime client was the largest single
+  cost of the gateway's request path, and aiohttp costs far less CPU per request (the figures: docs/architecture.md,
+  "The hot path, profiled"). Its ``chunks`` are what each read of the socket brought, which is what a token flush
+  (``gateway.relay.buffer``) is made of.
 - ``HttpxRuntimeClient``, over any ``httpx.AsyncClient``: tests give it an ``httpx.MockTransport`` as a fake
   runtime.
 

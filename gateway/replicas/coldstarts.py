@@ -25,7 +25,7 @@ from gateway.replicas.endpoints import ReadyEndpoints
 from gateway.store import keys
 from gateway.store.connection import converted
 
-log = logging.getLogger("kaltstart.scaling")
+log = logging.getLogger("kaltstart.coldstarts")
 
 #: Weight of the newest cold start in the smoothed duration kept in Redis.
 SMOOTHING = 0.5

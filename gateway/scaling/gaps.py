@@ -1,8 +1,7 @@
 """The adaptive keep-alive as the autoscaler runs it: one ``GapLearner`` per model, its gaps kept in Redis.
 
 The rules are in ``gateway.scaling.keepalive`` (pure, shared with ``loadtest simulate``); this module feeds them what
-the
-autoscaler already reads and keeps what they learn:
+the autoscaler already reads and keeps what they learn:
 
 - learning costs no Redis read per look: a gap is noticed from the (demand, idle-for) the autoscaler read anyway,
   and the learned gaps live in memory;
@@ -33,7 +32,7 @@ from gateway.settings import ModelSettings
 from gateway.store import keys
 from gateway.store.connection import converted
 
-log = logging.getLogger("kaltstart.scaling")
+log = logging.getLogger("kaltstart.keepalive")
 
 
 class GapStore(Protocol):

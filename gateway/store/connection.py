@@ -1,8 +1,8 @@
 """The gateway's Redis client, and where redis-py's exceptions become ours.
 
-The pool is bounded and *blocking*: at ``redis_max_connections`` a command waits up to ``redis_pool_timeout_s``
-for a connection to come free instead of failing at once (redis-py's default pool raises "Too many
-connections" on the 101st concurrent command, which turned a healthy burst into 503s). Every socket has a
+The pool is bounded and *blocking*: at ``redis_max_connections`` a command waits up to ``redis_pool_timeout_s`` for
+a connection to come free instead of failing at once (redis-py's default pool raises "Too many connections" on the
+first command that finds every connection taken, which turned a healthy burst into 503s). Every socket has a
 timeout, so a Redis that stops answering cannot hang a request: the command fails, the request gets 503 +
 Retry-After, and the log says why (at most once a second, so an outage does not flood it).
 """

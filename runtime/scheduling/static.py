@@ -20,7 +20,7 @@ from wire import GenerationRequest
 
 __all__ = ["StaticScheduler"]
 
-log = logging.getLogger("runtime.server.app")
+log = logging.getLogger(__name__)
 
 
 @dataclass

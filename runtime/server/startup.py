@@ -40,7 +40,7 @@ __all__ = [
     "start_in_background",
 ]
 
-log = logging.getLogger("runtime.server.app")
+log = logging.getLogger(__name__)
 
 #: Makes the ready engine; called on the start-up thread.
 Loader = Callable[[], Engine]

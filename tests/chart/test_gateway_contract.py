@@ -11,10 +11,11 @@ import helm_python
 import pytest
 
 from gateway.api.auth import ApiKeys, Grant
-from gateway.backends.kubernetes.claims import Route, RouteError, build_routes, routes_of
+from gateway.backends.kubernetes.claims import Route, RouteError, routes_of
 from gateway.settings import GatewaySettings
 from runtime.settings import RuntimeSettings
 from tests.chart.rendering import CHART_DIR, NAMESPACE, Manifest, load_values, render
+from tests.kube.full_decision import build_routes
 
 pytestmark = pytest.mark.chart
 

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from gateway.backends.local import backend as local
-from tests.harness import announce_ready, eventually, model, run_gateway
+from tests.harness import announce_ready, eventually, model, replica_processes, run_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +50,7 @@ async def test_a_cold_start_claims_the_standby_and_a_new_one_is_started(redis_ur
         async with httpx.AsyncClient(timeout=60) as client:
             response = await client.post(gw.url + "/v1/completions", json=ECHO)
         assert response.status_code == 200, response.text
-        (replica,) = gw.backend.replica_processes("echo")
+        (replica,) = replica_processes(gw, "echo")
         assert replica.url == standby.url  # the standby process serves the model: no process was started
         await eventually(lambda: len(standbys.idle) == 1 and standbys.idle[0] is not standby)
 

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 import wire
 from gateway.queue.stream import QueuedRequest, RequestQueue
-from tests.harness import model, run_gateway
+from tests.harness import model, replica_processes, run_gateway
 from tests.integration.conftest import assert_openai_error, completion
 
 pytestmark = pytest.mark.integration
@@ -61,7 +61,7 @@ async def test_replica_killed_mid_batch(
                 if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["text"]:
                     streamed_text += json.loads(line[6:])["choices"][0]["text"]
                     break
-            (replica,) = gw.backend.replica_processes("tiny")
+            (replica,) = replica_processes(gw, "tiny")
             replica.kill()
             async for line in lines:
                 if line.startswith("data: {"):

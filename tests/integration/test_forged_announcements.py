@@ -16,7 +16,7 @@ import wire
 from gateway.backends.local import backend as local
 from gateway.processes import probe_until_ready
 from gateway.store import keys
-from tests.harness import LocalGateway, eventually, model, run_gateway
+from tests.harness import LocalGateway, eventually, model, replica_processes, run_gateway
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
 
@@ -35,8 +35,8 @@ async def served(gw: LocalGateway) -> int:
 
 async def replica_url(gw: LocalGateway) -> str:
     """The echo replica's URL, once its own /readyz answers 200."""
-    await eventually(lambda: any(r.url for r in gw.backend.replica_processes("echo")), timeout_s=30)
-    (replica,) = gw.backend.replica_processes("echo")
+    await eventually(lambda: any(r.url for r in replica_processes(gw, "echo")), timeout_s=30)
+    (replica,) = replica_processes(gw, "echo")
     assert replica.url is not None
     await probe_until_ready(replica.url + wire.READY_PATH, exited=lambda: False, period_s=0.05, timeout_s=30)
     return replica.url

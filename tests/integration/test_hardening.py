@@ -18,7 +18,7 @@ import redis.exceptions
 
 import wire
 from gateway.store.embedded import EmbeddedRedis
-from tests.harness import model, run_gateway
+from tests.harness import model, replica_processes, run_gateway
 from tests.runtime.support import REPO_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
@@ -48,7 +48,7 @@ async def test_runtimes_get_no_secret_on_argv_nor_an_api_key_and_answer_only_the
     ):
         served = await client.post(gw.url + "/v1/completions", json=body)
         assert served.status_code == 200, served.text  # claim, probes and batch all carried the token
-        (replica,) = gw.backend.replica_processes("echo")
+        (replica,) = replica_processes(gw, "echo")
         assert replica.pid is not None and replica.url is not None
         for pid in [replica.pid, *(standby.process.pid for standby in gw.backend.standbys.idle)]:
             argv = " ".join(_proc(pid, "cmdline"))

@@ -15,11 +15,11 @@ from gateway.backends.kubernetes.claims import (
     DeploymentRef,
     Route,
     RouteError,
-    build_routes,
     routes_of,
 )
 from gateway.backends.kubernetes.index import RouteTable, SliceIndex, ref_of
 from gateway.backends.kubernetes.owners import Claim, Owner, Release, Write
+from tests.kube.full_decision import build_routes
 from tests.kube.manifests import model_deployment
 
 pytestmark = pytest.mark.unit

@@ -1,6 +1,6 @@
 """``bench overhead``, ``bench relay``, ``bench batching``, ``bench structured``, ``bench coldstart``, ``bench
-continuous`` and ``gpu`` run end to end on tiny inputs and report the figures they promise. How fast anything is, is
-not tested: only that it is measured and reported."""
+continuous``, ``bench library`` and ``gpu`` run end to end on tiny inputs and report the figures they promise. How
+fast anything is, is not tested: only that it is measured and reported."""
 
 from __future__ import annotations
 
@@ -171,6 +171,22 @@ async def test_continuous_torch(tiny_llama: Path, tmp_path: Path) -> None:
         "--repeat", "1", "--long-tokens", "24", "--max-output-tokens", "16", timeout_s=180,
     )  # fmt: skip
     _check_continuous(run.check().summary, [4.0])
+
+
+async def test_library_without_the_library(tiny_llama: Path, tmp_path: Path) -> None:
+    """Our schedulers only (transformers' manager takes tens of seconds to set up its paged cache on CPU)."""
+    out = tmp_path / "out"
+    run = await loadtest(
+        "bench", "library", "--model", tiny_llama, "--workloads", "64x32", "--repeat", "1", "--no-library",
+        "--out", out, timeout_s=180,
+    )  # fmt: skip
+    summary = run.check().summary
+    row = summary["workloads"]["64x32"]
+    assert row["tokens_per_s_static"] > 0 and row["tokens_per_s_continuous"] > 0
+    # Greedy, no end-of-sequence stop: both schedulers write the same text for every request.
+    assert (row["static_equal_continuous"], row["completion_tokens"]) == (64, 64 * 32)
+    assert row["tokens_per_s_library"] is None
+    assert json.loads((out / "summary.json").read_text()) == summary
 
 
 async def test_gpu_refuses_without_cuda() -> None:

@@ -18,7 +18,7 @@ of a listed name.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,27 +196,6 @@ def _first_come(
 def conflict(ref: DeploymentRef, refusal: tuple[str, DeploymentRef], obj: Mapping[str, Any]) -> RouteError:
     model, owner = refusal
     return RouteError(ref, MODELS, f"model {model!r} is served by {owner}", obj, ROUTE_CONFLICT, model)
-
-
-def build_routes(
-    deployments: Iterable[Mapping[str, Any]],
-    owners: Mapping[str, DeploymentRef] | None = None,
-    allow: AllowList | None = None,
-) -> tuple[dict[str, Route], list[RouteError]]:
-    """Routes by model name over all ``deployments`` at once (``decide``'s rule, given the ``owners`` so far);
-    the Deployments left out, with why."""
-    objects = {ref_of(d): d for d in deployments}
-    claims: dict[DeploymentRef, list[Route]] = {}
-    errors: list[RouteError] = []
-    for ref, deployment in objects.items():
-        found = check_allowed(routes_of(deployment), allow or {}, deployment)
-        if isinstance(found, RouteError):
-            errors.append(found)
-        else:
-            claims[ref] = found
-    routes, refused = decide(claims, lambda r: claim_order(objects[r]), owners or {})
-    errors += [conflict(ref, refusal, objects[ref]) for ref, refusal in refused.items()]
-    return routes, errors
 
 
 def ref_of(obj: Mapping[str, Any]) -> DeploymentRef:

@@ -1,13 +1,14 @@
 """What the informers saw, indexed by what changes, so that one watch event costs work for the objects it
-touches, not for every model (at a thousand models a full rebuild per event blocked the event loop for 175 ms).
+touches, not for every model (a full rebuild per event blocked the event loop for long at a thousand models:
+docs/loadtest.md, "bench scale").
 
 ``RouteTable``: model routes by Deployment. An event re-parses that Deployment only (and not even that when its
-annotations did not change, as on a status update), then re-decides ownership among the Deployments that share a
-model name with it, directly or through others: ``routes.decide``'s rule (an owner keeps its names, unowned names go
-to the oldest claimant) applied to that group alone gives what ``build_routes`` gives over all Deployments, since no
-other Deployment can change the outcome. Until ``keep_owners`` is called (once every namespace was listed) nobody
-owns anything yet but the recorded owners, so the first lists are decided by the records, then by age, in whichever
-order the namespaces arrive.
+annotations did not change, as on a status update), then re-decides ownership among the Deployments that share a model
+name with it, directly or through others: ``claims.decide``'s rule (an owner keeps its names, unowned names go to the
+oldest claimant) applied to that group alone gives what the same rule gives over all Deployments at once, since no other
+Deployment can change the outcome. Until ``keep_owners`` is called (once every namespace was listed) nobody owns
+anything yet but the recorded owners, so the first lists are decided by the records, then by age, in whichever order the
+namespaces arrive.
 
 Recorded owners (``owners``: the record in Redis that every gateway replica shares, ``load``-ed before the first
 list): a recorded owner that still claims the name (the same object: namespace/name and uid) is its owner, before

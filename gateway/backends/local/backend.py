@@ -228,9 +228,6 @@ class LocalBackend:
             await group.resize(to)
             return True
 
-    def replica_processes(self, model: str) -> Sequence[LocalReplica]:
-        return tuple(self._group(model).replicas)
-
     @property
     def is_leader(self) -> bool:
         """One gateway process owns its local replicas."""
