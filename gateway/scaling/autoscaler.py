@@ -47,6 +47,7 @@ class ScaleDownFence(Protocol):
 class Scaler:
     def __init__(
         self,
+        *,
         catalog: ModelCatalog,
         queue: Demand,
         fence: ScaleDownFence,
@@ -54,7 +55,6 @@ class Scaler:
         endpoints: ReadyEndpoints,
         metrics: Metrics,
         cold_starts: ColdStarts,
-        *,
         interval_s: float,
         may_scale_down: Callable[[], bool] = lambda: True,
         keep_alives: KeepAlives | None = None,

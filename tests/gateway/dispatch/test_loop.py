@@ -25,6 +25,7 @@ from gateway.replicas.client import HttpxRuntimeClient
 from gateway.replicas.endpoints import EndpointPool, ReadyEndpoints
 from gateway.settings import ModelSettings
 from gateway.store import keys
+from tests.gateway.queue.entries import read_batch
 
 pytestmark = pytest.mark.integration
 
@@ -117,7 +118,7 @@ def echo(batch: wire.BatchRequest) -> list[Event]:
 @pytest.fixture
 async def queue(redis: Redis) -> RequestQueue:
     """Room for every request a test queues (the shared fixture allows 3)."""
-    return RequestQueue(redis, max_queue_per_model=100)
+    return RequestQueue(redis=redis, max_queue_per_model=100)
 
 
 @pytest.fixture
@@ -143,7 +144,7 @@ class Rig:
 
     async def queued(self) -> list[QueuedRequest]:
         """What is back in the queue for another dispatch (read as another consumer)."""
-        return [d.queued for d in await self.queue.read_batch(MODEL, "inspector", 100, 0.0)]
+        return [d.queued for d in await read_batch(self.queue, MODEL, "inspector", 100)]
 
     async def replies(self, inbox: asyncio.Queue[AnyReply], request_id: str) -> list[AnyReply]:
         """Every reply the request got so far: a marker published now arrives after all of them."""
@@ -169,7 +170,16 @@ async def make_rig(queue: RequestQueue, redis: Redis) -> AsyncIterator[Callable[
         metrics = Metrics()
         sender = ReplySender(redis, local=local)
         runtime_client = HttpxRuntimeClient(client)
-        dispatcher = Dispatcher(settings, queue, sender, endpoints, runtime_client, "c1", metrics, max_attempts=2)
+        dispatcher = Dispatcher(
+            settings=settings,
+            queue=queue,
+            sender=sender,
+            endpoints=endpoints,
+            client=runtime_client,
+            consumer="c1",
+            metrics=metrics,
+            max_attempts=2,
+        )
         return Rig(queue, sender, endpoints, metrics, runtime, dispatcher)
 
     yield make
