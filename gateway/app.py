@@ -22,7 +22,7 @@ from gateway.errors import RequestError
 from gateway.metrics import Metrics
 from gateway.queue.budget import Account, MemoryGuard
 from gateway.queue.fence import Fence, FencedDoor
-from gateway.queue.recovery import Abandoned, Heartbeats, Janitor
+from gateway.queue.recovery import Abandoned, Heartbeats, Janitor, Takeover
 from gateway.queue.signals import WorkSignals
 from gateway.queue.stream import BODY_GRACE_S, RequestQueue
 from gateway.relay.transport import ReplyRouter, ReplySender
@@ -51,9 +51,9 @@ def _runtime_client(settings: ServerSettings) -> AiohttpRuntimeClient:
 
 def _queue(settings: GatewaySettings, redis: Redis, work: WorkSignals) -> RequestQueue:
     return RequestQueue(
-        redis,
-        settings.queue.max_queue_per_model,
-        work,
+        redis=redis,
+        max_queue_per_model=settings.queue.max_queue_per_model,
+        work=work,
         max_bytes_per_model=settings.queue.max_queued_bytes_per_model,
         hold_s=settings.server.request_timeout_s + BODY_GRACE_S,
     )
@@ -75,21 +75,26 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
     door = FencedDoor()
     replies = ReplyRouter(redis, keys.replies(server.gateway_id), {keys.FENCES: door.lifted, keys.WORK: work.received})
     replies.on_subscribed(work.notify_all)
-    cold_starts = ColdStarts(RedisDurations(redis), endpoints, metrics)
+    cold_starts = ColdStarts(durations=RedisDurations(redis), endpoints=endpoints, metrics=metrics)
     client = _runtime_client(server)
-    announcements = Announcements(endpoints, cold_starts, metrics, ReadyChecks(client))
+    announcements = Announcements(
+        endpoints=endpoints, cold_starts=cold_starts, metrics=metrics, checks=ReadyChecks(client)
+    )
     keep_alives = KeepAlives(
-        RedisGapStore(redis), metrics, cold_starts.typical_s, shortest_keep_s=settings.queue.scale_interval_s
+        store=RedisGapStore(redis),
+        metrics=metrics,
+        cold_start_s=cold_starts.typical_s,
+        shortest_keep_s=settings.queue.scale_interval_s,
     )
     replies.on(wire.REPLICAS_CHANNEL, announcements.received)
     scaler = Scaler(
-        catalog,
-        queue,
-        Fence(redis),
-        backend,
-        endpoints,
-        metrics,
-        cold_starts,
+        catalog=catalog,
+        queue=queue,
+        fence=Fence(redis),
+        backend=backend,
+        endpoints=endpoints,
+        metrics=metrics,
+        cold_starts=cold_starts,
         interval_s=settings.queue.scale_interval_s,
         may_scale_down=lambda: backend.is_leader,
         keep_alives=keep_alives,
@@ -101,14 +106,14 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
     dispatchers = Dispatchers(
         catalog,
         lambda model: Dispatcher(
-            model,
-            queue,
-            sender,
-            endpoints,
-            client,
-            server.gateway_id,
-            metrics,
-            settings.queue.max_attempts,
+            settings=model,
+            queue=queue,
+            sender=sender,
+            endpoints=endpoints,
+            client=client,
+            consumer=server.gateway_id,
+            metrics=metrics,
+            max_attempts=settings.queue.max_attempts,
             is_waiting=replies.is_waiting,
             limits=limits,
             cold_starts=cold_starts,
@@ -117,16 +122,26 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
     replies.on(keys.CANCELS, dispatchers.cancelled)
     abandoned = Abandoned()
     gateway = Admission(
-        server, catalog, queue, replies, door, scaler, metrics, abandon=abandoned.add, limits=limits,
-        cold_starts=cold_starts, memory=MemoryGuard(redis, settings.queue.redis_memory_high_water),
+        settings=server,
+        catalog=catalog,
+        queue=queue,
+        replies=replies,
+        door=door,
+        scaler=scaler,
+        metrics=metrics,
+        abandon=abandoned.add,
+        limits=limits,
+        cold_starts=cold_starts,
+        memory=MemoryGuard(redis, settings.queue.redis_memory_high_water),
         quota=_key_quota(settings),
-    )  # fmt: skip
+    )
     janitor = Janitor(
-        queue,
-        Heartbeats(redis),
-        catalog,
-        server.gateway_id,
-        settings.queue.heartbeat_interval_s,
+        queue=queue,
+        takeover=Takeover(redis, queue),
+        heartbeats=Heartbeats(redis),
+        catalog=catalog,
+        gateway_id=server.gateway_id,
+        interval_s=settings.queue.heartbeat_interval_s,
         held=dispatchers.held,
         is_waiting=replies.is_waiting,
         abandoned=abandoned,

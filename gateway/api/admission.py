@@ -59,6 +59,7 @@ class Ticket:
 
     def __init__(
         self,
+        *,
         model: ModelSettings,
         request_id: str,
         inbox: asyncio.Queue[AnyReply],
@@ -217,6 +218,7 @@ def _failure(reply: Failed) -> RequestError:
 class Admission:
     def __init__(
         self,
+        *,
         settings: ServerSettings,
         catalog: ModelCatalog,
         queue: RequestQueue,
@@ -304,9 +306,16 @@ class Admission:
         inbox = own.enter_context(self._replies.expect(request_id))
         closer.callback(own.close)
         return Ticket(
-            model, request_id, inbox, self._queue, self.settings.request_timeout_s, own, self._abandon,
-            retry_after_s=lambda: self.cold_starts.retry_after_s(model.name, model.retry_after_s), held=held,
-        )  # fmt: skip
+            model=model,
+            request_id=request_id,
+            inbox=inbox,
+            queue=self._queue,
+            request_timeout_s=self.settings.request_timeout_s,
+            closer=own,
+            abandon=self._abandon,
+            retry_after_s=lambda: self.cold_starts.retry_after_s(model.name, model.retry_after_s),
+            held=held,
+        )
 
     def _account(self, grant: Grant | None) -> Account | None:
         """``grant``'s key's account with its limits (the settings' where its line sets none); None for no key."""

@@ -42,7 +42,7 @@ class _TextOffsets:
 class ResponseShape:
     """Builds the response objects of one request: ids and timestamps fixed once, chunks share them."""
 
-    def __init__(self, kind: Literal["completion", "chat"], request_id: str, model: str, logprobs: bool) -> None:
+    def __init__(self, *, kind: Literal["completion", "chat"], request_id: str, model: str, logprobs: bool) -> None:
         self.kind = kind
         self.id = request_id
         self.model = model

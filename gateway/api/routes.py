@@ -135,7 +135,9 @@ async def _serve(
 ) -> Response:
     request_id = f"{'cmpl' if kind == 'completion' else 'chatcmpl'}-{uuid.uuid4().hex}"
     default_max = 16 if kind == "completion" else gateway.settings.default_max_tokens
-    shape = ResponseShape(kind, request_id, parsed.model, logprobs=parsed.logprobs_wanted() is not None)
+    shape = ResponseShape(
+        kind=kind, request_id=request_id, model=parsed.model, logprobs=parsed.logprobs_wanted() is not None
+    )
     requests = fan_out(parsed, request_id, default_max)
     cold = gateway.cold_starts.is_cold(parsed.model)
     choices = await submit(gateway, parsed.model, requests, parsed.choices_per_prompt, grant)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Collection
+from typing import cast
 
 from redis.asyncio import Redis
 
@@ -23,7 +24,7 @@ from gateway.catalog import ModelCatalog
 from gateway.errors import KaltstartError
 from gateway.queue.stream import INLINE, Delivery, Held, RequestQueue
 from gateway.store import keys
-from gateway.store.connection import converted
+from gateway.store.connection import converted, text
 
 log = logging.getLogger("kaltstart.janitor")
 
@@ -61,6 +62,41 @@ class Abandoned:
             del self._requests[request_id]
 
 
+class Takeover:
+    """Claims entries another consumer of the group holds in flight (a dead gateway's, or this one's strays)."""
+
+    def __init__(self, redis: Redis, queue: RequestQueue) -> None:
+        self._redis = redis
+        self._queue = queue
+
+    async def take_over(
+        self,
+        model: str,
+        consumer: str,
+        new_owner: str,
+        count: int = 100,
+        *,
+        min_idle_s: float = 0.0,
+        skip: Collection[str] = (),
+    ) -> list[Delivery]:
+        """Claim up to ``count`` entries that ``consumer`` holds in flight and has not touched for ``min_idle_s``
+        (a dead consumer's, or this replica's own strays), except the entry ids in ``skip``. What cannot be
+        dispatched is settled as failed, as a read does (``RequestQueue.claimed``)."""
+        min_idle_ms = int(min_idle_s * 1000)
+        async with converted():
+            pending = await self._redis.xpending_range(
+                keys.queue(model), keys.GROUP, min="-", max="+", count=count, consumername=consumer, idle=min_idle_ms
+            )
+            ids: list[int | bytes | str | memoryview[int]] = [
+                p["message_id"] for p in pending if text(cast(bytes, p["message_id"])) not in skip
+            ]
+            response = (
+                await self._redis.xclaim(keys.queue(model), keys.GROUP, new_owner, min_idle_ms, ids) if ids else []
+            )
+            claimed = cast(list[tuple[bytes, dict[bytes, bytes] | None]], response)
+        return await self._queue.claimed(model, [(text(i), fields) for i, fields in claimed if fields])
+
+
 class Janitor:
     """Every ``interval_s``: renew this replica's heartbeat, write abandoned cancellations, and hand back work
     nobody is doing — a dead replica's in-flight entries, and this replica's own entries that no running batch
@@ -68,12 +104,13 @@ class Janitor:
 
     def __init__(
         self,
+        *,
         queue: RequestQueue,
+        takeover: Takeover,
         heartbeats: Heartbeats,
         catalog: ModelCatalog,
         gateway_id: str,
         interval_s: float,
-        *,
         held: Callable[[str], Collection[str]],
         is_waiting: Callable[[str], bool],
         abandoned: Abandoned,
@@ -84,6 +121,7 @@ class Janitor:
         while it has (in-flight entries count as demand), and one that has some anyway (scaled down by hand while
         busy) is scaled up by the autoscaler's first pass, which reads every model, and so comes into use."""
         self._queue = queue
+        self._takeover = takeover
         self._heartbeats = heartbeats
         self._catalog = catalog
         self._id = gateway_id
@@ -121,9 +159,6 @@ class Janitor:
         except KaltstartError as exc:
             log.warning("janitor: %s", exc)
 
-    async def sweep(self, model: str) -> None:
-        await self._sweep(model, await self._queue.consumers(model))
-
     async def _sweep(self, model: str, consumers: dict[str, int]) -> None:
         for consumer, pending in consumers.items():
             if consumer == self._id:
@@ -137,14 +172,14 @@ class Janitor:
                 await self._queue.forget_consumer(model, consumer)
 
     async def _reclaim(self, model: str, dead: str) -> None:
-        for delivery in await self._queue.take_over(model, dead, self._id):
+        for delivery in await self._takeover.take_over(model, dead, self._id):
             await self._hand_back(model, delivery)
         log.warning("took over the requests gateway %s left in flight for %s", dead, model)
 
     async def _reclaim_own(self, model: str) -> None:
         """Entries this replica read that no running batch holds (idle for a heartbeat interval at least, so an
         entry between its read and its batch's start is not taken for lost)."""
-        stray = await self._queue.take_over(
+        stray = await self._takeover.take_over(
             model, self._id, self._id, min_idle_s=self._interval_s, skip=set(self._held(model))
         )
         for delivery in stray:

@@ -4,7 +4,7 @@ A client request is stored once: its prompts in one body (``keys.body``), one en
 (``QueuedEntry``), charged to the model's and its API key's accounts (``gateway.queue.budget``) in the same script; the
 last choice's settle deletes the body and releases the charges.
 
-Life of an entry: ``enqueue`` (XADD) -> a dispatcher's ``read_batch`` (XREADGROUP: now pending, i.e. in flight)
+Life of an entry: ``enqueue`` (XADD) -> a dispatcher's ``read`` (XREADGROUP: now pending, i.e. in flight)
 -> ``settle`` (final reply stored and published, entry acked and deleted) or ``requeue`` (a fresh entry with
 attempt + 1, old one deleted) or ``cancel`` (the client gave up). Every multi-key step is one Lua script, so a
 request is answered at most once however its deliveries race (the scripts: ``gateway.queue.scripts``). Redis
@@ -13,19 +13,18 @@ errors become ``QueueUnavailable`` here.
 A read never raises for what an entry holds: an entry that does not read back as a request (``Unreadable``: its
 ``q``, its inline ``r`` or the prompt of its body nested past the reader's limit by a gateway that did not bound it,
 or not a request at all) is settled as failed (400), for its own request only, by whichever read finds it (a
-dispatcher's, or the janitor's ``take_over``), through the settle that releases its body and charges; each choice
-of a request whose prompt does not parse is failed so as it is read. The entries read with it go on as usual.
+dispatcher's, or the janitor's take-over: ``claimed``), through the settle that releases its body and charges;
+each choice of a request whose prompt does not parse is failed so as it is read. The entries read with it go on
+as usual.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import json
 import logging
-import time
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
@@ -271,10 +270,10 @@ class Load:
 class RequestQueue:
     def __init__(
         self,
+        *,
         redis: Redis,
         max_queue_per_model: int,
         work: WorkSignals | None = None,
-        *,
         max_bytes_per_model: int = 64 << 20,
         hold_s: float = 600.0 + BODY_GRACE_S,
     ) -> None:
@@ -343,35 +342,15 @@ class RequestQueue:
         async with converted():
             await self._redis.publish(keys.WORK, work_message(self.work.gateway_id, model, taken=False))
 
-    async def read_batch(self, model: str, consumer: str, max_size: int, fill_s: float) -> list[Delivery]:
-        return (await self.read(model, consumer, max_size, fill_s)).deliveries
-
-    async def read(self, model: str, consumer: str, max_size: int, fill_s: float) -> Read:
-        """Read up to ``max_size`` queued requests without blocking; if some were there, give others ``fill_s``
-        to join the batch. (To wait for work, wait on ``work.event(model)``, cleared before this read.)
-
-        No window when the first entry has waited that long already: a backlog (requests that waited through a cold
-        start, or for a busy replica) goes at once with what is there.
-        """
-        read = await self._read(model, consumer, max_size)
-        batch = read.deliveries
-        if batch and len(batch) < max_size and fill_s > 0 and not _waited(batch, fill_s):
-            try:
-                await asyncio.sleep(fill_s)  # the batching window itself: an intended delay
-                read = await self._read(model, consumer, max_size - len(batch))
-                batch += read.deliveries
-            except asyncio.CancelledError:
-                await asyncio.shield(self.put_back(model, batch))
-                raise
-        return Read(batch, read.drained)
-
     async def put_back(self, model: str, batch: Sequence[Delivery]) -> None:
         """Return read entries to the queue unchanged (this dispatcher is stopping before it could send them)."""
         for delivery in batch:
             await self.requeue(model, delivery, failed=False)
 
-    async def _read(self, model: str, consumer: str, count: int) -> Read:
-        """Read up to ``count`` new entries, those of settled requests dropped (one round trip)."""
+    async def read(self, model: str, consumer: str, count: int) -> Read:
+        """Read up to ``count`` new entries without blocking, those of settled requests dropped (one round trip).
+        (To wait for work, wait on ``work.event(model)``, cleared before this read; the batching window is the
+        dispatcher's: ``gateway.dispatch.window``.)"""
         async with converted():
             response = await self._read_script(
                 keys=[keys.queue(model)],
@@ -527,12 +506,9 @@ class RequestQueue:
         reply = ReplyAdapter.validate_json(stored)
         return reply if isinstance(reply, Finished | Failed) else None
 
-    async def consumers(self, model: str) -> dict[str, int]:
-        """The model's dispatchers (gateway ids) and how many entries each holds in flight."""
-        return (await self.consumers_of([model]))[model]
-
     async def consumers_of(self, models: Sequence[str]) -> dict[str, dict[str, int]]:
-        """``consumers`` of several models, in one round trip."""
+        """The dispatchers (gateway ids) of each model of ``models`` and how many entries each holds in flight, in
+        one round trip."""
         if not models:
             return {}
         async with converted(), self._redis.pipeline(transaction=False) as pipe:
@@ -541,36 +517,16 @@ class RequestQueue:
             replies = await pipe.execute(raise_on_error=False)
         return {model: _consumers(reply) for model, reply in zip(models, replies, strict=True)}
 
-    async def take_over(
-        self,
-        model: str,
-        consumer: str,
-        new_owner: str,
-        count: int = 100,
-        *,
-        min_idle_s: float = 0.0,
-        skip: Collection[str] = (),
-    ) -> list[Delivery]:
-        """Claim up to ``count`` entries that ``consumer`` holds in flight and has not touched for ``min_idle_s``
-        (a dead consumer's, or this replica's own strays), except the entry ids in ``skip``."""
-        min_idle_ms = int(min_idle_s * 1000)
+    async def claimed(self, model: str, claimed: Sequence[tuple[str, dict[bytes, bytes]]]) -> list[Delivery]:
+        """The deliveries of entries claimed from another consumer (``gateway.queue.recovery.Takeover``; an entry
+        deleted meanwhile comes back without fields, and is not here); their bodies' prompts read in one round
+        trip. What cannot be dispatched is settled as failed, as a read does."""
         async with converted():
-            pending = await self._redis.xpending_range(
-                keys.queue(model), keys.GROUP, min="-", max="+", count=count, consumername=consumer, idle=min_idle_ms
-            )
-            ids: list[int | bytes | str | memoryview[int]] = [
-                p["message_id"] for p in pending if text(cast(bytes, p["message_id"])) not in skip
-            ]
-            response = (
-                await self._redis.xclaim(keys.queue(model), keys.GROUP, new_owner, min_idle_ms, ids) if ids else []
-            )
-            claimed = cast(list[tuple[bytes, dict[bytes, bytes] | None]], response)
-            taken = await self._claimed(model, [(text(i), fields) for i, fields in claimed if fields])
+            taken = await self._claimed(model, claimed)
         return await self._fail_untaken(model, taken)
 
     async def _claimed(self, model: str, claimed: Sequence[tuple[str, dict[bytes, bytes]]]) -> list[Taken]:
-        """What claimed entries are (an entry deleted meanwhile comes back without fields, and is not here); their
-        bodies' prompts read in one round trip."""
+        """What claimed entries are."""
         entries = {
             i: _entry(i, f.get(b"q", b""), f.get(b"i", b""), f.get(b"b", b"")) for i, f in claimed if b"r" not in f
         }
@@ -804,8 +760,3 @@ def _string(value: object) -> str:
 
 def _unreadable_reply(entry: Unreadable) -> Failed:
     return Failed(id=entry.request_id, status=400, message=UNREADABLE_MESSAGE)
-
-
-def _waited(batch: Sequence[Delivery], fill_s: float) -> bool:
-    """Whether the oldest request read has been queued for ``fill_s`` already (by its gateway's clock)."""
-    return time.time() - min(d.queued.accepted_at for d in batch) >= fill_s

@@ -5,7 +5,7 @@ Dispatchers ``PUBLISH`` replies (``gateway.relay.messages``) on the reply channe
 each gateway replica keeps one subscription to its own channel and hands each reply to the waiting request
 (``ReplyRouter``). Replies for this replica's own channel skip Redis: they are handed over in-process, in the
 same order; a final reply for them is stored by the settle script without a publish and handed over once
-stored (``Dispatcher._settle``), after the flush before it. Pub/sub is not durable, so the final reply is also
+stored (``gateway.dispatch.batches``), after the flush before it. Pub/sub is not durable, so the final reply is also
 stored in the request's ``settled`` key (see ``queue.py``), which a waiting request reads if it has heard nothing
 for a while.
 

@@ -67,6 +67,7 @@ class _Throttled:
 class Announcements:
     def __init__(
         self,
+        *,
         endpoints: ReadyEndpoints,
         cold_starts: ColdStarts,
         metrics: Metrics,

@@ -66,6 +66,7 @@ class RedisDurations:
 class ColdStarts:
     def __init__(
         self,
+        *,
         durations: Durations,
         endpoints: ReadyEndpoints,
         metrics: Metrics,

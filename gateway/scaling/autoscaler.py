@@ -47,6 +47,7 @@ class ScaleDownFence(Protocol):
 class Scaler:
     def __init__(
         self,
+        *,
         catalog: ModelCatalog,
         queue: Demand,
         fence: ScaleDownFence,
@@ -54,7 +55,6 @@ class Scaler:
         endpoints: ReadyEndpoints,
         metrics: Metrics,
         cold_starts: ColdStarts,
-        *,
         interval_s: float,
         may_scale_down: Callable[[], bool] = lambda: True,
         keep_alives: KeepAlives | None = None,
@@ -185,8 +185,11 @@ class Scaler:
         return now.desired == unit[0].min_replicas and now.starting == 0
 
     def subscribe_ticks(self, listener: Callable[[], None]) -> Callable[[], None]:
-        """Call ``listener()`` after every pass; returns an unsubscribe function. (Proof, for a test or a
-        health check, that the autoscaler had its chance to act.)"""
+        """Call ``listener()`` after every pass; returns an unsubscribe function.
+
+        Test seam: only the tests use it (``tests/kube/probes.py``), to wait for passes of a running gateway's
+        autoscaler instead of sleeping. It stays here because the scaler is built inside ``create_app`` and its
+        loop calls ``tick`` directly: a test could only observe passes otherwise by patching the instance."""
         self._tick_listeners.append(listener)
         return lambda: self._tick_listeners.remove(listener)
 

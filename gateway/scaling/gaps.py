@@ -63,10 +63,10 @@ class RedisGapStore:
 class KeepAlives:
     def __init__(
         self,
+        *,
         store: GapStore,
         metrics: Metrics,
         cold_start_s: Callable[[str], float | None],
-        *,
         shortest_keep_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

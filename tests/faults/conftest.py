@@ -22,7 +22,7 @@ async def assert_nothing_left(redis_url: str, model: str) -> None:
     """No entry queued or in flight for ``model``."""
     redis = Redis.from_url(redis_url)
     try:
-        load = await RequestQueue(redis, 1).load(model)
+        load = await RequestQueue(redis=redis, max_queue_per_model=1).load(model)
     finally:
         await redis.aclose()
     assert (load.queued, load.in_flight) == (0, 0)

@@ -112,7 +112,9 @@ async def test_an_unreadable_entry_fails_alone_and_its_batch_is_dispatched(redis
                 for request_id, inbox in inboxes.items():
                     failed = await asyncio.wait_for(inbox.get(), timeout=10)
                     assert isinstance(failed, Failed) and failed.status == 400, request_id
-                    assert await RequestQueue(redis, 1).final_reply("echo", request_id) == failed
+                    assert (
+                        await RequestQueue(redis=redis, max_queue_per_model=1).final_reply("echo", request_id) == failed
+                    )
             await assert_nothing_left(redis_url, "echo")
             left = [keys.body("echo", DEEP_BODY_CHOICES[0]), keys.model_held("echo"), keys.model_usage("echo")]
             assert not await redis.exists(*left)  # its body deleted, its charge released
@@ -149,5 +151,5 @@ async def _add_too_deep_body(redis: Redis, deep: dict[str, Any]) -> None:
         for i in DEEP_BODY_CHOICES
     ]
     stored = Stored.of(choices, len(choices))
-    await RequestQueue(redis, 1000).enqueue_stored("echo", stored)
+    await RequestQueue(redis=redis, max_queue_per_model=1000).enqueue_stored("echo", stored)
     await redis.hset(keys.body("echo", stored.id), "0", json.dumps(deep | {"id": stored.id}))

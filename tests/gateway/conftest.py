@@ -24,6 +24,6 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
 @pytest.fixture
 async def queue(redis: Redis) -> RequestQueue:
     """A small queue (3 per model) whose ``MODEL`` stream and group exist."""
-    q = RequestQueue(redis, max_queue_per_model=3)
+    q = RequestQueue(redis=redis, max_queue_per_model=3)
     await q.prepare(MODEL)
     return q

@@ -19,7 +19,7 @@ from gateway.dispatch.loop import Dispatcher
 from gateway.dispatch.supervisor import Dispatchers
 from gateway.metrics import Metrics
 from gateway.queue.fence import Fence
-from gateway.queue.recovery import Abandoned, Heartbeats, Janitor
+from gateway.queue.recovery import Abandoned, Heartbeats, Janitor, Takeover
 from gateway.queue.stream import QueuedRequest, RequestQueue
 from gateway.relay.messages import Finished
 from gateway.relay.transport import ReplyRouter, ReplySender
@@ -65,15 +65,32 @@ async def test_idle_models_cost_no_redis_commands(redis_url: str) -> None:
     redis = Redis.from_url(redis_url)
     models = [ModelSettings(name=f"idle-{i}") for i in range(20)]
     catalog = ModelCatalog(models)
-    queue = RequestQueue(redis, max_queue_per_model=10)
+    queue = RequestQueue(redis=redis, max_queue_per_model=10)
     endpoints, metrics, backend = ReadyEndpoints(), Metrics(), IdleBackend()
-    cold = ColdStarts(RedisDurations(redis), endpoints, metrics)
-    scaler = Scaler(catalog, queue, Fence(redis), backend, endpoints, metrics, cold, interval_s=1.0)
+    cold = ColdStarts(durations=RedisDurations(redis), endpoints=endpoints, metrics=metrics)
+    scaler = Scaler(
+        catalog=catalog,
+        queue=queue,
+        fence=Fence(redis),
+        backend=backend,
+        endpoints=endpoints,
+        metrics=metrics,
+        cold_starts=cold,
+        interval_s=1.0,
+    )
     queue.work.subscribe(scaler.wake)
     janitor = Janitor(
-        queue, Heartbeats(redis), catalog, "gw", 1.0, held=lambda _m: (), is_waiting=lambda _id: True,
-        abandoned=Abandoned(), in_use=lambda m: backend.replicas(m).desired > 0,
-    )  # fmt: skip
+        queue=queue,
+        takeover=Takeover(redis, queue),
+        heartbeats=Heartbeats(redis),
+        catalog=catalog,
+        gateway_id="gw",
+        interval_s=1.0,
+        held=lambda _m: (),
+        is_waiting=lambda _id: True,
+        abandoned=Abandoned(),
+        in_use=lambda m: backend.replicas(m).desired > 0,
+    )
     try:
         await scaler.tick()  # the first pass looks at every model once
         commands = await _monitor(redis_url, scaler.tick, janitor.pass_once, scaler.tick, janitor.pass_once)
@@ -138,7 +155,7 @@ async def test_more_warm_models_than_connections_are_all_served(redis_url: str) 
     redis, admin = Redis(connection_pool=pool), Redis.from_url(redis_url)
     names = [f"warm-{i}" for i in range(12)]
     catalog = ModelCatalog([ModelSettings(name=n, max_batch_delay_s=0.0) for n in names])
-    queue = RequestQueue(redis, max_queue_per_model=10)
+    queue = RequestQueue(redis=redis, max_queue_per_model=10)
     endpoints = ReadyEndpoints()
     for i, name in enumerate(names):
         endpoints.set(name, [f"http://10.0.1.{i}:8000"])
@@ -147,7 +164,17 @@ async def test_more_warm_models_than_connections_are_all_served(redis_url: str) 
     http = httpx.AsyncClient(transport=httpx.MockTransport(_answer))
     sender, client = ReplySender(redis, local=router), HttpxRuntimeClient(http)
     dispatchers = Dispatchers(
-        catalog, lambda s: Dispatcher(s, queue, sender, endpoints, client, "gw", Metrics(), max_attempts=2)
+        catalog,
+        lambda s: Dispatcher(
+            settings=s,
+            queue=queue,
+            sender=sender,
+            endpoints=endpoints,
+            client=client,
+            consumer="gw",
+            metrics=Metrics(),
+            max_attempts=2,
+        ),
     )
     try:
         dispatchers.sync()

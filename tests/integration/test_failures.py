@@ -75,7 +75,7 @@ async def test_replica_killed_mid_batch(
         assert texts == [a.json()["choices"][0]["text"] for a in alone]
         assert streamed_text == texts[0]  # redelivered tokens were not sent to the client twice
         assert gw.metric("kaltstart_requests_total", model="tiny", status="200") == 1 + 2 * len(prompts) + 1
-        load = await RequestQueue(Redis.from_url(redis_url), 10).load("tiny")
+        load = await RequestQueue(redis=Redis.from_url(redis_url), max_queue_per_model=10).load("tiny")
         assert load.demand == 0
 
 
@@ -89,7 +89,7 @@ async def test_cold_start_timeout(redis_url: str, cache_dir: Path, client: httpx
         assert int(response.headers["retry-after"]) >= 1
         assert 3.0 <= elapsed < 10.0
         assert gw.backend.replicas("broken").desired == 1  # it asked for a replica at once
-        load = await RequestQueue(Redis.from_url(redis_url), 10).load("broken")
+        load = await RequestQueue(redis=Redis.from_url(redis_url), max_queue_per_model=10).load("broken")
         assert load.demand == 0  # the abandoned request will not be served to nobody later
 
 
@@ -97,7 +97,7 @@ async def test_queue_full(redis_url: str, cache_dir: Path, client: httpx.AsyncCl
     broken = model("broken", "/nonexistent/model", cold_start_timeout="3s")
     async with run_gateway([broken], redis_url, cache_dir, max_queue_per_model=2) as gw:
         redis = Redis.from_url(redis_url)
-        queue = RequestQueue(redis, max_queue_per_model=2)
+        queue = RequestQueue(redis=redis, max_queue_per_model=2)
         for i in range(2):  # two requests already waiting, from other clients
             request = wire.GenerationRequest(id=f"other-{i}", prompt="hi")
             await queue.enqueue("broken", QueuedRequest(request=request, reply_to="elsewhere", accepted_at=time.time()))

@@ -147,7 +147,7 @@ async def test_no_scale_to_zero_while_a_request_is_queued(
 ) -> None:
     api_double.create(model_deployment("echo", "echo", replicas=1, idle_timeout="600s"))
     redis = Redis.from_url(redis_url)
-    queue = RequestQueue(redis, 100)
+    queue = RequestQueue(redis=redis, max_queue_per_model=100)
     async with run_kubernetes_gateway(kubeconfig, redis_url, **FAST) as gw:
         fenced = FencedRequests(gw.app.state.gateway.door)
         await gw.wait_for(lambda: bool(gw.endpoints.get("echo")), 20)

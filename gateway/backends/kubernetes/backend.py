@@ -111,6 +111,7 @@ class KubernetesBackend:
 
     def __init__(
         self,
+        *,
         settings: KubernetesSettings,
         identity: str,
         catalog: ModelCatalog,
@@ -411,5 +412,7 @@ def build_kubernetes(settings: KubernetesSettings, identity: str, owners: OwnerS
     """The Kubernetes backend with its catalog (kept current from annotations) and ready endpoints; ``owners``:
     where the owners of model names are recorded (``owners.RedisOwners`` on the gateway's Redis)."""
     catalog, endpoints, metrics = ModelCatalog(), ReadyEndpoints(), RouteMetrics()
-    backend = KubernetesBackend(settings, identity, catalog, endpoints, metrics, owners)
+    backend = KubernetesBackend(
+        settings=settings, identity=identity, catalog=catalog, endpoints=endpoints, metrics=metrics, owners=owners
+    )
     return BackendParts(backend, catalog, endpoints, "<model>", metrics.collectors)

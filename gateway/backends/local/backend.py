@@ -117,6 +117,7 @@ class ReplicaGroup:
 
     def __init__(
         self,
+        *,
         model: LocalModel,
         config: LocalConfig,
         endpoints: ReadyEndpoints,
@@ -184,17 +185,20 @@ class LocalBackend:
 
     def __init__(
         self,
+        *,
         config: LocalConfig,
         endpoints: ReadyEndpoints,
         env: RuntimeEnvironment,
-        *,
         batch_log: bool = True,
     ) -> None:
         self.config = config
         extra = [] if batch_log else ["--no-batch-log"]
-        self.standbys = StandbyPool(config, config.standby, env, extra)
+        self.standbys = StandbyPool(config=config, size=config.standby, env=env, extra_args=extra)
         self._groups = {
-            m.settings.name: ReplicaGroup(m, config, endpoints, self.standbys, env, extra) for m in config.models
+            m.settings.name: ReplicaGroup(
+                model=m, config=config, endpoints=endpoints, standbys=self.standbys, env=env, extra=extra
+            )
+            for m in config.models
         }
 
     @property
@@ -252,5 +256,7 @@ def build_local(
     given (the gateway's ``runtime_token``: the same, or its calls are refused), and log a line per batch if
     ``batch_log`` (relayed into the gateway's log)."""
     endpoints = ReadyEndpoints()
-    backend = LocalBackend(config, endpoints, RuntimeEnvironment(announce_to, token), batch_log=batch_log)
+    backend = LocalBackend(
+        config=config, endpoints=endpoints, env=RuntimeEnvironment(announce_to, token), batch_log=batch_log
+    )
     return BackendParts(backend, ModelCatalog(backend.models), endpoints, config.models[0].settings.name)

@@ -131,7 +131,9 @@ class RuntimeProcess:
 class StandbyPool:
     """Up to ``size`` standby runtimes (0: none; every cold start starts a process)."""
 
-    def __init__(self, config: LocalConfig, size: int, env: RuntimeEnvironment, extra_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self, *, config: LocalConfig, size: int, env: RuntimeEnvironment, extra_args: Sequence[str] = ()
+    ) -> None:
         self._config = config
         self._size = size
         self._env = env

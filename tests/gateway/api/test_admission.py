@@ -27,6 +27,7 @@ from gateway.replicas.endpoints import ReadyEndpoints
 from gateway.scaling.autoscaler import Scaler
 from gateway.settings import ModelSettings, ServerSettings
 from gateway.store import keys
+from tests.gateway.queue.entries import read_batch
 
 pytestmark = pytest.mark.integration
 
@@ -94,7 +95,7 @@ class Rig:
 
     async def take(self) -> list[Delivery]:
         """What a dispatcher would get now."""
-        return await self.queue.read_batch(MODEL, "dispatcher", 100, 0.0)
+        return await read_batch(self.queue, MODEL, "dispatcher", 100)
 
 
 def _finished(request_id: str, text: str) -> Finished:
@@ -106,7 +107,7 @@ async def rig(redis_url: str) -> AsyncIterator[Rig]:
     redis = Redis.from_url(redis_url)
     model = ModelSettings(name=MODEL, cold_start_timeout_s=0.3)
     catalog = ModelCatalog([model])
-    queue = RacingQueue(redis, max_queue_per_model=100)
+    queue = RacingQueue(redis=redis, max_queue_per_model=100)
     await queue.prepare(MODEL)
     door = FencedDoor()
     settings = ServerSettings(gateway_id="gw-test", request_timeout_s=30)
@@ -114,19 +115,28 @@ async def rig(redis_url: str) -> AsyncIterator[Rig]:
     backend = Backend()
     metrics = Metrics()
     endpoints = ReadyEndpoints()
-    cold_starts = ColdStarts(RedisDurations(redis), endpoints, metrics)
-    scaler = Scaler(catalog, queue, Fence(redis), backend, endpoints, metrics, cold_starts, interval_s=1.0)
+    cold_starts = ColdStarts(durations=RedisDurations(redis), endpoints=endpoints, metrics=metrics)
+    scaler = Scaler(
+        catalog=catalog,
+        queue=queue,
+        fence=Fence(redis),
+        backend=backend,
+        endpoints=endpoints,
+        metrics=metrics,
+        cold_starts=cold_starts,
+        interval_s=1.0,
+    )
     await router.start()
     try:
         abandoned: list[tuple[str, str, str, Held]] = []
         gateway = Admission(
-            settings,
-            catalog,
-            queue,
-            router,
-            door,
-            scaler,
-            metrics,
+            settings=settings,
+            catalog=catalog,
+            queue=queue,
+            replies=router,
+            door=door,
+            scaler=scaler,
+            metrics=metrics,
             abandon=lambda *entry: abandoned.append(entry),
             limits=ContextLengths(redis),
             cold_starts=cold_starts,

@@ -22,7 +22,7 @@ def finish(text: str, logprobs: tuple[wire.TokenLogprob, ...] | None = None) -> 
 
 
 def test_response_shapes() -> None:
-    chat = ResponseShape("chat", "chatcmpl-1", "m", logprobs=False)
+    chat = ResponseShape(kind="chat", request_id="chatcmpl-1", model="m", logprobs=False)
     final = chat.final([finish("hello"), finish("bye")], USAGE)
     assert final["object"] == "chat.completion"
     assert [c["index"] for c in final["choices"]] == [0, 1]
@@ -36,13 +36,13 @@ def test_response_shapes() -> None:
         "logprobs": None,
         "finish_reason": "stop",
     }
-    text = ResponseShape("completion", "cmpl-1", "m", logprobs=False)
+    text = ResponseShape(kind="completion", request_id="cmpl-1", model="m", logprobs=False)
     assert text.chunk(2, "he")["choices"][0] == {"index": 2, "text": "he", "logprobs": None, "finish_reason": None}
     assert text.usage_chunk(USAGE)["choices"] == []
 
 
 def test_chat_logprobs_shape() -> None:
-    chat = ResponseShape("chat", "chatcmpl-1", "m", logprobs=True)
+    chat = ResponseShape(kind="chat", request_id="chatcmpl-1", model="m", logprobs=True)
     entries = (entry("Hi", -0.5, ("Hi", -0.5), ("Yo", -1.5)), entry("!", -0.1))
     logprobs = chat.final([finish("Hi!", entries)], USAGE)["choices"][0]["logprobs"]
     assert logprobs == {
@@ -65,7 +65,7 @@ def test_chat_logprobs_shape() -> None:
 
 
 def test_completion_logprobs_shape_with_an_echoed_prompt() -> None:
-    text = ResponseShape("completion", "cmpl-1", "m", logprobs=True)
+    text = ResponseShape(kind="completion", request_id="cmpl-1", model="m", logprobs=True)
     entries = (entry("Say", None), entry(" é", -2.0, (" a", -1.0)), entry("!", -0.25, ("!", -0.25)))
     logprobs = text.final([finish("Say é!", entries)], USAGE)["choices"][0]["logprobs"]
     assert logprobs == {
@@ -77,7 +77,7 @@ def test_completion_logprobs_shape_with_an_echoed_prompt() -> None:
 
 
 def test_streamed_text_offsets_continue_per_choice() -> None:
-    text = ResponseShape("completion", "cmpl-1", "m", logprobs=True)
+    text = ResponseShape(kind="completion", request_id="cmpl-1", model="m", logprobs=True)
     first = text.chunk(0, "ab", (entry("ab", -1.0),))
     other = text.chunk(1, "x", (entry("x", -1.0),))
     second = text.chunk(0, "c", (entry("c", -1.0),))
@@ -91,7 +91,7 @@ def call(name: str, arguments: str, n: int) -> wire.ToolCall:
 
 
 def test_tool_calls_in_messages_and_chunks() -> None:
-    chat = ResponseShape("chat", "chatcmpl-1", "m", logprobs=False)
+    chat = ResponseShape(kind="chat", request_id="chatcmpl-1", model="m", logprobs=False)
     calls = (call("weather", '{"city": "Oslo"}', 1), call("clock", "{}", 2))
     done = wire.FinishEvent(id="x", text="", finish_reason="tool_calls", usage=USAGE, tool_calls=calls)
     (choice,) = chat.final([done], USAGE)["choices"]

@@ -17,10 +17,12 @@ from redis.asyncio import Redis
 import wire
 from gateway.errors import KeyQuotaExceeded, QueueFull, QueueMemoryFull
 from gateway.queue.budget import Account, MemoryGuard
+from gateway.queue.recovery import Takeover
 from gateway.queue.stream import Delivery, QueuedRequest, RequestQueue, Stored
 from gateway.relay.messages import Failed, Finished
 from gateway.store import keys
 from gateway.store.embedded import EmbeddedRedis
+from tests.gateway.queue.entries import read_batch
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
 
@@ -47,7 +49,7 @@ def _request(request_id: str, n: int = 1, prompt: str = "hi", account: Account |
 @pytest.fixture
 async def queue(redis: Redis) -> RequestQueue:
     """A queue whose ``MODEL`` stream and group exist, with room for any test's entries."""
-    q = RequestQueue(redis, max_queue_per_model=1000)
+    q = RequestQueue(redis=redis, max_queue_per_model=1000)
     await q.prepare(MODEL)
     return q
 
@@ -68,7 +70,7 @@ async def _enqueued(queue: RequestQueue, stored: Stored) -> list[str]:
 
 async def _answer_all(queue: RequestQueue) -> list[Delivery]:
     """Read every queued entry and settle it with a final reply, as a dispatcher would."""
-    batch = await queue.read_batch(MODEL, "dispatcher", 1000, 0.0)
+    batch = await read_batch(queue, MODEL, "dispatcher", 1000)
     for delivery in batch:
         assert await queue.settle(MODEL, delivery, _finished(delivery.queued.id))
     return batch
@@ -96,7 +98,7 @@ async def test_a_prompt_is_stored_once_however_many_choices(queue: RequestQueue,
     stored = await _stored_bytes(redis)
     assert stored < 1.2 * len(prompt), f"n=16 of a 512 KiB prompt took {stored / MIB:.1f} MiB of Redis"
 
-    batch = await queue.read_batch(MODEL, "dispatcher", 100, 0.0)
+    batch = await read_batch(queue, MODEL, "dispatcher", 100)
     assert [d.queued.id for d in batch] == [f"wide-{j}" for j in range(16)]
     assert all(d.queued.request.prompt == prompt for d in batch)  # each choice is its whole request again
     assert [d.queued.request.params.seed for d in batch] == list(range(16))
@@ -119,19 +121,19 @@ async def test_nothing_is_left_once_requests_are_answered_or_cancelled(queue: Re
 
 async def test_a_redelivered_choice_keeps_its_body(queue: RequestQueue, redis: Redis) -> None:
     await _enqueued(queue, _request("again", n=2, prompt="once more"))
-    first = await queue.read_batch(MODEL, "dispatcher", 100, 0.0)
+    first = await read_batch(queue, MODEL, "dispatcher", 100)
     assert await queue.settle(MODEL, first[0], _finished(first[0].queued.id))
     assert await queue.requeue(MODEL, first[1])  # its replica failed: the body must still be there
-    (redelivered,) = await queue.read_batch(MODEL, "dispatcher", 100, 0.0)
+    (redelivered,) = await read_batch(queue, MODEL, "dispatcher", 100)
     assert redelivered.queued.request.prompt == "once more" and redelivered.queued.attempt == 2
-    taken = await queue.take_over(MODEL, "dispatcher", "janitor")  # and so does a janitor's take-over
+    taken = await Takeover(redis, queue).take_over(MODEL, "dispatcher", "janitor")  # and so does a janitor's take-over
     assert [d.queued.request.prompt for d in taken] == ["once more"]
     assert await queue.settle(MODEL, taken[0], _finished(taken[0].queued.id))
     assert await _left_behind(redis) == []
 
 
 async def test_the_model_byte_budget_refuses_then_frees(redis: Redis) -> None:
-    queue = RequestQueue(redis, 1000, max_bytes_per_model=MIB)
+    queue = RequestQueue(redis=redis, max_queue_per_model=1000, max_bytes_per_model=MIB)
     await queue.prepare(MODEL)
     await _enqueued(queue, _request("big", prompt="x" * (600 * KIB)))
     with pytest.raises(QueueFull) as refused:
@@ -167,7 +169,7 @@ async def test_key_quotas_refuse_then_free(queue: RequestQueue, redis: Redis) ->
 async def test_a_charge_nobody_releases_lapses(redis: Redis) -> None:
     """A gateway that dies between enqueue and settle leaves no quota held for ever: the body and its charges
     lapse at the request's deadline, and a lapsed entry is failed for its own request, never sent."""
-    queue = RequestQueue(redis, 1000, hold_s=0.3)
+    queue = RequestQueue(redis=redis, max_queue_per_model=1000, hold_s=0.3)
     await queue.prepare(MODEL)
     account = _account(max_requests=1)
     await _enqueued(queue, _request("forgotten", account=account))
@@ -175,7 +177,7 @@ async def test_a_charge_nobody_releases_lapses(redis: Redis) -> None:
         await queue.enqueue_stored(MODEL, _request("next", account=account))
     await asyncio.sleep(0.4)  # the deadline itself is what is tested: nothing to wait on
     await _enqueued(queue, _request("next", account=account))  # the forgotten charge lapsed
-    batch = await queue.read_batch(MODEL, "dispatcher", 100, 0.0)
+    batch = await read_batch(queue, MODEL, "dispatcher", 100)
     assert [d.queued.id for d in batch] == ["next"]  # "forgotten" was failed, not delivered
     reply = await queue.final_reply(MODEL, "forgotten")
     assert isinstance(reply, Failed) and reply.status == 504
@@ -212,10 +214,10 @@ async def test_a_request_that_cannot_be_read_back_fails_alone_and_leaves_nothing
     await _enqueued(queue, _request("after", account=account))
 
     if reader == "dispatcher":
-        batch = await queue.read_batch(MODEL, "dispatcher", 100, 0.0)
+        batch = await read_batch(queue, MODEL, "dispatcher", 100)
     else:  # a dead gateway's read left them all in flight
         await redis.xreadgroup(keys.GROUP, "dead", {keys.queue(MODEL): ">"})
-        batch = await queue.take_over(MODEL, "dead", "janitor")
+        batch = await Takeover(redis, queue).take_over(MODEL, "dead", "janitor")
 
     assert [d.queued.id for d in batch] == ["before", "after"]
     for request_id in [*(c.id for c in deep.choices), "garbled"]:
@@ -239,13 +241,13 @@ async def small_redis() -> AsyncIterator[Redis]:
 
 
 async def test_new_work_is_refused_near_maxmemory_but_settles_go_on(small_redis: Redis) -> None:
-    queue = RequestQueue(small_redis, 1000, max_bytes_per_model=1 << 40)
+    queue = RequestQueue(redis=small_redis, max_queue_per_model=1000, max_bytes_per_model=1 << 40)
     await queue.prepare(MODEL)
     guard = MemoryGuard(small_redis, high_water=0.85)
     waiting = _request("waiting")
     await guard.check()
     await _enqueued(queue, waiting)
-    (delivery,) = await queue.read_batch(MODEL, "dispatcher", 10, 0.0)
+    (delivery,) = await read_batch(queue, MODEL, "dispatcher", 10)
 
     refused = 0
     for i in range(64):  # 512 KiB requests until the guard says no, as the gateway asks it before each enqueue

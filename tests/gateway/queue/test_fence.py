@@ -14,6 +14,7 @@ from gateway.queue.stream import QueuedRequest, RequestQueue
 from gateway.relay.messages import Finished
 from gateway.relay.transport import ReplyRouter
 from gateway.store import keys
+from tests.gateway.queue.entries import read_batch
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +33,7 @@ async def test_fence_is_taken_only_when_idle(queue: RequestQueue, redis: Redis) 
     await queue.enqueue(MODEL, _queued("a"))
     async with fence.hold([MODEL], idle_s=0) as held:
         assert not held  # something is queued
-    (delivery,) = await queue.read_batch(MODEL, "c1", 8, 0.0)
+    (delivery,) = await read_batch(queue, MODEL, "c1", 8)
     async with fence.hold([MODEL], idle_s=0) as held:
         assert not held  # something is in flight
     result = wire.FinishEvent(id="a", text="x", finish_reason="stop", usage=USAGE)

@@ -3,32 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 
 import pytest
 from redis.asyncio import Redis
 
 import wire
-from gateway.catalog import ModelCatalog
 from gateway.errors import QueueFull
-from gateway.queue.recovery import Abandoned, Heartbeats, Janitor
 from gateway.queue.signals import WorkSignals
-from gateway.queue.stream import QueuedRequest, RequestQueue
+from gateway.queue.stream import RequestQueue
 from gateway.relay.messages import Failed, Finished, Token
 from gateway.relay.transport import ReplyRouter, ReplySender
-from gateway.settings import ModelSettings
 from gateway.store import keys
+from tests.gateway.queue.entries import add_unreadable_entries, queued, read_batch
 
 pytestmark = pytest.mark.integration
 
 MODEL = "tiny"
 USAGE = wire.Usage(prompt_tokens=1, completion_tokens=1, total_tokens=2)
-
-
-def _queued(request_id: str, channel: str = "replies") -> QueuedRequest:
-    request = wire.GenerationRequest(id=request_id, prompt="hi")
-    return QueuedRequest(request=request, reply_to=channel, accepted_at=time.time())
 
 
 def _finished(request_id: str) -> Finished:
@@ -40,9 +31,9 @@ async def test_enqueue_read_settle_once(queue: RequestQueue, redis: Redis) -> No
     await router.start()
     try:
         with router.expect("a") as inbox:
-            await queue.enqueue(MODEL, _queued("a"))
+            await queue.enqueue(MODEL, queued("a"))
             assert (await queue.load(MODEL)).queued == 1
-            (delivery,) = await queue.read_batch(MODEL, "c1", max_size=8, fill_s=0)
+            (delivery,) = await read_batch(queue, MODEL, "c1", 8)
             load = await queue.load(MODEL)
             assert (load.queued, load.in_flight) == (0, 1)
             await ReplySender(redis).publish([("replies", Token(id="a", attempt=1, text="x"))])
@@ -57,40 +48,32 @@ async def test_enqueue_read_settle_once(queue: RequestQueue, redis: Redis) -> No
         await router.stop()
 
 
-async def test_batches_fill_up_to_the_limit(queue: RequestQueue) -> None:
-    for i in range(3):
-        await queue.enqueue(MODEL, _queued(f"r{i}"))
-    batch = await queue.read_batch(MODEL, "c1", max_size=2, fill_s=0.05)
-    assert [d.queued.id for d in batch] == ["r0", "r1"]
-    assert [d.queued.id for d in await queue.read_batch(MODEL, "c2", 2, 0.0)] == ["r2"]
-
-
 async def test_queue_full(queue: RequestQueue) -> None:
     for i in range(3):
-        await queue.enqueue(MODEL, _queued(f"r{i}"))
+        await queue.enqueue(MODEL, queued(f"r{i}"))
     with pytest.raises(QueueFull) as info:
-        await queue.enqueue(MODEL, _queued("r3"))
+        await queue.enqueue(MODEL, queued("r3"))
     assert info.value.status_code == 429 and info.value.retry_after_s
 
 
 async def _enqueue(queue: RequestQueue, request_id: str) -> str:
-    entry = await queue.enqueue(MODEL, _queued(request_id))
+    entry = await queue.enqueue(MODEL, queued(request_id))
     assert isinstance(entry, str)
     return entry
 
 
 async def test_cancelled_request_is_never_dispatched_or_answered(queue: RequestQueue) -> None:
     entry = await _enqueue(queue, "a")
-    await queue.enqueue(MODEL, _queued("b"))
+    await queue.enqueue(MODEL, queued("b"))
     assert await queue.cancel(MODEL, "a", entry)
-    batch = await queue.read_batch(MODEL, "c1", 8, 0.0)
+    batch = await read_batch(queue, MODEL, "c1", 8)
     assert [d.queued.id for d in batch] == ["b"]
     assert (await queue.load(MODEL)).demand == 1
 
 
 async def test_cancel_after_dispatch_suppresses_the_answer(queue: RequestQueue) -> None:
     entry = await _enqueue(queue, "a")
-    (delivery,) = await queue.read_batch(MODEL, "c1", 8, 0.0)
+    (delivery,) = await read_batch(queue, MODEL, "c1", 8)
     assert await queue.cancel(MODEL, "a", entry)
     assert not await queue.settle(MODEL, delivery, _finished("a"))
     assert await queue.final_reply(MODEL, "a") is None
@@ -98,10 +81,10 @@ async def test_cancel_after_dispatch_suppresses_the_answer(queue: RequestQueue) 
 
 
 async def test_a_read_drops_the_entries_of_settled_requests(queue: RequestQueue, redis: Redis) -> None:
-    await queue.enqueue(MODEL, _queued("a"))
-    await queue.enqueue(MODEL, _queued("b"))
+    await queue.enqueue(MODEL, queued("a"))
+    await queue.enqueue(MODEL, queued("b"))
     await queue.cancel(MODEL, "a", "")  # settled, but its entry is still there (e.g. it was requeued meanwhile)
-    assert [d.queued.id for d in await queue.read_batch(MODEL, "c1", 8, 0.0)] == ["b"]
+    assert [d.queued.id for d in await read_batch(queue, MODEL, "c1", 8)] == ["b"]
     assert await redis.xlen(keys.queue(MODEL)) == 1  # a's entry is acked and deleted by the read
     assert (await queue.load(MODEL)).demand == 1
 
@@ -109,18 +92,18 @@ async def test_a_read_drops_the_entries_of_settled_requests(queue: RequestQueue,
 async def test_entries_without_a_request_id_field_are_checked_too(queue: RequestQueue, redis: Redis) -> None:
     """Entries queued by a gateway from before the ``i`` field (a rolling upgrade) are filtered all the same."""
     for request_id in ("a", "b"):
-        await redis.xadd(keys.queue(MODEL), {"r": _queued(request_id).model_dump_json()})
+        await redis.xadd(keys.queue(MODEL), {"r": queued(request_id).model_dump_json()})
     await queue.cancel(MODEL, "a", "")
-    assert [d.queued.id for d in await queue.read_batch(MODEL, "c1", 8, 0.0)] == ["b"]
+    assert [d.queued.id for d in await read_batch(queue, MODEL, "c1", 8)] == ["b"]
     assert (await queue.load(MODEL)).demand == 1
 
 
 async def test_read_says_when_it_drained_the_queue(queue: RequestQueue) -> None:
     for request_id in ("a", "b", "c"):
-        await queue.enqueue(MODEL, _queued(request_id))
-    first = await queue.read(MODEL, "c1", 2, 0.0)
+        await queue.enqueue(MODEL, queued(request_id))
+    first = await queue.read(MODEL, "c1", 2)
     assert [d.queued.id for d in first.deliveries] == ["a", "b"] and not first.drained
-    second = await queue.read(MODEL, "c1", 2, 0.0)
+    second = await queue.read(MODEL, "c1", 2)
     assert [d.queued.id for d in second.deliveries] == ["c"] and second.drained
 
 
@@ -132,7 +115,7 @@ async def test_work_is_signalled_locally_and_to_other_gateways(queue: RequestQue
         heard: list[str] = []
         there.subscribe(heard.append)
         event, elsewhere = here.event(MODEL), there.event(MODEL)
-        await queue.enqueue(MODEL, _queued("a"))
+        await queue.enqueue(MODEL, queued("a"))
         assert event.is_set()  # in-process, before the enqueue returned
         async with asyncio.timeout(5):
             await elsewhere.wait()  # over pub/sub
@@ -151,7 +134,7 @@ async def test_work_a_dispatcher_here_waits_for_does_not_wake_other_gateways(que
         elsewhere = there.event(MODEL)
         waiting = asyncio.create_task(here.wait(MODEL, timeout_s=5))  # a dispatcher here, with room
         await asyncio.sleep(0)
-        await queue.enqueue(MODEL, _queued("a"))
+        await queue.enqueue(MODEL, queued("a"))
         await waiting  # woken in-process
         async with asyncio.timeout(5):
             await heard.wait()  # the other gateway heard of it (its autoscaler would look) ...
@@ -164,19 +147,19 @@ async def test_work_a_dispatcher_here_waits_for_does_not_wake_other_gateways(que
 
 
 async def test_loads_of_several_models_in_one_round_trip(queue: RequestQueue) -> None:
-    await queue.enqueue(MODEL, _queued("a"))
+    await queue.enqueue(MODEL, queued("a"))
     loads = await queue.loads([MODEL, "never-used"])
     assert (loads[MODEL].queued, loads["never-used"].queued, loads["never-used"].idle_for_s) == (1, 0, 0.0)
 
 
 async def test_requeue_is_the_next_attempt_unless_settled(queue: RequestQueue) -> None:
-    await queue.enqueue(MODEL, _queued("a"))
-    await queue.enqueue(MODEL, _queued("b"))
-    first = await queue.read_batch(MODEL, "c1", 8, 0.0)
+    await queue.enqueue(MODEL, queued("a"))
+    await queue.enqueue(MODEL, queued("b"))
+    first = await read_batch(queue, MODEL, "c1", 8)
     await queue.settle(MODEL, first[1], Failed(id="b", status=400, message="bad"))
     assert await queue.requeue(MODEL, first[0])
     assert not await queue.requeue(MODEL, first[1])
-    (again,) = await queue.read_batch(MODEL, "c2", 8, 0.0)
+    (again,) = await read_batch(queue, MODEL, "c2", 8)
     assert (again.queued.id, again.queued.attempt) == ("a", 2)
     assert (await queue.load(MODEL)).demand == 1
 
@@ -188,62 +171,10 @@ async def test_load_of_an_unused_model(queue: RequestQueue) -> None:
 
 async def test_requeue_twice_puts_back_once(queue: RequestQueue) -> None:
     await _enqueue(queue, "a")
-    (delivery,) = await queue.read_batch(MODEL, "c1", 8, 0.0)
+    (delivery,) = await read_batch(queue, MODEL, "c1", 8)
     assert await queue.requeue(MODEL, delivery)
     assert not await queue.requeue(MODEL, delivery)
     assert (await queue.load(MODEL)).queued == 1
-
-
-async def test_janitor_hands_back_the_work_of_a_dead_gateway(queue: RequestQueue, redis: Redis) -> None:
-    catalog = ModelCatalog([ModelSettings(name=MODEL)])
-    live = Janitor(
-        queue,
-        Heartbeats(redis),
-        catalog,
-        "live",
-        interval_s=1,
-        held=lambda _model: (),
-        is_waiting=lambda _id: True,
-        abandoned=Abandoned(),
-    )
-    await live.start()
-    for request_id, accepted_by in (("mine", "live"), ("orphan", "dead")):
-        queued = _queued(request_id).model_copy(update={"gateway": accepted_by})
-        await queue.enqueue(MODEL, queued)
-    assert len(await queue.read_batch(MODEL, "dead", 8, 0.0)) == 2  # then "dead" died: no heartbeat
-
-    await live.sweep(MODEL)
-
-    (again,) = await queue.read_batch(MODEL, "live", 8, 0.0)
-    # Back in the queue as a new attempt (its tokens start again), not counted as a failure.
-    assert (again.queued.id, again.queued.attempt, again.queued.failures) == ("mine", 2, 0)
-    assert await queue.final_reply(MODEL, "orphan") is None  # nobody waits for it: cancelled
-    assert (await queue.load(MODEL)).demand == 1
-    assert "dead" not in await queue.consumers(MODEL) or (await queue.consumers(MODEL))["dead"] == 0
-    await live.sweep(MODEL)
-    assert "dead" not in await queue.consumers(MODEL)
-    await live.stop()
-
-
-def _unreadable_payload(request_id: str, channel: str = "replies") -> str:
-    """A queued request as a gateway that did not bound schemas could write it: its tool schema nests past the
-    queue reader's limit (200 levels), though the standard library's decoder reads it."""
-    schema: dict[str, object] = {"type": "object"}
-    for _ in range(120):
-        schema = {"type": "object", "properties": {"a": schema}}
-    tools = [{"type": "function", "function": {"name": "f", "parameters": schema}}]
-    request = {"id": request_id, "messages": [{"role": "user", "content": "hi"}], "tools": tools}
-    return json.dumps({"request": request, "reply_to": channel, "accepted_at": time.time()})
-
-
-async def _add_unreadable_entries(redis: Redis, model: str) -> None:
-    """Entries with their request inline (``r``, as older gateways wrote them): one too deep to read, one not
-    JSON; one without a payload; one referring to a body whose ``q`` is not JSON (the last three name no request).
-    (``test_budget`` has a body's prompt that cannot be read.)"""
-    await redis.xadd(keys.queue(model), {"r": _unreadable_payload("deep"), "i": "deep"})
-    await redis.xadd(keys.queue(model), {"r": b"\xff not json"})
-    await redis.xadd(keys.queue(model), {"x": "no payload"})
-    await redis.xadd(keys.queue(model), {"q": b"\xff not json", "b": "gone", "p": 0})
 
 
 @pytest.mark.security
@@ -252,10 +183,10 @@ async def test_a_read_fails_an_unreadable_entry_alone(queue: RequestQueue, redis
     await router.start()
     try:
         with router.expect("deep") as inbox:
-            await queue.enqueue(MODEL, _queued("a"))
-            await _add_unreadable_entries(redis, MODEL)
-            await redis.xadd(keys.queue(MODEL), {"r": _queued("b").model_dump_json()})  # no "i": checked apart
-            read = await queue.read(MODEL, "c1", 8, 0.0)
+            await queue.enqueue(MODEL, queued("a"))
+            await add_unreadable_entries(redis, MODEL)
+            await redis.xadd(keys.queue(MODEL), {"r": queued("b").model_dump_json()})  # no "i": checked apart
+            read = await queue.read(MODEL, "c1", 8)
             assert [d.queued.id for d in read.deliveries] == ["a", "b"]
             failed = await asyncio.wait_for(inbox.get(), timeout=5)
     finally:
@@ -265,33 +196,3 @@ async def test_a_read_fails_an_unreadable_entry_alone(queue: RequestQueue, redis
     assert await redis.xlen(keys.queue(MODEL)) == 2  # the unreadable entries are acked and deleted
     load = await queue.load(MODEL)
     assert (load.queued, load.in_flight) == (0, 2)
-
-
-@pytest.mark.security
-async def test_the_janitor_fails_an_unreadable_entry_and_sweeps_on(queue: RequestQueue, redis: Redis) -> None:
-    """A dead gateway held an unreadable entry beside readable ones: those are handed back, the unreadable one
-    failed, and the models after it are swept all the same."""
-    catalog = ModelCatalog([ModelSettings(name=MODEL), ModelSettings(name="other")])
-    janitor = Janitor(
-        queue,
-        Heartbeats(redis),
-        catalog,
-        "live",
-        interval_s=1,
-        held=lambda _model: (),
-        is_waiting=lambda _id: True,
-        abandoned=Abandoned(),
-    )
-    await queue.prepare("other")
-    await queue.enqueue(MODEL, _queued("a"))  # first: the queue takes 3, and the entries below bypass it
-    await _add_unreadable_entries(redis, MODEL)
-    await queue.enqueue("other", _queued("b"))
-    for model in (MODEL, "other"):  # as the dead gateway's reads did: all of them are in flight
-        await redis.xreadgroup(keys.GROUP, "dead", {keys.queue(model): ">"})
-
-    await janitor.pass_once()
-
-    assert isinstance(await queue.final_reply(MODEL, "deep"), Failed)
-    assert [d.queued.id for d in await queue.read_batch(MODEL, "live", 8, 0.0)] == ["a"]
-    assert [d.queued.id for d in await queue.read_batch("other", "live", 8, 0.0)] == ["b"]
-    assert await redis.xlen(keys.queue(MODEL)) == 1

@@ -72,10 +72,17 @@ async def rig() -> AsyncIterator[Rig]:
     clock, metrics, replicas = Clock(), Metrics(), Replicas()
     endpoints = ReadyEndpoints(clock)
     endpoints.vouch("m", [A, B])  # both started by the backend, neither ready as far as it knows
-    cold = ColdStarts(MemoryDurations(), endpoints, metrics, clock=clock)
+    cold = ColdStarts(durations=MemoryDurations(), endpoints=endpoints, metrics=metrics, clock=clock)
     async with httpx.AsyncClient(transport=httpx.MockTransport(replicas.handle)) as client:
         checks = ReadyChecks(HttpxRuntimeClient(client), clock=clock)
-        yield Rig(endpoints, clock, metrics, cold, replicas, Announcements(endpoints, cold, metrics, checks, clock))
+        yield Rig(
+            endpoints,
+            clock,
+            metrics,
+            cold,
+            replicas,
+            Announcements(endpoints=endpoints, cold_starts=cold, metrics=metrics, checks=checks, clock=clock),
+        )
 
 
 def ready(url: str, report: wire.ReadyBody, *, models: tuple[str, ...] = ("m",), interval_s: float = 2.0) -> str:

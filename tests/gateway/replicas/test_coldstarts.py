@@ -19,7 +19,12 @@ FALLBACK = 7
 
 def cold_starts() -> tuple[ColdStarts, MemoryDurations, Clock, Metrics]:
     durations, clock, metrics = MemoryDurations(), Clock(), Metrics()
-    return ColdStarts(durations, ReadyEndpoints(), metrics, clock=clock), durations, clock, metrics
+    return (
+        ColdStarts(durations=durations, endpoints=ReadyEndpoints(), metrics=metrics, clock=clock),
+        durations,
+        clock,
+        metrics,
+    )
 
 
 async def test_retry_after_is_the_fallback_until_a_cold_start_was_measured() -> None:

@@ -1,5 +1,6 @@
 """Ready endpoints from two sources: the backend's view, and the replicas' own announcements, which count only for
-URLs the backend vouches for, lapse unless renewed, and end with a replica's stop."""
+URLs the backend vouches for, lapse unless renewed, and end with a replica's stop; and the endpoint pool that picks
+the replica for each of a dispatcher's batches."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import pytest
 
 import wire
 from gateway.replicas.endpoints import EndpointPool, ReadyEndpoints
+from tests.gateway.replicas.watched import WatchedEndpoints, looked_up
 
 pytestmark = pytest.mark.unit  # the pool's tests use an event loop, but no I/O
 
 A, B = "http://10.0.0.1:8000", "http://10.0.0.2:8000"
+MODEL, R1, R2 = "m", A, B
 REPORT = wire.ReadyBody(model="m", max_batch_size=4, context_length=128, scheduler="continuous")
 
 
@@ -107,13 +110,14 @@ async def test_a_suspended_replica_gets_no_work_until_the_ready_set_changes() ->
 
 
 async def test_a_retry_waits_for_a_replica_with_nothing_in_flight_and_has_it_alone() -> None:
-    e, _, _ = endpoints()
+    e = WatchedEndpoints()
     e.set("m", [A])
     pool = EndpointPool("m", e, budget=4)
     pool.set_continuous(A, True)
     pool.start(A, 2)
+    looked = e.next_lookup()
     alone = asyncio.create_task(pool.acquire_alone())
-    await asyncio.sleep(0)
+    await looked_up(looked)  # A has requests in flight: it waits
     assert not alone.done()
     pool.finish(A, 2)
     assert await alone == A
@@ -131,3 +135,86 @@ def test_a_listener_to_one_model_hears_only_that_model() -> None:
     unsubscribe()
     e.set("m", [B])
     assert heard == ["m"]
+
+
+# The endpoint pool of a dispatcher
+
+
+async def test_pool_waits_for_a_ready_replica() -> None:
+    endpoints = WatchedEndpoints()
+    pool = EndpointPool(MODEL, endpoints, budget=4)
+    looked = endpoints.next_lookup()
+    acquiring = asyncio.create_task(pool.acquire())
+    await looked_up(looked)  # none ready: it waits
+    endpoints.set("other-model", [R2])
+    assert not acquiring.done()
+    endpoints.set(MODEL, [R1])
+    assert await asyncio.wait_for(acquiring, 5) == (R1, 4)
+    assert pool.is_ready(R1) and not pool.is_ready(R2)
+    pool.close()
+
+
+async def test_a_static_replica_takes_one_batch_at_a_time() -> None:
+    endpoints = WatchedEndpoints()
+    endpoints.set(MODEL, [R1])
+    pool = EndpointPool(MODEL, endpoints, budget=8)
+    assert await pool.acquire() == (R1, 8)
+    pool.start(R1, 4)
+    looked = endpoints.next_lookup()
+    second = asyncio.create_task(pool.acquire())
+    await looked_up(looked)
+    assert not second.done()  # R1 is busy with a batch
+    looked = endpoints.next_lookup()
+    pool.finish(R1, 3)
+    await looked_up(looked)  # woken, it looked again
+    assert not second.done()  # ...and waits until all of it is done
+    pool.finish(R1)
+    assert await asyncio.wait_for(second, 5) == (R1, 8)
+    pool.close()
+
+
+async def test_a_continuous_replica_takes_requests_while_it_has_rows() -> None:
+    endpoints = WatchedEndpoints()
+    endpoints.set(MODEL, [R1])
+    pool = EndpointPool(MODEL, endpoints, budget=8)
+    pool.set_continuous(R1, True)
+    pool.start(R1, 6)
+    assert await pool.acquire() == (R1, 2)  # busy, with room for two more
+    pool.start(R1, 2)
+    looked = endpoints.next_lookup()
+    full = asyncio.create_task(pool.acquire())
+    await looked_up(looked)
+    assert not full.done()
+    pool.finish(R1)  # one request of the running batch finished: its row is free at once
+    assert await asyncio.wait_for(full, 5) == (R1, 1)
+    pool.close()
+
+
+async def test_pool_prefers_the_replica_with_most_room() -> None:
+    endpoints = ReadyEndpoints()
+    endpoints.set(MODEL, [R1, R2])
+    pool = EndpointPool(MODEL, endpoints, budget=8)
+    pool.set_continuous(R1, True)
+    pool.set_continuous(R2, True)
+    pool.start(R1, 5)
+    assert await pool.acquire() == (R2, 8)
+    pool.start(R2, 7)
+    assert await pool.acquire() == (R1, 3)  # 3 free beats 1
+    endpoints.set(MODEL, [R2])  # R1 went away
+    assert await pool.acquire() == (R2, 1)
+    pool.close()
+
+
+async def test_pool_never_gives_a_replica_that_left_the_ready_set() -> None:
+    endpoints = WatchedEndpoints()
+    endpoints.set(MODEL, [R1, R2])
+    pool = EndpointPool(MODEL, endpoints, budget=1)
+    pool.start(R1, 1)
+    endpoints.set(MODEL, [R1])  # R2 is no longer ready, though it has room
+    looked = endpoints.next_lookup()
+    waiting = asyncio.create_task(pool.acquire())
+    await looked_up(looked)
+    assert not waiting.done()
+    pool.finish(R1)
+    assert await asyncio.wait_for(waiting, 5) == (R1, 1)
+    pool.close()

@@ -122,15 +122,17 @@ class Setup:
         self.clock = Clock()
         self.may_scale_down = may_scale_down
         self.durations = MemoryDurations()
-        self.cold = ColdStarts(self.durations, self.endpoints, self.metrics, clock=self.clock)
+        self.cold = ColdStarts(
+            durations=self.durations, endpoints=self.endpoints, metrics=self.metrics, clock=self.clock
+        )
         self.scaler = Scaler(
-            self.catalog,
-            self.demand,
-            self.fence,
-            self.backend,
-            self.endpoints,
-            self.metrics,
-            self.cold,
+            catalog=self.catalog,
+            queue=self.demand,
+            fence=self.fence,
+            backend=self.backend,
+            endpoints=self.endpoints,
+            metrics=self.metrics,
+            cold_starts=self.cold,
             interval_s=1.0,
             may_scale_down=lambda: self.may_scale_down,
         )

@@ -43,7 +43,11 @@ class Learning:
     def __init__(self, store: MemoryGaps, cold_start_s: float | None = 20.0) -> None:
         self.store, self.clock, self.metrics = store, Clock(), Metrics()
         self.keep_alives = KeepAlives(
-            store, self.metrics, lambda _model: cold_start_s, shortest_keep_s=1.0, clock=self.clock
+            store=store,
+            metrics=self.metrics,
+            cold_start_s=lambda _model: cold_start_s,
+            shortest_keep_s=1.0,
+            clock=self.clock,
         )
 
     def look(self, after_s: float, demand: int, idle_for_s: float, settings: ModelSettings = ADAPTIVE) -> None:
@@ -121,12 +125,22 @@ class ScalerSetup:
         self.backend, self.demand, self.fence = FakeBackend(), CountingDemand(), FakeFence()
         durations = MemoryDurations()
         durations.stored["m"] = 20.0
-        self.cold = ColdStarts(durations, self.endpoints, self.metrics, clock=self.clock)
-        keep_alives = KeepAlives(store, self.metrics, self.cold.typical_s, shortest_keep_s=1.0, clock=self.clock)
+        self.cold = ColdStarts(durations=durations, endpoints=self.endpoints, metrics=self.metrics, clock=self.clock)
+        keep_alives = KeepAlives(
+            store=store, metrics=self.metrics, cold_start_s=self.cold.typical_s, shortest_keep_s=1.0, clock=self.clock
+        )
         self.scaler = Scaler(
-            ModelCatalog((ADAPTIVE,)), self.demand, self.fence, self.backend, self.endpoints, self.metrics,
-            self.cold, interval_s=1.0, may_scale_down=lambda: leader, keep_alives=keep_alives,
-        )  # fmt: skip
+            catalog=ModelCatalog((ADAPTIVE,)),
+            queue=self.demand,
+            fence=self.fence,
+            backend=self.backend,
+            endpoints=self.endpoints,
+            metrics=self.metrics,
+            cold_starts=self.cold,
+            interval_s=1.0,
+            may_scale_down=lambda: leader,
+            keep_alives=keep_alives,
+        )
         self.keep_alives = keep_alives
 
     async def tick_at(self, idle_for_s: float, demand: int = 0) -> None:
