@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from runtime.cancellation import Cancellation
 from runtime.engine.interface import BatchEvent, LoadReport, NextToken, too_long
 from runtime.engine.stepping import run_to_completion
-from runtime.output.completion import Completion, Decode, Echo
+from runtime.output.completion import Completion, Decode, EchoedPrompt
 from runtime.output.logprobs import Logprob, Vocabulary
 from wire import ErrorEvent, GenerationRequest
 
@@ -65,7 +65,7 @@ class EchoEngine:
         if request.echo:
             scores = [Logprob(None), *(Logprob(0.0) for _ in words[1:])]
             logprobs = vocabulary.entries(range(len(words)), scores) if request.params.logprobs is not None else ()
-            echo = Echo(request.prompt if request.prompt is not None else " ".join(words), logprobs)
+            echo = EchoedPrompt(request.prompt if request.prompt is not None else " ".join(words), logprobs)
         completion = Completion(request, len(words), _decoder(words), vocabulary=vocabulary, echo=echo)
         return EchoRow(completion, words)
 

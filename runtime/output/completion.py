@@ -32,7 +32,7 @@ from runtime.output.logprobs import Logprob, Vocabulary
 from runtime.output.toolcalls import ToolFormat
 from wire import ErrorEvent, FinishEvent, GenerationRequest, TokenEvent, TokenLogprob, ToolCall, Usage
 
-__all__ = ["Completion", "Decode", "Echo", "IncrementalText", "holdback_start"]
+__all__ = ["Completion", "Decode", "EchoedPrompt", "IncrementalText", "holdback_start"]
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ _REPLACEMENT = "\ufffd"
 
 
 @dataclass(frozen=True)
-class Echo:
+class EchoedPrompt:
     """What an ``echo`` request's output starts with: the prompt's text, and its tokens' entries (with
     ``logprobs``)."""
 
@@ -57,7 +57,7 @@ class Completion:
         decode: Decode,
         *,
         vocabulary: Vocabulary | None = None,
-        echo: Echo | None = None,
+        echo: EchoedPrompt | None = None,
         tools: ToolFormat | None = None,
     ) -> None:
         """``tools``: the model's tool-call format, for a request that may call tools."""

@@ -30,7 +30,7 @@ from runtime.cancellation import Cancellation
 from runtime.engine.interface import BatchEvent, LoadReport, too_long
 from runtime.engine.stepping import run_to_completion
 from runtime.errors import EngineError, EngineNotLoaded, PromptRejected
-from runtime.output.completion import Completion, Echo
+from runtime.output.completion import Completion, EchoedPrompt
 from runtime.output.logprobs import Vocabulary, token_bytes_table
 from runtime.output.toolcalls import ToolFormat, format_for_template
 from runtime.scheduling.budget import CPU_BATCH_TOKENS, cuda_batch_tokens
@@ -188,14 +188,14 @@ class TorchEngine:
         if outside := [i for i in request.params.logit_bias if i >= size]:
             raise PromptRejected(f"logit_bias names token id {outside[0]}, outside this model's vocabulary of {size}")
 
-    def _echo(self, request: GenerationRequest, prompt_ids: list[int], vocabulary: Vocabulary) -> Echo:
+    def _echo(self, request: GenerationRequest, prompt_ids: list[int], vocabulary: Vocabulary) -> EchoedPrompt:
         """The prompt as an ``echo`` request's output starts with it: its text, and (``logprobs``) its entries."""
         text = request.prompt if request.prompt is not None else self._decode(prompt_ids)
         k = request.params.logprobs
         if k is None:
-            return Echo(text)
+            return EchoedPrompt(text)
         scores = prompt_logprobs(self._model, prompt_ids, k, self._settings.prefill_chunk_tokens)
-        return Echo(text, vocabulary.entries(prompt_ids, scores))
+        return EchoedPrompt(text, vocabulary.entries(prompt_ids, scores))
 
     @property
     def _vocabulary_size(self) -> int:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from runtime.output.completion import Completion, Echo, IncrementalText, holdback_start
+from runtime.output.completion import Completion, EchoedPrompt, IncrementalText, holdback_start
 from runtime.output.logprobs import Logprob, Vocabulary
 from wire import FinishEvent, GenerationRequest, SamplingParams, TokenEvent, TokenLogprob, TopLogprob
 
@@ -242,7 +242,7 @@ def test_no_entries_unless_asked_for() -> None:
 @pytest.mark.parametrize("stream", [False, True])
 def test_echo_puts_the_prompt_and_its_entries_first(stream: bool) -> None:
     prompt_entries = CHARS.entries([ord("H"), ord("i")], [Logprob(None), Logprob(-3.0)])
-    echo = Echo("Hi", prompt_entries)
+    echo = EchoedPrompt("Hi", prompt_entries)
     completion = Completion(
         logprob_request(stream=stream, echo=True, max_tokens=3), 2, chars, vocabulary=CHARS, echo=echo
     )
