@@ -20,10 +20,12 @@ CONTAINER_TOOL ?= $(shell command -v docker || command -v podman)
 
 # Everything is installed from requirements/dev.lock (every version pinned, every file hashed), never from the
 # ranges in pyproject.toml: a release upstream cannot change what `make test` runs. `make lock` writes the locks.
-$(STAMP): requirements/dev.lock pyproject.toml
+$(STAMP): requirements/pip.lock requirements/dev.lock pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	# pip, setuptools, torch (its CPU build, found in PIP_FIND_LINKS or PIP_EXTRA_INDEX_URL) and the rest, checked
 	# against the lock's hashes; without --no-deps pip also proves the lock is complete.
+	# pip itself first, at its locked version: the venv starts with whatever pip its Python came with.
+	$(BIN)/python -m pip install -q --require-hashes --no-deps -r requirements/pip.lock
 	$(BIN)/python -m pip install -q --require-hashes -r requirements/dev.lock
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
@@ -70,6 +72,8 @@ lock: $(STAMP)
 	$(UV_COMPILE) requirements/build.in --extra runtime -c requirements/.pins -o requirements/runtime-cuda.lock
 	$(UV_COMPILE) --extra runtime --extra loadtest --extra fastload -c requirements/.pins -o requirements/gpu.lock
 	rm requirements/.pins
+	{ printf '# pip alone, as dev.lock pins it: `make install` upgrades the venv'"'"'s pip with it first. Written by make lock.\n'; \
+		awk '/^pip==/{p=1} p{print} p && !/\\$$/{exit}' requirements/dev.lock; } > requirements/pip.lock
 
 lock-upgrade:
 	$(MAKE) lock LOCK_FLAGS=--upgrade

@@ -28,9 +28,9 @@ LOCKED_EXTRAS = {
     "gpu": ("runtime", "loadtest", "fastload"),
 }
 CONSUMERS = {
-    "Makefile": "dev",
-    "docker/gateway.Dockerfile": "gateway",
-    "docker/runtime.Dockerfile": "runtime-cuda",
+    "Makefile": ("pip", "dev"),
+    "docker/gateway.Dockerfile": ("gateway",),
+    "docker/runtime.Dockerfile": ("runtime-cuda",),
 }
 #: Every file that may install Python packages. Each install there must name a lock or install the project alone.
 INSTALLERS = [
@@ -66,7 +66,7 @@ def _pip_installs(path: str) -> list[list[str]]:
 
 
 def test_every_lock_make_lock_writes_is_there() -> None:
-    assert sorted(read_locks()) == sorted(LOCKED_EXTRAS)
+    assert sorted(read_locks()) == sorted([*LOCKED_EXTRAS, "pip"])
     makefile = (REPO / "Makefile").read_text()
     for name in LOCKED_EXTRAS:
         assert f"-o requirements/{name}.lock" in makefile
@@ -84,20 +84,21 @@ def test_each_lock_pins_what_pyproject_asks_for_within_its_ranges(lock: str) -> 
         )
 
 
-@pytest.mark.parametrize("lock", sorted(LOCKED_EXTRAS))
+@pytest.mark.parametrize("lock", sorted([*LOCKED_EXTRAS, "pip"]))
 def test_every_pin_is_exact_and_hashed(lock: str) -> None:
     pins = read_pins(REQUIREMENTS / f"{lock}.lock")
     assert pins
     for name, pin in pins.items():
         assert pin.hashes, f"{name} has no hash in requirements/{lock}.lock"
     text = (REQUIREMENTS / f"{lock}.lock").read_text()
-    assert "make lock" in text.splitlines()[1]  # says how it was made
+    assert "make lock" in " ".join(text.splitlines()[:2])  # says how it was made
     assert not re.search(r"^-(e|-editable|-index-url|-extra-index-url|-find-links)", text, re.MULTILINE)
 
 
 def test_the_locks_agree_on_every_version_but_the_build_of_torch() -> None:
     locks = read_locks()
     dev = locks["dev"]
+    assert locks["pip"] == {"pip": dev["pip"]}  # pip alone, installed first
     assert Version(dev["torch"]).local == "cpu"  # tests and CI run the CPU build
     for name, pins in locks.items():
         for package, version in pins.items():
@@ -117,10 +118,10 @@ def test_every_install_is_from_a_lock_or_of_the_project_alone(path: str) -> None
             assert args[-1] == "." and all(arg.startswith("-") for arg in args[:-1]), (path, args)
 
 
-@pytest.mark.parametrize(("path", "lock"), sorted(CONSUMERS.items()))
-def test_the_makefile_and_each_image_install_their_lock(path: str, lock: str) -> None:
-    locks = [args[args.index("-r") + 1] for args in _pip_installs(path) if "--require-hashes" in args]
-    assert locks == [f"requirements/{lock}.lock"]
+@pytest.mark.parametrize(("path", "locks"), sorted(CONSUMERS.items()))
+def test_the_makefile_and_each_image_install_their_lock(path: str, locks: tuple[str, ...]) -> None:
+    installed = [args[args.index("-r") + 1] for args in _pip_installs(path) if "--require-hashes" in args]
+    assert installed == [f"requirements/{lock}.lock" for lock in locks]
 
 
 def test_ci_runs_make_test_and_caches_by_the_lock() -> None:
