@@ -106,8 +106,9 @@ def replies(gateway_id: str) -> str:
     return f"{PREFIX}:replies:{gateway_id}"
 
 
-#: Pub/sub channel on which new work is announced (``<gateway id>\n<model>``, see ``gateway.queue.signals``), so that
-#: dispatchers wait for work without holding a Redis connection each.
+#: Pub/sub channel on which new work is announced (``<gateway id>\n<taken>\n<model>``, ``taken`` 0 or 1: written by
+#: ``gateway.queue.signals.message``, which says what each part means), so that dispatchers wait for work without
+#: holding a Redis connection each.
 WORK = f"{PREFIX}:work"
 
 

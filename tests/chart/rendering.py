@@ -48,8 +48,8 @@ def load_values(path: Path) -> dict[str, Any]:
     return loaded
 
 
-def render(chart: helm_python.Chart, values: Mapping[str, Any] | None = None) -> Rendered:
-    manifests = chart.render(dict(values or {}), name=RELEASE, namespace=NAMESPACE, is_install=True)
+def render(chart: helm_python.Chart, values: Mapping[str, Any] | None = None, *, release: str = RELEASE) -> Rendered:
+    manifests = chart.render(dict(values or {}), name=release, namespace=NAMESPACE, is_install=True)
     objects: list[Manifest] = []
     for path, text in manifests.items():
         if path.endswith("NOTES.txt"):

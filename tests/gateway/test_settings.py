@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
 from starlette.applications import Starlette
 
 from gateway.api.serving import quiet_request_logs, uvicorn_config
+from gateway.backends.kubernetes.claims import KNOWN_KEYS
 from gateway.backends.local.config import LocalConfig, LocalModel, dump_local_config, load_local_config
 from gateway.errors import ConfigError
 from gateway.settings import (
@@ -161,6 +163,21 @@ def test_every_setting_is_documented() -> None:
     names = [*keys_of(ServerSettings), *keys_of(QueueSettings), *keys_of(LocalSettings), *keys_of(KubernetesSettings)]
     names += [*ModelSettings.keys(), "KALTSTART_BACKEND"]
     assert [name for name in names if f"`{name}`" not in text] == []
+
+
+def test_the_documented_annotations_are_the_ones_the_parser_accepts() -> None:
+    repo = Path(__file__).parents[2]
+    kubernetes_md = (repo / "docs" / "kubernetes.md").read_text()
+    example = kubernetes_md.split("## Annotating a Deployment", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    assert set(re.findall(r"^\s+kaltstart\.dev/([a-z-]+):", example, re.MULTILINE)) == KNOWN_KEYS
+    docs = [repo / "README.md", repo / "charts" / "kaltstart" / "README.md", *sorted((repo / "docs").rglob("*.md"))]
+    named = {key for path in docs for key in re.findall(r"kaltstart\.dev/([a-z][a-z-]*[a-z])", path.read_text())}
+    # ``max-replica`` is the docs' example of a typo the parser refuses.
+    assert named - KNOWN_KEYS == {"max-replica"}
+    settings = ModelSettings.keys()
+    for guide in (repo / "docs" / "helm.md", repo / "charts" / "kaltstart" / "README.md"):
+        text = guide.read_text()
+        assert [key for key in settings if f"kaltstart.dev/{key}" not in text] == [], guide.name
 
 
 def test_request_logs_are_off_unless_asked_for() -> None:

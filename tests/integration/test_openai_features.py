@@ -150,6 +150,10 @@ async def test_too_many_choices_are_refused_by_name(sdk: openai.AsyncOpenAI) -> 
     with pytest.raises(openai.BadRequestError) as info:
         await sdk.chat.completions.create(model="tiny", messages=HELLO, n=17, max_tokens=2)
     assert info.value.param == "n" and "at most 16" in info.value.message
+    # Several prompts: they push the count over, so they are named (docs/openai-api.md, `n`).
+    with pytest.raises(openai.BadRequestError) as info:
+        await sdk.completions.create(model="tiny", prompt=["a"] * 9, n=2, max_tokens=2)
+    assert info.value.param == "prompt" and "18 choices" in info.value.message
 
 
 async def test_an_image_part_is_refused_with_its_param(sdk: openai.AsyncOpenAI) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +65,12 @@ def test_notify_all_wakes_every_model_and_tells_listeners_so() -> None:
     events = [signals.event("a"), signals.event("b")]
     signals.notify_all()
     assert all(e.is_set() for e in events) and heard == [""]
+
+
+def test_the_documented_message_format_is_the_one_sent() -> None:
+    documented = r"<gateway id>\n<taken>\n<model>"
+    assert message("<gateway id>", "<model>", taken=True) == documented.replace(r"\n", "\n").replace("<taken>", "1")
+    repo = Path(__file__).resolve().parents[3]
+    for path in ("gateway/store/keys.py", "docs/architecture.md"):
+        assert documented in (repo / path).read_text(), f"{path} gives another format of keys.WORK's messages"
+    assert documented.replace("\\", "\\\\") in (repo / "gateway/queue/signals.py").read_text()
