@@ -1,6 +1,8 @@
 """The command line: one sub-command per module, each with ``add_arguments(parser)`` and ``async run(args)``.
 
 Ctrl-C and SIGTERM cancel the running command; its context managers then stop every child process it started.
+A command that succeeds and wrote ``OUT/summary.json`` gets ``provenance`` added to that file (``loadtest.provenance``:
+commit, date, machine, load average before and after, its arguments); the JSON line it printed is left as it was.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
+from loadtest import provenance
 from loadtest.children import StartError
 
 __all__ = ["main", "parser"]
@@ -25,6 +28,7 @@ class _Command(Protocol):
 
 def _commands() -> dict[str, tuple[str, _Command]]:
     from loadtest import (
+        archive,
         batching,
         coldstart,
         continuous,
@@ -49,6 +53,7 @@ def _commands() -> dict[str, tuple[str, _Command]]:
         "bench library": ("in process: our static and continuous schedulers against transformers' manager", library),
         "bench structured": ("one runtime, batches of 16 with and without a JSON Schema on every row", structured),
         "bench scale": ("one gateway serving 10 to 1,000 models (Kubernetes backend, API double): idle cost", scale),
+        "report": ("the README's 'Measure it' table from archived summaries (loadtest/results/)", archive),
         "gpu": ("bench batching, continuous and coldstart with a ~1B random Llama on CUDA", gpu),
     }
 
@@ -92,13 +97,18 @@ async def _interruptible(work: Coroutine[Any, Any, int]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(words)
     run: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = args.run
+    start = provenance.begin(args, words)
     try:
-        return asyncio.run(_interruptible(run(args)))
+        returncode = asyncio.run(_interruptible(run(args)))
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("loadtest: interrupted; child processes stopped", file=sys.stderr)
         return 130
     except StartError as exc:
         print(f"loadtest: {exc}", file=sys.stderr)
         return 1
+    if returncode == 0:
+        provenance.stamp(getattr(args, "out", None), start)
+    return returncode

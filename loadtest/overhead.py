@@ -10,6 +10,10 @@ the last one is answered):
 
 The two sides alternate in rounds (and which goes first alternates too), so a noisy machine hurts both alike.
 ``added_*`` is gateway minus direct; ``rps_ratio`` is gateway requests/s over direct requests/s.
+``gateway_cpu_ms_per_request`` is the gateway process's own CPU time (``/proc/PID/stat`` utime + stime, all its
+threads) over the measured gateway rounds, divided by the requests answered in them: it includes the gateway's
+background loops during those rounds, and excludes the runtime replica, the Valkey server and the load generator
+(other processes).
 """
 
 from __future__ import annotations
@@ -26,8 +30,17 @@ from typing import Any
 import aiohttp
 
 from gateway.replicas.client import runtime_headers
-from loadtest.children import LogFile, StartError, local_model, running_gateway, scratch_dir, write_config
+from loadtest.children import (
+    GatewayProcess,
+    LogFile,
+    StartError,
+    local_model,
+    running_gateway,
+    scratch_dir,
+    write_config,
+)
 from loadtest.client import post, prompt_of
+from loadtest.cluster import process_sample
 from loadtest.logs import REPLICA_READY
 from loadtest.progress import Progress
 from loadtest.report import Table, finish, write_csv
@@ -59,6 +72,10 @@ class Side:
     seconds: float = 0.0
     errors: int = 0
     per_round: list[float] = field(default_factory=list)
+    #: The process whose CPU time is counted while this side runs (the gateway's), if any.
+    pid: int | None = None
+    #: That process's CPU seconds over the measured rounds.
+    cpu_s: float = 0.0
 
     @property
     def rps(self) -> float | None:
@@ -84,6 +101,7 @@ async def _closed_loop(
             if progress is not None:
                 progress.advance()
 
+    cpu_before = _cpu_s(side.pid)
     started = time.perf_counter()
     async with asyncio.TaskGroup() as group:
         for _ in range(options.concurrency):
@@ -93,23 +111,28 @@ async def _closed_loop(
         side.latencies += latencies
         side.seconds += elapsed
         side.per_round.append(len(latencies) / elapsed)
+        side.cpu_s += _cpu_s(side.pid) - cpu_before
 
 
-def _sides(gateway_url: str, runtime_url: str, options: OverheadOptions, token: str) -> list[Side]:
+def _cpu_s(pid: int | None) -> float:
+    return process_sample(pid).cpu_s if pid is not None else 0.0
+
+
+def _sides(gateway: GatewayProcess, runtime_url: str, options: OverheadOptions) -> list[Side]:
     prompt = prompt_of(options.max_tokens)
     params = {"max_tokens": options.max_tokens, "temperature": 0}
     direct = {"model": _MODEL, "requests": [{"id": "r", "prompt": prompt, "params": params}]}
     via = {"model": _MODEL, "prompt": prompt} | params
     return [
-        Side("direct", runtime_url + "/v1/batch", json.dumps(direct).encode(), runtime_headers(token)),
-        Side("gateway", gateway_url + "/v1/completions", json.dumps(via).encode()),
+        Side("direct", runtime_url + "/v1/batch", json.dumps(direct).encode(), runtime_headers(gateway.runtime_token)),
+        Side("gateway", gateway.url + "/v1/completions", json.dumps(via).encode(), pid=gateway.child.process.pid),
     ]
 
 
 async def measure(
-    session: aiohttp.ClientSession, gateway_url: str, runtime_url: str, options: OverheadOptions, token: str
+    session: aiohttp.ClientSession, gateway: GatewayProcess, runtime_url: str, options: OverheadOptions
 ) -> list[Side]:
-    sides = _sides(gateway_url, runtime_url, options, token)
+    sides = _sides(gateway, runtime_url, options)
     for side in sides:
         await _closed_loop(session, side, max(50, 4 * options.concurrency), options, None)
         side.errors = 0
@@ -148,13 +171,14 @@ def summarise(sides: Sequence[Side], options: OverheadOptions) -> dict[str, Any]
         "requests_per_side": options.requests * options.rounds,
         "rounds": options.rounds,
         "errors": direct.errors + gateway.errors,
+        "gateway_cpu_ms_per_request": ms(gateway.cpu_s / len(gateway.latencies)) if gateway.latencies else None,
     }
 
 
 def table(sides: Sequence[Side], summary: dict[str, Any]) -> Table:
     result = Table(
         f"overhead: echo runtime, concurrency {summary['concurrency']}, {summary['requests_per_side']} requests "
-        f"per side in {summary['rounds']} alternating rounds",
+        f"per side in {summary['rounds']} alternating rounds; gateway CPU {_per_request(summary)} ms per request",
         ["side", "p50 ms", "p90 ms", "p99 ms", "req/s", "req/s by round", "errors"],
     )
     for side in sides:
@@ -164,6 +188,11 @@ def table(sides: Sequence[Side], summary: dict[str, Any]) -> Table:
                    rounds, side.errors)  # fmt: skip
     result.add("added", summary["added_p50_ms"], None, summary["added_p99_ms"], None, None, None)
     return result
+
+
+def _per_request(summary: dict[str, Any]) -> str:
+    cpu_ms = summary["gateway_cpu_ms_per_request"]
+    return "-" if cpu_ms is None else f"{cpu_ms:.2f}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -196,7 +225,7 @@ async def run(args: argparse.Namespace) -> int:
             running_gateway(config, work / "gateway.log", redis_url=args.redis_url) as gateway,
         ):
             runtime_url = await warm_replica(session, gateway.url, gateway.log, options.timeout_s)
-            sides = await measure(session, gateway.url, runtime_url, options, gateway.runtime_token)
+            sides = await measure(session, gateway, runtime_url, options)
     summary = summarise(sides, options)
     if args.out is not None:
         from loadtest.plots import plot_overhead

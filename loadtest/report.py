@@ -1,6 +1,7 @@
 """How every command reports: human-readable tables on stdout, then exactly one JSON object as the LAST line.
 
-With ``--out DIR`` the same JSON goes to ``DIR/summary.json`` next to the command's CSVs and PNG plots. Progress
+With ``--out DIR`` the same JSON goes to ``DIR/summary.json`` next to the command's CSVs and PNG plots (and
+``loadtest.cli`` then adds ``provenance`` to that file, ``loadtest.provenance``). Progress
 bars and child-process chatter go to stderr or to log files, never to stdout, so ``tail -n 1`` always yields the
 JSON.
 """

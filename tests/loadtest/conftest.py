@@ -1,4 +1,5 @@
-"""Helpers for the load tests' tests: run ``python -m loadtest`` as a real process and read its last JSON line;
+"""Helpers for the load tests' tests: run ``python -m loadtest`` as a real process and read its last JSON line (and
+its ``summary.json``);
 serve a throwaway ASGI app on a real socket; build a tiny random Llama once per session."""
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ class CliRun:
     def check(self) -> CliRun:
         assert self.returncode == 0, f"exit {self.returncode}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr[-3000:]}"
         return self
+
+
+def saved_summary(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``out/summary.json`` as (the summary the command printed, the provenance the CLI added to the file)."""
+    saved: dict[str, Any] = json.loads((out / "summary.json").read_text())
+    provenance: dict[str, Any] = saved.pop("provenance")
+    return saved, provenance
 
 
 async def start_loadtest(*args: str | Path) -> asyncio.subprocess.Process:

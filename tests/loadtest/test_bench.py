@@ -4,14 +4,13 @@ fast anything is, is not tested: only that it is measured and reported."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from loadtest.continuous import SCHEDULERS
-from tests.loadtest.conftest import loadtest
+from tests.loadtest.conftest import loadtest, saved_summary
 
 pytestmark = pytest.mark.integration
 
@@ -29,8 +28,18 @@ async def test_overhead(tmp_path: Path) -> None:
     assert summary["added_p50_ms"] == pytest.approx(summary["gateway_p50_ms"] - summary["direct_p50_ms"], abs=0.01)
     assert summary["errors"] == 0
     assert summary["requests_per_side"] == 80
-    assert "direct" in run.stdout and "gateway" in run.stdout
+    # The gateway process's own CPU time over its 80 measured requests: ticks of 10 ms, so never 0 for 80 requests.
+    assert summary["gateway_cpu_ms_per_request"] > 0
+    assert "direct" in run.stdout and "gateway" in run.stdout and "ms per request" in run.stdout
     assert (out / "overhead.png").stat().st_size > 0
+    # The file holds the printed summary, unchanged, and where, when and how it was measured.
+    saved, provenance = saved_summary(out)
+    assert saved == summary
+    assert provenance["bench"] == "overhead" and provenance["arguments"]["concurrency"] == 4
+    assert provenance["argv"][:2] == ["bench", "overhead"] and len(provenance["commit"]) == 40
+    assert isinstance(provenance["dirty"], bool) and provenance["date"].endswith("+00:00")
+    machine = provenance["machine"]
+    assert machine["cores"] >= 1 and len(machine["load_before"]) == len(machine["load_after"]) == 3
     assert len((out / "samples.csv").read_text().splitlines()) == 1 + 2 * 80
 
 
@@ -109,7 +118,7 @@ async def test_coldstart(tiny_llama: Path, tmp_path: Path) -> None:
     assert "claimed standby runtime" in (out / "coldstart-standby1.log").read_text()
     assert both["ttft_ratio"] == pytest.approx(standby["ttft_s"] / summary["ttft_s"], rel=1e-3)
     assert "standby runtime: off vs on" in run.stdout
-    assert json.loads((out / "summary.json").read_text()) == both
+    assert saved_summary(out)[0] == both
     assert (out / "coldstart.png").stat().st_size > 0
 
 
@@ -158,7 +167,7 @@ async def test_continuous_echo(tmp_path: Path) -> None:
     for line in ("continuous/static", "short behind long", "TTFT p99 continuous <= 1/5 of static"):
         assert line in run.stdout
     assert ("PASS" in run.stdout) or ("MISS" in run.stdout)
-    assert json.loads((out / "summary.json").read_text()) == summary
+    assert saved_summary(out)[0] == summary
     assert (out / "continuous.png").stat().st_size > 0
     requests = sum(row["requests"] for row in summary["rates"])
     assert len((out / "requests.csv").read_text().splitlines()) == 1 + 2 * requests
@@ -186,7 +195,7 @@ async def test_library_without_the_library(tiny_llama: Path, tmp_path: Path) -> 
     # Greedy, no end-of-sequence stop: both schedulers write the same text for every request.
     assert (row["static_equal_continuous"], row["completion_tokens"]) == (64, 64 * 32)
     assert row["tokens_per_s_library"] is None
-    assert json.loads((out / "summary.json").read_text()) == summary
+    assert saved_summary(out)[0] == summary
 
 
 async def test_gpu_refuses_without_cuda() -> None:
