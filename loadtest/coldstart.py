@@ -16,15 +16,22 @@ the client's send (all clocks are this machine's wall clock):
 6. first token: -> the first streamed token reaches the client.
 
 Next to the weight load's bytes/s, the raw read speed of the same files is measured after each cold start, once the
-replica is gone (page cache evicted first likewise; the median is reported); ``load_efficiency`` is their ratio.
+replica is gone (page cache evicted first likewise), on one thread and on as many threads as the runtime's weight
+reader uses (``--weight-read-threads``, passed to the replicas); ``load_efficiency`` is the load against the
+one-thread read, ``load_efficiency_n`` against the N-thread one. Whether the eviction worked is checked with
+``mincore`` before each load and each raw read (``resident_bytes_before_load``).
 ``--model-size`` cold-starts a random Llama big enough (0.55 GB for ``140m``) that the load measures bandwidth, not
-fixed cost. Between repeats the gateway scales the model back to zero (idle timeout 1 s).
+fixed cost. Between repeats the gateway scales the model back to zero (idle timeout 1 s). With ``--standby both``
+two gateways run side by side, one without and one with a standby runtime, and their cold starts alternate (with,
+without, with, without, ...), each started only once both gateways are at rest. The report shows each run's phases
+(they add up to its TTFT) and the median run's timeline (``loadtest.coldstart_report``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import re
 import sys
@@ -39,17 +46,32 @@ import aiohttp
 from loadtest import logs, prometheus
 from loadtest.children import GatewayProcess, StartError, local_model, running_gateway, scratch_dir, write_config
 from loadtest.client import prompt_of, stream_completion
+from loadtest.coldstart_report import median_run_phases, standby_table, summarise, tables
 from loadtest.models import SIZES, build_in_child, demo_model
-from loadtest.pagecache import evict, raw_read
+from loadtest.pagecache import evict, raw_read, resident_bytes
 from loadtest.progress import Progress
+from loadtest.readers import DEFAULT_THREADS
 from loadtest.report import Table, finish
 from loadtest.results import Phase
 from loadtest.stats import ratio
 
-__all__ = ["ColdStart", "ColdStartOptions", "add_arguments", "bench", "median_phases", "run"]
+__all__ = [
+    "ColdStart",
+    "ColdStartOptions",
+    "add_arguments",
+    "bench",
+    "bench_sides",
+    "median_run_phases",
+    "run",
+    "standby_startups",
+]
 
 _MODEL = "coldstart"
 _ENGINE_READY = r"engine ready in ([\d.]+) s: cache ([\d.]+) s, imports ([\d.]+) s, load ([\d.]+) s, warmup ([\d.]+) s"
+#: The gateway's line when it starts a standby runtime; group 1 is the standby's name.
+_STANDBY_STARTING = re.compile(r"^starting standby (\S+):")
+#: The main phases, each ending at one mark of ``ColdStart.marks`` (in this order).
+PHASES = ("trigger", "spawn", "process start", "engine start", "ready to dispatch", "first token")
 
 
 @dataclass(frozen=True)
@@ -62,6 +84,8 @@ class ColdStartOptions:
     timeout_s: float = 900.0
     #: Standby runtimes the local backend keeps (0: every cold start starts a process).
     standby: int = 0
+    #: The replicas' ``--weight-read-threads``, and the threads of the N-thread raw read it is compared with.
+    read_threads: int = DEFAULT_THREADS
 
 
 @dataclass
@@ -80,26 +104,46 @@ class ColdStart:
     dispatch: float | None = None
     engine: dict[str, float] = field(default_factory=dict)
     cache_hit: bool | None = None
+    #: Its place in the whole sequence of cold starts (both gateways', when they alternate), from 0.
+    order: int = 0
+    #: Bytes of the weight files in the page cache just before the request was sent (``mincore``).
+    resident_before_load: int | None = None
+    #: The same, before the raw reads after this cold start (the larger of the two reads' figures).
+    resident_before_raw_read: int | None = None
+    #: Seconds of the raw reads after this cold start: one thread, and ``read_threads`` threads.
+    raw_1_s: float | None = None
+    raw_n_s: float | None = None
+    #: When the gateway started the standby that replaces the one this cold start claimed.
+    replacement_started: float | None = None
 
     @property
     def first_token(self) -> float | None:
         return None if self.ttft_s is None else self.sent + self.ttft_s
 
+    def marks(self) -> list[float | None]:
+        """Where each of ``PHASES`` ends."""
+        return [self.scale, self.spawn, self.process, self.ready, self.dispatch, self.first_token]
+
+    def phase_seconds(self) -> dict[str, float | None]:
+        """Each main phase's seconds, from the previous mark found to its own: a phase whose mark is missing is
+        None and its time goes to the next phase found, so the phases found add up to the TTFT exactly."""
+        seconds: dict[str, float | None] = {}
+        at = self.sent
+        for name, mark in zip(PHASES, self.marks(), strict=True):
+            seconds[name] = None if mark is None else mark - at
+            at = at if mark is None else mark
+        return seconds
+
     def phases(self) -> list[Phase]:
-        chain = [
-            ("trigger", self.sent, self.scale),
-            ("spawn", self.scale, self.spawn),
-            ("process start", self.spawn, self.process),
-            ("engine start", self.process, self.ready),
-            ("ready to dispatch", self.ready, self.dispatch),
-            ("first token", self.dispatch, self.first_token),
-        ]
-        found = []
-        for name, start, end in chain:
-            if start is not None and end is not None:
-                found.append(Phase(name, start - self.sent, end - start))
+        """The main phases found, back to back from the send, the engine's own parts after the engine start."""
+        found, at = [], 0.0
+        for name, took in self.phase_seconds().items():
+            if took is None:
+                continue
+            found.append(Phase(name, at, took))
             if name == "engine start" and self.ready is not None and self.engine:
                 found.extend(self._engine_parts(self.ready))
+            at += took
         return found
 
     def _engine_parts(self, ready: float) -> list[Phase]:
@@ -112,14 +156,26 @@ class ColdStart:
             at += self.engine[name]
         return found
 
+    @property
+    def replacement_started_s(self) -> float | None:
+        """Seconds after the send that the replacement standby was started."""
+        return None if self.replacement_started is None else self.replacement_started - self.sent
 
-def _between(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else b - a
+    @property
+    def replacement_overlap_s(self) -> float | None:
+        """Seconds the replacement standby was starting before the first token reached the client (0: after)."""
+        if self.replacement_started is None or self.first_token is None:
+            return None
+        return max(0.0, self.first_token - self.replacement_started)
 
 
 def read_timeline(cold: ColdStart, log_text: str) -> None:
-    """Fill in ``cold`` from the gateway log written during it (runtime lines are relayed there)."""
-    lines = list(logs.parse(log_text))
+    """Fill in ``cold`` from the gateway log written during it (runtime lines are relayed there). A standby started
+    meanwhile (the replacement for a claimed one) logs the same uvicorn lines under its own name: its lines do not
+    count."""
+    parsed = list(logs.parse(log_text))
+    started = {m.group(1) for line in parsed if line.replica is None and (m := _STANDBY_STARTING.match(line.message))}
+    lines = [line for line in parsed if line.replica not in started]
 
     def at(pattern: str, runtime: bool) -> float | None:
         found = logs.find(lines, pattern, runtime)
@@ -130,10 +186,24 @@ def read_timeline(cold: ColdStart, log_text: str) -> None:
     cold.process = at(r"Started server process", runtime=True)
     cold.ready = at(r"^ready: serving", runtime=True)
     cold.gateway_ready = at(r"is ready at http", runtime=False)
+    cold.replacement_started = at(_STANDBY_STARTING.pattern, runtime=False)
     cold.cache_hit = logs.find(lines, r"weight cache hit", runtime=True) is not None
     if found := logs.find(lines, _ENGINE_READY, runtime=True):
         total, cache, imports, load, warmup = (float(g) for g in found[1].groups())
         cold.engine = {"total": total, "cache": cache, "imports": imports, "load": load, "warmup": warmup}
+
+
+def standby_startups(log_text: str) -> list[float]:
+    """Seconds from the gateway starting each standby runtime to its ``standby: engine imported`` line: the
+    standby's own start-up (process, interpreter, imports), for every standby that got that far."""
+    started: dict[str, float] = {}
+    took = []
+    for line in logs.parse(log_text):
+        if line.replica is None and (match := _STANDBY_STARTING.match(line.message)):
+            started[match.group(1)] = line.at
+        elif line.replica in started and line.message.startswith("standby: engine imported"):
+            took.append(line.at - started.pop(line.replica))
+    return took
 
 
 async def _scrape(session: aiohttp.ClientSession, url: str) -> prometheus.Scrape:
@@ -176,115 +246,31 @@ async def _scaled_to_zero(
     raise StartError(f"the model was not scaled back to zero within {timeout_s:.0f} s:\n{gateway.log.tail()}")
 
 
+async def _at_rest(session: aiohttp.ClientSession, gateways: dict[int, GatewayProcess]) -> None:
+    """Every gateway scaled to zero with its standbys imported: nothing of one run competes with the next."""
+    for standby, gateway in gateways.items():
+        await _scaled_to_zero(session, gateway, timeout_s=120, standby=standby)
+
+
 async def _one(
     session: aiohttp.ClientSession, gateway: GatewayProcess, weights: Sequence[Path], options: ColdStartOptions
-) -> ColdStart:
-    await _scaled_to_zero(session, gateway, timeout_s=120, standby=options.standby)
+) -> tuple[ColdStart, int]:
+    """One cold start, and the gateway log's size when it began (its timeline is read once the gateway is at rest
+    again, when the replacement standby's start is logged too)."""
     if options.evict_page_cache:
         evict(weights)
     offset = gateway.log.size()
     waited_before = await _queue_wait_sum(session, gateway.url)
+    resident = resident_bytes(weights)
     body = {"model": _MODEL, "prompt": prompt_of(8), "max_tokens": options.max_tokens, "temperature": 0, "stream": True}
     sent = time.time()
     outcome = await stream_completion(session, gateway.url + "/v1/completions", body, options.timeout_s)
     cold = ColdStart(sent=sent, done=sent + outcome.latency_s, ok=outcome.ok, ttft_s=outcome.ttft_s)
+    cold.resident_before_load = resident
     if outcome.ok:
         cold.dispatch = sent + (await _queue_wait_sum(session, gateway.url)) - waited_before
         await gateway.log.wait_for(logs.REPLICA_READY, offset, timeout_s=10)
-    read_timeline(cold, gateway.log.text(offset))
-    return cold
-
-
-def _median(values: Sequence[float | None]) -> float | None:
-    known = sorted(v for v in values if v is not None)
-    if not known:
-        return None
-    middle = len(known) // 2
-    return known[middle] if len(known) % 2 else (known[middle - 1] + known[middle]) / 2
-
-
-def summarise(
-    runs: Sequence[ColdStart], load_bytes: int, raw: tuple[int, float], options: ColdStartOptions
-) -> dict[str, Any]:
-    def med(values: Sequence[float | None], scale: float = 1.0) -> float | None:
-        found = _median(values)
-        return None if found is None else found * scale
-
-    load_s = med([r.engine.get("load") for r in runs])
-    load_gbps = load_bytes / load_s / 1e9 if load_s else None
-    raw_bytes, raw_s = raw
-    raw_gbps = raw_bytes / raw_s / 1e9 if raw_s > 0 else None
-    return {
-        "trigger_ms": med([_between(r.sent, r.scale) for r in runs], 1000),
-        "spawn_ms": med([_between(r.scale, r.spawn) for r in runs], 1000),
-        "process_start_ms": med([_between(r.spawn, r.process) for r in runs], 1000),
-        "cache_s": med([r.engine.get("cache") for r in runs]),
-        "imports_s": med([r.engine.get("imports") for r in runs]),
-        "load_s": load_s,
-        "load_bytes": load_bytes,
-        "load_gbps": load_gbps,
-        "raw_read_gbps": raw_gbps,
-        "load_efficiency": ratio(load_gbps, raw_gbps),
-        "warmup_s": med([r.engine.get("warmup") for r in runs]),
-        "engine_start_s": med([_between(r.process, r.ready) for r in runs]),
-        "ready_to_dispatch_ms": med([_between(r.ready, r.dispatch) for r in runs], 1000),
-        "probe_lag_ms": med([_between(r.ready, r.gateway_ready) for r in runs], 1000),
-        "first_token_ms": med([_between(r.dispatch, r.first_token) for r in runs], 1000),
-        "ttft_s": med([r.ttft_s for r in runs]),
-        "total_s": med([r.done - r.sent if r.ok else None for r in runs]),
-        "cold_starts": len(runs),
-        "errors": sum(not r.ok for r in runs),
-        "cache_hits": sum(bool(r.cache_hit) for r in runs),
-        "page_cache_evicted": options.evict_page_cache,
-        "device": options.device,
-        "standby": options.standby,
-    }
-
-
-def tables(runs: Sequence[ColdStart], summary: dict[str, Any]) -> list[Table]:
-    timeline = Table(
-        f"cold start from zero replicas (median of {len(runs)})" if len(runs) > 1 else "cold start from zero replicas",
-        ["phase", "starts at s", "takes s", "share of TTFT"],
-    )
-    phases = median_phases(runs)
-    ttft = summary["ttft_s"]
-    for phase in phases:
-        share = f"{phase.seconds / ttft:.0%}" if ttft and phase.main else ""
-        timeline.add(phase.name, phase.start_s, phase.seconds, share)
-    timeline.add("time to first token", None, ttft, "100%" if ttft else "")
-    timeline.add("total (last byte)", None, summary["total_s"], "")
-    weights = Table("weight load", ["figure", "value"])
-    weights.add("bytes", f"{summary['load_bytes']:,}")
-    weights.add("load (runtime) GB/s", summary["load_gbps"])
-    weights.add("raw read, same files, GB/s", summary["raw_read_gbps"])
-    weights.add("load efficiency", summary["load_efficiency"])
-    weights.add("page cache evicted", summary["page_cache_evicted"])
-    return [timeline, weights]
-
-
-def median_phases(runs: Sequence[ColdStart]) -> list[Phase]:
-    """Each phase's median duration, laid out back to back again: main phases one after the other, the engine's
-    parts ending where the engine start ends (as in one run)."""
-    by_name: dict[str, list[float]] = {}
-    main: dict[str, bool] = {}
-    for run in runs:
-        for phase in run.phases():
-            by_name.setdefault(phase.name, []).append(phase.seconds)
-            main[phase.name] = phase.main
-    seconds = {name: _median(values) or 0.0 for name, values in by_name.items()}
-    parts = [name for name in seconds if not main[name]]
-    result, at = [], 0.0
-    for name, took in seconds.items():  # timeline order: dicts keep the order in which names were first seen
-        if not main[name]:
-            continue
-        result.append(Phase(name, at, took))
-        if name == "engine start":
-            part_at = at + took - sum(seconds[p] for p in parts)
-            for part in parts:
-                result.append(Phase(part, part_at, seconds[part], main=False))
-                part_at += seconds[part]
-        at += took
-    return result
+    return cold, offset
 
 
 @dataclass(frozen=True)
@@ -293,6 +279,10 @@ class _Prepared:
     #: The cached copy's files: what a cold start reads.
     weights: list[Path]
     load_bytes: int
+
+    @property
+    def safetensors(self) -> list[Path]:
+        return [p for p in self.weights if p.suffix == ".safetensors"]
 
 
 def _prepare(model: Path, work: Path, options: ColdStartOptions) -> _Prepared:
@@ -308,6 +298,7 @@ def _prepare(model: Path, work: Path, options: ColdStartOptions) -> _Prepared:
         source=source,
         device=options.device,
         dtype=options.dtype,
+        args=("--weight-read-threads", str(options.read_threads)),
         idle_timeout="1s",
         cold_start_timeout=f"{options.timeout_s:g}s",
         min_replicas=0,
@@ -318,31 +309,73 @@ def _prepare(model: Path, work: Path, options: ColdStartOptions) -> _Prepared:
     return _Prepared(config, weights, sum(p.stat().st_size for p in weights if p.suffix == ".safetensors"))
 
 
-async def bench(model: Path, work: Path, options: ColdStartOptions) -> tuple[list[ColdStart], dict[str, Any]]:
-    prepared = _prepare(model, work, options)
-    weights, config = prepared.weights, prepared.config
-    safetensors = [p for p in weights if p.suffix == ".safetensors"]
-    runs, raw_s = [], []
-    async with (
-        aiohttp.ClientSession() as session,
-        running_gateway(config, config.with_suffix(".log"), scale_interval_s=0.2) as gateway,
-    ):
-        with Progress("cold starts", total=options.repeat) as progress:
-            for _ in range(options.repeat):
-                runs.append(await _one(session, gateway, weights, options))
-                await _scaled_to_zero(session, gateway, 120, options.standby)  # the replica gone, as for the next load
-                raw_s.append(_raw_read(safetensors, options))
+Side = tuple[list[ColdStart], dict[str, Any]]
+
+
+async def bench(model: Path, work: Path, options: ColdStartOptions) -> Side:
+    """The cold starts of one gateway, with ``options.standby`` standby runtimes."""
+    (side,) = await bench_sides(model, work, options, [options.standby])
+    return side
+
+
+async def bench_sides(model: Path, work: Path, options: ColdStartOptions, standbys: Sequence[int]) -> list[Side]:
+    """One gateway per entry of ``standbys`` (its standby count), all running at once; their cold starts alternate
+    in that order, ``options.repeat`` rounds, each started once every gateway is at rest. One result per gateway."""
+    prepared = {s: _prepare(model, work, dataclasses.replace(options, standby=s)) for s in standbys}
+    runs: dict[int, list[ColdStart]] = {s: [] for s in standbys}
+    texts: dict[int, str] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        gateways = {
+            s: await stack.enter_async_context(
+                running_gateway(p.config, p.config.with_suffix(".log"), scale_interval_s=0.2)
+            )
+            for s, p in prepared.items()
+        }
+        with Progress("cold starts", total=options.repeat * len(standbys)) as progress:
+            for order in range(options.repeat * len(standbys)):
+                standby = standbys[order % len(standbys)]
+                await _at_rest(session, gateways)
+                cold, offset = await _one(session, gateways[standby], prepared[standby].weights, options)
+                await _at_rest(session, gateways)  # the replica gone, as for the next load
+                read_timeline(cold, gateways[standby].log.text(offset))
+                cold.order = order
+                _raw_reads(cold, prepared[standby].safetensors, options)
+                runs[standby].append(cold)
                 progress.advance()
-    raw = (sum(p.stat().st_size for p in safetensors), _median(raw_s) or 0.0)
-    return runs, summarise(runs, prepared.load_bytes, raw, options)
+        texts = {s: gateway.log.text() for s, gateway in gateways.items()}
+    return [
+        (
+            runs[s],
+            summarise(
+                runs[s],
+                load_bytes=prepared[s].load_bytes,
+                raw_bytes=sum(p.stat().st_size for p in prepared[s].safetensors),
+                options=dataclasses.replace(options, standby=s),
+                startups=standby_startups(texts[s]),
+            ),
+        )
+        for s in standbys
+    ]
 
 
-def _raw_read(safetensors: Sequence[Path], options: ColdStartOptions) -> float:
-    """Seconds a plain read of the weight files takes, between two cold starts (page cache evicted likewise), so
-    that the load and the disk it is compared with are measured under the same conditions on the machine."""
-    if options.evict_page_cache:
-        evict(safetensors)
-    return raw_read(safetensors)[1]
+def _raw_reads(cold: ColdStart, safetensors: Sequence[Path], options: ColdStartOptions) -> None:
+    """A plain read of the weight files on one thread, then on ``read_threads``, between two cold starts (page cache
+    evicted likewise before each), so that the load and the disk it is compared with are measured under the same
+    conditions on the machine."""
+    resident = []
+    for threads in sorted({1, options.read_threads}):
+        if options.evict_page_cache:
+            evict(safetensors)
+        resident.append(resident_bytes(safetensors))
+        seconds = raw_read(safetensors, threads)[1]
+        if threads == 1:
+            cold.raw_1_s = seconds
+        else:
+            cold.raw_n_s = seconds
+    if options.read_threads == 1:
+        cold.raw_n_s = cold.raw_1_s  # the same read
+    cold.resident_before_raw_read = max(resident)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -354,9 +387,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a random Llama of this size (loadtest.models, float32, built on the CPU once per scratch directory): "
         "140m is 0.55 GB, enough that the load measures bandwidth rather than fixed cost",
     )
-    parser.add_argument("--repeat", type=int, default=1, help="cold starts to measure (median reported). Default 1")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="cold starts to measure per side (median reported). Default 1"
+    )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
+    parser.add_argument(
+        "--read-threads",
+        type=int,
+        default=DEFAULT_THREADS,
+        help="the replicas' --weight-read-threads, and the threads of the raw read the load is also compared with "
+        f"(load_efficiency_n). Default {DEFAULT_THREADS}, the runtime's default",
+    )
     parser.add_argument(
         "--no-evict-page-cache",
         dest="evict_page_cache",
@@ -368,29 +410,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("off", "on", "both"),
         default="both",
         help="the local backend's standby runtime: off (every cold start starts a process), on (one standby, "
-        "claimed by each cold start), both (default: off, then on, side by side with their ratio)",
+        "claimed by each cold start), both (default: two gateways, their cold starts alternating with, without, "
+        "with, ..., side by side with their ratio)",
     )
-    parser.add_argument("--out", type=Path, help="write coldstart.png, the gateway log and summary.json here")
+    parser.add_argument("--out", type=Path, help="write coldstart.png, the gateway logs and summary.json here")
 
 
 async def run(args: argparse.Namespace) -> int:
-    options = ColdStartOptions(args.repeat, args.device, args.dtype, args.evict_page_cache)
-    modes = {"off": [0], "on": [1], "both": [0, 1]}[args.standby]
-    results = []
+    options = ColdStartOptions(
+        args.repeat, args.device, args.dtype, args.evict_page_cache, read_threads=max(1, args.read_threads)
+    )
+    modes = {"off": [0], "on": [1], "both": [1, 0]}[args.standby]  # with first: with, without, with, ...
     with scratch_dir(args.out) as work:
         model = await _model(args, work)
-        for standby in modes:
-            results.append(await bench(model, work, dataclasses.replace(options, standby=standby)))
-    runs, summary = results[-1]
+        results = await bench_sides(model, work, options, modes)
+    runs, summary = results[0]  # with --standby both, the plot shows the run with a standby, as it did
     if args.out is not None:
         from loadtest.plots import plot_coldstart
 
-        plot_coldstart(median_phases(runs), args.out / "coldstart.png")
+        plot_coldstart(median_run_phases(runs), args.out / "coldstart.png")
     if len(results) == 1:
         finish(tables(runs, summary), summary, args.out)
         return 0
-    (cold_runs, cold), (warm_runs, warm) = results
-    both = {"without_standby": cold, "with_standby": warm, "ttft_ratio": ratio(warm["ttft_s"], cold["ttft_s"])}
+    (warm_runs, warm), (cold_runs, cold) = results
+    both = {
+        "without_standby": cold,
+        "with_standby": warm,
+        "ttft_ratio": ratio(warm["ttft_s"], cold["ttft_s"]),
+        "interleaved": True,
+    }
     shown = [*_titled(tables(cold_runs, cold), "without standby"), *_titled(tables(warm_runs, warm), "with standby")]
     finish([*shown, standby_table(cold, warm)], both, args.out)
     return 0
@@ -400,14 +448,6 @@ def _titled(found: list[Table], suffix: str) -> list[Table]:
     for table in found:
         table.title = f"{table.title}, {suffix}"
     return found
-
-
-def standby_table(cold: dict[str, Any], warm: dict[str, Any]) -> Table:
-    """The two cold starts side by side: the figures a standby runtime changes, and their ratio."""
-    table = Table("standby runtime: off vs on (medians, same run)", ["figure", "off", "on", "on / off"])
-    for key in ("ttft_s", "engine_start_s", "imports_s", "load_s", "warmup_s", "ready_to_dispatch_ms"):
-        table.add(key, cold[key], warm[key], ratio(warm[key], cold[key]))
-    return table
 
 
 async def _model(args: argparse.Namespace, work: Path) -> Path:

@@ -9,12 +9,13 @@ runtime ~1.5 min, the readers ~30 s); ``--deadline`` (default 480 s) stops it, c
 the model on the GPU (random init) and save it as safetensors, then one runtime process for the batching benchmark,
 one for the structured-output benchmark (a JSON Schema on every row of batches of 16 against none, and the grammar
 libraries' per-step mask cost on the model's tokenizer), then a local gateway with a static and a continuous replica
-for the continuous-batching benchmark (Poisson arrivals at ``--rates``, for ``--duration`` s each), then local
-gateways for the cold-start benchmark without and with a standby runtime (``load_gbps``, ``raw_read_gbps``,
-``load_efficiency``), then the weight readers side by side on the same files in a child process
-(``loadtest.readers``: ours, safetensors, and fastsafetensors and runai-model-streamer where the ``fastload`` extra
-is installed), with the machine's raw read and pinned host-to-device bandwidth. Prints all tables and one JSON object
-with the keys of the benchmarks plus the model's size, ``h2d_gbps`` and the comparison under ``readers``.
+for the continuous-batching benchmark (Poisson arrivals at ``--rates``, for ``--duration`` s each), then two local
+gateways for the cold-start benchmark, with and without a standby runtime, their cold starts alternating
+(``load_gbps``, ``raw_read_gbps``, ``load_efficiency``), then the weight readers side by side on the same files in a
+child process (``loadtest.readers``: ours, safetensors, and fastsafetensors and runai-model-streamer where the
+``fastload`` extra is installed), with the machine's raw read and pinned host-to-device bandwidth. Prints all tables
+and one JSON object with the keys of the benchmarks plus the model's size, ``h2d_gbps`` and the comparison under
+``readers``.
 
 ``--device cpu --size tiny`` runs the same steps on a CPU with a tiny model, to check the script without a GPU.
 """
@@ -23,14 +24,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from loadtest import batching, coldstart, continuous, readers, structured
+from loadtest import batching, coldstart, coldstart_report, continuous, readers, structured
 from loadtest.children import scratch_dir
 from loadtest.models import SIZES, build_in_child
 from loadtest.report import Table, finish
@@ -100,8 +100,7 @@ async def _run(args: argparse.Namespace) -> int:
         )  # fmt: skip
         measured, continuous_summary = await continuous.bench(model, work, continuous_options)
         cold_options = coldstart.ColdStartOptions(args.repeat, args.device, dtype)
-        runs, cold_summary = await coldstart.bench(model, work, cold_options)
-        _, standby_summary = await coldstart.bench(model, work, dataclasses.replace(cold_options, standby=1))
+        (_, standby_summary), (runs, cold_summary) = await coldstart.bench_sides(model, work, cold_options, (1, 0))
         compared = await _compare_readers(model, args.device, dtype)
     summary: dict[str, Any] = {
         "model_size": built["size"],
@@ -129,7 +128,7 @@ async def _run(args: argparse.Namespace) -> int:
         from loadtest.plots import plot_batching, plot_coldstart, plot_continuous
 
         plot_batching({f"batch size {s.batch_size}": s.tokens_per_s or 0.0 for s in sides}, args.out / "batching.png")
-        plot_coldstart(coldstart.median_phases(runs), args.out / "coldstart.png")
+        plot_coldstart(coldstart_report.median_run_phases(runs), args.out / "coldstart.png")
         plot_continuous(continuous_summary["rates"], continuous.SCHEDULERS, args.out / "continuous.png")
         continuous.write_requests(measured, args.out / "continuous-requests.csv")
     tables = [
@@ -137,8 +136,8 @@ async def _run(args: argparse.Namespace) -> int:
         batching.table(sides, batching_summary),
         *structured.tables(structured_sides, structured_summary),
         *continuous.tables(continuous_summary, continuous_options),
-        *coldstart.tables(runs, cold_summary),
-        coldstart.standby_table(cold_summary, standby_summary),
+        *coldstart_report.tables(runs, cold_summary),
+        coldstart_report.standby_table(cold_summary, standby_summary),
         *([readers.table(compared)] if "error" not in compared else []),
     ]
     finish(tables, summary, args.out)

@@ -4,11 +4,12 @@ directory) and the weight readers' comparison that ``loadtest gpu`` runs, here o
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import pytest
 
-from loadtest import coldstart, readers
+from loadtest import coldstart, pagecache, readers
 from loadtest.cli import parser
 
 
@@ -54,3 +55,23 @@ async def test_readers_compared_on_the_same_files(tiny_llama: Path) -> None:
         assert "gbps" in result[optional] or result[optional]["error"] == "not installed"
     rendered = readers.table(result).render()
     assert "raw read" in rendered and "ours (2 threads)" in rendered
+
+
+@pytest.mark.unit
+def test_resident_bytes_follow_reads_and_evictions(tmp_path: Path) -> None:
+    """``mincore`` sees what a read brings into the page cache and what eviction drops (clean pages only: a file
+    just written is synced first, as the weight cache's files are long written when a cold start reads them)."""
+    path = tmp_path / "weights.bin"
+    path.write_bytes(os.urandom(40 << 20))
+    with path.open("rb+") as handle:
+        os.fsync(handle.fileno())
+    pagecache.evict([path])
+    assert pagecache.resident_bytes([path]) == 0
+    assert pagecache.raw_read([path], threads=1)[0] == 40 << 20
+    assert pagecache.resident_bytes([path]) == 40 << 20
+    pagecache.evict([path])
+    assert pagecache.resident_bytes([path]) == 0
+    assert pagecache.raw_read([path], threads=3)[0] == 40 << 20  # three 16 MiB chunks on three threads
+    assert pagecache.resident_bytes([path]) == 40 << 20
+    (tmp_path / "empty").touch()
+    assert pagecache.resident_bytes([tmp_path / "empty"]) == 0  # nothing to map
