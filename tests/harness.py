@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
 import uvicorn
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
 import wire
-from gateway.api.serving import listen, protocol_for
+from gateway.api.serving import listen, uvicorn_config
 from gateway.app import create_app
 from gateway.backends import BackendParts
 from gateway.backends.kubernetes.backend import KubernetesBackend, build_kubernetes
@@ -54,7 +56,7 @@ class RunningGateway(Generic[B]):
         return scaler
 
     def metric(self, name: str, **labels: str) -> float:
-        return self.metrics.registry.get_sample_value(name, labels) or 0.0
+        return sample(self.metrics.registry, name, **labels)
 
     async def wait_for(self, condition: Callable[[], bool], timeout_s: float) -> None:
         """Wait until ``condition()`` holds, re-checking whenever a model's ready replicas change."""
@@ -67,6 +69,34 @@ class RunningGateway(Generic[B]):
                     await changed.wait()
         finally:
             unsubscribe()
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    """The value of the sample ``name`` with ``labels``: 0.0 if its metric has no such sample yet (a labelled
+    counter nobody incremented); raises if no metric in ``registry`` has a sample of that name, or if its samples
+    carry other label names, so that a renamed metric cannot make an ``== 0`` check pass."""
+    value = registry.get_sample_value(name, labels)
+    if value is not None:
+        return value
+    families = [f for f in registry.collect() if name in _sample_names(f)]
+    if not families:
+        raise KeyError(f"no metric has a sample named {name!r}")
+    label_sets = {frozenset(s.labels) for f in families for s in f.samples if s.name == name}
+    if label_sets and frozenset(labels) not in label_sets:
+        raise KeyError(f"{name!r} has the labels {sorted(map(sorted, label_sets))}, not {sorted(labels)}")
+    return 0.0
+
+
+#: The sample names a metric family of each type may have, beside those it has now.
+_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_count", "_sum", "_created"),
+    "summary": ("_count", "_sum", "_created"),
+}
+
+
+def _sample_names(family: Metric) -> set[str]:
+    return {family.name + suffix for suffix in _SUFFIXES.get(family.type, ("",))} | {s.name for s in family.samples}
 
 
 LocalGateway = RunningGateway[LocalBackend]
@@ -89,14 +119,14 @@ def model(
 @contextlib.asynccontextmanager
 async def serve(app: ASGIApp, lifespan: bool = True) -> AsyncIterator[str]:
     """Any ASGI ``app`` on a real loopback socket for the duration of the block; yields its base URL."""
-    async with _listening() as sock, _serve(app, sock, lifespan):
+    config = uvicorn.Config(app, log_level="warning", lifespan="on" if lifespan else "off")
+    async with _listening() as sock, _serve(config, sock):
         host, port = sock.getsockname()
         yield f"http://{host}:{port}"
 
 
 @contextlib.asynccontextmanager
-async def _serve(app: ASGIApp, sock: socket.socket, lifespan: bool = True, http: Any = "auto") -> AsyncIterator[None]:
-    config = uvicorn.Config(app, log_level="warning", lifespan="on" if lifespan else "off", http=http)
+async def _serve(config: uvicorn.Config, sock: socket.socket) -> AsyncIterator[None]:
     config.load()
     server = uvicorn.Server(config)
     # What Server.serve() does, minus taking over the test process's signal handlers.
@@ -131,7 +161,11 @@ async def _run(
     settings: GatewaySettings, parts: BackendParts, sock: socket.socket
 ) -> AsyncIterator[RunningGateway[Any]]:
     app = create_app(settings, redis_url=cast(str, settings.server.redis_url), parts=parts)
-    async with _serve(app, sock, http=protocol_for(settings.server)):  # the gateway's own HTTP guards
+    # The production server's config (its HTTP guards, its keep-alive), quieter; "on": a failed start-up fails the
+    # test instead of being logged as "lifespan unsupported".
+    config = uvicorn_config(app, settings.server, log_level="warning")
+    config.lifespan = "on"
+    async with _serve(config, sock):
         url = f"http://{settings.server.host}:{settings.server.port}"
         yield RunningGateway(url, app, parts.backend, parts.endpoints, parts.catalog)
 

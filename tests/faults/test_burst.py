@@ -34,6 +34,8 @@ async def test_a_burst_at_cold_start_is_answered_whole(redis_url: str, cache_dir
             results = await asyncio.gather(*(one(i) for i in range(BURST)))
         statuses = Counter(status for status, _ in results)
         assert statuses == {200: BURST}, statuses
+        # Each client got its own answer (the echo engine answers with the prompt, and every prompt is different).
+        assert [text for _, text in results] == [f"request number {i}" for i in range(BURST)]
         assert gw.metric("kaltstart_cold_starts_total", model="echo") == 1
         await assert_nothing_left(redis_url, "echo")
         await assert_back_at_zero(gw, "echo")

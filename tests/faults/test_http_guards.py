@@ -4,12 +4,15 @@ sockets, loosely typed fields. Each gets a clear 4xx (or a closed socket) and ne
 from __future__ import annotations
 
 import asyncio
+import inspect
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 
 from tests.harness import LocalGateway, model, run_gateway
 from tests.integration.conftest import assert_openai_error
@@ -19,6 +22,9 @@ pytestmark = pytest.mark.faults
 #: Short deadlines, so that each case ends quickly; the defaults are in docs/configuration.md.
 FAST: dict[str, Any] = {"header_timeout_s": 0.5, "body_timeout_s": 0.5, "keep_alive_s": 1.0, "max_header_count": 50}
 
+#: uvicorn's own idle keep-alive (``uvicorn.Config``'s ``timeout_keep_alive`` default).
+UVICORN_KEEP_ALIVE_S = inspect.signature(uvicorn.Config).parameters["timeout_keep_alive"].default
+
 
 @pytest.fixture
 async def gw(redis_url: str, cache_dir: Path) -> AsyncIterator[LocalGateway]:
@@ -26,14 +32,14 @@ async def gw(redis_url: str, cache_dir: Path) -> AsyncIterator[LocalGateway]:
         yield gateway
 
 
-async def _raw(gw: LocalGateway, data: bytes) -> bytes:
+async def _raw(gw: LocalGateway, data: bytes, timeout_s: float = 10) -> bytes:
     """Send ``data`` on a fresh connection and read until the server closes it."""
     host, port = gw.url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     try:
         writer.write(data)
         await writer.drain()
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(timeout_s):
             return await reader.read()  # everything up to the server's close
     finally:
         writer.close()
@@ -67,8 +73,13 @@ async def test_a_trickled_body_gets_408_and_starts_nothing(gw: LocalGateway) -> 
 
 
 async def test_an_idle_keep_alive_socket_is_closed(gw: LocalGateway) -> None:
-    response = await _raw(gw, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")  # returns once the server closes
+    # keep_alive_s (1 s here) is shorter than uvicorn's own default (5 s): the socket must close well before that,
+    # which it does only if the gateway's server config carries the setting.
+    assert FAST["keep_alive_s"] < UVICORN_KEEP_ALIVE_S
+    started = time.monotonic()
+    response = await _raw(gw, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n", timeout_s=UVICORN_KEEP_ALIVE_S - 2)
     assert _status(response) == 200
+    assert time.monotonic() - started >= FAST["keep_alive_s"] * 0.9  # kept open while idle, not closed at once
 
 
 async def test_fields_are_not_coerced(gw: LocalGateway) -> None:

@@ -38,5 +38,9 @@ async def test_a_poison_request_fails_alone_and_blocks_nobody(redis_url: str, ca
         failed = await poison
         assert assert_openai_error(failed, 502, "server_error")["code"] == "generation_failed"
         assert gw.metric("kaltstart_poison_requests_total", model="echo") == 1
+        # The poison did share a batch with the others: one batch of all five, and each retry went alone after it.
+        batches = gw.metric("kaltstart_batch_size_count", model="echo")
+        assert batches - gw.metric("kaltstart_batch_size_bucket", model="echo", le="4.0") == 1
+        assert gw.metric("kaltstart_batch_size_sum", model="echo") == 5 + (batches - 1)
         await assert_nothing_left(redis_url, "echo")
         await assert_back_at_zero(gw, "echo")

@@ -24,6 +24,8 @@ from tests.kube.probes import FencedRequests, ScalerTicks
 pytestmark = pytest.mark.kubernetes
 
 FAST: dict[str, Any] = {"scale_interval_s": 0.1}
+#: The TTL of a fence a test holds: far longer than a lifted fence may keep a request waiting.
+FENCE_HELD_S = 30.0
 
 
 def body(model: str, **extra: Any) -> dict[str, Any]:
@@ -152,15 +154,16 @@ async def test_no_scale_to_zero_while_a_request_is_queued(
         fenced = FencedRequests(gw.app.state.gateway.door)
         await gw.wait_for(lambda: bool(gw.endpoints.get("echo")), 20)
         # The leader has decided: the model is idle, and its fence is up while it writes the scale to zero.
-        async with Fence(redis, ttl_s=30).hold(["echo"], idle_s=0) as held:
+        async with Fence(redis, ttl_s=FENCE_HELD_S).hold(["echo"], idle_s=0) as held:
             assert held
             request = asyncio.create_task(http.post(gw.url + "/v1/completions", json=body("echo")))
             await fenced.wait("echo", 10)  # the request reached the fence; it must wait there, not in the queue
             assert not request.done()
             assert (await queue.load("echo")).demand == 0
             assert await gw.backend.scale_down("echo", 0)
-        # (the fence is lifted on leaving the block)
-
+        # The fence is lifted on leaving the block, and the request hears it: it gets in and scales the model up
+        # again long before the fence would have expired.
+        await wait_replicas(api_double, "echo", 1, timeout_s=FENCE_HELD_S / 5)
         response = await request
         assert response.status_code == 200
         assert [w.body["spec"]["replicas"] for w in api_double.requests_for("update", "deployments/scale")] == [0, 1]

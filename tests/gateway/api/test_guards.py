@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -13,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from gateway.api.auth import ApiKeyAuth, ApiKeys, allowed_models, parse_keys
+from gateway.api.auth import RELOAD_CHECK_S, ApiKeyAuth, ApiKeys, allowed_models, parse_keys
 from gateway.api.guards import PortSplit
 from gateway.errors import ConfigError
 from gateway.queue.budget import Quota
@@ -92,3 +93,28 @@ def test_a_changed_key_file_is_reloaded_at_most_once_a_second_and_a_broken_one_f
     clock[0] += 1
     assert keys.lookup("sk-second-key") is None  # looked at, broken: the file's keys are revoked (fail closed)
     assert keys.lookup("sk-first-key") is None
+
+
+def test_the_key_file_is_looked_at_once_per_check_interval_however_many_lookups(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "keys"
+    path.write_text("sk-first-key\n")
+    clock = [1000.0]
+    keys = ApiKeys({}, path, clock=lambda: clock[0])
+    looks: list[Path] = []
+    real_stat = Path.stat
+
+    def counted_stat(self: Path, **kwargs: Any) -> os.stat_result:
+        if self == path:
+            looks.append(self)
+        return real_stat(self, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", counted_stat)
+    for _ in range(100):
+        assert keys.lookup("sk-first-key") is not None
+    assert len(looks) == 1  # the first lookup looked; the other 99 within the same second did not
+    clock[0] += RELOAD_CHECK_S
+    for _ in range(100):
+        keys.lookup("sk-first-key")
+    assert len(looks) == 2

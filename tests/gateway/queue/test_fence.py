@@ -9,7 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 import wire
-from gateway.queue.fence import Fence, Fenced, FencedDoor
+from gateway.queue.fence import FENCE_TTL_S, Fence, Fenced, FencedDoor
 from gateway.queue.stream import QueuedRequest, RequestQueue
 from gateway.relay.messages import Finished
 from gateway.relay.transport import ReplyRouter
@@ -20,6 +20,9 @@ pytestmark = pytest.mark.integration
 
 MODEL = "tiny"
 USAGE = wire.Usage(prompt_tokens=1, completion_tokens=1, total_tokens=2)
+#: Longest a waiting request may take to get in once the fence is lifted: a fifth of the TTL, so that a lift nobody
+#: hears (the request gets in only when the fence expires) fails the test.
+LIFT_HEARD_S = FENCE_TTL_S / 5
 
 
 def _queued(request_id: str) -> QueuedRequest:
@@ -58,12 +61,12 @@ async def test_requests_wait_at_a_fence_until_it_is_lifted(queue: RequestQueue, 
     door = FencedDoor()
     router = ReplyRouter(redis, "replies", {keys.FENCES: door.lifted})
     await router.start()
-    fence = Fence(redis, ttl_s=5)
+    fence = Fence(redis)  # the production TTL: a lift that is not heard would let the request in only after it
     try:
         async with fence.hold([MODEL], idle_s=0) as held:
             assert held
             fenced = await queue.enqueue(MODEL, _queued("a"))
-            assert isinstance(fenced, Fenced) and 0 < fenced.seconds_left <= 5
+            assert isinstance(fenced, Fenced) and 0 < fenced.seconds_left <= FENCE_TTL_S
             assert (await queue.load(MODEL)).demand == 0
             await fence._release(MODEL, "wrong token")
             assert isinstance(await queue.enqueue(MODEL, _queued("a")), Fenced)
@@ -72,7 +75,8 @@ async def test_requests_wait_at_a_fence_until_it_is_lifted(queue: RequestQueue, 
             waiting = asyncio.create_task(door.enter(MODEL, lambda: queue.enqueue(MODEL, _queued("a"))))
             await asyncio.wait_for(started_waiting.wait(), timeout=5)  # it tried once and was fenced out
             assert not waiting.done()
-        entry, waited = await asyncio.wait_for(waiting, timeout=5)  # woken by the lift, well before the TTL
+        # Woken by the lift's message, well before the TTL: a request must not stall for it at every scale-down.
+        entry, waited = await asyncio.wait_for(waiting, timeout=LIFT_HEARD_S)
         assert isinstance(entry, str) and waited
     finally:
         await router.stop()

@@ -20,6 +20,7 @@ from gateway.replicas.endpoints import ReadyEndpoints
 from gateway.replicas.readychecks import ReadyChecks
 from tests.gateway.replicas.test_endpoints import Clock
 from tests.gateway.scaling.test_autoscaler import MemoryDurations
+from tests.harness import sample
 
 pytestmark = [pytest.mark.unit, pytest.mark.security]
 
@@ -62,9 +63,7 @@ class Rig:
         await self.announcements.drain()
 
     def counted(self, outcome: str) -> float:
-        return (
-            self.metrics.registry.get_sample_value("kaltstart_replica_announcements_total", {"outcome": outcome}) or 0
-        )
+        return sample(self.metrics.registry, "kaltstart_replica_announcements_total", outcome=outcome)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from gateway.replicas.coldstarts import ColdStarts
 from gateway.replicas.endpoints import ReadyEndpoints
 from gateway.scaling.autoscaler import Scaler
 from gateway.settings import ModelSettings
+from tests.harness import sample
 
 pytestmark = pytest.mark.unit
 
@@ -138,7 +139,7 @@ class Setup:
         )
 
     def metric(self, name: str, **labels: str) -> float:
-        return self.metrics.registry.get_sample_value(name, labels) or 0.0
+        return sample(self.metrics.registry, name, **labels)
 
     def cold_starts(self, model: str = "m") -> float:
         return self.metric("kaltstart_cold_starts_total", model=model)

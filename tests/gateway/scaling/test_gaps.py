@@ -21,6 +21,7 @@ from gateway.scaling.keepalive import MIN_GAPS
 from gateway.settings import ModelSettings
 from gateway.store import keys
 from tests.gateway.scaling.test_autoscaler import Clock, FakeBackend, FakeDemand, FakeFence, MemoryDurations
+from tests.harness import sample
 
 ADAPTIVE = ModelSettings(name="m", idle_timeout_s=300, idle_policy="adaptive", cold_start_cost_s=300)
 PERIODIC = [600.0] * 20
@@ -55,7 +56,7 @@ class Learning:
         self.keep_alives.decide(settings, demand, idle_for_s)
 
     def metric(self, name: str, **labels: str) -> float:
-        return self.metrics.registry.get_sample_value(name, labels) or 0.0
+        return sample(self.metrics.registry, name, **labels)
 
 
 @pytest.mark.unit

@@ -118,6 +118,19 @@ def test_prompt_exactly_filling_the_context_runs(torch_engine: Any) -> None:
     assert isinstance(first, TokenEvent)
 
 
+def test_a_request_generates_up_to_the_last_context_position_and_not_one_beyond(torch_engine: Any) -> None:
+    context = torch_engine.context_length
+    prompt = " ".join(["queue"] * (context - 8))  # a few positions left, so that generating them all is quick
+    prompt_tokens = alone(torch_engine, greedy("p", prompt=prompt, max_tokens=1)).usage.prompt_tokens
+    room = context - prompt_tokens
+    assert 1 < room < context // 2
+    done = alone(torch_engine, greedy("fits", prompt=prompt, max_tokens=room))
+    assert done.finish_reason == "length" and done.usage.completion_tokens == room
+    assert done.usage.total_tokens == context  # the last position holds a generated token
+    refused = errors(run_batch(torch_engine, [greedy("over", prompt=prompt, max_tokens=room + 1)]))
+    assert refused["over"].code == "invalid_request" and f"context of {context}" in refused["over"].message
+
+
 def test_chat_requests_use_the_chat_template(torch_engine: Any) -> None:
     tokenizer = torch_engine.tokenizer
     content = "how are you today"

@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -161,10 +163,20 @@ def test_a_truncated_checkpoint_fails_naming_the_file(
 def test_model_code_is_imported_ahead_and_a_directory_without_a_model_is_left_to_the_load(
     demo_model_dir: Path, tmp_path: Path
 ) -> None:
-    import sys
+    # In a fresh interpreter: this one imported the model's code already (the fixture built the model with it).
+    script = """
+import sys
+from pathlib import Path
 
-    from runtime.weights.fastload import import_model_code
+from runtime.weights.fastload import import_model_code
 
-    import_model_code(demo_model_dir)
-    assert "transformers.models.llama.modeling_llama" in sys.modules
-    import_model_code(tmp_path)  # no config.json: nothing to import, and no error before the load reports it
+MODULE = "transformers.models.llama.modeling_llama"
+assert MODULE not in sys.modules, "imported before the call"
+import_model_code(Path(sys.argv[2]))  # no config.json: nothing to import, and no error before the load reports it
+assert MODULE not in sys.modules, "imported for a directory without a model"
+import_model_code(Path(sys.argv[1]))
+assert MODULE in sys.modules, "not imported by import_model_code"
+"""
+    argv = [sys.executable, "-c", script, str(demo_model_dir), str(tmp_path)]
+    run = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
