@@ -71,3 +71,7 @@ class PolicyResult:
     prewarms: int = 0
     #: The adaptive policy's ``cold-start-cost``; None for a fixed timeout.
     cold_start_cost_s: float | None = None
+    #: Seconds the requests that met a cold start waited (arrival to dispatch), summed.
+    cold_start_wait_s: float = 0.0
+    #: The most replicas the policy may run per model.
+    max_replicas: int | None = None

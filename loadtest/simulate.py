@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import heapq
 import itertools
+import math
+import random
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,24 +30,32 @@ from pathlib import Path
 from typing import Any
 
 from gateway.backends import Replicas
+from gateway.replicas.coldstarts import smoothed
 from gateway.scaling.keepalive import GapLearner
 from gateway.scaling.rules import desired_replicas
 from gateway.settings import ModelSettings, parse_duration_s
+from loadtest.holdout import Split, add_holdout_arguments, learner_constants, score, score_table, split_from_args
 from loadtest.pareto import beaten_by, beats, frontier_gap, is_fixed
 from loadtest.report import Table, finish
 from loadtest.results import PolicyResult
 from loadtest.stats import mean, percentile
 from loadtest.trace import TraceRequest, add_trace_arguments, spread, trace_from_args
 
-__all__ = ["Policy", "SimulationSettings", "add_arguments", "run", "simulate"]
+__all__ = ["Policy", "SimulationSettings", "add_arguments", "log_grid", "policies", "report_rows", "run", "simulate"]
 
 _FINISH, _READY, _ARRIVAL, _TICK = range(4)  # event kinds, in the order they are handled at the same instant
 
 
 @dataclass(frozen=True)
 class SimulationSettings:
-    #: From asking for a replica to its being ready.
+    #: From asking for a replica to its being ready (the median, when ``cold_start_spread`` is set).
     cold_start_s: float = 20.0
+    #: Each replica's start takes ``cold_start_s`` x a lognormal factor of this sigma (0: exactly ``cold_start_s``).
+    #: The adaptive policy's learner is fed what the gateway would have measured: the smoothed duration of the cold
+    #: starts seen so far (``gateway.replicas.coldstarts.smoothed``), None before the first one.
+    cold_start_spread: float = 0.0
+    #: Seeds the cold starts' noise (per model).
+    seed: int = 0
     #: The autoscaler's period (KALTSTART_SCALE_INTERVAL).
     scale_interval_s: float = 1.0
     #: Generation time per completion token of a request (a batch lasts as long as its longest request).
@@ -64,6 +74,8 @@ class Policy:
     idle_timeout_s: float | None
     #: Set: ``idle-policy = "adaptive"`` with this ``cold-start-cost`` (``idle_timeout_s`` is its fallback).
     cold_start_cost_s: float | None = None
+    #: The most replicas per model; None: ``--max-replicas``.
+    max_replicas: int | None = None
 
 
 @dataclass
@@ -79,23 +91,34 @@ class _ModelRun:
     settings: ModelSettings
     sim: SimulationSettings
     requests: Sequence[TraceRequest]
+    #: The measured window: replicas are paid for from the trace's first arrival to the horizon.
+    start_s: float
     horizon_s: float
     replicas: list[_Replica] = field(default_factory=list)
-    queue: deque[tuple[float, float]] = field(default_factory=deque)
+    #: (arrival, service seconds, arrived with no ready replica)
+    queue: deque[tuple[float, float, bool]] = field(default_factory=deque)
     in_flight: int = 0
     activity: float | None = None
     now: float = 0.0
     replica_seconds: float = 0.0
     cold_requests: int = 0
+    cold_wait_s: float = 0.0
     cold_starts: int = 0
     prewarms: int = 0
     learner: GapLearner | None = None
+    #: The smoothed cold start the gateway would have measured so far (what the learner is given).
+    measured_cold_start_s: float | None = None
+    #: Each cold start's own duration, as ``ColdStarts.ready`` measures it (scale-up from zero to first ready).
+    cold_start_durations_s: list[float] = field(default_factory=list)
+    _cold_since: float | None = None
+    _noise: random.Random = field(default_factory=random.Random)
     waits: list[float] = field(default_factory=list)
     timeline: list[tuple[float, int]] = field(default_factory=list)
     _events: list[tuple[float, int, int, Any]] = field(default_factory=list)
     _seq: itertools.count[int] = field(default_factory=itertools.count)
 
     def run(self) -> None:
+        self._noise = random.Random(f"{self.sim.seed}:{self.settings.name}")
         self.replicas = [_Replica(ready_at=float("-inf")) for _ in range(self.settings.min_replicas)]
         self.timeline.append((0.0, len(self.replicas)))
         for request in self.requests:
@@ -114,8 +137,9 @@ class _ModelRun:
         heapq.heappush(self._events, (at, kind, next(self._seq), payload))
 
     def _advance(self, to: float) -> None:
-        """Move the clock; replicas are paid for up to the horizon only (later events just finish the waits)."""
-        self.replica_seconds += len(self.replicas) * max(0.0, min(to, self.horizon_s) - min(self.now, self.horizon_s))
+        """Move the clock; replicas are paid for within the window only (later events just finish the waits)."""
+        start, end = self.start_s, self.horizon_s
+        self.replica_seconds += len(self.replicas) * max(0.0, min(max(to, start), end) - min(max(self.now, start), end))
         self.now = to
 
     def _handle(self, kind: int, payload: Any) -> None:
@@ -128,7 +152,17 @@ class _ModelRun:
             replica.busy = False
             self.in_flight -= size
             self.activity = self.now  # a settle counts as activity
-        # _READY needs no handling: readiness is ``ready_at <= now``; the event only makes _dispatch run then.
+        elif kind == _READY:
+            self._ready_replica(payload)
+        # Readiness itself is ``ready_at <= now``; the event also makes _dispatch run then.
+
+    def _ready_replica(self, replica: _Replica) -> None:
+        """ColdStarts.ready: the first replica ready after a scale-up from zero ends the cold start, measured."""
+        if self._cold_since is None or not any(r is replica for r in self.replicas):
+            return
+        self.cold_start_durations_s.append(self.now - self._cold_since)
+        self.measured_cold_start_s = smoothed(self.measured_cold_start_s, self.now - self._cold_since)
+        self._cold_since = None
 
     @property
     def _ready(self) -> int:
@@ -137,8 +171,9 @@ class _ModelRun:
     def _arrive(self, request: TraceRequest) -> None:
         self.activity = self.now
         service = max(1, request.output_tokens) * self.sim.seconds_per_token
-        self.queue.append((self.now, service))
-        self.cold_requests += self._ready == 0
+        cold = self._ready == 0
+        self.queue.append((self.now, service, cold))
+        self.cold_requests += cold
         if not self.replicas:  # Scaler.ensure_capacity: scale from zero on the request path
             self._resize(1)
 
@@ -150,7 +185,7 @@ class _ModelRun:
         keep_alive = None
         if self.learner is not None:  # what Scaler does through gateway.scaling.gaps, minus Redis
             self.learner.observe(self.now, demand, idle_for)
-            keep_alive = self.learner.decision(self.settings, self.sim.cold_start_s, self.sim.scale_interval_s)
+            keep_alive = self.learner.decision(self.settings, self.measured_cold_start_s, self.sim.scale_interval_s)
         wanted = desired_replicas(self.settings, demand, idle_for, now, keep_alive)
         if wanted != now.desired:
             self.prewarms += demand == 0 and now.desired == 0
@@ -160,12 +195,21 @@ class _ModelRun:
     def _resize(self, count: int) -> None:
         if not self.replicas and count > 0:
             self.cold_starts += 1
+            self._cold_since = self.now  # ColdStarts.began
         while len(self.replicas) < count:
-            replica = _Replica(ready_at=self.now + self.sim.cold_start_s)
+            replica = _Replica(ready_at=self.now + self._start_s())
             self.replicas.append(replica)
-            self._at(replica.ready_at, _READY, None)
+            self._at(replica.ready_at, _READY, replica)
         del self.replicas[count:]  # the newest go first, as the local backend does
         self.timeline.append((self.now, len(self.replicas)))
+        if not self.replicas:
+            self._cold_since = None  # ColdStarts.abandoned (or nothing was starting)
+
+    def _start_s(self) -> float:
+        """How long this replica takes to start."""
+        if self.sim.cold_start_spread <= 0:
+            return self.sim.cold_start_s
+        return self.sim.cold_start_s * math.exp(self._noise.gauss(0.0, self.sim.cold_start_spread))
 
     def _dispatch(self) -> None:
         for replica in self.replicas:
@@ -175,19 +219,21 @@ class _ModelRun:
                 continue
             size = min(len(self.queue), self.settings.max_batch_size)
             batch = [self.queue.popleft() for _ in range(size)]
-            self.waits.extend(self.now - arrived for arrived, _service in batch)
+            self.waits.extend(self.now - arrived for arrived, _service, _cold in batch)
+            self.cold_wait_s += sum(self.now - arrived for arrived, _service, cold in batch if cold)
             replica.busy = True
             self.in_flight += size
-            self._at(self.now + max(service for _arrived, service in batch), _FINISH, (replica, size))
+            self._at(self.now + max(service for _arrived, service, _cold in batch), _FINISH, (replica, size))
 
 
 def _model_settings(model: str, policy: Policy, sim: SimulationSettings) -> ModelSettings:
     base = ModelSettings(name=model or "model", max_replicas=sim.max_replicas, max_batch_size=sim.max_batch_size)
     idle = policy.idle_timeout_s if policy.idle_timeout_s is not None else base.idle_timeout_s
+    most = policy.max_replicas if policy.max_replicas is not None else sim.max_replicas
     return ModelSettings(
         name=base.name,
         min_replicas=policy.min_replicas,
-        max_replicas=max(sim.max_replicas, policy.min_replicas),
+        max_replicas=max(most, policy.min_replicas),
         idle_timeout_s=idle,
         max_batch_size=sim.max_batch_size,
         idle_policy="fixed" if policy.cold_start_cost_s is None else "adaptive",
@@ -198,12 +244,13 @@ def _model_settings(model: str, policy: Policy, sim: SimulationSettings) -> Mode
 def simulate(trace: Sequence[TraceRequest], policy: Policy, sim: SimulationSettings) -> PolicyResult:
     """Run ``policy`` over ``trace`` (each model on its own) and add up the models' figures."""
     horizon = sim.horizon_s if sim.horizon_s is not None else max((r.at_s for r in trace), default=0.0)
+    start = min((r.at_s for r in trace), default=0.0)
     runs = []
     for model in sorted({r.model for r in trace}):
         requests = [r for r in trace if r.model == model]
         settings = _model_settings(model, policy, sim)
         learner = GapLearner() if settings.idle_policy == "adaptive" else None
-        run = _ModelRun(settings, sim, requests, horizon, learner=learner)
+        run = _ModelRun(settings, sim, requests, start, horizon, learner=learner)
         run.run()
         runs.append(run)
     return PolicyResult(
@@ -215,6 +262,8 @@ def simulate(trace: Sequence[TraceRequest], policy: Policy, sim: SimulationSetti
         cold_starts=sum(r.cold_starts for r in runs),
         prewarms=sum(r.prewarms for r in runs),
         cold_start_cost_s=policy.cold_start_cost_s,
+        cold_start_wait_s=sum(r.cold_wait_s for r in runs),
+        max_replicas=max((r.settings.max_replicas for r in runs), default=None),
         requests=len(trace),
         waits_s=[w for r in runs for w in r.waits],
         timeline=_summed([r.timeline for r in runs]),
@@ -234,29 +283,59 @@ def _summed(timelines: Sequence[Sequence[tuple[float, int]]]) -> list[tuple[floa
 
 
 def policies(idle_timeouts_s: Sequence[float], cold_start_costs_s: Sequence[float] = ()) -> list[Policy]:
-    """Always-on, each fixed idle timeout, then the adaptive policy at each cold-start cost (whose fallback idle
-    timeout, while it learns, is that cost: the fixed timeout that pays as much for one gap as a cold start)."""
-    fixed = [Policy("always-on", 1, None)] + [Policy(f"idle {_seconds(t)}", 0, t) for t in idle_timeouts_s]
+    """Always-on (``min_replicas = 1``, scaling up to ``--max-replicas``), one replica always on and never more,
+    each fixed idle timeout, then the adaptive policy at each cold-start cost (whose fallback idle timeout, while it
+    learns, is that cost: the fixed timeout that pays as much for one gap as a cold start)."""
+    always = [Policy(ALWAYS_ON, 1, None), Policy(ONE_REPLICA, 1, None, max_replicas=1)]
+    fixed = always + [Policy(f"idle {_seconds(t)}", 0, t) for t in idle_timeouts_s]
     return fixed + [Policy(f"adaptive {_seconds(c)}", 0, c, cold_start_cost_s=c) for c in cold_start_costs_s]
+
+
+#: The baselines' names: ``saved_vs_always_on`` and ``saved_vs_one_replica`` are relative to them.
+ALWAYS_ON, ONE_REPLICA = "always-on", "one replica"
+
+
+def log_grid(lowest_s: float, highest_s: float, points: int) -> list[float]:
+    """``points`` idle timeouts from ``lowest_s`` to ``highest_s``, evenly spaced in log, rounded to the second."""
+    ratio = highest_s / lowest_s
+    return [float(round(lowest_s * ratio ** (i / (points - 1)))) for i in range(points)]
+
+
+def parse_idle_timeouts(text: str) -> list[float]:
+    """``log:10s:1h:13`` (a log-spaced grid) or a comma-separated list (``30s,60s``)."""
+    if text.startswith("log:"):
+        lowest, highest, points = text.removeprefix("log:").split(":")
+        return log_grid(parse_duration_s(lowest), parse_duration_s(highest), int(points))
+    return [parse_duration_s(t) for t in text.split(",") if t.strip()]
 
 
 def _seconds(value: float) -> str:
     return f"{value:g}s"
 
 
+def _saved(result: PolicyResult, baseline: PolicyResult | None) -> float | None:
+    if baseline is None or baseline.replica_seconds <= 0:
+        return None
+    return 1.0 - result.replica_seconds / baseline.replica_seconds
+
+
 def report_rows(results: Sequence[PolicyResult]) -> list[dict[str, Any]]:
-    baseline = results[0].replica_seconds
+    always_on = next((r for r in results if r.name == ALWAYS_ON), results[0])
+    one = next((r for r in results if r.name == ONE_REPLICA), None)
     return [
         {
             "policy": r.name,
             "min_replicas": r.min_replicas,
+            "max_replicas": r.max_replicas,
             "idle_timeout_s": r.idle_timeout_s,
             "cold_start_cost_s": r.cold_start_cost_s,
             "replica_seconds": r.replica_seconds,
             "cold_start_requests": r.cold_start_requests,
+            "cold_start_wait_s": r.cold_start_wait_s,
             "cold_starts": r.cold_starts,
             "prewarms": r.prewarms,
-            "saved_vs_always_on": 1.0 - r.replica_seconds / baseline if baseline > 0 else None,
+            "saved_vs_always_on": _saved(r, always_on),
+            "saved_vs_one_replica": _saved(r, one),
             "mean_wait_s": mean(r.waits_s),
             "p99_wait_s": percentile(r.waits_s, 99),
             "beats": None if is_fixed(r) else beats(r, results),
@@ -271,7 +350,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cold-start", default="20", metavar="S[,S...]", help="cold-start time(s), e.g. 5,20,60. Default 20"
     )
-    parser.add_argument("--idle-timeouts", default="30s,60s,300s,600s", help="comma-separated idle timeouts to compare")
+    parser.add_argument(
+        "--cold-start-spread",
+        type=float,
+        default=0.3,
+        metavar="SIGMA",
+        help="each start takes the cold-start time x a lognormal factor of this sigma (seeded); the adaptive "
+        "policy learns from the smoothed measurement, as the gateway does. 0: exact. Default 0.3",
+    )
+    parser.add_argument(
+        "--idle-timeouts",
+        default="log:10s:1h:13",
+        help="idle timeouts to compare: comma-separated, or log:LOWEST:HIGHEST:POINTS. Default log:10s:1h:13",
+    )
     parser.add_argument(
         "--cold-start-costs",
         default="60s,300s,1800s",
@@ -287,6 +378,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--horizon", type=float, default=None, metavar="S", help="end of the window. Default: last arrival"
     )
+    add_holdout_arguments(parser)
     parser.add_argument("--out", type=Path, help="write simulate.png, pareto.png and summary.json here")
     add_trace_arguments(parser)
 
@@ -294,73 +386,104 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 @dataclass(frozen=True)
 class _Panel:
     trace: str
+    seed: int
+    held_out: bool
     cold_start_s: float
     requests: int
     duration_s: float
     results: list[PolicyResult]
 
+    @property
+    def label(self) -> str:
+        return f"{self.trace} seed {self.seed}"
 
-def _simulate_all(args: argparse.Namespace) -> list[_Panel]:
-    """Every policy on every trace named in ``--trace`` (comma-separated) for every ``--cold-start``."""
-    timeouts = [parse_duration_s(t) for t in args.idle_timeouts.split(",") if t.strip()]
+
+def _simulate_all(args: argparse.Namespace, split: Split) -> list[_Panel]:
+    """Every policy on every trace named in ``--trace`` (comma-separated), for every seed and ``--cold-start``."""
+    timeouts = parse_idle_timeouts(args.idle_timeouts)
     costs = [parse_duration_s(c) for c in args.cold_start_costs.split(",") if c.strip()]
+    models = args.models.split(",")
     panels = []
-    for name in [t.strip() for t in args.trace.split(",") if t.strip()]:
-        raw = trace_from_args(argparse.Namespace(**{**vars(args), "trace": name}))
-        trace = spread(raw, args.models.split(","), args.seed)
-        horizon = args.horizon if args.horizon is not None else max((r.at_s for r in trace), default=0.0)
-        for cold_start in (float(c) for c in args.cold_start.split(",") if c.strip()):
-            sim = SimulationSettings(
-                cold_start_s=cold_start,
-                scale_interval_s=args.scale_interval,
-                seconds_per_token=args.seconds_per_token,
-                horizon_s=args.horizon,
-                max_replicas=args.max_replicas,
-                max_batch_size=args.max_batch_size,
-            )
-            results = [simulate(trace, policy, sim) for policy in policies(timeouts, costs)]
-            panels.append(_Panel(name, cold_start, len(trace), horizon, results))
+    for seed in split.seeds:
+        for name in [t.strip() for t in args.trace.split(",") if t.strip()]:
+            trace = _trace(args, name, seed)
+            horizon = args.horizon if args.horizon is not None else max((r.at_s for r in trace), default=0.0)
+            first = min((r.at_s for r in trace), default=0.0)
+            for cold_start in (float(c) for c in args.cold_start.split(",") if c.strip()):
+                sim = SimulationSettings(
+                    cold_start_s=cold_start,
+                    cold_start_spread=args.cold_start_spread,
+                    seed=seed,
+                    scale_interval_s=args.scale_interval,
+                    seconds_per_token=args.seconds_per_token,
+                    horizon_s=args.horizon,
+                    max_replicas=args.max_replicas,
+                    max_batch_size=args.max_batch_size,
+                )
+                results = [simulate(trace, policy, sim) for policy in policies(timeouts, costs)]
+                held_out = split.held_out(name, seed, len(models))
+                panels.append(_Panel(name, seed, held_out, cold_start, len(trace), horizon - first, results))
     return panels
+
+
+def _trace(args: argparse.Namespace, name: str, seed: int) -> list[TraceRequest]:
+    raw = trace_from_args(argparse.Namespace(**{**vars(args), "trace": name, "seed": seed}))
+    return spread(raw, args.models.split(","), seed)
 
 
 def _table(panel: _Panel, rows: Sequence[dict[str, Any]]) -> Table:
     table = Table(
-        f"simulate {panel.trace}: {panel.requests} requests over {panel.duration_s:.0f} s, "
-        f"cold start {panel.cold_start_s:g} s",
-        ["policy", "replica-s", "saved", "cold starts", "pre-warms", "cold requests", "mean wait s", "p99 wait s",
-         "Pareto-better than", "worse than", "vs fixed line"],
+        f"simulate {panel.trace} (seed {panel.seed}, {'held out' if panel.held_out else 'tuning set'}): "
+        f"{panel.requests} requests over {panel.duration_s:.0f} s, cold start {panel.cold_start_s:g} s",
+        ["policy", "replica-s", "saved vs 1", "cold starts", "pre-warms", "cold requests", "cold wait s",
+         "mean wait s", "p99 wait s", "Pareto-better than", "worse than", "vs fixed line"],
     )  # fmt: skip
     for row in rows:
-        saved = row["saved_vs_always_on"]
+        saved = row["saved_vs_one_replica"]
         better, worse, line = row["beats"], row["beaten_by"], row["vs_fixed_line"]
         table.add(row["policy"], row["replica_seconds"], f"{saved:.0%}" if saved is not None else None,
-                  row["cold_starts"], row["prewarms"], row["cold_start_requests"], row["mean_wait_s"],
-                  row["p99_wait_s"], None if better is None else ", ".join(better) or "none",
+                  row["cold_starts"], row["prewarms"], row["cold_start_requests"], row["cold_start_wait_s"],
+                  row["mean_wait_s"], row["p99_wait_s"], None if better is None else ", ".join(better) or "none",
                   None if worse is None else ", ".join(worse) or "none",
                   None if line is None else f"{line:+.0%}")  # fmt: skip
     return table
 
 
 async def run(args: argparse.Namespace) -> int:
-    panels = _simulate_all(args)
+    split = split_from_args(args)
+    panels = _simulate_all(args, split)
     tables, rows = [], []
     for panel in panels:
         panel_rows = report_rows(panel.results)
         tables.append(_table(panel, panel_rows))
-        rows += [{"trace": panel.trace, "cold_start_s": panel.cold_start_s, **row} for row in panel_rows]
-    traces = {p.trace: {"trace": p.trace, "requests": p.requests, "duration_s": p.duration_s} for p in panels}
+        where = {"trace": panel.trace, "seed": panel.seed, "held_out": panel.held_out}
+        rows += [{**where, "cold_start_s": panel.cold_start_s, **row} for row in panel_rows]
+    scores = score(rows)
+    tables.append(score_table(scores))
+    traces = {
+        (p.trace, p.seed): {"trace": p.trace, "seed": p.seed, "held_out": p.held_out, "requests": p.requests,
+                            "duration_s": p.duration_s}
+        for p in panels
+    }  # fmt: skip
     summary = {
         "policies": rows,
         "traces": list(traces.values()),
         "cold_start_s": sorted({p.cold_start_s for p in panels}),
+        "cold_start_spread": args.cold_start_spread,
         "models": args.models.split(","),
+        "learner": learner_constants(),
+        "split": split.describe(),
+        "score": scores,
     }
     if args.out is not None:
         from loadtest.plots import plot_pareto, plot_simulation
 
         if len(panels) == 1:
-            trace = spread(trace_from_args(args), args.models.split(","), args.seed)
+            trace = _trace(args, panels[0].trace, panels[0].seed)
             plot_simulation(panels[0].results, [r.at_s for r in trace], args.out / "simulate.png")
-        plot_pareto([(p.trace, p.cold_start_s, p.results) for p in panels], args.out / "pareto.png")
+        several = len(split.seeds) > 1
+        labels = [p.label if several else p.trace for p in panels]
+        plot_pareto([(label, p.cold_start_s, p.results) for label, p in zip(labels, panels, strict=True)],
+                    args.out / "pareto.png")  # fmt: skip
     finish(tables, summary, args.out)
     return 0

@@ -41,6 +41,12 @@ _PHASES: dict[str, str] = {
 }
 
 
+def smoothed(previous_s: float | None, elapsed_s: float) -> float:
+    """The typical cold start after one more measured ``elapsed_s`` (``loadtest simulate`` feeds its learner the
+    same)."""
+    return elapsed_s if previous_s is None else SMOOTHING * elapsed_s + (1 - SMOOTHING) * previous_s
+
+
 class Durations(Protocol):
     """Where the smoothed cold-start duration per model is kept (shared by all gateway replicas)."""
 
@@ -174,8 +180,7 @@ class ColdStarts:
 
     async def _remember(self, model: str, elapsed: float) -> None:
         await self._read_typical(model)
-        previous = self._typical.get(model)
-        typical = elapsed if previous is None else SMOOTHING * elapsed + (1 - SMOOTHING) * previous
+        typical = smoothed(self._typical.get(model), elapsed)
         self._typical[model] = typical
         await self._durations.put(model, typical)
 
