@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import statistics
+from collections.abc import Sequence
 
 import pytest
 
@@ -211,7 +212,7 @@ def test_iqr_and_a_seeded_bootstrap_ci() -> None:
     assert iqr([3.0]) is None
     values = [float(v) for v in range(1, 21)]
 
-    def mean(groups: list[list[float]]) -> float:
+    def mean(groups: Sequence[Sequence[float]]) -> float:
         return statistics.mean(groups[0])
 
     ci = bootstrap_ci([values], mean, seed="x")
