@@ -11,18 +11,25 @@ measured:
   replica reports free rows.
 
 One gateway with two models rather than two gateways, so that the gateway process, its Valkey and the load
-generator are the very same for both sides and the scheduler is all that differs; the replica not being measured
-waits for work and takes no CPU. The runtimes get ``OMP_NUM_THREADS=1`` (``--threads``; see ``threads`` below).
-Both measurements run on both sides, one side after the other, and which side goes first alternates:
+generator are the very same for both sides; the replica not being measured waits for work and takes no CPU. The
+runtimes get ``OMP_NUM_THREADS=1`` (``--threads``; see ``threads`` below). Both models get the same
+``max-batch-delay``, none by default (``0ms``): the gateway waits that long for a batch to fill only before
+sending to a static replica (``gateway.dispatch.window``), so a window there would be a second difference besides
+the scheduler; ``batching_window_ms_*`` report the window each side really got. Both measurements run on both
+sides, one side after the other, ``--repeat`` times (5), and which side goes first alternates from one repetition
+to the next (and from one rate to the next), so that load from elsewhere falls on both alike:
 
 1. Open loop: Poisson arrivals (seeded) at each of ``--rates`` requests/s for ``--duration`` seconds, the same
-   arrival times and lengths for both sides (and the n-th request's lengths the same at every rate). Output
+   arrival times and lengths for both sides and for every repetition (and the n-th request's lengths the same at
+   every rate); each repetition sweeps all the rates, lowest first. Output
    lengths are drawn from the bundled Azure code trace, scaled by ``--output-scale`` and clamped to [4, 200] tokens
    (the demo model's context is 512 tokens), and sent as ``max_tokens`` with ``temperature 0``: the random demo
    model practically never emits end-of-sequence, so each request generates that many tokens. Prompts are the
    trace's prompt lengths x 0.05, 4 to 200 words. Requests stream, so time to first token (TTFT) is measured.
    Throughput is completion tokens over first send to last answer; every request is waited for, so a side that
-   falls behind pays for its backlog.
+   falls behind pays for its backlog. A side's figure at a rate is the median over the repetitions (its errors the
+   sum), a ratio is continuous's median over static's, and each ratio comes with the interquartile range of the
+   per-repetition ratios and a seeded bootstrap 95 % interval (``loadtest.continuous_report``).
 2. Short behind long: a short request (4 tokens) alone, then the same sent while one long request (400 tokens) is
    running (once the long one's first token has arrived), ``--repeat`` times each, alternating. The ratio is the
    median latency (send to last byte) behind the long one over the median alone.
@@ -45,6 +52,8 @@ from typing import Any
 
 import aiohttp
 
+from gateway.dispatch.window import window_s
+from gateway.settings import ModelSettings
 from loadtest.children import GatewayProcess, StartError, local_model, running_gateway, scratch_dir, write_config
 from loadtest.client import Outcome, prompt_of, stream_completion
 from loadtest.continuous_report import SCHEDULERS, summarise, tables, write_requests
@@ -65,6 +74,7 @@ __all__ = [
     "bench",
     "parse_rates",
     "run",
+    "run_order",
     "summarise",
     "tables",
     "write_requests",
@@ -85,9 +95,12 @@ class ContinuousOptions:
     max_prompt_tokens: int = 200
     short_tokens: int = 4
     long_tokens: int = 400
-    repeat: int = 3
+    #: Repetitions of each rate's open-loop run and of short behind long, on each side.
+    repeat: int = 5
     max_batch_size: int = 16
-    max_batch_delay: str = "10ms"
+    #: Both models' ``max-batch-delay``. None by default: the gateway applies it to static replicas only
+    #: (``gateway.dispatch.window``), so anything else gives the static side a window the continuous one lacks.
+    max_batch_delay: str = "0ms"
     engine: str = "torch"
     device: str = "auto"
     dtype: str = "auto"
@@ -101,6 +114,11 @@ class ContinuousOptions:
 
     def model(self, scheduler: str) -> str:
         return f"{self.name}-{scheduler}"
+
+    def batching_window_s(self, scheduler: str) -> float:
+        """The batching window the gateway really gives ``scheduler``'s replica (its own rule, not a copy)."""
+        settings = ModelSettings.parse(self.model(scheduler), {"max-batch-delay": self.max_batch_delay})
+        return window_s(settings, continuous=scheduler == "continuous")
 
 
 @dataclass(frozen=True)
@@ -166,27 +184,30 @@ class RateRun:
     seconds: float = 0.0
     #: The most a send lagged behind its schedule (the load generator's own delay; large means it could not keep up).
     late_s: float = 0.0
+    #: Which repetition of this rate (from 0), and this run's place among all open-loop runs (0 ran first).
+    repetition: int = 0
+    position: int = 0
 
-    def _ok(self) -> list[Outcome]:
+    def ok(self) -> list[Outcome]:
         return [o for o in self.outcomes if o is not None and o.ok]
 
     @property
     def errors(self) -> int:
-        return len(self.arrivals) - len(self._ok())
+        return len(self.arrivals) - len(self.ok())
 
     @property
     def completion_tokens(self) -> int:
-        return sum(o.completion_tokens or 0 for o in self._ok())
+        return sum(o.completion_tokens or 0 for o in self.ok())
 
     @property
     def tokens_per_s(self) -> float | None:
-        return self.completion_tokens / self.seconds if self.seconds > 0 and self._ok() else None
+        return self.completion_tokens / self.seconds if self.seconds > 0 and self.ok() else None
 
     def ttft(self, q: float) -> float | None:
-        return percentile([o.ttft_s for o in self._ok() if o.ttft_s is not None], q)
+        return percentile([o.ttft_s for o in self.ok() if o.ttft_s is not None], q)
 
     def latency(self, q: float) -> float | None:
-        return percentile([o.latency_s for o in self._ok()], q)
+        return percentile([o.latency_s for o in self.ok()], q)
 
 
 async def _open_loop(
@@ -224,6 +245,8 @@ class HeadOfLine:
     #: Times the long request was still running when the short one had its answer (else it was no test).
     overlapped: int = 0
     errors: int = 0
+    #: Behind over alone, per repetition in which both were answered.
+    paired: list[float] = field(default_factory=list)
 
     @property
     def alone_median(self) -> float | None:
@@ -266,6 +289,8 @@ async def _head_of_line(session: aiohttp.ClientSession, url: str, side: HeadOfLi
     if behind.ok:
         side.behind_s.append(behind.latency_s)
         side.overlapped += not long_call.done()
+        if alone.ok and alone.latency_s > 0:
+            side.paired.append(behind.latency_s / alone.latency_s)
     else:
         side.errors += 1
     if not (await long_call).ok:
@@ -316,6 +341,17 @@ def _in_turn(pair: Sequence[Any], turn: int) -> list[Any]:
     return list(pair) if turn % 2 == 0 else list(pair)[::-1]
 
 
+def run_order(options: ContinuousOptions) -> list[tuple[int, float, str]]:
+    """(repetition, rate, scheduler) of every open-loop run, in the order they run: each repetition sweeps the
+    rates, lowest first, and which side goes first alternates from one rate to the next and, at each rate, from
+    one repetition to the next."""
+    order = []
+    for repetition in range(options.repeat):
+        for index, rate in enumerate(options.rates):
+            order += [(repetition, rate, s) for s in _in_turn(SCHEDULERS, repetition + index)]
+    return order
+
+
 async def measure(session: aiohttp.ClientSession, gateway: GatewayProcess, options: ContinuousOptions) -> Measured:
     await _warm(session, gateway, options)
     reported = await _reported_schedulers(session, gateway, [options.model(s) for s in SCHEDULERS])
@@ -329,18 +365,28 @@ async def measure(session: aiohttp.ClientSession, gateway: GatewayProcess, optio
             for head in _in_turn(heads, turn):
                 await _head_of_line(session, gateway.url, head, options)
                 progress.advance()
+    return Measured(await _open_loops(session, gateway, options), heads, reported)
+
+
+async def _open_loops(
+    session: aiohttp.ClientSession, gateway: GatewayProcess, options: ContinuousOptions
+) -> list[tuple[RateRun, RateRun]]:
+    """Every open-loop run, in ``run_order``; one (static, continuous) pair per rate and repetition."""
     pool = lengths(options)
-    runs: list[tuple[RateRun, RateRun]] = []
     schedule = {rate: arrivals(rate, pool, options) for rate in options.rates}
-    total = sum(len(a) for a in schedule.values()) * len(SCHEDULERS)
+    pairs = {
+        (repetition, rate): (RateRun("static", rate, schedule[rate], repetition=repetition),
+                             RateRun("continuous", rate, schedule[rate], repetition=repetition))
+        for repetition in range(options.repeat) for rate in options.rates
+    }  # fmt: skip
+    total = sum(len(a) for a in schedule.values()) * len(SCHEDULERS) * options.repeat
     with Progress("open loop", total=total) as progress:
-        for turn, rate in enumerate(options.rates):
-            static, continuous = (RateRun(s, rate, schedule[rate]) for s in SCHEDULERS)
-            for side in _in_turn((static, continuous), turn):
-                progress.note(f"{rate:g} req/s, {side.scheduler}")
-                await _open_loop(session, gateway.url, side, options, progress)
-            runs.append((static, continuous))
-    return Measured(runs, heads, reported)
+        for position, (repetition, rate, scheduler) in enumerate(run_order(options)):
+            side = pairs[repetition, rate][SCHEDULERS.index(scheduler)]
+            side.position = position
+            progress.note(f"{rate:g} req/s, {scheduler}, repetition {repetition + 1}/{options.repeat}")
+            await _open_loop(session, gateway.url, side, options, progress)
+    return list(pairs.values())
 
 
 async def _check_runtime_flag() -> None:
@@ -383,9 +429,18 @@ def write_models(model: Path, work: Path, options: ContinuousOptions) -> Path:
     return write_config(work / "continuous.toml", entries, work / "cache")
 
 
+def _warn_unequal_windows(options: ContinuousOptions) -> None:
+    windows = {s: options.batching_window_s(s) for s in SCHEDULERS}
+    if len(set(windows.values())) > 1:
+        said = ", ".join(f"{s} {w * 1000:g} ms" for s, w in windows.items())
+        note = "the gateway applies --max-batch-delay to static replicas only; 0ms compares the schedulers alone"
+        print(f"loadtest: the sides get different batching windows ({said}): {note}", file=sys.stderr)
+
+
 async def bench(
     model: Path, work: Path, options: ContinuousOptions, redis_url: str | None = None
 ) -> tuple[Measured, dict[str, Any]]:
+    _warn_unequal_windows(options)
     await _check_runtime_flag()
     config = write_models(model, work, options)
     env = {} if options.threads is None else {"OMP_NUM_THREADS": str(options.threads)}
@@ -407,6 +462,16 @@ def parse_rates(text: str) -> tuple[float, ...]:
     return tuple(sorted(rates))
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     default = ContinuousOptions()
     parser.add_argument("--model", type=Path, help="model directory. Default: .demo-model, or a fresh demo model")
@@ -426,9 +491,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-output-tokens", type=int, default=default.max_output_tokens)
     parser.add_argument("--short-tokens", type=int, default=default.short_tokens, help="the short request. Default 4")
     parser.add_argument("--long-tokens", type=int, default=default.long_tokens, help="the long request. Default 400")
-    parser.add_argument("--repeat", type=int, default=default.repeat, help="short-behind-long repetitions. Default 3")
+    parser.add_argument(
+        "--repeat", type=positive_int, default=default.repeat,
+        help="repetitions of each rate's open-loop run and of short behind long, per side. Default 5",
+    )  # fmt: skip
     parser.add_argument("--max-batch-size", type=int, default=default.max_batch_size, help="rows per replica")
-    parser.add_argument("--max-batch-delay", default=default.max_batch_delay, help="the models' max-batch-delay")
+    parser.add_argument(
+        "--max-batch-delay", default=default.max_batch_delay,
+        help="both models' max-batch-delay. Default 0ms: the gateway applies it to static replicas only",
+    )  # fmt: skip
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
     parser.add_argument("--timeout", type=float, default=default.timeout_s, help="per request, seconds")

@@ -59,6 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="continuous: Poisson arrival rates, requests/s. Default 4,8,16",
     )  # fmt: skip
     parser.add_argument("--duration", type=float, default=10.0, help="continuous: seconds of arrivals per rate")
+    parser.add_argument(
+        "--continuous-repeat", type=continuous.positive_int, default=2,
+        help="continuous: repetitions per rate (bench continuous's --repeat; its own default, 5, would not fit the "
+        "deadline). Default 2",
+    )  # fmt: skip
     parser.add_argument("--repeat", type=int, default=2, help="cold starts to measure")
     parser.add_argument("--model", type=Path, help="use this model directory instead of building one")
     parser.add_argument("--deadline", type=float, default=480.0, metavar="S", help="give up after S seconds")
@@ -95,7 +100,8 @@ async def _run(args: argparse.Namespace) -> int:
         )
         structured_sides, structured_summary = await structured.bench(model, work, structured_options)
         continuous_options = continuous.ContinuousOptions(
-            rates=args.rates, duration_s=args.duration, device=args.device, dtype=dtype, name="llama",
+            rates=args.rates, duration_s=args.duration, repeat=args.continuous_repeat, device=args.device, dtype=dtype,
+            name="llama",
             threads=None if args.device == "cuda" else 1,
         )  # fmt: skip
         measured, continuous_summary = await continuous.bench(model, work, continuous_options)

@@ -156,21 +156,40 @@ async def test_coldstart(tiny_llama: Path, tmp_path: Path) -> None:
 _CONTINUOUS_PER_SIDE = ("tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "latency_p50_ms", "latency_p99_ms")
 
 
-def _check_continuous(summary: dict[str, Any], rates: list[float]) -> None:
+def _check_continuous(summary: dict[str, Any], rates: list[float], repeat: int) -> None:
     assert [row["rate_rps"] for row in summary["rates"]] == rates
-    for row in summary["rates"]:
+    assert summary["repeat"] == summary["repetitions_per_rate"] == repeat
+    for index, row in enumerate(summary["rates"]):
         assert row["requests"] > 0
+        assert row["repetitions"] == repeat
+        # Which side goes first alternates from one repetition to the next (and from one rate to the next).
+        assert row["first_by_repetition"] == [SCHEDULERS[(r + index) % 2] for r in range(repeat)]
         for side in SCHEDULERS:
             assert row[f"errors_{side}"] == 0
             assert all(row[f"{key}_{side}"] > 0 for key in _CONTINUOUS_PER_SIDE), row
             assert row[f"ttft_p50_ms_{side}"] <= row[f"ttft_p99_ms_{side}"] <= row[f"latency_p99_ms_{side}"]
+            assert len(row[f"tokens_per_s_{side}_runs"]) == len(row[f"ttft_p99_ms_{side}_runs"]) == repeat
+            assert row[f"ttft_p99_ms_{side}_pooled"] > 0
         # The same requests on both sides, and each generates exactly its max_tokens.
         assert row["completion_tokens_static"] == row["completion_tokens_continuous"] > 0
         assert row["throughput_ratio"] == pytest.approx(
             row["tokens_per_s_continuous"] / row["tokens_per_s_static"], rel=1e-3
         )
         assert row["ttft_p99_ratio"] > 0
+        for key in ("throughput_ratio", "ttft_p99_ratio"):
+            assert len(row[f"{key}_runs"]) == repeat
+            for spread in (f"{key}_iqr", f"{key}_ci95"):  # none from a single repetition
+                assert (row[spread] is None) if repeat == 1 else (row[spread][0] <= row[spread][1]), spread
+    assert len(summary["run_order"]) == repeat * len(rates) * len(SCHEDULERS)
+    # The same batching window on both sides (none by default), and the output says so.
+    assert summary["batching_window_ms_static"] == summary["batching_window_ms_continuous"] == 0.0
+    assert summary["same_batching_window"] is True and summary["max_batch_delay"] == "0ms"
+    assert summary["errors_by_scheduler"] == {side: 0 for side in SCHEDULERS}
     for side in SCHEDULERS:
+        assert summary[f"short_behind_long_errors_{side}"] == 0
+        assert len(summary[f"short_behind_long_ratio_{side}_runs"]) == repeat
+        ci = summary[f"short_behind_long_ratio_{side}_ci95"]
+        assert (ci is None) if repeat == 1 else ci[0] <= ci[1]
         assert summary[f"short_behind_long_ratio_{side}"] > 0
         assert summary[f"short_alone_ms_{side}"] > 0 and summary[f"short_behind_long_ms_{side}"] > 0
         # Each runtime was started with the scheduler it was meant to have (its own /readyz says so).
@@ -193,15 +212,16 @@ async def test_continuous_echo(tmp_path: Path) -> None:
         "--long-tokens", "40", "--out", out, timeout_s=120,
     )  # fmt: skip
     summary = run.check().summary
-    _check_continuous(summary, [3.0, 6.0])
+    _check_continuous(summary, [3.0, 6.0], repeat=2)
     assert summary["engine"] == "echo"
-    for line in ("continuous/static", "short behind long", "TTFT p99 continuous <= 1/5 of static"):
+    for line in ("continuous/static", "short behind long", "TTFT p99 continuous <= 1/5 of static",
+                 "the same batching window on both sides: 0 ms", "95% CI"):  # fmt: skip
         assert line in run.stdout
     assert ("PASS" in run.stdout) or ("MISS" in run.stdout)
     assert saved_summary(out)[0] == summary
     assert (out / "continuous.png").stat().st_size > 0
     requests = sum(row["requests"] for row in summary["rates"])
-    assert len((out / "requests.csv").read_text().splitlines()) == 1 + 2 * requests
+    assert len((out / "requests.csv").read_text().splitlines()) == 1 + 2 * 2 * requests  # sides x repetitions
     assert 'args = ["--scheduler", "static"]' in (out / "continuous.toml").read_text()
 
 
@@ -210,7 +230,7 @@ async def test_continuous_torch(tiny_llama: Path, tmp_path: Path) -> None:
         "bench", "continuous", "--model", tiny_llama, "--device", "cpu", "--rates", "4", "--duration", "1",
         "--repeat", "1", "--long-tokens", "24", "--max-output-tokens", "16", timeout_s=180,
     )  # fmt: skip
-    _check_continuous(run.check().summary, [4.0])
+    _check_continuous(run.check().summary, [4.0], repeat=1)
 
 
 async def test_library_without_the_library(tiny_llama: Path, tmp_path: Path) -> None:
