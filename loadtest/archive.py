@@ -183,14 +183,27 @@ def _scale(s: Mapping[str, Any]) -> str:
     for run in s["runs"]:
         fleet = run.get("fleet") or {}
         answered = f"{fleet['answered']} of {fleet['requests']} answered" if fleet else ""
-        warm = f", {answered} with {fleet['warm_models']} more models warm" if fleet else ""
+        processes = f" on {fleet['warm_processes']} runtime processes" if "warm_processes" in fleet else ""
+        warm = f", {answered} with {fleet['warm_models']} more models warm{processes}" if fleet else ""
         parts.append(
-            f"N = {run['models']}: idle CPU {_n(run['idle_cpu_percent'])} %, Redis "
+            f"N = {run['models']}: idle CPU {_n(run['idle_cpu_percent'])} %{_valkey_cpu(run)}, Redis "
             f"{_n(run['idle_redis_ops_per_s'])} commands/s on {run['redis_connections']} connections, RSS "
             f"{_n(run['rss_mb'], 0)} MB, edit → visible {_n(run['edit_to_visible_ms'])} ms, `/metrics` "
             f"{_n(run['metrics_ms'])} ms, warm p50 {_n(run['warm_p50_ms'])} ms{warm}"
         )
-    return f"idle window {_n(s['window_s'])} s; " + "; ".join(parts)
+    return f"{_scale_windows(s)}; " + "; ".join(parts)
+
+
+def _valkey_cpu(run: Mapping[str, Any]) -> str:
+    cpu = run.get("idle_valkey_cpu_percent")
+    return "" if cpu is None else f" (the Valkey server's {_n(cpu)} %)"
+
+
+def _scale_windows(s: Mapping[str, Any]) -> str:
+    """Summaries from before several windows had one (``windows`` absent); their row reads as it did."""
+    if "windows" not in s:
+        return f"idle window {_n(s['window_s'])} s"
+    return f"idle: median of {s['windows']} windows of {_n(s['window_s'])} s"
 
 
 #: The README's rows, in its order.

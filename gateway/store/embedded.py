@@ -46,6 +46,11 @@ class EmbeddedRedis:
         self.port = 0
 
     @property
+    def pid(self) -> int | None:
+        """The server process's id while it runs (for watching its CPU from ``/proc``), else None."""
+        return None if self._process is None else self._process.pid
+
+    @property
     def url(self) -> str:
         return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 

@@ -112,3 +112,27 @@ async def test_a_summary_without_provenance_is_refused(tmp_path: Path) -> None:
     (tmp_path / "overhead.json").write_text(json.dumps(_OVERHEAD))
     refused = await loadtest("report", "--from", tmp_path)
     assert refused.returncode == 2 and "has no 'provenance'" in refused.stderr
+
+
+def _scale_run(**more: Any) -> dict[str, Any]:
+    return {
+        "models": 10, "idle_cpu_percent": 1.0, "idle_redis_ops_per_s": 2.0, "redis_connections": 3, "rss_mb": 100.0,
+        "edit_to_visible_ms": 4.0, "metrics_ms": 1.0, "warm_p50_ms": 2.0,
+        "fleet": {"answered": 6, "requests": 6, "warm_models": 3},
+    } | more  # fmt: skip
+
+
+@pytest.mark.unit
+def test_a_scale_row_names_its_windows_and_valkeys_cpu_where_measured(tmp_path: Path) -> None:
+    """A summary with several idle windows says so and gives the Valkey server's CPU; an older one reads as it did."""
+    new_run = _scale_run(idle_valkey_cpu_percent=0.5)
+    new_run["fleet"] |= {"warm_processes": 2}
+    _write(tmp_path / "new", "scale", {"runs": [new_run], "window_s": 120.0, "windows": 3}, "a" * 40)
+    _write(tmp_path / "old", "scale", {"runs": [_scale_run()], "window_s": 10.0}, "a" * 40)
+
+    (new,) = archive.table(archive.load([tmp_path / "new"])).splitlines()[2:]
+    (old,) = archive.table(archive.load([tmp_path / "old"])).splitlines()[2:]
+
+    assert "idle: median of 3 windows of 120.0 s" in new and "idle CPU 1.0 % (the Valkey server's 0.5 %)" in new
+    assert "3 more models warm on 2 runtime processes" in new
+    assert "idle window 10.0 s; N = 10: idle CPU 1.0 %, Redis" in old and "Valkey" not in old
