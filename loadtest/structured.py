@@ -23,6 +23,7 @@ model with an N-token tokenizer (``runtime.weights.demo_model``), so the masks a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -197,7 +198,8 @@ def _pin(pid: int, threads: int | None) -> list[int] | None:
         return None
     cpus = sorted(os.sched_getaffinity(0))[:threads]
     for task in Path(f"/proc/{pid}/task").iterdir():
-        os.sched_setaffinity(int(task.name), cpus)
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(task.name), cpus)
     return cpus
 
 
