@@ -6,6 +6,10 @@ bitmask (the library's batch call), applying the masks to ``[batch, vocab]`` log
 format is the same), and each row accepting its token. Logits are random (seeded), so the rows walk different paths
 through the grammar; a row whose answer is complete starts again. Medians over ``--steps`` steps.
 
+Then, per schema of ``SCHEMAS`` (flat object, nested object, array of enums, a tool call), for llguidance: the
+**cold** compile (the first compile of that schema in the process, nothing cached) and the same per-step figures
+(``schemas``). ``--threads N`` caps llguidance's pool and torch's threads at N (0: their defaults).
+
 Imports torch, so the benchmarks run it in a child process (``measure_in_child``):
 ``python -m loadtest.masks --tokenizer DIR``. Prints one JSON object.
 """
@@ -22,7 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["SCHEMA", "main", "measure_in_child"]
+__all__ = ["SCHEMA", "SCHEMAS", "main", "measure_in_child"]
 
 #: A typical structured-output schema: strings, an integer range, an enum, an array, a nested object.
 SCHEMA: dict[str, Any] = {
@@ -46,6 +50,47 @@ SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
 }
 
+#: Schemas of different shapes, each compiled cold and measured per step (``schemas`` in each row).
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "flat": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "integer"},
+            "title": {"type": "string", "maxLength": 60},
+            "done": {"type": "boolean"},
+            "score": {"type": "number"},
+        },
+        "required": ["id", "title", "done", "score"],
+        "additionalProperties": False,
+    },
+    "nested": SCHEMA,
+    "enum_array": {
+        "type": "array",
+        "items": {"enum": ["red", "green", "blue", "cyan", "magenta", "yellow", "black", "white"]},
+        "minItems": 1,
+        "maxItems": 20,
+    },
+    "tool_call": {
+        "type": "object",
+        "properties": {
+            "name": {"enum": ["get_weather", "search_web", "send_email"]},
+            "arguments": {
+                "type": "object",
+                "properties": {
+                    "location": {"type": "string", "maxLength": 40},
+                    "unit": {"enum": ["celsius", "fahrenheit"]},
+                    "query": {"type": "string", "maxLength": 80},
+                    "limit": {"type": "integer", "minimum": 1, "maximum": 50},
+                },
+                "required": ["location"],
+                "additionalProperties": False,
+            },
+        },
+        "required": ["name", "arguments"],
+        "additionalProperties": False,
+    },
+}
+
 
 class _Library(Protocol):
     """One library's calls, behind the same verbs."""
@@ -53,28 +98,28 @@ class _Library(Protocol):
     name: str
 
     def prepare(self, tokenizer: Any, vocab: int) -> None: ...
-    def compile(self) -> None: ...
+    def compile(self, schema: dict[str, Any]) -> None: ...
     def matcher(self) -> Any: ...
     def fill(self, matchers: Sequence[Any], bitmask: Any) -> None: ...
     def accept(self, matcher: Any, token: int) -> bool: ...
 
 
 class _Llguidance:
-    def __init__(self) -> None:
+    def __init__(self, threads: int | None = None) -> None:
         import llguidance
 
         self.name = f"llguidance {llguidance.__version__}"
-        self._executor = llguidance.LLExecutor()
+        self._executor = llguidance.LLExecutor(num_threads=threads)
 
     def prepare(self, tokenizer: Any, vocab: int) -> None:
         import llguidance.hf
 
         self._tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab)
 
-    def compile(self) -> None:
+    def compile(self, schema: dict[str, Any]) -> None:
         import llguidance
 
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(SCHEMA, defaults={"whitespace_flexible": False})
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
         self._start = llguidance.LLMatcher(self._tokenizer, grammar, log_level=0)
 
     def matcher(self) -> Any:
@@ -90,7 +135,7 @@ class _Llguidance:
 
 
 class _Xgrammar:
-    def __init__(self) -> None:
+    def __init__(self, threads: int | None = None) -> None:
         import xgrammar
 
         self.name = f"xgrammar {getattr(xgrammar, '__version__', '')}".strip()
@@ -102,8 +147,8 @@ class _Xgrammar:
         info = xgrammar.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab)
         self._compiler = xgrammar.GrammarCompiler(info, cache_enabled=False)
 
-    def compile(self) -> None:
-        self._compiled = self._compiler.compile_json_schema(json.dumps(SCHEMA), any_whitespace=False)
+    def compile(self, schema: dict[str, Any]) -> None:
+        self._compiled = self._compiler.compile_json_schema(json.dumps(schema), any_whitespace=False)
 
     def matcher(self) -> Any:
         import xgrammar
@@ -117,23 +162,33 @@ class _Xgrammar:
         return bool(matcher.accept_token(token)) and not matcher.is_terminated()
 
 
-def _libraries() -> list[_Library]:
+def _libraries(threads: int | None) -> list[_Library]:
     found: list[_Library] = []
-    makers: tuple[type[_Library], ...] = (_Llguidance, _Xgrammar)
+    makers: tuple[Callable[[int | None], _Library], ...] = (_Llguidance, _Xgrammar)
     for make in makers:
         try:
-            found.append(make())
+            found.append(make(threads))
         except ImportError:
             continue
     return found
 
 
-def _measure(library: _Library, tokenizer: Any, batch: int, steps: int) -> dict[str, Any]:
-    import torch
-
+def _measure(library: _Library, tokenizer: Any, batch: int, steps: int, schemas: bool) -> dict[str, Any]:
     vocab = len(tokenizer)
     prepare_s = _timed(lambda: library.prepare(tokenizer, vocab))
-    compile_s = _timed(library.compile)
+    row = {"library": library.name, "vocab": vocab, "batch": batch, "tokenizer_ms": prepare_s * 1e3}
+    row |= _schema_costs(library, SCHEMA, vocab, batch, steps)
+    if schemas:
+        row["schemas"] = {name: _schema_costs(library, schema, vocab, batch, steps) for name, schema in SCHEMAS.items()}
+    return row
+
+
+def _schema_costs(library: _Library, schema: dict[str, Any], vocab: int, batch: int, steps: int) -> dict[str, float]:
+    """One schema: its compile (cold: llguidance and xgrammar's compiler here cache nothing), then the medians of
+    ``steps`` decoding steps' mask work for ``batch`` rows."""
+    import torch
+
+    compile_s = _timed(lambda: library.compile(schema))
     generator = torch.Generator().manual_seed(0)
     matchers = [library.matcher() for _ in range(batch)]
     bitmask = torch.full((batch, (vocab + 31) // 32), -1, dtype=torch.int32)
@@ -142,10 +197,6 @@ def _measure(library: _Library, tokenizer: Any, batch: int, steps: int) -> dict[
     ]
     fill, apply, accept = (_median_ms([t[i] for t in timings]) for i in range(3))
     return {
-        "library": library.name,
-        "vocab": vocab,
-        "batch": batch,
-        "tokenizer_ms": prepare_s * 1e3,
         "compile_ms": compile_s * 1e3,
         "fill_ms": fill,
         "apply_ms": apply,
@@ -181,11 +232,14 @@ def _median_ms(seconds: Sequence[float]) -> float:
     return statistics.median(seconds) * 1e3
 
 
-async def measure_in_child(tokenizer_dir: Path, batch: int = 16, steps: int = 200) -> list[dict[str, Any]]:
+async def measure_in_child(
+    tokenizer_dir: Path, batch: int = 16, steps: int = 200, threads: int | None = None
+) -> list[dict[str, Any]]:
     """``main`` in a child process (it imports torch); its rows, one per library."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "loadtest.masks", "--tokenizer", str(tokenizer_dir), "--batch", str(batch),
-        "--steps", str(steps), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        "--steps", str(steps), "--threads", str(threads or 0),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     output, errors = await process.communicate()
     if process.returncode != 0:
@@ -199,11 +253,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tokenizer", type=Path, required=True, help="a directory with a Hugging Face tokenizer")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=0, help="llguidance's and torch's threads (0: defaults)")
     args = parser.parse_args(argv)
+    import torch
     from transformers import AutoTokenizer
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    rows = [_measure(library, tokenizer, args.batch, args.steps) for library in _libraries()]
+    libraries = _libraries(args.threads or None)
+    rows = [_measure(library, tokenizer, args.batch, args.steps, library is libraries[0]) for library in libraries]
     print(json.dumps(rows))
     return 0
 

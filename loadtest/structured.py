@@ -7,13 +7,25 @@ first), so load from elsewhere on the machine falls on both alike. The schema (a
 ``MIN_NOTES`` short strings) cannot be complete within ``max_tokens``, so both sides generate the same number of
 tokens. ``ratio`` is the constrained side's tokens/s over the free side's (target: at least 0.8).
 
+A third side sends the same schema with a new ``description`` on every batch, so the runtime's grammar cache never
+holds it and every batch pays one cold compile (``ratio_cold_compile``): what a workload with ever-new schemas costs.
+
+The same thread budget on both sides: the runtime gets ``OMP_NUM_THREADS=N`` (``--threads``) and, once ready, all
+its threads are pinned to N cores, so llguidance's pool (which ignores ``OMP_NUM_THREADS``) shares those N cores
+with torch rather than taking a core the free side never gets.
+
 Then, in a child process, ``loadtest.masks`` measures the per-step mask cost at batch 16 on the same model's
-tokenizer, per grammar library that is installed (llguidance; xgrammar if present).
+tokenizer, per grammar library that is installed (llguidance; xgrammar if present), and the cold compile and step
+cost of several schemas (``loadtest.masks.SCHEMAS``), with the same thread cap. ``--vocab-size N`` builds the demo
+model with an N-token tokenizer (``runtime.weights.demo_model``), so the masks are as wide as a real model's.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,10 +38,11 @@ from loadtest.batching import post_batch
 from loadtest.children import running_runtime, scratch_dir
 from loadtest.client import prompt_of
 from loadtest.masks import measure_in_child
-from loadtest.models import demo_model
+from loadtest.models import demo_model, python_child
 from loadtest.progress import Progress
 from loadtest.report import Table, finish
 from loadtest.stats import ratio
+from runtime.weights.demo_model import BUILD_REPORT
 
 __all__ = ["SCHEMA", "StructuredOptions", "add_arguments", "bench", "run", "tables"]
 
@@ -59,12 +72,16 @@ class StructuredOptions:
     #: shared machine, where torch's spinning worker threads fight everything else for the cores (measured: the
     #: free side's rate swung between 120 and 300 tokens/s with torch's default while other tests ran).
     threads: int | None = 1
+    #: The demo model's vocabulary when the bench builds it (``--vocab-size``); None: the model as given or found.
+    vocab_size: int | None = None
 
 
 @dataclass
 class Side:
     name: str
     constrained: bool
+    #: A new schema every batch: every batch pays a cold compile.
+    cold: bool = False
     seconds: float = 0.0
     completion_tokens: int = 0
     errors: int = 0
@@ -74,8 +91,10 @@ class Side:
         return self.completion_tokens / self.seconds if self.seconds > 0 else None
 
 
-def _body(prompts: Sequence[str], max_tokens: int, constrained: bool) -> dict[str, Any]:
-    extra = {"response_format": {"type": "json_schema", "json_schema": SCHEMA}} if constrained else {}
+def _body(prompts: Sequence[str], max_tokens: int, side: Side, batch: int) -> dict[str, Any]:
+    """The batch's requests; ``batch`` numbers a cold side's schema (a new ``description``: a new grammar text)."""
+    schema = SCHEMA | {"description": f"batch {batch}"} if side.cold else SCHEMA
+    extra = {"response_format": {"type": "json_schema", "json_schema": schema}} if side.constrained else {}
     return {
         "model": _MODEL,
         "requests": [
@@ -92,16 +111,21 @@ def _body(prompts: Sequence[str], max_tokens: int, constrained: bool) -> dict[st
 
 async def measure(session: aiohttp.ClientSession, url: str, options: StructuredOptions) -> list[Side]:
     prompts = [prompt_of(options.prompt_tokens, salt=i) for i in range(options.requests)]
-    sides = [Side("free", constrained=False), Side("json_schema on every row", constrained=True)]
+    sides = [
+        Side("free", constrained=False),
+        Side("json_schema on every row", constrained=True),
+        Side("json_schema, new schema every batch", constrained=True, cold=True),
+    ]
     for side in sides:  # warm-up: the first batches pay for allocations and the grammar's compilation
-        await post_batch(session, url, _body(prompts[:BATCH], 4, side.constrained))
+        await post_batch(session, url, _body(prompts[:BATCH], 4, side, batch=-1))
     groups = [prompts[i : i + BATCH] for i in range(0, len(prompts), BATCH)]
     turns = [group for _ in range(options.rounds) for group in groups]
     with Progress("structured", total=len(turns) * len(sides) * BATCH) as progress:
         for turn, group in enumerate(turns):
             for side in sides if turn % 2 == 0 else sides[::-1]:
                 started = time.perf_counter()
-                tokens, errors = await post_batch(session, url, _body(group, options.max_tokens, side.constrained))
+                body = _body(group, options.max_tokens, side, batch=turn)
+                tokens, errors = await post_batch(session, url, body)
                 side.seconds += time.perf_counter() - started
                 side.completion_tokens += tokens
                 side.errors += errors
@@ -109,8 +133,11 @@ async def measure(session: aiohttp.ClientSession, url: str, options: StructuredO
     return sides
 
 
-def summarise(sides: Sequence[Side], masks: list[dict[str, Any]], options: StructuredOptions) -> dict[str, Any]:
-    free, constrained = sides
+def summarise(
+    sides: Sequence[Side], masks: list[dict[str, Any]], options: StructuredOptions, *, run: dict[str, Any]
+) -> dict[str, Any]:
+    """The summary; ``run`` adds the set-up's keys (``cpus_pinned``, ``tokenizer_build``)."""
+    free, constrained, cold = sides
     return {
         "tokens_per_s_free": free.tokens_per_s,
         "tokens_per_s_json_schema": constrained.tokens_per_s,
@@ -120,9 +147,16 @@ def summarise(sides: Sequence[Side], masks: list[dict[str, Any]], options: Struc
         "max_tokens": options.max_tokens,
         "completion_tokens_free": free.completion_tokens,
         "completion_tokens_json_schema": constrained.completion_tokens,
-        "errors": free.errors + constrained.errors,
+        "errors": free.errors + constrained.errors + cold.errors,
         "device": options.device,
         "masks": masks,
+        "tokens_per_s_json_schema_cold": cold.tokens_per_s,
+        "ratio_cold_compile": ratio(cold.tokens_per_s, free.tokens_per_s),
+        "completion_tokens_json_schema_cold": cold.completion_tokens,
+        "cold_compiles": options.rounds * -(-options.requests // BATCH),
+        "threads": options.threads,
+        "vocab_size": masks[0]["vocab"] if masks else None,
+        **run,
     }
 
 
@@ -136,6 +170,8 @@ def tables(sides: Sequence[Side], summary: dict[str, Any]) -> list[Table]:
         throughput.add(side.name, side.seconds, side.completion_tokens, side.tokens_per_s, side.errors)
     shown = f"{summary['ratio']:.2f}" if summary["ratio"] else None
     throughput.add("ratio (json_schema / free)", None, None, shown, None)
+    cold = f"{summary['ratio_cold_compile']:.2f}" if summary["ratio_cold_compile"] else None
+    throughput.add("ratio (new schema every batch / free)", None, None, cold, None)
     masks = Table(
         f"grammar mask per decoding step, batch {BATCH}, this model's tokenizer (ms; medians)",
         ["library", "vocab", "tokenizer set-up", "compile", "fill masks", "apply", "accept", "step"],
@@ -145,7 +181,26 @@ def tables(sides: Sequence[Side], summary: dict[str, Any]) -> list[Table]:
             row["library"], row["vocab"], row["tokenizer_ms"], row["compile_ms"], row["fill_ms"], row["apply_ms"],
             row["accept_ms"], row["step_ms"],
         )  # fmt: skip
-    return [throughput, masks]
+    schemas = Table(
+        f"per schema, llguidance, vocab {summary['vocab_size']}: cold compile and mask per step, batch {BATCH} (ms)",
+        ["schema", "compile (cold)", "fill masks", "apply", "accept", "step"],
+    )
+    for row in summary["masks"]:
+        for name, cost in row.get("schemas", {}).items():
+            schemas.add(name, cost["compile_ms"], cost["fill_ms"], cost["apply_ms"], cost["accept_ms"], cost["step_ms"])
+    return [throughput, masks, schemas]
+
+
+def _pin(pid: int, threads: int | None) -> list[int] | None:
+    """Every thread of ``pid`` on the first ``threads`` of our cores (threads it makes later inherit that); the
+    cores, or None when nothing is pinned (no cap, or not Linux)."""
+    if threads is None or not hasattr(os, "sched_setaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))[:threads]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(task.name), cpus)
+    return cpus
 
 
 async def bench(model: Path, work: Path, options: StructuredOptions) -> tuple[list[Side], dict[str, Any]]:
@@ -158,9 +213,26 @@ async def bench(model: Path, work: Path, options: StructuredOptions) -> tuple[li
         aiohttp.ClientSession() as session,
         running_runtime(flags, work / "runtime-structured.log", env=env) as runtime,
     ):
+        cpus = _pin(runtime.child.process.pid, options.threads)
         sides = await measure(session, runtime.url, options)
-    masks = await measure_in_child(model, batch=BATCH)
-    return sides, summarise(sides, masks, options)
+    masks = await measure_in_child(model, batch=BATCH, threads=options.threads)
+    return sides, summarise(sides, masks, options, run={"cpus_pinned": cpus, "tokenizer_build": _built(model)})
+
+
+def _built(model: Path) -> dict[str, Any] | None:
+    """How the demo model's tokenizer was made (trained and padded tokens), when it was built with a vocab size."""
+    report = model / BUILD_REPORT
+    built: dict[str, Any] | None = json.loads(report.read_text()) if report.is_file() else None
+    return built
+
+
+async def _model(given: Path | None, work: Path, vocab_size: int | None) -> Path:
+    """``given``, else the demo model with ``vocab_size`` tokens (built in ``work``), else the demo model."""
+    if vocab_size is None or given is not None:
+        return await demo_model(given, work)
+    target = work / f"demo-model-vocab{vocab_size}"
+    await python_child("-m", "runtime.weights.demo_model", "--out", str(target), "--vocab-size", str(vocab_size))
+    return target
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -174,15 +246,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, default=1, metavar="N", help="OMP_NUM_THREADS for the runtime (0: torch's). Default 1"
     )
+    parser.add_argument(
+        "--vocab-size", type=int, metavar="N", help="build the demo model with an N-token tokenizer (e.g. 32000); "
+        "not with --model. Default: the demo model's 1024",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, help="write the runtime log and summary.json here")
 
 
 async def run(args: argparse.Namespace) -> int:
+    if args.model is not None and args.vocab_size is not None:
+        raise SystemExit("bench structured: --vocab-size builds a demo model; it cannot be given with --model")
     options = StructuredOptions(
-        args.requests, args.max_tokens, args.prompt_tokens, args.rounds, args.device, args.dtype, args.threads or None
-    )
+        args.requests, args.max_tokens, args.prompt_tokens, args.rounds, args.device, args.dtype, args.threads or None,
+        args.vocab_size,
+    )  # fmt: skip
     with scratch_dir(args.out) as work:
-        model = await demo_model(args.model, work)
+        model = await _model(args.model, work, args.vocab_size)
         sides, summary = await bench(model, work, options)
     finish(tables(sides, summary), summary, args.out)
     return 0

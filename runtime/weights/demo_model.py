@@ -9,11 +9,18 @@ last bit of a float between a batched and an unbatched run. A wide ``initializer
 so greedy decoding is stable, and the special tokens' output rows are zeroed so random text never ends early.
 
     python -m runtime.weights.demo_model --out .demo-model/tiny-llama
+
+``--vocab-size N`` (above ``VOCAB_SIZE``) builds the same model with a real-size vocabulary (``bench structured
+--vocab-size 32000``: a grammar's mask cost grows with the vocabulary). The small corpus above yields about a
+thousand merges, so the tokenizer is also trained on seeded pseudo-words (``_pseudo_words``: syllables strung
+together), which gives BPE enough distinct pairs for 32k real merges in about 2 s; should training still fall short
+of N, the rest are generated added tokens (``<|pad_N|>``). ``tokenizer_build.json`` says which (trained, padded).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -24,11 +31,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["REQUIRED_FILES", "build", "is_complete", "main"]
+__all__ = ["BUILD_REPORT", "REQUIRED_FILES", "build", "is_complete", "main"]
 
 SEED = 1234
 VOCAB_SIZE = 1024
 INITIALIZER_RANGE = 0.5
+#: Written beside a model built with ``--vocab-size``: ``{"vocab_size", "trained", "padded", "corpus"}``.
+BUILD_REPORT = "tokenizer_build.json"
+_PSEUDO_WORDS = 300_000
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|tool|>", "<|developer|>")
@@ -102,8 +112,8 @@ def is_complete(out_dir: Path) -> bool:
     return all((out_dir / name).is_file() for name in REQUIRED_FILES)
 
 
-def build(out_dir: Path) -> Path:
-    """Write the demo model into ``out_dir`` unless it is already there; return ``out_dir``.
+def build(out_dir: Path, vocab_size: int = VOCAB_SIZE) -> Path:
+    """Write the demo model (``vocab_size`` tokens) into ``out_dir`` unless it is already there; return ``out_dir``.
 
     The model is built in a sibling temporary directory and renamed into place, so a crash never leaves a
     half-written model behind that later looks complete.
@@ -113,7 +123,7 @@ def build(out_dir: Path) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        _write_model(staging)
+        _write_model(staging, vocab_size)
         for path in [staging, *staging.iterdir()]:  # mkdtemp and safetensors create owner-only files
             path.chmod(0o755 if path.is_dir() else 0o644)
         if out_dir.exists():
@@ -124,13 +134,13 @@ def build(out_dir: Path) -> Path:
     return out_dir
 
 
-def _write_model(directory: Path) -> None:
+def _write_model(directory: Path, vocab_size: int) -> None:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    tokenizer = _train_tokenizer()
+    tokenizer = _train_tokenizer(vocab_size)
     silenced = _unprintable_ids(tokenizer)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -158,6 +168,11 @@ def _write_model(directory: Path) -> None:
     )
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
+    if vocab_size != VOCAB_SIZE:
+        padded = sum(token.startswith("<|pad_") for token in tokenizer.get_added_vocab())
+        report = {"vocab_size": len(tokenizer), "trained": len(tokenizer) - padded, "padded": padded,
+                  "corpus": f"the demo corpus and {_PSEUDO_WORDS} seeded pseudo-words"}  # fmt: skip
+        (directory / BUILD_REPORT).write_text(json.dumps(report, indent=2))
 
 
 def _unprintable_ids(tokenizer: Any) -> list[int]:
@@ -175,7 +190,18 @@ def _unprintable(char: str) -> bool:
     return char == "\ufffd" or (unicodedata.category(char).startswith("C") and char != "\n")
 
 
-def _train_tokenizer() -> Any:
+def _pseudo_words(count: int) -> list[str]:
+    """``count`` seeded words of one to four consonant-vowel syllables, in chunks of 1000 (the training corpus for
+    a real-size vocabulary: enough distinct pairs that BPE learns tens of thousands of merges)."""
+    import random
+
+    rng = random.Random(SEED)
+    syllables = [c + v for c in "bcdfghklmnprstvwz" for v in "aeiou"]
+    words = [" " + "".join(rng.choices(syllables, k=rng.randint(1, 4))) for _ in range(count)]
+    return ["".join(words[i : i + 1000]) for i in range(0, count, 1000)]
+
+
+def _train_tokenizer(vocab_size: int = VOCAB_SIZE) -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -183,12 +209,16 @@ def _train_tokenizer() -> Any:
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
+        vocab_size=vocab_size,
         special_tokens=[PAD, BOS, EOS, *ROLE_TOKENS],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator([_CORPUS] * 20, trainer=trainer)
+    extra = _pseudo_words(_PSEUDO_WORDS) if vocab_size > VOCAB_SIZE else []
+    tokenizer.train_from_iterator([_CORPUS] * 20 + extra, trainer=trainer)
+    missing = vocab_size - tokenizer.get_vocab_size()
+    if missing > 0:  # training fell short: generated tokens make up the rest
+        tokenizer.add_tokens([f"<|pad_{n}|>" for n in range(missing)])
     bos_id = tokenizer.token_to_id(BOS)
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
@@ -208,13 +238,16 @@ def _train_tokenizer() -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runtime.weights.demo_model", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="directory to write the model into")
+    parser.add_argument(
+        "--vocab-size", type=int, default=VOCAB_SIZE, help=f"tokens in the vocabulary. Default {VOCAB_SIZE}"
+    )
     args = parser.parse_args(argv)
     out_dir: Path = args.out
     if is_complete(out_dir):
         print(f"demo model already complete in {out_dir}, nothing to do")
         return 0
     started = time.monotonic()
-    build(out_dir)
+    build(out_dir, args.vocab_size)
     size = sum(p.stat().st_size for p in out_dir.iterdir() if p.is_file())
     print(f"built demo model in {out_dir} ({size / 1e6:.1f} MB) in {time.monotonic() - started:.1f} s")
     return 0

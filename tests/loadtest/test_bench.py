@@ -90,6 +90,33 @@ async def test_structured(tiny_llama: Path, tmp_path: Path) -> None:
     (llguidance,) = [row for row in summary["masks"] if row["library"].startswith("llguidance")]
     assert llguidance["batch"] == 16 and llguidance["step_ms"] > 0 and llguidance["vocab"] > 0
     assert "ratio (json_schema / free)" in run.stdout and "grammar mask per decoding step" in run.stdout
+    # A new schema every batch: one cold compile per batch, the same tokens, its own ratio.
+    assert summary["completion_tokens_json_schema_cold"] == 16 * 6 and summary["cold_compiles"] == 1
+    assert summary["ratio_cold_compile"] == pytest.approx(
+        summary["tokens_per_s_json_schema_cold"] / summary["tokens_per_s_free"], rel=1e-3
+    )
+    # Several schemas, each compiled cold and stepped; the same thread budget (1) on both sides, pinned.
+    assert set(llguidance["schemas"]) == {"flat", "nested", "enum_array", "tool_call"}
+    assert all(cost["compile_ms"] > 0 and cost["step_ms"] > 0 for cost in llguidance["schemas"].values())
+    assert summary["threads"] == 1 and len(summary["cpus_pinned"]) == 1
+    assert summary["tokenizer_build"] is None and summary["vocab_size"] == llguidance["vocab"]
+
+
+async def test_structured_builds_a_larger_vocabulary(tmp_path: Path) -> None:
+    run = await loadtest(
+        "bench", "structured", "--vocab-size", "3000", "--device", "cpu", "--requests", "16", "--max-tokens", "4",
+        "--rounds", "1", "--out", tmp_path / "out",
+    )  # fmt: skip
+    summary = run.check().summary
+    assert summary["vocab_size"] == 3000 and summary["masks"][0]["vocab"] == 3000
+    assert summary["tokenizer_build"]["vocab_size"] == 3000
+    assert summary["tokenizer_build"]["trained"] + summary["tokenizer_build"]["padded"] == 3000
+    assert summary["errors"] == 0 and summary["completion_tokens_free"] == 16 * 4
+
+
+async def test_structured_refuses_a_vocab_size_with_a_model(tiny_llama: Path, tmp_path: Path) -> None:
+    run = await loadtest("bench", "structured", "--model", tiny_llama, "--vocab-size", "3000")
+    assert run.returncode != 0 and "--vocab-size" in run.stderr
 
 
 async def test_coldstart(tiny_llama: Path, tmp_path: Path) -> None:
