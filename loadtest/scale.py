@@ -37,6 +37,7 @@ from typing import Any
 import aiohttp
 from redis.asyncio import Redis
 
+import wire
 from gateway.store.embedded import EmbeddedRedis
 from loadtest.children import GatewayProcess, StartError, scratch_dir
 from loadtest.client import post
@@ -340,9 +341,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--windows", type=int, default=3, help="idle windows, back to back; each figure's median is reported. Default 3"
     )
     parser.add_argument(
-        "--warm-processes", type=int, default=4,
+        "--warm-processes", type=int, default=None,
         help="echo runtime processes (one pod each) the --warm models are spread over (--warm: one per model). "
-        "Default 4",
+        f"Default 4, or more so that no pod serves more than {wire.MAX_ANNOUNCED_MODELS} names (a runtime's limit)",
     )  # fmt: skip
     parser.add_argument("--requests", type=int, default=200, help="sequential requests to the warm model. Default 200")
     parser.add_argument("--edits", type=int, default=5, help="annotation edits timed. Default 5")
@@ -358,11 +359,18 @@ def options_of(args: argparse.Namespace) -> ScaleOptions:
     models = tuple(int(n) for n in args.models.split(",") if n.strip())
     if not models or min(models) < 2:
         raise StartError("--models: each N must be at least 2 (one warm model, one idle one to edit)")
-    if args.windows < 1 or args.window <= 0 or args.warm_processes < 1:
+    needed = -(-args.warm // wire.MAX_ANNOUNCED_MODELS)  # pods so that none serves more names than a runtime takes
+    processes = max(4, needed) if args.warm_processes is None else args.warm_processes
+    if args.windows < 1 or args.window <= 0 or processes < 1:
         raise StartError("--windows, --window and --warm-processes must be positive")
+    if processes < needed:
+        raise StartError(
+            f"--warm-processes {processes}: {args.warm} warm models need at least {needed} pods "
+            f"(a runtime serves at most {wire.MAX_ANNOUNCED_MODELS} names)"
+        )
     return ScaleOptions(
         models=models, warm=args.warm, window_s=args.window, windows=args.windows,
-        warm_processes=args.warm_processes, requests=args.requests, edits=args.edits, scrapes=args.scrapes,
+        warm_processes=processes, requests=args.requests, edits=args.edits, scrapes=args.scrapes,
         rounds=max(2, args.rounds),
     )  # fmt: skip
 

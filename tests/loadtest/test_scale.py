@@ -4,12 +4,14 @@ pure logic: how the idle windows are summarised and how warm models are dealt ov
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from loadtest.scale import fleet_deployments, summarise_windows
+from loadtest.children import StartError
+from loadtest.scale import add_arguments, fleet_deployments, options_of, summarise_windows
 from tests.loadtest.conftest import loadtest
 
 FIGURES = {
@@ -97,3 +99,16 @@ async def test_scale(tmp_path: Path) -> None:
     assert summary["windows"] == 3 and summary["warm_processes"] == 2
     assert "Redis ops/s" in run.stdout and "answered" in run.stdout
     assert (tmp_path / "out" / "summary.json").exists()
+
+
+@pytest.mark.unit
+def test_no_pod_is_given_more_names_than_a_runtime_serves() -> None:
+    """150 warm models on the default 4 pods would be 38 names each: no runtime starts with more than 32
+    (``wire.MAX_ANNOUNCED_MODELS``), and every fleet request timed out. The default now takes enough pods; too few
+    asked for is refused."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert options_of(parser.parse_args(["--warm", "150"])).warm_processes == 5
+    assert options_of(parser.parse_args(["--warm", "20"])).warm_processes == 4
+    with pytest.raises(StartError, match="at least 5 pods"):
+        options_of(parser.parse_args(["--warm", "150", "--warm-processes", "4"]))
