@@ -19,19 +19,23 @@ pytestmark = pytest.mark.integration
 MODEL = "tiny"
 
 
-async def test_janitor_hands_back_the_work_of_a_dead_gateway(queue: RequestQueue, redis: Redis) -> None:
-    catalog = ModelCatalog([ModelSettings(name=MODEL)])
-    live = Janitor(
+def _janitor(queue: RequestQueue, redis: Redis, models: list[str]) -> Janitor:
+    """The janitor of the live gateway "live", for ``models``, where every request is still waited for."""
+    return Janitor(
         queue=queue,
         takeover=Takeover(redis, queue),
         heartbeats=Heartbeats(redis),
-        catalog=catalog,
+        catalog=ModelCatalog([ModelSettings(name=model) for model in models]),
         gateway_id="live",
         interval_s=1,
         held=lambda _model: (),
         is_waiting=lambda _id: True,
         abandoned=Abandoned(),
     )
+
+
+async def test_janitor_hands_back_the_work_of_a_dead_gateway(queue: RequestQueue, redis: Redis) -> None:
+    live = _janitor(queue, redis, [MODEL])
     await live.start()
     for request_id, accepted_by in (("mine", "live"), ("orphan", "dead")):
         await queue.enqueue(MODEL, queued(request_id).model_copy(update={"gateway": accepted_by}))
@@ -54,18 +58,7 @@ async def test_janitor_hands_back_the_work_of_a_dead_gateway(queue: RequestQueue
 async def test_the_janitor_fails_an_unreadable_entry_and_sweeps_on(queue: RequestQueue, redis: Redis) -> None:
     """A dead gateway held an unreadable entry beside readable ones: those are handed back, the unreadable one
     failed, and the models after it are swept all the same."""
-    catalog = ModelCatalog([ModelSettings(name=MODEL), ModelSettings(name="other")])
-    janitor = Janitor(
-        queue=queue,
-        takeover=Takeover(redis, queue),
-        heartbeats=Heartbeats(redis),
-        catalog=catalog,
-        gateway_id="live",
-        interval_s=1,
-        held=lambda _model: (),
-        is_waiting=lambda _id: True,
-        abandoned=Abandoned(),
-    )
+    janitor = _janitor(queue, redis, [MODEL, "other"])
     await queue.prepare("other")
     await queue.enqueue(MODEL, queued("a"))  # first: the queue takes 3, and the entries below bypass it
     await add_unreadable_entries(redis, MODEL)
