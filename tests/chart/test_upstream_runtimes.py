@@ -8,6 +8,7 @@ for real, offline, against a seeded cache."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +16,10 @@ from typing import Any
 
 import helm_python
 import pytest
+import yaml
 
 from gateway.backends.kubernetes.claims import KNOWN_KEYS, RouteError, routes_of
-from tests.chart.rendering import CHART_DIR, Manifest, load_values, render
+from tests.chart.rendering import CHART_DIR, REPO, Manifest, load_values, render
 
 pytestmark = pytest.mark.chart
 
@@ -34,6 +36,8 @@ VLLM = {
 }
 SGLANG = {"name": "qwen-7b", "runtime": "sglang", "source": "Qwen/Qwen2.5-7B-Instruct", "dtype": "bfloat16"}
 TWO_MODELS = load_values(CHART_DIR / "ci" / "two-models-values.yaml")
+#: The settings #25 adds, as annotation keys (the gateway knows the others already).
+OPENAI_KEYS = {"protocol", "upstream-model", "health-path", "max-concurrency"}
 
 
 def _pod(chart: helm_python.Chart, model: dict[str, Any], **values: Any) -> tuple[Manifest, Manifest]:
@@ -214,18 +218,18 @@ def test_settings_that_contradict_the_runtime_do_not_render(
 @pytest.mark.parametrize(
     ("model", "where", "why"),
     [
-        ({"name": "m", "source": "a/b", "runtime": "tgi"}, "/models/0/runtime", "must be one of"),
-        ({"name": "m", "source": "a/b", "runtime": "vllm", "protocol": "http"}, "/models/0/protocol", "must be one of"),
-        ({"name": "m", "source": "a/b", "runtime": "vllm", "healthPath": "health"}, "/models/0/healthPath", "pattern"),
-        ({"name": "m", "source": "a/b", "runtime": "vllm", "maxConcurrency": 0}, "/models/0/maxConcurrency", "minimum"),
-        ({"name": "m", "source": "a/b", "runtime": "vllm", "upstreamModel": "a b"}, "/models/0/upstreamModel", "pattern"),
+        ({"runtime": "tgi"}, "/models/0/runtime", "must be one of"),
+        ({"protocol": "http"}, "/models/0/protocol", "must be one of"),
+        ({"healthPath": "health"}, "/models/0/healthPath", "pattern"),
+        ({"maxConcurrency": 0}, "/models/0/maxConcurrency", "minimum"),
+        ({"upstreamModel": "a b"}, "/models/0/upstreamModel", "pattern"),
     ],
 )
 def test_the_schema_rejects_unknown_runtimes_and_bad_settings(
     chart: helm_python.Chart, model: dict[str, Any], where: str, why: str
 ) -> None:
     with pytest.raises(helm_python.HelmValuesError) as caught:
-        chart.validate_schema({"models": [model]})
+        chart.validate_schema({"models": [{"name": "m", "source": "a/b", "runtime": "vllm"} | model]})
     assert f"at '{where}'" in str(caught.value) and why in str(caught.value)
 
 
@@ -268,12 +272,16 @@ def test_prefetch_fills_the_servers_hugging_face_cache(chart: helm_python.Chart,
     offline = inherited | {"HF_HUB_OFFLINE": "1", "HOME": str(tmp_path)}
     hf = Path(sys.executable).parent / "hf"
     fill_env = offline | {"HF_HOME": _env(fill)["HF_HOME"].replace(CACHE_DIR, str(node_cache))}
-    filled = subprocess.run([str(hf), *fill["command"][1:]], env=fill_env, capture_output=True, text=True, timeout=60)
+    filled = subprocess.run(
+        [str(hf), *fill["command"][1:]], env=fill_env, capture_output=True, text=True, timeout=60, check=False
+    )
     assert filled.returncode == 0, filled.stderr
     assert str(snapshot) in filled.stdout
     server_env = offline | {"HF_HOME": _env(server)["HF_HOME"].replace(CACHE_DIR, str(node_cache))}
     lookup = "from huggingface_hub import snapshot_download; print(snapshot_download('org/tiny'))"
-    found = subprocess.run([sys.executable, "-c", lookup], env=server_env, capture_output=True, text=True, timeout=60)
+    found = subprocess.run(
+        [sys.executable, "-c", lookup], env=server_env, capture_output=True, text=True, timeout=60, check=False
+    )
     assert found.returncode == 0, found.stderr
     assert found.stdout.strip() == str(snapshot)
 
@@ -296,3 +304,41 @@ def test_the_gateway_routes_a_rendered_vllm_model(chart: helm_python.Chart) -> N
     found = routes_of(deployment)
     assert not isinstance(found, RouteError), found.message
     assert sorted(route.model.name for route in found) == ["llama", "llama-8b"]
+
+
+def _documented_deployment() -> tuple[Manifest, Manifest]:
+    """The hand-written Deployment and Service of docs/vllm.md."""
+    blocks = re.findall(r"```yaml\n(.*?)```", (REPO / "docs" / "vllm.md").read_text(), flags=re.DOTALL)
+    objects = [doc for block in blocks for doc in yaml.safe_load_all(block) if isinstance(doc, dict) and "kind" in doc]
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    (service,) = [o for o in objects if o["kind"] == "Service"]
+    return deployment, service
+
+
+def test_the_documented_deployment_says_what_the_chart_renders(chart: helm_python.Chart) -> None:
+    """docs/vllm.md's hand-written alternative: the same annotations, probes, served name, port and user."""
+    deployment, service = _documented_deployment()
+    annotations = deployment["metadata"]["annotations"]
+    keys = {key.removeprefix("kaltstart.dev/") for key in annotations}
+    assert keys <= KNOWN_KEYS | OPENAI_KEYS
+    rendered, _ = _pod(chart, VLLM)
+    assert keys >= OPENAI_KEYS and annotations["kaltstart.dev/protocol"] == "openai"
+    assert deployment["metadata"]["labels"] == {"kaltstart.dev/enabled": "true"}
+    pod = deployment["spec"]["template"]["spec"]
+    (server,) = pod["containers"]
+    args = server["args"]
+    assert args[args.index("--served-model-name") + 1] == annotations["kaltstart.dev/upstream-model"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert server[probe]["httpGet"]["path"] == annotations["kaltstart.dev/health-path"]
+    assert server["image"] == rendered["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert (pod["securityContext"]["runAsUser"], server["securityContext"]["readOnlyRootFilesystem"]) == (10001, True)
+    assert service["metadata"]["name"] == annotations["kaltstart.dev/service"]
+    assert service["spec"]["ports"][0]["name"] == annotations["kaltstart.dev/port"] == server["ports"][0]["name"]
+
+
+@pytest.mark.skipif("protocol" not in KNOWN_KEYS, reason="the gateway reads kaltstart.dev/protocol from #25 on")
+def test_the_gateway_routes_the_documented_deployment() -> None:
+    deployment, _ = _documented_deployment()
+    found = routes_of(deployment)
+    assert not isinstance(found, RouteError), found.message
+    assert sorted(route.model.name for route in found) == ["qwen", "qwen2.5-7b"]
