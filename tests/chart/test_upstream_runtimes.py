@@ -342,3 +342,9 @@ def test_the_gateway_routes_the_documented_deployment() -> None:
     found = routes_of(deployment)
     assert not isinstance(found, RouteError), found.message
     assert sorted(route.model.name for route in found) == ["qwen", "qwen2.5-7b"]
+
+
+def test_strict_lint_with_a_vllm_and_an_sglang_model() -> None:
+    report = helm_python.lint(CHART_DIR, {"models": [VLLM, SGLANG], "prefetch": {"enabled": True}}, strict=True)
+    problems = [f"{m['path']}: {m['error']}" for m in report["messages"] if m["severity"] >= 2]
+    assert problems + list(report["errors"]) == []
