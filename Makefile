@@ -65,7 +65,7 @@ UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --quiet --generate-hashes --cu
 	--python-platform x86_64-manylinux_2_28 $(LOCK_FLAGS)
 
 lock: $(STAMP)
-	$(UV_COMPILE) --extra runtime --extra loadtest --extra dev $(TORCH_CPU_SOURCE) \
+	$(UV_COMPILE) --extra runtime --extra loadtest --extra upstream --extra dev $(TORCH_CPU_SOURCE) \
 		--override requirements/torch-cpu.txt -o requirements/dev.lock
 	grep -E '^[A-Za-z0-9._-]+==' requirements/dev.lock | cut -d' ' -f1 | grep -v '^torch==' > requirements/.pins
 	$(UV_COMPILE) requirements/build.in -c requirements/.pins -o requirements/gateway.lock

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.unit
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 #: Which of pyproject.toml's dependency lists each lock resolves (`make lock`), and who installs it.
 LOCKED_EXTRAS = {
-    "dev": ("runtime", "loadtest", "dev"),
+    "dev": ("runtime", "loadtest", "upstream", "dev"),
     "gateway": (),
     "runtime-cuda": ("runtime",),
     "gpu": ("runtime", "loadtest", "fastload"),
