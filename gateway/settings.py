@@ -104,6 +104,21 @@ def _one_of(*choices: str) -> Parser:
     return parse
 
 
+def _upstream_model(text: Value) -> str:
+    """A model name as an upstream serves it; empty: the model's own name."""
+    name = str(text).strip()
+    if len(name) > 256 or any(c.isspace() for c in name):
+        raise ValueError(f"{text!r}: a model name, without spaces, at most 256 characters")
+    return name
+
+
+def _route(text: Value) -> str:
+    path = str(text).strip()
+    if not re.fullmatch(r"/[A-Za-z0-9._~/-]*", path):
+        raise ValueError(f"{text!r}: a path starting with '/' (letters, digits and ._~/- only)")
+    return path
+
+
 def check_model_name(name: str) -> str:
     if not _MODEL_NAME.match(name):
         raise ConfigError(f"invalid model name {name!r}: letters, digits and ._:/- only, at most 128")
@@ -166,6 +181,17 @@ class ModelSettings:
     #: cold starts, more GPU time. The default equals the default idle-timeout, the price a fixed timeout of that
     #: length implicitly pays.
     cold_start_cost_s: float = field(default=300.0, metadata=_key("cold-start-cost", parse_duration_s))
+    #: What the replicas speak: ``kaltstart`` (our runtime's batch wire, ``POST /v1/batch``) or ``openai`` (any
+    #: OpenAI-compatible server: vLLM, SGLang, TGI, llama.cpp, ``transformers serve``), to which each request is
+    #: forwarded as it came (``gateway.dispatch.upstream``).
+    protocol: str = field(default="kaltstart", metadata=_key("protocol", _one_of("kaltstart", "openai")))
+    #: ``openai`` only: the model name the upstream serves, put into each forwarded body (and the client's name
+    #: back into each answer). Empty: the model's own name.
+    upstream_model: str = field(default="", metadata=_key("upstream-model", _upstream_model))
+    #: ``openai`` only: the upstream's readiness route (200 when it can serve), probed by the local backend.
+    health_path: str = field(default="/health", metadata=_key("health-path", _route))
+    #: ``openai`` only: requests in flight to one replica from one gateway replica; the next waits in the queue.
+    max_concurrency: int = field(default=64, metadata=_key("max-concurrency", at_least(1)))
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:
@@ -194,6 +220,16 @@ class ModelSettings:
                 value = getattr(self, f.name)
                 values[f.metadata["key"]] = f"{value:g}s" if f.name.endswith("_s") else value
         return values
+
+    @property
+    def forwards(self) -> bool:
+        """Whether requests are forwarded one by one to an OpenAI-compatible upstream (``protocol = openai``)."""
+        return self.protocol == "openai"
+
+    @property
+    def served_name(self) -> str:
+        """The model name the replicas serve: ``upstream_model``, or the model's own name."""
+        return self.upstream_model or self.name
 
     @property
     def retry_after_s(self) -> int:

@@ -31,8 +31,9 @@ from gateway.errors import (
 from gateway.metrics import Metrics
 from gateway.queue.budget import Account, MemoryGuard
 from gateway.queue.fence import FencedDoor
-from gateway.queue.stream import INLINE, Held, QueuedRequest, RequestQueue, Stored
-from gateway.relay.messages import AnyReply, Failed, Finished, Token
+from gateway.queue.stream import INLINE, Held, Payload, QueuedRequest, RequestQueue, Stored
+from gateway.queue.upstream import UpstreamRequest
+from gateway.relay.messages import Answered, AnyReply, Chunk, Failed, Finished, Token
 from gateway.relay.transport import ReplyRouter
 from gateway.replicas.coldstarts import ColdStarts
 from gateway.replicas.context import ContextLengths
@@ -123,6 +124,27 @@ class Ticket:
                 if rest := self._rest(reply.result):
                     yield rest
                 yield reply.result
+                return
+            elif isinstance(reply, Failed):
+                self._settled = True
+                raise _failure(reply)
+
+    async def relayed(self) -> AsyncIterator[Chunk | Answered]:
+        """An upstream's answer (``protocol = openai``): its streamed events as they come, then its ``Answered``.
+        Raises the request's error, if any. An upstream request is never retried once its events were relayed,
+        so no two attempts' events mix."""
+        while True:
+            try:
+                reply = self._early.pop(0) if self._early else await self._next(self._deadline)
+            except TimeoutError:
+                if await self._give_up():
+                    raise DeadlineExceeded("The request did not finish in time.") from None
+                continue
+            if isinstance(reply, Chunk):
+                yield reply
+            elif isinstance(reply, Answered):
+                self._settled = True
+                yield reply
                 return
             elif isinstance(reply, Failed):
                 self._settled = True
@@ -259,6 +281,17 @@ class Admission:
         Returns a ticket per choice."""
         model = self.catalog.get(model_name)
         await self._limits.check(model.name, requests[0].params.max_tokens)
+        return await self._enqueue(model, requests, per_prompt, grant)
+
+    async def submit_upstream(self, model_name: str, request: UpstreamRequest, grant: Grant | None = None) -> Ticket:
+        """Queue a request for an OpenAI-compatible upstream (``protocol = openai``): one entry, whatever its
+        ``n``, charged like any other."""
+        model = self.catalog.get(model_name)
+        return (await self._enqueue(model, [request], 1, grant))[0]
+
+    async def _enqueue(
+        self, model: ModelSettings, requests: Sequence[Payload], per_prompt: int, grant: Grant | None
+    ) -> list[Ticket]:
         account = self._account(grant)
         now = time.time()
         stored = Stored.of(

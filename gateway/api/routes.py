@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Literal, TypeVar
 
-import anyio
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -21,9 +19,11 @@ import wire
 from gateway.api.admission import Admission, Delta
 from gateway.api.auth import Grant, allowed_models
 from gateway.api.bodies import ResponseShape, error_body
-from gateway.api.bounds import decode_body
+from gateway.api.bounds import check_depth, decode_body
 from gateway.api.choices import Choices, fan_out, submit
+from gateway.api.events import closed, progress, sse
 from gateway.api.schemas import ChatCompletionRequest, CompletionRequest, parse_request
+from gateway.api.upstream import forward
 from gateway.errors import BodyTimeout, ClientGone, ModelNotFound, PayloadTooLarge, RequestError
 
 log = logging.getLogger("kaltstart.http")
@@ -70,17 +70,30 @@ async def _generate(
     model = ""
     try:
         body = await _read_json(request, gateway.settings.max_body_bytes, gateway.settings.body_timeout_s)
-        parsed = parse_request(schema, body)
-        model = parsed.model
+        upstream = _upstream_model(gateway, body)
+        parsed = None if upstream else parse_request(schema, body)
+        model = upstream or (parsed.model if parsed else "")
         grant = allowed_models(request.scope)
         if not grant.allows(model):
             raise ModelNotFound(f"The model '{model}' does not exist or you do not have access to it.", param="model")
         async with ClientWatch(request) as client:
+            if parsed is None:
+                check_depth(body)
+                return await forward(gateway, client, kind, body, started, grant)
             return await _serve(gateway, client, kind, parsed, started, grant)
     except RequestError as exc:
         gateway.record(model, exc.status_code, time.monotonic() - started)
         gateway.record_cancellation(model, exc)
         raise
+
+
+def _upstream_model(gateway: Admission, body: Any) -> str:
+    """The model ``body`` names, if it is one whose replicas speak OpenAI's API (its body is forwarded as it is,
+    ``gateway.api.upstream``); else "" (the body is validated field by field for our runtime)."""
+    name = body.get("model") if isinstance(body, dict) else None
+    if isinstance(name, str) and gateway.catalog.has(name) and gateway.catalog.get(name).forwards:
+        return name
+    return ""
 
 
 class ClientWatch:
@@ -118,13 +131,6 @@ class ClientWatch:
         raise ClientGone()
 
 
-async def _closed(choices: Choices) -> None:
-    """Close a request's tickets even from a handler that is being cancelled: their cancellation must reach Redis
-    (and the runtime), or a replica goes on generating for nobody."""
-    with anyio.CancelScope(shield=True):
-        await choices.close()
-
-
 async def _serve(
     gateway: Admission,
     client: ClientWatch,
@@ -147,7 +153,7 @@ async def _serve(
     try:
         await client.unless_gone(choices.dispatched())
     except BaseException:
-        await _closed(choices)
+        await closed(choices)
         raise
     if parsed.streaming:
         events = _server_sent_events(gateway, choices, shape, parsed.include_usage, started)
@@ -155,14 +161,9 @@ async def _serve(
     try:
         results = await client.unless_gone(choices.results())
     finally:
-        await _closed(choices)
+        await closed(choices)
     gateway.record(parsed.model, 200, time.monotonic() - started)
     return JSONResponse(shape.final(results, choices.usage(results)))
-
-
-def _sse(data: dict[str, Any] | str) -> bytes:
-    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
-    return f"data: {text}\n\n".encode()
 
 
 async def _server_sent_events(
@@ -177,13 +178,13 @@ async def _server_sent_events(
     """The SSE body: each choice's chunks, tagged with its index, as they come. A client that leaves mid-stream has
     the generator cancelled (Starlette listens for the disconnect while it streams): the request is then cancelled
     and counted as 499, never as 200. With ``cold_start`` the request has not been dispatched yet: progress
-    comments come first (``_progress``)."""
+    comments come first (``events.progress``)."""
     begun: set[int] = set()
     results: dict[int, wire.FinishEvent] = {}
     status = ClientGone.status_code
     try:
         if cold_start:
-            async for comment in _progress(gateway, choices, shape.model, started):
+            async for comment in progress(gateway, choices, shape.model, started):
                 yield comment
         async for index, item in choices.stream():
             if isinstance(item, Delta):
@@ -192,45 +193,26 @@ async def _server_sent_events(
                 chunk = shape.chunk(
                     index, item.text, item.logprobs, first=index not in begun, tool_calls=item.tool_calls
                 )
-                yield _sse(chunk)
+                yield sse(chunk)
                 begun.add(index)
                 continue
             results[index] = item
-            yield _sse(shape.chunk(index, "", finish_reason=item.finish_reason, first=index not in begun))
+            yield sse(shape.chunk(index, "", finish_reason=item.finish_reason, first=index not in begun))
             begun.add(index)
         if include_usage:
-            yield _sse(shape.usage_chunk(choices.usage([results[i] for i in sorted(results)])))
+            yield sse(shape.usage_chunk(choices.usage([results[i] for i in sorted(results)])))
         status = 200
     except RequestError as exc:
         status = exc.status_code
         log.warning("stream for %s ended with %d: %s", choices.id, status, exc.message)
         gateway.record_cancellation(shape.model, exc)
-        yield _sse(error_body(exc.message, exc.error_type, exc.param, exc.code))
+        yield sse(error_body(exc.message, exc.error_type, exc.param, exc.code))
     finally:
-        await _closed(choices)
+        await closed(choices)
         gateway.record(shape.model, status, time.monotonic() - started)
         if status == ClientGone.status_code:
             gateway.record_cancellation(shape.model, ClientGone())
-    yield _sse("[DONE]")
-
-
-async def _progress(gateway: Admission, choices: Choices, model: str, started: float) -> AsyncIterator[bytes]:
-    """SSE comments (``: ...``, which clients ignore) while the request waits for a replica: one at once, then one
-    every ``cold_start_progress_s``, until it is dispatched. Raises the request's error if it never is."""
-    dispatched = asyncio.ensure_future(choices.dispatched())
-    try:
-        while True:
-            waited = time.monotonic() - started
-            yield f": {gateway.cold_starts.progress(model, waited)}\n\n".encode()
-            done, _ = await asyncio.wait({dispatched}, timeout=gateway.settings.cold_start_progress_s)
-            if done:
-                dispatched.result()
-                return
-    finally:
-        if not dispatched.done():
-            dispatched.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await dispatched
+    yield sse("[DONE]")
 
 
 async def list_models(request: Request) -> Response:

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 import wire
 from gateway.dispatch.batches import BatchRelay
 from gateway.dispatch.cancels import RemoteCancels
+from gateway.dispatch.upstream import UpstreamRelay
 from gateway.dispatch.window import read_filled, window_s
 from gateway.errors import QueueUnavailable
 from gateway.metrics import Metrics
@@ -64,7 +65,7 @@ class Dispatcher:
         self._model = settings.name
         self._queue = queue
         self._endpoints = endpoints
-        self._pool = EndpointPool(settings.name, endpoints, budget=settings.max_batch_size)
+        self._pool = EndpointPool(settings.name, endpoints, budget=_budget(settings))
         self._cold_starts = cold_starts
         self._client = client
         self._consumer = consumer
@@ -72,17 +73,30 @@ class Dispatcher:
         self._is_waiting = is_waiting
         self._limits = limits
         self._cancels = RemoteCancels(client=client)
-        self._batches = BatchRelay(
-            model=settings.name,
-            queue=queue,
-            sender=sender,
-            client=client,
-            pool=self._pool,
-            cancels=self._cancels,
-            metrics=metrics,
-            max_attempts=max_attempts,
-            not_ready=self._not_ready,
-        )
+        self._batches: BatchRelay | UpstreamRelay
+        if settings.forwards:
+            self._batches = UpstreamRelay(
+                model=settings.name,
+                queue=queue,
+                sender=sender,
+                client=client,
+                pool=self._pool,
+                metrics=metrics,
+                max_attempts=max_attempts,
+                not_ready=self._not_ready,
+            )
+        else:
+            self._batches = BatchRelay(
+                model=settings.name,
+                queue=queue,
+                sender=sender,
+                client=client,
+                pool=self._pool,
+                cancels=self._cancels,
+                metrics=metrics,
+                max_attempts=max_attempts,
+                not_ready=self._not_ready,
+            )
         self._reported: set[str] = set()
         self._prepared = False
         self._dispatched_to: set[str] = set()
@@ -96,8 +110,11 @@ class Dispatcher:
 
     def cancel(self, request_id: str) -> None:
         """The request was cancelled (its client left): if one of our batches runs it, its replica drops it at its
-        next decoding step (``RemoteCancels``)."""
-        self._cancels.cancel(request_id)
+        next decoding step (``RemoteCancels``); an upstream's request has its connection closed."""
+        if isinstance(self._batches, UpstreamRelay):
+            self._batches.cancel(request_id)
+        else:
+            self._cancels.cancel(request_id)
 
     async def step(self) -> None:
         """Dispatch one batch, or wait for the model's work signal if the queue is empty. Batches already sent
@@ -168,7 +185,7 @@ class Dispatcher:
     async def _read(self, room: int, fill_s: float) -> list[Delivery]:
         """Read a batch; ``_drained`` says whether the queue was empty after it (unless a signal came since)."""
         try:
-            size = min(room, self.settings.max_batch_size)
+            size = min(room, _budget(self.settings))
             read = await read_filled(self._queue, self._model, self._consumer, size, fill_s)
             self._drained = read.drained and not self._work.is_set()
             if not read.drained:  # more than we have room for: the other gateways' dispatchers may have some
@@ -189,6 +206,9 @@ class Dispatcher:
         """A replica's ready report, once (announced, or read from its ``/readyz``): whether it takes requests into
         a running batch, and the model's context length, for the door's check (``gateway.replicas.context``)."""
         self._reported.add(url)
+        if self.settings.forwards:  # an OpenAI server has no ready report; it takes requests as they come
+            self._pool.set_continuous(url, True)
+            return
         try:
             report = self._endpoints.report(self._model, url)
             if report is None:
@@ -227,3 +247,8 @@ class Dispatcher:
         alone = retries[0]
         await self._queue.put_back(self._model, [d for d in batch if d is not alone])
         return [alone]
+
+
+def _budget(settings: ModelSettings) -> int:
+    """Requests in flight per replica: rows of a batch for our runtime, requests for an OpenAI upstream."""
+    return settings.max_concurrency if settings.forwards else settings.max_batch_size

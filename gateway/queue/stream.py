@@ -40,6 +40,7 @@ from gateway.queue.budget import Account
 from gateway.queue.fence import Fenced
 from gateway.queue.signals import WorkSignals
 from gateway.queue.signals import message as work_message
+from gateway.queue.upstream import UpstreamRequest
 from gateway.relay.messages import Failed, Final, Finished, ReplyAdapter
 from gateway.store import keys
 from gateway.store.connection import converted, text, unavailable
@@ -70,12 +71,28 @@ class Held:
 
 INLINE = Held()
 
+#: What the queue carries to a replica: a request for our runtime, or one for an OpenAI-compatible upstream.
+Payload = wire.GenerationRequest | UpstreamRequest
+_UPSTREAM_PREFIX = b'{"kind":"upstream"'
+
+
+def _seed(request: Payload) -> int | None:
+    return request.seed if isinstance(request, UpstreamRequest) else request.params.seed
+
+
+def _with_id(request: Payload, request_id: str, seed: int | None) -> Payload:
+    """``request`` as choice ``request_id`` with ``seed`` (an upstream request has one choice, and no seed)."""
+    if isinstance(request, UpstreamRequest):
+        return request.model_copy(update={"id": request_id})
+    params = request.params.model_copy(update={"seed": seed})
+    return request.model_copy(update={"id": request_id, "params": params})
+
 
 class QueuedRequest(BaseModel):
     """One choice of a request as the gateway handles it (an older gateway stored it whole in its entry)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    request: wire.GenerationRequest
+    request: Payload
     #: The reply channel of the gateway replica holding the client.
     reply_to: str
     #: Unix time (s) the gateway accepted it.
@@ -106,7 +123,7 @@ class QueuedRequest(BaseModel):
         """What its stream entry holds beside the body's reference."""
         return QueuedEntry(
             id=self.id,
-            seed=self.request.params.seed,
+            seed=_seed(self.request),
             reply_to=self.reply_to,
             accepted_at=self.accepted_at,
             attempt=self.attempt,
@@ -135,11 +152,10 @@ class QueuedEntry(BaseModel):
     prompt: int
     account: str = ""
 
-    def queued(self, prompt: wire.GenerationRequest) -> QueuedRequest:
+    def queued(self, prompt: Payload) -> QueuedRequest:
         """The choice, its request rebuilt from the body's ``prompt`` (choice 0's request of that prompt)."""
-        params = prompt.params.model_copy(update={"seed": self.seed})
         return QueuedRequest(
-            request=prompt.model_copy(update={"id": self.id, "params": params}),
+            request=_with_id(prompt, self.id, self.seed),
             reply_to=self.reply_to,
             accepted_at=self.accepted_at,
             attempt=self.attempt,
@@ -157,7 +173,7 @@ class Stored:
     its choices (``prompt``: index into ``prompts``), charged to ``account`` if not None."""
 
     id: str
-    prompts: tuple[wire.GenerationRequest, ...]
+    prompts: tuple[Payload, ...]
     choices: tuple[QueuedRequest, ...]
     account: Account | None = None
 
@@ -234,7 +250,7 @@ class Lapsed:
 #: What a read makes of an entry.
 Taken = Delivery | Unreadable | Lapsed
 #: A prompt of a body as read: the request, why it did not parse (str), or None if the body is gone.
-Prompt = wire.GenerationRequest | str | None
+Prompt = Payload | str | None
 
 
 @dataclass(frozen=True)
@@ -656,10 +672,12 @@ def _entry(entry_id: str, payload: bytes, request_id: bytes, body: bytes) -> Que
         return _unreadable(entry_id, payload, request_id, _reason(exc), body=body)
 
 
-def _prompt(raw: bytes) -> wire.GenerationRequest | str:
+def _prompt(raw: bytes) -> Payload | str:
     """A prompt from a body, or why it does not parse (nested past the reader's limit by a gateway that did not
-    bound it, or not a request at all)."""
+    bound it, or not a request at all). An upstream request is dumped with its ``kind`` first."""
     try:
+        if raw.startswith(_UPSTREAM_PREFIX):
+            return UpstreamRequest.model_validate_json(raw)
         return wire.GenerationRequest.model_validate_json(raw)
     except ValidationError as exc:
         return _reason(exc)

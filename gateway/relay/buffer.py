@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Protocol
 
-from gateway.relay.messages import Progress, Token
+from gateway.relay.messages import Chunk, Progress, Token
 
 __all__ = ["ReplyBuffer", "ndjson_reads"]
 
@@ -34,7 +34,7 @@ class ReplyBuffer:
 
     def add(self, channel: str, reply: Progress) -> None:
         replies = self._pending.setdefault(channel, [])
-        if replies and isinstance(reply, Token) and (merged := _merged(replies[-1], reply)) is not None:
+        if replies and isinstance(reply, Token | Chunk) and (merged := _merged(replies[-1], reply)) is not None:
             replies[-1] = merged
         else:
             replies.append(reply)
@@ -50,10 +50,15 @@ class ReplyBuffer:
         await self._sender.send(pending)
 
 
-def _merged(last: Progress, token: Token) -> Token | None:
-    """Two consecutive tokens of one attempt as one (text, log-probability entries and tool calls appended)."""
-    if not isinstance(last, Token) or last.id != token.id or last.attempt != token.attempt:
+def _merged(last: Progress, token: Token | Chunk) -> Token | Chunk | None:
+    """Two consecutive tokens of one attempt as one (text, log-probability entries and tool calls appended); two
+    consecutive chunk messages likewise (their events in order)."""
+    if type(last) is not type(token) or last.id != token.id or last.attempt != token.attempt:
         return None
+    if isinstance(token, Chunk):
+        assert isinstance(last, Chunk)
+        return Chunk(id=token.id, attempt=token.attempt, data=last.data + token.data)
+    assert isinstance(last, Token)
     return Token(
         id=token.id,
         attempt=token.attempt,

@@ -49,9 +49,27 @@ class Failed(_Reply):
     message: str
 
 
-AnyReply = Dispatched | Token | Finished | Failed
-Progress = Dispatched | Token
-Final = Finished | Failed
+class Chunk(_Reply):
+    """Server-sent events of an OpenAI-compatible upstream (``protocol = openai``), relayed as they came: each
+    ``data`` is one event's payload (a chunk's JSON), in order."""
+
+    kind: Literal["chunk"] = "chunk"
+    attempt: int
+    data: tuple[str, ...]
+
+
+class Answered(_Reply):
+    """An upstream's answer to a forwarded request: its status and body (JSON) when it was not streamed, or when
+    it refused the request; a streamed one that ended well has status 200 and no body (its chunks came before)."""
+
+    kind: Literal["answered"] = "answered"
+    status: int
+    body: str = ""
+
+
+AnyReply = Dispatched | Token | Finished | Failed | Chunk | Answered
+Progress = Dispatched | Token | Chunk
+Final = Finished | Failed | Answered
 ReplyAdapter: TypeAdapter[AnyReply] = TypeAdapter(Annotated[AnyReply, Field(discriminator="kind")])
 #: A flush (``gateway.relay.buffer``): the replies for one reply channel, in order, as one JSON array.
 RepliesAdapter: TypeAdapter[list[AnyReply]] = TypeAdapter(list[Annotated[AnyReply, Field(discriminator="kind")]])

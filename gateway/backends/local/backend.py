@@ -1,4 +1,5 @@
-"""The local backend: a replica is a ``python -m runtime`` process on a free 127.0.0.1 port.
+"""The local backend: a replica is a ``python -m runtime`` process on a free 127.0.0.1 port (or, for a model with
+``protocol = "openai"``, the OpenAI-compatible server its ``command`` starts, ready when its ``health-path`` answers).
 
 Started on demand (by claiming a standby runtime if one is up, see ``gateway.backends.local.runtimes``), ready when its
 ``/readyz`` answers 200 or it announces itself, restarted with back-off if it dies while wanted (like a kubelet's
@@ -77,10 +78,10 @@ class LocalReplica:
     async def _became_ready(self, url: str, exited: asyncio.Task[int]) -> bool:
         """Probe until ready; False at once if the process exits first (it may have been announced ready and
         got work already, so its exit must not wait for the next probe)."""
+        settings = self._model.settings
+        route = settings.health_path if settings.forwards else wire.READY_PATH
         probe = asyncio.create_task(
-            probe_until_ready(
-                url + wire.READY_PATH, exited=exited.done, period_s=READY_PROBE_S, headers=self._group.env.headers
-            )
+            probe_until_ready(url + route, exited=exited.done, period_s=READY_PROBE_S, headers=self._group.env.headers)
         )
         await asyncio.wait({probe, exited}, return_when=asyncio.FIRST_COMPLETED)
         if not probe.done():
@@ -152,6 +153,10 @@ class ReplicaGroup:
 
     async def runtime_for(self, name: str) -> RuntimeProcess | None:
         """A runtime process for replica ``name``: a claimed standby if there is one, else a new process."""
+        m = self.model
+        if m.settings.forwards:  # an OpenAI-compatible server: started as configured, never a standby of ours
+            fields = {"source": m.source, "model": m.settings.served_name}
+            return await RuntimeProcess.spawn_server(m.command, fields, name)
         args = self.runtime_args()
         claimed = await self._standbys.claim(name, args)
         return claimed or await RuntimeProcess.spawn(self._config.python, args, name, self.env)

@@ -35,6 +35,9 @@ class LocalModel:
     dtype: str = "auto"
     #: Extra ``python -m runtime`` arguments.
     args: tuple[str, ...] = ()
+    #: ``protocol = "openai"`` only: the OpenAI-compatible server to start as a replica, one argument per item;
+    #: ``{host}``, ``{port}``, ``{source}`` and ``{model}`` (the name it is to serve) are filled in.
+    command: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,9 @@ class LocalConfig:
     standby: int = 1
 
 
-_RUNTIME_KEYS = {"source", "engine", "device", "dtype", "args"}
+_RUNTIME_KEYS = {"source", "engine", "device", "dtype", "args", "command"}
+#: What a ``command`` may fill in.
+COMMAND_FIELDS = ("host", "port", "source", "model")
 
 
 def load_local_config(path: Path) -> LocalConfig:
@@ -98,7 +103,28 @@ def _local_model(name: str, spec: Mapping[str, Any], base: Path) -> LocalModel:
         device=str(spec.get("device", "auto")),
         dtype=str(spec.get("dtype", "auto")),
         args=tuple(str(a) for a in spec.get("args", ())),
+        command=_command(name, settings, spec.get("command")),
     )
+
+
+def _command(name: str, settings: ModelSettings, command: object) -> tuple[str, ...]:
+    """An ``openai`` model's server command (required there, refused elsewhere), its placeholders checked."""
+    if command is None:
+        if settings.forwards:
+            raise ConfigError(f"models.{name}: protocol 'openai' needs 'command', the server to start", key="command")
+        return ()
+    if not settings.forwards:
+        raise ConfigError(f"models.{name}.command: for protocol 'openai' only (a runtime takes 'args')", key="command")
+    if not isinstance(command, list) or not command or not all(isinstance(word, str) for word in command):
+        raise ConfigError(f"models.{name}.command: a non-empty list of strings", key="command")
+    for word in command:
+        try:
+            word.format_map(dict.fromkeys(COMMAND_FIELDS, ""))
+        except (KeyError, ValueError, IndexError) as exc:
+            fields = ", ".join(f"{{{f}}}" for f in COMMAND_FIELDS)
+            message = f"models.{name}.command: {word!r}: {exc!r} (it may use {fields})"
+            raise ConfigError(message, key="command") from None
+    return tuple(command)
 
 
 def _toml(value: str | int | float | list[str]) -> str:
@@ -117,6 +143,8 @@ def dump_local_config(config: LocalConfig) -> str:
         fields: dict[str, Any] = {"source": m.source, "engine": m.engine, "device": m.device, "dtype": m.dtype}
         if m.args:
             fields["args"] = list(m.args)
+        if m.command:
+            fields["command"] = list(m.command)
         fields |= m.settings.to_values()
         lines.extend(f"{key} = {_toml(value)}" for key, value in fields.items())
     return "\n".join(lines) + "\n"

@@ -81,6 +81,21 @@ class RuntimeProcess:
         started."""
         port = free_port()
         argv = [python, "-m", "runtime", *args, "--host", "127.0.0.1", "--port", str(port)]
+        return await cls._start(argv, port, name, env.environ(os.environ), role)
+
+    @classmethod
+    async def spawn_server(cls, command: Sequence[str], fields: Mapping[str, str], name: str) -> RuntimeProcess | None:
+        """Start an OpenAI-compatible server (``protocol = openai``): ``command`` with ``{host}``, ``{port}`` (a free
+        one) and ``fields`` filled in. It gets the allow-listed environment only: none of kaltstart's secrets."""
+        port = free_port()
+        values = {"host": "127.0.0.1", "port": str(port), **fields}
+        argv = [word.format_map(values) for word in command]
+        return await cls._start(argv, port, name, child_environment(os.environ, {}), "upstream server")
+
+    @classmethod
+    async def _start(
+        cls, argv: Sequence[str], port: int, name: str, environ: Mapping[str, str], role: str
+    ) -> RuntimeProcess | None:
         log.info("starting %s %s: %s", role, name, redact(" ".join(argv)))  # a model's own flags may hold a URL
         try:
             process = await asyncio.create_subprocess_exec(
@@ -88,7 +103,7 @@ class RuntimeProcess:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 preexec_fn=die_with_parent,
-                env=env.environ(os.environ),
+                env=dict(environ),
             )
         except OSError as exc:
             log.error("cannot start %s: %s", name, exc)

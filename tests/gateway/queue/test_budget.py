@@ -100,8 +100,8 @@ async def test_a_prompt_is_stored_once_however_many_choices(queue: RequestQueue,
 
     batch = await read_batch(queue, MODEL, "dispatcher", 100)
     assert [d.queued.id for d in batch] == [f"wide-{j}" for j in range(16)]
-    assert all(d.queued.request.prompt == prompt for d in batch)  # each choice is its whole request again
-    assert [d.queued.request.params.seed for d in batch] == list(range(16))
+    assert all(_generation(d).prompt == prompt for d in batch)  # each choice is its whole request again
+    assert [_generation(d).params.seed for d in batch] == list(range(16))
 
 
 async def test_nothing_is_left_once_requests_are_answered_or_cancelled(queue: RequestQueue, redis: Redis) -> None:
@@ -125,9 +125,9 @@ async def test_a_redelivered_choice_keeps_its_body(queue: RequestQueue, redis: R
     assert await queue.settle(MODEL, first[0], _finished(first[0].queued.id))
     assert await queue.requeue(MODEL, first[1])  # its replica failed: the body must still be there
     (redelivered,) = await read_batch(queue, MODEL, "dispatcher", 100)
-    assert redelivered.queued.request.prompt == "once more" and redelivered.queued.attempt == 2
+    assert _generation(redelivered).prompt == "once more" and redelivered.queued.attempt == 2
     taken = await Takeover(redis, queue).take_over(MODEL, "dispatcher", "janitor")  # and so does a janitor's take-over
-    assert [d.queued.request.prompt for d in taken] == ["once more"]
+    assert [_generation(d).prompt for d in taken] == ["once more"]
     assert await queue.settle(MODEL, taken[0], _finished(taken[0].queued.id))
     assert await _left_behind(redis) == []
 
@@ -267,3 +267,10 @@ async def test_new_work_is_refused_near_maxmemory_but_settles_go_on(small_redis:
     # The request accepted before still gets its answer stored and published: settles have their room.
     assert await queue.settle(MODEL, delivery, _finished("waiting"))
     assert await queue.final_reply(MODEL, "waiting") is not None
+
+
+def _generation(delivery: Delivery) -> wire.GenerationRequest:
+    """A delivered choice's request for our runtime (these tests queue no upstream requests)."""
+    request = delivery.queued.request
+    assert isinstance(request, wire.GenerationRequest)
+    return request
