@@ -110,12 +110,7 @@ class Ticket:
         """New text (and its log-probability entries) as it is generated, then the finished result. Raises the
         request's error, if any."""
         while True:
-            try:
-                reply = self._early.pop(0) if self._early else await self._next(self._deadline)
-            except TimeoutError:
-                if await self._give_up():
-                    raise DeadlineExceeded("The request did not finish in time.") from None
-                continue
+            reply = await self._reply()
             if isinstance(reply, Token):
                 if delta := self._new_delta(reply):
                     yield delta
@@ -134,12 +129,7 @@ class Ticket:
         Raises the request's error, if any. An upstream request is never retried once its events were relayed,
         so no two attempts' events mix."""
         while True:
-            try:
-                reply = self._early.pop(0) if self._early else await self._next(self._deadline)
-            except TimeoutError:
-                if await self._give_up():
-                    raise DeadlineExceeded("The request did not finish in time.") from None
-                continue
+            reply = await self._reply()
             if isinstance(reply, Chunk):
                 yield reply
             elif isinstance(reply, Answered):
@@ -149,6 +139,15 @@ class Ticket:
             elif isinstance(reply, Failed):
                 self._settled = True
                 raise _failure(reply)
+
+    async def _reply(self) -> AnyReply:
+        """The next reply (one that came with the dispatch first); 504 once the request's deadline passed."""
+        while True:
+            try:
+                return self._early.pop(0) if self._early else await self._next(self._deadline)
+            except TimeoutError:
+                if await self._give_up():
+                    raise DeadlineExceeded("The request did not finish in time.") from None
 
     async def result(self) -> wire.FinishEvent:
         async for item in self.stream():

@@ -10,6 +10,7 @@ read waits for a fuller batch is ``gateway.dispatch.window``'s decision.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -73,30 +74,18 @@ class Dispatcher:
         self._is_waiting = is_waiting
         self._limits = limits
         self._cancels = RemoteCancels(client=client)
-        self._batches: BatchRelay | UpstreamRelay
-        if settings.forwards:
-            self._batches = UpstreamRelay(
-                model=settings.name,
-                queue=queue,
-                sender=sender,
-                client=client,
-                pool=self._pool,
-                metrics=metrics,
-                max_attempts=max_attempts,
-                not_ready=self._not_ready,
-            )
-        else:
-            self._batches = BatchRelay(
-                model=settings.name,
-                queue=queue,
-                sender=sender,
-                client=client,
-                pool=self._pool,
-                cancels=self._cancels,
-                metrics=metrics,
-                max_attempts=max_attempts,
-                not_ready=self._not_ready,
-            )
+        # Batches to our runtime, or each request on its own to an OpenAI-compatible upstream.
+        relay = UpstreamRelay if settings.forwards else functools.partial(BatchRelay, cancels=self._cancels)
+        self._batches: BatchRelay | UpstreamRelay = relay(
+            model=settings.name,
+            queue=queue,
+            sender=sender,
+            client=client,
+            pool=self._pool,
+            metrics=metrics,
+            max_attempts=max_attempts,
+            not_ready=self._not_ready,
+        )
         self._reported: set[str] = set()
         self._prepared = False
         self._dispatched_to: set[str] = set()
