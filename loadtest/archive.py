@@ -206,11 +206,155 @@ def _scale_windows(s: Mapping[str, Any]) -> str:
     return f"idle: median of {s['windows']} windows of {_n(s['window_s'])} s"
 
 
+def _spread(s: Mapping[str, Any], key: str, digits: int = 2) -> str:
+    """A ratio (x) with its bootstrap 95 % interval where the summary has one."""
+    ci = s.get(f"{key}_ci95")
+    inside = f" (95 % CI {_n(ci[0], digits)}-{_n(ci[1], digits)})" if isinstance(ci, list) and len(ci) == 2 else ""
+    return f"{_n(s.get(key), digits)}x{inside}"
+
+
+def _continuous(s: Mapping[str, Any]) -> str:
+    rates = [
+        f"{_n(r['rate_rps'], 0)} req/s: throughput {_spread(r, 'throughput_ratio')}, TTFT p99 "
+        f"{_n(r['ttft_p99_ms_continuous'], 0)} vs {_n(r['ttft_p99_ms_static'], 0)} ms = {_spread(r, 'ttft_p99_ratio')}"
+        for r in s["rates"]
+    ]
+    targets = s.get("targets") or {}
+    met = sum(1 for verdict in targets.values() if verdict is True)
+    return (
+        f"{s['repeat']} alternating repetitions per rate, continuous vs static, medians: {'; '.join(rates)}; a "
+        f"{s['short_tokens']}-token request behind a {s['long_tokens']}-token one "
+        f"{_spread(s, 'short_behind_long_ratio_continuous')} its latency alone (static "
+        f"{_spread(s, 'short_behind_long_ratio_static', 1)}); {s['errors']} errors; {met} of {len(targets)} targets met"
+    )
+
+
+def _coldstart_side(side: Mapping[str, Any]) -> str:
+    return f"{_n(side['ttft_s'], 2)} s"
+
+
+def _coldstart(s: Mapping[str, Any]) -> str:
+    without, standby = s["without_standby"], s["with_standby"]
+    evicted = "verified evicted" if without.get("page_cache_eviction_verified") else "eviction NOT verified"
+    return (
+        f"time to first token {_coldstart_side(standby)} with a standby runtime vs {_coldstart_side(without)} "
+        f"without ({_n(s.get('ttft_ratio'), 2)}x), medians of {without['cold_starts']} interleaved cold starts each; "
+        f"the standby's own start-up {_n(standby.get('standby_startup_s'), 2)} s (off the request's path). Without: "
+        f"process start {_n(without['process_start_ms'] / 1000, 2)} s, imports {_n(without['imports_s'], 2)} s, load "
+        f"{_n(without['load_s'], 2)} s of {_n(without['load_bytes'] / 1e9, 2)} GB (page cache {evicted}): "
+        f"{_n(without['load_gbps'], 2)} GB/s against a raw read of {_n(without['raw_read_gbps_1'], 2)} GB/s on one "
+        f"thread and {_n(without['raw_read_gbps_n'], 2)} on {without['raw_read_threads']} (`load_efficiency` "
+        f"{_n(without['load_efficiency'], 2)} / {_n(without['load_efficiency_n'], 2)}), first token "
+        f"{_n(without['first_token_ms'], 0)} ms; {without['errors'] + standby['errors']} errors"
+    )
+
+
+def _structured(s: Mapping[str, Any]) -> str:
+    compiles = [
+        f"{name} {_n(m['compile_ms'], 1)}" for mask in s.get("masks") or [] for name, m in mask["schemas"].items()
+    ]
+    return (
+        f"{s['vocab_size']}-token vocabulary, batches of {s['batch']}, {s['max_tokens']} tokens, {s['threads']} "
+        f"torch thread(s): with a JSON Schema on every row {_n(s['tokens_per_s_json_schema'], 0)} vs "
+        f"{_n(s['tokens_per_s_free'], 0)} tokens/s free, ratio {_n(s['ratio'], 2)} (schema compiled before; "
+        f"{_n(s.get('ratio_cold_compile'), 2)} with each schema compiled on the way); compile ms: "
+        f"{', '.join(compiles) or 'n/a'}; {s['errors']} errors"
+    )
+
+
+def _batching(s: Mapping[str, Any]) -> str:
+    return (
+        f"{s['requests']} requests of {s['max_tokens']} tokens: batch 16 {_n(s['tokens_per_s_b16'], 0)} vs batch 1 "
+        f"{_n(s['tokens_per_s_b1'], 0)} tokens/s ({_n(s['speedup'], 1)}x); {s['errors']} errors"
+    )
+
+
+def _replay(s: Mapping[str, Any]) -> str:
+    return (
+        f"{s['requests']} requests in {_n(s['duration_s'], 0)} s, {s['ok']} answered, {s['errors']} errors; "
+        f"{s['cold_starts']} cold starts, {s['cold_requests']} requests sent while no replica was ready; latency p50 "
+        f"{_n(s['p50_ms'], 0)} ms, p99 {_n(s['p99_ms'], 0)} ms{_warm(s.get('warm_p50_ms'))}"
+    )
+
+
+def _warm(p50: Any) -> str:
+    return " (every request met a cold start)" if p50 is None else f" (warm p50 {_n(p50, 0)} ms)"
+
+
+def _simulate(s: Mapping[str, Any]) -> str:
+    traces = sorted({t["trace"] for t in s["traces"]})
+    seeds = sorted({t["seed"] for t in s["traces"]})
+    colds = "/".join(_n(c, 0) for c in s["cold_start_s"])
+    held = [
+        f"{row['policy']} below the fixed timeouts' line in {row['below_fixed_line']} of {row['panels']} panels "
+        f"(median {_percent(row['median_vs_fixed_line'])}), Pareto-better than a fixed timeout in "
+        f"{row['beats_a_fixed_point']}, worse in {row['beaten_by_a_fixed_point']}"
+        for row in s.get("score") or []
+        if row["set"] == "held-out"
+    ]
+    return (
+        f"{len(traces)} traces ({', '.join(traces)}) x seeds {','.join(map(str, seeds))} x cold starts {colds} s "
+        f"(spread sigma {_n(s.get('cold_start_spread'), 1)}); held out: {'; '.join(held) or 'none'}. "
+        f"{_simulate_panel(s)}"
+    )
+
+
+def _simulate_panel(s: Mapping[str, Any]) -> str:
+    """One panel in figures: the Azure trace (else the first) at its lowest seed and the middle cold start."""
+    policies = s["policies"]
+    trace = "azure" if any(p["trace"] == "azure" for p in policies) else policies[0]["trace"]
+    panel = [p for p in policies if p["trace"] == trace]
+    seed = min(p["seed"] for p in panel)
+    colds = sorted({p["cold_start_s"] for p in panel})
+    cold = colds[len(colds) // 2]
+    panel = [p for p in panel if p["seed"] == seed and p["cold_start_s"] == cold]
+    one = next((p for p in panel if p["policy"] == "one replica"), None)
+    fixed = sorted((p for p in panel if p["policy"].startswith("idle ")), key=lambda p: p["idle_timeout_s"])
+    shown = {id(p): p for p in _nearest(fixed, (0, 60, 300, float("inf")))}
+    shown |= {id(p): p for p in panel if p["policy"].startswith("adaptive")}
+    figures = [
+        f"{p['policy']}: {_fewer(p['saved_vs_one_replica'])}, "
+        f"{p['cold_start_requests']} cold-start requests waiting {_n(p['cold_start_wait_s'], 0)} s in all"
+        for p in shown.values()
+    ]
+    hours = "n/a" if one is None else _n(one["replica_seconds"] / 3600, 2)
+    return (
+        f"{trace}, seed {seed}, {_n(cold, 0)} s cold start: one replica always on (from the first arrival) "
+        f"{hours} replica-hours; {'; '.join(figures)}"
+    )
+
+
+def _nearest(fixed: Sequence[Mapping[str, Any]], targets: Sequence[float]) -> list[Mapping[str, Any]]:
+    picked: list[Mapping[str, Any]] = []
+    for target in targets:
+        if fixed:
+            best = min(fixed, key=lambda p: abs(p["idle_timeout_s"] - target))
+            if best not in picked:
+                picked.append(best)
+    return picked
+
+
+def _fewer(saved: Any) -> str:
+    if not isinstance(saved, int | float):
+        return "replica-seconds n/a"
+    return f"{abs(saved) * 100:.0f} % {'fewer' if saved >= 0 else 'more'} replica-seconds"
+
+
+def _percent(value: Any) -> str:
+    return "n/a" if not isinstance(value, int | float) else f"{value * 100:+.0f} %"
+
+
 #: The README's rows, in its order.
 ROWS: dict[str, Row] = {
     "overhead": Row("echo engine, one replica, the same runtime directly and through the gateway", _overhead),
     "relay": Row("echo engine, streamed tokens directly and through the gateway", _relay),
     "scale": Row("one gateway, Kubernetes backend (API double), N models all idle but one", _scale),
+    "coldstart": Row("a cold start from zero replicas, page cache evicted, with and without a standby", _coldstart),
+    "continuous": Row("demo model, one replica per scheduler, Poisson arrivals, Azure output lengths", _continuous),
+    "batching": Row("demo model, one runtime, the same requests in batches of 1 and 16", _batching),
+    "structured": Row("demo-size model, one runtime, with and without a JSON Schema on every row", _structured),
+    "replay": Row("a trace replayed in real time against a local gateway (its --config)", _replay),
+    "simulate": Row("the scaling policy on a virtual clock against fixed idle timeouts", _simulate),
 }
 
 

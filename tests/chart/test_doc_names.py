@@ -22,6 +22,7 @@ DOCS = sorted(
         REPO / "README.md",
         REPO / "docs" / "helm.md",
         REPO / "docs" / "kubernetes.md",
+        REPO / "docs" / "vllm.md",
         CHART_DIR / "README.md",
         *(REPO / "docs" / "security").glob("*.md"),
     ]

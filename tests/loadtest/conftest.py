@@ -46,6 +46,16 @@ def saved_summary(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return saved, provenance
 
 
+def report_row(out: Path) -> str:
+    """The README row ``python -m loadtest report`` makes of ``out/summary.json``: so every bench's real summary is
+    checked against the keys its row reads (a renamed figure fails here, not at the next README regeneration)."""
+    from loadtest import archive
+
+    (row,) = archive.table(archive.load([out])).splitlines()[2:]
+    assert "n/a" not in row, row
+    return row
+
+
 async def start_loadtest(*args: str | Path) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from loadtest.continuous import SCHEDULERS
-from tests.loadtest.conftest import loadtest, saved_summary
+from tests.loadtest.conftest import loadtest, report_row, saved_summary
 
 pytestmark = pytest.mark.integration
 
@@ -41,6 +41,7 @@ async def test_overhead(tmp_path: Path) -> None:
     machine = provenance["machine"]
     assert machine["cores"] >= 1 and len(machine["load_before"]) == len(machine["load_after"]) == 3
     assert len((out / "samples.csv").read_text().splitlines()) == 1 + 2 * 80
+    assert "80 requests per side" in report_row(out)
 
 
 async def test_relay(tmp_path: Path) -> None:
@@ -58,6 +59,7 @@ async def test_relay(tmp_path: Path) -> None:
     assert summary["direct_chunks"] == summary["gateway_chunks"] == 2 * 3 * 20
     assert summary["errors"] == 0
     assert "gateway/direct" in run.stdout
+    assert "3 streams of 20 tokens" in report_row(tmp_path / "out")
 
 
 async def test_batching(tiny_llama: Path, tmp_path: Path) -> None:
@@ -72,6 +74,7 @@ async def test_batching(tiny_llama: Path, tmp_path: Path) -> None:
     assert summary["completion_tokens_b1"] == summary["completion_tokens_b16"] == 16 * 4
     assert summary["errors"] == 0
     assert (tmp_path / "out" / "batching.png").stat().st_size > 0
+    assert "16 requests of 4 tokens" in report_row(tmp_path / "out")
 
 
 async def test_structured(tiny_llama: Path, tmp_path: Path) -> None:
@@ -100,6 +103,7 @@ async def test_structured(tiny_llama: Path, tmp_path: Path) -> None:
     assert all(cost["compile_ms"] > 0 and cost["step_ms"] > 0 for cost in llguidance["schemas"].values())
     assert summary["threads"] == 1 and len(summary["cpus_pinned"]) == 1
     assert summary["tokenizer_build"] is None and summary["vocab_size"] == llguidance["vocab"]
+    assert "compile ms: flat" in report_row(tmp_path / "out")
 
 
 async def test_structured_builds_a_larger_vocabulary(tmp_path: Path) -> None:
@@ -178,6 +182,7 @@ async def test_coldstart(tiny_llama: Path, tmp_path: Path) -> None:
     assert "standby runtime: off vs on" in run.stdout and "standby_startup_s" in run.stdout
     assert saved_summary(out)[0] == both
     assert (out / "coldstart.png").stat().st_size > 0
+    assert "medians of 2 interleaved cold starts each" in report_row(out)
 
 
 _CONTINUOUS_PER_SIDE = ("tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "latency_p50_ms", "latency_p99_ms")
@@ -247,6 +252,7 @@ async def test_continuous_echo(tmp_path: Path) -> None:
     assert ("PASS" in run.stdout) or ("MISS" in run.stdout)
     assert saved_summary(out)[0] == summary
     assert (out / "continuous.png").stat().st_size > 0
+    assert "2 alternating repetitions per rate" in report_row(out)
     requests = sum(row["requests"] for row in summary["rates"])
     assert len((out / "requests.csv").read_text().splitlines()) == 1 + 2 * 2 * requests  # sides x repetitions
     assert 'args = ["--scheduler", "static"]' in (out / "continuous.toml").read_text()

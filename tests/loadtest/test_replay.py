@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.processes import free_port
-from tests.loadtest.conftest import loadtest, serving, start_loadtest
+from tests.loadtest.conftest import loadtest, report_row, serving, start_loadtest
 
 pytestmark = pytest.mark.integration
 
@@ -55,6 +55,7 @@ async def test_replay_against_a_local_gateway(tmp_path: Path) -> None:
     for name in ("requests.csv", "replicas.csv", "replay.png", "summary.json", "gateway.log"):
         assert (out / name).stat().st_size > 0, name
     assert len((out / "requests.csv").read_text().splitlines()) == 1 + 8
+    assert "8 requests in" in report_row(out)
 
 
 def flaky_app() -> Starlette:

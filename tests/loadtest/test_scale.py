@@ -12,7 +12,7 @@ import pytest
 
 from loadtest.children import StartError
 from loadtest.scale import add_arguments, fleet_deployments, options_of, summarise_windows
-from tests.loadtest.conftest import loadtest
+from tests.loadtest.conftest import loadtest, report_row
 
 FIGURES = {
     "models", "startup_s", "rss_mb", "idle_cpu_percent", "idle_redis_ops_per_s", "redis_connections",
@@ -98,7 +98,7 @@ async def test_scale(tmp_path: Path) -> None:
         check_idle(fleet, 3)
     assert summary["windows"] == 3 and summary["warm_processes"] == 2
     assert "Redis ops/s" in run.stdout and "answered" in run.stdout
-    assert (tmp_path / "out" / "summary.json").exists()
+    assert "idle: median of 3 windows" in report_row(tmp_path / "out")
 
 
 @pytest.mark.unit

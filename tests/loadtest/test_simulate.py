@@ -25,7 +25,7 @@ from loadtest.simulate import (
     simulate,
 )
 from loadtest.trace import TraceRequest, periodic
-from tests.loadtest.conftest import loadtest
+from tests.loadtest.conftest import loadtest, report_row
 
 # Three requests at t = 0, 10 and 100 s, 5 completion tokens each at 0.02 s per token: 0.1 s of work apiece.
 # A cold start takes 5 s, the autoscaler looks every 1 s, and the window runs from 0 to the last arrival (100 s).
@@ -271,3 +271,4 @@ async def test_simulate_scores_on_held_out_seeds(tmp_path: Path) -> None:
     assert summary["learner"]["must_save"] == MUST_SAVE and summary["cold_start_spread"] == 0.3
     assert "held out" in run.stdout and (tmp_path / "pareto.png").exists()
     assert "provenance" in json.loads((tmp_path / "summary.json").read_text())
+    assert "held out: adaptive 300s below the fixed timeouts' line in" in report_row(tmp_path)
