@@ -56,7 +56,7 @@ def _commands() -> dict[str, tuple[str, _Command]]:
         "bench structured": ("one runtime, batches of 16 with and without a JSON Schema on every row", structured),
         "bench scale": ("one gateway serving 10 to 1,000 models (Kubernetes backend, API double): idle cost", scale),
         "report": ("the README's 'Measure it' table from archived summaries (loadtest/results/)", archive),
-        "gpu": ("bench batching, continuous and coldstart with a ~1B random Llama on CUDA", gpu),
+        "gpu": ("bench batching, continuous and coldstart with a ~1B random Llama on CUDA; vLLM if installed", gpu),
     }
 
 

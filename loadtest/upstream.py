@@ -64,7 +64,7 @@ from loadtest.progress import Progress
 from loadtest.report import Table, finish, write_csv
 from loadtest.stats import difference, ms, percentile, ratio
 
-__all__ = ["TARGETS", "UpstreamOptions", "add_arguments", "bench", "parse_command", "run", "tables"]
+__all__ = ["TARGETS", "UpstreamOptions", "add_arguments", "bench", "parse_command", "run", "source_of", "tables"]
 
 #: The model's name at the gateway (the server serves it under ``upstream_model``).
 _MODEL = "upstream"
@@ -498,6 +498,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="write the gateway's log (the server's within), samples.csv, summary")
 
 
+def source_of(model: Path) -> str:
+    """``{source}``: a directory as an absolute path (the gateway runs elsewhere), else a name the server knows."""
+    return str(model.resolve() if model.exists() else model)
+
+
 def options_of(args: argparse.Namespace) -> UpstreamOptions:
     return UpstreamOptions(
         concurrency=args.concurrency, requests=args.requests, streams=args.streams, rounds=args.rounds,
@@ -510,8 +515,7 @@ async def run(args: argparse.Namespace) -> int:
     options = options_of(args)
     with scratch_dir(args.out) as work:
         model = await demo_model(args.model, work)
-        source = str(model.resolve() if model.exists() else model)  # a directory, or a name the server knows
-        sides, summary = await bench(source, work, options, args.redis_url)
+        sides, summary = await bench(source_of(model), work, options, args.redis_url)
     if args.out is not None:
         rows = ([s.name, latency] for s in sides for latency in s.latencies)
         write_csv(args.out / "samples.csv", ["side", "latency_s"], rows)

@@ -1,16 +1,18 @@
-"""``bench overhead``, ``bench relay``, ``bench batching``, ``bench structured``, ``bench coldstart``, ``bench
-continuous``, ``bench library`` and ``gpu`` run end to end on tiny inputs and report the figures they promise. How
-fast anything is, is not tested: only that it is measured and reported."""
+"""``bench overhead``, ``bench relay``, ``bench upstream``, ``bench batching``, ``bench structured``, ``bench
+coldstart``, ``bench continuous``, ``bench library`` and ``gpu`` run end to end on tiny inputs and report the figures
+they promise. How fast anything is, is not tested: only that it is measured and reported."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from loadtest.continuous import SCHEDULERS
+from loadtest.gpu import bench_vllm
 from loadtest.upstream import parse_command
 from tests.loadtest.conftest import loadtest, report_row, saved_summary
 
@@ -332,3 +334,14 @@ async def test_gpu_help_says_where_it_runs() -> None:
     run = (await loadtest("gpu", "--help")).check()
     assert "torch.cuda.is_available()" in run.stdout
     assert "8 minutes" in run.stdout
+
+
+async def test_gpu_skips_bench_upstream_where_vllm_is_not_installed(tmp_path: Path) -> None:
+    """The GPU machine has no network: vLLM is benchmarked only where it is installed, and said to be skipped
+    elsewhere, with nothing started."""
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here")
+    served, summary = await bench_vllm(tmp_path / "no-model", tmp_path, "cuda")
+    assert (served, summary) == ([], {"skipped": "vllm not installed"})
+    assert not (tmp_path / "upstream").exists()
+    assert "vLLM" in (await loadtest("gpu", "--help")).check().stdout
