@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loadtest import batching, coldstart, coldstart_report, continuous, readers, structured, upstream
+from loadtest import batching, coldstart, coldstart_report, continuous, readers, structured, upstream, upstream_report
 from loadtest.children import StartError, scratch_dir
 from loadtest.models import SIZES, build_in_child
 from loadtest.report import Table, finish
@@ -163,7 +163,7 @@ async def _run(args: argparse.Namespace) -> int:
         *coldstart_report.tables(runs, cold_summary),
         coldstart_report.standby_table(cold_summary, standby_summary),
         *([readers.table(compared)] if "error" not in compared else []),
-        *(upstream.tables(served, upstream_summary) if served else []),
+        *(upstream_report.tables(served, upstream_summary) if served else []),
     ]
     finish(tables, summary, args.out)
     return 0
@@ -178,7 +178,7 @@ async def _compare_readers(model: Path, device: str, dtype: str) -> dict[str, An
         return {"error": str(exc)[-2000:]}
 
 
-async def bench_vllm(model: Path, work: Path, device: str) -> tuple[list[upstream.Side], dict[str, Any]]:
+async def bench_vllm(model: Path, work: Path, device: str) -> tuple[list[upstream_report.Side], dict[str, Any]]:
     """``bench upstream`` with vLLM as the server, where vLLM is installed and there is a GPU; else nothing is
     started and the summary says why (``skipped``). A server that does not start is reported, not fatal."""
     if importlib.util.find_spec("vllm") is None:
