@@ -294,7 +294,11 @@ async def bench(
 ) -> tuple[list[Side], dict[str, Any]]:
     """The whole benchmark on the model at ``source`` (a directory, or whatever the server takes): sides, summary."""
     served = options.upstream_model or source
-    model = openai_model(_MODEL, source, command=options.server_command, upstream_model=served, idle_timeout="3600s")
+    model = openai_model(
+        _MODEL, source, command=options.server_command, upstream_model=served, idle_timeout="3600s",
+        # One replica, the one the direct side asks, never holding back what the direct side sends it.
+        max_replicas=1, max_concurrency=max(64, options.concurrency, options.streams),
+    )  # fmt: skip
     config = write_config(work / "upstream.toml", [model], work / "cache")
     async with (
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session,

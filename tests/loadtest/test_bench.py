@@ -92,6 +92,8 @@ async def test_upstream(demo_model_dir: Path, tmp_path: Path) -> None:
     assert ("PASS" in run.stdout or "MISS" in run.stdout) and "gateway/direct" in run.stdout
     assert "2 streams at once" in report_row(out)
     assert len((out / "samples.csv").read_text().splitlines()) == 1 + 2 * 4
+    config = (out / "upstream.toml").read_text()
+    assert 'protocol = "openai"' in config and "max-replicas = 1" in config
 
 
 @pytest.mark.parametrize(
