@@ -178,6 +178,18 @@ def _relay(s: Mapping[str, Any]) -> str:
     )
 
 
+def _upstream(s: Mapping[str, Any]) -> str:
+    same = {True: "the same text on both sides", False: "texts DIFFER between the sides"}.get(s["same_text"], "n/a")
+    return (
+        f"concurrency {s['concurrency']}, {s['requests_per_side']} requests of {s['max_tokens']} tokens per side: "
+        f"added p50 {_n(s['added_p50_ms'])} ms, p99 {_n(s['added_p99_ms'])} ms; gateway {_n(s['gateway_rps'])} vs "
+        f"direct {_n(s['direct_rps'])} req/s ({_n(s['rps_ratio'], 2)} of direct); gateway CPU "
+        f"{_n(s['gateway_cpu_ms_per_request'], 2)} ms per request; {s['streams']} streams at once: gateway "
+        f"{_n(s['gateway_chunks_per_s'], 0)} vs direct {_n(s['direct_chunks_per_s'], 0)} chunks/s, `relay_ratio` "
+        f"{_n(s['relay_ratio'], 2)}, TTFT added p50 {_n(s['ttft_added_p50_ms'])} ms; {same}; {s['errors']} errors"
+    )
+
+
 def _scale(s: Mapping[str, Any]) -> str:
     parts = []
     for run in s["runs"]:
@@ -348,6 +360,10 @@ def _percent(value: Any) -> str:
 ROWS: dict[str, Row] = {
     "overhead": Row("echo engine, one replica, the same runtime directly and through the gateway", _overhead),
     "relay": Row("echo engine, streamed tokens directly and through the gateway", _relay),
+    "upstream": Row(
+        "an OpenAI-compatible server (default `transformers serve`, demo model, CPU) directly and through the gateway",
+        _upstream,
+    ),
     "scale": Row("one gateway, Kubernetes backend (API double), N models all idle but one", _scale),
     "coldstart": Row("a cold start from zero replicas, page cache evicted, with and without a standby", _coldstart),
     "continuous": Row("demo model, one replica per scheduler, Poisson arrivals, Azure output lengths", _continuous),

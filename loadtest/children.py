@@ -28,6 +28,7 @@ from gateway.processes import die_with_parent, free_port, probe_until_ready
 from gateway.settings import ModelSettings
 
 __all__ = [
+    "TRANSFORMERS_SERVE",
     "Child",
     "GatewayProcess",
     "LogFile",
@@ -35,6 +36,7 @@ __all__ = [
     "StartError",
     "gateway_child",
     "local_model",
+    "openai_model",
     "running_gateway",
     "running_runtime",
     "scratch_dir",
@@ -164,6 +166,25 @@ def local_model(
     return LocalModel(
         ModelSettings.parse(name, keys), source=source, engine=engine, device=device, dtype=dtype, args=tuple(args)
     )
+
+
+#: ``transformers serve`` (transformers' own OpenAI-compatible server) as a local model's ``command``: the console
+#: script installed next to this interpreter, on CPU, the model preloaded. It serves the model under its path.
+TRANSFORMERS_SERVE = (
+    str(Path(sys.executable).parent / "transformers"), "serve", "{source}", "--host", "{host}", "--port", "{port}",
+    "--device", "cpu", "--log-level", "warning",
+)  # fmt: skip
+
+
+def openai_model(
+    name: str, source: Path | str, command: Sequence[str] = TRANSFORMERS_SERVE, **settings: str | int | float
+) -> LocalModel:
+    """A local model whose replicas are an OpenAI-compatible server (``protocol = openai``) started by ``command``;
+    ``transformers serve`` answers under the model's path, so that is the ``upstream-model`` unless given.
+    ``settings`` use the config file's keys with ``_`` for ``-``."""
+    keys: dict[str, str | int | float] = {"protocol": "openai", "upstream-model": str(source)}
+    keys |= {key.replace("_", "-"): value for key, value in settings.items()}
+    return LocalModel(ModelSettings.parse(name, keys), source=str(source), command=tuple(command))
 
 
 def write_config(path: Path, models: Sequence[LocalModel], cache_dir: Path, *, standby: int = 0) -> Path:

@@ -40,6 +40,7 @@ def _commands() -> dict[str, tuple[str, _Command]]:
         scale,
         simulate,
         structured,
+        upstream,
     )
 
     return {
@@ -47,6 +48,7 @@ def _commands() -> dict[str, tuple[str, _Command]]:
         "simulate": ("run a trace through the scaling policy on a virtual clock", simulate),
         "bench overhead": ("the gateway's own cost: an echo runtime, direct vs through the gateway", overhead),
         "bench relay": ("streamed tokens: an echo runtime, direct vs through the gateway", relay),
+        "bench upstream": ("an OpenAI-compatible server (transformers serve), direct vs through the gateway", upstream),
         "bench batching": ("one runtime, the same requests in batches of 1 and 16", batching),
         "bench coldstart": ("a cold start from zero replicas, phase by phase", coldstart),
         "bench continuous": ("one replica, a static against a continuous (step-level) scheduler", continuous),
@@ -54,7 +56,7 @@ def _commands() -> dict[str, tuple[str, _Command]]:
         "bench structured": ("one runtime, batches of 16 with and without a JSON Schema on every row", structured),
         "bench scale": ("one gateway serving 10 to 1,000 models (Kubernetes backend, API double): idle cost", scale),
         "report": ("the README's 'Measure it' table from archived summaries (loadtest/results/)", archive),
-        "gpu": ("bench batching, continuous and coldstart with a ~1B random Llama on CUDA", gpu),
+        "gpu": ("bench batching, continuous and coldstart with a ~1B random Llama on CUDA; vLLM if installed", gpu),
     }
 
 
@@ -69,7 +71,7 @@ def parser() -> argparse.ArgumentParser:
         group, _, sub = name.partition(" ")
         if sub:
             if bench is None:
-                benchmarks = "overhead, relay, batching, coldstart, continuous, library, structured, scale"
+                benchmarks = "overhead, relay, upstream, batching, coldstart, continuous, library, structured, scale"
                 bench_parser = commands.add_parser(group, help=f"benchmarks: {benchmarks}")
                 bench = bench_parser.add_subparsers(dest="benchmark", required=True, metavar="benchmark")
             command = bench.add_parser(sub, help=summary, description=_describe(module))

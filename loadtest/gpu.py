@@ -13,9 +13,11 @@ for the continuous-batching benchmark (Poisson arrivals at ``--rates``, for ``--
 gateways for the cold-start benchmark, with and without a standby runtime, their cold starts alternating
 (``load_gbps``, ``raw_read_gbps``, ``load_efficiency``), then the weight readers side by side on the same files in a
 child process (``loadtest.readers``: ours, safetensors, and fastsafetensors and runai-model-streamer where the
-``fastload`` extra is installed), with the machine's raw read and pinned host-to-device bandwidth. Prints all tables
-and one JSON object with the keys of the benchmarks plus the model's size, ``h2d_gbps`` and the comparison under
-``readers``.
+``fastload`` extra is installed), with the machine's raw read and pinned host-to-device bandwidth; last, where vLLM
+is installed on that machine (nothing is installed here: it has no network), ``bench upstream`` with vLLM serving
+the same model as an ``openai`` model's replica, directly and through a local gateway (skipped otherwise, and said
+so). Prints all tables and one JSON object with the keys of the benchmarks plus the model's size, ``h2d_gbps``, the
+comparison under ``readers`` and ``bench upstream``'s summary (or why it was skipped) under ``upstream``.
 
 ``--device cpu --size tiny`` runs the same steps on a CPU with a tiny model, to check the script without a GPU.
 """
@@ -24,23 +26,36 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from loadtest import batching, coldstart, coldstart_report, continuous, readers, structured
-from loadtest.children import scratch_dir
+from loadtest import batching, coldstart, coldstart_report, continuous, readers, structured, upstream, upstream_report
+from loadtest.children import StartError, scratch_dir
 from loadtest.models import SIZES, build_in_child
 from loadtest.report import Table, finish
 
-__all__ = ["GPU_RATES", "add_arguments", "cuda_available", "run"]
+__all__ = ["GPU_RATES", "VLLM_SERVE", "add_arguments", "bench_vllm", "cuda_available", "run"]
 
 #: ``bench continuous`` on the GPU: a 1B model's decoding step takes some 10 to 30 ms there, so a static replica
 #: (whose batches last as long as their longest request) should fall behind at the highest rate, a continuous one
 #: not (an estimate, like the run time above).
 GPU_RATES = (4.0, 8.0, 16.0)
+
+
+#: ``bench upstream``'s server on the GPU: vLLM's OpenAI-compatible server from this interpreter's environment, the
+#: model under the name ``{model}``, bfloat16, leaving GPU memory for nothing else (the runtimes have stopped by then).
+VLLM_SERVE = (
+    sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", "{source}", "--served-model-name",
+    "{model}", "--host", "{host}", "--port", "{port}", "--dtype", "bfloat16", "--gpu-memory-utilization", "0.8",
+)  # fmt: skip
+#: ``bench upstream`` with vLLM: its figures, sized to take a minute or two once vLLM is up.
+VLLM_OPTIONS = upstream.UpstreamOptions(
+    concurrency=8, requests=64, streams=8, rounds=2, max_tokens=64, server_command=VLLM_SERVE, upstream_model="llama"
+)
 
 
 def cuda_available() -> bool:
@@ -108,6 +123,7 @@ async def _run(args: argparse.Namespace) -> int:
         cold_options = coldstart.ColdStartOptions(args.repeat, args.device, dtype)
         (_, standby_summary), (runs, cold_summary) = await coldstart.bench_sides(model, work, cold_options, (1, 0))
         compared = await _compare_readers(model, args.device, dtype)
+        served, upstream_summary = await bench_vllm(model, work, args.device)
     summary: dict[str, Any] = {
         "model_size": built["size"],
         "model_parameters": built["parameters"],
@@ -121,10 +137,12 @@ async def _run(args: argparse.Namespace) -> int:
         "coldstart_with_standby": standby_summary,
         "h2d_gbps": compared.get("h2d_gbps"),
         "readers": compared,
+        "upstream": upstream_summary,
         "errors": sum(
             part["errors"]
             for part in (batching_summary, structured_summary, continuous_summary, cold_summary, standby_summary)
-        ),
+        )
+        + upstream_summary.get("errors", 0),
         "elapsed_s": time.monotonic() - started,
     }
     model_table = Table("model", ["figure", "value"])
@@ -145,6 +163,7 @@ async def _run(args: argparse.Namespace) -> int:
         *coldstart_report.tables(runs, cold_summary),
         coldstart_report.standby_table(cold_summary, standby_summary),
         *([readers.table(compared)] if "error" not in compared else []),
+        *(upstream_report.tables(served, upstream_summary) if served else []),
     ]
     finish(tables, summary, args.out)
     return 0
@@ -157,3 +176,20 @@ async def _compare_readers(model: Path, device: str, dtype: str) -> dict[str, An
     except RuntimeError as exc:
         print(f"loadtest gpu: the weight readers' comparison failed: {exc}", file=sys.stderr)
         return {"error": str(exc)[-2000:]}
+
+
+async def bench_vllm(model: Path, work: Path, device: str) -> tuple[list[upstream_report.Side], dict[str, Any]]:
+    """``bench upstream`` with vLLM as the server, where vLLM is installed and there is a GPU; else nothing is
+    started and the summary says why (``skipped``). A server that does not start is reported, not fatal."""
+    if importlib.util.find_spec("vllm") is None:
+        print("loadtest gpu: bench upstream skipped: vllm not installed", file=sys.stderr)
+        return [], {"skipped": "vllm not installed"}
+    if device != "cuda":
+        print("loadtest gpu: bench upstream skipped: vLLM needs --device cuda here", file=sys.stderr)
+        return [], {"skipped": "not on cuda"}
+    print("loadtest gpu: bench upstream with vLLM", file=sys.stderr)
+    try:
+        return await upstream.bench(upstream.source_of(model), work / "upstream", VLLM_OPTIONS)
+    except StartError as exc:
+        print(f"loadtest gpu: vLLM did not serve: {exc}", file=sys.stderr)
+        return [], {"error": str(exc)[-2000:], "errors": 1}

@@ -7,7 +7,7 @@ import contextlib
 import secrets
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
@@ -31,7 +31,7 @@ from gateway.catalog import ModelCatalog
 from gateway.metrics import Metrics
 from gateway.replicas.endpoints import ReadyEndpoints
 from gateway.scaling.autoscaler import Scaler
-from gateway.settings import GatewaySettings, KubernetesSettings, ModelSettings, ServerSettings
+from gateway.settings import GatewaySettings, KubernetesSettings, ServerSettings
 from gateway.store.connection import connect
 from loadtest.children import local_model
 
@@ -117,24 +117,8 @@ def model(
     return local_model(name, str(source), engine=engine, device="cpu", dtype="auto", args=args, **settings)
 
 
-#: ``transformers serve`` (transformers' own OpenAI-compatible server) as a local model's ``command``: the console
-#: script installed next to this interpreter, on CPU, the model preloaded.
-TRANSFORMERS_SERVE = (
-    str(Path(sys.executable).parent / "transformers"), "serve", "{source}", "--host", "{host}", "--port", "{port}",
-    "--device", "cpu", "--log-level", "warning",
-)  # fmt: skip
 #: The tests' own OpenAI-compatible server (``tests.fake_upstream``), whose ``/stats`` says what it saw.
 FAKE_UPSTREAM = (sys.executable, "-m", "tests.fake_upstream", "--host", "{host}", "--port", "{port}")
-
-
-def openai_model(
-    name: str, source: Path | str, command: Sequence[str] = TRANSFORMERS_SERVE, **settings: str | int | float
-) -> LocalModel:
-    """A local model whose replicas are an OpenAI-compatible server (``protocol = openai``) started by ``command``;
-    ``transformers serve`` answers under the model's path, so that is the ``upstream-model`` unless given."""
-    keys: dict[str, str | int | float] = {"protocol": "openai", "upstream-model": str(source)}
-    keys |= {key.replace("_", "-"): value for key, value in settings.items()}
-    return LocalModel(ModelSettings.parse(name, keys), source=str(source), command=tuple(command))
 
 
 @contextlib.asynccontextmanager

@@ -16,8 +16,9 @@ import httpx
 import openai
 import pytest
 
+from loadtest.children import openai_model
 from tests.faults.conftest import assert_back_at_zero, assert_nothing_left
-from tests.harness import FAKE_UPSTREAM, LocalGateway, eventually, openai_model, replica_processes, run_gateway
+from tests.harness import FAKE_UPSTREAM, LocalGateway, eventually, replica_processes, run_gateway
 
 pytestmark = pytest.mark.faults
 

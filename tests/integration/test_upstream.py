@@ -18,7 +18,8 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from tests.harness import FAKE_UPSTREAM, LocalGateway, openai_model, replica_processes, run_gateway
+from loadtest.children import openai_model
+from tests.harness import FAKE_UPSTREAM, LocalGateway, replica_processes, run_gateway
 
 pytestmark = pytest.mark.integration
 

@@ -1,15 +1,19 @@
-"""``bench overhead``, ``bench relay``, ``bench batching``, ``bench structured``, ``bench coldstart``, ``bench
-continuous``, ``bench library`` and ``gpu`` run end to end on tiny inputs and report the figures they promise. How
-fast anything is, is not tested: only that it is measured and reported."""
+"""``bench overhead``, ``bench relay``, ``bench upstream``, ``bench batching``, ``bench structured``, ``bench
+coldstart``, ``bench continuous``, ``bench library`` and ``gpu`` run end to end on tiny inputs and report the figures
+they promise. How fast anything is, is not tested: only that it is measured and reported."""
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from loadtest.continuous import SCHEDULERS
+from loadtest.gpu import bench_vllm
+from loadtest.upstream import parse_command
 from tests.loadtest.conftest import loadtest, report_row, saved_summary
 
 pytestmark = pytest.mark.integration
@@ -60,6 +64,46 @@ async def test_relay(tmp_path: Path) -> None:
     assert summary["errors"] == 0
     assert "gateway/direct" in run.stdout
     assert "3 streams of 20 tokens" in report_row(tmp_path / "out")
+
+
+async def test_upstream(demo_model_dir: Path, tmp_path: Path) -> None:
+    """``transformers serve`` on the demo model, started from zero by the gateway, asked directly and through it."""
+    out = tmp_path / "out"
+    run = await loadtest(
+        "bench", "upstream", "--model", demo_model_dir, "--concurrency", "2", "--requests", "4", "--streams", "2",
+        "--rounds", "1", "--max-tokens", "6", "--out", out, timeout_s=180,
+    )  # fmt: skip
+    summary = run.check().summary
+    keys = {
+        "direct_rps", "gateway_rps", "rps_ratio", "added_p50_ms", "added_p99_ms", "direct_chunks_per_s",
+        "gateway_chunks_per_s", "relay_ratio", "ttft_added_p50_ms", "gateway_cpu_ms_per_request",
+    }  # fmt: skip
+    assert all(summary[k] is not None for k in keys), summary
+    assert summary["added_p50_ms"] == pytest.approx(summary["gateway_p50_ms"] - summary["direct_p50_ms"], abs=0.01)
+    assert summary["relay_ratio"] == pytest.approx(
+        summary["gateway_chunks_per_s"] / summary["direct_chunks_per_s"], rel=1e-3
+    )
+    assert (summary["direct_errors"], summary["gateway_errors"], summary["errors"]) == (0, 0, 0)
+    # Greedy: every prompt (4 non-streamed, 2 streamed) got the same text directly and through the gateway.
+    assert summary["same_text"] is True and summary["texts_compared"] == 6
+    assert summary["direct_chunks"] > 0 and summary["gateway_chunks"] > 0
+    assert summary["upstream_model"] == str(demo_model_dir) and "transformers" in summary["server_command"]
+    assert set(summary["targets"]) == {"added_p50_ms_le_2", "relay_ratio_ge_0_8"}
+    assert ("PASS" in run.stdout or "MISS" in run.stdout) and "gateway/direct" in run.stdout
+    assert "2 streams at once" in report_row(out)
+    assert len((out / "samples.csv").read_text().splitlines()) == 1 + 2 * 4
+    config = (out / "upstream.toml").read_text()
+    assert 'protocol = "openai"' in config and "max-replicas = 1" in config
+
+
+@pytest.mark.parametrize(
+    ("command", "refused"),
+    [("", "empty"), ("serve --port 80", "{port}"), ("serve --port {port} {weights}", "weights")],
+)
+def test_upstream_refuses_a_server_command_it_cannot_fill_in(command: str, refused: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match=refused):
+        parse_command(command)
+    assert parse_command("vllm serve {source} --port {port} --served-model-name '{model}'")[-1] == "{model}"
 
 
 async def test_batching(tiny_llama: Path, tmp_path: Path) -> None:
@@ -292,3 +336,14 @@ async def test_gpu_help_says_where_it_runs() -> None:
     run = (await loadtest("gpu", "--help")).check()
     assert "torch.cuda.is_available()" in run.stdout
     assert "8 minutes" in run.stdout
+
+
+async def test_gpu_skips_bench_upstream_where_vllm_is_not_installed(tmp_path: Path) -> None:
+    """The GPU machine has no network: vLLM is benchmarked only where it is installed, and said to be skipped
+    elsewhere, with nothing started."""
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here")
+    served, summary = await bench_vllm(tmp_path / "no-model", tmp_path, "cuda")
+    assert (served, summary) == ([], {"skipped": "vllm not installed"})
+    assert not (tmp_path / "upstream").exists()
+    assert "vLLM" in (await loadtest("gpu", "--help")).check().stdout
