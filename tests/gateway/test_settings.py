@@ -129,9 +129,27 @@ def test_model_setting_keys_are_listed_once() -> None:
         "target-queue-per-replica",
         "idle-policy",
         "cold-start-cost",
+        "protocol",
+        "upstream-model",
+        "health-path",
+        "max-concurrency",
     )
     s = ModelSettings.parse("m", {"idle-timeout": "90s", "max-batch-delay": "5ms", "max-replicas": 4})
     assert ModelSettings.parse("m", s.to_values()) == s
+
+
+def test_an_openai_model_names_its_upstream_health_route_and_concurrency() -> None:
+    s = ModelSettings.parse(
+        "m", {"protocol": "OpenAI", "upstream-model": "org/M-7B", "health-path": "/v1/models", "max-concurrency": 8}
+    )
+    assert (s.forwards, s.served_name, s.health_path, s.max_concurrency) == (True, "org/M-7B", "/v1/models", 8)
+    assert ModelSettings.parse("m", s.to_values()) == s
+    ours = ModelSettings.parse("m", {})
+    assert (ours.forwards, ours.served_name, ours.health_path, ours.max_concurrency) == (False, "m", "/health", 64)
+    bad_values = (("protocol", "grpc"), ("health-path", "health"), ("upstream-model", "a b"), ("max-concurrency", 0))
+    for key, bad in bad_values:
+        with pytest.raises(ConfigError, match=key):
+            ModelSettings.parse("m", {key: bad})
 
 
 def test_the_idle_policy_is_fixed_or_adaptive() -> None:
