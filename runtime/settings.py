@@ -416,10 +416,12 @@ def _pool_settings(args: argparse.Namespace) -> PoolSettings:
         if not name.strip() or not source.strip():
             raise SettingsError(f"--model takes NAME=SOURCE, got {spec!r}")
         models.append((name.strip(), source.strip()))
+    if not models:
+        raise SettingsError("--pool needs at least one --model NAME=SOURCE")
     return PoolSettings(
         models=tuple(models),
         device_budget_bytes=args.pool_device_bytes or None,
-        host_budget_bytes=None if args.pool_host_bytes < 0 else args.pool_host_bytes,
+        host_budget_bytes=None if args.pool_host_bytes == -1 else args.pool_host_bytes,
         wait_s=args.pool_wait_s,
     )
 

@@ -36,7 +36,7 @@ from runtime.settings import PoolSettings, RuntimeSettings
 from runtime.weights.cache import materialise
 from wire import ModelState, PoolModel, PoolReport
 
-__all__ = ["EngineFactory", "ModelPool", "RunnerFactory", "default_budgets"]
+__all__ = ["EngineFactory", "ModelPool", "PooledModel", "RunnerFactory", "default_budgets"]
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def _torch_engine(settings: RuntimeSettings, model_dir: Path) -> ParkingEngine:
 
 
 @dataclass(eq=False)
-class _Model:
+class PooledModel:
     name: str
     settings: RuntimeSettings
     model_dir: Path
@@ -85,7 +85,7 @@ class ModelPool:
 
     def __init__(
         self,
-        models: Sequence[_Model],
+        models: Sequence[PooledModel],
         budgets: Budgets,
         *,
         wait_s: float,
@@ -203,7 +203,7 @@ class ModelPool:
             runner.close()
         self._thread.shutdown(wait=False, cancel_futures=True)
 
-    async def _activate(self, model: _Model) -> None:
+    async def _activate(self, model: PooledModel) -> None:
         async with self._lock:
             if model.ready:
                 return
@@ -220,7 +220,7 @@ class ModelPool:
                     self._models[move.name].moving = False
                 model.moving = False
 
-    async def _room_for(self, model: _Model) -> list[Move]:
+    async def _room_for(self, model: PooledModel) -> list[Move]:
         """The moves that make room for ``model``, once the models in the way are idle; ``PoolBusy`` at the bound."""
         deadline = asyncio.get_running_loop().time() + self._wait_s
         while True:
@@ -246,7 +246,7 @@ class ModelPool:
     # The pool thread's side: the moves themselves. State is written here only while the model is ``moving``,
     # which keeps the event loop's side off it.
 
-    def _move(self, model: _Model, to: ModelState) -> None:
+    def _move(self, model: PooledModel, to: ModelState) -> None:
         if model.runner is not None:
             model.runner.close()  # waits for its current step: nothing runs on the weights from here on
             model.runner = None
@@ -263,7 +263,7 @@ class ModelPool:
             model.counts["unloads"] += 1
             log.info("pool: dropped %s (%s -> absent, %.1f MB)", model.name, was, model.weight_bytes / 1e6)
 
-    def _bring_in(self, model: _Model) -> None:
+    def _bring_in(self, model: PooledModel) -> None:
         if model.state == "parked":
             started = time.monotonic()
             moved = model.engine.wake()
@@ -274,7 +274,7 @@ class ModelPool:
         model.runner = self._runner_factory(model.engine, model.settings)
         model.state = "active"
 
-    def _load(self, model: _Model) -> None:
+    def _load(self, model: PooledModel) -> None:
         started = time.monotonic()
         model.engine.load()
         model.weight_bytes = model.engine.weight_bytes()
@@ -283,7 +283,7 @@ class ModelPool:
         _log_move("loaded", model, model.weight_bytes, started)
 
 
-def _log_move(what: str, model: _Model, moved: int, started: float) -> None:
+def _log_move(what: str, model: PooledModel, moved: int, started: float) -> None:
     seconds = time.monotonic() - started
     log.info(
         "pool: %s %s: %.1f MB in %.3f s (%.0f MB/s)",
@@ -295,12 +295,12 @@ def _log_move(what: str, model: _Model, moved: int, started: float) -> None:
     )
 
 
-def _cached(settings: RuntimeSettings, name: str, source: str, engine_factory: EngineFactory) -> _Model:
+def _cached(settings: RuntimeSettings, name: str, source: str, engine_factory: EngineFactory) -> PooledModel:
     """One pool model, its weights in the node-local cache, not loaded."""
     own = replace(settings, model_name=name, source=source, pool=None)
     model_dir = materialise(source, settings.cache_dir, settings.cache_verify).path
     engine = engine_factory(own, model_dir)
-    return _Model(name, own, model_dir, engine, engine.weight_bytes(), _configured_context(model_dir, settings))
+    return PooledModel(name, own, model_dir, engine, engine.weight_bytes(), _configured_context(model_dir, settings))
 
 
 def _configured_context(model_dir: Path, settings: RuntimeSettings) -> int:

@@ -142,16 +142,8 @@ def create_app(
         received = await body(request)
         if isinstance(received, Response):
             return received
-        parsed = _batch_request(received, readiness.settings)
-        if isinstance(parsed, Response):
-            return parsed
-        runner = readiness.runner or await _pool_runner(readiness.pool, parsed.model)
-        if isinstance(runner, Response):
-            return runner
-        exit_if_triggered(parsed.requests, readiness.settings.fault_exit_on)
-        on_close = readiness.pool.released if readiness.pool is not None else lambda: None
-        answer = BatchResponse(runner.submit(parsed.requests), on_close=on_close)  # no await since runner_for
-        answer.headers[FREE_ROWS_HEADER] = str(runner.free_rows)  # after taking the batch
+        answer = await _batch_answer(readiness, received)
+        answer.headers[FREE_ROWS_HEADER] = str(_free_rows(readiness))  # after taking the batch, if it was taken
         return answer
 
     async def cancel(request: Request) -> Response:
@@ -228,6 +220,26 @@ def _batch_request(body: bytes, settings: RuntimeSettings) -> BatchRequest | Res
     if len(parsed.requests) > settings.max_batch_size:
         return _error(413, f"{len(parsed.requests)} requests, more than max_batch_size {settings.max_batch_size}")
     return parsed
+
+
+async def _batch_answer(readiness: Readiness, body: bytes) -> Response:
+    """The streaming answer with the batch taken by its model's runner, or why it was refused."""
+    parsed = _batch_request(body, readiness.settings)
+    if isinstance(parsed, Response):
+        return parsed
+    runner = readiness.runner or await _pool_runner(readiness.pool, parsed.model)
+    if isinstance(runner, Response):
+        return runner
+    exit_if_triggered(parsed.requests, readiness.settings.fault_exit_on)
+    on_close = readiness.pool.released if readiness.pool is not None else lambda: None
+    return BatchResponse(runner.submit(parsed.requests), on_close=on_close)  # no await since runner_for
+
+
+def _free_rows(readiness: Readiness) -> int:
+    if readiness.runner is not None:
+        return readiness.runner.free_rows
+    ready = readiness.ready_body(with_pool=False)
+    return ready.free_rows if ready is not None else 0
 
 
 async def _pool_runner(pool: ModelPool | None, model: str) -> Runner | Response:
