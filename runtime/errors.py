@@ -7,7 +7,10 @@
     │   ├── EngineNotLoaded  generate() or warmup() before load()
     │   └── CheckpointError  a safetensors file is malformed or truncated (the message names the file)
     │       └── UnknownDtype a tensor in a dtype the reader does not know: the load falls back to from_pretrained
-    └── PromptRejected       a request's prompt this model cannot take (a chat turn its template cannot render)
+    ├── PromptRejected       a request's prompt this model cannot take (a chat turn its template cannot render)
+    └── PoolError            a pool runtime cannot make a model active
+        ├── ModelTooLarge    the model alone exceeds the pool's device budget (found at start: the runtime exits)
+        └── PoolBusy         no room within ``--pool-wait-s``: the models that would have to go hold requests (503)
 
 Errors a single request causes (a prompt longer than the context) travel to the gateway as an ``ErrorEvent`` with
 code ``invalid_request`` while the rest of the batch runs on; ``PromptRejected`` is raised only on the way to such
@@ -21,6 +24,9 @@ __all__ = [
     "CheckpointError",
     "EngineError",
     "EngineNotLoaded",
+    "ModelTooLarge",
+    "PoolBusy",
+    "PoolError",
     "PromptRejected",
     "RuntimeServiceError",
     "SettingsError",
@@ -58,3 +64,15 @@ class UnknownDtype(CheckpointError):
 
 class PromptRejected(RuntimeServiceError):
     """The message says, for the client, why the model cannot take this prompt."""
+
+
+class PoolError(RuntimeServiceError):
+    pass
+
+
+class ModelTooLarge(PoolError):
+    pass
+
+
+class PoolBusy(PoolError):
+    pass

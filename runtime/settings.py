@@ -17,7 +17,7 @@ from runtime.output.toolcalls import ToolParserName
 from runtime.weights.cache import VERIFY_MODES, CacheVerify
 from wire import MAX_ANNOUNCE_INTERVAL_S, MAX_ANNOUNCED_MODELS, MAX_MODEL_NAME_LENGTH, SchedulerKind
 
-__all__ = ["ENV_PREFIX", "Device", "Dtype", "EngineKind", "RuntimeSettings", "SchedulerKind"]
+__all__ = ["ENV_PREFIX", "Device", "Dtype", "EngineKind", "PoolSettings", "RuntimeSettings", "SchedulerKind"]
 
 ENV_PREFIX = "KALTSTART_RUNTIME_"
 
@@ -38,6 +38,32 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 #: The shortest token taken (a guessable token guards nothing).
 MIN_TOKEN_CHARS = 16
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoolSettings:
+    """A pool runtime (``--pool``): several models in one process, each active, parked or absent
+    (``runtime.pool``)."""
+
+    models: tuple[tuple[str, str], ...]
+    """``(name, source)`` of every model, in the order given (``--model NAME=SOURCE``, repeated; or
+    ``KALTSTART_RUNTIME_MODELS=a=SRC,b=SRC``). The first is loaded and warmed up at start; the others start absent
+    (their weights fetched into the node-local cache) and are loaded on their first batch."""
+
+    device_budget_bytes: int | None = None
+    """Most weight bytes active (on the device) at once; making a model active beyond it parks the least recently
+    used idle ones. Default (None): half the device's memory (the GPU's total; on CPU, half the RAM), the other
+    half left for KV caches and activations. Every model must fit it alone, or the runtime does not start."""
+
+    host_budget_bytes: int | None = None
+    """Most weight bytes parked (in host memory, pinned on a GPU) at once; parking beyond it drops the least
+    recently used parked ones to the disk cache (absent). 0: never park, an evicted model goes absent. Default
+    (None): a quarter of the RAM."""
+
+    wait_s: float = 30.0
+    """How long a batch for a model that is not active waits for room when every active model that would have to
+    go holds requests (a model with rows in its running batch is never evicted). At the bound the batch is answered
+    503 with ``Retry-After``. Default 30 s."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -171,6 +197,10 @@ class RuntimeSettings:
     (default) every file's size, one ``stat`` each; ``sha256`` also every file's hash, reading every byte once
     more per start (seconds per GB). A cache that does not match is filled again."""
 
+    pool: PoolSettings | None = None
+    """A pool runtime (``--pool``) serving every model of ``PoolSettings.models``; ``model_name`` then lists
+    their names and ``source`` is the first one's. Default: None, one model."""
+
     fault_exit_on: str | None = None
     """For tests only: exit at once with status 70, like a crash, on receiving a batch with a request whose
     prompt or chat message text contains this. Lets the gateway's failure tests kill a replica at a chosen
@@ -204,6 +234,7 @@ class RuntimeSettings:
             raise SettingsError(f"max body bytes must be at least 1024, got {self.max_body_bytes}")
         if self.shutdown_grace_s < 0:
             raise SettingsError(f"shutdown grace must not be negative, got {self.shutdown_grace_s}")
+        _check_pool(self.pool, self)
 
     @property
     def served_names(self) -> tuple[str, ...]:
@@ -215,8 +246,16 @@ class RuntimeSettings:
         ``environ``. Raises ``SettingsError`` on anything invalid."""
         args = _parser(environ).parse_args(list(argv))
         source: str | None = args.source or None
+        model_name = args.model_name or _default_model_name(source, args.engine)
+        pool = _pool_settings(args) if args.pool else None
+        if pool is not None:
+            if args.model_name or source:
+                raise SettingsError("--pool takes its models from --model NAME=SOURCE, not --model-name/--source")
+            model_name, source = ",".join(name for name, _ in pool.models), pool.models[0][1]
+        elif args.model or args.models_from_env:
+            raise SettingsError("--model NAME=SOURCE is for a pool runtime (--pool)")
         return cls(
-            model_name=args.model_name or _default_model_name(source, args.engine),
+            model_name=model_name,
             source=source,
             cache_dir=Path(args.cache_dir).expanduser(),
             host=args.host,
@@ -244,6 +283,7 @@ class RuntimeSettings:
             token=environ.get(ENV_PREFIX + "TOKEN", "").strip() or None,
             max_body_bytes=args.max_body_bytes,
             cache_verify=args.cache_verify,
+            pool=pool,
             fault_exit_on=args.fault_exit_on or None,
         )
 
@@ -341,12 +381,67 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         help="what a weight-cache hit checks: every file's size, or also its sha256",
     )
     p.add_argument(
+        "--pool",
+        action=argparse.BooleanOptionalAction,
+        default=env.boolean("POOL", False),
+        help="serve several models (--model NAME=SOURCE, repeated), parking idle ones in host memory",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME=SOURCE",
+        help="a pool's model: its name and weights (a directory or org/name[@rev]); repeat for each",
+    )
+    p.set_defaults(models_from_env=_split_models(env.text("MODELS", "")))
+    p.add_argument("--pool-device-bytes", type=int, default=env.integer("POOL_DEVICE_BYTES", 0), help="0: default")
+    p.add_argument("--pool-host-bytes", type=int, default=env.integer("POOL_HOST_BYTES", -1), help="-1: default")
+    p.add_argument("--pool-wait-s", type=float, default=env.number("POOL_WAIT_S", 30.0))
+    p.add_argument(
         "--fault-exit-on",
         default=env.text("FAULT_EXIT_ON", ""),
         metavar="TEXT",
         help="for tests only: exit with status 70 on a batch whose prompt or messages contain TEXT",
     )
     return p
+
+
+def _split_models(raw: str) -> list[str]:
+    return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+def _pool_settings(args: argparse.Namespace) -> PoolSettings:
+    models: list[tuple[str, str]] = []
+    for spec in args.model or args.models_from_env:
+        name, _, source = spec.partition("=")
+        if not name.strip() or not source.strip():
+            raise SettingsError(f"--model takes NAME=SOURCE, got {spec!r}")
+        models.append((name.strip(), source.strip()))
+    if not models:
+        raise SettingsError("--pool needs at least one --model NAME=SOURCE")
+    return PoolSettings(
+        models=tuple(models),
+        device_budget_bytes=args.pool_device_bytes or None,
+        host_budget_bytes=None if args.pool_host_bytes == -1 else args.pool_host_bytes,
+        wait_s=args.pool_wait_s,
+    )
+
+
+def _check_pool(pool: PoolSettings | None, settings: RuntimeSettings) -> None:
+    if pool is None:
+        return
+    names = [name for name, _ in pool.models]
+    if not names:
+        raise SettingsError("--pool needs at least one --model NAME=SOURCE")
+    if len(set(names)) != len(names) or any("," in name for name in names):
+        raise SettingsError("a pool's model names must be unique and hold no comma")
+    if settings.engine != "torch" or settings.standby:
+        raise SettingsError("--pool needs the torch engine and cannot be a standby")
+    if pool.device_budget_bytes is not None and pool.device_budget_bytes < 1:
+        raise SettingsError(f"pool device bytes must be positive, got {pool.device_budget_bytes}")
+    if pool.host_budget_bytes is not None and pool.host_budget_bytes < 0:
+        raise SettingsError(f"pool host bytes must not be negative, got {pool.host_budget_bytes}")
+    if not 0 < pool.wait_s <= 3600:
+        raise SettingsError(f"pool wait must be in (0, 3600] seconds, got {pool.wait_s}")
 
 
 def _default_model_name(source: str | None, engine: str) -> str:

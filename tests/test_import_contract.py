@@ -63,6 +63,9 @@ TREE = {
     "runtime/server/app.py": (
         "import wire\nfrom runtime.engine import factory\nfrom runtime.scheduling import continuous\n"
     ),
+    "runtime/pool/__init__.py": "",
+    "runtime/pool/models.py": "from runtime.engine import factory\nfrom runtime.scheduling import batches\n",
+    "runtime/scheduling/batches.py": "",
     "runtime/torch_engine/__init__.py": "",
     "runtime/torch_engine/engine.py": (
         "import torch\nfrom runtime.engine import interface\nfrom runtime.scheduling import budget\n"
@@ -119,6 +122,8 @@ VIOLATIONS = {
         "from runtime.torch_engine import engine",
         {"rt", "cheap"},
     ),
+    "the pool imports the torch engine": ("runtime/pool/models.py", "import runtime.torch_engine.engine", {"cheap"}),
+    "a scheduler imports the pool": ("runtime/scheduling/continuous.py", "import runtime.pool.models", {"rt"}),
     "output imports transformers": ("runtime/output/completion.py", "import transformers", {"cheap"}),
     "the output reaches torch through weights": (
         "runtime/output/completion.py",

@@ -219,3 +219,20 @@ def test_a_ready_report_names_its_aliases_only_when_it_has_some() -> None:
     two = one.model_copy(update={"models": ("a", "b")})
     assert json.loads(two.model_dump_json())["models"] == ["a", "b"]
     assert two.serves("b")
+
+
+def test_a_ready_report_carries_a_pool_only_when_the_replica_is_one() -> None:
+    """``pool`` came later: a replica that is no pool answers exactly as before."""
+    one = wire.ReadyBody(model="a", max_batch_size=1, context_length=8)
+    assert "pool" not in json.loads(one.model_dump_json())
+    models = {
+        "a": wire.PoolModel(state="active", weight_bytes=10, open_requests=1, loads=1),
+        "b": wire.PoolModel(state="parked", weight_bytes=10, parks=1),
+    }
+    report = wire.PoolReport(
+        device_bytes=10, device_budget_bytes=15, host_bytes=10, host_budget_bytes=20, models=models
+    )
+    pooled = one.model_copy(update={"models": ("a", "b"), "pool": report})
+    assert wire.ReadyBody.model_validate_json(pooled.model_dump_json()) == pooled
+    with pytest.raises(ValidationError):
+        wire.PoolModel.model_validate({"state": "asleep", "weight_bytes": 1})

@@ -48,13 +48,43 @@ class StartupTimings(_Wire):
     )
 
 
-class ReadyBody(_Evolving):
-    """A ready replica's report. ``scheduler``, ``max_batch_tokens``, ``free_rows``, ``startup`` and ``models`` came
-    later; their defaults describe a replica that predates them: one batch at a time, no token budget, no start-up
-    timings, one model name. ``models`` is left out of the JSON while empty, so a replica serving one name answers
-    a gateway that predates it."""
+#: Where a pool runtime's model is: ``active`` (weights on the device, can run), ``parked`` (weights in host memory,
+#: pinned on a GPU; woken by a copy), ``absent`` (only in the node-local cache on disk; loaded by a read).
+ModelState = Literal["active", "parked", "absent"]
 
-    _newer: ClassVar[tuple[str, ...]] = ("models",)
+
+class PoolModel(_Wire):
+    """One model of a pool runtime as its ``/readyz`` reports it."""
+
+    state: ModelState
+    weight_bytes: int = Field(
+        ge=0, description="its weights' size on the device (estimated from the checkpoint until first loaded)"
+    )
+    open_requests: int = Field(0, ge=0, description="requests it holds now, running or waiting (active only)")
+    loads: int = Field(0, ge=0, description="times loaded from the node-local cache (absent -> active)")
+    wakes: int = Field(0, ge=0, description="times woken from host memory (parked -> active)")
+    parks: int = Field(0, ge=0, description="times parked (active -> parked)")
+    unloads: int = Field(0, ge=0, description="times dropped to the disk cache (active or parked -> absent)")
+
+
+class PoolReport(_Wire):
+    """A pool runtime's memory and models: what a gateway routes by (a model active here beats one parked here,
+    which beats one absent)."""
+
+    device_bytes: int = Field(ge=0, description="weight bytes of the active models")
+    device_budget_bytes: int = Field(ge=1, description="most weight bytes active at once")
+    host_bytes: int = Field(ge=0, description="weight bytes of the parked models")
+    host_budget_bytes: int = Field(ge=0, description="most weight bytes parked at once")
+    models: dict[ModelName, PoolModel] = Field(max_length=MAX_ANNOUNCED_MODELS)
+
+
+class ReadyBody(_Evolving):
+    """A ready replica's report. ``scheduler``, ``max_batch_tokens``, ``free_rows``, ``startup``, ``models`` and
+    ``pool`` came later; their defaults describe a replica that predates them: one batch at a time, no token
+    budget, no start-up timings, one model name, no pool. ``models`` and ``pool`` are left out of the JSON while
+    empty, so a replica that does not use them answers a gateway that predates them."""
+
+    _newer: ClassVar[tuple[str, ...]] = ("models", "pool")
 
     status: Literal["ready"] = "ready"
     model: ModelName = Field(description="the model the replica serves (its first name)")
@@ -84,6 +114,9 @@ class ReadyBody(_Evolving):
         (),
         max_length=MAX_ANNOUNCED_MODELS,
         description="every name the replica serves, when more than one (``model`` first); empty: ``model`` only",
+    )
+    pool: PoolReport | None = Field(
+        None, description="a pool runtime (several models, loaded on demand): each model's state and memory"
     )
 
     def serves(self, model: str) -> bool:

@@ -30,6 +30,7 @@ __all__ = [
     "Engine",
     "LoadReport",
     "NextToken",
+    "ParkingEngine",
     "Row",
     "StepBatch",
     "StepEngine",
@@ -70,6 +71,29 @@ class Engine(Protocol):
         ``FinishEvent`` or ``ErrorEvent``. Between decoding steps: once ``cancellation.batch`` is set, stop
         without further events; a request for which ``cancellation.request(id)`` holds gets ``cancelled_event``
         instead of its next token and takes no further compute, while the others go on."""
+        ...
+
+
+class ParkingEngine(Engine, Protocol):
+    """An engine whose weights can leave the device and come back (a pool runtime's models, ``runtime.pool``).
+    Parked, it keeps everything else (tokenizer, compiled grammars, token tables); it must not run until woken.
+    Both calls block; the pool makes them on its own thread while no batch of this engine runs."""
+
+    def weight_bytes(self) -> int:
+        """Bytes its weights take on the device: measured once loaded, estimated from the checkpoint before."""
+        ...
+
+    def device_memory_bytes(self) -> int:
+        """All the memory of its device (a GPU's total; on CPU, the RAM): what a pool's default budget halves."""
+        ...
+
+    def park(self) -> int:
+        """Copy the weights into a separate host copy (pinned on a GPU) and give their device memory back;
+        return the bytes moved."""
+        ...
+
+    def wake(self) -> int:
+        """Copy the parked weights back onto the device and drop the host copy; return the bytes moved."""
         ...
 
 

@@ -54,6 +54,16 @@ class Runner(Protocol):
         """Requests this replica could take right now without making any wait."""
         ...
 
+    @property
+    def open_requests(self) -> int:
+        """Requests held without a final event yet: running, waiting, or queued."""
+        ...
+
+    @property
+    def busy(self) -> bool:
+        """Whether it holds a batch (queued, running, or its stream still open): a pool never evicts its model."""
+        ...
+
     def submit(self, requests: Sequence[GenerationRequest]) -> RunningBatch:
         """Take the batch; its ``lines()`` must be consumed or the batch ``close()``d (``BatchResponse`` does)."""
         ...

@@ -138,6 +138,14 @@ class ContinuousScheduler(Generic[RowT]):
     def free_rows(self) -> int:
         return max(0, self.budget.rows - self._batches.open_requests())
 
+    @property
+    def open_requests(self) -> int:
+        return self._batches.open_requests()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._batches)
+
     def submit(self, requests: Sequence[GenerationRequest]) -> RunningBatch:
         batch, emit = self._batches.open(requests)
         with self._wake:

@@ -52,6 +52,14 @@ class StaticScheduler:
         """All rows while no batch is held; none while one runs or waits."""
         return 0 if self._batches else self.max_batch_size
 
+    @property
+    def open_requests(self) -> int:
+        return self._batches.open_requests()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._batches)
+
     def submit(self, requests: Sequence[GenerationRequest]) -> RunningBatch:
         batch, emit = self._batches.open(requests)
         outlet = Outlet(len(requests), batch.cancellation, emit)

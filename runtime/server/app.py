@@ -35,7 +35,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from runtime.errors import SettingsError
+from runtime.errors import EngineError, PoolBusy, SettingsError
+from runtime.pool.models import ModelPool
 from runtime.scheduling.batches import Runner, RunningBatch
 from runtime.scheduling.continuous import ContinuousScheduler
 from runtime.scheduling.static import StaticScheduler
@@ -79,15 +80,22 @@ class BatchResponse(StreamingResponse):
     """The NDJSON answer to ``POST /v1/batch``. Closes its batch however the response ends, even if it never
     started streaming (the client left before the first byte), so no batch outlives its stream."""
 
-    def __init__(self, batch: RunningBatch, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        batch: RunningBatch,
+        headers: Mapping[str, str] | None = None,
+        on_close: Callable[[], None] = lambda: None,
+    ) -> None:
         super().__init__(batch.lines(), media_type=NDJSON, headers=headers)
         self._batch = batch
+        self._on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
             self._batch.close()
+            self._on_close()
 
 
 def create_app(
@@ -129,14 +137,13 @@ def create_app(
             return _error(413, str(exc))
 
     async def batch(request: Request) -> Response:
-        runner = readiness.runner
-        if runner is None:
+        if readiness.runner is None and readiness.pool is None:
             return _error(503, "the model is not loaded yet", {"Retry-After": "1"})
         received = await body(request)
         if isinstance(received, Response):
             return received
-        answer = _batch_answer(runner, received, readiness.settings)
-        answer.headers[FREE_ROWS_HEADER] = str(runner.free_rows)  # after taking the batch, if it was taken
+        answer = await _batch_answer(readiness, received)
+        answer.headers[FREE_ROWS_HEADER] = str(_free_rows(readiness))  # after taking the batch, if it was taken
         return answer
 
     async def cancel(request: Request) -> Response:
@@ -146,7 +153,8 @@ def create_app(
         parsed = _parse(CancelRequest, received, "cancel request")
         if isinstance(parsed, Response):
             return parsed
-        cancelled = readiness.runner.cancel(parsed.ids) if readiness.runner else ()
+        holder = readiness.runner or readiness.pool
+        cancelled = holder.cancel(parsed.ids) if holder else ()
         if cancelled:
             log.info("cancelled %d of %d requests asked for: %s", len(cancelled), len(parsed.ids), ", ".join(cancelled))
         return JSONResponse(CancelResponse(cancelled=cancelled).model_dump())
@@ -202,8 +210,8 @@ def _claim(readiness: Readiness, body: bytes) -> Response:
     return JSONResponse({"model": settings.model_name}, status_code=202)
 
 
-def _batch_answer(runner: Runner, body: bytes, settings: RuntimeSettings) -> Response:
-    """The streaming answer with the batch taken by ``runner``, or why it was refused."""
+def _batch_request(body: bytes, settings: RuntimeSettings) -> BatchRequest | Response:
+    """The batch, or why it is refused: not one (400, 422), not a model served here (404), too large (413)."""
     parsed = _parse(BatchRequest, body, "batch")
     if isinstance(parsed, Response):
         return parsed
@@ -211,8 +219,40 @@ def _batch_answer(runner: Runner, body: bytes, settings: RuntimeSettings) -> Res
         return _error(404, f"this runtime serves {settings.model_name!r}, not {parsed.model!r}")
     if len(parsed.requests) > settings.max_batch_size:
         return _error(413, f"{len(parsed.requests)} requests, more than max_batch_size {settings.max_batch_size}")
-    exit_if_triggered(parsed.requests, settings.fault_exit_on)
-    return BatchResponse(runner.submit(parsed.requests))
+    return parsed
+
+
+async def _batch_answer(readiness: Readiness, body: bytes) -> Response:
+    """The streaming answer with the batch taken by its model's runner, or why it was refused."""
+    parsed = _batch_request(body, readiness.settings)
+    if isinstance(parsed, Response):
+        return parsed
+    runner = readiness.runner or await _pool_runner(readiness.pool, parsed.model)
+    if isinstance(runner, Response):
+        return runner
+    exit_if_triggered(parsed.requests, readiness.settings.fault_exit_on)
+    on_close = readiness.pool.released if readiness.pool is not None else lambda: None
+    return BatchResponse(runner.submit(parsed.requests), on_close=on_close)  # no await since runner_for
+
+
+def _free_rows(readiness: Readiness) -> int:
+    if readiness.runner is not None:
+        return readiness.runner.free_rows
+    ready = readiness.ready_body(with_pool=False)
+    return ready.free_rows if ready is not None else 0
+
+
+async def _pool_runner(pool: ModelPool | None, model: str) -> Runner | Response:
+    """The runner of ``model``, made active in the pool, or 503 + ``Retry-After`` if it cannot be now."""
+    assert pool is not None
+    try:
+        return await pool.runner_for(model)
+    except PoolBusy as exc:
+        log.warning("batch for %s refused: %s", model, exc)
+        return _error(503, f"model {model} is waiting for room in this pool", {"Retry-After": "1"})
+    except EngineError:
+        log.exception("cannot make %s active", model)
+        return _error(503, f"model {model} cannot be loaded", {"Retry-After": "5"})
 
 
 def _parse(model: type[_Body], body: bytes, what: str) -> _Body | Response:

@@ -22,6 +22,7 @@ from typing import Any
 from runtime.engine.factory import create_engine
 from runtime.engine.interface import Engine, LoadReport, as_step_engine
 from runtime.errors import EngineError
+from runtime.pool.models import ModelPool
 from runtime.scheduling.batches import Runner
 from runtime.scheduling.budget import Budget
 from runtime.scheduling.continuous import ContinuousScheduler
@@ -60,6 +61,7 @@ class Readiness:
     settings: RuntimeSettings
     engine: Engine | None = None
     runner: Runner | None = None
+    pool: ModelPool | None = None
     failed: bool = False
     closed: bool = False
     startup: StartupTimings | None = None
@@ -78,7 +80,7 @@ class Readiness:
     def state(self) -> ReplicaState:
         if self.closed or self.failed:
             return "stopping"
-        return "ready" if self.runner is not None else "starting"
+        return "ready" if self.runner is not None or self.pool is not None else "starting"
 
     def claim(self, settings: RuntimeSettings) -> None:
         """Serve ``settings``' model (a standby's ``POST /v1/claim``). Raises ``AlreadyClaimed`` after the first."""
@@ -105,8 +107,14 @@ class Readiness:
         self._claimed.set()
         if self.runner is not None:
             self.runner.close()
+        if self.pool is not None:
+            self.pool.close()
 
-    def ready_body(self) -> ReadyBody | None:
+    def ready_body(self, *, with_pool: bool = True) -> ReadyBody | None:
+        """The ``/readyz`` report; ``with_pool=False`` leaves the pool's models out (announcements: bounded in
+        bytes, they name the models only)."""
+        if self.pool is not None:
+            return self._pool_body(self.pool, with_pool)
         runner = self.runner
         if runner is None:
             return None
@@ -121,6 +129,22 @@ class Readiness:
             models=self.settings.served_names if len(self.settings.served_names) > 1 else (),
         )
 
+    def _pool_body(self, pool: ModelPool, with_pool: bool) -> ReadyBody:
+        """A pool's report: the scheduler kind asked for, and rows free counted over every active model."""
+        runners = pool.runners()
+        size = self.settings.max_batch_size
+        return ReadyBody(
+            model=self.settings.served_names[0],
+            max_batch_size=size,
+            context_length=pool.context_length,
+            scheduler=runners[0].kind if runners else self.settings.scheduler,
+            max_batch_tokens=min((r.max_batch_tokens for r in runners), default=0),
+            free_rows=max(0, size - sum(r.open_requests for r in runners)),
+            startup=self.startup,
+            models=self.settings.served_names if len(self.settings.served_names) > 1 else (),
+            pool=pool.report() if with_pool else None,
+        )
+
     def announcement(self, url: str, interval_s: float) -> Announcement:
         claimed_at = self.claimed_at
         elapsed = (process_age() or 0.0) if claimed_at is None else time.monotonic() - claimed_at
@@ -132,7 +156,7 @@ class Readiness:
             phase=self.phase if state == "starting" else None,
             elapsed_s=round(max(0.0, elapsed), 3),
             interval_s=interval_s,
-            ready=self.ready_body() if state == "ready" else None,
+            ready=self.ready_body(with_pool=False) if state == "ready" else None,
         )
 
 
@@ -273,6 +297,9 @@ def _start(
             if readiness.closed:
                 return
         settings = readiness.settings
+        if settings.pool is not None and loader is None:
+            _start_pool(readiness, loop, on_fatal)
+            return
         engine = loader() if loader else prepare_engine(settings, record, phase, claimed=claimed)
         runner = make_runner(engine, settings)
     except Exception:
@@ -281,6 +308,41 @@ def _start(
         return
     if not _call_on_loop(loop, lambda: _ready(readiness, engine, runner)):
         runner.close()  # the event loop is gone: nobody will ever use the runner
+
+
+def _start_pool(readiness: Readiness, loop: asyncio.AbstractEventLoop, on_fatal: Callable[[], None]) -> None:
+    """A pool runtime's start: every model cached, the first one loaded (``ModelPool.open``)."""
+    settings = readiness.settings
+    process_s = process_age()
+    started = time.monotonic()
+    try:
+        loop.call_soon_threadsafe(readiness.set_phase, "load")
+        pool = ModelPool.open(settings, make_runner, warmup=settings.warmup)  # asyncio's Lock binds on first use
+    except Exception:
+        log.exception("cannot start the pool of %s", settings.model_name)
+        _call_on_loop(loop, lambda: _failed(readiness, on_fatal))
+        return
+    total = time.monotonic() - started
+    readiness.startup = StartupTimings(
+        process_s=None if process_s is None else round(process_s, 3),
+        cache_s=0.0,
+        imports_s=0.0,
+        load_s=round(total, 3),
+        warmup_s=0.0,
+        total_s=round(total + (process_s or 0.0), 3),
+    )
+    if not _call_on_loop(loop, lambda: _pool_ready(readiness, pool)):
+        pool.close()
+
+
+def _pool_ready(readiness: Readiness, pool: ModelPool) -> None:
+    if readiness.closed:
+        pool.close()
+        return
+    readiness.pool = pool
+    readiness.decided.set()
+    readiness.on_change()
+    log.info("ready: serving %s at %s (pool)", readiness.settings.model_name, readiness.settings.url)
 
 
 def _standby(readiness: Readiness) -> None:

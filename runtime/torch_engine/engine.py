@@ -15,6 +15,7 @@ forced tool call, ``response_format``) gets the grammar's mask in its sampler (`
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -39,9 +40,10 @@ from runtime.torch_engine.batch import TorchBatch, TorchRow
 from runtime.torch_engine.chat import chat_prompt
 from runtime.torch_engine.grammar import Grammars, grammar_text
 from runtime.torch_engine.kvcache import plain_layers
+from runtime.torch_engine.parking import ParkedWeights, parameter_bytes, park
 from runtime.torch_engine.prompt_logprobs import prompt_logprobs
 from runtime.torch_engine.sampling import RowSampler
-from runtime.weights.fastload import load_without_init
+from runtime.weights.fastload import checkpoint_bytes, load_without_init
 from wire import ErrorEvent, GenerationRequest, SamplingParams
 
 __all__ = ["TorchEngine"]
@@ -67,6 +69,7 @@ class TorchEngine:
         self._bytes_table: list[bytes] | None = None
         self._tool_format: ToolFormat | None = None
         self._grammars: Grammars | None = None
+        self._parked: ParkedWeights | None = None
 
     @property
     def context_length(self) -> int:
@@ -102,6 +105,33 @@ class TorchEngine:
         log.info("tool-call format: %s", self._tool_format.name if self._tool_format else "none")
         size = sum(p.stat().st_size for p in self._model_dir.glob("*.safetensors"))
         return LoadReport(time.monotonic() - started, size, str(self._device), str(self._dtype).split(".")[-1])
+
+    def weight_bytes(self) -> int:
+        """The loaded parameters' bytes; before loading, the checkpoint's tensors at the dtype served."""
+        if self._model is not None:
+            return self._parked.nbytes if self._parked is not None else parameter_bytes(self._model)
+        return checkpoint_bytes(self._model_dir, self._dtype)
+
+    def device_memory_bytes(self) -> int:
+        if self._device.type == "cuda":
+            return int(torch.cuda.mem_get_info(self._device)[1])
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+    def park(self) -> int:
+        """The weights into host memory (``runtime.torch_engine.parking``); the model must not run until woken."""
+        if self._model is None:
+            raise EngineNotLoaded("load() first")
+        if self._parked is None:
+            self._parked = park(self._model, self._device)
+        return self._parked.nbytes
+
+    def wake(self) -> int:
+        """The parked weights back onto the device."""
+        if self._parked is None:
+            return 0
+        moved = self._parked.wake(self._device)
+        self._parked = None
+        return moved
 
     def _load_model(self) -> Any:
         """The weights on the device: built on ``meta`` and filled from the safetensors (``runtime.weights.fastload``),

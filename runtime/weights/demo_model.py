@@ -112,8 +112,9 @@ def is_complete(out_dir: Path) -> bool:
     return all((out_dir / name).is_file() for name in REQUIRED_FILES)
 
 
-def build(out_dir: Path, vocab_size: int = VOCAB_SIZE) -> Path:
-    """Write the demo model (``vocab_size`` tokens) into ``out_dir`` unless it is already there; return ``out_dir``.
+def build(out_dir: Path, vocab_size: int = VOCAB_SIZE, seed: int = SEED) -> Path:
+    """Write the demo model (``vocab_size`` tokens, weights drawn with ``seed``: another seed, another model of the
+    same shape and tokenizer) into ``out_dir`` unless it is already there; return ``out_dir``.
 
     The model is built in a sibling temporary directory and renamed into place, so a crash never leaves a
     half-written model behind that later looks complete.
@@ -123,7 +124,7 @@ def build(out_dir: Path, vocab_size: int = VOCAB_SIZE) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        _write_model(staging, vocab_size)
+        _write_model(staging, vocab_size, seed)
         for path in [staging, *staging.iterdir()]:  # mkdtemp and safetensors create owner-only files
             path.chmod(0o755 if path.is_dir() else 0o644)
         if out_dir.exists():
@@ -134,7 +135,7 @@ def build(out_dir: Path, vocab_size: int = VOCAB_SIZE) -> Path:
     return out_dir
 
 
-def _write_model(directory: Path, vocab_size: int) -> None:
+def _write_model(directory: Path, vocab_size: int, seed: int = SEED) -> None:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
     from transformers.utils import logging as transformers_logging
@@ -156,7 +157,7 @@ def _write_model(directory: Path, vocab_size: int) -> None:
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
     )
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     with torch.no_grad():
         # A zero output row gives a logit of 0, far below the peaked maximum: random text never emits these.
@@ -241,13 +242,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--vocab-size", type=int, default=VOCAB_SIZE, help=f"tokens in the vocabulary. Default {VOCAB_SIZE}"
     )
+    parser.add_argument("--seed", type=int, default=SEED, help=f"seed of the random weights. Default {SEED}")
     args = parser.parse_args(argv)
     out_dir: Path = args.out
     if is_complete(out_dir):
         print(f"demo model already complete in {out_dir}, nothing to do")
         return 0
     started = time.monotonic()
-    build(out_dir, args.vocab_size)
+    build(out_dir, args.vocab_size, args.seed)
     size = sum(p.stat().st_size for p in out_dir.iterdir() if p.is_file())
     print(f"built demo model in {out_dir} ({size / 1e6:.1f} MB) in {time.monotonic() - started:.1f} s")
     return 0

@@ -30,9 +30,9 @@ from torch import nn
 from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig, AutoModelForCausalLM, GenerationConfig
 
 from runtime.errors import UnknownDtype
-from runtime.weights.reader import read_checkpoint
+from runtime.weights.reader import read_checkpoint, read_header
 
-__all__ = ["import_model_code", "load_without_init"]
+__all__ = ["checkpoint_bytes", "import_model_code", "load_without_init"]
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,19 @@ def load_without_init(model_dir: Path, dtype: torch.dtype, device: torch.device,
     if (model_dir / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(model_dir)
     return model.eval()
+
+
+def checkpoint_bytes(model_dir: Path, dtype: torch.dtype) -> int:
+    """Bytes the checkpoint's tensors take once loaded as ``dtype`` (floating-point ones converted, as the load
+    does), from the safetensors headers alone; without safetensors, the size of the files there."""
+    files = _checkpoint_files(model_dir)
+    if files is None:
+        return sum(p.stat().st_size for p in model_dir.iterdir() if p.is_file())
+    total = 0
+    for entry in (entry for path in files for entry in read_header(path)):
+        converted = entry.dtype.is_floating_point and entry.dtype != dtype
+        total += entry.nbytes // entry.dtype.itemsize * dtype.itemsize if converted else entry.nbytes
+    return total
 
 
 def _checkpoint_files(model_dir: Path) -> list[Path] | None:

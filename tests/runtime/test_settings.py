@@ -145,3 +145,32 @@ def test_scheduling_settings_come_from_flags_or_the_environment() -> None:
         None,  # 0: derive it from the device
         8,
     )
+
+
+def test_a_pool_takes_its_models_as_name_equals_source() -> None:
+    settings = RuntimeSettings.from_args(
+        ["--pool", "--model", "a=/m/a", "--model", "b=org/b@main", "--pool-device-bytes", "100"], {}
+    )
+    assert settings.pool is not None
+    assert settings.pool.models == (("a", "/m/a"), ("b", "org/b@main"))
+    assert (settings.served_names, settings.source) == (("a", "b"), "/m/a")
+    assert (settings.pool.device_budget_bytes, settings.pool.host_budget_bytes) == (100, None)
+    from_env = RuntimeSettings.from_args([], {"KALTSTART_RUNTIME_POOL": "1", "KALTSTART_RUNTIME_MODELS": "a=/x,b=/y"})
+    assert from_env.pool is not None and from_env.pool.models == (("a", "/x"), ("b", "/y"))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--pool"],
+        ["--pool", "--model", "a"],
+        ["--pool", "--model", "a=/x", "--model", "a=/y"],
+        ["--pool", "--model", "a=/x", "--source", "/y"],
+        ["--model", "a=/x"],
+        ["--pool", "--model", "a=/x", "--engine", "echo"],
+        ["--pool", "--model", "a=/x", "--pool-host-bytes", "-5"],
+    ],
+)
+def test_a_pool_without_a_clear_model_list_is_refused(argv: list[str]) -> None:
+    with pytest.raises(SettingsError):
+        RuntimeSettings.from_args(argv, {})
