@@ -47,6 +47,9 @@ class Capacity(Protocol):
     async def ensure_capacity(self, model: str, *, recheck: bool = False) -> None: ...
 
 
+#: An upstream's stream that another attempt would continue: ended instead (``Ticket.relayed``).
+SPLICED = "The model's server failed while streaming the answer; try again."
+
 #: A waiting request that has heard nothing on pub/sub for this long reads its stored final reply, in case the
 #: subscription dropped it. A backstop, not the normal path.
 MISSED_REPLY_CHECK_S = 5.0
@@ -126,11 +129,16 @@ class Ticket:
 
     async def relayed(self) -> AsyncIterator[Chunk | Answered]:
         """An upstream's answer (``protocol = openai``): its streamed events as they come, then its ``Answered``.
-        Raises the request's error, if any. An upstream request is never retried once its events were relayed,
-        so no two attempts' events mix."""
+        Raises the request's error, if any. A dispatcher never retries an upstream request once its events were
+        relayed; should another attempt's events come all the same (a gateway that died mid-stream, its request
+        taken over by another), the stream ends with an error rather than going on with a second answer."""
+        streamed: int | None = None  # the attempt whose events the client got
         while True:
             reply = await self._reply()
             if isinstance(reply, Chunk):
+                if streamed is not None and reply.attempt != streamed:
+                    raise GenerationFailed(SPLICED)
+                streamed = reply.attempt
                 yield reply
             elif isinstance(reply, Answered):
                 self._settled = True

@@ -15,11 +15,12 @@ import wire
 from gateway.api.admission import Admission, Delta, Ticket
 from gateway.backends import NO_REPLICAS, Replicas
 from gateway.catalog import ModelCatalog
-from gateway.errors import ColdStartTimeout
+from gateway.errors import ColdStartTimeout, GenerationFailed
 from gateway.metrics import Metrics
 from gateway.queue.fence import Fence, FencedDoor
 from gateway.queue.stream import INLINE, Delivery, Held, RequestQueue
-from gateway.relay.messages import Dispatched, Final, Finished, Token
+from gateway.queue.upstream import UpstreamRequest
+from gateway.relay.messages import Chunk, Dispatched, Final, Finished, Token
 from gateway.relay.transport import ReplyRouter, ReplySender
 from gateway.replicas.coldstarts import ColdStarts, RedisDurations
 from gateway.replicas.context import ContextLengths
@@ -184,6 +185,29 @@ async def test_a_redelivered_attempt_does_not_repeat_streamed_text(rig: Rig) -> 
     assert items[-1] == _finished("a", "Hello world").result
     await ticket.close()
     assert await rig.queue.final_reply(MODEL, "a") == _finished("a", "Hello world")  # answered: not cancelled
+
+
+async def test_an_upstream_stream_is_never_continued_by_another_attempt(rig: Rig) -> None:
+    """A forwarded request's events come from one attempt; another attempt's (its first dispatcher died and the
+    request was taken over) would splice a second answer onto the first: the stream ends with an error instead."""
+    request = UpstreamRequest(id="u", path="/v1/completions", body='{"model":"m"}', stream=True)
+    ticket = await rig.gateway.submit_upstream(MODEL, request)
+    replies: list[Dispatched | Chunk] = [
+        Dispatched(id="u", attempt=1),
+        Chunk(id="u", attempt=1, data=('{"n":1}', '{"n":2}')),
+        Dispatched(id="u", attempt=2),
+        Chunk(id="u", attempt=2, data=('{"n":1}',)),
+    ]
+    await rig.sender.publish([(rig.router.channel, reply) for reply in replies])
+    await ticket.dispatched()
+    got: list[tuple[str, ...]] = []
+    with pytest.raises(GenerationFailed, match="failed while streaming"):
+        async with asyncio.timeout(5):
+            async for item in ticket.relayed():
+                assert isinstance(item, Chunk)
+                got.append(item.data)
+    assert got == [('{"n":1}', '{"n":2}')]
+    await ticket.close()
 
 
 def _entries(*tokens: str) -> tuple[wire.TokenLogprob, ...]:
