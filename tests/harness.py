@@ -26,7 +26,7 @@ from gateway.backends import BackendParts
 from gateway.backends.kubernetes.backend import KubernetesBackend, build_kubernetes
 from gateway.backends.kubernetes.owners import RedisOwners
 from gateway.backends.local.backend import LocalBackend, LocalReplica, build_local
-from gateway.backends.local.config import LocalConfig, LocalModel
+from gateway.backends.local.config import LocalConfig, LocalModel, LocalPool
 from gateway.catalog import ModelCatalog
 from gateway.metrics import Metrics
 from gateway.replicas.endpoints import ReadyEndpoints
@@ -183,15 +183,16 @@ async def run_gateway(
     *,
     standby: int = 0,
     announce: bool = True,
+    pools: tuple[LocalPool, ...] = (),
     **overrides: Any,
 ) -> AsyncIterator[LocalGateway]:
-    """A gateway with the local backend serving ``models``; its runtimes announce themselves (as under
-    ``python -m gateway``) unless ``announce`` is off, and require a random token on their API, as under
-    ``python -m gateway`` (``runtime_token=None`` turns it off). No standby runtime by default: most tests need
-    none, and each costs a process importing torch."""
+    """A gateway with the local backend serving ``models`` (some of them in ``pools``); its runtimes announce
+    themselves (as under ``python -m gateway``) unless ``announce`` is off, and require a random token on their
+    API, as under ``python -m gateway`` (``runtime_token=None`` turns it off). No standby runtime by
+    default: most tests need none, and each costs a process importing torch."""
     async with _listening() as sock:
         settings = _settings(redis_url, sock, {"runtime_token": secrets.token_urlsafe(32), **overrides})
-        config = LocalConfig(models=tuple(models), cache_dir=cache_dir, standby=standby)
+        config = LocalConfig(models=tuple(models), cache_dir=cache_dir, standby=standby, pools=pools)
         token = settings.server.runtime_token
         parts = build_local(config, announce_to=redis_url if announce else None, token=token)
         async with _run(settings, parts, sock) as gateway:

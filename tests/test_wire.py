@@ -236,3 +236,23 @@ def test_a_ready_report_carries_a_pool_only_when_the_replica_is_one() -> None:
     assert wire.ReadyBody.model_validate_json(pooled.model_dump_json()) == pooled
     with pytest.raises(ValidationError):
         wire.PoolModel.model_validate({"state": "asleep", "weight_bytes": 1})
+
+
+def test_a_pool_replicas_residency_travels_in_batch_answer_headers() -> None:
+    models = {
+        "a": wire.PoolModel(state="active", weight_bytes=10),
+        "b": wire.PoolModel(state="parked", weight_bytes=10),
+        "c": wire.PoolModel(state="absent", weight_bytes=10),
+    }
+    report = wire.PoolReport(
+        device_bytes=10, device_budget_bytes=15, host_bytes=10, host_budget_bytes=20, models=models
+    )
+    residency = wire.Residency.of(report)
+    assert residency == wire.Residency(active=("a",), parked=("b",), free_device_bytes=5)
+    assert [residency.state(m) for m in ("a", "b", "c", "z")] == ["active", "parked", "absent", "absent"]
+    headers = residency.headers()
+    assert wire.Residency.from_headers(headers) == residency
+    assert wire.Residency.from_headers({wire.FREE_ROWS_HEADER: "3"}) is None  # not a pool
+    too_many = ",".join(f"m{i}" for i in range(wire.MAX_ANNOUNCED_MODELS + 1))
+    for bad in ({wire.POOL_FREE_BYTES_HEADER: "many"}, {wire.POOL_ACTIVE_HEADER: too_many}):
+        assert wire.Residency.from_headers(headers | bad) is None  # unreadable: the gateway keeps what it knew

@@ -3,6 +3,7 @@ requests are cancelled (see ``wire``)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import (
@@ -76,6 +77,64 @@ class PoolReport(_Wire):
     host_bytes: int = Field(ge=0, description="weight bytes of the parked models")
     host_budget_bytes: int = Field(ge=0, description="most weight bytes parked at once")
     models: dict[ModelName, PoolModel] = Field(max_length=MAX_ANNOUNCED_MODELS)
+
+
+#: Response headers of a pool runtime's ``POST /v1/batch`` answer (``Residency``): its active and its parked models
+#: (comma-separated names) and its free device bytes, as they stand once the batch was taken.
+POOL_ACTIVE_HEADER = "x-kaltstart-pool-active"
+POOL_PARKED_HEADER = "x-kaltstart-pool-parked"
+POOL_FREE_BYTES_HEADER = "x-kaltstart-pool-free-bytes"
+
+
+class Residency(_Wire):
+    """Where a pool runtime holds its models, in short: what a gateway routes by (a model active on a replica beats
+    one parked there, which beats one absent; among replicas where it is absent, the most free device bytes). Sent
+    as headers with every batch answer of a pool runtime, so the gateway's view follows each batch at no extra
+    call; also read from a ``PoolReport``. Model names are not comma-free in general, but a pool's are (the runtime
+    refuses a comma in them)."""
+
+    active: tuple[ModelName, ...] = Field((), max_length=MAX_ANNOUNCED_MODELS)
+    parked: tuple[ModelName, ...] = Field((), max_length=MAX_ANNOUNCED_MODELS)
+    free_device_bytes: int = Field(0, ge=0, description="device budget minus the active models' weight bytes")
+
+    @classmethod
+    def of(cls, report: PoolReport) -> Residency:
+        names = report.models.items()
+        return cls(
+            active=tuple(name for name, m in names if m.state == "active"),
+            parked=tuple(name for name, m in names if m.state == "parked"),
+            free_device_bytes=max(0, report.device_budget_bytes - report.device_bytes),
+        )
+
+    def headers(self) -> dict[str, str]:
+        return {
+            POOL_ACTIVE_HEADER: ",".join(self.active),
+            POOL_PARKED_HEADER: ",".join(self.parked),
+            POOL_FREE_BYTES_HEADER: str(self.free_device_bytes),
+        }
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str]) -> Residency | None:
+        """The residency a batch answer's headers carry; None if they carry none (not a pool runtime) or cannot be
+        read (too many names, a name too long, not a number): the gateway then keeps what it knew."""
+        free = headers.get(POOL_FREE_BYTES_HEADER)
+        if free is None:
+            return None
+        try:
+            return cls(
+                active=_names(headers.get(POOL_ACTIVE_HEADER, "")),
+                parked=_names(headers.get(POOL_PARKED_HEADER, "")),
+                free_device_bytes=int(free),
+            )
+        except ValueError:  # pydantic's ValidationError is one
+            return None
+
+    def state(self, model: str) -> ModelState:
+        return "active" if model in self.active else "parked" if model in self.parked else "absent"
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name for name in text.split(",") if name)
 
 
 class ReadyBody(_Evolving):

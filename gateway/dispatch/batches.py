@@ -145,6 +145,8 @@ class BatchRelay:
     async def _stream_batch(self, url: str, batch: Sequence[Delivery], unfinished: dict[str, Delivery]) -> None:
         body = wire.BatchRequest(model=self._model, requests=tuple(d.queued.request for d in batch))
         async with self._client.stream(url + wire.BATCH_PATH, body.model_dump_json()) as answer:
+            if (residency := wire.Residency.from_headers(answer.headers)) is not None:  # a pool replica
+                self._pool.learn(url, residency)
             if answer.status == 503:
                 raise _RuntimeNotReady(answer.status, await answer.text())
             if answer.status != 200:

@@ -20,7 +20,7 @@ probes use it too).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Protocol
 
 import aiohttp
@@ -54,6 +54,8 @@ class RuntimeUnreachable(RuntimeFailed):
 
 class BatchAnswer(Protocol):
     status: int
+    #: The answer's headers (case-insensitive).
+    headers: Mapping[str, str]
 
     async def text(self) -> str: ...
 
@@ -82,6 +84,7 @@ class _AiohttpAnswer:
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
         self.status = response.status
+        self.headers: Mapping[str, str] = response.headers
 
     async def text(self) -> str:
         with _aiohttp_errors():
@@ -151,6 +154,7 @@ class _HttpxAnswer:
     def __init__(self, response: httpx.Response) -> None:
         self._response = response
         self.status = response.status_code
+        self.headers: Mapping[str, str] = response.headers
 
     async def text(self) -> str:
         with _httpx_errors():

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import wire
+from gateway.replicas.residency import ReplicaResidency
 
 Listener = Callable[[str], None]
 
@@ -41,7 +42,8 @@ class ReadyEndpoints:
     with
     the report it answered.
 
-    Readers get one model's whole set at once (``get``) and are told of changes through ``subscribe``.
+    Readers get one model's whole set at once (``get``) and are told of changes through ``subscribe``. Where pool
+    replicas hold each model (``residency``) is kept here too, for as long as they are ready for it.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -55,6 +57,7 @@ class ReadyEndpoints:
         self._listeners: list[Listener] = []
         #: Listeners to one model only, so a change costs a call per interested party, not per model served.
         self._model_listeners: dict[str, list[Listener]] = {}
+        self.residency = ReplicaResidency()
 
     def get(self, model: str) -> tuple[str, ...]:
         return self._urls.get(model, ())
@@ -140,6 +143,7 @@ class ReadyEndpoints:
             self._since[url] = time.time()
         for url in old - set(new):
             self._since.pop(url, None)
+            self.residency.forget(model, url)
         self._urls[model] = new
         for listener in [*self._listeners, *self._model_listeners.get(model, ())]:
             listener(model)
@@ -206,17 +210,28 @@ class EndpointPool:
             return max(0, self._budget - rows)
         return self._budget if rows == 0 else 0
 
+    def learn(self, url: str, residency: wire.Residency) -> None:
+        """``url`` (a pool replica) said where it holds its models; ignored once it is no longer ready."""
+        if self.is_ready(url):
+            self._endpoints.residency.learn(self._model, url, residency)
+
     async def acquire(self) -> tuple[str, int]:
-        """The ready replica with the most room (the least loaded), and its free rows; waits until one has room."""
+        """A ready replica with room, and its free rows; waits until one has room. Among those with room: the one
+        that holds the model best (pool replicas: active, then parked, then the most free device bytes, see
+        ``gateway.replicas.residency``), then the one with the most room (the least loaded)."""
         while True:
             ready = self._usable()
             if ready:
-                url = max(ready, key=lambda u: (self.free(u), -self._rows.get(u, 0)))
+                url = max(ready, key=self._suitability)
                 if (free := self.free(url)) > 0:
                     return url, free
             self._wake.clear()
             with contextlib.suppress(TimeoutError):  # a suspension ends without an event
                 await asyncio.wait_for(self._wake.wait(), SUSPEND_S if self._suspended else None)
+
+    def _suitability(self, url: str) -> tuple[bool, int, int, int, int]:
+        free = self.free(url)
+        return (free > 0, *self._endpoints.residency.preference(url, self._model), free, -self._rows.get(url, 0))
 
     async def acquire_alone(self) -> str:
         """A ready replica with nothing in flight from this dispatcher, which then takes no other work until what

@@ -58,6 +58,7 @@ from wire import (
     CancelResponse,
     ClaimRequest,
     ErrorBody,
+    Residency,
 )
 
 __all__ = [
@@ -144,6 +145,8 @@ def create_app(
             return received
         answer = await _batch_answer(readiness, received)
         answer.headers[FREE_ROWS_HEADER] = str(_free_rows(readiness))  # after taking the batch, if it was taken
+        if readiness.pool is not None:  # where its models are now, for the gateway's routing (``wire.Residency``)
+            answer.headers.update(Residency.of(readiness.pool.report()).headers())
         return answer
 
     async def cancel(request: Request) -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +46,23 @@ def model_deployment(name: str, models: str, replicas: int = 0, **settings: str)
     }
 
 
-def runtime_pods(cache_dir: Path, source: Path | None = None) -> CommandFactory:
-    """Pods run ``python -m runtime``: the torch engine on ``source`` if given, else the echo engine."""
+def runtime_pods(
+    cache_dir: Path, source: Path | None = None, pool: Mapping[str, Path] | None = None, pool_args: Sequence[str] = ()
+) -> CommandFactory:
+    """Pods run ``python -m runtime``: the torch engine on ``source`` if given, else the echo engine; a pool
+    Deployment's (``kaltstart.dev/pool: "true"``) run ``python -m runtime --pool`` with each of its models' weights
+    from ``pool`` (name -> directory), and ``pool_args``."""
 
     def command(deployment: dict[str, Any], port: int) -> PodCommand:
-        model = deployment["metadata"]["annotations"]["kaltstart.dev/models"]
-        argv = [sys.executable, "-m", "runtime", "--model-name", model, "--host", "127.0.0.1", "--port", str(port)]
+        annotations = deployment["metadata"]["annotations"]
+        model = annotations["kaltstart.dev/models"]
+        argv = [sys.executable, "-m", "runtime", "--host", "127.0.0.1", "--port", str(port)]
         argv += ["--cache-dir", str(cache_dir), "--device", "cpu"]
+        if annotations.get("kaltstart.dev/pool") == "true":
+            assert pool is not None, "a pool Deployment needs its models' weights"
+            models = [f"{name}={pool[name]}" for name in model.split(",")]
+            return PodCommand([*argv, "--pool", *(w for m in models for w in ("--model", m)), *pool_args])
+        argv += ["--model-name", model]
         argv += ["--engine", "torch", "--source", str(source)] if source else ["--engine", "echo"]
         return PodCommand(argv)
 

@@ -383,3 +383,13 @@ def test_slices_not_managed_by_the_endpointslice_controller_are_ignored() -> Non
     slices.forget(("default", "forged"))
     slices.put(("default", "forged"), endpoint_slice("forged", "llama", managed_by=None))
     assert ignored == [("default", "forged")] * 2
+
+
+def test_a_pool_deployment_serves_distinct_models_and_its_flag_is_checked() -> None:
+    found = routes_of(deployment("small", "a,b,c", pool="true"))
+    assert not isinstance(found, RouteError)
+    assert [(r.model.name, r.pool) for r in found] == [("a", True), ("b", True), ("c", True)]
+    one = routes_of(deployment("llama", "llama,llama-3"))
+    assert not isinstance(one, RouteError) and not any(r.pool for r in one)  # names of one model
+    refused = routes_of(deployment("small", "a,b,c", pool="yes"))
+    assert isinstance(refused, RouteError) and refused.annotation == "kaltstart.dev/pool"

@@ -13,7 +13,16 @@ import pytest
 from runtime.settings import RuntimeSettings
 from runtime.weights.demo_model import build
 from tests.runtime.support import RuntimeProcess, StreamedBatch, alone, finishes, greedy
-from wire import BATCH_PATH, READY_PATH, BatchEventAdapter, FinishEvent, ModelState, PoolReport, ReadyBody
+from wire import (
+    BATCH_PATH,
+    READY_PATH,
+    BatchEventAdapter,
+    FinishEvent,
+    ModelState,
+    PoolReport,
+    ReadyBody,
+    Residency,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -72,6 +81,9 @@ def ask(runtime: RuntimeProcess, model: str) -> FinishEvent:
     body = {"model": model, "requests": [greedy(f"{model}-1", prompt=PROMPT, max_tokens=16).model_dump()]}
     response = httpx.post(runtime.url + BATCH_PATH, json=body, timeout=60)
     assert response.status_code == 200, response.text
+    residency = Residency.from_headers(response.headers)  # what the gateway routes by, after this batch
+    assert residency is not None and residency == Residency.of(pool_report(runtime))
+    assert residency.state(model) == "active"
     events = [BatchEventAdapter.validate_json(line) for line in response.text.splitlines() if line]
     return finishes(events)[f"{model}-1"]
 

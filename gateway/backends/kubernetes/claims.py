@@ -1,8 +1,9 @@
 """Model routes from Deployment annotations, and who owns a model name two Deployments claim.
 
-A Deployment labelled ``kaltstart.dev/enabled: "true"`` serves the models named in ``kaltstart.dev/models``;
-its other ``kaltstart.dev/<setting>`` annotations use the setting names of the local config file and are parsed
-by the same function. A Deployment whose annotations cannot be used (an invalid value, or a ``kaltstart.dev/``
+A Deployment labelled ``kaltstart.dev/enabled: "true"`` serves the models named in ``kaltstart.dev/models``
+(names of one model, or with ``kaltstart.dev/pool: "true"`` distinct models of one pool runtime); its other
+``kaltstart.dev/<setting>`` annotations use the setting names of the local config file and are parsed by the same
+function. A Deployment whose annotations cannot be used (an invalid value, or a ``kaltstart.dev/``
 key that is no setting, such as ``max-replica``) yields a ``RouteError`` naming the annotation, and is left out;
 the other Deployments are unaffected.
 
@@ -31,8 +32,9 @@ LABEL_SELECTOR = f"{ENABLED_LABEL}=true"
 MODELS = f"{PREFIX}models"
 SERVICE = f"{PREFIX}service"
 PORT = f"{PREFIX}port"
+POOL = f"{PREFIX}pool"
 #: The ``kaltstart.dev/`` annotation keys the gateway reads (``enabled`` is the label, tolerated as an annotation).
-KNOWN_KEYS = frozenset({"models", "service", "port", "enabled", *ModelSettings.keys()})
+KNOWN_KEYS = frozenset({"models", "service", "port", "pool", "enabled", *ModelSettings.keys()})
 
 #: The Event reasons (and, lower-cased, the metric's ``reason`` label) of a Deployment left out.
 INVALID_ANNOTATION = "InvalidAnnotation"
@@ -61,6 +63,9 @@ class Route:
     service: str
     #: The EndpointSlice port to send batches to: a port name, or a number.
     port: str
+    #: ``kaltstart.dev/pool: "true"``: the Deployment's names are distinct models of a pool runtime
+    #: (``python -m runtime --pool``), each active, parked or absent on each replica; else names of one model.
+    pool: bool = False
 
 
 @dataclass(frozen=True)
@@ -108,11 +113,14 @@ def routes_of(deployment: Mapping[str, Any]) -> list[Route] | RouteError:
         models = [ModelSettings.parse(name, settings) for name in names]
     except ConfigError as exc:
         return error(PREFIX + (exc.key or "?"), str(exc).split(": ", 1)[-1])
+    pool = annotations.get(POOL, "false").strip().lower()
+    if pool not in ("true", "false"):
+        return error(POOL, 'must be "true" or "false"')
     port = annotations.get(PORT, "http").strip()
     if not port:
         return error(PORT, "must not be empty")
     service = annotations.get(SERVICE, ref.name).strip() or ref.name
-    return [Route(model, ref, service, port) for model in models]
+    return [Route(model, ref, service, port, pool=pool == "true") for model in models]
 
 
 def _unknown_key(key: str) -> str:

@@ -1,5 +1,7 @@
 """The local backend: a replica is a ``python -m runtime`` process on a free 127.0.0.1 port (or, for a model with
 ``protocol = "openai"``, the OpenAI-compatible server its ``command`` starts, ready when its ``health-path`` answers).
+A pool's replica is one ``python -m runtime --pool`` process serving all its models; its replicas are ready for
+each of them (``ReplicaGroup`` per scaling unit: a model of its own, or a pool).
 
 Started on demand (by claiming a standby runtime if one is up, see ``gateway.backends.local.runtimes``), ready when its
 ``/readyz`` answers 200 or it announces itself, restarted with back-off if it dies while wanted (like a kubelet's
@@ -16,7 +18,7 @@ from collections.abc import Sequence
 
 import wire
 from gateway.backends import NO_REPLICAS, BackendParts, Replicas
-from gateway.backends.local.config import LocalConfig, LocalModel
+from gateway.backends.local.config import LocalConfig, LocalModel, LocalPool
 from gateway.backends.local.runtimes import RuntimeEnvironment, RuntimeProcess, StandbyPool
 from gateway.catalog import ModelCatalog
 from gateway.errors import UnknownModel
@@ -35,9 +37,8 @@ RESTART_BACKOFF_S = (0.5, 30.0)
 class LocalReplica:
     """One runtime process, kept alive while wanted: a claimed standby, or a process started for it."""
 
-    def __init__(self, model: LocalModel, index: int, group: ReplicaGroup) -> None:
-        self._model = model
-        self.name = f"{model.settings.name}#{index}"
+    def __init__(self, index: int, group: ReplicaGroup) -> None:
+        self.name = f"{group.name}#{index}"
         self._group = group
         self.url: str | None = None
         self.ready = False
@@ -78,10 +79,9 @@ class LocalReplica:
     async def _became_ready(self, url: str, exited: asyncio.Task[int]) -> bool:
         """Probe until ready; False at once if the process exits first (it may have been announced ready and
         got work already, so its exit must not wait for the next probe)."""
-        settings = self._model.settings
-        route = settings.health_path if settings.forwards else wire.READY_PATH
+        route, headers = self._group.ready_route, self._group.env.headers
         probe = asyncio.create_task(
-            probe_until_ready(url + route, exited=exited.done, period_s=READY_PROBE_S, headers=self._group.env.headers)
+            probe_until_ready(url + route, exited=exited.done, period_s=READY_PROBE_S, headers=headers)
         )
         await asyncio.wait({probe, exited}, return_when=asyncio.FIRST_COMPLETED)
         if not probe.done():
@@ -114,19 +114,22 @@ class LocalReplica:
 
 
 class ReplicaGroup:
-    """The replicas of one model."""
+    """The replicas of one scaling unit: one model (``models`` holds it alone), or a pool's models."""
 
     def __init__(
         self,
         *,
-        model: LocalModel,
+        models: Sequence[LocalModel],
         config: LocalConfig,
         endpoints: ReadyEndpoints,
         standbys: StandbyPool,
         env: RuntimeEnvironment,
         extra: Sequence[str],
+        pool: LocalPool | None = None,
     ) -> None:
-        self.model = model
+        self.models = tuple(models)
+        self.pool = pool
+        self.name = pool.name if pool is not None else models[0].settings.name
         self._config = config
         self._endpoints = endpoints
         self._standbys = standbys
@@ -136,9 +139,17 @@ class ReplicaGroup:
         self.lock = asyncio.Lock()
         self._started = 0
 
+    @property
+    def ready_route(self) -> str:
+        """What a replica's readiness probe asks for: our runtime's ``/readyz``, or an upstream's ``health-path``."""
+        settings = self.models[0].settings
+        return settings.health_path if settings.forwards else wire.READY_PATH
+
     def runtime_args(self) -> list[str]:
-        """The model's ``python -m runtime`` flags, without ``--host``/``--port``."""
-        m = self.model
+        """The ``python -m runtime`` flags, without ``--host``/``--port``."""
+        if self.pool is not None:
+            return self._pool_args(self.pool)
+        m = self.models[0]
         return [
             "--model-name", m.settings.name,
             "--source", m.source,
@@ -151,9 +162,28 @@ class ReplicaGroup:
             *m.args,
         ]  # fmt: skip
 
+    def _pool_args(self, pool: LocalPool) -> list[str]:
+        """A pool runtime's flags: its models in order, one batch size (the largest of theirs: each model's
+        dispatcher sends at most its own), the budgets if set."""
+        budgets = {"--pool-device-bytes": pool.device_bytes, "--pool-host-bytes": pool.host_bytes}
+        return [
+            "--pool",
+            *(flag for m in self.models for flag in ("--model", f"{m.settings.name}={m.source}")),
+            "--cache-dir", str(self._config.cache_dir),
+            "--device", pool.device,
+            "--dtype", pool.dtype,
+            "--max-batch-size", str(max(m.settings.max_batch_size for m in self.models)),
+            *(word for flag, value in budgets.items() if value is not None for word in (flag, str(value))),
+            *self._extra,
+            *pool.args,
+        ]  # fmt: skip
+
     async def runtime_for(self, name: str) -> RuntimeProcess | None:
-        """A runtime process for replica ``name``: a claimed standby if there is one, else a new process."""
-        m = self.model
+        """A runtime process for replica ``name``: a claimed standby if there is one, else a new process. A pool
+        claims none: a standby holds one model's start, and a pool replica is the standby of all its models."""
+        m = self.models[0]
+        if self.pool is not None:
+            return await RuntimeProcess.spawn(self._config.python, self.runtime_args(), name, self.env)
         if m.settings.forwards:  # an OpenAI-compatible server: started as configured, never a standby of ours
             fields = {"source": m.source, "model": m.settings.served_name}
             return await RuntimeProcess.spawn_server(m.command, fields, name)
@@ -166,13 +196,16 @@ class ReplicaGroup:
         self._standbys.replenish()
 
     def publish(self) -> None:
-        name = self.model.settings.name
-        self._endpoints.vouch(name, [r.url for r in self.replicas if r.url])
-        self._endpoints.set(name, [r.url for r in self.replicas if r.ready and r.url])
+        """Every model of the group has its replicas (a pool's replica serves them all)."""
+        started = [r.url for r in self.replicas if r.url]
+        ready = [r.url for r in self.replicas if r.ready and r.url]
+        for m in self.models:
+            self._endpoints.vouch(m.settings.name, started)
+            self._endpoints.set(m.settings.name, ready)
 
     async def resize(self, count: int) -> None:
         while len(self.replicas) < count:
-            self.replicas.append(LocalReplica(self.model, self._started, self))
+            self.replicas.append(LocalReplica(self._started, self))
             self._started += 1
         while len(self.replicas) > count:
             replica = self.replicas.pop()
@@ -199,12 +232,25 @@ class LocalBackend:
         self.config = config
         extra = [] if batch_log else ["--no-batch-log"]
         self.standbys = StandbyPool(config=config, size=config.standby, env=env, extra_args=extra)
-        self._groups = {
-            m.settings.name: ReplicaGroup(
-                model=m, config=config, endpoints=endpoints, standbys=self.standbys, env=env, extra=extra
+        self._groups: dict[str, ReplicaGroup] = {}
+        by_name = {m.settings.name: m for m in config.models}
+        for pool in config.pools:
+            members = [by_name[name] for name in pool.models]
+            group = ReplicaGroup(
+                models=members,
+                config=config,
+                endpoints=endpoints,
+                standbys=self.standbys,
+                env=env,
+                extra=extra,
+                pool=pool,
             )
-            for m in config.models
-        }
+            self._groups |= dict.fromkeys(pool.models, group)
+        for m in config.models:
+            if m.settings.name not in self._groups:
+                self._groups[m.settings.name] = ReplicaGroup(
+                    models=[m], config=config, endpoints=endpoints, standbys=self.standbys, env=env, extra=extra
+                )
 
     @property
     def models(self) -> list[ModelSettings]:
@@ -248,7 +294,7 @@ class LocalBackend:
 
     async def stop(self) -> None:
         await self.standbys.stop()
-        for group in self._groups.values():
+        for group in {id(g): g for g in self._groups.values()}.values():
             async with group.lock:
                 await group.resize(0)
 
@@ -264,4 +310,6 @@ def build_local(
     backend = LocalBackend(
         config=config, endpoints=endpoints, env=RuntimeEnvironment(announce_to, token), batch_log=batch_log
     )
-    return BackendParts(backend, ModelCatalog(backend.models), endpoints, config.models[0].settings.name)
+    catalog = ModelCatalog()
+    catalog.replace(backend.models, config.units())  # a pool is one scaling unit
+    return BackendParts(backend, catalog, endpoints, config.models[0].settings.name)

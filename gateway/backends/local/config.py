@@ -41,6 +41,26 @@ class LocalModel:
 
 
 @dataclass(frozen=True)
+class LocalPool:
+    """Models of the file served together by one pool runtime per replica (``python -m runtime --pool``): the pool
+    is their scaling unit (its replicas are shared; each model keeps its own queue and settings)."""
+
+    name: str
+    #: Names of ``[models.*]`` entries, in the order given to the runtime (the first is loaded at its start).
+    models: tuple[str, ...]
+    #: ``auto``, ``cpu`` or ``cuda`` (for all its models: one process).
+    device: str = "auto"
+    #: ``auto``, ``float32``, ``float16`` or ``bfloat16``.
+    dtype: str = "auto"
+    #: ``--pool-device-bytes``: most weight bytes active at once; None: the runtime's default.
+    device_bytes: int | None = None
+    #: ``--pool-host-bytes``: most weight bytes parked at once (0: never park); None: the runtime's default.
+    host_bytes: int | None = None
+    #: Extra ``python -m runtime`` arguments.
+    args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class LocalConfig:
     models: tuple[LocalModel, ...]
     #: The runtimes' node-local weight cache.
@@ -50,9 +70,24 @@ class LocalConfig:
     #: Standby runtimes kept started (interpreter up, engine imported, no model) for the next cold start to claim.
     #: Each holds the memory of an imported torch (no GPU memory); 0: every cold start starts a process.
     standby: int = 1
+    #: Pools of models sharing runtime processes; a model in no pool has replicas of its own.
+    pools: tuple[LocalPool, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_pools(self)
+
+    def pool_of(self, model: str) -> LocalPool | None:
+        return next((pool for pool in self.pools if model in pool.models), None)
+
+    def units(self) -> dict[str, str]:
+        """Each pooled model's scaling unit (its pool's name); the others are their own unit."""
+        return {model: pool.name for pool in self.pools for model in pool.models}
 
 
 _RUNTIME_KEYS = {"source", "engine", "device", "dtype", "args", "command"}
+_POOL_KEYS = {"models", "device", "dtype", "device-bytes", "host-bytes", "args"}
+#: Keys of a ``[models.*]`` entry that a pool sets for all its models (one process).
+_POOLED_KEYS = {"engine", "device", "dtype", "args", "command"}
 #: What a ``command`` may fill in.
 COMMAND_FIELDS = ("host", "port", "source", "model")
 
@@ -68,13 +103,63 @@ def load_local_config(path: Path) -> LocalConfig:
     models = tuple(_local_model(name, spec, base) for name, spec in data.get("models", {}).items())
     if not models:
         raise ConfigError(f"{path}: no [models.<name>] tables")
+    pools = tuple(_local_pool(name, spec, data["models"]) for name, spec in data.get("pools", {}).items())
     cache_dir = Path(runtime.get("cache-dir", DEFAULT_CACHE_DIR))
     return LocalConfig(
         models=models,
         cache_dir=cache_dir if cache_dir.is_absolute() else base / cache_dir,
         python=runtime.get("python", sys.executable),
         standby=_standby(runtime.get("standby", 1)),
+        pools=pools,
     )
+
+
+def _local_pool(name: str, spec: Mapping[str, Any], models: Mapping[str, Mapping[str, Any]]) -> LocalPool:
+    if unknown := set(spec) - _POOL_KEYS:
+        raise ConfigError(f"pools.{name}: unknown settings {sorted(unknown)}")
+    names = spec.get("models")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"pools.{name}.models: a non-empty list of [models.<name>] names", key="models")
+    for model in names:
+        if clash := _POOLED_KEYS & set(models.get(model, {})):
+            message = f"models.{model}: {sorted(clash)} of a pooled model are set on its pool (pools.{name})"
+            raise ConfigError(message, key=sorted(clash)[0])
+    return LocalPool(
+        name=name,
+        models=tuple(names),
+        device=str(spec.get("device", "auto")),
+        dtype=str(spec.get("dtype", "auto")),
+        device_bytes=_pool_bytes(name, "device-bytes", spec.get("device-bytes"), least=1),
+        host_bytes=_pool_bytes(name, "host-bytes", spec.get("host-bytes"), least=0),
+        args=tuple(str(a) for a in spec.get("args", ())),
+    )
+
+
+def _pool_bytes(pool: str, key: str, value: object, *, least: int) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise ConfigError(f"pools.{pool}.{key}: a whole number of bytes, at least {least}, got {value!r}", key=key)
+    return value
+
+
+def _check_pools(config: LocalConfig) -> None:
+    """Every pooled model is a ``[models.*]`` entry served by our runtime, in one pool only; a pool is not named
+    like a model (its name is the scaling unit's and its replicas')."""
+    models = {m.settings.name: m for m in config.models}
+    seen: set[str] = set()
+    for pool in config.pools:
+        if pool.name in models:
+            raise ConfigError(f"pools.{pool.name}: a pool cannot have a model's name", key="pools")
+        for name in pool.models:
+            model = models.get(name)
+            if model is None:
+                raise ConfigError(f"pools.{pool.name}.models: no [models.{name}] entry", key="models")
+            if model.settings.forwards or model.engine != "torch":
+                raise ConfigError(f"pools.{pool.name}.models: {name} is not served by the torch runtime", key="models")
+            if name in seen:
+                raise ConfigError(f"pools.{pool.name}.models: {name} is in more than one pool", key="models")
+            seen.add(name)
 
 
 def _standby(value: object) -> int:
@@ -140,13 +225,22 @@ def dump_local_config(config: LocalConfig) -> str:
     lines.append(f"standby = {config.standby}")
     for m in config.models:
         lines += ["", f"[models.{_toml(m.settings.name)}]"]
-        fields: dict[str, Any] = {"source": m.source, "engine": m.engine, "device": m.device, "dtype": m.dtype}
-        if m.args:
-            fields["args"] = list(m.args)
+        fields: dict[str, Any] = {"source": m.source}
+        if config.pool_of(m.settings.name) is None:  # a pool sets these for its models
+            fields |= {"engine": m.engine, "device": m.device, "dtype": m.dtype}
+            if m.args:
+                fields["args"] = list(m.args)
         if m.command:
             fields["command"] = list(m.command)
         fields |= m.settings.to_values()
         lines.extend(f"{key} = {_toml(value)}" for key, value in fields.items())
+    for pool in config.pools:
+        lines += ["", f"[pools.{_toml(pool.name)}]", f"models = {_toml(list(pool.models))}"]
+        lines += [f"device = {_toml(pool.device)}", f"dtype = {_toml(pool.dtype)}"]
+        budgets = {"device-bytes": pool.device_bytes, "host-bytes": pool.host_bytes}
+        lines.extend(f"{key} = {value}" for key, value in budgets.items() if value is not None)
+        if pool.args:
+            lines.append(f"args = {_toml(list(pool.args))}")
     return "\n".join(lines) + "\n"
 
 

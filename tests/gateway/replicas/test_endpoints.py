@@ -16,6 +16,7 @@ pytestmark = pytest.mark.unit  # the pool's tests use an event loop, but no I/O
 
 A, B = "http://10.0.0.1:8000", "http://10.0.0.2:8000"
 MODEL, R1, R2 = "m", A, B
+R3 = "http://10.0.0.3:8000"
 REPORT = wire.ReadyBody(model="m", max_batch_size=4, context_length=128, scheduler="continuous")
 
 
@@ -217,4 +218,39 @@ async def test_pool_never_gives_a_replica_that_left_the_ready_set() -> None:
     assert not waiting.done()
     pool.finish(R1)
     assert await asyncio.wait_for(waiting, 5) == (R1, 1)
+    pool.close()
+
+
+async def test_pool_prefers_the_replica_where_the_model_is_active_then_parked_then_the_most_free_bytes() -> None:
+    endpoints = ReadyEndpoints()
+    endpoints.set(MODEL, [R1, R2, R3])
+    pool = EndpointPool(MODEL, endpoints, budget=8)
+    for url in (R1, R2, R3):
+        pool.set_continuous(url, True)
+    pool.start(R1, 6)  # the most loaded: without a preference the least loaded would win
+    pool.start(R2, 3)
+    pool.learn(R1, wire.Residency(active=("other", MODEL), free_device_bytes=0))
+    pool.learn(R2, wire.Residency(parked=(MODEL,), free_device_bytes=9))
+    pool.learn(R3, wire.Residency(active=("other",), free_device_bytes=10))
+    assert await pool.acquire() == (R1, 2)  # active beats parked beats absent, whatever the load
+    pool.start(R1, 2)
+    assert await pool.acquire() == (R2, 5)  # active but full: the parked one
+    pool.learn(R2, wire.Residency(active=("other",), free_device_bytes=5))
+    assert await pool.acquire() == (R3, 8)  # absent on both: the most free device bytes
+    pool.learn(R2, wire.Residency(free_device_bytes=50))
+    assert await pool.acquire() == (R2, 5)
+    pool.close()
+
+
+async def test_what_a_replica_held_is_forgotten_when_it_leaves_the_ready_set() -> None:
+    endpoints = ReadyEndpoints()
+    endpoints.set(MODEL, [R1, R2])
+    pool = EndpointPool(MODEL, endpoints, budget=8)
+    pool.learn(R2, wire.Residency(active=(MODEL,)))
+    assert await pool.acquire() == (R2, 8)
+    endpoints.set(MODEL, [R1])
+    endpoints.set(MODEL, [R1, R2])  # back, a new process perhaps: nothing known of it
+    assert endpoints.residency.preference(R2, MODEL) == (0, 0)
+    pool.learn("http://10.0.0.9:8000", wire.Residency(active=(MODEL,)))  # not a ready replica: not kept
+    assert endpoints.residency.preference("http://10.0.0.9:8000", MODEL) == (0, 0)
     pool.close()

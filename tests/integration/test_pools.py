@@ -1,0 +1,92 @@
+"""A local pool of three demo-sized models behind a real gateway (``[pools.<name>]``): one pool runtime process
+under a device budget that fits one model answers for all three through the official OpenAI client, each answer
+as the model's own never-parked engine gives it; the models take turns on the device (loaded, parked, woken); the
+gateway learns where each is from the batch answers; and the pool, one scaling unit, goes back to zero once all
+its models are idle."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+import wire
+from gateway.backends.local.config import LocalPool
+from runtime.settings import RuntimeSettings
+from runtime.weights.demo_model import build
+from tests.harness import LocalGateway, model, replica_processes, run_gateway
+from tests.runtime.support import alone, greedy
+
+pytestmark = pytest.mark.integration
+
+#: The demo model's float32 weights are 3.4 MB: the device holds one of them, the host two.
+POOL = LocalPool("three", ("a", "b", "c"), device="cpu", device_bytes=4_000_000, host_bytes=8_000_000)
+PROMPT = "the gateway keeps every request in a queue"
+IDLE_TIMEOUT_S = 2.0
+
+
+@pytest.fixture(scope="module")
+def model_dirs(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("pool-models")
+    return {"a": demo_model_dir, "b": build(root / "b", seed=7), "c": build(root / "c", seed=99)}
+
+
+@pytest.fixture(scope="module")
+def served_alone(model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Each model's greedy answer from an engine of its own, loaded once and never parked."""
+    from runtime.torch_engine.engine import TorchEngine
+
+    answers = {}
+    for name, path in model_dirs.items():
+        settings = RuntimeSettings(model_name=name, source=str(path), cache_dir=tmp_path_factory.mktemp(name))
+        engine = TorchEngine(path, settings)
+        engine.load()
+        answers[name] = alone(engine, greedy(name, prompt=PROMPT, max_tokens=16)).text
+    return answers
+
+
+async def complete(sdk: openai.AsyncOpenAI, name: str) -> str:
+    answer = await sdk.completions.create(model=name, prompt=PROMPT, max_tokens=16, temperature=0)
+    return answer.choices[0].text
+
+
+async def pool_report(gw: LocalGateway) -> wire.PoolReport:
+    (replica,) = replica_processes(gw, "a")
+    assert replica.url is not None
+    async with httpx.AsyncClient(timeout=10) as client:
+        body = wire.ReadyBody.model_validate_json((await client.get(replica.url + wire.READY_PATH)).content)
+    assert body.pool is not None
+    assert body.pool.device_bytes <= body.pool.device_budget_bytes
+    assert body.pool.host_bytes <= body.pool.host_budget_bytes
+    return body.pool
+
+
+async def test_a_pool_answers_for_all_its_models_as_each_served_alone_and_goes_back_to_zero(
+    redis_url: str, cache_dir: Path, model_dirs: dict[str, Path], served_alone: dict[str, str]
+) -> None:
+    models = [
+        model("a", model_dirs["a"], idle_timeout=f"{IDLE_TIMEOUT_S}s"),  # the pool scales by its first model's settings
+        model("b", model_dirs["b"]),
+        model("c", model_dirs["c"]),
+    ]
+    async with run_gateway(models, redis_url, cache_dir, pools=(POOL,), scale_interval_s=0.2) as gw:
+        sdk = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        for name in ("a", "b", "c", "a"):  # each pushes the last out; a comes back from host memory
+            assert await complete(sdk, name) == served_alone[name], name
+            (replica,) = replica_processes(gw, name)  # one process serves them all
+            assert replica.url is not None
+            assert gw.endpoints.residency.preference(replica.url, name) == (2, 0)  # learned from the batch answer
+        report = await pool_report(gw)
+        assert report.models["a"].state == "active" and report.models["a"].wakes == 1
+        # The host holds two: waking a (counted there until it is on the device) dropped b, the least recently used.
+        assert {m: report.models[m].state for m in "bc"} == {"b": "absent", "c": "parked"}
+
+        both = await asyncio.gather(*(complete(sdk, name) for name in ("c", "b", "a")))  # they take turns
+        assert both == [served_alone[name] for name in ("c", "b", "a")]
+
+        assert gw.backend.replicas("c").desired == 1  # the pool's count, for each of its models
+        await gw.wait_for(lambda: gw.backend.replicas("a").desired == 0, timeout_s=30 + IDLE_TIMEOUT_S)
+        assert all(gw.endpoints.get(name) == () for name in "abc")
