@@ -110,7 +110,7 @@ def test_the_learner_counts_the_requests_that_arrive_within_a_wake_and_a_load_of
     learner.arrived(100.0, idle_since_s=0.0)  # a 100 s gap ends
     learner.arrived(100.5, idle_since_s=None)  # within the wake
     learner.arrived(110.0, idle_since_s=None)  # within the load
-    assert learner.gaps == ()  # still counting until 120
+    assert not learner.gaps  # still counting until 120
     learner.arrived(121.0, idle_since_s=120.5)  # 0.5 s idle: too short to be a gap; closes the first
     assert learner.gaps == (Gap(100.0, 2, 3),)
     learner.decision(200.0, PRICES, FALLBACK)
