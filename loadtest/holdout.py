@@ -107,9 +107,9 @@ def score(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return scored
 
 
-def score_table(scores: Sequence[Mapping[str, Any]]) -> Table:
+def score_table(scores: Sequence[Mapping[str, Any]], what: str = "adaptive keep-alive") -> Table:
     table = Table(
-        "adaptive keep-alive, frozen constants, by set (held out: trace or seed not tuned on)",
+        f"{what}, frozen constants, by set (held out: trace or seed not tuned on)",
         ["set", "policy", "panels", "beats a fixed", "beaten by a fixed", "below line", "median vs line"],
     )
     for s in scores:

@@ -20,6 +20,7 @@ __all__ = [
     "plot_continuous",
     "plot_overhead",
     "plot_pareto",
+    "plot_pool",
     "plot_replay",
     "plot_simulation",
 ]
@@ -138,6 +139,51 @@ def plot_pareto(panels: Sequence[tuple[str, float, Sequence[PolicyResult]]], pat
         axis.set_xlabel("replica-hours", fontsize="small")
         axis.set_ylabel("cold-start requests", fontsize="small")
         axis.grid(alpha=0.3)
+    grid[0][0].legend(fontsize="x-small")
+    _save(figure, path)
+
+
+def plot_pool(panels: Sequence[tuple[str, float, Sequence[PolicyResult]]], path: Path) -> None:
+    """One row per (trace, cold start): left, GPU replica-hours (log) against cold-start requests for one
+    Deployment per model (squares) and the pool (grey: fixed pairs, blue: learned); right, the pool's model
+    device-hours against wake requests. Lower left is better."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, grid = plt.subplots(len(panels), 2, figsize=(10, 3.4 * len(panels)), squeeze=False)
+    for (trace, cold, results), (gpu, device) in zip(panels, grid, strict=True):
+        groups = {
+            "deployment per model": ([r for r in results if r.pool is None and r.min_replicas == 0], "s", "tab:gray"),
+            "pool, fixed pair": ([r for r in results if r.pool is not None and r.cold_start_cost_s is None], "o",
+                                 "tab:gray"),
+            "pool, learned": ([r for r in results if r.pool is not None and r.cold_start_cost_s is not None], "^",
+                              "tab:blue"),
+        }  # fmt: skip
+        for label, (rows, marker, colour) in groups.items():
+            fill = "none" if marker == "s" else "full"
+            gpu.plot([r.replica_seconds / 3600 for r in rows], [r.cold_start_requests for r in rows], marker,
+                     color=colour, fillstyle=fill, linestyle="", label=label)  # fmt: skip
+            pooled = [r.pool for r in rows if r.pool is not None]
+            device.plot([p.device_model_seconds / 3600 for p in pooled], [p.wake_requests for p in pooled], marker,
+                        color=colour, linestyle="")  # fmt: skip
+            for r in rows:
+                name = r.name.replace("pool ", "").replace("idle ", "").replace("adaptive ", "a")
+                gpu.annotate(name, (r.replica_seconds / 3600, r.cold_start_requests), fontsize="x-small",
+                             xytext=(3, 3), textcoords="offset points")  # fmt: skip
+                if r.pool is not None:
+                    device.annotate(name, (r.pool.device_model_seconds / 3600, r.pool.wake_requests),
+                                    fontsize="x-small", xytext=(3, 3), textcoords="offset points")  # fmt: skip
+        gpu.set_xscale("log")
+        gpu.set_title(f"{trace}, cold start {cold:g} s", fontsize="small")
+        gpu.set_xlabel("GPU replica-hours", fontsize="small")
+        gpu.set_ylabel("cold-start requests", fontsize="small")
+        device.set_title("pool: the device budget against wakes", fontsize="small")
+        device.set_xlabel("model device-hours", fontsize="small")
+        device.set_ylabel("wake requests", fontsize="small")
+        for axis in (gpu, device):
+            axis.grid(alpha=0.3)
     grid[0][0].legend(fontsize="x-small")
     _save(figure, path)
 

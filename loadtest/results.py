@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from loadtest.client import Outcome
 from loadtest.trace import TraceRequest
 
-__all__ = ["Phase", "PolicyResult", "ReplayResult", "ReplicaSample", "RequestRecord"]
+__all__ = ["Phase", "PolicyResult", "PoolFigures", "ReplayResult", "ReplicaSample", "RequestRecord"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,26 @@ class ReplayResult:
     models: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class PoolFigures:
+    """What a pool replica (``simulate --pool``) adds to a policy's figures; its cold starts are model loads."""
+
+    park_after_s: float
+    #: Models on the device, integrated over the window (model-seconds).
+    device_model_seconds: float
+    #: Models parked in host memory, integrated over the window (model-seconds).
+    host_memory_seconds: float
+    #: Requests that arrived while their model was parked or waking.
+    wake_requests: int
+    #: Seconds those requests waited, arrival to dispatch, summed.
+    wake_wait_s: float
+    replica_starts: int
+    loads: int
+    wakes: int
+    parks: int
+    unloads: int
+
+
 @dataclass
 class PolicyResult:
     name: str
@@ -75,3 +95,5 @@ class PolicyResult:
     cold_start_wait_s: float = 0.0
     #: The most replicas the policy may run per model.
     max_replicas: int | None = None
+    #: Set for a pool (every model in one replica): the pool's own figures.
+    pool: PoolFigures | None = None

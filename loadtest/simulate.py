@@ -36,6 +36,16 @@ from gateway.scaling.rules import desired_replicas
 from gateway.settings import ModelSettings, parse_duration_s
 from loadtest.holdout import Split, add_holdout_arguments, learner_constants, score, score_table, split_from_args
 from loadtest.pareto import beaten_by, beats, frontier_gap, is_fixed
+from loadtest.pool import simulate_pool
+from loadtest.pool_report import (
+    add_pool_arguments,
+    pool_columns,
+    pool_policies_from_args,
+    pool_settings,
+    pool_table,
+    target,
+    target_table,
+)
 from loadtest.report import Table, finish
 from loadtest.results import PolicyResult
 from loadtest.stats import mean, percentile
@@ -341,6 +351,7 @@ def report_rows(results: Sequence[PolicyResult]) -> list[dict[str, Any]]:
             "beats": None if is_fixed(r) else beats(r, results),
             "beaten_by": None if is_fixed(r) else beaten_by(r, results),
             "vs_fixed_line": None if is_fixed(r) else frontier_gap(r, results),
+            **pool_columns(r),
         }
         for r in results
     ]
@@ -374,11 +385,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-replicas", type=int, default=1, help="per model. Default 1")
     parser.add_argument("--max-batch-size", type=int, default=16, help="per batch. Default 16")
-    parser.add_argument("--models", default="model", help="comma-separated model names to spread requests over")
+    parser.add_argument(
+        "--models",
+        default="model",
+        help="comma-separated model names to spread requests over (seeded), or a count N: models m1..mN",
+    )
     parser.add_argument(
         "--horizon", type=float, default=None, metavar="S", help="end of the window. Default: last arrival"
     )
     add_holdout_arguments(parser)
+    add_pool_arguments(parser)
     parser.add_argument("--out", type=Path, help="write simulate.png, pareto.png and summary.json here")
     add_trace_arguments(parser)
 
@@ -402,7 +418,7 @@ def _simulate_all(args: argparse.Namespace, split: Split) -> list[_Panel]:
     """Every policy on every trace named in ``--trace`` (comma-separated), for every seed and ``--cold-start``."""
     timeouts = parse_idle_timeouts(args.idle_timeouts)
     costs = [parse_duration_s(c) for c in args.cold_start_costs.split(",") if c.strip()]
-    models = args.models.split(",")
+    models = model_names(args.models)
     panels = []
     for seed in split.seeds:
         for name in [t.strip() for t in args.trace.split(",") if t.strip()]:
@@ -421,14 +437,26 @@ def _simulate_all(args: argparse.Namespace, split: Split) -> list[_Panel]:
                     max_batch_size=args.max_batch_size,
                 )
                 results = [simulate(trace, policy, sim) for policy in policies(timeouts, costs)]
+                if args.pool:
+                    pool_sim = pool_settings(args, cold_start)
+                    results += [
+                        simulate_pool(trace, p, pool_sim) for p in pool_policies_from_args(args, pool_sim, costs)
+                    ]
                 held_out = split.held_out(name, seed, len(models))
                 panels.append(_Panel(name, seed, held_out, cold_start, len(trace), horizon - first, results))
     return panels
 
 
+def model_names(text: str) -> list[str]:
+    """``--models``: names, comma-separated, or a count (``20``: m1 to m20)."""
+    if text.strip().isdigit():
+        return [f"m{i}" for i in range(1, int(text) + 1)]
+    return text.split(",")
+
+
 def _trace(args: argparse.Namespace, name: str, seed: int) -> list[TraceRequest]:
     raw = trace_from_args(argparse.Namespace(**{**vars(args), "trace": name, "seed": seed}))
-    return spread(raw, args.models.split(","), seed)
+    return spread(raw, model_names(args.models), seed)
 
 
 def _table(panel: _Panel, rows: Sequence[dict[str, Any]]) -> Table:
@@ -452,14 +480,20 @@ def _table(panel: _Panel, rows: Sequence[dict[str, Any]]) -> Table:
 async def run(args: argparse.Namespace) -> int:
     split = split_from_args(args)
     panels = _simulate_all(args, split)
-    tables, rows = [], []
+    tables, rows, checks = [], [], []
     for panel in panels:
         panel_rows = report_rows(panel.results)
-        tables.append(_table(panel, panel_rows))
+        tables.append(_table(panel, [r for r in panel_rows if r["kind"] == "deployment"]))
+        if args.pool:
+            tables.append(pool_table(f"pool {panel.label}, cold start {panel.cold_start_s:g} s", panel_rows))
+            checks += [{"panel": f"{panel.label} {panel.cold_start_s:g}s", **c} for c in target(panel_rows)]
         where = {"trace": panel.trace, "seed": panel.seed, "held_out": panel.held_out}
         rows += [{**where, "cold_start_s": panel.cold_start_s, **row} for row in panel_rows]
-    scores = score(rows)
+    scores = score([r for r in rows if r["kind"] == "deployment"])
     tables.append(score_table(scores))
+    pool_scores = score([r for r in rows if r["kind"] == "pool"]) if args.pool else []
+    if args.pool:
+        tables += [score_table(pool_scores, "learned pool"), target_table(checks)]
     traces = {
         (p.trace, p.seed): {"trace": p.trace, "seed": p.seed, "held_out": p.held_out, "requests": p.requests,
                             "duration_s": p.duration_s}
@@ -470,11 +504,14 @@ async def run(args: argparse.Namespace) -> int:
         "traces": list(traces.values()),
         "cold_start_s": sorted({p.cold_start_s for p in panels}),
         "cold_start_spread": args.cold_start_spread,
-        "models": args.models.split(","),
+        "models": model_names(args.models),
         "learner": learner_constants(),
         "split": split.describe(),
         "score": scores,
     }
+    if args.pool:
+        summary["pool"] = {"settings": vars(pool_settings(args, panels[0].cold_start_s)) if panels else None,
+                           "score": pool_scores, "target": checks}  # fmt: skip
     if args.out is not None:
         from loadtest.plots import plot_pareto, plot_simulation
 
@@ -483,7 +520,12 @@ async def run(args: argparse.Namespace) -> int:
             plot_simulation(panels[0].results, [r.at_s for r in trace], args.out / "simulate.png")
         several = len(split.seeds) > 1
         labels = [p.label if several else p.trace for p in panels]
-        plot_pareto([(label, p.cold_start_s, p.results) for label, p in zip(labels, panels, strict=True)],
-                    args.out / "pareto.png")  # fmt: skip
+        plot_pareto([(label, p.cold_start_s, [r for r in p.results if r.pool is None])
+                     for label, p in zip(labels, panels, strict=True)], args.out / "pareto.png")  # fmt: skip
+        if args.pool:
+            from loadtest.plots import plot_pool
+
+            plot_pool([(label, p.cold_start_s, p.results) for label, p in zip(labels, panels, strict=True)],
+                      args.out / "pool.png")  # fmt: skip
     finish(tables, summary, args.out)
     return 0

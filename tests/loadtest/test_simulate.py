@@ -12,7 +12,8 @@ import pytest
 from gateway.replicas.coldstarts import smoothed
 from gateway.scaling.keepalive import MIN_GAPS, MUST_SAVE, GapLearner
 from loadtest.holdout import TUNED_TRACES, Split, score
-from loadtest.pareto import beaten_by, beats, frontier_gap
+from loadtest.pareto import beaten_by, beats, frontier_gap, is_fixed
+from loadtest.pool import PoolPolicy, PoolSettings, pool_policies, simulate_pool
 from loadtest.results import PolicyResult
 from loadtest.simulate import (
     Policy,
@@ -24,7 +25,7 @@ from loadtest.simulate import (
     report_rows,
     simulate,
 )
-from loadtest.trace import TraceRequest, periodic
+from loadtest.trace import TraceRequest, periodic, spread
 from tests.loadtest.conftest import loadtest, report_row
 
 # Three requests at t = 0, 10 and 100 s, 5 completion tokens each at 0.02 s per token: 0.1 s of work apiece.
@@ -272,3 +273,85 @@ async def test_simulate_scores_on_held_out_seeds(tmp_path: Path) -> None:
     assert "held out" in run.stdout and (tmp_path / "pareto.png").exists()
     assert "provenance" in json.loads((tmp_path / "summary.json").read_text())
     assert "held out: adaptive 300s below the fixed timeouts' line in" in report_row(tmp_path)
+
+
+# The pool (``simulate --pool``): every model in one replica, under the three-state rules of gateway.scaling.parking.
+
+POOL = PoolSettings(cold_start_s=5.0, wake_s=1.0, load_s=5.0, device_models=1, seconds_per_token=0.02)
+
+
+@pytest.mark.unit
+def test_pool_by_hand() -> None:
+    # Park after 10 s, unload after 100 s, one model on the device at a time; 0.1 s of work per request.
+    trace = [TraceRequest(t, 1, 5, m) for t, m in ((0.0, "a"), (30.0, "b"), (40.0, "a"), (200.0, "a"))]
+    result = simulate_pool(trace, PoolPolicy("pool 10s/100s", 10.0, 100.0), POOL)
+    pool = result.pool
+    assert pool is not None
+    # 0: the replica starts with a (ready at 5, served 5.0-5.1); idle from 5.1, parked at the tick at 16.
+    # 30: b is loaded (ready 35, served 35.0-35.1). 40: a is parked: woken (ready 41); the device holds one
+    # model, so b (idle) is parked at 40 to make room. a is idle from 41.1: parked at 52, absent at 142; b, idle
+    # from 35.1, absent at 136. Every model absent at 142: the replica goes. 200: a cold start again (the window's
+    # end).
+    assert result.replica_seconds == pytest.approx(142.0)
+    assert pool.device_model_seconds == pytest.approx(16 + 12 + 10)  # a 0-16 and 40-52, b 30-40
+    assert pool.host_memory_seconds == pytest.approx(24 + 90 + 96)  # a 16-40 and 52-142, b 40-136
+    assert (result.cold_start_requests, pool.wake_requests) == (3, 1)
+    assert (pool.loads, pool.wakes, pool.parks, pool.unloads, pool.replica_starts) == (3, 1, 3, 2, 2)
+    assert sorted(result.waits_s) == pytest.approx([1.0, 5.0, 5.0, 5.0])
+    assert (result.cold_start_wait_s, pool.wake_wait_s) == pytest.approx((15.0, 1.0))
+    assert [count for _t, count in result.timeline] == [0, 1, 0, 1, 1]
+
+
+@pytest.mark.unit
+def test_a_pool_model_with_work_is_not_parked_for_another_the_request_waits() -> None:
+    # Two requests at once for a and b, one model on the device: b waits until a's batch (1 s) is done.
+    trace = [TraceRequest(0.0, 1, 50, "a"), TraceRequest(0.0, 1, 50, "b")]
+    result = simulate_pool(trace, PoolPolicy("pool 10s/100s", 10.0, 100.0), POOL)
+    # a: loaded 0-5, served 5-6. Then a is parked for b, which is loaded 6-11 and served 11-12.
+    assert sorted(result.waits_s) == pytest.approx([5.0, 11.0])
+    assert result.pool is not None and result.pool.parks == 1
+
+
+@pytest.mark.unit
+def test_the_learned_pool_policy_runs_on_the_gateway_rules() -> None:
+    trace = spread(periodic(hours=2, period_s=300, per_run=3, jitter_s=5, prompt_tokens=8, output_tokens=4, seed=1),
+                   ["a", "b", "c"], 1)  # fmt: skip
+    sim = PoolSettings(cold_start_s=20.0, wake_s=1.0, load_s=20.0, device_models=2)
+    (learned,) = (p for p in pool_policies([10.0], [300.0], [300.0], 1.0, 20.0) if p.cold_start_cost_s)
+    assert (learned.park_after_s, learned.idle_timeout_s) == (15.0, 300.0)  # the fallback: cost x wake / load, cost
+    result = simulate_pool(trace, learned, sim)
+    assert result.pool is not None and result.pool.wakes > 0
+    assert result.cold_start_cost_s == 300.0 and not is_fixed(result)
+
+
+async def test_simulate_command_pool_mode(tmp_path: Path) -> None:
+    csv = tmp_path / "hand.csv"
+    csv.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2023-11-16 18:00:00.0000000,10,5\n"
+        "2023-11-16 18:00:10.0000000,10,5\n"
+        "2023-11-16 18:01:40.0000000,10,5\n"
+    )
+    run = await loadtest(
+        "simulate", "--trace", csv, "--cold-start", "5", "--cold-start-spread", "0", "--idle-timeouts", "20s,300s",
+        "--cold-start-costs", "300s", "--pool", "--wake", "1", "--park-afters", "2s", "--pool-idle-timeouts", "20s",
+        "--models", "1", "--out", tmp_path / "out",
+    )  # fmt: skip
+    summary = run.check().summary
+    rows = {p["policy"]: p for p in summary["policies"]}
+    assert summary["models"] == ["m1"]
+    # One model in the pool: loaded at 0 (ready 5, served 5.0-5.1), parked at 8; at 10 woken (ready 11, served
+    # 11.0-11.1), parked at 14, unloaded at 32 with the replica. 100: a cold start.
+    pool = rows["pool 2s/20s"]
+    assert pool["kind"] == "pool" and pool["park_after_s"] == 2.0
+    assert pool["replica_seconds"] == pytest.approx(32.0)
+    assert (pool["device_model_seconds"], pool["host_memory_seconds"]) == pytest.approx((12.0, 20.0))
+    assert (pool["cold_start_requests"], pool["wake_requests"], pool["waiting_s"]) == (2, 1, pytest.approx(11.0))
+    assert rows["idle 20s"]["kind"] == "deployment" and rows["idle 20s"]["replica_seconds"] == pytest.approx(31.0)
+    assert rows["pool learned 300s"]["kind"] == "pool"
+    (check,) = summary["pool"]["target"]
+    assert check["policy"] == "pool learned 300s" and check["deployment_cold_start_requests"] == 1
+    assert check["gpu_share_vs_deployments"] == pytest.approx(rows["pool learned 300s"]["replica_seconds"] / 100.0)
+    assert [s["policy"] for s in summary["pool"]["score"]] == ["pool learned 300s"]
+    assert (tmp_path / "out" / "pool.png").stat().st_size > 0
+    assert "one pool replica vs one Deployment per model" in run.stdout
