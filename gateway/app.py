@@ -30,6 +30,8 @@ from gateway.replicas.announcements import Announcements
 from gateway.replicas.client import AiohttpRuntimeClient
 from gateway.replicas.coldstarts import ColdStarts, RedisDurations
 from gateway.replicas.context import ContextLengths
+from gateway.replicas.endpoints import ReadyEndpoints
+from gateway.replicas.poolreports import PoolReports
 from gateway.replicas.readychecks import ReadyChecks
 from gateway.scaling.autoscaler import Scaler
 from gateway.scaling.gaps import KeepAlives, RedisGapStore
@@ -65,11 +67,29 @@ def _key_quota(settings: GatewaySettings) -> Account:
     return Account("", "", queue.max_requests_per_key, queue.max_entries_per_key, queue.max_queued_bytes_per_key)
 
 
+def _middleware(server: ServerSettings) -> list[Middleware]:
+    api_keys = ApiKeys.configured(server.api_keys, server.api_keys_file)
+    return [
+        Middleware(PortSplit, metrics_port=server.metrics_port),
+        *([Middleware(ApiKeyAuth, keys=api_keys)] if api_keys is not None else []),
+    ]
+
+
+def _replica_news(
+    endpoints: ReadyEndpoints, cold_starts: ColdStarts, metrics: Metrics, client: AiohttpRuntimeClient
+) -> tuple[Announcements, PoolReports]:
+    """What replicas say about themselves: announcements, and pool reports (read when a pool's models moved)."""
+    announcements = Announcements(
+        endpoints=endpoints, cold_starts=cold_starts, metrics=metrics, checks=ReadyChecks(client)
+    )
+    return announcements, PoolReports(client, endpoints.residency)
+
+
 def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts) -> Starlette:
     """The gateway serving ``parts`` (one backend's builder made them), with its queue in ``redis_url``."""
     server, backend, catalog, endpoints = settings.server, parts.backend, parts.catalog, parts.endpoints
     redis = connect(redis_url, settings.queue)
-    metrics = Metrics(parts.collectors)
+    metrics = Metrics(parts.collectors, pools=endpoints.pool_replicas)
     work = WorkSignals(server.gateway_id)
     queue = _queue(settings, redis, work)
     door = FencedDoor()
@@ -77,9 +97,7 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
     replies.on_subscribed(work.notify_all)
     cold_starts = ColdStarts(durations=RedisDurations(redis), endpoints=endpoints, metrics=metrics)
     client = _runtime_client(server)
-    announcements = Announcements(
-        endpoints=endpoints, cold_starts=cold_starts, metrics=metrics, checks=ReadyChecks(client)
-    )
+    announcements, pool_reports = _replica_news(endpoints, cold_starts, metrics, client)
     keep_alives = KeepAlives(
         store=RedisGapStore(redis),
         metrics=metrics,
@@ -164,20 +182,16 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
             await janitor.stop()
             await backend.stop()
             await announcements.stop()
+            await pool_reports.stop()
             await cold_starts.drain()
             await keep_alives.drain()
             await replies.stop()
             await client.aclose()
             await redis.aclose()
 
-    api_keys = ApiKeys.configured(server.api_keys, server.api_keys_file)
-    middleware = [
-        Middleware(PortSplit, metrics_port=server.metrics_port),
-        *([Middleware(ApiKeyAuth, keys=api_keys)] if api_keys is not None else []),
-    ]
     app = Starlette(
         routes=routes,
-        middleware=middleware,
+        middleware=_middleware(server),
         lifespan=lifespan,
         exception_handlers={
             RequestError: error_response,
@@ -187,4 +201,5 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
     )
     app.state.gateway = gateway
     app.state.scaler = scaler
+    app.state.pool_reports = pool_reports
     return app

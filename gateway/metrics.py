@@ -4,16 +4,20 @@ A scrape costs work per model with activity, not per model served: the per-model
 depth, in flight, replicas) are kept by ``ModelGauges`` as the autoscaler last observed them, each model's lines
 formatted when its values change, so ``GET /metrics`` joins text instead of formatting 4 samples x N models
 through ``prometheus_client`` (what that cost: docs/loadtest.md, "bench scale"), and reads nothing from Redis.
+Pool replicas (``PoolGauges``) are rendered from what the gateway last heard from them; a scrape calls no replica.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+import wire
 
 if TYPE_CHECKING:
     from gateway.backends import Replicas
@@ -83,10 +87,102 @@ class ModelGauges(Collector):
         yield from families.values()
 
 
-class Metrics:
-    """``backend``: a backend's own metrics (``RouteMetrics``), served with these."""
+@dataclass(frozen=True)
+class PoolReplica:
+    """One pool replica as this gateway last heard from it: where it holds its models (``residency``, from every
+    batch answer), its last whole report (``report``, from its ``/readyz``; None until read) and the models it is
+    ready for (``models``: the only ones its series name, so a replica cannot grow the series)."""
 
-    def __init__(self, backend: Collection[Collector] = ()) -> None:
+    url: str
+    residency: wire.Residency
+    report: wire.PoolReport | None
+    models: Collection[str]
+
+
+#: The moves of a pool model: (``move`` label, its count and its seconds in ``wire.PoolModel``).
+_MOVES = (("load", "loads", "load_s"), ("wake", "wakes", "wake_s"), ("park", "parks", "park_s"),
+          ("unload", "unloads", "unload_s"))  # fmt: skip
+_STATES: tuple[wire.ModelState, ...] = ("active", "parked", "absent")
+
+
+class PoolGauges(Collector):
+    """Pool models and memory, from what ``source`` (``ReadyEndpoints.pool_replicas``) returns at a scrape: what
+    the batch answers and ``/readyz`` reads of the gateway last said, never a call to a replica.
+
+    The moves are the replicas' own cumulative counts (and seconds), labelled by replica: a replica's restart
+    resets them, which ``rate()`` takes as a counter reset, and series of one replica from several gateways are
+    told apart by the scraped instance (``max by (model, replica, move)`` counts each once). They move when the
+    gateway reads a report, which it does whenever a batch answer says a replica's models moved."""
+
+    def __init__(self, source: Callable[[], Iterable[PoolReplica]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        state = GaugeMetricFamily(
+            "kaltstart_model_state",
+            "Ready pool replicas holding the model, by state (active: on the device; parked: in host memory; "
+            "absent: on disk).",
+            labels=["model", "state"],
+        )
+        moves = CounterMetricFamily(
+            "kaltstart_pool_moves",
+            "A pool replica's moves of a model (load, wake, park, unload), as the replica counts them.",
+            labels=["model", "replica", "move"],
+        )
+        seconds = CounterMetricFamily(
+            "kaltstart_pool_move_seconds",
+            "Seconds a pool replica's moves of a model took, summed, as the replica counts them.",
+            labels=["model", "replica", "move"],
+        )
+        used = GaugeMetricFamily(
+            "kaltstart_pool_bytes",
+            "Weight bytes a pool replica holds, by memory (device, host).",
+            labels=["replica", "memory"],
+        )
+        budget = GaugeMetricFamily(
+            "kaltstart_pool_budget_bytes",
+            "A pool replica's budget, by memory (device, host).",
+            labels=["replica", "memory"],
+        )
+        held: dict[str, dict[wire.ModelState, int]] = {}
+        for replica in self._source():
+            for model in replica.models:
+                counts = held.setdefault(model, dict.fromkeys(_STATES, 0))
+                counts[replica.residency.state(model)] += 1
+            if replica.report is not None:
+                _add_report(replica, replica.report, moves, seconds, used, budget)
+        for model, counts in held.items():
+            for name, count in counts.items():
+                state.add_metric([model, name], count)
+        yield from (state, moves, seconds, used, budget)
+
+
+def _add_report(
+    replica: PoolReplica,
+    report: wire.PoolReport,
+    moves: CounterMetricFamily,
+    seconds: CounterMetricFamily,
+    used: GaugeMetricFamily,
+    budget: GaugeMetricFamily,
+) -> None:
+    for model in replica.models:
+        reported = report.models.get(model)
+        if reported is None:
+            continue
+        for move, count, took in _MOVES:
+            moves.add_metric([model, replica.url, move], getattr(reported, count))
+            seconds.add_metric([model, replica.url, move], getattr(reported, took))
+    used.add_metric([replica.url, "device"], report.device_bytes)
+    used.add_metric([replica.url, "host"], report.host_bytes)
+    budget.add_metric([replica.url, "device"], report.device_budget_bytes)
+    budget.add_metric([replica.url, "host"], report.host_budget_bytes)
+
+
+class Metrics:
+    """``backend``: a backend's own metrics (``RouteMetrics``), served with these; ``pools``: the pool replicas as
+    last heard from (``ReadyEndpoints.pool_replicas``), read at each scrape."""
+
+    def __init__(self, backend: Collection[Collector] = (), pools: Callable[[], Iterable[PoolReplica]] = tuple) -> None:
         #: What ``render`` formats with ``prometheus_client``: metrics with a series per model with activity.
         self._standard = CollectorRegistry()
         self.models = ModelGauges()
@@ -226,6 +322,8 @@ class Metrics:
             ["key", "quota"],
             registry=r,
         )
+        self.pools = PoolGauges(pools)
+        r.register(self.pools)
         for collector in backend:
             r.register(collector)
 

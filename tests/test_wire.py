@@ -238,6 +238,15 @@ def test_a_ready_report_carries_a_pool_only_when_the_replica_is_one() -> None:
         wire.PoolModel.model_validate({"state": "asleep", "weight_bytes": 1})
 
 
+def test_a_pool_models_seconds_per_move_are_sent_only_once_it_moved() -> None:
+    """The seconds came after the counts: at 0 they are left out, so a gateway that predates them reads the report."""
+    unmoved = json.loads(wire.PoolModel(state="absent", weight_bytes=10).model_dump_json())
+    assert set(unmoved) == {"state", "weight_bytes", "open_requests", "loads", "wakes", "parks", "unloads"}
+    moved = wire.PoolModel(state="active", weight_bytes=10, loads=1, load_s=0.25)
+    assert json.loads(moved.model_dump_json())["load_s"] == 0.25
+    assert wire.PoolModel.model_validate_json(moved.model_dump_json()) == moved
+
+
 def test_a_pool_replicas_residency_travels_in_batch_answer_headers() -> None:
     models = {
         "a": wire.PoolModel(state="active", weight_bytes=10),

@@ -54,8 +54,12 @@ class StartupTimings(_Wire):
 ModelState = Literal["active", "parked", "absent"]
 
 
-class PoolModel(_Wire):
-    """One model of a pool runtime as its ``/readyz`` reports it."""
+class PoolModel(_Evolving):
+    """One model of a pool runtime as its ``/readyz`` reports it. The counts and seconds are cumulative over the
+    runtime process's life (a gateway turns them into counters, ``gateway.replicas.poolmetrics``); the seconds came
+    later and are left out of the JSON while 0."""
+
+    _newer: ClassVar[tuple[str, ...]] = ("load_s", "wake_s", "park_s", "unload_s")
 
     state: ModelState
     weight_bytes: int = Field(
@@ -66,6 +70,10 @@ class PoolModel(_Wire):
     wakes: int = Field(0, ge=0, description="times woken from host memory (parked -> active)")
     parks: int = Field(0, ge=0, description="times parked (active -> parked)")
     unloads: int = Field(0, ge=0, description="times dropped to the disk cache (active or parked -> absent)")
+    load_s: float = Field(0.0, ge=0.0, description="seconds its loads took, summed")
+    wake_s: float = Field(0.0, ge=0.0, description="seconds its wakes took, summed")
+    park_s: float = Field(0.0, ge=0.0, description="seconds its parks took, summed")
+    unload_s: float = Field(0.0, ge=0.0, description="seconds its unloads took, summed")
 
 
 class PoolReport(_Wire):

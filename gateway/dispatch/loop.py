@@ -204,7 +204,7 @@ class Dispatcher:
                 report = wire.ReadyBody.model_validate_json(await self._client.get(url + wire.READY_PATH))
             self._pool.set_continuous(url, report.scheduler == "continuous")
             if report.pool is not None:  # read from /readyz (announcements leave it out)
-                self._pool.learn(url, wire.Residency.of(report.pool))
+                self._pool.learn_report(url, report.pool)
             if self._limits is not None:
                 await self._limits.learn(self._model, report.context_length)
         except (RuntimeFailed, ValidationError, QueueUnavailable) as exc:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import wire
+from gateway.metrics import PoolReplica
 from gateway.replicas.residency import ReplicaResidency
 
 Listener = Callable[[str], None]
@@ -132,6 +133,12 @@ class ReadyEndpoints:
         """Unix time at which ``url`` last became ready (for the time from ready to first dispatch)."""
         return self._since.get(url)
 
+    def pool_replicas(self) -> Iterator[PoolReplica]:
+        """The pool replicas, each with the models it is ready for (``Metrics.pools`` reads them at a scrape)."""
+        for url, residency, report in self.residency.replicas():
+            names = report.models if report is not None else (*residency.active, *residency.parked)
+            yield PoolReplica(url, residency, report, [name for name in names if url in self.get(name)])
+
     def _update(self, model: str) -> None:
         announced = set(self._announced.get(model, {}))
         ready = (self._probed.get(model, frozenset()) | announced) - self._stopping.get(model, set())
@@ -214,6 +221,11 @@ class EndpointPool:
         """``url`` (a pool replica) said where it holds its models; ignored once it is no longer ready."""
         if self.is_ready(url):
             self._endpoints.residency.learn(self._model, url, residency)
+
+    def learn_report(self, url: str, report: wire.PoolReport) -> None:
+        """``url`` (a pool replica) answered its ``/readyz`` with ``report``; ignored once it is no longer ready."""
+        if self.is_ready(url):
+            self._endpoints.residency.learn_report(url, report, self._model)
 
     async def acquire(self) -> tuple[str, int]:
         """A ready replica with room, and its free rows; waits until one has room. Among those with room: the one

@@ -7,9 +7,15 @@ holds is learned from the headers of every batch answer it sends (so the view fo
 at no extra call) and from the ready reports a dispatcher reads anyway; it is forgotten when the replica leaves the
 model's ready set. Batches other gateways send change a replica's models unseen until this gateway's next batch
 there: the view is a preference, never a condition (any ready replica can take any of its models).
+
+The replica's whole report (``wire.PoolReport``: moves and memory, for the metrics) is kept too. It is read from
+``/readyz`` whenever a batch answer says the replica's models moved (``on_stale``'s listeners are told; see
+``gateway.replicas.poolreports``), so it follows activity: an idle pool is not read at all.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterator
 
 import wire
 
@@ -23,13 +29,39 @@ class ReplicaResidency:
 
     def __init__(self) -> None:
         self._known: dict[str, wire.Residency] = {}
+        self._reports: dict[str, wire.PoolReport] = {}
         #: URL -> the models for whose ready set it was learned (it is kept while it is in one of them).
         self._models: dict[str, set[str]] = {}
+        self._stale: list[Callable[[str], None]] = []
 
     def learn(self, model: str, url: str, residency: wire.Residency) -> None:
-        """``url``, a ready replica of ``model``, says where it holds its models now."""
+        """``url``, a ready replica of ``model``, says where it holds its models now. If that is news (or its
+        report was never read), its report is stale: the ``on_stale`` listeners are told."""
+        stale = self._known.get(url) != residency or url not in self._reports
         self._known[url] = residency
         self._models.setdefault(url, set()).add(model)
+        if stale:
+            for listener in self._stale:
+                listener(url)
+
+    def learn_report(self, url: str, report: wire.PoolReport, model: str | None = None) -> None:
+        """``url``'s whole report, as its ``/readyz`` answered: for ``model``'s ready replica ``url``, or (without
+        ``model``) for a replica already known, else ignored (it left every ready set meanwhile)."""
+        if model is not None:
+            self._models.setdefault(url, set()).add(model)
+        elif url not in self._known:
+            return
+        self._known[url] = wire.Residency.of(report)
+        self._reports[url] = report
+
+    def on_stale(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(url)`` when a replica's models moved since its report was read."""
+        self._stale.append(listener)
+
+    def replicas(self) -> Iterator[tuple[str, wire.Residency, wire.PoolReport | None]]:
+        """Every pool replica known: its URL, where it holds its models, and its last report."""
+        for url, residency in self._known.items():
+            yield url, residency, self._reports.get(url)
 
     def forget(self, model: str, url: str) -> None:
         """``url`` left ``model``'s ready set."""
@@ -39,6 +71,7 @@ class ReplicaResidency:
         models.discard(model)
         if not models:
             del self._models[url], self._known[url]
+            self._reports.pop(url, None)
 
     def preference(self, url: str, model: str) -> tuple[int, int]:
         """How much ``url`` suits a batch for ``model``: its place there (active > parked > absent), then, where it

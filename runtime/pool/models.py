@@ -45,6 +45,7 @@ RunnerFactory = Callable[[Engine, RuntimeSettings], Runner]
 #: Makes a model's engine, not loaded yet, from its settings and cached directory.
 EngineFactory = Callable[[RuntimeSettings, Path], ParkingEngine]
 _FALLBACK_CONTEXT = 2048
+_MOVE_SECONDS = ("load_s", "wake_s", "park_s", "unload_s")
 
 
 def _torch_engine(settings: RuntimeSettings, model_dir: Path) -> ParkingEngine:
@@ -65,6 +66,8 @@ class PooledModel:
     waiting: int = 0  # batches waiting in runner_for until it is active
     last_used: float = 0.0
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("loads", "wakes", "parks", "unloads"), 0))
+    #: Seconds the moves took, summed per kind (``load_s``, ...), as ``PoolModel`` reports them.
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(_MOVE_SECONDS, 0.0))
 
     @property
     def ready(self) -> bool:
@@ -76,7 +79,14 @@ class PooledModel:
 
     def report(self) -> PoolModel:
         held = self.runner.open_requests if self.runner is not None else 0
-        return PoolModel(state=self.state, weight_bytes=self.weight_bytes, open_requests=held, **self.counts)
+        return PoolModel(
+            state=self.state, weight_bytes=self.weight_bytes, open_requests=held, **self.counts, **self.seconds
+        )
+
+    def moved(self, kind: str, seconds: float) -> None:
+        """One move of ``kind`` (``load``, ``wake``, ``park``, ``unload``) done in ``seconds``."""
+        self.counts[kind + "s"] += 1
+        self.seconds[kind + "_s"] += seconds
 
 
 class ModelPool:
@@ -250,25 +260,23 @@ class ModelPool:
         if model.runner is not None:
             model.runner.close()  # waits for its current step: nothing runs on the weights from here on
             model.runner = None
+        started = time.monotonic()
         if to == "parked":
-            started = time.monotonic()
             moved = model.engine.park()
             model.state = "parked"
-            model.counts["parks"] += 1
-            _log_move("parked", model, moved, started)
+            model.moved("park", _log_move("parked", model, moved, started))
         else:
             was = model.state
             model.engine = self._engine_factory(model.settings, model.model_dir)  # the old one, and its memory, go
             model.state = "absent"
-            model.counts["unloads"] += 1
+            model.moved("unload", time.monotonic() - started)
             log.info("pool: dropped %s (%s -> absent, %.1f MB)", model.name, was, model.weight_bytes / 1e6)
 
     def _bring_in(self, model: PooledModel) -> None:
         if model.state == "parked":
             started = time.monotonic()
             moved = model.engine.wake()
-            model.counts["wakes"] += 1
-            _log_move("woke", model, moved, started)
+            model.moved("wake", _log_move("woke", model, moved, started))
         else:
             self._load(model)
         model.runner = self._runner_factory(model.engine, model.settings)
@@ -279,11 +287,11 @@ class ModelPool:
         model.engine.load()
         model.weight_bytes = model.engine.weight_bytes()
         model.context_length = model.engine.context_length
-        model.counts["loads"] += 1
-        _log_move("loaded", model, model.weight_bytes, started)
+        model.moved("load", _log_move("loaded", model, model.weight_bytes, started))
 
 
-def _log_move(what: str, model: PooledModel, moved: int, started: float) -> None:
+def _log_move(what: str, model: PooledModel, moved: int, started: float) -> float:
+    """Log a move that began at ``started``; returns the seconds it took."""
     seconds = time.monotonic() - started
     log.info(
         "pool: %s %s: %.1f MB in %.3f s (%.0f MB/s)",
@@ -293,6 +301,7 @@ def _log_move(what: str, model: PooledModel, moved: int, started: float) -> None
         seconds,
         moved / 1e6 / max(seconds, 1e-9),
     )
+    return seconds
 
 
 def _cached(settings: RuntimeSettings, name: str, source: str, engine_factory: EngineFactory) -> PooledModel:

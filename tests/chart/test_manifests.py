@@ -583,6 +583,11 @@ def test_dashboard_queries_only_metrics_the_gateway_exports() -> None:
         "kaltstart_cold_start_duration_seconds_bucket",
         "kaltstart_request_duration_seconds_bucket",
         "kaltstart_requests_total",
+        "kaltstart_model_state",
+        "kaltstart_pool_moves_total",
+        "kaltstart_pool_move_seconds_total",
+        "kaltstart_pool_bytes",
+        "kaltstart_pool_budget_bytes",
     ):
         assert required in used
     assert any('status=~"5.."' in expr for expr in exprs)

@@ -6,8 +6,10 @@ import pytest
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+import wire
 from gateway.backends import Replicas
 from gateway.metrics import Metrics, ModelGauges
+from gateway.replicas.endpoints import EndpointPool, ReadyEndpoints
 
 pytestmark = pytest.mark.unit
 
@@ -67,3 +69,77 @@ def test_a_model_that_left_the_catalog_has_no_gauges() -> None:
     gauges.observe("gone", (0, 0, 0, 0))
     gauges.keep_only({"kept"})
     assert 'model="kept"' in gauges.text() and 'model="gone"' not in gauges.text()
+
+
+# Pool replicas: what their reports and batch answers said, served without calling them.
+
+R1, R2 = "http://10.0.0.1:8000", "http://10.0.0.2:8000"
+
+
+def pool_report(a: wire.PoolModel, b: wire.PoolModel, *, device_bytes: int = 10) -> wire.PoolReport:
+    return wire.PoolReport(
+        device_bytes=device_bytes, device_budget_bytes=15, host_bytes=10, host_budget_bytes=20, models={"a": a, "b": b}
+    )
+
+
+def two_pool_replicas() -> tuple[Metrics, ReadyEndpoints]:
+    endpoints = ReadyEndpoints()
+    for name in ("a", "b"):
+        endpoints.set(name, [R1, R2])
+    active = wire.PoolModel(state="active", weight_bytes=10, loads=1, wakes=2, load_s=0.5, wake_s=0.25)
+    parked = wire.PoolModel(state="parked", weight_bytes=10, loads=1, parks=1, load_s=0.5, park_s=0.125)
+    pool = EndpointPool("a", endpoints, budget=4)
+    pool.learn_report(R1, pool_report(active, parked))
+    pool.learn_report(R2, pool_report(parked, active))
+    return Metrics(pools=endpoints.pool_replicas), endpoints
+
+
+def test_pool_models_count_replicas_per_state_and_their_moves_as_the_replicas_report_them() -> None:
+    metrics, _ = two_pool_replicas()
+    got = samples(metrics.render().decode())
+
+    for model in ("a", "b"):
+        states = {
+            s: got[("kaltstart_model_state", (("model", model), ("state", s)))] for s in ("active", "parked", "absent")
+        }
+        assert states == {"active": 1, "parked": 1, "absent": 0}, model
+    moves = (("model", "a"), ("move", "wake"), ("replica", R1))
+    assert got[("kaltstart_pool_moves_total", moves)] == 2
+    assert got[("kaltstart_pool_move_seconds_total", moves)] == 0.25
+    assert got[("kaltstart_pool_moves_total", (("model", "a"), ("move", "park"), ("replica", R2)))] == 1
+    assert got[("kaltstart_pool_move_seconds_total", (("model", "b"), ("move", "load"), ("replica", R2)))] == 0.5
+    assert got[("kaltstart_pool_bytes", (("memory", "device"), ("replica", R1)))] == 10
+    assert got[("kaltstart_pool_budget_bytes", (("memory", "host"), ("replica", R2)))] == 20
+
+
+def test_a_batch_answer_moves_the_state_at_once_and_a_replica_that_left_is_forgotten() -> None:
+    metrics, endpoints = two_pool_replicas()
+    EndpointPool("b", endpoints, budget=4).learn(R1, wire.Residency(active=("b",), parked=("a",)))
+
+    def state(model: str, name: str) -> float | None:
+        return metrics.registry.get_sample_value("kaltstart_model_state", {"model": model, "state": name})
+
+    assert (state("a", "active"), state("a", "parked"), state("b", "active")) == (0, 2, 2)
+    endpoints.set("a", [R2])  # R1 is no replica of a any more: its series leave a out
+    assert (state("a", "active"), state("a", "parked"), state("b", "active")) == (0, 1, 2)
+    assert (
+        metrics.registry.get_sample_value("kaltstart_pool_moves_total", {"model": "a", "replica": R1, "move": "load"})
+        is None
+    )
+    for name in ("a", "b"):
+        endpoints.set(name, [])
+    assert "kaltstart_model_state{" not in metrics.render().decode()
+    assert "kaltstart_pool_bytes{" not in metrics.render().decode()
+
+
+def test_a_pool_replica_names_only_models_it_is_ready_for() -> None:
+    """A replica's report can name anything: only the models whose ready set holds it get series."""
+    metrics, endpoints = two_pool_replicas()
+    endpoints.set("b", [R2])
+    rogue = wire.PoolModel(state="active", weight_bytes=1)
+    EndpointPool("a", endpoints, budget=4).learn_report(
+        R1, pool_report(rogue, rogue).model_copy(update={"models": {"a": rogue, "zz": rogue, "b": rogue}})
+    )
+    text = metrics.render().decode()
+    assert 'model="zz"' not in text
+    assert metrics.registry.get_sample_value("kaltstart_model_state", {"model": "b", "state": "active"}) == 1  # R2's

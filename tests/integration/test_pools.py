@@ -15,6 +15,7 @@ import pytest
 
 import wire
 from gateway.backends.local.config import LocalPool
+from gateway.replicas.poolreports import PoolReports
 from runtime.settings import RuntimeSettings
 from runtime.weights.demo_model import build
 from tests.harness import LocalGateway, model, replica_processes, run_gateway
@@ -90,3 +91,38 @@ async def test_a_pool_answers_for_all_its_models_as_each_served_alone_and_goes_b
         assert gw.backend.replicas("c").desired == 1  # the pool's count, for each of its models
         await gw.wait_for(lambda: gw.backend.replicas("a").desired == 0, timeout_s=30 + IDLE_TIMEOUT_S)
         assert all(gw.endpoints.get(name) == () for name in "abc")
+
+
+async def test_the_gateway_s_metrics_follow_the_pool_s_models_as_they_take_turns(
+    redis_url: str, cache_dir: Path, model_dirs: dict[str, Path]
+) -> None:
+    """Two models, a device budget for one: after a, b, a the gauges say a is active and b parked, and the moves
+    the replica made (each with its seconds) are counted; one more request for b wakes it and the counts go up."""
+    pool = LocalPool("two", ("a", "b"), device="cpu", device_bytes=4_000_000, host_bytes=8_000_000)
+    async with run_gateway([model("a", model_dirs["a"]), model("b", model_dirs["b"])], redis_url, cache_dir,
+                           pools=(pool,)) as gw:  # fmt: skip
+        sdk = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        reports: PoolReports = gw.app.state.pool_reports
+        for name in ("a", "b", "a"):
+            await complete(sdk, name)
+        await reports.drain()  # the reads the batch answers' news set off
+        (replica,) = replica_processes(gw, "a")
+        url = replica.url
+        assert url is not None
+
+        def moves(model: str, move: str, metric: str = "kaltstart_pool_moves_total") -> float:
+            return gw.metric(metric, model=model, replica=url, move=move)
+
+        state = {
+            (m, s): gw.metric("kaltstart_model_state", model=m, state=s) for m in "ab" for s in ("active", "parked")
+        }
+        assert state == {("a", "active"): 1, ("a", "parked"): 0, ("b", "active"): 0, ("b", "parked"): 1}
+        assert (moves("a", "park"), moves("a", "wake"), moves("b", "load"), moves("b", "park")) == (1, 1, 1, 1)
+        assert moves("a", "wake", "kaltstart_pool_move_seconds_total") > 0
+        assert gw.metric("kaltstart_pool_bytes", replica=url, memory="device") <= 4_000_000
+        assert gw.metric("kaltstart_pool_budget_bytes", replica=url, memory="host") == 8_000_000
+
+        await complete(sdk, "b")
+        await reports.drain()
+        assert (moves("b", "wake"), moves("a", "park")) == (1, 2)
+        assert gw.metric("kaltstart_model_state", model="b", state="active") == 1

@@ -102,6 +102,8 @@ def test_every_model_answers_as_one_that_never_parked_while_they_take_turns(
     report = pool_report(pool_runtime)
     assert (report.models["a"].parks, report.models["a"].wakes) == (1, 1)
     assert (report.models["b"].loads, report.models["b"].unloads) == (1, 1)
+    assert report.models["a"].park_s > 0 and report.models["a"].wake_s > 0 and report.models["b"].load_s > 0
+    assert report.models["c"].wake_s == 0  # never woken
     assert ask(pool_runtime, "c").text == never_parked["c"].text  # woken
     assert ask(pool_runtime, "b").text == never_parked["b"].text  # loaded again
 
