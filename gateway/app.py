@@ -35,6 +35,7 @@ from gateway.replicas.poolreports import PoolReports
 from gateway.replicas.readychecks import ReadyChecks
 from gateway.scaling.autoscaler import Scaler
 from gateway.scaling.gaps import KeepAlives, RedisGapStore
+from gateway.scaling.pools import PoolKeeper
 from gateway.settings import GatewaySettings, ServerSettings
 from gateway.store import keys
 from gateway.store.connection import connect
@@ -116,6 +117,7 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
         interval_s=settings.queue.scale_interval_s,
         may_scale_down=lambda: backend.is_leader,
         keep_alives=keep_alives,
+        pools=PoolKeeper(endpoints=endpoints, client=client),
     )
     work.subscribe(scaler.wake)
     catalog.subscribe(lambda: metrics.models.keep_only({m.name for m in catalog.all()}))

@@ -164,6 +164,11 @@ class ModelSettings:
     max_replicas: int = field(default=1, metadata=_key("max-replicas", at_least(1)))
     #: Scale to ``min_replicas`` after this long with nothing queued or in flight.
     idle_timeout_s: float = field(default=300.0, metadata=_key("idle-timeout", parse_duration_s))
+    #: Pool models only (``gateway.scaling.pools``): after this long idle an active model is parked (weights moved
+    #: to host memory: its next request waits for a wake, not a load), and after ``idle_timeout_s`` it is unloaded.
+    #: A fifth of the default idle-timeout: a wake costs well under a second, and the device is free for the pool's
+    #: other models or given back sooner. At or above ``idle_timeout_s``: never parked, unloaded at the timeout.
+    park_after_s: float = field(default=60.0, metadata=_key("park-after", parse_duration_s))
     #: A request not dispatched to a ready replica within this long gets 503 + Retry-After. Generous by
     #: default: a cold GPU node can take minutes to join and pull an image.
     cold_start_timeout_s: float = field(default=600.0, metadata=_key("cold-start-timeout", parse_duration_s))

@@ -10,7 +10,8 @@
     ├── PromptRejected       a request's prompt this model cannot take (a chat turn its template cannot render)
     └── PoolError            a pool runtime cannot make a model active
         ├── ModelTooLarge    the model alone exceeds the pool's device budget (found at start: the runtime exits)
-        └── PoolBusy         no room within ``--pool-wait-s``: the models that would have to go hold requests (503)
+        ├── PoolBusy         no room within ``--pool-wait-s``: the models that would have to go hold requests (503)
+        └── ModelBusy        a park or unload asked for a model that holds requests or is moving (409: try later)
 
 Errors a single request causes (a prompt longer than the context) travel to the gateway as an ``ErrorEvent`` with
 code ``invalid_request`` while the rest of the batch runs on; ``PromptRejected`` is raised only on the way to such
@@ -24,6 +25,7 @@ __all__ = [
     "CheckpointError",
     "EngineError",
     "EngineNotLoaded",
+    "ModelBusy",
     "ModelTooLarge",
     "PoolBusy",
     "PoolError",
@@ -75,4 +77,8 @@ class ModelTooLarge(PoolError):
 
 
 class PoolBusy(PoolError):
+    pass
+
+
+class ModelBusy(PoolError):
     pass

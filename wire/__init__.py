@@ -72,6 +72,8 @@ from wire.replica import (
     ErrorBody,
     ModelState,
     PoolModel,
+    PoolMoveRequest,
+    PoolMoveResponse,
     PoolReport,
     ReadyBody,
     ReplicaState,
@@ -102,6 +104,8 @@ __all__ = [
     "POOL_ACTIVE_HEADER",
     "POOL_FREE_BYTES_HEADER",
     "POOL_PARKED_HEADER",
+    "POOL_PARK_PATH",
+    "POOL_UNLOAD_PATH",
     "READY_PATH",
     "REPLICAS_CHANNEL",
     "Announcement",
@@ -121,6 +125,8 @@ __all__ = [
     "GenerationRequest",
     "ModelState",
     "PoolModel",
+    "PoolMoveRequest",
+    "PoolMoveResponse",
     "PoolReport",
     "ReadyBody",
     "ReplicaState",
@@ -143,6 +149,9 @@ __all__ = [
 BATCH_PATH = "/v1/batch"
 CANCEL_PATH = "/v1/cancel"
 CLAIM_PATH = "/v1/claim"
+#: A pool runtime's moves on the gateway's word (``PoolMoveRequest``): active -> parked, and active or parked -> absent.
+POOL_PARK_PATH = "/v1/pool/park"
+POOL_UNLOAD_PATH = "/v1/pool/unload"
 READY_PATH = "/readyz"
 HEALTH_PATH = "/healthz"
 NDJSON = "application/x-ndjson"
@@ -166,4 +175,6 @@ def json_schema() -> dict[str, object]:
         "cancel_response": CancelResponse.model_json_schema(),
         "announcement": Announcement.model_json_schema(),
         "claim_request": ClaimRequest.model_json_schema(),
+        "pool_move_request": PoolMoveRequest.model_json_schema(),
+        "pool_move_response": PoolMoveResponse.model_json_schema(),
     }

@@ -141,6 +141,24 @@ class Residency(_Wire):
         return "active" if model in self.active else "parked" if model in self.parked else "absent"
 
 
+class PoolMoveRequest(_Wire):
+    """Body of ``POST /v1/pool/park`` and ``POST /v1/pool/unload`` to a pool runtime (the gateway's three-state
+    keep-alive): take ``model`` off the device into host memory (park), or to disk (unload). Answered 200 with a
+    ``PoolMoveResponse`` (and the ``Residency`` headers of a batch answer); 409 while the model holds requests, a
+    batch waits for it or the pool is moving models (try later: a busy model is never moved); 404 for a model the
+    pool does not serve, or a runtime that is not a pool. A model already there, or further (park of an absent one),
+    stays where it is: the call is idempotent."""
+
+    model: ModelName
+
+
+class PoolMoveResponse(_Wire):
+    """Where the model is once the move is done (or was already)."""
+
+    model: ModelName
+    state: ModelState
+
+
 def _names(text: str) -> tuple[str, ...]:
     return tuple(name for name in text.split(",") if name)
 

@@ -73,6 +73,11 @@ class ReplicaResidency:
             del self._models[url], self._known[url]
             self._reports.pop(url, None)
 
+    def state(self, url: str, model: str) -> wire.ModelState | None:
+        """Where ``url`` last said it holds ``model``; None for a replica not heard of (or not a pool)."""
+        residency = self._known.get(url)
+        return None if residency is None else residency.state(model)
+
     def preference(self, url: str, model: str) -> tuple[int, int]:
         """How much ``url`` suits a batch for ``model``: its place there (active > parked > absent), then, where it
         is absent, the device bytes free for it. ``(0, 0)`` for a replica that is not a pool (or not heard of)."""

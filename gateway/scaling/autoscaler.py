@@ -25,6 +25,7 @@ from gateway.replicas.endpoints import ReadyEndpoints
 from gateway.scaling import rules as policy
 from gateway.scaling.gaps import KeepAlives
 from gateway.scaling.keepalive import KeepAlive
+from gateway.scaling.pools import PoolKeeper
 from gateway.settings import ModelSettings
 
 log = logging.getLogger("kaltstart.scaling")
@@ -58,6 +59,7 @@ class Scaler:
         interval_s: float,
         may_scale_down: Callable[[], bool] = lambda: True,
         keep_alives: KeepAlives | None = None,
+        pools: PoolKeeper | None = None,
     ) -> None:
         self._catalog = catalog
         self._queue = queue
@@ -69,6 +71,8 @@ class Scaler:
         self._endpoints = endpoints
         self._cold_starts = cold_starts
         self._keep_alives = keep_alives
+        #: Parks and unloads idle models of pool replicas (``gateway.scaling.pools``).
+        self._pools = pools
         self._tick_listeners: list[Callable[[], None]] = []
         #: The request path's scale-up in flight, per (model, recheck).
         self._scaling_up: dict[tuple[str, bool], asyncio.Task[None]] = {}
@@ -138,6 +142,8 @@ class Scaler:
 
     async def stop(self) -> None:
         await self._loop.stop()
+        if self._pools is not None:
+            await self._pools.close()
 
     async def _tick_and_wait(self) -> None:
         await self.tick()
@@ -173,7 +179,13 @@ class Scaler:
         self._woken, self._woken_all = set(), False
         units = []
         for unit in self._catalog.units():
-            if everything or not self._at_rest(unit) or woken & {m.name for m in unit} or self._prewarm_due(unit):
+            if (
+                everything
+                or not self._at_rest(unit)
+                or woken & {m.name for m in unit}
+                or self._prewarm_due(unit)
+                or self._parking_due(unit)
+            ):
                 units.append(unit)
             else:
                 for m in unit:
@@ -200,6 +212,8 @@ class Scaler:
         settings, name = unit[0], unit[0].name
         for m, load in zip(unit, loads, strict=True):
             self._observe(m.name, load)
+        if self._pools is not None and self._may_scale_down():  # the leader alone moves pool models
+            self._pools.apply(unit, loads)
         demand = sum(load.demand for load in loads)
         if demand > 0:
             self._woken.add(name)  # while it has demand, look again at every pass (a failed scale-up is retried)
@@ -223,6 +237,10 @@ class Scaler:
     def _prewarm_due(self, unit: list[ModelSettings]) -> bool:
         """A unit at rest whose adaptive keep-alive wants a replica ahead of an expected request by now."""
         return self._keep_alives is not None and self._keep_alives.due(unit[0].name)
+
+    def _parking_due(self, unit: list[ModelSettings]) -> bool:
+        """A unit at rest (e.g. a pool kept at ``min-replicas``) with a pool model due to be parked or unloaded."""
+        return self._pools is not None and self._pools.due(unit)
 
     def _keep_alive(self, settings: ModelSettings, demand: int, idle_for_s: float | None) -> KeepAlive | None:
         """``idle-policy = "adaptive"``: what it learned (``gateway.scaling.gaps``). Only the replica that scales down

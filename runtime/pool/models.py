@@ -29,8 +29,8 @@ from typing import cast
 
 from runtime.engine.factory import create_engine
 from runtime.engine.interface import Engine, ParkingEngine
-from runtime.errors import ModelTooLarge, PoolBusy
-from runtime.pool.policy import Budgets, Move, Slot, make_room
+from runtime.errors import ModelBusy, ModelTooLarge, PoolBusy
+from runtime.pool.policy import Budgets, Move, Slot, make_room, park
 from runtime.scheduling.batches import Runner
 from runtime.settings import PoolSettings, RuntimeSettings
 from runtime.weights.cache import materialise
@@ -46,6 +46,8 @@ RunnerFactory = Callable[[Engine, RuntimeSettings], Runner]
 EngineFactory = Callable[[RuntimeSettings, Path], ParkingEngine]
 _FALLBACK_CONTEXT = 2048
 _MOVE_SECONDS = ("load_s", "wake_s", "park_s", "unload_s")
+#: How far from the device each state is: a move asked for goes only further away.
+_DEPTH: dict[ModelState, int] = {"active": 0, "parked": 1, "absent": 2}
 
 
 def _torch_engine(settings: RuntimeSettings, model_dir: Path) -> ParkingEngine:
@@ -212,6 +214,35 @@ class ModelPool:
         for runner in self.runners():
             runner.close()
         self._thread.shutdown(wait=False, cancel_futures=True)
+
+    async def set_aside(self, name: str, to: ModelState) -> ModelState:
+        """The gateway's keep-alive asks: take idle ``name`` off the device (``parked``, see ``policy.park``) or to
+        disk (``absent``); its state after. A model already there, or further away, stays (so asking again is
+        harmless). Raises ``ModelBusy``, moving nothing, while it holds requests, a batch waits for it, it is
+        moving, or the pool is making room for another model (its lock is held): never waits for it."""
+        model = self._models[name]
+        if model.slot().busy:
+            raise ModelBusy(f"{name} holds requests or is on its way to the device")
+        if _DEPTH[model.state] >= _DEPTH[to]:
+            return model.state
+        if self._lock.locked():
+            raise ModelBusy(f"the pool is moving models; {name} stays {model.state} for now")
+        async with self._lock:  # taken at once (it was free): nothing else moves meanwhile
+            slots = [other.slot() for other in self._models.values()]
+            moves = park(slots, name, self.budgets) if to == "parked" else [Move(name, "absent")]
+            await self._carry_out(moves)
+        return model.state
+
+    async def _carry_out(self, moves: Sequence[Move]) -> None:
+        """Models leave the device (or the host) one by one, each marked moving (no batch lands on it) until done."""
+        for move in moves:
+            self._models[move.name].moving = True
+        try:
+            for move in moves:
+                await self._off_loop(self._move, self._models[move.name], move.to)
+        finally:
+            for move in moves:
+                self._models[move.name].moving = False
 
     async def _activate(self, model: PooledModel) -> None:
         async with self._lock:

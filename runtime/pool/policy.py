@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from runtime.errors import ModelTooLarge
 from wire import ModelState
 
-__all__ = ["Budgets", "Move", "Slot", "make_room"]
+__all__ = ["Budgets", "Move", "Slot", "make_room", "park"]
 
 
 @dataclass(frozen=True)
@@ -64,18 +64,37 @@ def make_room(slots: Sequence[Slot], wanted: str, budgets: Budgets) -> list[Move
     host_used = sum(slot.weight_bytes for slot in parked) + (target.weight_bytes if target.state == "parked" else 0)
     moves: list[Move] = []
     for victim in victims:
-        host_used += victim.weight_bytes
-        candidates = sorted([*parked, victim], key=lambda slot: slot.last_used)
-        while host_used > budgets.host_bytes:
-            dropped = candidates.pop(0)
-            host_used -= dropped.weight_bytes
-            moves.append(Move(dropped.name, "absent"))
-            if dropped is not victim:
-                parked.remove(dropped)
-        if victim in candidates:
-            moves.append(Move(victim.name, "parked"))
-            parked.append(victim)
+        host_used = _off_the_device(victim, parked, host_used, budgets.host_bytes, moves)
     return moves
+
+
+def park(slots: Sequence[Slot], name: str, budgets: Budgets) -> list[Move]:
+    """The moves that take active ``name`` off the device when the gateway's keep-alive asks (``POST
+    /v1/pool/park``): parked, as under budget pressure, after the least recently used parked models went to disk to
+    make room in host memory; to disk itself if it is the least recently used of them. The caller checks it is
+    idle."""
+    target = next(slot for slot in slots if slot.name == name)
+    parked = [slot for slot in slots if slot.state == "parked"]
+    moves: list[Move] = []
+    _off_the_device(target, parked, sum(slot.weight_bytes for slot in parked), budgets.host_bytes, moves)
+    return moves
+
+
+def _off_the_device(victim: Slot, parked: list[Slot], host_used: int, host_bytes: int, moves: list[Move]) -> int:
+    """Park ``victim`` (appending the moves), dropping the least recently used parked models (``victim`` among
+    them) to disk until the host budget holds; returns the host bytes used after."""
+    host_used += victim.weight_bytes
+    candidates = sorted([*parked, victim], key=lambda slot: slot.last_used)
+    while host_used > host_bytes:
+        dropped = candidates.pop(0)
+        host_used -= dropped.weight_bytes
+        moves.append(Move(dropped.name, "absent"))
+        if dropped is not victim:
+            parked.remove(dropped)
+    if victim in candidates:
+        moves.append(Move(victim.name, "parked"))
+        parked.append(victim)
+    return host_used
 
 
 def _leaving_the_device(slots: Sequence[Slot], target: Slot, device_bytes: int) -> list[Slot] | None:

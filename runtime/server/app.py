@@ -1,5 +1,5 @@
-"""The runtime's HTTP face: ``/healthz``, ``/readyz``, ``POST /v1/batch``, ``POST /v1/cancel`` and, on a standby
-runtime, ``POST /v1/claim`` (see ``wire``).
+"""The runtime's HTTP face: ``/healthz``, ``/readyz``, ``POST /v1/batch``, ``POST /v1/cancel``, on a standby
+runtime ``POST /v1/claim``, and on a pool runtime ``POST /v1/pool/park`` and ``POST /v1/pool/unload`` (see ``wire``).
 
 Start-up order: uvicorn binds the port at once (so ``/healthz`` answers and the process can be probed), while a
 background thread (``runtime.server.startup``) resolves the weights into the node-local cache, loads them and warms up;
@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -35,7 +35,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from runtime.errors import EngineError, PoolBusy, SettingsError
+from runtime.errors import EngineError, ModelBusy, PoolBusy, SettingsError
 from runtime.pool.models import ModelPool
 from runtime.scheduling.batches import Runner, RunningBatch
 from runtime.scheduling.continuous import ContinuousScheduler
@@ -52,12 +52,17 @@ from wire import (
     FREE_ROWS_HEADER,
     HEALTH_PATH,
     NDJSON,
+    POOL_PARK_PATH,
+    POOL_UNLOAD_PATH,
     READY_PATH,
     BatchRequest,
     CancelRequest,
     CancelResponse,
     ClaimRequest,
     ErrorBody,
+    ModelState,
+    PoolMoveRequest,
+    PoolMoveResponse,
     Residency,
 )
 
@@ -166,12 +171,21 @@ def create_app(
         received = await body(request)
         return received if isinstance(received, Response) else _claim(readiness, received)
 
+    def pool_move(to: ModelState) -> Callable[[Request], Awaitable[Response]]:
+        async def move(request: Request) -> Response:
+            received = await body(request)
+            return received if isinstance(received, Response) else await _pool_move(readiness.pool, received, to)
+
+        return move
+
     routes = [
         Route(HEALTH_PATH, healthz, methods=["GET"]),
         Route(READY_PATH, readyz, methods=["GET"]),
         Route(BATCH_PATH, batch, methods=["POST"]),
         Route(CANCEL_PATH, cancel, methods=["POST"]),
         Route(CLAIM_PATH, claim, methods=["POST"]),
+        Route(POOL_PARK_PATH, pool_move("parked"), methods=["POST"]),
+        Route(POOL_UNLOAD_PATH, pool_move("absent"), methods=["POST"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(TokenGuard, token=settings.token)])
     app.state.readiness = readiness
@@ -256,6 +270,22 @@ async def _pool_runner(pool: ModelPool | None, model: str) -> Runner | Response:
     except EngineError:
         log.exception("cannot make %s active", model)
         return _error(503, f"model {model} cannot be loaded", {"Retry-After": "5"})
+
+
+async def _pool_move(pool: ModelPool | None, body: bytes, to: ModelState) -> Response:
+    """Park or unload a pool's model on the gateway's word: 200 with where it is now (and the residency headers),
+    409 while it is busy (never moved then), 404 for a model not served here or a runtime that is not a pool."""
+    parsed = _parse(PoolMoveRequest, body, "pool move")
+    if isinstance(parsed, Response):
+        return parsed
+    if pool is None or parsed.model not in pool.names:
+        return _error(404, f"this runtime has no pool model {parsed.model!r}")
+    try:
+        state = await pool.set_aside(parsed.model, to)
+    except ModelBusy as exc:
+        return _error(409, str(exc))
+    answer = PoolMoveResponse(model=parsed.model, state=state)
+    return JSONResponse(answer.model_dump(), headers=Residency.of(pool.report()).headers())
 
 
 def _parse(model: type[_Body], body: bytes, what: str) -> _Body | Response:

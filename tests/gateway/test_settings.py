@@ -123,6 +123,7 @@ def test_model_setting_keys_are_listed_once() -> None:
         "min-replicas",
         "max-replicas",
         "idle-timeout",
+        "park-after",
         "cold-start-timeout",
         "max-batch-size",
         "max-batch-delay",

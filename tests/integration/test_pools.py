@@ -2,11 +2,13 @@
 under a device budget that fits one model answers for all three through the official OpenAI client, each answer
 as the model's own never-parked engine gives it; the models take turns on the device (loaded, parked, woken); the
 gateway learns where each is from the batch answers; and the pool, one scaling unit, goes back to zero once all
-its models are idle."""
+its models are idle. With a short ``park-after`` and ``idle-timeout`` an idle model is parked, then unloaded, on the
+gateway's word, and the pool then goes to zero."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import httpx
@@ -18,7 +20,7 @@ from gateway.backends.local.config import LocalPool
 from gateway.replicas.poolreports import PoolReports
 from runtime.settings import RuntimeSettings
 from runtime.weights.demo_model import build
-from tests.harness import LocalGateway, model, replica_processes, run_gateway
+from tests.harness import LocalGateway, eventually, model, replica_processes, run_gateway
 from tests.runtime.support import alone, greedy
 
 pytestmark = pytest.mark.integration
@@ -126,3 +128,38 @@ async def test_the_gateway_s_metrics_follow_the_pool_s_models_as_they_take_turns
         await reports.drain()
         assert (moves("b", "wake"), moves("a", "park")) == (1, 2)
         assert gw.metric("kaltstart_model_state", model="b", state="active") == 1
+
+
+def states_now(url: str) -> dict[str, wire.ModelState]:
+    """The pool's models' states from its ``/readyz`` (none once the replica is gone)."""
+    try:
+        body = wire.ReadyBody.model_validate_json(httpx.get(url + wire.READY_PATH, timeout=5).content)
+    except (httpx.HTTPError, ValueError):
+        return {}
+    return {} if body.pool is None else {name: m.state for name, m in body.pool.models.items()}
+
+
+async def test_an_idle_pool_model_is_parked_then_unloaded_and_then_the_pool_goes_to_zero(
+    redis_url: str, cache_dir: Path, model_dirs: dict[str, Path], served_alone: dict[str, str]
+) -> None:
+    models = [
+        model("b", model_dirs["b"], idle_timeout="5s", park_after="1s"),  # first in the file: it scales the pool
+        model("a", model_dirs["a"], idle_timeout="3s", park_after="1s"),
+    ]
+    pool = LocalPool("two", ("a", "b"), device="cpu")  # the default budgets hold both; a is loaded at the start
+    async with run_gateway(models, redis_url, cache_dir, pools=(pool,), scale_interval_s=0.2) as gw:
+        sdk = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        assert await complete(sdk, "a") == served_alone["a"]
+        answered = time.monotonic()
+        (replica,) = replica_processes(gw, "a")
+        url = replica.url
+        assert url is not None
+        assert states_now(url) == {"a": "active", "b": "absent"}
+
+        await eventually(lambda: states_now(url).get("a") == "parked", timeout_s=20)
+        assert time.monotonic() - answered >= 0.8, "parked before park-after"
+        await eventually(lambda: states_now(url).get("a") == "absent", timeout_s=20)
+        assert time.monotonic() - answered >= 2.8, "unloaded before idle-timeout"
+        assert states_now(url)["b"] == "absent"
+        await gw.wait_for(lambda: gw.backend.replicas("a").desired == 0, timeout_s=30)
+        assert all(gw.endpoints.get(name) == () for name in "ab")

@@ -1,6 +1,7 @@
 """A real pool runtime (``python -m runtime --pool``) of three demo-sized models under a device budget that fits one
 and a host budget that fits two: every model answers, as a model that never parked answers; ``/readyz`` shows
-each one active, parked or absent as batches come; the budgets hold; a model with a request in flight stays."""
+each one active, parked or absent as batches come; the budgets hold; a model with a request in flight stays, also
+when the gateway asks to park or unload it (``POST /v1/pool/park``, ``/v1/pool/unload``)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,13 @@ from runtime.weights.demo_model import build
 from tests.runtime.support import RuntimeProcess, StreamedBatch, alone, finishes, greedy
 from wire import (
     BATCH_PATH,
+    POOL_PARK_PATH,
+    POOL_UNLOAD_PATH,
     READY_PATH,
     BatchEventAdapter,
     FinishEvent,
     ModelState,
+    PoolMoveResponse,
     PoolReport,
     ReadyBody,
     Residency,
@@ -124,3 +128,37 @@ def test_a_model_with_a_request_in_flight_is_not_evicted(pool_runtime: RuntimePr
     b_left = next(i for i, line in enumerate(log) if "pool: parked b" in line or "pool: dropped b (active" in line)
     assert finished_b < b_left, "b left the device while its request ran"
     assert states(pool_runtime)["c"] == "active"
+
+
+def set_aside(runtime: RuntimeProcess, path: str, model: str) -> ModelState:
+    """``POST`` a park or unload; the state it answers, checked against ``/readyz`` and the residency headers."""
+    response = httpx.post(runtime.url + path, json={"model": model}, timeout=30)
+    assert response.status_code == 200, response.text
+    state = PoolMoveResponse.model_validate_json(response.content).state
+    assert Residency.from_headers(response.headers) == Residency.of(pool_report(runtime))
+    assert states(runtime)[model] == state
+    return state
+
+
+def test_the_gateway_parks_and_unloads_an_idle_model_never_a_busy_one(pool_runtime: RuntimeProcess) -> None:
+    ask(pool_runtime, "b")
+    long = greedy("long-2", prompt="hello", max_tokens=400, stream=True)
+    running = StreamedBatch(pool_runtime.url, {"model": "b", "requests": [long.model_dump()]})
+    running.wait_for(lambda s: s.received() > 0)
+    for path in (POOL_PARK_PATH, POOL_UNLOAD_PATH):
+        refused = httpx.post(pool_runtime.url + path, json={"model": "b"}, timeout=30)
+        assert refused.status_code == 409, (path, refused.text)
+    assert states(pool_runtime)["b"] == "active"
+    assert finishes(running.wait_done())["long-2"].usage.completion_tokens == 400, running.events[-3:]
+
+    before = pool_report(pool_runtime).models["b"]
+    assert set_aside(pool_runtime, POOL_PARK_PATH, "b") == "parked"
+    assert set_aside(pool_runtime, POOL_PARK_PATH, "b") == "parked"  # again: nothing moves
+    assert set_aside(pool_runtime, POOL_UNLOAD_PATH, "b") == "absent"
+    assert set_aside(pool_runtime, POOL_UNLOAD_PATH, "b") == "absent"
+    assert set_aside(pool_runtime, POOL_PARK_PATH, "b") == "absent"  # never back towards the device
+    after = pool_report(pool_runtime).models["b"]
+    assert (after.parks - before.parks, after.unloads - before.unloads) == (1, 1)
+    unknown = httpx.post(pool_runtime.url + POOL_PARK_PATH, json={"model": "nope"}, timeout=30)
+    assert unknown.status_code == 404
+    assert ask(pool_runtime, "b").usage.completion_tokens > 0  # loaded again on its next batch

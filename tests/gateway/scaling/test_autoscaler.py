@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import pytest
 
+import wire
 from gateway.backends import NO_REPLICAS, Replicas
 from gateway.catalog import ModelCatalog
 from gateway.errors import BackendError, UnknownModel
@@ -18,6 +19,7 @@ from gateway.queue.stream import Load
 from gateway.replicas.coldstarts import ColdStarts
 from gateway.replicas.endpoints import ReadyEndpoints
 from gateway.scaling.autoscaler import Scaler
+from gateway.scaling.pools import PoolKeeper, PoolMove
 from gateway.settings import ModelSettings
 from tests.harness import sample
 
@@ -113,7 +115,12 @@ class MemoryDurations:
 
 
 class Setup:
-    def __init__(self, *models: ModelSettings, may_scale_down: bool = True) -> None:
+    def __init__(
+        self,
+        *models: ModelSettings,
+        may_scale_down: bool = True,
+        pools: Callable[[ReadyEndpoints], PoolKeeper] | None = None,
+    ) -> None:
         self.catalog = ModelCatalog(models or (M,))
         self.demand = FakeDemand()
         self.fence = FakeFence()
@@ -136,6 +143,7 @@ class Setup:
             cold_starts=self.cold,
             interval_s=1.0,
             may_scale_down=lambda: self.may_scale_down,
+            pools=pools(self.endpoints) if pools else None,
         )
 
     def metric(self, name: str, **labels: str) -> float:
@@ -398,3 +406,57 @@ async def test_a_model_new_to_the_catalog_is_looked_at_once() -> None:
     await s.scaler.tick()
     await s.scaler.tick()
     assert s.demand.asked[1:] == [["new"], []]
+
+
+# Pools: the three-state keep-alive of their models
+
+
+class RecordingKeeper(PoolKeeper):
+    """A ``PoolKeeper`` whose moves are recorded, not sent; model "a" is active on one ready replica."""
+
+    def __init__(self, endpoints: ReadyEndpoints, clock: Clock) -> None:
+        super().__init__(endpoints=endpoints, client=None, clock=clock)  # type: ignore[arg-type]
+        self.clock = clock
+        self.sent: list[PoolMove] = []
+
+    def _start(self, move: PoolMove) -> None:
+        self.sent.append(move)
+
+
+def _pool(may_scale_down: bool = True) -> tuple[Setup, RecordingKeeper]:
+    a = ModelSettings(name="a", min_replicas=1, park_after_s=10, idle_timeout_s=60)
+    made: list[RecordingKeeper] = []
+
+    def keeper_of(endpoints: ReadyEndpoints) -> RecordingKeeper:
+        made.append(RecordingKeeper(endpoints, Clock()))
+        return made[0]
+
+    s = Setup(a, ModelSettings(name="b"), may_scale_down=may_scale_down, pools=keeper_of)
+    s.catalog.replace([a, ModelSettings(name="b")], units={"a": "p", "b": "p"})
+    s.endpoints.set("a", ["http://r"])
+    s.endpoints.residency.learn("a", "http://r", wire.Residency(active=("a",)))
+    s.backend.replicas_of["a"] = Replicas(desired=1, ready=1)  # at rest: its floor, none starting
+    return s, made[0]
+
+
+async def test_a_pool_kept_at_its_floor_is_read_again_when_a_model_is_due_to_park() -> None:
+    s, keeper = _pool()
+    s.demand.scripted["a"] = Load(queued=0, in_flight=0, idle_for_s=4.0)
+    s.demand.scripted["b"] = Load(queued=0, in_flight=0, idle_for_s=None)
+    await s.scaler.tick()  # the first pass reads every unit: a parks in 6 s
+    assert keeper.sent == []
+    await s.scaler.tick()
+    assert s.demand.asked[-1] == [], "a unit at rest with nothing due was read"
+    keeper.clock.now += 6
+    s.demand.scripted["a"] = Load(queued=0, in_flight=0, idle_for_s=10.0)
+    await s.scaler.tick()
+    assert s.demand.asked[-1] == ["a", "b"]
+    assert keeper.sent == [PoolMove("http://r", "a", "parked")]
+    assert s.backend.calls == []  # the replica stays: min-replicas
+
+
+async def test_only_the_scaling_leader_moves_pool_models() -> None:
+    s, keeper = _pool(may_scale_down=False)
+    s.demand.scripted["a"] = Load(queued=0, in_flight=0, idle_for_s=600.0)
+    await s.scaler.tick()
+    assert keeper.sent == []

@@ -10,7 +10,7 @@ import pytest
 
 from runtime.cancellation import Cancellation
 from runtime.engine.interface import BatchEvent, LoadReport
-from runtime.errors import PoolBusy
+from runtime.errors import ModelBusy, PoolBusy
 from runtime.pool.models import ModelPool, PooledModel
 from runtime.pool.policy import Budgets
 from runtime.scheduling.batches import RunningBatch
@@ -172,4 +172,44 @@ async def test_budgets_hold_at_every_step(tmp_path: Path) -> None:
         assert report.device_bytes <= report.device_budget_bytes
         assert report.host_bytes <= report.host_budget_bytes
         assert pool.state(name) == "active"
+    pool.close()
+
+
+async def test_a_model_is_set_aside_on_request_only_while_idle_and_asking_again_is_harmless(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path, {"a": "active", "b": "active"}, device=2 * SIZE, host=SIZE)
+    busy = runner(pool, "a")
+    busy.held = 1
+    with pytest.raises(ModelBusy, match="a holds requests"):
+        await pool.set_aside("a", "parked")
+    with pytest.raises(ModelBusy):
+        await pool.set_aside("a", "absent")
+    assert pool.state("a") == "active" and busy.closed_busy is None, "a busy model was moved"
+    busy.held = 0
+    assert await pool.set_aside("a", "parked") == "parked"
+    assert busy.closed_busy is False
+    assert await pool.set_aside("a", "parked") == "parked"  # again: nothing moves
+    assert pool.report().models["a"].parks == 1
+    # The host holds one: parking b drops a, the least recently used (both unused: a comes first), to disk.
+    assert await pool.set_aside("b", "parked") == "parked"
+    assert (pool.state("a"), pool.report().models["a"].unloads) == ("absent", 1)
+    assert await pool.set_aside("b", "absent") == "absent"
+    assert await pool.set_aside("b", "parked") == "absent"  # never back towards the device
+    assert await pool.set_aside("b", "absent") == "absent"
+    assert pool.report().models["b"].unloads == 1
+    pool.close()
+
+
+async def test_no_model_is_set_aside_while_the_pool_makes_room_for_another(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path, {"a": "active", "b": "active", "c": "absent"}, device=2 * SIZE, host=SIZE)
+    runner(pool, "a").held = 1
+    runner(pool, "b").held = 1
+    waiting = asyncio.create_task(pool.runner_for("c"))  # holds the pool's lock while it waits for room
+    for _ in range(20):
+        await asyncio.sleep(0)
+    runner(pool, "b").held = 0
+    with pytest.raises(ModelBusy, match="moving models"):
+        await pool.set_aside("b", "absent")
+    pool.released()
+    await asyncio.wait_for(waiting, timeout=10)
+    assert pool.state("c") == "active"
     pool.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from runtime.errors import ModelTooLarge
-from runtime.pool.policy import Budgets, Move, Slot, make_room
+from runtime.pool.policy import Budgets, Move, Slot, make_room, park
 
 pytestmark = pytest.mark.unit
 
@@ -88,3 +88,15 @@ def test_several_small_models_leave_for_one_large_one() -> None:
 def test_a_model_larger_than_the_device_budget_can_never_be_active() -> None:
     with pytest.raises(ModelTooLarge):
         make_room([Slot("a", "absent", 5 * MB, 0.0)], "a", Budgets(device_bytes=4 * MB, host_bytes=0))
+
+
+def test_a_park_asked_for_makes_room_in_host_memory_as_budget_pressure_does() -> None:
+    slots = [Slot("a", "active", 3 * MB, 5.0), Slot("b", "parked", 3 * MB, 2.0), Slot("c", "parked", 3 * MB, 4.0)]
+    assert park(slots, "a", Budgets(device_bytes=6 * MB, host_bytes=10 * MB)) == [Move("a", "parked")]
+    # The host holds two: b, used least recently, goes to disk first.
+    assert park(slots, "a", Budgets(device_bytes=6 * MB, host_bytes=6 * MB)) == [
+        Move("b", "absent"),
+        Move("a", "parked"),
+    ]
+    # No host budget: a goes to disk itself.
+    assert park(slots[:1], "a", Budgets(device_bytes=6 * MB, host_bytes=0)) == [Move("a", "absent")]

@@ -13,7 +13,7 @@ from runtime.engine.echo import EchoEngine
 from runtime.errors import SettingsError
 from runtime.server.app import create_app
 from runtime.settings import RuntimeSettings
-from wire import BATCH_PATH, CANCEL_PATH, CLAIM_PATH, HEALTH_PATH, READY_PATH
+from wire import BATCH_PATH, CANCEL_PATH, CLAIM_PATH, HEALTH_PATH, POOL_PARK_PATH, POOL_UNLOAD_PATH, READY_PATH
 
 pytestmark = [pytest.mark.unit, pytest.mark.security]
 
@@ -43,13 +43,22 @@ def batch(prompt: str = "hello") -> dict[str, object]:
     ids=["none", "wrong", "no-scheme", "other-header"],
 )
 async def test_the_api_needs_the_token(runtime: httpx.AsyncClient, headers: dict[str, str]) -> None:
-    for path, body in ((BATCH_PATH, batch()), (CANCEL_PATH, {"ids": ["r0"]}), (CLAIM_PATH, {"args": []})):
+    pool_move = {"model": "echo-model"}
+    calls: tuple[tuple[str, object], ...] = (
+        (BATCH_PATH, batch()),
+        (CANCEL_PATH, {"ids": ["r0"]}),
+        (CLAIM_PATH, {"args": []}),
+        (POOL_PARK_PATH, pool_move),
+        (POOL_UNLOAD_PATH, pool_move),
+    )
+    for path, body in calls:
         refused = await runtime.post(path, json=body, headers=headers)
         assert refused.status_code == 401, path
         assert refused.headers["www-authenticate"].startswith("Bearer")
         assert TOKEN not in refused.text
     answer = await runtime.post(BATCH_PATH, json=batch(), headers=AUTH)
     assert answer.status_code == 200
+    assert (await runtime.post(POOL_PARK_PATH, json=pool_move, headers=AUTH)).status_code == 404  # not a pool
     assert json.loads(answer.text.splitlines()[-1])["type"] == "finish"
 
 
