@@ -37,7 +37,7 @@ import re
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +67,7 @@ _ENGINE_READY = re.compile(
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PoolOptions:
     repeat: int = 1
     max_tokens: int = 8
@@ -81,6 +81,7 @@ class PoolRun:
     """One measured request for ``target``; times in seconds."""
 
     side: str
+    _: KW_ONLY
     repetition: int = 0
     #: Its place among all measured requests, from 0.
     order: int = 0
@@ -105,7 +106,7 @@ class PoolRun:
         return self.error is None and self.ttft_s is not None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class _Setup:
     source: Path
     work: Path
@@ -132,7 +133,15 @@ def _prepare(model: Path, work: Path) -> _Setup:
     pool_dir = materialise(str(source), pool_cache).path
     cold_dir = materialise(str(source), cold_cache).path
     weight_bytes = sum(p.stat().st_size for p in pool_dir.glob("*.safetensors"))
-    return _Setup(source, work, pool_cache, cold_cache, _files(pool_dir), _files(cold_dir), weight_bytes)
+    return _Setup(
+        source=source,
+        work=work,
+        pool_cache=pool_cache,
+        cold_cache=cold_cache,
+        pool_files=_files(pool_dir),
+        cold_files=_files(cold_dir),
+        weight_bytes=weight_bytes,
+    )
 
 
 def _filler_sources(source: Path, work: Path) -> list[Path]:
@@ -387,7 +396,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
-    options = PoolOptions(max(1, args.repeat), max(1, args.max_tokens), args.evict_page_cache, args.warmup)
+    options = PoolOptions(
+        repeat=max(1, args.repeat),
+        max_tokens=max(1, args.max_tokens),
+        evict_page_cache=args.evict_page_cache,
+        warmup=args.warmup,
+    )
     with scratch_dir(args.out) as work:
         if args.model_size is None:
             model = await demo_model(args.model, work)
