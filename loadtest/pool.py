@@ -362,8 +362,10 @@ async def bench(model: Path, work: Path, options: PoolOptions, label: str) -> di
     setup = _prepare(model, work)
     pool_log = work / "pool-runtime.log"
     spawned = time.perf_counter()
+    # A connection per request: a kept-alive one idle through a cold start outlives uvicorn's 5 s keep-alive and is
+    # closed under the next request (ServerDisconnectedError); a cold start's first request needs a new one anyway.
     async with (
-        aiohttp.ClientSession() as session,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session,
         running_runtime(_pool_flags(setup), pool_log, timeout_s=options.timeout_s) as runtime,
     ):
         pool_start_s = time.perf_counter() - spawned
