@@ -261,6 +261,20 @@ def _coldstart(s: Mapping[str, Any]) -> str:
     )
 
 
+def _pool(s: Mapping[str, Any]) -> str:
+    evicted = "verified evicted" if s.get("page_cache_eviction_verified") else "eviction NOT verified"
+    verdicts = s.get("targets") or {}
+    met = sum(1 for verdict in verdicts.values() if verdict is True)
+    return (
+        f"time to first token of a model parked in a pool runtime {_n(s['ttft_parked_s'], 3)} s (wake "
+        f"{_n(s['wake_s'], 3)} s), absent {_n(s['ttft_absent_s'], 2)} s (load {_n(s['load_s'], 2)} s), against "
+        f"{_n(s['ttft_cold_s'], 2)} s for a new runtime process (`parked_vs_cold` {_n(s['parked_vs_cold'], 3)}, "
+        f"`absent_vs_cold` {_n(s['absent_vs_cold'], 2)}); {s['model']} model, {_n(s['weight_bytes'] / 1e6, 1)} MB, "
+        f"medians of {s['repeat']} interleaved repetitions, page cache {evicted}; {s['errors']} errors; {met} of "
+        f"{len(verdicts)} targets met"
+    )
+
+
 def _structured(s: Mapping[str, Any]) -> str:
     compiles = [
         f"{name} {_n(m['compile_ms'], 1)}" for mask in s.get("masks") or [] for name, m in mask["schemas"].items()
@@ -366,6 +380,7 @@ ROWS: dict[str, Row] = {
     ),
     "scale": Row("one gateway, Kubernetes backend (API double), N models all idle but one", _scale),
     "coldstart": Row("a cold start from zero replicas, page cache evicted, with and without a standby", _coldstart),
+    "pool": Row("one model parked or absent in a pool runtime vs a fresh runtime process for it, CPU", _pool),
     "continuous": Row("demo model, one replica per scheduler, Poisson arrivals, Azure output lengths", _continuous),
     "batching": Row("demo model, one runtime, the same requests in batches of 1 and 16", _batching),
     "structured": Row("demo-size model, one runtime, with and without a JSON Schema on every row", _structured),

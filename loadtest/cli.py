@@ -35,6 +35,7 @@ def _commands() -> dict[str, tuple[str, _Command]]:
         gpu,
         library,
         overhead,
+        poolbench,
         relay,
         replay,
         scale,
@@ -51,6 +52,7 @@ def _commands() -> dict[str, tuple[str, _Command]]:
         "bench upstream": ("an OpenAI-compatible server (transformers serve), direct vs through the gateway", upstream),
         "bench batching": ("one runtime, the same requests in batches of 1 and 16", batching),
         "bench coldstart": ("a cold start from zero replicas, phase by phase", coldstart),
+        "bench pool": ("one model parked / absent in a pool runtime vs a cold start of its own replica", poolbench),
         "bench continuous": ("one replica, a static against a continuous (step-level) scheduler", continuous),
         "bench library": ("in process: our static and continuous schedulers against transformers' manager", library),
         "bench structured": ("one runtime, batches of 16 with and without a JSON Schema on every row", structured),
@@ -71,7 +73,9 @@ def parser() -> argparse.ArgumentParser:
         group, _, sub = name.partition(" ")
         if sub:
             if bench is None:
-                benchmarks = "overhead, relay, upstream, batching, coldstart, continuous, library, structured, scale"
+                benchmarks = (
+                    "overhead, relay, upstream, batching, coldstart, pool, continuous, library, structured, scale"
+                )
                 bench_parser = commands.add_parser(group, help=f"benchmarks: {benchmarks}")
                 bench = bench_parser.add_subparsers(dest="benchmark", required=True, metavar="benchmark")
             command = bench.add_parser(sub, help=summary, description=_describe(module))

@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import dataclasses
 import re
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,7 +46,7 @@ from loadtest import logs, prometheus
 from loadtest.children import GatewayProcess, StartError, local_model, running_gateway, scratch_dir, write_config
 from loadtest.client import prompt_of, stream_completion
 from loadtest.coldstart_report import median_run_phases, standby_table, summarise, tables
-from loadtest.models import SIZES, build_in_child, demo_model
+from loadtest.models import SIZES, demo_model, sized_model
 from loadtest.pagecache import evict, raw_read, resident_bytes
 from loadtest.progress import Progress
 from loadtest.readers import DEFAULT_THREADS
@@ -454,8 +453,4 @@ async def _model(args: argparse.Namespace, work: Path) -> Path:
     """``--model``, or a random Llama of ``--model-size`` (built unless ``work`` holds one), or the demo model."""
     if args.model_size is None:
         return await demo_model(args.model, work)
-    model = work / f"llama-{args.model_size}"
-    if not (model / "build.json").is_file():  # written last: a model without it is a build that did not finish
-        print(f"bench coldstart: building a random {args.model_size} Llama on the CPU", file=sys.stderr)
-        await build_in_child(args.model_size, model, "cpu")
-    return model
+    return await sized_model(args.model_size, work, "bench coldstart")

@@ -24,7 +24,7 @@ from typing import Any
 
 from gateway.processes import die_with_parent
 
-__all__ = ["SIZES", "build_in_child", "demo_model", "main", "python_child", "random_llama"]
+__all__ = ["SIZES", "build_in_child", "demo_model", "main", "python_child", "random_llama", "sized_model"]
 
 #: Llama shapes. "1b" is Llama-3.2-1B's body (16 layers, hidden 2048, GQA 32/8) with the demo tokenizer's small
 #: vocabulary, about 0.98 B parameters, 1.96 GB in bfloat16. "140m" (12 layers, hidden 1024, GQA 16/4) is 0.14 B
@@ -80,6 +80,15 @@ async def demo_model(given: Path | None, scratch: Path) -> Path:
     if not _complete(target):
         await python_child("-m", "runtime.weights.demo_model", "--out", str(target))
     return target
+
+
+async def sized_model(size: str, scratch: Path, bench: str) -> Path:
+    """A random Llama of ``size`` in ``scratch``, built on the CPU unless a finished build is there."""
+    model = scratch / f"llama-{size}"
+    if not (model / "build.json").is_file():  # written last: a model without it is a build that did not finish
+        print(f"{bench}: building a random {size} Llama on the CPU", file=sys.stderr)
+        await build_in_child(size, model, "cpu")
+    return model
 
 
 async def build_in_child(size: str, out: Path, device: str, tokenizer_from: Path | None = None) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """``bench overhead``, ``bench relay``, ``bench upstream``, ``bench batching``, ``bench structured``, ``bench
-coldstart``, ``bench continuous``, ``bench library`` and ``gpu`` run end to end on tiny inputs and report the figures
-they promise. How fast anything is, is not tested: only that it is measured and reported."""
+coldstart``, ``bench pool``, ``bench continuous``, ``bench library`` and ``gpu`` run end to end on tiny inputs and
+report the figures they promise. How fast anything is, is not tested: only that it is measured and reported."""
 
 from __future__ import annotations
 
@@ -227,6 +227,37 @@ async def test_coldstart(tiny_llama: Path, tmp_path: Path) -> None:
     assert saved_summary(out)[0] == both
     assert (out / "coldstart.png").stat().st_size > 0
     assert "medians of 2 interleaved cold starts each" in report_row(out)
+
+
+async def test_pool(demo_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run = await loadtest("bench", "pool", "--model", demo_model_dir, "--repeat", "1", "--no-warmup", "--out", out,
+                         timeout_s=180)  # fmt: skip
+    summary = run.check().summary
+    assert summary["errors"] == 0, summary["runs"]
+    for side in ("parked", "absent", "cold"):
+        assert summary[f"ttft_{side}_s"] > 0 and summary[f"ttft_{side}_s_runs"] == [summary[f"ttft_{side}_s"]]
+    assert summary["parked_vs_cold"] == pytest.approx(summary["ttft_parked_s"] / summary["ttft_cold_s"], rel=1e-3)
+    assert summary["absent_vs_cold"] == pytest.approx(summary["ttft_absent_s"] / summary["ttft_cold_s"], rel=1e-3)
+    # The sides ran one after another in one run, and /readyz saw the model parked, then woken; absent, then loaded.
+    parked, absent, cold = summary["runs"]
+    assert [r["order"] for r in summary["runs"]] == [0, 1, 2] and summary["interleaved"] is True
+    moves = [(r["state_before"], r["state_after"], r["wakes"], r["loads"]) for r in (parked, absent)]
+    assert moves == [("parked", "active", 1, 0), ("absent", "active", 0, 1)]
+    assert parked["move_s"] is not None and absent["move_s"] is not None  # the pool's own wake and load lines
+    # The cold side is a fresh runtime process: ready (with its engine's breakdown) before its first token.
+    assert 0 < cold["ready_s"] < cold["ttft_s"] and cold["engine_s"]["imports"] > 0
+    # Absent loads and cold starts read from disk: eviction checked with mincore, nothing left resident.
+    assert absent["resident_bytes_before_load"] == cold["resident_bytes_before_load"] == 0
+    assert summary["page_cache_eviction_verified"] is True
+    # Each budget holds one model only, which is what parks and drops it.
+    assert summary["weight_bytes"] < summary["pool_device_budget_bytes"] < 2 * summary["weight_bytes"]
+    assert set(summary["targets"]) == {"parked_le_200ms", "parked_le_tenth_of_cold"}
+    assert all(isinstance(verdict, bool) for verdict in summary["targets"].values())
+    assert "parked TTFT <= 0.2 s" in run.stdout and ("PASS" in run.stdout or "MISS" in run.stdout)
+    assert "pool: parked target" in (out / "pool-runtime.log").read_text()
+    assert saved_summary(out)[0] == summary
+    assert "medians of 1 interleaved repetitions" in report_row(out)
 
 
 _CONTINUOUS_PER_SIDE = ("tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "latency_p50_ms", "latency_p99_ms")

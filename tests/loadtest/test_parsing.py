@@ -6,6 +6,7 @@ import io
 import json
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,3 +77,31 @@ def test_tables_then_one_json_line_last(tmp_path: Path) -> None:
     assert lines[0] == "demo"
     assert json.loads(lines[-1]) == {"p50_ms": 12.3457, "nan": None, "rows": [{"x": 1.0}]}
     assert json.loads((tmp_path / "out" / "summary.json").read_text()) == json.loads(lines[-1])
+
+
+def test_bench_pool_keeps_a_failed_run_out_of_its_medians_and_misses_the_targets_it_touches() -> None:
+    from loadtest.poolbench import PoolOptions, PoolRun
+    from loadtest.poolbench_report import summarise
+
+    def summary(runs: list[PoolRun]) -> dict[str, Any]:
+        return summarise(runs, PoolOptions(repeat=2), model="demo", weight_bytes=1, budget_bytes=1, pool_start_s=1.0)
+
+    fast = [PoolRun("parked", ttft_s=0.05), PoolRun("absent", ttft_s=0.5), PoolRun("cold", ttft_s=5.0)]
+    assert summary(fast)["targets"] == {"parked_le_200ms": True, "parked_le_tenth_of_cold": True}
+    # A run whose model was not parked (the bench's state check) is an error: in no median, and no PASS beside it.
+    failed = PoolRun("parked", ttft_s=0.01, error="target was active before the request (not parked)")
+    found = summary([*fast, failed])
+    assert found["ttft_parked_s"] == 0.05 and found["ttft_parked_s_runs"] == [0.05, None]
+    assert found["errors"] == 1 and found["errors_by_side"] == {"parked": 1, "absent": 0, "cold": 0}
+    assert found["targets"] == {"parked_le_200ms": False, "parked_le_tenth_of_cold": False}
+    slow = [PoolRun("parked", ttft_s=0.6), *fast[1:]]  # over 0.2 s, and 0.12 of the cold start
+    assert summary(slow)["targets"] == {"parked_le_200ms": False, "parked_le_tenth_of_cold": False}
+
+
+def test_bench_pool_counts_a_run_whose_model_was_not_in_its_side_s_state_as_an_error() -> None:
+    from loadtest.poolbench import state_error
+
+    assert state_error("parked", "parked", "active") is None and state_error("absent", "absent", "active") is None
+    assert state_error("parked", "active", "active") is not None  # never parked: it measured an active model
+    assert state_error("absent", "parked", "active") is not None  # woken, not loaded
+    assert state_error("parked", "parked", "parked") is not None  # not woken by the request
