@@ -44,7 +44,7 @@ from loadtest.cluster import process_sample
 from loadtest.logs import REPLICA_READY
 from loadtest.progress import Progress
 from loadtest.report import Table, finish, write_csv
-from loadtest.stats import difference, ms, percentile, ratio
+from loadtest.stats import added_latency, ms, percentile, ratio
 
 __all__ = ["OverheadOptions", "add_arguments", "run", "warm_replica"]
 
@@ -155,15 +155,8 @@ async def warm_replica(session: aiohttp.ClientSession, gateway_url: str, log: Lo
 
 def summarise(sides: Sequence[Side], options: OverheadOptions) -> dict[str, Any]:
     direct, gateway = sides
-    d50, d99 = percentile(direct.latencies, 50), percentile(direct.latencies, 99)
-    g50, g99 = percentile(gateway.latencies, 50), percentile(gateway.latencies, 99)
     return {
-        "direct_p50_ms": ms(d50),
-        "gateway_p50_ms": ms(g50),
-        "added_p50_ms": ms(difference(g50, d50)),
-        "direct_p99_ms": ms(d99),
-        "gateway_p99_ms": ms(g99),
-        "added_p99_ms": ms(difference(g99, d99)),
+        **added_latency(direct.latencies, gateway.latencies),
         "direct_rps": direct.rps,
         "gateway_rps": gateway.rps,
         "rps_ratio": ratio(gateway.rps, direct.rps),

@@ -7,7 +7,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-__all__ = ["bootstrap_ci", "difference", "iqr", "mean", "median", "ms", "percentile", "ratio"]
+__all__ = ["added_latency", "bootstrap_ci", "difference", "iqr", "mean", "median", "ms", "percentile", "ratio"]
 
 T = TypeVar("T")
 #: Resamples of a bootstrap CI: enough for a stable 2.5th and 97.5th percentile, cheap for a handful of values.
@@ -80,3 +80,13 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 def difference(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
+
+
+def added_latency(direct: Sequence[float], gateway: Sequence[float]) -> dict[str, float | None]:
+    """Both sides' p50 and p99 latencies (seconds in, ms out) and what the gateway adds to each: the keys
+    ``bench overhead`` and ``bench upstream`` share (differences of percentiles, not percentiles of differences)."""
+    figures: dict[str, float | None] = {}
+    for q in (50, 99):
+        d, g = percentile(direct, q), percentile(gateway, q)
+        figures |= {f"direct_p{q}_ms": ms(d), f"gateway_p{q}_ms": ms(g), f"added_p{q}_ms": ms(difference(g, d))}
+    return figures

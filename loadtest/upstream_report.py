@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.report import Table
-from loadtest.stats import difference, ms, percentile, ratio
+from loadtest.stats import added_latency, difference, ms, percentile, ratio
 
 __all__ = ["ADDED_P50_MS_MAX", "RELAY_RATIO_MIN", "Side", "summarise", "tables"]
 
@@ -69,20 +69,13 @@ def summarise(sides: Sequence[Side], run: Mapping[str, Any]) -> dict[str, Any]:
     """The figures of both sides, then ``run`` (what was run: concurrency, requests, the server ...) and the
     targets."""
     direct, gateway = sides
-    d50, d99 = percentile(direct.latencies, 50), percentile(direct.latencies, 99)
-    g50, g99 = percentile(gateway.latencies, 50), percentile(gateway.latencies, 99)
     t50, tg50 = percentile(direct.ttfts, 50), percentile(gateway.ttfts, 50)
     same_text, compared = _same_text(sides)
     summary: dict[str, Any] = {
         "direct_rps": direct.rps,
         "gateway_rps": gateway.rps,
         "rps_ratio": ratio(gateway.rps, direct.rps),
-        "direct_p50_ms": ms(d50),
-        "gateway_p50_ms": ms(g50),
-        "added_p50_ms": ms(difference(g50, d50)),
-        "direct_p99_ms": ms(d99),
-        "gateway_p99_ms": ms(g99),
-        "added_p99_ms": ms(difference(g99, d99)),
+        **added_latency(direct.latencies, gateway.latencies),
         "direct_chunks_per_s": direct.chunks_per_s,
         "gateway_chunks_per_s": gateway.chunks_per_s,
         "relay_ratio": ratio(gateway.chunks_per_s, direct.chunks_per_s),

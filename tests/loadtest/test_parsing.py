@@ -12,7 +12,7 @@ import pytest
 
 from loadtest import logs, prometheus
 from loadtest.report import Table, finish
-from loadtest.stats import percentile
+from loadtest.stats import added_latency, percentile
 
 pytestmark = pytest.mark.unit
 
@@ -65,6 +65,15 @@ def test_percentiles_interpolate_between_ranks() -> None:
     assert percentile([3.0, 1.0, 2.0], 50) == 2.0
     assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
     assert percentile([float(i) for i in range(101)], 99) == 99.0
+
+
+def test_added_latency_is_a_difference_of_percentiles_in_ms() -> None:
+    direct, gateway = [0.001, 0.002, 0.003], [0.002, 0.004, 0.010]
+    figures = added_latency(direct, gateway)
+    assert figures["direct_p50_ms"] == pytest.approx(2.0) and figures["gateway_p50_ms"] == pytest.approx(4.0)
+    assert figures["added_p50_ms"] == pytest.approx(2.0)
+    assert figures["added_p99_ms"] == pytest.approx(9.88 - 2.98)
+    assert added_latency([], gateway)["added_p50_ms"] is None  # a side with nothing measured: no figure
 
 
 def test_tables_then_one_json_line_last(tmp_path: Path) -> None:
