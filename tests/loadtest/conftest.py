@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ def report_row(out: Path) -> str:
 
 
 async def start_loadtest(*args: str | Path) -> asyncio.subprocess.Process:
+    """``python -m loadtest ARGS`` as a process of its own, which a test may interrupt (SIGINT, as Ctrl-C does)."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -65,7 +67,15 @@ async def start_loadtest(*args: str | Path) -> asyncio.subprocess.Process:
         cwd=REPO_ROOT,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        preexec_fn=_interruptible,
     )
+
+
+def _interruptible() -> None:  # pragma: no cover - runs in the child, between fork and exec
+    """SIGINT back to its default, as a terminal's foreground process has it: a shell without job control starts a
+    background command (``make test &``) with SIGINT ignored, its children inherit that, and a test's Ctrl-C would
+    then be ignored by the command under test (which is how the Ctrl-C test failed in background runs)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 async def loadtest(*args: str | Path, timeout_s: float = 60.0) -> CliRun:

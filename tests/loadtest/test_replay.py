@@ -6,7 +6,6 @@ import asyncio
 import itertools
 import json
 import os
-import re
 import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,7 +17,6 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.processes import free_port
-from loadtest.children import LogFile
 from tests.loadtest.conftest import loadtest, report_row, serving, start_loadtest
 
 pytestmark = pytest.mark.integration
@@ -168,20 +166,14 @@ async def _until_a_runtime_runs(marker: str, timeout_s: float) -> None:
 
 
 async def test_ctrl_c_stops_every_child(tmp_path: Path) -> None:
-    """Ctrl-C in the middle of a replay (its first burst served, the second 120 s away): every child stops. The
-    signal waits for the model's replica to be ready: sent as soon as a (standby) runtime ran, it sometimes met the
-    gateway still starting, and the replay then did not exit within 30 s in two full runs on a clean clone (never
-    alone); that case is not understood yet (see the issue's closing note)."""
     config = echo_config(tmp_path, "echo", idle_timeout="600s")
     marker = str(tmp_path)
-    out = tmp_path / "out"
     process = await start_loadtest(
         "replay", "--config", config, "--trace", "sporadic", "--bursts", "2", "--burst-requests", "1",
-        "--gap-seconds", "120", "--out", out,
+        "--gap-seconds", "120",
     )  # fmt: skip
     try:
         await _until_a_runtime_runs(marker, timeout_s=30)
-        await LogFile(out / "gateway.log").wait_for(re.compile("replica echo#0 is ready at"), 0, timeout_s=60)
         process.send_signal(signal.SIGINT)
         async with asyncio.timeout(30):
             _stdout, stderr = await process.communicate()
