@@ -33,7 +33,7 @@ from gateway.queue.budget import Account, MemoryGuard
 from gateway.queue.fence import FencedDoor
 from gateway.queue.stream import INLINE, Held, Payload, QueuedRequest, RequestQueue, Stored
 from gateway.queue.upstream import UpstreamRequest
-from gateway.relay.messages import Answered, AnyReply, Chunk, Failed, Finished, Token
+from gateway.relay.messages import BROKEN_STREAM, Answered, AnyReply, Chunk, Failed, Finished, Token
 from gateway.relay.transport import ReplyRouter
 from gateway.replicas.coldstarts import ColdStarts
 from gateway.replicas.context import ContextLengths
@@ -46,9 +46,6 @@ class Capacity(Protocol):
 
     async def ensure_capacity(self, model: str, *, recheck: bool = False) -> None: ...
 
-
-#: An upstream's stream that another attempt would continue: ended instead (``Ticket.relayed``).
-SPLICED = "The model's server failed while streaming the answer; try again."
 
 #: A waiting request that has heard nothing on pub/sub for this long reads its stored final reply, in case the
 #: subscription dropped it. A backstop, not the normal path.
@@ -137,7 +134,7 @@ class Ticket:
             reply = await self._reply()
             if isinstance(reply, Chunk):
                 if streamed is not None and reply.attempt != streamed:
-                    raise GenerationFailed(SPLICED)
+                    raise GenerationFailed(BROKEN_STREAM)
                 streamed = reply.attempt
                 yield reply
             elif isinstance(reply, Answered):

@@ -30,15 +30,13 @@ from gateway.metrics import Metrics
 from gateway.queue.stream import Delivery, RequestQueue, Settlement
 from gateway.queue.upstream import UpstreamRequest
 from gateway.relay.buffer import ReplyBuffer, ndjson_reads
-from gateway.relay.messages import Answered, Chunk, Dispatched, Failed, Final
+from gateway.relay.messages import BROKEN_STREAM, Answered, Chunk, Dispatched, Failed, Final
 from gateway.relay.transport import ReplySender
 from gateway.replicas.client import BatchAnswer, RuntimeClient, RuntimeFailed, RuntimeUnreachable
 from gateway.replicas.endpoints import EndpointPool
 
 log = logging.getLogger("kaltstart.dispatch")
 
-#: What a client is told when its upstream broke off a stream it had begun.
-BROKEN_STREAM = "The model's server failed while streaming the answer; try again."
 _DONE = "[DONE]"
 
 

@@ -67,6 +67,9 @@ class Answered(_Reply):
     body: str = ""
 
 
+#: What a client is told when an upstream's stream it had begun broke off (``Failed``): never a spliced second attempt.
+BROKEN_STREAM = "The model's server failed while streaming the answer; try again."
+
 AnyReply = Dispatched | Token | Finished | Failed | Chunk | Answered
 Progress = Dispatched | Token | Chunk
 Final = Finished | Failed | Answered
