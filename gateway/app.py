@@ -117,7 +117,14 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
         interval_s=settings.queue.scale_interval_s,
         may_scale_down=lambda: backend.is_leader,
         keep_alives=keep_alives,
-        pools=PoolKeeper(endpoints=endpoints, client=client),
+        pools=PoolKeeper(
+            endpoints=endpoints,
+            client=client,
+            reports=pool_reports,
+            metrics=metrics,
+            cold_start_s=cold_starts.typical_s,
+            shortest_park_s=settings.queue.scale_interval_s,
+        ),
     )
     work.subscribe(scaler.wake)
     catalog.subscribe(lambda: metrics.models.keep_only({m.name for m in catalog.all()}))

@@ -18,38 +18,56 @@ class ModelCatalog:
     def __init__(self, models: Iterable[ModelSettings] = ()) -> None:
         self._models: dict[str, ModelSettings] = {}
         self._units: dict[str, str] = {}
+        #: Models served by a pool runtime (each active, parked or absent on each replica: ``gateway.scaling.pools``).
+        self._pooled: set[str] = set()
         self._created: dict[str, int] = {}
         self._listeners: list[Listener] = []
         self.replace(models)
 
-    def replace(self, models: Iterable[ModelSettings], units: Mapping[str, str] | None = None) -> None:
+    def replace(
+        self, models: Iterable[ModelSettings], units: Mapping[str, str] | None = None, pooled: Iterable[str] = ()
+    ) -> None:
         """``units`` maps a model to its scaling unit (e.g. the Deployment serving it); by default each model
-        is its own unit."""
+        is its own unit. ``pooled``: the models a pool runtime serves."""
         new = {m.name: m for m in models}
         new_units = {name: (units or {}).get(name, name) for name in new}
-        if new == self._models and new_units == self._units:
+        new_pooled = set(pooled) & new.keys()
+        if new == self._models and new_units == self._units and new_pooled == self._pooled:
             return
-        self._models, self._units = new, new_units
+        self._models, self._units, self._pooled = new, new_units, new_pooled
         now = int(time.time())
         self._created = {name: self._created.get(name, now) for name in new}
         for listener in list(self._listeners):
             listener()
 
     def update(
-        self, models: Iterable[ModelSettings], units: Mapping[str, str] | None = None, removed: Iterable[str] = ()
+        self,
+        models: Iterable[ModelSettings],
+        units: Mapping[str, str] | None = None,
+        removed: Iterable[str] = (),
+        pooled: Iterable[str] = (),
     ) -> None:
         """Add or change ``models`` and drop ``removed``, leaving the others as they are (a change to one
-        Deployment costs work for its models only); listeners are told if anything changed."""
+        Deployment costs work for its models only); listeners are told if anything changed. ``pooled``: those of
+        ``models`` that a pool runtime serves."""
         changed = False
         for name in removed:
             if self._models.pop(name, None) is not None:
                 del self._units[name], self._created[name]
+                self._pooled.discard(name)
                 changed = True
+        in_pool = set(pooled)
         for settings in models:
-            unit = (units or {}).get(settings.name, settings.name)
-            if self._models.get(settings.name) == settings and self._units.get(settings.name) == unit:
+            name = settings.name
+            unit = (units or {}).get(name, name)
+            was_pooled = name in self._pooled
+            if self._models.get(name) == settings and self._units.get(name) == unit and was_pooled == (name in in_pool):
                 continue
-            self._models[settings.name], self._units[settings.name] = settings, unit
+            if name in in_pool:
+                self._pooled.add(name)
+            else:
+                self._pooled.discard(name)
+            self._models[name], self._units[name] = settings, unit
             self._created.setdefault(settings.name, int(time.time()))
             changed = True
         if changed:
@@ -61,6 +79,10 @@ class ModelCatalog:
             return self._models[name]
         except KeyError:
             raise ModelNotFound(f"The model '{name}' does not exist.", param="model") from None
+
+    def pooled(self, name: str) -> bool:
+        """Whether a pool runtime serves ``name`` (its model is active, parked or absent on each replica)."""
+        return name in self._pooled
 
     def has(self, name: str) -> bool:
         return name in self._models

@@ -25,6 +25,7 @@ from gateway.replicas.endpoints import ReadyEndpoints
 from gateway.scaling import rules as policy
 from gateway.scaling.gaps import KeepAlives
 from gateway.scaling.keepalive import KeepAlive
+from gateway.scaling.parking import unit_idle
 from gateway.scaling.pools import PoolKeeper
 from gateway.settings import ModelSettings
 
@@ -212,15 +213,21 @@ class Scaler:
         settings, name = unit[0], unit[0].name
         for m, load in zip(unit, loads, strict=True):
             self._observe(m.name, load)
-        if self._pools is not None and self._may_scale_down():  # the leader alone moves pool models
-            self._pools.apply(unit, loads)
+        pooled = self._pools is not None and any(self._catalog.pooled(m.name) for m in unit)
+        if self._pools is not None and pooled and self._may_scale_down():  # the leader alone moves pool models
+            self._pools.apply(*self._pooled(unit, loads))
         demand = sum(load.demand for load in loads)
         if demand > 0:
             self._woken.add(name)  # while it has demand, look again at every pass (a failed scale-up is retried)
-        idles = [load.idle_for_s for load in loads if load.idle_for_s is not None]
-        idle = min(idles) if idles else None
         now = self._backend.replicas(name)
-        keep_alive = self._keep_alive(settings, demand, idle)
+        keep_alive: KeepAlive | None
+        fence_keep: KeepAlive | None
+        if pooled:
+            idle, keep_alive, fence_keep = self._pool_idle(unit, loads)
+        else:
+            idles = [load.idle_for_s for load in loads if load.idle_for_s is not None]
+            idle = min(idles) if idles else None
+            keep_alive = fence_keep = self._keep_alive(settings, demand, idle)
         wanted = policy.desired_replicas(settings, demand, idle, now, keep_alive)
         if wanted > now.desired:
             if demand == 0 and keep_alive is not None and idle is not None and keep_alive.prewarming(idle):
@@ -232,7 +239,23 @@ class Scaler:
                 self._cold_started(name)
             await self._scale_up(name, wanted)
         elif wanted < now.desired and self._may_scale_down():
-            await self._scale_down(unit, wanted, policy.idle_threshold_s(settings, now, keep_alive))
+            await self._scale_down(unit, wanted, policy.idle_threshold_s(settings, now, fence_keep))
+
+    def _pooled(self, unit: list[ModelSettings], loads: list[Load]) -> tuple[list[ModelSettings], list[Load]]:
+        """The unit's pool models and their loads."""
+        pairs = [(m, load) for m, load in zip(unit, loads, strict=True) if self._catalog.pooled(m.name)]
+        return [m for m, _ in pairs], [load for _, load in pairs]
+
+    def _pool_idle(self, unit: list[ModelSettings], loads: list[Load]) -> tuple[float | None, KeepAlive, KeepAlive]:
+        """Rule 3 of a pool (``gateway.scaling.parking``): its replicas go once every model has been idle for its
+        own unload threshold (learned or ``idle-timeout``), as the replica rules' (idle-for, keep-alive) pair,
+        and the keep-alive the fence checks (each model idle for at least the shortest threshold)."""
+        assert self._pools is not None
+        pools = self._pools
+        afters = [pools.unload_after_s(m) if self._catalog.pooled(m.name) else m.idle_timeout_s for m in unit]
+        idle, keep = unit_idle([load.idle_for_s for load in loads], afters)
+        reason = "pool: every model idle for its own unload threshold"
+        return idle, KeepAlive(keep_s=keep, reason=reason), KeepAlive(keep_s=min(afters), reason=reason)
 
     def _prewarm_due(self, unit: list[ModelSettings]) -> bool:
         """A unit at rest whose adaptive keep-alive wants a replica ahead of an expected request by now."""

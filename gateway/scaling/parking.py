@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from itertools import accumulate
 from typing import Literal
 
-from gateway.scaling.keepalive import EDGES_S, MIN_GAPS, MUST_SAVE, SHORTEST_GAP_S, WINDOW
+from gateway.scaling.keepalive import EDGES_S, MIN_GAPS, MUST_SAVE, SHORTEST_GAP_S, WINDOW, GapLearner
 
 __all__ = [
     "ABSENT",
@@ -50,6 +50,7 @@ __all__ = [
     "PARKED",
     "Gap",
     "GapCost",
+    "LookedGaps",
     "Parking",
     "ParkingLearner",
     "Prices",
@@ -59,6 +60,7 @@ __all__ = [
     "next_change_s",
     "next_state",
     "pool_replicas",
+    "unit_idle",
 ]
 
 State = Literal["active", "parked", "absent"]
@@ -114,6 +116,21 @@ def next_change_s(state: State, plan: Parking) -> float | None:
 def pool_replicas(states: Iterable[State], demand: int) -> int:
     """Rule 3: the pool's replica is wanted while any model has demand or is active or parked."""
     return 1 if demand > 0 or any(state != ABSENT for state in states) else 0
+
+
+def unit_idle(idles: Sequence[float | None], unload_after_s: Sequence[float]) -> tuple[float | None, float]:
+    """Rule 3 in the terms of the replica rules (``gateway.scaling.rules``: a unit idle for its keep-alive goes to
+    its floor): the (idle-for, keep-alive) pair of a pool whose models each have their own unload threshold. The
+    pool is idle for ``keep + s`` with ``keep`` the longest threshold and ``s`` the least slack ``idle - threshold``
+    over its models, so it reaches its keep-alive exactly when every model has been idle for its own threshold.
+    A model never unloaded (an infinite threshold) keeps the pool; models never used (idle None) do not count."""
+    keep = max(unload_after_s)
+    slacks = [idle - after for idle, after in zip(idles, unload_after_s, strict=True) if idle is not None]
+    if not slacks:
+        return None, keep
+    if math.isinf(keep):
+        return 0.0, keep
+    return max(0.0, keep + min(slacks)), keep
 
 
 @dataclass(frozen=True)
@@ -256,6 +273,11 @@ class ParkingLearner:
     def gaps(self) -> tuple[Gap, ...]:
         return tuple(self._gaps)
 
+    def add(self, gap: Gap) -> None:
+        """A gap counted elsewhere (``LookedGaps``: from the autoscaler's looks)."""
+        self._gaps.append(gap)
+        self._version += 1
+
     def arrived(self, now_s: float, idle_since_s: float | None) -> None:
         """A request arrived; ``idle_since_s``: when the model became idle (nothing queued or in flight) before
         it, None if it was not idle."""
@@ -280,3 +302,52 @@ class ParkingLearner:
         if self._cached is None or self._cached[0] != key:
             self._cached = (key, decide(self.gaps, prices, fixed, shortest_keep_s))
         return self._cached[1]
+
+
+class LookedGaps:
+    """One model's gaps and the requests that waited at their end, as the autoscaler's looks show them (a live
+    gateway does not see each arrival, as ``ParkingLearner.arrived`` does in ``loadtest simulate``). Pure: the
+    clock is passed in.
+
+    A gap ends at a look that finds the model busy again (``GapLearner.observe``: at most one look after the
+    request that ended it). The requests that waited on a wake (a load) are estimated as the most requests queued
+    or in flight at a look within ``wake_s`` (``load_s``) of that look, at least one: while a model wakes or loads
+    none of them can finish, so the demand seen is the arrivals so far. The estimate is coarse by one look: with a
+    wake shorter than the autoscaler's period only the first look counts, and it counts the requests that came
+    within a period of the end, which leans towards keeping models active. The gap is handed to ``learner`` once
+    ``load_s`` has passed since its end."""
+
+    def __init__(self, learner: ParkingLearner) -> None:
+        self._learner = learner
+        self._finder = GapLearner(window=2)  # finds the gaps; the learner keeps them
+        #: The gap whose counts are open: (its end, its length, most waiting within wake_s, within load_s).
+        self._open: tuple[float, float, int, int] | None = None
+
+    def observe(self, now_s: float, demand: int, idle_for_s: float | None, prices: Prices) -> None:
+        if self._open is not None:
+            end, idle, wake, load = self._open
+            if now_s >= end + prices.load_s:
+                self._close()
+            else:
+                wake = max(wake, demand) if now_s < end + prices.wake_s else wake
+                self._open = (end, idle, wake, max(load, demand))
+        ended = self._finder.observe(now_s, demand, idle_for_s)
+        if ended is not None:
+            self._close()  # a new gap within load_s of the last one's end: the last one's counts stop here
+            waiting = max(1, demand)
+            self._open = (now_s, ended, waiting, waiting)
+
+    def due_s(self, now_s: float, prices: Prices) -> float | None:
+        """Seconds until the open gap's counts want a look (its wake window's end, then its load window's), if a
+        gap is open."""
+        if self._open is None:
+            return None
+        end = self._open[0]
+        at = end + prices.wake_s if now_s < end + prices.wake_s else end + prices.load_s
+        return max(0.0, at - now_s)
+
+    def _close(self) -> None:
+        if self._open is not None:
+            _end, idle, wake, load = self._open
+            self._learner.add(Gap(idle, wake, load))
+            self._open = None

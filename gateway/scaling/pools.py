@@ -4,8 +4,8 @@ A pool replica (``runtime/pool``) holds each of its models active, parked or abs
 (nothing queued or in flight, as the queue says for every gateway replica) for ``park-after`` it is parked on each
 ready replica where it is active (``POST /v1/pool/park``), and once idle for ``idle-timeout`` it is unloaded where it
 is active or parked (``POST /v1/pool/unload``). Demand brings it back: a batch wakes or loads it where it lands.
-Rule 3 (the pool's replica goes to zero) stays with the autoscaler's replica rules for the unit, whose idle-timeout
-is its first model's: set them alike so that the replica goes once its models are absent.
+Rule 3 (the pool's replica goes to zero once every model is absent) is the autoscaler's: ``unload_after_s`` says
+when each model is unloaded, and ``parking.unit_idle`` turns that into the unit's replica rules.
 
 Cheap by construction: the autoscaler calls ``apply`` for the units it reads anyway; a model whose next change is
 not due costs a few comparisons and nothing is sent. Where a model is held comes from what the gateway already
@@ -15,9 +15,15 @@ park never holds the autoscaler's pass. A replica that answers 409 (the model is
 the pool is making room) is asked again at a later pass, while the model is still idle. Only the scaling leader
 moves models (the autoscaler calls ``apply`` there alone).
 
-Fixed thresholds only: ``idle-policy = "adaptive"`` learns the replica's keep-alive as before, but ``park-after``
-and the models' unloads follow the settings (the learned three-state choice, ``parking.decide``, needs each gap's
-requests within a wake and a load of its end, which the autoscaler does not see).
+With ``idle-policy = "adaptive"`` the pair is learned (``parking.decide``) from the model's recent idle gaps and
+the requests that waited at their end, as the autoscaler's looks show them (``parking.LookedGaps``), priced with
+the model's own wake and load seconds (the replicas' reports: ``PoolModel.wake_s / wakes``; before any, the
+typical cold start for a load and ``DEFAULT_WAKE_S``) and its ``cold-start-cost``; the fixed pair applies until
+``keepalive.MIN_GAPS`` gaps were seen. The gaps live in the leader's memory: a new leader learns again.
+
+A model the leader believes held nowhere active (another gateway replica's batch woke it there, unseen) would never
+be parked: once per idle period, when its park is due, the ready replicas' reports are read again
+(``PoolReports.refresh``), and the next pass parks it where it is active.
 """
 
 from __future__ import annotations
@@ -31,15 +37,36 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import wire
+from gateway.metrics import Metrics
 from gateway.queue.stream import Load
 from gateway.replicas.client import RuntimeClient, RuntimeFailed
 from gateway.replicas.endpoints import ReadyEndpoints
-from gateway.scaling.parking import ABSENT, PARKED, Parking, State, next_change_s, next_state
+from gateway.replicas.poolreports import PoolReports
+from gateway.scaling.parking import (
+    ABSENT,
+    ACTIVE,
+    PARKED,
+    LookedGaps,
+    Parking,
+    ParkingLearner,
+    Prices,
+    State,
+    next_change_s,
+    next_state,
+)
 from gateway.settings import ModelSettings
 
 log = logging.getLogger("kaltstart.scaling")
 
 _PATHS: dict[State, str] = {PARKED: wire.POOL_PARK_PATH, ABSENT: wire.POOL_UNLOAD_PATH}
+
+#: A wake's seconds before a replica reported one: a wake copies the weights back (well under a second on a GPU for
+#: a model that fits one; see ``loadtest gpu``).
+DEFAULT_WAKE_S = 1.0
+#: A load's seconds before a replica reported one and while no cold start of the model was measured.
+DEFAULT_LOAD_S = 20.0
+#: Activity seen this much later than an idle period's start begins a new idle period (as ``keepalive``).
+_NEW_PERIOD_S = 0.25
 
 
 def plan_of(settings: ModelSettings) -> Parking:
@@ -58,12 +85,15 @@ class PoolMove:
     to: State
 
 
-def moves_due(settings: ModelSettings, load: Load, holding: Mapping[str, State]) -> list[PoolMove]:
-    """The moves due now for one model held where ``holding`` says (replica URL -> its state there)."""
+def moves_due(
+    settings: ModelSettings, load: Load, holding: Mapping[str, State], plan: Parking | None = None
+) -> list[PoolMove]:
+    """The moves due now for one model held where ``holding`` says (replica URL -> its state there), under ``plan``
+    (default: the fixed pair, ``plan_of``)."""
     idle = load.idle_for_s
     if load.demand > 0 or idle is None:
         return []
-    plan = plan_of(settings)
+    plan = plan or plan_of(settings)
     moves = []
     for url, state in holding.items():
         change = next_change_s(state, plan)
@@ -72,15 +102,26 @@ def moves_due(settings: ModelSettings, load: Load, holding: Mapping[str, State])
     return moves
 
 
-def next_due_s(settings: ModelSettings, load: Load, holding: Mapping[str, State]) -> float | None:
+def next_due_s(
+    settings: ModelSettings, load: Load, holding: Mapping[str, State], plan: Parking | None = None
+) -> float | None:
     """Seconds until the model's next change is due on any of its replicas, if it stays idle (0: due now; None: no
     change ahead, or the model is not idle)."""
     idle = load.idle_for_s
     if load.demand > 0 or idle is None:
         return None
-    plan = plan_of(settings)
+    plan = plan or plan_of(settings)
     changes = [change for state in holding.values() if (change := next_change_s(state, plan)) is not None]
     return max(0.0, min(changes) - idle) if changes else None
+
+
+@dataclass
+class _Learned:
+    """One adaptive model's learning: its gaps (``learner``, fed by ``looks``) and the pair in force."""
+
+    learner: ParkingLearner
+    looks: LookedGaps
+    plan: Parking | None = None
 
 
 class PoolKeeper:
@@ -88,27 +129,125 @@ class PoolKeeper:
     unit it does not read (at rest) has a move due (``due``)."""
 
     def __init__(
-        self, *, endpoints: ReadyEndpoints, client: RuntimeClient, clock: Callable[[], float] = time.monotonic
+        self,
+        *,
+        endpoints: ReadyEndpoints,
+        client: RuntimeClient,
+        reports: PoolReports | None = None,
+        metrics: Metrics | None = None,
+        cold_start_s: Callable[[str], float | None] = lambda _model: None,
+        shortest_park_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``reports``: read again for a model believed held nowhere active once its park is due; ``cold_start_s``:
+        a model's typical cold start (a load's price until a replica reported one); ``shortest_park_s``: no learned
+        threshold below this (the autoscaler's period)."""
         self._endpoints = endpoints
         self._client = client
+        self._reports = reports
+        self._metrics = metrics
+        self._cold_start_s = cold_start_s
+        self._shortest_park_s = shortest_park_s
         self._clock = clock
         #: The moves under way, one per (URL, model).
         self._moving: dict[tuple[str, str], asyncio.Task[None]] = {}
         #: When each model with a change ahead is due (``clock`` time); a model with none is not here.
         self._due_at: dict[str, float] = {}
+        self._learned: dict[str, _Learned] = {}
+        #: The idle period (its start, by ``clock``) in which a model's replicas were read again (``_look_around``).
+        self._refreshed: dict[str, float] = {}
 
     def apply(self, unit: Sequence[ModelSettings], loads: Sequence[Load]) -> None:
-        """One autoscaler pass over a unit: start the moves due, and note when the next one will be."""
+        """One autoscaler pass over a unit's pool models: learn from the look, start the moves due, and note when
+        the next one will be."""
         for settings, load in zip(unit, loads, strict=True):
-            holding = self.holding(settings.name)
-            for move in moves_due(settings, load, holding):
+            name, plan = settings.name, self.plan(settings, load)
+            holding = self.holding(name)
+            for move in moves_due(settings, load, holding, plan):
                 self._start(move)
-            due = next_due_s(settings, load, holding)
-            if due is None:
-                self._due_at.pop(settings.name, None)
+            dues = [next_due_s(settings, load, holding, plan), self._look_around(settings, load, holding, plan)]
+            if (learned := self._learned.get(name)) is not None:
+                dues.append(learned.looks.due_s(self._clock(), self._prices(settings)))
+            if (due := min((d for d in dues if d is not None), default=None)) is None:
+                self._due_at.pop(name, None)
             else:
-                self._due_at[settings.name] = self._clock() + due
+                self._due_at[name] = self._clock() + due
+
+    def plan(self, settings: ModelSettings, load: Load | None = None) -> Parking:
+        """The pair in force for ``settings``' model: learned (``idle-policy = "adaptive"``, from ``load`` and the
+        looks before) or fixed."""
+        fixed = plan_of(settings)
+        if settings.idle_policy != "adaptive":
+            return fixed
+        learned = self._learned.get(settings.name)
+        if learned is None:
+            learner = ParkingLearner(DEFAULT_WAKE_S, DEFAULT_LOAD_S)
+            learned = self._learned[settings.name] = _Learned(learner, LookedGaps(learner))
+        now, prices = self._clock(), self._prices(settings)
+        if load is not None:
+            learned.looks.observe(now, load.demand, load.idle_for_s, prices)
+        plan = learned.learner.decision(now, prices, fixed, self._shortest_park_s)
+        if plan != learned.plan:
+            if learned.plan is None or learned.plan.describe() != plan.describe():
+                log.info("parking of %s: %s", settings.name, plan.describe())
+            learned.plan = plan
+            self._publish(settings.name, plan)
+        return plan
+
+    def unload_after_s(self, settings: ModelSettings) -> float:
+        """When ``settings``' idle model is unloaded everywhere under the pair in force (rule 3 of the pool's
+        replica: ``parking.unit_idle``)."""
+        return self.plan(settings).idle_timeout_s
+
+    def _prices(self, settings: ModelSettings) -> Prices:
+        """What a wake and a load of the model take (its replicas' reports, else the defaults), and what a
+        request waiting on a load is worth."""
+        wake_s, load_s = self._move_seconds(settings.name)
+        if load_s is None:
+            load_s = self._cold_start_s(settings.name) or DEFAULT_LOAD_S
+        return Prices(wake_s=wake_s or DEFAULT_WAKE_S, load_s=load_s, per_request_s=settings.cold_start_cost_s)
+
+    def _move_seconds(self, model: str) -> tuple[float | None, float | None]:
+        """The model's mean wake and load seconds over the replicas' reports (None: none reported)."""
+        wakes = wake_s = loads = load_s = 0.0
+        for _url, _residency, report in self._endpoints.residency.replicas():
+            held = report.models.get(model) if report is not None else None
+            if held is not None:
+                wakes, wake_s, loads, load_s = (
+                    wakes + held.wakes,
+                    wake_s + held.wake_s,
+                    loads + held.loads,
+                    load_s + held.load_s,
+                )
+        return (wake_s / wakes if wakes else None), (load_s / loads if loads else None)
+
+    def _publish(self, model: str, plan: Parking) -> None:
+        if self._metrics is None:
+            return
+        gauge = self._metrics.keep_alive_seconds
+        gauge.labels(model, "park_after").set(plan.park_after_s)
+        gauge.labels(model, "unload_after").set(plan.idle_timeout_s)
+        self._metrics.keep_alive_learned.labels(model).set(1.0 if plan.learned else 0.0)
+
+    def _look_around(
+        self, settings: ModelSettings, load: Load, holding: Mapping[str, State], plan: Parking
+    ) -> float | None:
+        """A model believed active nowhere may be active where another gateway's batch took it: once per idle
+        period, when its park is due, its replicas' reports are read again. Returns the seconds until this wants
+        a look (its park, or the reports read meanwhile), or None."""
+        idle, name = load.idle_for_s, settings.name
+        if self._reports is None or load.demand > 0 or idle is None or ACTIVE in holding.values():
+            return None
+        since = self._clock() - idle
+        if since <= self._refreshed.get(name, -math.inf) + _NEW_PERIOD_S:
+            return None  # read already in this idle period
+        if idle < plan.park_after_s:
+            return plan.park_after_s - idle if math.isfinite(plan.park_after_s) else None
+        self._refreshed[name] = since
+        urls = self._endpoints.get(name)
+        for url in urls:
+            self._reports.refresh(url)
+        return 1.0 if urls else None
 
     def due(self, unit: Sequence[ModelSettings]) -> bool:
         """Whether a model of the unit has a change due by now (the autoscaler then reads the unit)."""

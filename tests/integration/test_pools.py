@@ -29,6 +29,8 @@ pytestmark = pytest.mark.integration
 POOL = LocalPool("three", ("a", "b", "c"), device="cpu", device_bytes=4_000_000, host_bytes=8_000_000)
 PROMPT = "the gateway keeps every request in a queue"
 IDLE_TIMEOUT_S = 2.0
+#: b's and c's idle-timeout: long enough that neither is unloaded between the test's requests.
+LATER_TIMEOUT_S = 6.0
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +72,10 @@ async def pool_report(gw: LocalGateway) -> wire.PoolReport:
 async def test_a_pool_answers_for_all_its_models_as_each_served_alone_and_goes_back_to_zero(
     redis_url: str, cache_dir: Path, model_dirs: dict[str, Path], served_alone: dict[str, str]
 ) -> None:
-    models = [
-        model("a", model_dirs["a"], idle_timeout=f"{IDLE_TIMEOUT_S}s"),  # the pool scales by its first model's settings
-        model("b", model_dirs["b"]),
-        model("c", model_dirs["c"]),
+    models = [  # the pool goes once each model was idle for its own idle-timeout
+        model("a", model_dirs["a"], idle_timeout=f"{IDLE_TIMEOUT_S}s"),
+        model("b", model_dirs["b"], idle_timeout=f"{LATER_TIMEOUT_S}s"),
+        model("c", model_dirs["c"], idle_timeout=f"{LATER_TIMEOUT_S}s"),
     ]
     async with run_gateway(models, redis_url, cache_dir, pools=(POOL,), scale_interval_s=0.2) as gw:
         sdk = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0, timeout=120)
@@ -91,7 +93,9 @@ async def test_a_pool_answers_for_all_its_models_as_each_served_alone_and_goes_b
         assert both == [served_alone[name] for name in ("c", "b", "a")]
 
         assert gw.backend.replicas("c").desired == 1  # the pool's count, for each of its models
-        await gw.wait_for(lambda: gw.backend.replicas("a").desired == 0, timeout_s=30 + IDLE_TIMEOUT_S)
+        answered = time.monotonic()
+        await gw.wait_for(lambda: gw.backend.replicas("a").desired == 0, timeout_s=30 + LATER_TIMEOUT_S)
+        assert time.monotonic() - answered >= LATER_TIMEOUT_S - 0.5, "gone before b and c were idle for theirs"
         assert all(gw.endpoints.get(name) == () for name in "abc")
 
 
@@ -143,7 +147,7 @@ async def test_an_idle_pool_model_is_parked_then_unloaded_and_then_the_pool_goes
     redis_url: str, cache_dir: Path, model_dirs: dict[str, Path], served_alone: dict[str, str]
 ) -> None:
     models = [
-        model("b", model_dirs["b"], idle_timeout="5s", park_after="1s"),  # first in the file: it scales the pool
+        model("b", model_dirs["b"], idle_timeout="10s", park_after="1s"),  # never used: it holds the pool 10 s
         model("a", model_dirs["a"], idle_timeout="3s", park_after="1s"),
     ]
     pool = LocalPool("two", ("a", "b"), device="cpu")  # the default budgets hold both; a is loaded at the start

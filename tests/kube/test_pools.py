@@ -28,6 +28,7 @@ async def test_a_pool_deployment_serves_each_of_its_models_and_goes_back_to_zero
     api_double.create(model_deployment("small", "a,b,c", pool="true", idle_timeout="1s"))
     async with run_kubernetes_gateway(kubeconfig, redis_url, scale_interval_s=0.1) as gw:
         sdk = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        assert all(gw.catalog.pooled(name) for name in ("a", "b", "c"))  # each its own unload threshold
         texts = {}
         for name in ("a", "b", "c"):
             answer = await sdk.completions.create(model=name, prompt="hello pool", max_tokens=8, temperature=0)

@@ -308,6 +308,7 @@ class KubernetesBackend:
             [routes[m].model for m in change.models if m in routes],
             {m: str(routes[m].deployment) for m in change.models if m in routes},
             removed=[m for m in change.models if m not in routes],
+            pooled=[m for m in change.models if m in routes and routes[m].pool],
         )
         for model in change.models:
             self._publish_model(model)

@@ -311,5 +311,5 @@ def build_local(
         config=config, endpoints=endpoints, env=RuntimeEnvironment(announce_to, token), batch_log=batch_log
     )
     catalog = ModelCatalog()
-    catalog.replace(backend.models, config.units())  # a pool is one scaling unit
+    catalog.replace(backend.models, config.units(), pooled=config.units().keys())  # a pool is one scaling unit
     return BackendParts(backend, catalog, endpoints, config.models[0].settings.name)

@@ -432,7 +432,7 @@ def _pool(may_scale_down: bool = True) -> tuple[Setup, RecordingKeeper]:
         return made[0]
 
     s = Setup(a, ModelSettings(name="b"), may_scale_down=may_scale_down, pools=keeper_of)
-    s.catalog.replace([a, ModelSettings(name="b")], units={"a": "p", "b": "p"})
+    s.catalog.replace([a, ModelSettings(name="b")], units={"a": "p", "b": "p"}, pooled=["a", "b"])
     s.endpoints.set("a", ["http://r"])
     s.endpoints.residency.learn("a", "http://r", wire.Residency(active=("a",)))
     s.backend.replicas_of["a"] = Replicas(desired=1, ready=1)  # at rest: its floor, none starting
@@ -460,3 +460,40 @@ async def test_only_the_scaling_leader_moves_pool_models() -> None:
     s.demand.scripted["a"] = Load(queued=0, in_flight=0, idle_for_s=600.0)
     await s.scaler.tick()
     assert keeper.sent == []
+
+
+def _idle_pool(a: ModelSettings, b: ModelSettings) -> Setup:
+    """A pool of ``a`` and ``b`` (floor 0) with one ready replica, both models idle."""
+    s = Setup(a, b, pools=lambda endpoints: RecordingKeeper(endpoints, Clock()))
+    s.catalog.replace([a, b], units={"a": "p", "b": "p"}, pooled=["a", "b"])
+    s.backend.replicas_of["a"] = Replicas(desired=1, ready=1)
+    return s
+
+
+async def test_a_pool_goes_to_zero_once_each_model_was_idle_for_its_own_idle_timeout() -> None:
+    s = _idle_pool(ModelSettings(name="a", idle_timeout_s=60), ModelSettings(name="b", idle_timeout_s=600))
+    s.demand.scripted["a"] = Load(queued=0, in_flight=0, idle_for_s=700.0)
+    s.demand.scripted["b"] = Load(queued=0, in_flight=0, idle_for_s=300.0)
+    await s.scaler.tick()
+    assert s.backend.calls == [], "b is still held (idle 300 s of its 600 s)"
+    s.demand.scripted["b"] = Load(queued=0, in_flight=0, idle_for_s=600.0)
+    await s.scaler.tick()
+    assert s.backend.calls == [("down", "a", 0, False)]
+    assert s.fence.holds == [(["a", "b"], 60.0)]  # every model idle for at least the shortest threshold
+
+
+async def test_a_pool_model_with_a_short_idle_timeout_does_not_hold_the_pool_for_the_first_model_s() -> None:
+    s = _idle_pool(ModelSettings(name="a", idle_timeout_s=600), ModelSettings(name="b", idle_timeout_s=60))
+    s.demand.scripted["a"] = Load(queued=0, in_flight=0, idle_for_s=3600.0)
+    s.demand.scripted["b"] = Load(queued=0, in_flight=0, idle_for_s=120.0)
+    await s.scaler.tick()
+    assert s.backend.calls == [("down", "a", 0, False)]
+
+
+async def test_models_sharing_a_replica_outside_a_pool_keep_the_first_model_s_idle_timeout() -> None:
+    s = _idle_pool(ModelSettings(name="a", idle_timeout_s=60), ModelSettings(name="b", idle_timeout_s=600))
+    s.catalog.replace(s.catalog.all(), units={"a": "p", "b": "p"})  # one model under two names: not a pool
+    s.demand.scripted["a"] = Load(queued=0, in_flight=0, idle_for_s=100.0)
+    s.demand.scripted["b"] = Load(queued=0, in_flight=0, idle_for_s=100.0)
+    await s.scaler.tick()
+    assert s.backend.calls == [("down", "a", 0, False)]

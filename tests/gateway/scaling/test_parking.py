@@ -14,6 +14,7 @@ from gateway.scaling.parking import (
     PARKED,
     Gap,
     GapCost,
+    LookedGaps,
     Parking,
     ParkingLearner,
     Prices,
@@ -22,6 +23,7 @@ from gateway.scaling.parking import (
     next_change_s,
     next_state,
     pool_replicas,
+    unit_idle,
 )
 
 pytestmark = pytest.mark.unit
@@ -118,3 +120,39 @@ def test_the_learner_counts_the_requests_that_arrive_within_a_wake_and_a_load_of
     learner.arrived(300.0, idle_since_s=250.0)
     assert learner.decision(320.0, PRICES, FALLBACK) == decide([Gap(100.0, 2, 3), Gap(50.0, 1, 1)], PRICES, FALLBACK)
     assert len(learner.gaps) == 2
+
+
+def test_a_pool_is_idle_once_every_model_was_idle_for_its_own_threshold() -> None:
+    # a: 60 s threshold, b: 600 s. The pool's keep-alive is the longest; its idle-for reaches it with the last model.
+    assert unit_idle([700.0, 300.0], [60.0, 600.0]) == (300.0, 600.0)  # b lacks 300 s
+    assert unit_idle([700.0, 600.0], [60.0, 600.0]) == (600.0, 600.0)  # both there: idle for the keep-alive
+    assert unit_idle([30.0, 900.0], [60.0, 600.0]) == (570.0, 600.0)  # a lacks 30 s
+    assert unit_idle([None, 10.0], [60.0, 600.0]) == (10.0, 600.0)  # a never used: only b counts
+    assert unit_idle([None, None], [60.0, 600.0]) == (None, 600.0)
+    assert unit_idle([9e9, 9e9], [60.0, math.inf]) == (0.0, math.inf)  # a model never unloaded holds the pool
+
+
+def test_gaps_are_counted_from_the_autoscaler_s_looks() -> None:
+    learner = ParkingLearner(wake_s=1.0, load_s=20.0)
+    looks = LookedGaps(learner)
+    for now in (10.0, 11.0, 50.0):  # idle since 0
+        looks.observe(now, 0, now, PRICES)
+    looks.observe(100.0, 3, 0.0, PRICES)  # a 100 s gap ends at this look: 3 requests wait
+    assert looks.due_s(100.0, PRICES) == 1.0  # its wake window ends in 1 s
+    looks.observe(100.6, 5, 0.0, PRICES)  # within the wake: 5 waiting
+    looks.observe(101.6, 7, 0.0, PRICES)  # after the wake, within the load
+    assert looks.due_s(101.6, PRICES) == pytest.approx(18.4)  # the load window ends at 120
+    assert not learner.gaps
+    looks.observe(119.0, 2, 0.0, PRICES)
+    looks.observe(120.0, 0, 0.5, PRICES)  # the load window is over: the gap is handed on
+    assert learner.gaps == (Gap(100.0, 5, 7),)
+    assert looks.due_s(120.0, PRICES) is None
+
+
+def test_a_request_that_came_and_went_between_looks_ends_a_gap_with_one_waiting() -> None:
+    learner = ParkingLearner(wake_s=1.0, load_s=20.0)
+    looks = LookedGaps(learner)
+    looks.observe(30.0, 0, 30.0, PRICES)  # idle since 0
+    looks.observe(61.0, 0, 1.0, PRICES)  # idle since 60: a request came and went
+    looks.observe(90.0, 0, 30.0, PRICES)
+    assert learner.gaps == (Gap(60.0, 1, 1),)

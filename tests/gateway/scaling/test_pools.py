@@ -11,12 +11,16 @@ import httpx
 import pytest
 
 import wire
+from gateway.metrics import Metrics
 from gateway.queue.stream import Load
 from gateway.replicas.client import HttpxRuntimeClient
 from gateway.replicas.endpoints import ReadyEndpoints
+from gateway.replicas.poolreports import PoolReports
+from gateway.scaling.keepalive import MIN_GAPS
 from gateway.scaling.parking import State
 from gateway.scaling.pools import PoolKeeper, PoolMove, moves_due, next_due_s, plan_of
 from gateway.settings import ModelSettings
+from tests.harness import sample
 
 pytestmark = pytest.mark.unit
 
@@ -67,13 +71,18 @@ class FakeRuntimes:
 
     def __init__(self) -> None:
         self.asked: list[tuple[str, str, str]] = []
+        self.reads = 0
         self.status = 200
         self.held: dict[str, dict[str, wire.ModelState]] = {U1: {"a": "active", "b": "active"}, U2: {"a": "parked"}}
         self.release = asyncio.Event()
         self.release.set()
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
-        url, model = f"{request.url.scheme}://{request.url.netloc.decode()}", json.loads(request.content)["model"]
+        url = f"{request.url.scheme}://{request.url.netloc.decode()}"
+        if request.url.path == wire.READY_PATH:
+            self.reads += 1
+            return httpx.Response(200, content=self.ready(url).model_dump_json())
+        model = json.loads(request.content)["model"]
         self.asked.append((url, request.url.path, model))
         await self.release.wait()
         if self.status != 200:
@@ -81,6 +90,13 @@ class FakeRuntimes:
         to: wire.ModelState = "parked" if request.url.path == wire.POOL_PARK_PATH else "absent"
         self.held[url][model] = to
         return httpx.Response(200, json={"model": model, "state": to}, headers=self.residency(url).headers())
+
+    def ready(self, url: str) -> wire.ReadyBody:
+        models = {n: wire.PoolModel(state=s, weight_bytes=1) for n, s in self.held[url].items()}
+        report = wire.PoolReport(
+            device_bytes=1, device_budget_bytes=9, host_bytes=0, host_budget_bytes=9, models=models
+        )
+        return wire.ReadyBody(model="a", max_batch_size=4, context_length=64, pool=report)
 
     def residency(self, url: str) -> wire.Residency:
         names = self.held[url].items()
@@ -183,4 +199,64 @@ async def test_a_unit_not_read_is_due_when_its_next_change_comes(
     assert k.due([A, B]) and k.due([B])
     k.apply([A, B], [idle(None), idle(None)])  # used again: nothing ahead
     assert not k.due([A, B])
+    await k.close()
+
+
+def busy() -> Load:
+    return Load(queued=1, in_flight=0, idle_for_s=0.0)
+
+
+async def test_an_adaptive_model_parks_after_what_it_learned_from_its_gaps(
+    runtimes: FakeRuntimes, endpoints: ReadyEndpoints
+) -> None:
+    """Gaps of 30 s, one request at each end: the fixed pair (park after 60 s) keeps the model on the device all
+    along; parking it soon after it goes idle costs a wake (1 s + 15 s per waiting request) but saves most of the
+    device-seconds, so that is what is learned, and the model is then parked well before 60 s."""
+    clock, metrics = Clock(), Metrics()
+    client = HttpxRuntimeClient(httpx.AsyncClient(transport=httpx.MockTransport(runtimes.handle)))
+    k = PoolKeeper(endpoints=endpoints, client=client, metrics=metrics, clock=clock)
+    b = ModelSettings(name="b", park_after_s=60, idle_timeout_s=600, idle_policy="adaptive")
+    assert not k.plan(b).learned
+    for _ in range(MIN_GAPS + 1):
+        k.apply([b], [idle(0.0)])  # idle from now
+        clock.now += 30
+        k.apply([b], [busy()])  # a 30 s gap ends
+        clock.now += 1
+    plan = k.plan(b)
+    assert plan.learned and plan.park_after_s < 30, plan
+    assert sample(metrics.registry, "kaltstart_keep_alive_seconds", model="b", window="park_after") == plan.park_after_s
+    assert sample(metrics.registry, "kaltstart_keep_alive_learned", model="b") == 1
+    k.apply([b], [idle(plan.park_after_s)])
+    await settle(k)
+    assert runtimes.asked == [(U1, wire.POOL_PARK_PATH, "b")]
+    fixed = ModelSettings(name="b", park_after_s=60, idle_timeout_s=600)
+    assert moves_due(fixed, idle(plan.park_after_s), {U1: "active"}) == [], "the fixed pair would not park it yet"
+    await k.close()
+
+
+async def test_a_model_another_gateway_woke_is_found_and_parked(runtimes: FakeRuntimes) -> None:
+    """This gateway last heard that u1 holds b nowhere (absent); another gateway's batch made it active there. Once
+    its park is due, u1's report is read again and b is parked."""
+    endpoints = ReadyEndpoints()
+    endpoints.set("b", [U1])
+    endpoints.residency.learn("b", U1, wire.Residency(active=("a",)))
+    client = HttpxRuntimeClient(httpx.AsyncClient(transport=httpx.MockTransport(runtimes.handle)))
+    reports = PoolReports(client, endpoints.residency)
+    clock = Clock()
+    k = PoolKeeper(endpoints=endpoints, client=client, reports=reports, clock=clock)
+    k.apply([B], [idle(5)])
+    assert k.holding("b") == {} and k.due([B]) is False
+    clock.now += 5
+    assert k.due([B]), "its park is due: a look is wanted though it is held nowhere that this gateway knows"
+    k.apply([B], [idle(10)])
+    await reports.drain()
+    assert k.holding("b") == {U1: "active"}  # the report read again
+    k.apply([B], [idle(11)])
+    await settle(k)
+    assert runtimes.asked == [(U1, wire.POOL_PARK_PATH, "b")]
+    await reports.drain()  # the park's answer says u1's models moved: its report is read for the metrics
+    reads = runtimes.reads
+    k.apply([B], [idle(12)])  # b is parked, so active nowhere again: but it was looked for in this idle period
+    await reports.drain()
+    assert runtimes.reads == reads, "read once per idle period"
     await k.close()
