@@ -1,4 +1,5 @@
-"""``python -m gateway``: the gateway, configured from the environment (see docs/configuration.md)."""
+"""``python -m gateway``: the gateway, configured from the environment (see docs/configuration.md);
+``python -m gateway status``: every model's state, read-only (docs/operations-status.md)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from gateway.backends.local.config import LocalConfig, load_local_config
 from gateway.errors import ConfigError
 from gateway.processes import redact
 from gateway.settings import GatewaySettings
+from gateway.status.command import run as run_status
 from gateway.store.connection import connect
-from gateway.store.embedded import EmbeddedRedis
+from gateway.store.embedded import EmbeddedRedis, UrlFile
 
 log = logging.getLogger("kaltstart")
 
@@ -64,7 +66,22 @@ def _backend(settings: GatewaySettings, local: LocalConfig | None, redis_url: st
     return build_kubernetes(settings.kubernetes, identity=settings.server.gateway_id, owners=owners)
 
 
-def main() -> int:
+def _publish_url(stack: contextlib.ExitStack, port: int, redis_url: str) -> None:
+    """Leave the embedded Valkey's URL where ``python -m gateway status`` on the same port finds it."""
+    if port == 0:  # a random port: nobody could find the file by it
+        return
+    file = UrlFile(port, os.environ)
+    try:
+        stack.enter_context(file.published(redis_url))
+    except (ConfigError, OSError) as exc:
+        log.warning("could not leave the embedded Valkey's URL for `status` in %s (%s): it will need REDIS_URL",
+                    file.path, exc)  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["status"]:
+        return run_status(args[1:], os.environ, sys.stdout, sys.stderr)
     try:
         settings = GatewaySettings.from_env(os.environ)
         local = _local_config(settings)
@@ -79,6 +96,7 @@ def main() -> int:
         redis_url = server.redis_url or stack.enter_context(EmbeddedRedis())
         if server.redis_url is None:
             log.info("REDIS_URL not set: started an embedded Valkey at %s", redact(redis_url))
+            _publish_url(stack, server.port, redis_url)
         parts = _backend(settings, local, redis_url)
         app = create_app(settings, redis_url=redis_url, parts=parts)
         print(_banner(f"http://{server.host}:{server.port}", parts.example_model), flush=True)

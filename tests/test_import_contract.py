@@ -33,6 +33,8 @@ TREE = {
     "gateway/app.py": (
         "from gateway.api import routes\nfrom gateway.dispatch import loop\nfrom gateway.scaling import autoscaler\n"
     ),
+    "gateway/status/__init__.py": "",
+    "gateway/status/report.py": "from gateway.backends import local\nfrom gateway.scaling import autoscaler\n",
     "gateway/errors.py": "",
     "gateway/processes.py": "",
     "gateway/api/__init__.py": "",
@@ -109,6 +111,7 @@ VIOLATIONS = {
     "the api imports the dispatch loop": ("gateway/api/routes.py", "import gateway.dispatch.loop", {"api"}),
     "a backend imports admission": ("gateway/backends/local/backend.py", "from gateway.api import admission", {"gw"}),
     "a backend imports the app": ("gateway/backends/__init__.py", "import gateway.app", {"gw"}),
+    "a backend imports the status command": ("gateway/backends/__init__.py", "import gateway.status.report", {"gw"}),
     "scaling imports dispatch": ("gateway/scaling/autoscaler.py", "import gateway.dispatch.loop", {"gw"}),
     "dispatch imports scaling": ("gateway/dispatch/loop.py", "from gateway.scaling import autoscaler", {"gw"}),
     "replicas import a backend": ("gateway/replicas/endpoints.py", "import gateway.backends", {"gw"}),

@@ -30,6 +30,7 @@ from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
@@ -583,22 +584,35 @@ class RequestQueue:
         if not models:
             return {}
         async with converted(), self._redis.pipeline(transaction=False) as pipe:
-            pipe.time()
-            for model in models:
-                pipe.xlen(keys.queue(model))
-                pipe.get(keys.activity(model))
-                pipe.xpending(keys.queue(model), keys.GROUP)
-            now, *replies = await pipe.execute(raise_on_error=False)
-            if isinstance(now, Exception):
-                raise now
-            now_ms = int(now[0]) * 1000 + int(now[1]) // 1000
-            loads = {m: _load(now_ms, *replies[3 * i : 3 * i + 3]) for i, m in enumerate(models)}
+            now_ms, loads = await self._read_loads(pipe, models)
             unseen = [m for m, load in loads.items() if load.idle_for_s is None]
             for model in unseen:
                 pipe.set(keys.activity(model), now_ms, nx=True)
             if unseen:
                 await pipe.execute()
         return {m: load if load.idle_for_s is not None else replace(load, idle_for_s=0.0) for m, load in loads.items()}
+
+    async def peek(self, models: Sequence[str]) -> dict[str, Load]:
+        """``loads`` for a reader that must change nothing (``python -m gateway status``): one round trip, no write;
+        a model never used keeps ``idle_for_s`` None."""
+        if not models:
+            return {}
+        async with converted(), self._redis.pipeline(transaction=False) as pipe:
+            return (await self._read_loads(pipe, models))[1]
+
+    @staticmethod
+    async def _read_loads(pipe: Pipeline, models: Sequence[str]) -> tuple[int, dict[str, Load]]:
+        """The Redis server's time in ms, and each model's ``Load`` (``idle_for_s`` None: never used)."""
+        pipe.time()
+        for model in models:
+            pipe.xlen(keys.queue(model))
+            pipe.get(keys.activity(model))
+            pipe.xpending(keys.queue(model), keys.GROUP)
+        now, *replies = await pipe.execute(raise_on_error=False)
+        if isinstance(now, Exception):
+            raise now
+        now_ms = int(now[0]) * 1000 + int(now[1]) // 1000
+        return now_ms, {m: _load(now_ms, *replies[3 * i : 3 * i + 3]) for i, m in enumerate(models)}
 
 
 def _length(stored: str) -> int:

@@ -6,7 +6,9 @@ as the gateway; point ``REDIS_URL`` at a persistent Redis for durability across 
 
 It requires a password, random per ``EmbeddedRedis`` (so per gateway start): any local user can reach a loopback
 port, and the queue holds every prompt. The password is in its config file (mode 0600, in a 0700 directory),
-never on its command line, which ``ps`` shows to every user.
+never on its command line, which ``ps`` shows to every user. So that another process of the same user can reach
+it (``python -m gateway status`` on ``make run``), ``python -m gateway`` leaves its URL in a ``UrlFile`` keyed by
+the gateway's port, in a directory only that user can enter, and removes it when it stops.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -118,3 +123,50 @@ class EmbeddedRedis:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+class UrlFile:
+    """Where ``python -m gateway`` listening on ``port`` leaves the URL (password included) of the embedded Valkey it
+    started: ``$XDG_RUNTIME_DIR/kaltstart/valkey-<port>.url``, else ``<temp dir>/kaltstart-<uid>/...``. The directory
+    must be this user's and closed to others (0700), the file 0600; anything else is refused, never read or written:
+    in a shared temp directory another user could have made it first."""
+
+    def __init__(self, port: int, environ: Mapping[str, str]) -> None:
+        runtime = environ.get("XDG_RUNTIME_DIR")
+        folder = Path(runtime) / "kaltstart" if runtime else Path(tempfile.gettempdir()) / f"kaltstart-{os.getuid()}"
+        self.path = folder / f"valkey-{port}.url"
+
+    def write(self, url: str) -> None:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _check_private(self.path.parent, stat.S_ISDIR)
+        partial = self.path.with_suffix(f".{os.getpid()}.tmp")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(url + "\n")
+        partial.replace(self.path)
+
+    def read(self) -> str | None:
+        """The URL left there, or None if there is none."""
+        if not self.path.exists():
+            return None
+        _check_private(self.path.parent, stat.S_ISDIR)
+        _check_private(self.path, stat.S_ISREG)
+        return self.path.read_text().strip() or None
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    @contextmanager
+    def published(self, url: str) -> Iterator[None]:
+        """``url`` is in the file for the duration of the block."""
+        self.write(url)
+        try:
+            yield
+        finally:
+            self.remove()
+
+
+def _check_private(path: Path, kind: Callable[[int], bool]) -> None:
+    found = os.lstat(path)
+    if not kind(found.st_mode) or found.st_uid != os.getuid() or found.st_mode & 0o077:
+        raise ConfigError(f"{path} is not a private {'directory' if kind is stat.S_ISDIR else 'file'} of this user")

@@ -87,6 +87,13 @@ def ready_urls(slices: Iterable[Object], service: str, port: str, *, ready_only:
     return urls
 
 
+def deployment_replicas(deployment: Object) -> Replicas:
+    """A Deployment's replicas: ``spec.replicas`` (1 when unset, as the API defaults it), ``status.readyReplicas``."""
+    desired = (deployment.get("spec") or {}).get("replicas")
+    ready = (deployment.get("status") or {}).get("readyReplicas") or 0
+    return Replicas(desired=1 if desired is None else int(desired), ready=int(ready))
+
+
 async def api_client(kubeconfig: str | None) -> client.ApiClient:
     """In-cluster config inside a pod, a kubeconfig file outside."""
     configuration = client.Configuration()
@@ -369,10 +376,7 @@ class KubernetesBackend:
         if route is None:
             return NO_REPLICAS
         ref = route.deployment
-        deployment = self._deployments.get(ref.namespace, {}).get((ref.namespace, ref.name)) or {}
-        desired = (deployment.get("spec") or {}).get("replicas")
-        ready = (deployment.get("status") or {}).get("readyReplicas") or 0
-        return Replicas(desired=1 if desired is None else int(desired), ready=int(ready))
+        return deployment_replicas(self._deployments.get(ref.namespace, {}).get((ref.namespace, ref.name)) or {})
 
     async def scale_up(self, model: str, at_least: int, *, fresh: bool = False) -> bool:
         if not fresh and self.replicas(model).desired >= at_least:
