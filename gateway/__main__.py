@@ -9,6 +9,7 @@ import os
 import secrets
 import sys
 
+from gateway import logs
 from gateway.api.serving import quiet_request_logs, serve
 from gateway.app import create_app
 from gateway.backends import BackendParts
@@ -22,6 +23,7 @@ from gateway.settings import GatewaySettings
 from gateway.status.command import run as run_status
 from gateway.store.connection import connect
 from gateway.store.embedded import EmbeddedRedis, UrlFile
+from gateway.tracing import Tracing
 
 log = logging.getLogger("kaltstart")
 
@@ -90,15 +92,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kaltstart: {exc}", file=sys.stderr)
         return 2
     server = settings.server
-    logging.basicConfig(level=server.log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    logs.configure(server.log_level, "json" if server.log_format == "json" else "text")
     quiet_request_logs(server)
+    try:
+        tracing = Tracing.from_env(os.environ)
+    except ConfigError as exc:
+        print(f"kaltstart: {exc}", file=sys.stderr)
+        return 2
     with contextlib.ExitStack() as stack:
         redis_url = server.redis_url or stack.enter_context(EmbeddedRedis())
         if server.redis_url is None:
             log.info("REDIS_URL not set: started an embedded Valkey at %s", redact(redis_url))
             _publish_url(stack, server.port, redis_url)
         parts = _backend(settings, local, redis_url)
-        app = create_app(settings, redis_url=redis_url, parts=parts)
+        app = create_app(settings, redis_url=redis_url, parts=parts, tracing=tracing)
+        stack.callback(tracing.shutdown)
         print(_banner(f"http://{server.host}:{server.port}", parts.example_model), flush=True)
         serve(app, server)
     return 0

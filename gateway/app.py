@@ -14,6 +14,7 @@ import wire
 from gateway.api.admission import Admission
 from gateway.api.auth import ApiKeyAuth, ApiKeys
 from gateway.api.guards import PortSplit
+from gateway.api.requestids import RequestIds
 from gateway.api.routes import error_response, routes
 from gateway.backends import BackendParts
 from gateway.dispatch.loop import Dispatcher
@@ -39,6 +40,7 @@ from gateway.scaling.pools import PoolKeeper
 from gateway.settings import GatewaySettings, ServerSettings
 from gateway.store import keys
 from gateway.store.connection import connect
+from gateway.tracing import OFF, Tracing
 
 
 def _runtime_client(settings: ServerSettings) -> AiohttpRuntimeClient:
@@ -68,9 +70,10 @@ def _key_quota(settings: GatewaySettings) -> Account:
     return Account("", "", queue.max_requests_per_key, queue.max_entries_per_key, queue.max_queued_bytes_per_key)
 
 
-def _middleware(server: ServerSettings) -> list[Middleware]:
+def _middleware(server: ServerSettings, tracing: Tracing) -> list[Middleware]:
     api_keys = ApiKeys.configured(server.api_keys, server.api_keys_file)
     return [
+        Middleware(RequestIds, access=server.access_log, tracing=tracing),  # outermost: its id is on every answer
         Middleware(PortSplit, metrics_port=server.metrics_port),
         *([Middleware(ApiKeyAuth, keys=api_keys)] if api_keys is not None else []),
     ]
@@ -86,8 +89,9 @@ def _replica_news(
     return announcements, PoolReports(client, endpoints.residency)
 
 
-def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts) -> Starlette:
-    """The gateway serving ``parts`` (one backend's builder made them), with its queue in ``redis_url``."""
+def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts, tracing: Tracing = OFF) -> Starlette:
+    """The gateway serving ``parts`` (one backend's builder made them), with its queue in ``redis_url``; its spans
+    go to ``tracing`` (``Tracing.from_env``; off by default)."""
     server, backend, catalog, endpoints = settings.server, parts.backend, parts.catalog, parts.endpoints
     redis = connect(redis_url, settings.queue)
     metrics = Metrics(parts.collectors, pools=endpoints.pool_replicas)
@@ -144,6 +148,7 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
             is_waiting=replies.is_waiting,
             limits=limits,
             cold_starts=cold_starts,
+            tracing=tracing,
         ),
     )
     replies.on(keys.CANCELS, dispatchers.cancelled)
@@ -161,6 +166,7 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
         cold_starts=cold_starts,
         memory=MemoryGuard(redis, settings.queue.redis_memory_high_water),
         quota=_key_quota(settings),
+        tracing=tracing,
     )
     janitor = Janitor(
         queue=queue,
@@ -200,7 +206,7 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
 
     app = Starlette(
         routes=routes,
-        middleware=_middleware(server),
+        middleware=_middleware(server, tracing),
         lifespan=lifespan,
         exception_handlers={
             RequestError: error_response,

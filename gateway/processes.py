@@ -27,12 +27,15 @@ CHILD_ENV_NAMES = frozenset(
         "VIRTUAL_ENV", "XDG_CACHE_HOME", "TOKENIZERS_PARALLELISM", "HUGGING_FACE_HUB_TOKEN",
         "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
         "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+        "KALTSTART_LOG_FORMAT",
     }
 )  # fmt: skip
-#: ... and by prefix: the runtime's own settings, the model hub's, the accelerator's and the BLAS libraries'.
+#: ... and by prefix: the runtime's own settings, the model hub's, the accelerator's and the BLAS libraries', and
+#: OpenTelemetry's (a traced gateway's runtimes are traced to the same collector; ``OTEL_SERVICE_NAME`` is the
+#: runtime's own, ``child_environment``).
 CHILD_ENV_PREFIXES = (
     "KALTSTART_RUNTIME_", "LC_", "HF_", "TRANSFORMERS_", "TORCH", "PYTORCH_", "CUDA_", "NVIDIA_", "CUBLAS_",
-    "NCCL_", "OMP_", "MKL_", "OPENBLAS_", "KMP_", "COVERAGE_",
+    "NCCL_", "OMP_", "MKL_", "OPENBLAS_", "KMP_", "COVERAGE_", "OTEL_",
 )  # fmt: skip
 
 _URL_PASSWORD = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/\s]*):[^@\s]*@")
@@ -49,6 +52,7 @@ def child_environment(parent: Mapping[str, str], settings: Mapping[str, str]) ->
     inherited = {
         name: value for name, value in parent.items() if name in CHILD_ENV_NAMES or name.startswith(CHILD_ENV_PREFIXES)
     }
+    inherited.pop("OTEL_SERVICE_NAME", None)  # the gateway's name: the runtime names itself
     return inherited | {"PYTHONUNBUFFERED": "1"} | dict(settings)
 
 

@@ -299,6 +299,9 @@ class ServerSettings:
     default_max_tokens: int = field(default=256, metadata=_key("KALTSTART_DEFAULT_MAX_TOKENS", at_least(1)))
     #: Python log level of the whole process.
     log_level: str = field(default="INFO", metadata=_key("KALTSTART_LOG_LEVEL", lambda v: str(v).upper()))
+    #: ``text`` (the default, for people) or ``json`` (one object per line, for a log pipeline); either way a line
+    #: about a client request names its ``request_id`` (``gateway.logs``). Local runtimes log the same way.
+    log_format: str = field(default="text", metadata=_key("KALTSTART_LOG_FORMAT", _one_of("text", "json")))
     #: A log line per request (uvicorn's access log) and per batch sent to a runtime (httpx's request log). Off by
     #: default: at INFO they are a visible share of the gateway's CPU per request (docs/architecture.md, "The hot
     #: path, profiled").

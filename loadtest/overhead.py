@@ -14,20 +14,26 @@ The two sides alternate in rounds (and which goes first alternates too), so a no
 threads) over the measured gateway rounds, divided by the requests answered in them: it includes the gateway's
 background loops during those rounds, and excludes the runtime replica, the Valkey server and the load generator
 (other processes).
+
+``--tracing on`` runs the gateway (and its replica) with tracing on, exporting by OTLP/HTTP to a collector in this
+process that discards what it receives; ``--tracing both`` measures off, then on (a fresh gateway each), and reports
+``tracing_cpu_added_pct``: how much more gateway CPU per request tracing costs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 from gateway.replicas.client import runtime_headers
 from loadtest.children import (
@@ -198,10 +204,67 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--redis-url", help="the gateway's Redis (REDIS_URL). Default: it starts an embedded Valkey")
     parser.add_argument("--out", type=Path, help="write overhead.png, samples.csv, logs and summary.json here")
+    parser.add_argument(
+        "--tracing",
+        choices=("off", "on", "both"),
+        default="off",
+        help="OpenTelemetry tracing of the gateway: off, on (to a local collector that discards the spans), or "
+        "both, one after the other. Default off",
+    )
+
+
+@contextlib.asynccontextmanager
+async def discarding_collector() -> AsyncIterator[str]:
+    """An OTLP/HTTP endpoint that answers every export with 200 and keeps nothing; yields its base URL."""
+
+    async def accept(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", accept)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
 
 
 async def run(args: argparse.Namespace) -> int:
     options = OverheadOptions(args.concurrency, args.requests, args.rounds, args.max_tokens, args.max_batch_delay)
+    if args.tracing != "both":
+        return await _run_once(args, options, traced=args.tracing == "on")
+    cpu: dict[str, float | None] = {}
+    for traced in (False, True):
+        out = args.out / ("tracing-on" if traced else "tracing-off") if args.out is not None else None
+        summary = await _measured(argparse.Namespace(**vars(args) | {"out": out}), options, traced=traced)
+        cpu["on" if traced else "off"] = summary["gateway_cpu_ms_per_request"]
+    off, on = cpu["off"], cpu["on"]
+    added = round(100 * (on - off) / off, 1) if off and on is not None else None
+    print(f"gateway CPU per request: tracing off {off} ms, on {on} ms: {added} % more (noisy: compare several runs)")
+    return 0
+
+
+async def _run_once(args: argparse.Namespace, options: OverheadOptions, *, traced: bool) -> int:
+    await _measured(args, options, traced=traced)
+    return 0
+
+
+async def _measured(args: argparse.Namespace, options: OverheadOptions, *, traced: bool) -> dict[str, Any]:
+    async with contextlib.AsyncExitStack() as stack:
+        env = {}
+        if traced:
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = await stack.enter_async_context(discarding_collector())
+        return await _measure_gateway(args, options, env)
+
+
+async def _measure_gateway(
+    args: argparse.Namespace, options: OverheadOptions, env: Mapping[str, str]
+) -> dict[str, Any]:
     model = local_model(
         _MODEL,
         source="none",
@@ -215,11 +278,11 @@ async def run(args: argparse.Namespace) -> int:
         config = write_config(work / "overhead.toml", [model], work / "cache")
         async with (
             aiohttp.ClientSession(connector=connector) as session,
-            running_gateway(config, work / "gateway.log", redis_url=args.redis_url) as gateway,
+            running_gateway(config, work / "gateway.log", redis_url=args.redis_url, extra_env=env) as gateway,
         ):
             runtime_url = await warm_replica(session, gateway.url, gateway.log, options.timeout_s)
             sides = await measure(session, gateway, runtime_url, options)
-    summary = summarise(sides, options)
+    summary = summarise(sides, options) | {"tracing": bool(env)}
     if args.out is not None:
         from loadtest.plots import plot_overhead
 
@@ -227,4 +290,4 @@ async def run(args: argparse.Namespace) -> int:
         rows = ([s.name, latency] for s in sides for latency in s.latencies)
         write_csv(args.out / "samples.csv", ["side", "latency_s"], rows)
     finish([table(sides, summary)], summary, args.out)
-    return 0
+    return summary

@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from runtime import logs, tracing
 from runtime.errors import SettingsError
 from runtime.settings import RuntimeSettings
 
@@ -19,9 +20,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"python -m runtime: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-    )
+    logs.configure(settings.log_level.upper(), "json" if settings.log_format == "json" else "text")
+    tracing.configure(os.environ)
     if not settings.batch_log:
         logging.getLogger("runtime.scheduling.batches").setLevel(logging.WARNING)
     return serve(settings)
@@ -50,7 +50,10 @@ def serve(settings: RuntimeSettings) -> int:
         lifespan="on",
     )
     server = uvicorn.Server(config)
-    server.run()
+    try:
+        server.run()
+    finally:
+        tracing.shutdown()
     return 1 if failed else 0
 
 

@@ -154,6 +154,10 @@ class RuntimeSettings:
     log_level: str = "info"
     """Python logging level name for the runtime and uvicorn. Default info."""
 
+    log_format: str = "text"
+    """``text`` or ``json`` (one object per line; ``runtime.logs``). Default: ``KALTSTART_LOG_FORMAT`` if set (the
+    gateway's setting, which the local backend passes on), else text."""
+
     batch_log: bool = True
     """Log one INFO line per batch (size, tokens, tokens/s). Default on. With continuous batching a batch is often
     one request, so at a high request rate this is a line per request: the local backend turns it off unless the
@@ -274,6 +278,7 @@ class RuntimeSettings:
             warmup=args.warmup,
             shutdown_grace_s=args.shutdown_grace_s,
             log_level=args.log_level,
+            log_format=args.log_format,
             batch_log=args.batch_log,
             standby=args.standby,
             standby_families=tuple(f.strip() for f in args.standby_families.split(",") if f.strip()),
@@ -352,6 +357,12 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=env.boolean("WARMUP", True))
     p.add_argument("--shutdown-grace-s", type=int, default=env.integer("SHUTDOWN_GRACE_S", 30))
     p.add_argument("--log-level", default=env.text("LOG_LEVEL", "info"))
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=env.text("LOG_FORMAT", environ.get("KALTSTART_LOG_FORMAT", "text")),
+        help="text, or one JSON object per line",
+    )
     p.add_argument(
         "--batch-log",
         action=argparse.BooleanOptionalAction,

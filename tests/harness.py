@@ -33,6 +33,7 @@ from gateway.replicas.endpoints import ReadyEndpoints
 from gateway.scaling.autoscaler import Scaler
 from gateway.settings import GatewaySettings, KubernetesSettings, ServerSettings
 from gateway.store.connection import connect
+from gateway.tracing import OFF, Tracing
 from loadtest.children import local_model
 
 B = TypeVar("B", LocalBackend, KubernetesBackend)
@@ -163,9 +164,9 @@ async def _listening() -> AsyncIterator[socket.socket]:
 
 @contextlib.asynccontextmanager
 async def _run(
-    settings: GatewaySettings, parts: BackendParts, sock: socket.socket
+    settings: GatewaySettings, parts: BackendParts, sock: socket.socket, tracing: Tracing = OFF
 ) -> AsyncIterator[RunningGateway[Any]]:
-    app = create_app(settings, redis_url=cast(str, settings.server.redis_url), parts=parts)
+    app = create_app(settings, redis_url=cast(str, settings.server.redis_url), parts=parts, tracing=tracing)
     # The production server's config (its HTTP guards, its keep-alive), quieter; "on": a failed start-up fails the
     # test instead of being logged as "lifespan unsupported".
     config = uvicorn_config(app, settings.server, log_level="warning")
@@ -184,6 +185,7 @@ async def run_gateway(
     standby: int = 0,
     announce: bool = True,
     pools: tuple[LocalPool, ...] = (),
+    tracing: Tracing = OFF,
     **overrides: Any,
 ) -> AsyncIterator[LocalGateway]:
     """A gateway with the local backend serving ``models`` (some of them in ``pools``); its runtimes announce
@@ -195,7 +197,7 @@ async def run_gateway(
         config = LocalConfig(models=tuple(models), cache_dir=cache_dir, standby=standby, pools=pools)
         token = settings.server.runtime_token
         parts = build_local(config, announce_to=redis_url if announce else None, token=token)
-        async with _run(settings, parts, sock) as gateway:
+        async with _run(settings, parts, sock, tracing) as gateway:
             yield gateway
 
 

@@ -39,6 +39,7 @@ from wire.base import (
     MAX_STOP_LENGTH,
     MAX_STOP_SEQUENCES,
     MAX_TOOLS,
+    REQUEST_ID_PATTERN,
 )
 from wire.batch import (
     BatchEvent,
@@ -108,6 +109,7 @@ __all__ = [
     "POOL_UNLOAD_PATH",
     "READY_PATH",
     "REPLICAS_CHANNEL",
+    "REQUEST_ID_PATTERN",
     "Announcement",
     "BatchEvent",
     "BatchEventAdapter",

@@ -17,6 +17,11 @@ MAX_STOP_SEQUENCES = 4
 #: the end of a row's text on every step (``runtime.output.completion.holdback_start``), so this bounds that work.
 MAX_STOP_LENGTH = 256
 MAX_REQUEST_ID_LENGTH = 128
+#: A client's request id (``GenerationRequest.request_id``): safe in a header, a log line and JSON.
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:@+=/-]+$"
+#: A W3C ``traceparent``: version, trace id, parent id, flags (a later version may append fields).
+TRACEPARENT_PATTERN = r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-[0-9a-zA-Z-]*)?$"
+MAX_TRACEPARENT_LENGTH = 256
 #: Most ids one ``CancelRequest`` may carry: far more than any batch, small enough to bound the work one call does.
 MAX_CANCEL_IDS = 1024
 #: Most alternatives ``SamplingParams.logprobs`` may ask for per token (OpenAI's ``top_logprobs`` limit).

@@ -19,6 +19,9 @@ from wire.base import (
     MAX_STOP_LENGTH,
     MAX_STOP_SEQUENCES,
     MAX_TOOLS,
+    MAX_TRACEPARENT_LENGTH,
+    REQUEST_ID_PATTERN,
+    TRACEPARENT_PATTERN,
     _Evolving,
     _Wire,
 )
@@ -156,7 +159,16 @@ class GenerationRequest(_Evolving):
     whether it may, must or must not call them; ``parallel_tool_calls`` whether it may call several at once.
     ``response_format`` constrains the answer to JSON (a schema's, or any object)."""
 
-    _newer = ("prompt_token_ids", "echo", "tools", "tool_choice", "parallel_tool_calls", "response_format")
+    _newer = (
+        "prompt_token_ids",
+        "echo",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "response_format",
+        "request_id",
+        "traceparent",
+    )
 
     id: str = Field(min_length=1, max_length=MAX_REQUEST_ID_LENGTH)
     prompt: str | None = None
@@ -169,6 +181,19 @@ class GenerationRequest(_Evolving):
     tool_choice: ToolChoice = "auto"
     parallel_tool_calls: bool = True
     response_format: ResponseFormat | None = None
+    request_id: str | None = Field(
+        None,
+        max_length=MAX_REQUEST_ID_LENGTH,
+        pattern=REQUEST_ID_PATTERN,
+        description="the client's request id (its X-Request-Id, or one the gateway made up), for log lines; a "
+        "label, not a key: unlike id it need not be unique",
+    )
+    traceparent: str | None = Field(
+        None,
+        max_length=MAX_TRACEPARENT_LENGTH,
+        pattern=TRACEPARENT_PATTERN,
+        description="W3C trace context of the span this generation belongs under (the gateway's dispatch span)",
+    )
 
     @model_validator(mode="after")
     def _one_prompt(self) -> GenerationRequest:

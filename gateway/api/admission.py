@@ -33,11 +33,12 @@ from gateway.queue.budget import Account, MemoryGuard
 from gateway.queue.fence import FencedDoor
 from gateway.queue.stream import INLINE, Held, Payload, QueuedRequest, RequestQueue, Stored
 from gateway.queue.upstream import UpstreamRequest
-from gateway.relay.messages import BROKEN_STREAM, Answered, AnyReply, Chunk, Failed, Finished, Token
+from gateway.relay.messages import BROKEN_STREAM, Answered, AnyReply, Chunk, Dispatched, Failed, Finished, Token
 from gateway.relay.transport import ReplyRouter
 from gateway.replicas.coldstarts import ColdStarts
 from gateway.replicas.context import ContextLengths
 from gateway.settings import ModelSettings, ServerSettings
+from gateway.tracing import OFF, Tracing
 
 
 class Capacity(Protocol):
@@ -90,6 +91,9 @@ class Ticket:
         self._emitted_entries = 0
         self._emitted_calls = 0
         self._attempts: dict[int, tuple[str, int, int]] = {}  # attempt -> its text, entries and calls so far
+        #: Once dispatched: how long it waited in the queue, and of that for a cold start (ms; None before).
+        self.queue_ms: float | None = None
+        self.cold_start_ms: float | None = None
 
     async def dispatched(self) -> None:
         """Wait until a replica took the request; 503 + Retry-After if none did within the cold-start timeout."""
@@ -104,6 +108,8 @@ class Ticket:
                     ) from None
                 continue  # a final reply beat us to it: read it
             self._early.append(reply)
+            self.queue_ms = (asyncio.get_running_loop().time() - self.arrived) * 1000
+            self.cold_start_ms = float(reply.cold_start_ms) if isinstance(reply, Dispatched) else 0.0
             return
 
     async def stream(self) -> AsyncIterator[Delta | wire.FinishEvent]:
@@ -257,10 +263,12 @@ class Admission:
         cold_starts: ColdStarts,
         memory: MemoryGuard | None = None,
         quota: Account | None = None,
+        tracing: Tracing = OFF,
     ) -> None:
         """``memory``: refuses requests while Redis is near its maxmemory; ``quota``: every key's limits where its
-        key-file line sets none (its ``id`` and ``label`` unused)."""
+        key-file line sets none (its ``id`` and ``label`` unused); ``tracing``: where the admission spans go."""
         self.settings = settings
+        self.tracing = tracing
         self.cold_starts = cold_starts
         self._abandon = abandon
         self._limits = limits
@@ -283,15 +291,17 @@ class Admission:
         """Queue a client request's choices (``choices.fan_out``'s order, ``per_prompt`` a prompt), its prompts
         stored once and charged to the model's account and ``grant``'s key's (``gateway.queue.budget``): all or none.
         Returns a ticket per choice."""
-        model = self.catalog.get(model_name)
-        await self._limits.check(model.name, requests[0].params.max_tokens)
-        return await self._enqueue(model, requests, per_prompt, grant)
+        with self.tracing.span("kaltstart.admission", {"gen_ai.request.model": model_name}):
+            model = self.catalog.get(model_name)
+            await self._limits.check(model.name, requests[0].params.max_tokens)
+            return await self._enqueue(model, requests, per_prompt, grant)
 
     async def submit_upstream(self, model_name: str, request: UpstreamRequest, grant: Grant | None = None) -> Ticket:
         """Queue a request for an OpenAI-compatible upstream (``protocol = openai``): one entry, whatever its
         ``n``, charged like any other."""
-        model = self.catalog.get(model_name)
-        return (await self._enqueue(model, [request], 1, grant))[0]
+        with self.tracing.span("kaltstart.admission", {"gen_ai.request.model": model_name}):
+            model = self.catalog.get(model_name)
+            return (await self._enqueue(model, [request], 1, grant))[0]
 
     async def _enqueue(
         self, model: ModelSettings, requests: Sequence[Payload], per_prompt: int, grant: Grant | None

@@ -42,10 +42,16 @@ def choice_seed(seed: int, choice: int) -> int:
 
 
 def fan_out(
-    parsed: CompletionRequest | ChatCompletionRequest, request_id: str, default_max_tokens: int
+    parsed: CompletionRequest | ChatCompletionRequest,
+    request_id: str,
+    default_max_tokens: int,
+    *,
+    client_id: str | None = None,
+    traceparent: str | None = None,
 ) -> list[wire.GenerationRequest]:
     """One wire request per choice, in OpenAI's order. A seed is fixed here when the client gave none, so that a
-    redelivered request samples exactly what it sampled before."""
+    redelivered request samples exactly what it sampled before. Each carries the client's request id
+    (``client_id``, ``gateway.api.requestids``) and the ``traceparent`` of its HTTP request's span."""
     seed = parsed.seed if parsed.seed is not None else secrets.randbelow(MAX_SEED)
     n = parsed.choices_per_prompt
     params = [parsed.sampling_params(default_max_tokens, choice_seed(seed, j)) for j in range(n)]
@@ -56,6 +62,8 @@ def fan_out(
             id=request_id if total == 1 else f"{request_id}-{i * n + j}",
             params=params[j],
             stream=parsed.streaming,
+            request_id=client_id,
+            traceparent=traceparent,
             **prompt,
         )
         for i, prompt in enumerate(inputs)
@@ -121,6 +129,15 @@ class Choices:
 
     def usage(self, results: Sequence[wire.FinishEvent]) -> wire.Usage:
         return merged_usage(results, self._n)
+
+    def waited_ms(self) -> tuple[float | None, float | None]:
+        """How long the request waited in the queue, and of that for a cold start (ms): its slowest choice's, once
+        every choice was dispatched; (None, None) before."""
+        queue = [t.queue_ms for t in self.tickets]
+        cold = [t.cold_start_ms for t in self.tickets]
+        if any(q is None for q in queue):
+            return None, None
+        return max(q for q in queue if q is not None), max(c or 0.0 for c in cold)
 
     async def close(self) -> None:
         for ticket in self.tickets:

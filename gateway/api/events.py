@@ -29,6 +29,12 @@ def sse(data: dict[str, Any] | str) -> bytes:
     return f"data: {text}\n\n".encode()
 
 
+def waits_comment(queue_ms: float | None, cold_start_ms: float | None) -> bytes:
+    """The SSE comment that tells a stream whose headers went out before its dispatch how long it waited (the
+    values of ``x-kaltstart-queue-ms`` and ``x-kaltstart-cold-start-ms`` on other responses)."""
+    return f": kaltstart: queue-ms={queue_ms or 0:.0f} cold-start-ms={cold_start_ms or 0:.0f}\n\n".encode()
+
+
 async def closed(waiting: Waiting) -> None:
     """Close a request's tickets even from a handler that is being cancelled: their cancellation must reach Redis
     (and the replica), or a replica goes on generating for nobody."""

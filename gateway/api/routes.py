@@ -21,7 +21,8 @@ from gateway.api.auth import Grant, allowed_models
 from gateway.api.bodies import ResponseShape, error_body
 from gateway.api.bounds import check_depth, decode_body
 from gateway.api.choices import Choices, fan_out, submit
-from gateway.api.events import closed, progress, sse
+from gateway.api.events import closed, progress, sse, waits_comment
+from gateway.api.requestids import REQUEST_ID_HEADER, RequestRecord, record_of
 from gateway.api.schemas import ChatCompletionRequest, CompletionRequest, parse_request
 from gateway.api.upstream import forward
 from gateway.errors import BodyTimeout, ClientGone, ModelNotFound, PayloadTooLarge, RequestError
@@ -80,7 +81,7 @@ async def _generate(
             if parsed is None:
                 check_depth(body)
                 return await forward(gateway, client, kind, body, started, grant)
-            return await _serve(gateway, client, kind, parsed, started, grant)
+            return await _serve(gateway, client, kind, parsed, started, grant, record_of(request))
     except RequestError as exc:
         gateway.record(model, exc.status_code, time.monotonic() - started)
         gateway.record_cancellation(model, exc)
@@ -138,32 +139,36 @@ async def _serve(
     parsed: CompletionRequest | ChatCompletionRequest,
     started: float,
     grant: Grant,
+    record: RequestRecord,
 ) -> Response:
     request_id = f"{'cmpl' if kind == 'completion' else 'chatcmpl'}-{uuid.uuid4().hex}"
     default_max = 16 if kind == "completion" else gateway.settings.default_max_tokens
     shape = ResponseShape(
         kind=kind, request_id=request_id, model=parsed.model, logprobs=parsed.logprobs_wanted() is not None
     )
-    requests = fan_out(parsed, request_id, default_max)
+    traceparent = gateway.tracing.traceparent()
+    requests = fan_out(parsed, request_id, default_max, client_id=record.id, traceparent=traceparent)
     cold = gateway.cold_starts.is_cold(parsed.model)
     choices = await submit(gateway, parsed.model, requests, parsed.choices_per_prompt, grant)
     if parsed.streaming and cold and gateway.settings.cold_start_progress_s > 0:
-        events = _server_sent_events(gateway, choices, shape, parsed.include_usage, started, cold_start=True)
+        events = _server_sent_events(gateway, choices, shape, parsed.include_usage, started, cold_start=record)
         return StreamingResponse(events, media_type="text/event-stream", headers={"cache-control": "no-cache"})
     try:
         await client.unless_gone(choices.dispatched())
     except BaseException:
         await closed(choices)
         raise
+    record.queue_ms, record.cold_start_ms = choices.waited_ms()
     if parsed.streaming:
         events = _server_sent_events(gateway, choices, shape, parsed.include_usage, started)
-        return StreamingResponse(events, media_type="text/event-stream", headers={"cache-control": "no-cache"})
+        headers = {"cache-control": "no-cache", **record.timing_headers()}
+        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
     try:
         results = await client.unless_gone(choices.results())
     finally:
         await closed(choices)
     gateway.record(parsed.model, 200, time.monotonic() - started)
-    return JSONResponse(shape.final(results, choices.usage(results)))
+    return JSONResponse(shape.final(results, choices.usage(results)), headers=record.timing_headers())
 
 
 async def _server_sent_events(
@@ -173,19 +178,22 @@ async def _server_sent_events(
     include_usage: bool,
     started: float,
     *,
-    cold_start: bool = False,
+    cold_start: RequestRecord | None = None,
 ) -> AsyncIterator[bytes]:
     """The SSE body: each choice's chunks, tagged with its index, as they come. A client that leaves mid-stream has
     the generator cancelled (Starlette listens for the disconnect while it streams): the request is then cancelled
-    and counted as 499, never as 200. With ``cold_start`` the request has not been dispatched yet: progress
-    comments come first (``events.progress``)."""
+    and counted as 499, never as 200. With ``cold_start`` (the request's record) the request has not been
+    dispatched yet: progress comments come first (``events.progress``), then, its headers being gone, its waits
+    as one more comment (``: kaltstart: queue-ms=... cold-start-ms=...``)."""
     begun: set[int] = set()
     results: dict[int, wire.FinishEvent] = {}
     status = ClientGone.status_code
     try:
-        if cold_start:
+        if cold_start is not None:
             async for comment in progress(gateway, choices, shape.model, started):
                 yield comment
+            cold_start.queue_ms, cold_start.cold_start_ms = choices.waited_ms()
+            yield waits_comment(cold_start.queue_ms, cold_start.cold_start_ms)
         async for index, item in choices.stream():
             if isinstance(item, Delta):
                 if not begun:
@@ -259,8 +267,13 @@ def error_response(request: Request, exc: Exception) -> Response:
     if isinstance(exc, HTTPException):
         body = error_body(str(exc.detail), "invalid_request_error", None, None)
         return JSONResponse(body, status_code=exc.status_code)
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return JSONResponse(error_body("Internal server error.", "server_error", None, None), status_code=500)
+    # Rendered outside ``RequestIds`` (Starlette's outermost ServerErrorMiddleware): the id is added here.
+    request_id = record_of(request).id
+    log.exception(
+        "unhandled error on %s %s", request.method, request.url.path, exc_info=exc, extra={"request_id": request_id}
+    )
+    body = error_body("Internal server error.", "server_error", None, None)
+    return JSONResponse(body, status_code=500, headers={REQUEST_ID_HEADER: request_id})
 
 
 routes = [

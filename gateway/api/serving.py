@@ -106,7 +106,7 @@ def uvicorn_config(app: ASGIApp, server: ServerSettings, log_level: str | None =
         app,
         http=protocol_for(server),
         log_level=log_level or server.log_level.lower(),
-        access_log=server.access_log,
+        access_log=False,  # the gateway writes its own, with request ids and timings (``gateway.api.requestids``)
         timeout_keep_alive=max(1, round(server.keep_alive_s)),
     )
 

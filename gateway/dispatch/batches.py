@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 import wire
 from gateway.dispatch.cancels import RemoteCancels
+from gateway.dispatch.observed import UNKNOWN, DispatchSpans, ReplicaStart
 from gateway.errors import QueueUnavailable
 from gateway.metrics import Metrics
 from gateway.queue.stream import Delivery, RequestQueue, Settlement
@@ -55,8 +56,10 @@ class BatchRelay:
         metrics: Metrics,
         max_attempts: int,
         not_ready: Callable[[str], None],
+        spans: DispatchSpans | None = None,
     ) -> None:
-        """``not_ready(url)``: the replica answered that it has no model loaded (the batch goes back)."""
+        """``not_ready(url)``: the replica answered that it has no model loaded (the batch goes back); ``spans``:
+        where each request's dispatch is traced (nowhere by default)."""
         self._model = model
         self._queue = queue
         self._sender = sender
@@ -66,6 +69,7 @@ class BatchRelay:
         self._metrics = metrics
         self._max_attempts = max_attempts
         self._not_ready = not_ready
+        self._spans = spans or DispatchSpans(model=model, gateway_id="")
         self._batches: set[asyncio.Task[None]] = set()
         self._held: set[str] = set()
         #: Request id -> the replica running it, for the requests of running batches.
@@ -79,21 +83,23 @@ class BatchRelay:
         """The running batches."""
         return set(self._batches)
 
-    def start(self, url: str, batch: Sequence[Delivery]) -> None:
-        """Send ``batch`` to ``url`` and relay its answer, in a task of its own."""
+    def start(self, url: str, batch: Sequence[Delivery], replica: ReplicaStart = UNKNOWN) -> None:
+        """Send ``batch`` to ``url`` (ready since ``replica.ready_at``) and relay its answer, in a task of its
+        own."""
         self._pool.start(url, len(batch))
         held = {d.entry_id for d in batch}
         self._held |= held
         ids = [d.queued.id for d in batch]
         self._rows.update(dict.fromkeys(ids, url))
         self._cancels.running(url, ids)
-        task = asyncio.create_task(self._forward(url, batch), name=f"batch-{self._model}")
+        task = asyncio.create_task(self._forward(url, batch, replica), name=f"batch-{self._model}")
         self._batches.add(task)
         task.add_done_callback(lambda t: self._batch_done(t, held, ids))
 
     def _row_done(self, request_id: str) -> None:
         """A request of a running batch is answered (or given up): its row is free on its replica."""
         self._cancels.finished(request_id)
+        self._spans.ended(request_id)
         url = self._rows.pop(request_id, None)
         if url is not None:
             self._pool.finish(url)
@@ -106,11 +112,11 @@ class BatchRelay:
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("batch for %s failed unexpectedly", self._model, exc_info=exc)
 
-    async def _forward(self, url: str, batch: Sequence[Delivery]) -> None:
+    async def _forward(self, url: str, batch: Sequence[Delivery], replica: ReplicaStart) -> None:
         unfinished = {d.queued.id: d for d in batch}
         try:
-            await self._announce(batch)
-            await self._stream_batch(url, batch, unfinished)
+            await self._announce(batch, replica)
+            await self._stream_batch(url, self._spans.sent(batch, url, replica), unfinished)
         except asyncio.CancelledError:  # this gateway is stopping: another one will dispatch them
             await asyncio.shield(self._queue.put_back(self._model, list(unfinished.values())))
             raise
@@ -132,18 +138,28 @@ class BatchRelay:
         for delivery in unfinished.values():
             await self._retry_or_fail(delivery)
 
-    async def _announce(self, batch: Sequence[Delivery]) -> None:
+    async def _announce(self, batch: Sequence[Delivery], replica: ReplicaStart) -> None:
         now = time.time()
         for d in batch:
             self._metrics.queue_wait_seconds.labels(self._model).observe(max(0.0, now - d.queued.accepted_at))
         self._metrics.batches.labels(self._model).inc()
         self._metrics.batch_size.labels(self._model).observe(len(batch))
         await self._sender.publish(
-            [(d.queued.reply_to, Dispatched(id=d.queued.id, attempt=d.queued.attempt)) for d in batch]
+            [
+                (
+                    d.queued.reply_to,
+                    Dispatched(
+                        id=d.queued.id, attempt=d.queued.attempt, cold_start_ms=replica.waited_ms(d.queued.accepted_at)
+                    ),
+                )
+                for d in batch
+            ]
         )
 
-    async def _stream_batch(self, url: str, batch: Sequence[Delivery], unfinished: dict[str, Delivery]) -> None:
-        body = wire.BatchRequest(model=self._model, requests=tuple(d.queued.request for d in batch))
+    async def _stream_batch(
+        self, url: str, requests: Sequence[wire.GenerationRequest], unfinished: dict[str, Delivery]
+    ) -> None:
+        body = wire.BatchRequest(model=self._model, requests=tuple(requests))
         async with self._client.stream(url + wire.BATCH_PATH, body.model_dump_json()) as answer:
             if (residency := wire.Residency.from_headers(answer.headers)) is not None:  # a pool replica
                 self._pool.learn(url, residency)
@@ -151,7 +167,7 @@ class BatchRelay:
                 raise _RuntimeNotReady(answer.status, await answer.text())
             if answer.status != 200:
                 raise _RuntimeRefused(answer.status, await answer.text())
-            self._cancels.accepted(url, [d.queued.id for d in batch])
+            self._cancels.accepted(url, [r.id for r in requests])
             tokens = ReplyBuffer(self._sender)
             async for lines in ndjson_reads(answer.chunks()):
                 finals: list[tuple[Delivery, Final]] = []

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 import wire
 from gateway.dispatch.batches import BatchRelay
 from gateway.dispatch.cancels import RemoteCancels
+from gateway.dispatch.observed import DispatchSpans, ReplicaStart
 from gateway.dispatch.upstream import UpstreamRelay
 from gateway.dispatch.window import read_filled, window_s
 from gateway.errors import QueueUnavailable
@@ -31,6 +32,7 @@ from gateway.replicas.coldstarts import ColdStarts
 from gateway.replicas.context import ContextLengths
 from gateway.replicas.endpoints import EndpointPool, ReadyEndpoints
 from gateway.settings import ModelSettings
+from gateway.tracing import OFF, Tracing
 
 log = logging.getLogger("kaltstart.dispatch")
 
@@ -59,9 +61,10 @@ class Dispatcher:
         is_waiting: Callable[[str], bool] = lambda _id: True,
         limits: ContextLengths | None = None,
         cold_starts: ColdStarts | None = None,
+        tracing: Tracing = OFF,
     ) -> None:
         """``consumer``: this gateway replica's id in the consumer group; ``is_waiting(request_id)``: whether a
-        client of this gateway replica still waits for that request."""
+        client of this gateway replica still waits for that request; ``tracing``: where dispatches are traced."""
         self.settings = settings
         self._model = settings.name
         self._queue = queue
@@ -75,7 +78,10 @@ class Dispatcher:
         self._limits = limits
         self._cancels = RemoteCancels(client=client)
         # Batches to our runtime, or each request on its own to an OpenAI-compatible upstream.
-        relay = UpstreamRelay if settings.forwards else functools.partial(BatchRelay, cancels=self._cancels)
+        spans = DispatchSpans(tracing, model=settings.name, gateway_id=consumer)
+        relay = (
+            UpstreamRelay if settings.forwards else functools.partial(BatchRelay, cancels=self._cancels, spans=spans)
+        )
         self._batches: BatchRelay | UpstreamRelay = relay(
             model=settings.name,
             queue=queue,
@@ -152,7 +158,9 @@ class Dispatcher:
         if url not in self._dispatched_to:
             self._dispatched_to.add(url)
             self._first_dispatch(url, batch)
-        self._batches.start(url, batch)
+        report = self._endpoints.report(self._model, url)
+        replica = ReplicaStart(self._endpoints.ready_since(url), report.startup if report is not None else None)
+        self._batches.start(url, batch, replica)
 
     async def _replica(self) -> tuple[str, int]:
         """A ready replica with room, and how many requests it takes now."""

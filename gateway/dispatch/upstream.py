@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+from gateway.dispatch.observed import UNKNOWN, ReplicaStart
 from gateway.errors import QueueUnavailable
 from gateway.metrics import Metrics
 from gateway.queue.stream import Delivery, RequestQueue, Settlement
@@ -83,13 +84,14 @@ class UpstreamRelay:
     def in_flight(self) -> set[asyncio.Task[None]]:
         return set(self._tasks.values())
 
-    def start(self, url: str, batch: Sequence[Delivery]) -> None:
-        """Forward each request of ``batch`` to ``url``, each in a task of its own."""
+    def start(self, url: str, batch: Sequence[Delivery], replica: ReplicaStart = UNKNOWN) -> None:
+        """Forward each request of ``batch`` to ``url``, each in a task of its own (``replica``: when it became
+        ready, for the cold-start wait its dispatch reports)."""
         self._pool.start(url, len(batch))
         for delivery in batch:
             request_id = delivery.queued.id
             self._held.add(delivery.entry_id)
-            task = asyncio.create_task(self._forward(url, delivery), name=f"upstream-{self._model}")
+            task = asyncio.create_task(self._forward(url, delivery, replica), name=f"upstream-{self._model}")
             self._tasks[request_id] = task
             task.add_done_callback(functools.partial(self._done, delivery=delivery, url=url))
 
@@ -108,12 +110,12 @@ class UpstreamRelay:
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("request %s for %s failed unexpectedly", delivery.queued.id, self._model, exc_info=exc)
 
-    async def _forward(self, url: str, delivery: Delivery) -> None:
+    async def _forward(self, url: str, delivery: Delivery, replica: ReplicaStart) -> None:
         request = delivery.queued.request
         assert isinstance(request, UpstreamRequest), "an upstream model's queue holds upstream requests"
         relayed: set[str] = set()  # holds the id once any event of the stream reached the client's gateway
         try:
-            await self._announce(delivery)
+            await self._announce(delivery, replica)
             async with self._client.stream(url + request.path, request.body) as answer:
                 if answer.status == 503:
                     raise _UpstreamNotReady(await answer.text())
@@ -145,10 +147,12 @@ class UpstreamRelay:
         except QueueUnavailable:
             log.error("queue unavailable while forwarding a request for %s", self._model)
 
-    async def _announce(self, delivery: Delivery) -> None:
+    async def _announce(self, delivery: Delivery, replica: ReplicaStart) -> None:
         queued = delivery.queued
         self._metrics.queue_wait_seconds.labels(self._model).observe(max(0.0, time.time() - queued.accepted_at))
-        await self._sender.publish([(queued.reply_to, Dispatched(id=queued.id, attempt=queued.attempt))])
+        cold_ms = replica.waited_ms(queued.accepted_at)
+        dispatched = Dispatched(id=queued.id, attempt=queued.attempt, cold_start_ms=cold_ms)
+        await self._sender.publish([(queued.reply_to, dispatched)])
 
     async def _relay(self, answer: BatchAnswer, delivery: Delivery, relayed: set[str]) -> None:
         """Relay the events of a streamed answer, one message per read (``relayed`` gets the request's id once

@@ -6,9 +6,9 @@ stored in the request's ``settled`` key, so a waiting request that missed it on 
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, TypeAdapter, model_serializer
 
 import wire
 
@@ -19,10 +19,21 @@ class _Reply(BaseModel):
 
 
 class Dispatched(_Reply):
-    """The request was sent to a ready replica (attempt N): the cold start, if any, is over."""
+    """The request was sent to a ready replica (attempt N): the cold start, if any, is over. ``cold_start_ms``: how
+    long of its wait the request spent waiting for that replica to become ready (0: it was ready when the request
+    came), for the client's ``x-kaltstart-cold-start-ms``; left out of the JSON while 0."""
 
     kind: Literal["dispatched"] = "dispatched"
     attempt: int
+    cold_start_ms: int = Field(0, ge=0)
+
+    @model_serializer(mode="wrap")
+    def _without_zero_cold_start(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # A gateway replica that predates the field (its messages forbid unknown fields) still reads warm dispatches.
+        data = handler(self)
+        if isinstance(data, dict) and not self.cold_start_ms:
+            data.pop("cold_start_ms", None)
+        return data
 
 
 class Token(_Reply):

@@ -84,11 +84,15 @@ class RunningBatch:
     cancellation: Cancellation
     _events: asyncio.Queue[EmitItem]
     _forget: Callable[[RunningBatch], None]
+    #: Sees each event as it goes out (``runtime.tracing``'s generation spans); None: nobody.
+    observer: Callable[[BatchEvent], None] | None = None
 
     async def lines(self) -> AsyncGenerator[bytes]:
         """NDJSON lines of the batch's events; stopping early (the client left) cancels the batch."""
         try:
             while (event := await self._events.get()) is not None:
+                if self.observer is not None:
+                    self.observer(event)
                 yield event.model_dump_json().encode() + b"\n"
         finally:
             self.close()
@@ -156,10 +160,12 @@ class Outlet:
     """The generation thread's end of one batch's stream: finishes and tallies every event on its way out, and
     logs the batch's line when it ends."""
 
-    def __init__(self, size: int, cancellation: Cancellation, emit: Emit) -> None:
+    def __init__(self, requests: Sequence[GenerationRequest], cancellation: Cancellation, emit: Emit) -> None:
         self.cancellation = cancellation
         self._emit = emit
-        self._size = size
+        self._size = len(requests)
+        #: The clients' request ids, for the batch's line (``runtime.logs``).
+        self._request_ids = ",".join(dict.fromkeys(r.request_id for r in requests if r.request_id))
         self._started = time.monotonic()
         self._prompt_tokens = self._completion_tokens = self._errors = 0
 
@@ -195,4 +201,5 @@ class Outlet:
             self._errors,
             cancelled,
             abandoned,
+            extra={"request_id": self._request_ids or None},
         )

@@ -149,7 +149,7 @@ class ContinuousScheduler(Generic[RowT]):
     def submit(self, requests: Sequence[GenerationRequest]) -> RunningBatch:
         batch, emit = self._batches.open(requests)
         with self._wake:
-            self._inbox.append(_Submission(requests, Outlet(len(requests), batch.cancellation, emit)))
+            self._inbox.append(_Submission(requests, Outlet(requests, batch.cancellation, emit)))
             self._wake.notify()
         return batch
 
@@ -217,7 +217,7 @@ class ContinuousScheduler(Generic[RowT]):
         try:
             prepared = self._engine.prepare(request)
         except Exception:
-            log.exception("cannot prepare request %s", request.id)
+            log.exception("cannot prepare request %s", request.id, extra={"request_id": request.request_id})
             return internal_error(request.id)
         if isinstance(prepared, ErrorEvent) or (cost := row_cost(prepared.completion)) <= self.budget.tokens:
             return prepared

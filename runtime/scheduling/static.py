@@ -62,7 +62,7 @@ class StaticScheduler:
 
     def submit(self, requests: Sequence[GenerationRequest]) -> RunningBatch:
         batch, emit = self._batches.open(requests)
-        outlet = Outlet(len(requests), batch.cancellation, emit)
+        outlet = Outlet(requests, batch.cancellation, emit)
         # The thread reports everything, failures included, through the queue; its future has nothing to add.
         asyncio.get_running_loop().run_in_executor(self._executor, _run_batch, self.engine, requests, outlet)
         return batch
@@ -85,7 +85,8 @@ def _run_batch(engine: Engine, requests: Sequence[GenerationRequest], outlet: Ou
         for event in engine.generate([r for r in requests if r.id in to_run], cancellation):
             outlet.send(event)
     except Exception:
-        log.exception("batch of %d failed", len(requests))
+        ids = ",".join(dict.fromkeys(r.request_id for r in requests if r.request_id)) or None
+        log.exception("batch of %d failed", len(requests), extra={"request_id": ids})
         outlet.fail(cancellation.unfinished())
     finally:
         outlet.end()

@@ -35,6 +35,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from runtime import tracing
 from runtime.errors import EngineError, ModelBusy, PoolBusy, SettingsError
 from runtime.pool.models import ModelPool
 from runtime.scheduling.batches import Runner, RunningBatch
@@ -248,8 +249,18 @@ async def _batch_answer(readiness: Readiness, body: bytes) -> Response:
     if isinstance(runner, Response):
         return runner
     exit_if_triggered(parsed.requests, readiness.settings.fault_exit_on)
-    on_close = readiness.pool.released if readiness.pool is not None else lambda: None
-    return BatchResponse(runner.submit(parsed.requests), on_close=on_close)  # no await since runner_for
+    released = readiness.pool.released if readiness.pool is not None else lambda: None
+    batch = runner.submit(parsed.requests)  # no await since runner_for
+    spans = tracing.spans_for(parsed.model, parsed.requests)
+    if spans is None:
+        return BatchResponse(batch, on_close=released)
+    batch.observer = spans.saw
+
+    def on_close() -> None:
+        spans.close()
+        released()
+
+    return BatchResponse(batch, on_close=on_close)
 
 
 def _free_rows(readiness: Readiness) -> int:
