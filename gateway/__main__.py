@@ -1,5 +1,5 @@
 """``python -m gateway``: the gateway, configured from the environment (see docs/configuration.md);
-``python -m gateway status``: every model's state, read-only (docs/operations-status.md)."""
+``python -m gateway status``: every model's state, read-only (docs/operations.md, "What is broken now")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """``status`` rendered: a fixed-width table for people, and JSON for scripts (``SCHEMA``, documented in
-docs/operations-status.md; fields are only ever added, a change of meaning gets a new schema name)."""
+docs/operations.md, "What is broken now"; fields are only ever added, a change of meaning gets a new schema name)."""
 
 from __future__ import annotations
 
