@@ -16,7 +16,7 @@ GATEWAY_IMAGE := ghcr.io/kaltstart/gateway
 RUNTIME_IMAGE := ghcr.io/kaltstart/runtime
 CONTAINER_TOOL ?= $(shell command -v docker || command -v podman)
 
-.PHONY: run test lint typecheck install lock lock-upgrade demo-model images clean
+.PHONY: run test lint typecheck promtool install lock lock-upgrade demo-model images clean
 
 # Everything is installed from requirements/dev.lock (every version pinned, every file hashed), never from the
 # ranges in pyproject.toml: a release upstream cannot change what `make test` runs. `make lock` writes the locks.
@@ -49,7 +49,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck
+# promtool runs the alert rules' and the dashboard's tests (real PromQL): Debian's prometheus package, installed
+# when missing (as root, as CI runs, or through sudo), its service kept from starting (.ci/install-promtool).
+promtool:
+	@command -v promtool >/dev/null || .ci/install-promtool
+
+test: lint typecheck promtool
 	$(BIN)/python -m pytest
 
 # `make lock` resolves pyproject.toml's ranges into requirements/*.lock (uv pip compile, hashes of every file),

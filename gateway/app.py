@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from redis.asyncio import Redis
 from starlette.applications import Starlette
@@ -17,6 +17,7 @@ from gateway.api.guards import PortSplit
 from gateway.api.requestids import RequestIds
 from gateway.api.routes import error_response, routes
 from gateway.backends import BackendParts
+from gateway.catalog import ModelCatalog
 from gateway.dispatch.loop import Dispatcher
 from gateway.dispatch.supervisor import Dispatchers
 from gateway.errors import RequestError
@@ -89,18 +90,31 @@ def _replica_news(
     return announcements, PoolReports(client, endpoints.residency)
 
 
+def _metrics(settings: GatewaySettings, parts: BackendParts) -> Metrics:
+    metrics = Metrics(parts.collectors, pools=parts.endpoints.pool_replicas)
+    metrics.queue_limit.set(settings.queue.max_queue_per_model)
+    return metrics
+
+
+def _cold_start_budget(catalog: ModelCatalog) -> Callable[[str], float | None]:
+    """A model's cold-start-timeout, None for a model no longer served."""
+    return lambda model: catalog.get(model).cold_start_timeout_s if catalog.has(model) else None
+
+
 def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts, tracing: Tracing = OFF) -> Starlette:
     """The gateway serving ``parts`` (one backend's builder made them), with its queue in ``redis_url``; its spans
     go to ``tracing`` (``Tracing.from_env``; off by default)."""
     server, backend, catalog, endpoints = settings.server, parts.backend, parts.catalog, parts.endpoints
     redis = connect(redis_url, settings.queue)
-    metrics = Metrics(parts.collectors, pools=endpoints.pool_replicas)
+    metrics = _metrics(settings, parts)
     work = WorkSignals(server.gateway_id)
     queue = _queue(settings, redis, work)
     door = FencedDoor()
     replies = ReplyRouter(redis, keys.replies(server.gateway_id), {keys.FENCES: door.lifted, keys.WORK: work.received})
     replies.on_subscribed(work.notify_all)
-    cold_starts = ColdStarts(durations=RedisDurations(redis), endpoints=endpoints, metrics=metrics)
+    cold_starts = ColdStarts(
+        durations=RedisDurations(redis), endpoints=endpoints, metrics=metrics, budget_s=_cold_start_budget(catalog)
+    )
     client = _runtime_client(server)
     announcements, pool_reports = _replica_news(endpoints, cold_starts, metrics, client)
     keep_alives = KeepAlives(
@@ -131,7 +145,7 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
         ),
     )
     work.subscribe(scaler.wake)
-    catalog.subscribe(lambda: metrics.models.keep_only({m.name for m in catalog.all()}))
+    catalog.subscribe(lambda: metrics.keep_only({m.name for m in catalog.all()}))
     sender = ReplySender(redis, local=replies)
     limits = ContextLengths(redis)
     dispatchers = Dispatchers(
@@ -178,6 +192,7 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
         held=dispatchers.held,
         is_waiting=replies.is_waiting,
         abandoned=abandoned,
+        redis_up=metrics.redis_up.set,
         in_use=lambda model: backend.replicas(model).desired > 0 or bool(dispatchers.held(model)),
     )
 

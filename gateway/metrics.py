@@ -9,6 +9,7 @@ Pool replicas (``PoolGauges``) are rendered from what the gateway last heard fro
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -178,11 +179,50 @@ def _add_report(
     budget.add_metric([replica.url, "host"], report.host_budget_bytes)
 
 
+class ReplicaSeconds:
+    """Replica-seconds per model (``kaltstart_replica_seconds_total``), summed from the autoscaler's observations
+    of each model (every pass, every model): each adds the replicas held at the one before times the seconds
+    since, as ``busy`` if the model had requests queued or in flight then, else ``idle`` (what keeping it warm
+    cost). Held: ``max(desired, ready)``, as a starting replica holds its GPU, and so does a stopping one."""
+
+    def __init__(self, counter: Counter, clock: Callable[[], float]) -> None:
+        self._counter = counter
+        self._clock = clock
+        #: Per model: when it was last observed, the replicas it held and whether it was busy then.
+        self._last: dict[str, tuple[float, int, bool]] = {}
+
+    def observe(self, model: str, held: int, busy: bool) -> None:
+        now = self._clock()
+        last = self._last.get(model)
+        self._last[model] = (now, held, busy)
+        if last is not None and last[1] > 0:
+            since, replicas, was_busy = last
+            self._counter.labels(model, "busy" if was_busy else "idle").inc(replicas * max(0.0, now - since))
+
+    def keep_only(self, models: Collection[str]) -> None:
+        for model in [m for m in self._last if m not in models]:
+            del self._last[model]
+
+
+#: ``kaltstart_replica_announcements_total``'s outcomes, each exported from 0 on.
+ANNOUNCEMENT_OUTCOMES = ("accepted", "refused", "unconfirmed", "malformed", "oversized")
+
+
 class Metrics:
     """``backend``: a backend's own metrics (``RouteMetrics``), served with these; ``pools``: the pool replicas as
-    last heard from (``ReadyEndpoints.pool_replicas``), read at each scrape."""
+    last heard from (``ReadyEndpoints.pool_replicas``), read at each scrape; ``clock``: what replica-seconds are
+    measured with.
 
-    def __init__(self, backend: Collection[Collector] = (), pools: Callable[[], Iterable[PoolReplica]] = tuple) -> None:
+    Counters that alert rules watch with ``increase()`` (announcements, poison requests, redeliveries, cold starts
+    over budget) are exported at 0 before their first count: a series that appears at 1 shows no increase, so
+    the first poison request of a model would not alert."""
+
+    def __init__(
+        self,
+        backend: Collection[Collector] = (),
+        pools: Callable[[], Iterable[PoolReplica]] = tuple,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         #: What ``render`` formats with ``prometheus_client``: metrics with a series per model with activity.
         self._standard = CollectorRegistry()
         self.models = ModelGauges()
@@ -218,6 +258,13 @@ class Metrics:
             registry=r,
         )
         self.cold_starts = Counter("kaltstart_cold_starts", "Scale-ups from zero replicas.", ["model"], registry=r)
+        self.cold_starts_over_budget = Counter(
+            "kaltstart_cold_starts_over_budget",
+            "Cold starts that took longer than the model's cold-start-timeout (its waiting requests got 503), "
+            "counted when they end: ready, or given up at a scale-down.",
+            ["model"],
+            registry=r,
+        )
         self.cold_start_seconds = Histogram(
             "kaltstart_cold_start_duration_seconds",
             "Scale-up from zero to the first ready replica.",
@@ -241,6 +288,8 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        for outcome in ANNOUNCEMENT_OUTCOMES:
+            self.announcements.labels(outcome)
         self.scale_writes = Counter(
             "kaltstart_scale_writes",
             "Replica counts this gateway changed, by direction.",
@@ -322,6 +371,26 @@ class Metrics:
             ["key", "quota"],
             registry=r,
         )
+        self.redis_up = Gauge(
+            "kaltstart_redis_up",
+            "1 while this gateway's last heartbeat write to Redis succeeded, 0 once one failed.",
+            registry=r,
+        )
+        self.queue_limit = Gauge(
+            "kaltstart_queue_limit",
+            "Requests queued and in flight per model beyond which new ones get 429 (KALTSTART_MAX_QUEUE).",
+            registry=r,
+        )
+        self.replica_seconds = ReplicaSeconds(
+            Counter(
+                "kaltstart_replica_seconds",
+                "Seconds of model replicas held (max of desired and ready, so starting ones count), by load: busy "
+                "(requests queued or in flight) or idle. Every gateway replica counts the same replicas.",
+                ["model", "load"],
+                registry=r,
+            ),
+            clock,
+        )
         self.pools = PoolGauges(pools)
         r.register(self.pools)
         for collector in backend:
@@ -329,6 +398,17 @@ class Metrics:
 
     def observe_model(self, model: str, queued: int, in_flight: int, replicas: Replicas) -> None:
         self.models.observe(model, (queued, in_flight, replicas.desired, replicas.ready))
+        self.replica_seconds.observe(model, max(replicas.desired, replicas.ready), busy=queued + in_flight > 0)
+
+    def keep_only(self, models: Collection[str]) -> None:
+        """Forget the per-model state of every model not in ``models`` (it left the catalog)."""
+        self.models.keep_only(models)
+        self.replica_seconds.keep_only(models)
+
+    def dispatching(self, model: str) -> None:
+        """``model``'s first batch: its failure counters are exported from 0 on (see the class docstring)."""
+        self.redeliveries.labels(model)
+        self.poison.labels(model)
 
     def render(self) -> bytes:
         return generate_latest(self._standard) + self.models.text().encode()

@@ -70,6 +70,8 @@ class BatchRelay:
         self._max_attempts = max_attempts
         self._not_ready = not_ready
         self._spans = spans or DispatchSpans(model=model, gateway_id="")
+        #: Whether a batch went out yet (``Metrics.dispatching``).
+        self._dispatched = False
         self._batches: set[asyncio.Task[None]] = set()
         self._held: set[str] = set()
         #: Request id -> the replica running it, for the requests of running batches.
@@ -140,6 +142,9 @@ class BatchRelay:
 
     async def _announce(self, batch: Sequence[Delivery], replica: ReplicaStart) -> None:
         now = time.time()
+        if not self._dispatched:
+            self._dispatched = True
+            self._metrics.dispatching(self._model)
         for d in batch:
             self._metrics.queue_wait_seconds.labels(self._model).observe(max(0.0, now - d.queued.accepted_at))
         self._metrics.batches.labels(self._model).inc()

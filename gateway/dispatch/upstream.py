@@ -73,6 +73,8 @@ class UpstreamRelay:
         self._metrics = metrics
         self._max_attempts = max_attempts
         self._not_ready = not_ready
+        #: Whether a request went out yet (``Metrics.dispatching``).
+        self._dispatched = False
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._held: set[str] = set()
         self._cancelled: set[str] = set()
@@ -149,6 +151,9 @@ class UpstreamRelay:
 
     async def _announce(self, delivery: Delivery, replica: ReplicaStart) -> None:
         queued = delivery.queued
+        if not self._dispatched:
+            self._dispatched = True
+            self._metrics.dispatching(self._model)
         self._metrics.queue_wait_seconds.labels(self._model).observe(max(0.0, time.time() - queued.accepted_at))
         cold_ms = replica.waited_ms(queued.accepted_at)
         dispatched = Dispatched(id=queued.id, attempt=queued.attempt, cold_start_ms=cold_ms)

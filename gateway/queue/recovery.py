@@ -115,8 +115,10 @@ class Janitor:
         is_waiting: Callable[[str], bool],
         abandoned: Abandoned,
         in_use: Callable[[str], bool] = lambda _model: True,
+        redis_up: Callable[[bool], None] = lambda _up: None,
     ) -> None:
-        """``in_use(model)``: whether the model has replicas or running batches; only those are swept, so an idle
+        """``redis_up(up)``: told after every heartbeat whether it reached Redis (``kaltstart_redis_up``).
+        ``in_use(model)``: whether the model has replicas or running batches; only those are swept, so an idle
         model costs no Redis command. A model without replicas has nothing in flight: it is not scaled to zero
         while it has (in-flight entries count as demand), and one that has some anyway (scaled down by hand while
         busy) is scaled up by the autoscaler's first pass, which reads every model, and so comes into use."""
@@ -130,6 +132,7 @@ class Janitor:
         self._is_waiting = is_waiting
         self.abandoned = abandoned
         self._in_use = in_use
+        self._redis_up = redis_up
         self._loop = Loop("janitor", self._beat_and_sweep)
 
     @property
@@ -138,7 +141,7 @@ class Janitor:
         return self._interval_s * 5
 
     async def start(self) -> None:
-        await self._heartbeats.beat(self._id, self.ttl_s)  # alive before the first dispatch
+        await self._beat()  # alive before the first dispatch
         self._loop.start()
 
     async def stop(self) -> None:
@@ -151,13 +154,21 @@ class Janitor:
     async def pass_once(self) -> None:
         """One heartbeat, the abandoned cancellations, and a sweep of the models in use."""
         try:
-            await self._heartbeats.beat(self._id, self.ttl_s)
+            await self._beat()
             await self.abandoned.write(self._queue)
             models = [m.name for m in self._catalog.all() if self._in_use(m.name)]
             for model, consumers in (await self._queue.consumers_of(models)).items():
                 await self._sweep(model, consumers)
         except KaltstartError as exc:
             log.warning("janitor: %s", exc)
+
+    async def _beat(self) -> None:
+        try:
+            await self._heartbeats.beat(self._id, self.ttl_s)
+        except KaltstartError:
+            self._redis_up(False)
+            raise
+        self._redis_up(True)
 
     async def _sweep(self, model: str, consumers: dict[str, int]) -> None:
         for consumer, pending in consumers.items():

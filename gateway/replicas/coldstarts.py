@@ -76,11 +76,15 @@ class ColdStarts:
         durations: Durations,
         endpoints: ReadyEndpoints,
         metrics: Metrics,
+        budget_s: Callable[[str], float | None] = lambda _model: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``budget_s(model)``: its cold-start-timeout (None: none), beyond which a cold start is counted as over
+        budget (``kaltstart_cold_starts_over_budget_total``)."""
         self._durations = durations
         self._endpoints = endpoints
         self._metrics = metrics
+        self._budget_s = budget_s
         self._clock = clock
         self._since: dict[str, float] = {}
         self._phase: dict[str, str] = {}
@@ -96,6 +100,7 @@ class ColdStarts:
         self._since[model] = self._clock()
         self._phase.pop(model, None)
         self._metrics.cold_starts.labels(model).inc()
+        self._metrics.cold_starts_over_budget.labels(model)  # exported from 0 on, so its first count alerts
         self._background.spawn(self._quietly(self._read_typical(model)))
 
     def ready(self, model: str) -> None:
@@ -105,6 +110,7 @@ class ColdStarts:
         if started is None:
             return
         elapsed = self._clock() - started
+        self._count_if_over_budget(model, elapsed)
         self._metrics.cold_start_seconds.labels(model).observe(elapsed)
         self._metrics.cold_start_phases.labels(model, "scale_to_ready").observe(elapsed)
         log.info("%s is ready after a cold start of %.2f s", model, elapsed)
@@ -112,8 +118,17 @@ class ColdStarts:
 
     def abandoned(self, model: str) -> None:
         """Scaled back to zero before any replica was ready: the next cold start is counted anew."""
-        self._since.pop(model, None)
+        started = self._since.pop(model, None)
         self._phase.pop(model, None)
+        if started is not None:
+            self._count_if_over_budget(model, self._clock() - started)
+
+    def _count_if_over_budget(self, model: str, elapsed_s: float) -> None:
+        budget_s = self._budget_s(model)
+        if budget_s is not None and elapsed_s > budget_s:
+            self._metrics.cold_starts_over_budget.labels(model).inc()
+            log.warning("the cold start of %s took %.0f s, over its cold-start-timeout of %.0f s", model, elapsed_s,
+                        budget_s)  # fmt: skip
 
     # -- what replicas announce ---------------------------------------------------------------------------------
 

@@ -588,6 +588,10 @@ def test_dashboard_queries_only_metrics_the_gateway_exports() -> None:
         "kaltstart_pool_move_seconds_total",
         "kaltstart_pool_bytes",
         "kaltstart_pool_budget_bytes",
+        "kaltstart_queue_wait_seconds_bucket",
+        "kaltstart_cold_start_seconds_sum",
+        "kaltstart_replica_seconds_total",
+        "kaltstart_cold_starts_avoided_total",
     ):
         assert required in used
     assert any('status=~"5.."' in expr for expr in exprs)

@@ -8,8 +8,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import wire
 from gateway.backends import Replicas
-from gateway.metrics import Metrics, ModelGauges
+from gateway.metrics import ANNOUNCEMENT_OUTCOMES, Metrics, ModelGauges
 from gateway.replicas.endpoints import EndpointPool, ReadyEndpoints
+from tests.gateway.replicas.test_endpoints import Clock
 
 pytestmark = pytest.mark.unit
 
@@ -69,6 +70,59 @@ def test_a_model_that_left_the_catalog_has_no_gauges() -> None:
     gauges.observe("gone", (0, 0, 0, 0))
     gauges.keep_only({"kept"})
     assert 'model="kept"' in gauges.text() and 'model="gone"' not in gauges.text()
+
+
+def test_replica_seconds_add_up_the_replicas_held_between_observations_busy_or_idle() -> None:
+    """``kaltstart_replica_seconds_total``: the dashboard's GPU time per model, and what idle replicas cost."""
+    clock = Clock()
+    metrics = Metrics(clock=clock)
+
+    def seconds(load: str) -> float | None:
+        return metrics.registry.get_sample_value("kaltstart_replica_seconds_total", {"model": "m", "load": load})
+
+    metrics.observe_model("m", 0, 0, Replicas(desired=0, ready=0))
+    clock.now += 5
+    metrics.observe_model("m", 2, 0, Replicas(desired=1, ready=0))  # nothing held for those 5 s
+    assert seconds("busy") is None and seconds("idle") is None
+    clock.now += 10
+    metrics.observe_model("m", 0, 1, Replicas(desired=2, ready=1))  # 1 starting replica, busy, for 10 s
+    assert seconds("busy") == 10
+    clock.now += 4
+    metrics.observe_model("m", 0, 0, Replicas(desired=0, ready=2))  # 2 busy for 4 s; then scaled down, idle
+    assert seconds("busy") == 18
+    clock.now += 3
+    metrics.observe_model("m", 0, 0, Replicas(desired=0, ready=0))  # 2 stopping replicas, idle, for 3 s
+    assert (seconds("busy"), seconds("idle")) == (18, 6)
+    clock.now += 100
+    metrics.observe_model("m", 0, 0, Replicas(desired=0, ready=0))
+    assert (seconds("busy"), seconds("idle")) == (18, 6)
+    assert 'kaltstart_replica_seconds_total{load="idle",model="m"} 6.0' in metrics.render().decode()
+
+
+def test_replica_seconds_of_a_model_that_left_the_catalog_start_again_from_its_return() -> None:
+    clock = Clock()
+    metrics = Metrics(clock=clock)
+    metrics.observe_model("m", 0, 0, Replicas(desired=1, ready=1))
+    metrics.keep_only(set())
+    clock.now += 50  # gone meanwhile: not counted
+    metrics.observe_model("m", 0, 0, Replicas(desired=1, ready=1))
+    clock.now += 2
+    metrics.observe_model("m", 0, 0, Replicas(desired=1, ready=1))
+    assert metrics.registry.get_sample_value("kaltstart_replica_seconds_total", {"model": "m", "load": "idle"}) == 2
+
+
+def test_counters_that_alerts_watch_with_increase_are_exported_from_zero() -> None:
+    """A series born at 1 shows no ``increase()``: the first refused announcement, the first poison request of
+    a model would not alert."""
+    metrics = Metrics()
+    text = metrics.render().decode()
+    for outcome in ANNOUNCEMENT_OUTCOMES:
+        assert f'kaltstart_replica_announcements_total{{outcome="{outcome}"}} 0.0' in text
+    assert 'kaltstart_poison_requests_total{model="m"}' not in text  # not for every model served: from its first batch
+    metrics.dispatching("m")
+    text = metrics.render().decode()
+    assert 'kaltstart_poison_requests_total{model="m"} 0.0' in text
+    assert 'kaltstart_redeliveries_total{model="m"} 0.0' in text
 
 
 # Pool replicas: what their reports and batch answers said, served without calling them.

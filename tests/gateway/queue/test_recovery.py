@@ -7,11 +7,13 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.catalog import ModelCatalog
+from gateway.metrics import Metrics
 from gateway.queue.recovery import Abandoned, Heartbeats, Janitor, Takeover
 from gateway.queue.stream import RequestQueue
 from gateway.relay.messages import Failed
-from gateway.settings import ModelSettings
+from gateway.settings import ModelSettings, QueueSettings
 from gateway.store import keys
+from gateway.store.connection import connect
 from tests.gateway.queue.entries import add_unreadable_entries, queued, read_batch
 
 pytestmark = pytest.mark.integration
@@ -19,12 +21,14 @@ pytestmark = pytest.mark.integration
 MODEL = "tiny"
 
 
-def _janitor(queue: RequestQueue, redis: Redis, models: list[str]) -> Janitor:
-    """The janitor of the live gateway "live", for ``models``, where every request is still waited for."""
+def _janitor(queue: RequestQueue, redis: Redis, models: list[str], metrics: Metrics | None = None) -> Janitor:
+    """The janitor of the live gateway "live", for ``models``, where every request is still waited for; it tells
+    ``metrics`` whether Redis answers its heartbeats."""
     return Janitor(
         queue=queue,
         takeover=Takeover(redis, queue),
         heartbeats=Heartbeats(redis),
+        redis_up=(metrics or Metrics()).redis_up.set,
         catalog=ModelCatalog([ModelSettings(name=model) for model in models]),
         gateway_id="live",
         interval_s=1,
@@ -52,6 +56,26 @@ async def test_janitor_hands_back_the_work_of_a_dead_gateway(queue: RequestQueue
     await live.pass_once()
     assert "dead" not in (await queue.consumers_of([MODEL]))[MODEL]
     await live.stop()
+
+
+async def test_redis_up_says_whether_the_last_heartbeat_reached_redis(queue: RequestQueue, redis: Redis) -> None:
+    """``kaltstart_redis_up``, which the KaltstartRedisUnreachable alert watches, follows every heartbeat."""
+    metrics = Metrics()
+
+    def up() -> float | None:
+        return metrics.registry.get_sample_value("kaltstart_redis_up")
+
+    live = _janitor(queue, redis, [MODEL], metrics)
+    await live.start()
+    assert up() == 1
+    nowhere = connect("redis://127.0.0.1:1", QueueSettings())  # nothing listens there: connection refused
+    cut_off = _janitor(RequestQueue(redis=nowhere, max_queue_per_model=3), nowhere, [MODEL], metrics)
+    await cut_off.pass_once()
+    assert up() == 0
+    await live.pass_once()
+    assert up() == 1
+    await live.stop()
+    await nowhere.aclose()
 
 
 @pytest.mark.security

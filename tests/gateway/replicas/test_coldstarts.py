@@ -77,3 +77,37 @@ def test_a_replicas_start_up_timings_are_observed_by_phase() -> None:
     assert [seconds(p) for p in ("cache", "imports", "load", "warmup", "replica_total")] == [0.1, 2, 0.5, 0.2, 2.8]
     assert seconds("process") is None  # not known: not observed as 0
     assert seconds("ready_to_dispatch") == 0.004
+
+
+async def test_a_cold_start_longer_than_its_model_s_budget_is_counted_when_it_ends() -> None:
+    """``kaltstart_cold_starts_over_budget_total`` (the KaltstartColdStartOverBudget alert's): exported at 0 from
+    the start of a model's first cold start, so that the first one over budget shows as an increase; counted when
+    the start ends over budget, ready or given up."""
+    clock, metrics = Clock(), Metrics()
+    budgets = {"m": 60.0}
+    cold = ColdStarts(
+        durations=MemoryDurations(), endpoints=ReadyEndpoints(), metrics=metrics, budget_s=budgets.get, clock=clock
+    )
+
+    def over() -> float | None:
+        return metrics.registry.get_sample_value("kaltstart_cold_starts_over_budget_total", {"model": "m"})
+
+    assert over() is None
+    cold.began("m")
+    assert over() == 0
+    clock.now += 60  # just in budget
+    cold.ready("m")
+    assert over() == 0
+    cold.began("m")
+    clock.now += 61
+    cold.ready("m")
+    assert over() == 1
+    cold.began("m")
+    clock.now += 90
+    cold.abandoned("m")  # scaled back to zero, never ready: over budget all the same
+    assert over() == 2
+    cold.began("unknown")  # no budget (the model left the catalog): never over it
+    clock.now += 1000
+    cold.ready("unknown")
+    assert metrics.registry.get_sample_value("kaltstart_cold_starts_over_budget_total", {"model": "unknown"}) == 0
+    await cold.drain()
