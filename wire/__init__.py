@@ -28,10 +28,12 @@ announcements, claims, cancellations) and ``wire.base`` (base models, limits); i
 from __future__ import annotations
 
 from wire.base import (
+    MAX_ADAPTER_SOURCE_LENGTH,
     MAX_ANNOUNCE_INTERVAL_S,
     MAX_ANNOUNCED_MODELS,
     MAX_ANNOUNCEMENT_BYTES,
     MAX_CANCEL_IDS,
+    MAX_LOADED_ADAPTERS,
     MAX_LOGIT_BIAS,
     MAX_LOGPROBS,
     MAX_MODEL_NAME_LENGTH,
@@ -39,8 +41,10 @@ from wire.base import (
     MAX_STOP_LENGTH,
     MAX_STOP_SEQUENCES,
     MAX_TOOLS,
+    ModelName,
 )
 from wire.batch import (
+    AdapterRef,
     BatchEvent,
     BatchEventAdapter,
     BatchRequest,
@@ -62,6 +66,7 @@ from wire.batch import (
     Usage,
 )
 from wire.replica import (
+    ADAPTERS_HEADER,
     POOL_ACTIVE_HEADER,
     POOL_FREE_BYTES_HEADER,
     POOL_PARKED_HEADER,
@@ -81,18 +86,23 @@ from wire.replica import (
     SchedulerKind,
     StartupPhase,
     StartupTimings,
+    adapters_from_header,
+    adapters_header,
 )
 
 __all__ = [
+    "ADAPTERS_HEADER",
     "BATCH_PATH",
     "CANCEL_PATH",
     "CLAIM_PATH",
     "FREE_ROWS_HEADER",
     "HEALTH_PATH",
+    "MAX_ADAPTER_SOURCE_LENGTH",
     "MAX_ANNOUNCED_MODELS",
     "MAX_ANNOUNCEMENT_BYTES",
     "MAX_ANNOUNCE_INTERVAL_S",
     "MAX_CANCEL_IDS",
+    "MAX_LOADED_ADAPTERS",
     "MAX_LOGIT_BIAS",
     "MAX_LOGPROBS",
     "MAX_MODEL_NAME_LENGTH",
@@ -108,6 +118,7 @@ __all__ = [
     "POOL_UNLOAD_PATH",
     "READY_PATH",
     "REPLICAS_CHANNEL",
+    "AdapterRef",
     "Announcement",
     "BatchEvent",
     "BatchEventAdapter",
@@ -123,6 +134,7 @@ __all__ = [
     "FunctionCall",
     "FunctionDefinition",
     "GenerationRequest",
+    "ModelName",
     "ModelState",
     "PoolModel",
     "PoolMoveRequest",
@@ -143,6 +155,8 @@ __all__ = [
     "ToolChoice",
     "TopLogprob",
     "Usage",
+    "adapters_from_header",
+    "adapters_header",
     "json_schema",
 ]
 
