@@ -288,6 +288,15 @@ def _structured(s: Mapping[str, Any]) -> str:
     )
 
 
+def _lora(s: Mapping[str, Any]) -> str:
+    return (
+        f"batches of {s['batch']}, {s['max_tokens']} tokens, {s['threads']} torch thread(s): 16 rows over "
+        f"{s['adapters']} rank-{s['rank']} adapters {_n(s['tokens_per_s_adapters'], 0)} vs the base alone "
+        f"{_n(s['tokens_per_s_base'], 0)} tokens/s, ratio {_n(s['ratio'], 2)}; adapter cold load from the cache "
+        f"{_n(s['cold_load_ms_median'], 1)} ms median, {_n(s['cold_load_ms_max'], 1)} ms max; {s['errors']} errors"
+    )
+
+
 def _batching(s: Mapping[str, Any]) -> str:
     return (
         f"{s['requests']} requests of {s['max_tokens']} tokens: batch 16 {_n(s['tokens_per_s_b16'], 0)} vs batch 1 "
@@ -384,6 +393,7 @@ ROWS: dict[str, Row] = {
     "continuous": Row("demo model, one replica per scheduler, Poisson arrivals, Azure output lengths", _continuous),
     "batching": Row("demo model, one runtime, the same requests in batches of 1 and 16", _batching),
     "structured": Row("demo-size model, one runtime, with and without a JSON Schema on every row", _structured),
+    "lora": Row("demo model, one runtime, 16 rows over 8 LoRA adapters vs the base model alone, CPU", _lora),
     "replay": Row("a trace replayed in real time against a local gateway (its --config)", _replay),
     "simulate": Row("the scaling policy on a virtual clock against fixed idle timeouts", _simulate),
 }

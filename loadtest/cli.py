@@ -34,6 +34,7 @@ def _commands() -> dict[str, tuple[str, _Command]]:
         continuous,
         gpu,
         library,
+        lora,
         overhead,
         poolbench,
         relay,
@@ -56,6 +57,7 @@ def _commands() -> dict[str, tuple[str, _Command]]:
         "bench continuous": ("one replica, a static against a continuous (step-level) scheduler", continuous),
         "bench library": ("in process: our static and continuous schedulers against transformers' manager", library),
         "bench structured": ("one runtime, batches of 16 with and without a JSON Schema on every row", structured),
+        "bench lora": ("one runtime, batches of 16 over 8 LoRA adapters vs the base model; adapter cold load", lora),
         "bench scale": ("one gateway serving 10 to 1,000 models (Kubernetes backend, API double): idle cost", scale),
         "report": ("the README's 'Measure it' table from archived summaries (loadtest/results/)", archive),
         "gpu": ("bench batching, continuous and coldstart with a ~1B random Llama on CUDA; vLLM if installed", gpu),
@@ -74,7 +76,7 @@ def parser() -> argparse.ArgumentParser:
         if sub:
             if bench is None:
                 benchmarks = (
-                    "overhead, relay, upstream, batching, coldstart, pool, continuous, library, structured, scale"
+                    "overhead, relay, upstream, batching, coldstart, pool, continuous, library, structured, lora, scale"
                 )
                 bench_parser = commands.add_parser(group, help=f"benchmarks: {benchmarks}")
                 bench = bench_parser.add_subparsers(dest="benchmark", required=True, metavar="benchmark")

@@ -44,7 +44,7 @@ from loadtest.report import Table, finish
 from loadtest.stats import ratio
 from runtime.weights.demo_model import BUILD_REPORT
 
-__all__ = ["SCHEMA", "StructuredOptions", "add_arguments", "bench", "run", "tables"]
+__all__ = ["SCHEMA", "StructuredOptions", "add_arguments", "bench", "pin_threads", "run", "tables"]
 
 BATCH = 16
 MIN_NOTES = 200
@@ -191,7 +191,7 @@ def tables(sides: Sequence[Side], summary: dict[str, Any]) -> list[Table]:
     return [throughput, masks, schemas]
 
 
-def _pin(pid: int, threads: int | None) -> list[int] | None:
+def pin_threads(pid: int, threads: int | None) -> list[int] | None:
     """Every thread of ``pid`` on the first ``threads`` of our cores (threads it makes later inherit that); the
     cores, or None when nothing is pinned (no cap, or not Linux)."""
     if threads is None or not hasattr(os, "sched_setaffinity"):
@@ -213,7 +213,7 @@ async def bench(model: Path, work: Path, options: StructuredOptions) -> tuple[li
         aiohttp.ClientSession() as session,
         running_runtime(flags, work / "runtime-structured.log", env=env) as runtime,
     ):
-        cpus = _pin(runtime.child.process.pid, options.threads)
+        cpus = pin_threads(runtime.child.process.pid, options.threads)
         sides = await measure(session, runtime.url, options)
     masks = await measure_in_child(model, batch=BATCH, threads=options.threads)
     return sides, summarise(sides, masks, options, run={"cpus_pinned": cpus, "tokenizer_build": _built(model)})

@@ -8,6 +8,7 @@
     │   └── CheckpointError  a safetensors file is malformed or truncated (the message names the file)
     │       └── UnknownDtype a tensor in a dtype the reader does not know: the load falls back to from_pretrained
     ├── PromptRejected       a request's prompt this model cannot take (a chat turn its template cannot render)
+    ├── AdapterInvalid       a request's LoRA adapter cannot be used with this base (its ``adapter_invalid`` error)
     └── PoolError            a pool runtime cannot make a model active
         ├── ModelTooLarge    the model alone exceeds the pool's device budget (found at start: the runtime exits)
         ├── PoolBusy         no room within ``--pool-wait-s``: the models that would have to go hold requests (503)
@@ -21,6 +22,7 @@ an event (``prepare`` turns it into one).
 from __future__ import annotations
 
 __all__ = [
+    "AdapterInvalid",
     "CacheError",
     "CheckpointError",
     "EngineError",
@@ -66,6 +68,11 @@ class UnknownDtype(CheckpointError):
 
 class PromptRejected(RuntimeServiceError):
     """The message says, for the client, why the model cannot take this prompt."""
+
+
+class AdapterInvalid(RuntimeServiceError):
+    """The message says, for the client, why the adapter cannot be used (files missing, not LoRA, a rank or shape
+    the base model cannot take)."""
 
 
 class PoolError(RuntimeServiceError):

@@ -15,7 +15,13 @@ from typing import Literal, NoReturn, TypeVar
 from runtime.errors import SettingsError
 from runtime.output.toolcalls import ToolParserName
 from runtime.weights.cache import VERIFY_MODES, CacheVerify
-from wire import MAX_ANNOUNCE_INTERVAL_S, MAX_ANNOUNCED_MODELS, MAX_MODEL_NAME_LENGTH, SchedulerKind
+from wire import (
+    MAX_ANNOUNCE_INTERVAL_S,
+    MAX_ANNOUNCED_MODELS,
+    MAX_LOADED_ADAPTERS,
+    MAX_MODEL_NAME_LENGTH,
+    SchedulerKind,
+)
 
 __all__ = ["ENV_PREFIX", "Device", "Dtype", "EngineKind", "PoolSettings", "RuntimeSettings", "SchedulerKind"]
 
@@ -201,6 +207,21 @@ class RuntimeSettings:
     (default) every file's size, one ``stat`` each; ``sha256`` also every file's hash, reading every byte once
     more per start (seconds per GB). A cache that does not match is filled again."""
 
+    max_adapters: int = 8
+    """LoRA adapters (``GenerationRequest.adapter``) resident on the device at once, each loaded on its first
+    request; beyond it the least recently used one that no running row uses is evicted, and a row whose adapter
+    finds every slot held by running rows waits for one (docs/runtime.md, "LoRA adapters"). 0: adapters are refused
+    (``adapter_invalid``). Default 8; at most 64 (``wire.MAX_LOADED_ADAPTERS``, what ``/readyz`` may report)."""
+
+    max_adapter_rank: int = 64
+    """Highest LoRA rank taken; an adapter of a higher rank is refused (``adapter_invalid``). The device keeps every
+    slot's weights padded to the largest rank resident, so this bounds that padding. Default 64."""
+
+    adapter_bytes: int | None = None
+    """Most bytes the resident adapters' weights (at their own ranks, in the dtype served) may take on the device;
+    loading one beyond it evicts least recently used ones as ``max_adapters`` does. Default (None): no byte bound,
+    ``max_adapters`` alone."""
+
     pool: PoolSettings | None = None
     """A pool runtime (``--pool``) serving every model of ``PoolSettings.models``; ``model_name`` then lists
     their names and ``source`` is the first one's. Default: None, one model."""
@@ -238,6 +259,7 @@ class RuntimeSettings:
             raise SettingsError(f"max body bytes must be at least 1024, got {self.max_body_bytes}")
         if self.shutdown_grace_s < 0:
             raise SettingsError(f"shutdown grace must not be negative, got {self.shutdown_grace_s}")
+        _check_adapters(self)
         _check_pool(self.pool, self)
 
     @property
@@ -288,6 +310,9 @@ class RuntimeSettings:
             token=environ.get(ENV_PREFIX + "TOKEN", "").strip() or None,
             max_body_bytes=args.max_body_bytes,
             cache_verify=args.cache_verify,
+            max_adapters=args.max_adapters,
+            max_adapter_rank=args.max_adapter_rank,
+            adapter_bytes=args.adapter_bytes or None,
             pool=pool,
             fault_exit_on=args.fault_exit_on or None,
         )
@@ -392,6 +417,21 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         help="what a weight-cache hit checks: every file's size, or also its sha256",
     )
     p.add_argument(
+        "--max-adapters",
+        type=int,
+        default=env.integer("MAX_ADAPTERS", 8),
+        help="LoRA adapters resident on the device at once, least recently used evicted (0: none served)",
+    )
+    p.add_argument(
+        "--max-adapter-rank", type=int, default=env.integer("MAX_ADAPTER_RANK", 64), help="highest LoRA rank taken"
+    )
+    p.add_argument(
+        "--adapter-bytes",
+        type=int,
+        default=env.integer("ADAPTER_BYTES", 0),
+        help="most bytes of resident adapter weights (0: no bound but --max-adapters)",
+    )
+    p.add_argument(
         "--pool",
         action=argparse.BooleanOptionalAction,
         default=env.boolean("POOL", False),
@@ -435,6 +475,15 @@ def _pool_settings(args: argparse.Namespace) -> PoolSettings:
         host_budget_bytes=None if args.pool_host_bytes == -1 else args.pool_host_bytes,
         wait_s=args.pool_wait_s,
     )
+
+
+def _check_adapters(settings: RuntimeSettings) -> None:
+    if not 0 <= settings.max_adapters <= MAX_LOADED_ADAPTERS:
+        raise SettingsError(f"max adapters must be in 0..{MAX_LOADED_ADAPTERS}, got {settings.max_adapters}")
+    if settings.max_adapter_rank < 1:
+        raise SettingsError(f"max adapter rank must be at least 1, got {settings.max_adapter_rank}")
+    if settings.adapter_bytes is not None and settings.adapter_bytes < 1:
+        raise SettingsError(f"adapter bytes must be positive, got {settings.adapter_bytes}")
 
 
 def _check_pool(pool: PoolSettings | None, settings: RuntimeSettings) -> None:

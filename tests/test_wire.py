@@ -265,3 +265,51 @@ def test_a_pool_replicas_residency_travels_in_batch_answer_headers() -> None:
     too_many = ",".join(f"m{i}" for i in range(wire.MAX_ANNOUNCED_MODELS + 1))
     for bad in ({wire.POOL_FREE_BYTES_HEADER: "many"}, {wire.POOL_ACTIVE_HEADER: too_many}):
         assert wire.Residency.from_headers(headers | bad) is None  # unreadable: the gateway keeps what it knew
+
+
+def test_an_adapter_rides_on_its_request_and_is_left_out_without_one() -> None:
+    """``adapter`` came later: a request for the base model is byte for byte what a runtime that predates it reads;
+    one with an adapter round-trips, and the ref is bounded."""
+    base = wire.GenerationRequest(id="a", prompt="hi")
+    assert "adapter" not in json.loads(base.model_dump_json())
+    ref = wire.AdapterRef(name="support-bot", source="org/support-lora@v2")
+    tuned = base.model_copy(update={"adapter": ref})
+    assert json.loads(tuned.model_dump_json())["adapter"] == {"name": "support-bot", "source": "org/support-lora@v2"}
+    assert wire.GenerationRequest.model_validate_json(tuned.model_dump_json()) == tuned
+    for bad in ({"name": "", "source": "x"}, {"name": "x", "source": ""}, {"name": "x" * 129, "source": "x"}):
+        with pytest.raises(ValidationError):
+            wire.AdapterRef.model_validate(bad)
+    with pytest.raises(ValidationError):
+        wire.AdapterRef(name="x", source="s" * (wire.MAX_ADAPTER_SOURCE_LENGTH + 1))
+    with pytest.raises(ValidationError):
+        wire.AdapterRef.model_validate({"name": "x", "source": "y", "rank": 8})
+    failed = wire.ErrorEvent(id="a", code="adapter_invalid", message="adapter support-bot: rank 128 > 64")
+    assert wire.BatchEventAdapter.validate_json(failed.model_dump_json()) == failed
+
+
+def test_a_ready_report_names_loaded_adapters_only_when_there_are_some() -> None:
+    """``adapters`` came last: a replica without any loaded answers exactly as before."""
+    plain = wire.ReadyBody(model="a", max_batch_size=1, context_length=8)
+    assert "adapters" not in json.loads(plain.model_dump_json())
+    loaded = plain.model_copy(update={"adapters": ("x", "y")})
+    assert json.loads(loaded.model_dump_json())["adapters"] == ["x", "y"]
+    assert wire.ReadyBody.model_validate_json(loaded.model_dump_json()) == loaded
+    with pytest.raises(ValidationError):
+        wire.ReadyBody(
+            model="a",
+            max_batch_size=1,
+            context_length=8,
+            adapters=tuple(f"a{i}" for i in range(wire.MAX_LOADED_ADAPTERS + 1)),
+        )
+
+
+def test_loaded_adapters_travel_in_a_batch_answer_header() -> None:
+    assert wire.ADAPTERS_HEADER == "x-kaltstart-adapters"
+    headers = wire.adapters_header(("x", "y"))
+    assert headers == {"x-kaltstart-adapters": "x,y"}
+    assert wire.adapters_from_header(headers) == ("x", "y")
+    assert wire.adapters_from_header(wire.adapters_header(())) == ()
+    assert wire.adapters_from_header({wire.FREE_ROWS_HEADER: "3"}) is None  # a runtime that predates adapters
+    too_many = ",".join(f"a{i}" for i in range(wire.MAX_LOADED_ADAPTERS + 1))
+    for bad in (too_many, "x" * (wire.MAX_MODEL_NAME_LENGTH + 1)):
+        assert wire.adapters_from_header({wire.ADAPTERS_HEADER: bad}) is None

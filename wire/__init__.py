@@ -28,10 +28,12 @@ announcements, claims, cancellations) and ``wire.base`` (base models, limits); i
 from __future__ import annotations
 
 from wire.base import (
+    MAX_ADAPTER_SOURCE_LENGTH,
     MAX_ANNOUNCE_INTERVAL_S,
     MAX_ANNOUNCED_MODELS,
     MAX_ANNOUNCEMENT_BYTES,
     MAX_CANCEL_IDS,
+    MAX_LOADED_ADAPTERS,
     MAX_LOGIT_BIAS,
     MAX_LOGPROBS,
     MAX_MODEL_NAME_LENGTH,
@@ -40,8 +42,10 @@ from wire.base import (
     MAX_STOP_SEQUENCES,
     MAX_TOOLS,
     REQUEST_ID_PATTERN,
+    ModelName,
 )
 from wire.batch import (
+    AdapterRef,
     BatchEvent,
     BatchEventAdapter,
     BatchRequest,
@@ -63,6 +67,7 @@ from wire.batch import (
     Usage,
 )
 from wire.replica import (
+    ADAPTERS_HEADER,
     POOL_ACTIVE_HEADER,
     POOL_FREE_BYTES_HEADER,
     POOL_PARKED_HEADER,
@@ -82,18 +87,23 @@ from wire.replica import (
     SchedulerKind,
     StartupPhase,
     StartupTimings,
+    adapters_from_header,
+    adapters_header,
 )
 
 __all__ = [
+    "ADAPTERS_HEADER",
     "BATCH_PATH",
     "CANCEL_PATH",
     "CLAIM_PATH",
     "FREE_ROWS_HEADER",
     "HEALTH_PATH",
+    "MAX_ADAPTER_SOURCE_LENGTH",
     "MAX_ANNOUNCED_MODELS",
     "MAX_ANNOUNCEMENT_BYTES",
     "MAX_ANNOUNCE_INTERVAL_S",
     "MAX_CANCEL_IDS",
+    "MAX_LOADED_ADAPTERS",
     "MAX_LOGIT_BIAS",
     "MAX_LOGPROBS",
     "MAX_MODEL_NAME_LENGTH",
@@ -110,6 +120,7 @@ __all__ = [
     "READY_PATH",
     "REPLICAS_CHANNEL",
     "REQUEST_ID_PATTERN",
+    "AdapterRef",
     "Announcement",
     "BatchEvent",
     "BatchEventAdapter",
@@ -125,6 +136,7 @@ __all__ = [
     "FunctionCall",
     "FunctionDefinition",
     "GenerationRequest",
+    "ModelName",
     "ModelState",
     "PoolModel",
     "PoolMoveRequest",
@@ -145,6 +157,8 @@ __all__ = [
     "ToolChoice",
     "TopLogprob",
     "Usage",
+    "adapters_from_header",
+    "adapters_header",
     "json_schema",
 ]
 

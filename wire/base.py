@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Field,
     SerializerFunctionWrapHandler,
     model_serializer,
 )
@@ -40,6 +41,14 @@ MAX_ANNOUNCEMENT_BYTES = 8192
 #: Longest announced interval, in seconds: a replica that goes quiet is forgotten after three of them, so this
 #: bounds how long one announcement can keep a replica listed.
 MAX_ANNOUNCE_INTERVAL_S = 60.0
+#: Longest LoRA adapter source (a directory or ``org/repo[@rev]``), in characters.
+MAX_ADAPTER_SOURCE_LENGTH = 1024
+#: Most adapters one replica may report loaded (``ReadyBody.adapters``, the batch answer's adapters header): a
+#: runtime's ``--max-adapters`` is bounded by it.
+MAX_LOADED_ADAPTERS = 64
+
+#: A model name as a replica reports it (or a client calls an adapter).
+ModelName = Annotated[str, Field(min_length=1, max_length=MAX_MODEL_NAME_LENGTH)]
 
 
 class _Wire(BaseModel):

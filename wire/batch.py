@@ -13,6 +13,7 @@ from pydantic import (
 )
 
 from wire.base import (
+    MAX_ADAPTER_SOURCE_LENGTH,
     MAX_LOGIT_BIAS,
     MAX_LOGPROBS,
     MAX_REQUEST_ID_LENGTH,
@@ -22,6 +23,7 @@ from wire.base import (
     MAX_TRACEPARENT_LENGTH,
     REQUEST_ID_PATTERN,
     TRACEPARENT_PATTERN,
+    ModelName,
     _Evolving,
     _Wire,
 )
@@ -150,6 +152,16 @@ class ResponseFormat(_Wire):
         return self
 
 
+class AdapterRef(_Wire):
+    """A LoRA adapter (PEFT format: ``adapter_config.json`` and ``adapter_model.safetensors``) of the batch's base
+    model to generate with: ``name`` is the model name clients call it by, ``source`` where its files come from (a
+    local directory or a hub id ``org/repo[@rev]``), resolved into the node-local cache exactly like a base model's
+    ``--source``. The runtime loads it onto the device on first use and keeps the most recently used ones there."""
+
+    name: ModelName
+    source: str = Field(min_length=1, max_length=MAX_ADAPTER_SOURCE_LENGTH)
+
+
 class GenerationRequest(_Evolving):
     """One request in a batch: a plain ``prompt`` (text), a ``prompt_token_ids`` (token ids, used as they are), or
     chat ``messages``: exactly one. ``echo`` (plain prompts only) puts the prompt before the generated text, and
@@ -157,7 +169,10 @@ class GenerationRequest(_Evolving):
 
     Chat requests only: ``tools`` are declared to the model through its chat template; ``tool_choice`` says
     whether it may, must or must not call them; ``parallel_tool_calls`` whether it may call several at once.
-    ``response_format`` constrains the answer to JSON (a schema's, or any object)."""
+    ``response_format`` constrains the answer to JSON (a schema's, or any object).
+
+    ``adapter``: generate with that LoRA adapter of the base model (``BatchRequest.model`` still names the base);
+    None, the base model itself. Rows with different adapters, and rows with none, may share one batch."""
 
     _newer = (
         "prompt_token_ids",
@@ -168,6 +183,7 @@ class GenerationRequest(_Evolving):
         "response_format",
         "request_id",
         "traceparent",
+        "adapter",
     )
 
     id: str = Field(min_length=1, max_length=MAX_REQUEST_ID_LENGTH)
@@ -194,6 +210,7 @@ class GenerationRequest(_Evolving):
         pattern=TRACEPARENT_PATTERN,
         description="W3C trace context of the span this generation belongs under (the gateway's dispatch span)",
     )
+    adapter: AdapterRef | None = None
 
     @model_validator(mode="after")
     def _one_prompt(self) -> GenerationRequest:
@@ -301,11 +318,13 @@ class FinishEvent(_Evolving):
 class ErrorEvent(_Wire):
     """A request could not be served. ``invalid_request`` is the client's fault (e.g. prompt longer than the
     model's context) and is not retried; ``internal`` is the runtime's; ``cancelled`` answers ``POST /v1/cancel``
-    (nobody waits for the request any more, so it must not be retried either)."""
+    (nobody waits for the request any more, so it must not be retried either); ``adapter_invalid``: the request's
+    LoRA adapter cannot be used with this base model (files missing or malformed, not a LoRA, a rank above the
+    runtime's ``--max-adapter-rank``, a target module or shape the base does not have), which no retry mends."""
 
     type: Literal["error"] = "error"
     id: str
-    code: Literal["invalid_request", "internal", "cancelled"]
+    code: Literal["invalid_request", "internal", "cancelled", "adapter_invalid"]
     message: str
 
 

@@ -3,7 +3,7 @@ requests are cancelled (see ``wire``)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import (
@@ -14,14 +14,14 @@ from wire.base import (
     MAX_ANNOUNCE_INTERVAL_S,
     MAX_ANNOUNCED_MODELS,
     MAX_CANCEL_IDS,
+    MAX_LOADED_ADAPTERS,
     MAX_MODEL_NAME_LENGTH,
     MAX_REQUEST_ID_LENGTH,
+    ModelName,
     _Evolving,
     _Wire,
 )
 
-#: A model name as a replica reports it.
-ModelName = Annotated[str, Field(min_length=1, max_length=MAX_MODEL_NAME_LENGTH)]
 #: A replica's base URL: http(s), a host and port, no credentials, query or fragment.
 _BASE_URL = r"^https?://[^\s/?#@]+(/[^\s?#@]*)?$"
 
@@ -141,6 +141,29 @@ class Residency(_Wire):
         return "active" if model in self.active else "parked" if model in self.parked else "absent"
 
 
+#: Response header of a ``POST /v1/batch`` answer of a runtime that serves LoRA adapters: the adapters loaded on its
+#: device once the batch was taken (comma-separated names, least recently used first; empty when none is). A runtime
+#: that predates adapters sends none; a gateway reads it with ``adapters_from_header``.
+ADAPTERS_HEADER = "x-kaltstart-adapters"
+
+
+def adapters_header(names: Sequence[str]) -> dict[str, str]:
+    """The adapters header for ``names`` (adapter names hold no comma: the runtime refuses one that does)."""
+    return {ADAPTERS_HEADER: ",".join(names)}
+
+
+def adapters_from_header(headers: Mapping[str, str]) -> tuple[str, ...] | None:
+    """The loaded adapters a batch answer's headers carry; None without the header (a runtime that predates adapters)
+    or when it cannot be read (too many names, a name too long): the gateway then keeps what it knew."""
+    value = headers.get(ADAPTERS_HEADER)
+    if value is None:
+        return None
+    names = _names(value)
+    if len(names) > MAX_LOADED_ADAPTERS or any(len(name) > MAX_MODEL_NAME_LENGTH for name in names):
+        return None
+    return names
+
+
 class PoolMoveRequest(_Wire):
     """Body of ``POST /v1/pool/park`` and ``POST /v1/pool/unload`` to a pool runtime (the gateway's three-state
     keep-alive): take ``model`` off the device into host memory (park), or to disk (unload). Answered 200 with a
@@ -165,11 +188,12 @@ def _names(text: str) -> tuple[str, ...]:
 
 class ReadyBody(_Evolving):
     """A ready replica's report. ``scheduler``, ``max_batch_tokens``, ``free_rows``, ``startup``, ``models`` and
-    ``pool`` came later; their defaults describe a replica that predates them: one batch at a time, no token
-    budget, no start-up timings, one model name, no pool. ``models`` and ``pool`` are left out of the JSON while
-    empty, so a replica that does not use them answers a gateway that predates them."""
+    ``pool`` came later, ``adapters`` last; their defaults describe a replica that predates them: one batch at a
+    time, no token budget, no start-up timings, one model name, no pool, no LoRA adapter loaded. ``models``,
+    ``pool`` and ``adapters`` are left out of the JSON while empty, so a replica that does not use them answers a
+    gateway that predates them."""
 
-    _newer: ClassVar[tuple[str, ...]] = ("models", "pool")
+    _newer: ClassVar[tuple[str, ...]] = ("models", "pool", "adapters")
 
     status: Literal["ready"] = "ready"
     model: ModelName = Field(description="the model the replica serves (its first name)")
@@ -202,6 +226,12 @@ class ReadyBody(_Evolving):
     )
     pool: PoolReport | None = Field(
         None, description="a pool runtime (several models, loaded on demand): each model's state and memory"
+    )
+    adapters: tuple[ModelName, ...] = Field(
+        (),
+        max_length=MAX_LOADED_ADAPTERS,
+        description="the LoRA adapters (by the names clients call them) loaded on the device right now, least "
+        "recently used first: a request for one of them starts without loading it",
     )
 
     def serves(self, model: str) -> bool:

@@ -8,15 +8,21 @@ in the torch engine, because both use ``Completion``, and so does cancellation: 
 ``cancelled`` error at the next step. Rows join and leave a running batch between steps as in the torch engine, so
 the continuous scheduler (several open batches at once) works with it too. It never imports torch, so it is
 ready in well under a second.
+
+A request with a LoRA adapter is echoed like any other, and the adapter counts as loaded from its first request on
+(least recently used ones forgotten beyond ``max_adapters``, never one a running row uses), without reading its
+files: ``/readyz`` and the adapters header of the batch answers then behave as a torch runtime's would, for the
+gateway's tests.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 
+from runtime.adapters.residency import Residency
 from runtime.cancellation import Cancellation
-from runtime.engine.interface import BatchEvent, LoadReport, NextToken, too_long
+from runtime.engine.interface import BatchEvent, LoadReport, NextToken, Reservation, too_long
 from runtime.engine.stepping import run_to_completion
 from runtime.output.completion import Completion, Decode, EchoedPrompt
 from runtime.output.logprobs import Logprob, Vocabulary
@@ -37,8 +43,12 @@ class EchoRow:
 
 
 class EchoEngine:
-    def __init__(self, max_context_tokens: int | None = None) -> None:
+    def __init__(self, max_context_tokens: int | None = None, max_adapters: int = 8) -> None:
         self._context_length = max_context_tokens or DEFAULT_CONTEXT_TOKENS
+        self._adapters = Residency(max_adapters)
+
+    def loaded_adapters(self) -> tuple[str, ...]:
+        return self._adapters.names
 
     @property
     def context_length(self) -> int:
@@ -70,7 +80,7 @@ class EchoEngine:
         return EchoRow(completion, words)
 
     def step_batch(self, *, running_joins: bool = True) -> EchoBatch:
-        return EchoBatch()
+        return EchoBatch(self._adapters)
 
     def default_batch_tokens(self) -> int:
         return DEFAULT_BATCH_TOKENS
@@ -79,8 +89,10 @@ class EchoEngine:
 class EchoBatch:
     """Every row gets the index of its next word per step; the end of the words is its end of sequence."""
 
-    def __init__(self) -> None:
+    def __init__(self, adapters: Residency | None = None) -> None:
         self._rows: list[EchoRow] = []
+        self._adapters = adapters if adapters is not None else Residency(0)
+        self._pinned: dict[int, tuple[str, str]] = {}  # id(row) -> its adapter, from reserve until it leaves
 
     @property
     def size(self) -> int:
@@ -94,10 +106,29 @@ class EchoBatch:
     def cache_tokens(self) -> int:
         return 0
 
+    def reserve(self, row: EchoRow, wake: Callable[[], None]) -> Reservation:
+        ref = row.completion.request.adapter
+        if ref is None:
+            return "ready"
+        key = (ref.name, ref.source)
+        if key not in self._adapters:
+            evict = self._adapters.room_for(0)
+            if evict is None:
+                return "full" if self._adapters.max_adapters else _no_adapters(row)
+            for old in evict:
+                self._adapters.evict(old)
+            self._adapters.add(key, ref.name, 0)
+        self._adapters.pin(key)
+        self._pinned[id(row)] = key
+        return "ready"
+
     def join(self, rows: Sequence[EchoRow]) -> None:
         self._rows.extend(rows)
 
     def leave(self, rows: Collection[EchoRow]) -> None:
+        for row in rows:
+            if (key := self._pinned.pop(id(row), None)) is not None:
+                self._adapters.unpin(key)
         gone = set(map(id, rows))
         self._rows = [row for row in self._rows if id(row) not in gone]
 
@@ -106,6 +137,10 @@ class EchoBatch:
         for row in self._rows:
             row.produced += 1
         return tokens
+
+
+def _no_adapters(row: EchoRow) -> ErrorEvent:
+    return ErrorEvent(id=row.completion.request.id, code="adapter_invalid", message="this runtime serves no adapters")
 
 
 def _certain(row: EchoRow) -> Logprob | None:

@@ -20,7 +20,7 @@ def create_engine(settings: RuntimeSettings, model_dir: Path | None) -> Engine:
     if settings.engine == "echo":
         from runtime.engine.echo import EchoEngine
 
-        return EchoEngine(max_context_tokens=settings.max_context_tokens)
+        return EchoEngine(max_context_tokens=settings.max_context_tokens, max_adapters=settings.max_adapters)
     if model_dir is None:
         raise ValueError("the torch engine needs a model directory")
     from runtime.torch_engine.engine import TorchEngine  # imports torch: only when a real model is served

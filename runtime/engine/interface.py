@@ -16,9 +16,9 @@ picks and builds one.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, NamedTuple, Protocol, TypeVar, cast
+from typing import Any, Generic, Literal, NamedTuple, Protocol, TypeVar, cast, runtime_checkable
 
 from runtime.cancellation import Cancellation
 from runtime.output.completion import Completion
@@ -26,11 +26,13 @@ from runtime.output.logprobs import Logprob
 from wire import ErrorEvent, FinishEvent, GenerationRequest, TokenEvent
 
 __all__ = [
+    "AdapterHolder",
     "BatchEvent",
     "Engine",
     "LoadReport",
     "NextToken",
     "ParkingEngine",
+    "Reservation",
     "Row",
     "StepBatch",
     "StepEngine",
@@ -40,6 +42,11 @@ __all__ = [
 ]
 
 BatchEvent = TokenEvent | FinishEvent | ErrorEvent
+#: Whether a row may join a batch now (``StepBatch.reserve``): ``ready`` (what it needs beyond rows and tokens, a
+#: LoRA adapter on the device, is held for it until it leaves), ``loading`` (its adapter is on its way: rows behind it
+#: may pass), ``full`` (no room until running rows leave: it waits, and so do the rows behind it), or the error that
+#: ends it.
+Reservation = Literal["ready", "loading", "full"] | ErrorEvent
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,15 @@ class ParkingEngine(Engine, Protocol):
         ...
 
 
+@runtime_checkable
+class AdapterHolder(Protocol):
+    """An engine that serves LoRA adapters on its base model."""
+
+    def loaded_adapters(self) -> tuple[str, ...]:
+        """The adapters on the device now, least recently used first; safe to call from any thread."""
+        ...
+
+
 class Row(Protocol):
     """One request as a step engine holds it: its ``Completion`` plus whatever the engine needs (prompt ids, a
     sampler). The scheduler treats rows as opaque tokens of identity and reads only the completion."""
@@ -145,9 +161,17 @@ class StepBatch(Protocol[RowT]):
         """KV-cache token slots held now, padding included (0 for an engine without a cache)."""
         ...
 
+    def reserve(self, row: RowT, wake: Callable[[], None]) -> Reservation:
+        """Before ``join``: take what ``row`` needs beyond rows and tokens (its LoRA adapter's slot on the device),
+        held until it leaves; or say why it must wait (after ``loading``, ``wake`` is called from another thread once
+        that load ends), or end it with an error."""
+        ...
+
     def join(self, rows: Sequence[RowT]) -> None: ...
 
-    def leave(self, rows: Collection[RowT]) -> None: ...
+    def leave(self, rows: Collection[RowT]) -> None:
+        """Drop ``rows`` (joined, or reserved and not yet joined) and release what they hold."""
+        ...
 
     def step(self) -> list[NextToken[RowT]]: ...
 

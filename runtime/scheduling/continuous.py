@@ -10,13 +10,17 @@ One generation thread runs one decoding loop over a ``StepBatch``. Each iteratio
    client left (no more events), waiting or running;
 3. **admits** rows from the head of the queue while they fit the ``Budget`` (rows, and KV-cache tokens counted as
    rows times the longest row's prompt + ``max_tokens``), in order: a row that does not fit waits, and so do the
-   rows behind it, so nobody starves. Admitted rows join the batch as one group, prefilled in chunks over the next
-   steps while the others decode; a new group is formed once the last one is in;
+   rows behind it, so nobody starves. A row with a LoRA adapter also needs its adapter on the device
+   (``StepBatch.reserve``): while the adapter is being fetched the row waits and the rows behind it may pass; when
+   every adapter slot is held by running rows it waits like a row that does not fit. Admitted rows join the batch
+   as one group, prefilled in chunks over the next steps while the others decode; a new group is formed once the
+   last one is in;
 4. **steps**: one decoding step for the rows in, one prefill chunk for the group joining; each row's token goes to
    its request's ``Completion``, and the resulting events to the stream of the POST that brought it. Finished rows
    leave the batch at once; a batch's stream ends (and logs its line) when its last request has ended.
 
-When nothing runs and nothing waits, the thread sleeps on a condition until a batch arrives. If a step fails (CUDA
+When nothing runs and nothing waits (or only rows whose adapters are loading), the thread sleeps on a condition
+until a batch arrives (or a load ends). If a step fails (CUDA
 out of memory, say), the rows in the batch end with the ``internal`` error and the loop goes on with a fresh batch;
 the rows still waiting run in it.
 """
@@ -110,11 +114,13 @@ class ContinuousScheduler(Generic[RowT]):
         self._wake = threading.Condition()
         self._inbox: list[_Submission] = []
         self._closed = False
+        self._loaded = False  # an adapter load ended since the thread last looked (set under _wake)
         # Only the generation thread touches what follows (after this constructor).
         self._step_batch = engine.step_batch()  # raises EngineError if rows cannot join a running batch
         self._waiting: deque[_Entry[RowT]] = deque()
         self._admitted: dict[int, _Entry[RowT]] = {}  # by id(row), in admission order
         self._steps = 0
+        self._stalled = False  # nothing runs, and every row waiting waits for an adapter load
         self.high_water = Load(0, 0, 0, 0, 0)
         self._thread = threading.Thread(target=self._run, name="generate", daemon=True)
         self._thread.start()
@@ -181,17 +187,28 @@ class ContinuousScheduler(Generic[RowT]):
     def _wait(self) -> list[_Submission] | None:
         """The batches that arrived since the last step, once there is anything to do; None once closed."""
         with self._wake:
-            self._wake.wait_for(lambda: self._closed or bool(self._inbox) or bool(self._admitted or self._waiting))
+            self._wake.wait_for(self._work_to_do)
             if self._closed:
                 return None
-            arrivals, self._inbox = self._inbox, []
+            arrivals, self._inbox, self._loaded = self._inbox, [], False
             return arrivals
+
+    def _work_to_do(self) -> bool:
+        waiting = bool(self._waiting) and (self._loaded or not self._stalled)
+        return self._closed or bool(self._inbox) or bool(self._admitted) or waiting
+
+    def _adapter_loaded(self) -> None:
+        """Called from the adapters' loading thread when a load ends: rows may be admitted now."""
+        with self._wake:
+            self._loaded = True
+            self._wake.notify()
 
     def _iterate(self, arrivals: list[_Submission]) -> None:
         for submission in arrivals:
             self._take(submission)
         self._drop_left()
         self._admit()
+        self._stalled = not self._admitted and bool(self._waiting)
         if self._admitted:
             self._step()
 
@@ -239,16 +256,28 @@ class ContinuousScheduler(Generic[RowT]):
         self._leave(leaving)
 
     def _admit(self) -> None:
-        """Rows from the head of the queue, while they fit, join the batch as one group."""
+        """Rows from the head of the queue, while they fit, join the batch as one group; rows whose adapter is
+        still loading keep their place and let the others pass."""
         if self._step_batch.joining or not self._waiting:
             return
         rows, longest = len(self._admitted), max((e.cost for e in self._admitted.values()), default=0)
         group: list[_Entry[RowT]] = []
+        passed: deque[_Entry[RowT]] = deque()
         while self._waiting and self.budget.admits(rows + 1, max(longest, self._waiting[0].cost)):
-            entry = self._waiting.popleft()
-            group.append(entry)
-            rows, longest = rows + 1, max(longest, entry.cost)
-            self._admitted[id(entry.row)] = entry
+            entry = self._waiting[0]
+            reserved = self._step_batch.reserve(entry.row, self._adapter_loaded)
+            if reserved == "full":
+                break
+            self._waiting.popleft()
+            if reserved == "loading":
+                passed.append(entry)
+            elif isinstance(reserved, ErrorEvent):
+                self._end(entry, reserved)
+            else:
+                group.append(entry)
+                rows, longest = rows + 1, max(longest, entry.cost)
+                self._admitted[id(entry.row)] = entry
+        self._waiting.extendleft(reversed(passed))
         if group:
             self._step_batch.join([entry.row for entry in group])
 
@@ -306,6 +335,10 @@ class ContinuousScheduler(Generic[RowT]):
     def _fail_admitted(self) -> None:
         """After a failed step: every row in the batch ends with the ``internal`` error; a fresh batch is made."""
         failed = [entry for entry in self._admitted.values() if not entry.done]
+        try:
+            self._step_batch.leave([entry.row for entry in self._admitted.values()])  # their adapters' pins
+        except Exception:
+            log.exception("cannot drop the failed batch's rows")
         self._admitted.clear()
         self._step_batch = self._engine.step_batch()
         for entry in failed:

@@ -65,6 +65,7 @@ from wire import (
     PoolMoveRequest,
     PoolMoveResponse,
     Residency,
+    adapters_header,
 )
 
 __all__ = [
@@ -153,6 +154,8 @@ def create_app(
         answer.headers[FREE_ROWS_HEADER] = str(_free_rows(readiness))  # after taking the batch, if it was taken
         if readiness.pool is not None:  # where its models are now, for the gateway's routing (``wire.Residency``)
             answer.headers.update(Residency.of(readiness.pool.report()).headers())
+        if readiness.serves_adapters():  # the LoRA adapters loaded now, for the same routing
+            answer.headers.update(adapters_header(readiness.loaded_adapters()))
         return answer
 
     async def cancel(request: Request) -> Response:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.engine.factory import create_engine
-from runtime.engine.interface import Engine, LoadReport, as_step_engine
+from runtime.engine.interface import AdapterHolder, Engine, LoadReport, as_step_engine
 from runtime.errors import EngineError
 from runtime.pool.models import ModelPool
 from runtime.scheduling.batches import Runner
@@ -111,8 +111,8 @@ class Readiness:
             self.pool.close()
 
     def ready_body(self, *, with_pool: bool = True) -> ReadyBody | None:
-        """The ``/readyz`` report; ``with_pool=False`` leaves the pool's models out (announcements: bounded in
-        bytes, they name the models only)."""
+        """The ``/readyz`` report; ``with_pool=False`` leaves the pool's models and the loaded adapters out
+        (announcements: bounded in bytes, they name the models only)."""
         if self.pool is not None:
             return self._pool_body(self.pool, with_pool)
         runner = self.runner
@@ -127,7 +127,16 @@ class Readiness:
             free_rows=runner.free_rows,
             startup=self.startup,
             models=self.settings.served_names if len(self.settings.served_names) > 1 else (),
+            adapters=self.loaded_adapters() if with_pool else (),
         )
+
+    def loaded_adapters(self) -> tuple[str, ...]:
+        """The LoRA adapters on the device now (none for an engine that serves none)."""
+        engine = self.engine
+        return engine.loaded_adapters() if isinstance(engine, AdapterHolder) else ()
+
+    def serves_adapters(self) -> bool:
+        return isinstance(self.engine, AdapterHolder) and self.settings.max_adapters > 0
 
     def _pool_body(self, pool: ModelPool, with_pool: bool) -> ReadyBody:
         """A pool's report: the scheduler kind asked for, and rows free counted over every active model."""

@@ -1,4 +1,4 @@
-"""The torch engine's running batch: rows join between decoding steps, prefilled in chunks, and leave at once.
+r"""The torch engine's running batch: rows join between decoding steps, prefilled in chunks, and leave at once.
 
 Each step is at most two forward passes: one decoding step for the rows already in (one new token each, all rows
 together), and one prefill chunk for the group of rows joining (``chunk`` prompt columns, all of the group
@@ -9,21 +9,29 @@ Rows that leave are dropped from the cache at once (``PaddedRows.keep``), so fin
 Sampling stays per row (``runtime.torch_engine.sampling``: each request's own random stream and logits processors), so
 neither
 joining nor leaving changes what a seeded request draws.
+
+A row with a LoRA adapter ``reserve``\s its adapter's device slot before it joins (``runtime.torch_engine.adapters``)
+and releases it when it leaves; around each forward pass the rows' slots are set (``LoraLayers.rows``), so rows of
+different adapters, and rows of none, share every step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import contextlib
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import DynamicCache
 
-from runtime.engine.interface import NextToken
+from runtime.engine.interface import NextToken, Reservation
+from runtime.errors import AdapterInvalid
 from runtime.output.completion import Completion
+from runtime.torch_engine.adapters import AdapterKey, DeviceAdapters
 from runtime.torch_engine.kvcache import PaddedRows, drop_columns
 from runtime.torch_engine.sampling import RowSampler, choose
+from wire import ErrorEvent
 
 __all__ = ["TorchBatch", "TorchRow"]
 
@@ -35,6 +43,9 @@ class TorchRow:
     sampler: RowSampler
     next_token: int = -1
     """The token chosen at the last step, fed to the model at the next."""
+    slot: int = 0
+    """Its LoRA adapter's slot on the device (0: none), from ``reserve`` until it leaves."""
+    adapter: AdapterKey | None = None
 
 
 class _Prefill:
@@ -100,10 +111,20 @@ class _Prefill:
 class TorchBatch:
     """``StepBatch`` of the torch engine. Tensors stay on the model's device; only chosen token ids come back."""
 
-    def __init__(self, model: Any, pad_id: int, eos_ids: frozenset[int], chunk: int, reshape: bool = True) -> None:
+    def __init__(
+        self,
+        model: Any,
+        pad_id: int,
+        eos_ids: frozenset[int],
+        chunk: int,
+        reshape: bool = True,
+        adapters: DeviceAdapters | None = None,
+    ) -> None:
         """``reshape``: the cache is plain (``kvcache.plain_layers``), so groups may join running rows and padding
-        columns may be cut; without, one group joins an empty batch and the cache only ever loses rows."""
+        columns may be cut; without, one group joins an empty batch and the cache only ever loses rows.
+        ``adapters``: the engine's LoRA adapters (None: requests with one are refused)."""
         self._model = model
+        self._adapters = adapters
         self._reshape = reshape
         self._pad_id = pad_id
         self._eos_ids = eos_ids
@@ -125,6 +146,22 @@ class TorchBatch:
         running = self._running.rows * self._running.width if self._running else 0
         return running + (len(self._joining.rows) * self._joining.done if self._joining else 0)
 
+    def reserve(self, row: TorchRow, wake: Callable[[], None]) -> Reservation:
+        ref = row.completion.request.adapter
+        if ref is None:
+            return "ready"
+        request_id = row.completion.request.id
+        if self._adapters is None:
+            return ErrorEvent(id=request_id, code="adapter_invalid", message="this runtime serves no adapters")
+        try:
+            got = self._adapters.reserve(ref, wake)
+        except AdapterInvalid as exc:
+            return ErrorEvent(id=request_id, code="adapter_invalid", message=f"adapter {ref.name}: {exc}")
+        if isinstance(got, str):
+            return got
+        row.slot, row.adapter = got, (ref.name, ref.source)
+        return "ready"
+
     def join(self, rows: Sequence[TorchRow]) -> None:
         if self._joining is not None:
             raise ValueError("rows are still joining; join again once they are in")
@@ -135,6 +172,7 @@ class TorchBatch:
 
     @torch.inference_mode()
     def leave(self, rows: Collection[TorchRow]) -> None:
+        self._release(rows)  # first: whatever fails below, their adapters must not stay pinned
         gone = set(map(id, rows))
         if self._joining is not None and any(id(row) in gone for row in self._joining.rows):
             kept = [i for i, row in enumerate(self._joining.rows) if id(row) not in gone]
@@ -150,16 +188,32 @@ class TorchBatch:
             else:
                 self._running = None  # frees the whole cache
 
+    def _release(self, rows: Collection[TorchRow]) -> None:
+        for row in rows:
+            if row.adapter is not None and self._adapters is not None:
+                self._adapters.release(row.adapter)
+            row.slot, row.adapter = 0, None
+
     @torch.inference_mode()
     def step(self) -> list[NextToken[TorchRow]]:
         tokens: list[NextToken[TorchRow]] = []
         if self._running is not None:
-            logits = self._running.feed(self._model, [row.next_token for row in self._rows])
+            with self._lora(self._rows):
+                logits = self._running.feed(self._model, [row.next_token for row in self._rows])
             tokens += self._choose(self._rows, logits)
-        if self._joining is not None and (first := self._joining.advance(self._model)) is not None:
-            tokens += self._choose(self._joining.rows, first)
-            self._merge(self._joining)
+        if self._joining is not None:
+            with self._lora(self._joining.rows):
+                first = self._joining.advance(self._model)
+            if first is not None:
+                tokens += self._choose(self._joining.rows, first)
+                self._merge(self._joining)
         return tokens
+
+    def _lora(self, rows: Sequence[TorchRow]) -> contextlib.AbstractContextManager[None]:
+        """Around a forward pass of ``rows``: each row's LoRA adapter applies to it."""
+        if self._adapters is None:
+            return contextlib.nullcontext()
+        return self._adapters.layers.rows([row.slot for row in rows])
 
     def _choose(self, rows: list[TorchRow], logits: torch.Tensor) -> list[NextToken[TorchRow]]:
         chosen = choose(logits, [row.sampler for row in rows])

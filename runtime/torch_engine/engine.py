@@ -36,6 +36,7 @@ from runtime.output.logprobs import Vocabulary, token_bytes_table
 from runtime.output.toolcalls import ToolFormat, format_for_template
 from runtime.scheduling.budget import CPU_BATCH_TOKENS, cuda_batch_tokens
 from runtime.settings import RuntimeSettings
+from runtime.torch_engine.adapters import DeviceAdapters
 from runtime.torch_engine.batch import TorchBatch, TorchRow
 from runtime.torch_engine.chat import chat_prompt
 from runtime.torch_engine.grammar import Grammars, grammar_text
@@ -70,6 +71,7 @@ class TorchEngine:
         self._tool_format: ToolFormat | None = None
         self._grammars: Grammars | None = None
         self._parked: ParkedWeights | None = None
+        self._adapters: DeviceAdapters | None = None
 
     @property
     def context_length(self) -> int:
@@ -102,9 +104,32 @@ class TorchEngine:
         template = self._tokenizer.chat_template
         self._tool_format = format_for_template(self._settings.tool_parser, template if template else None)
         self._grammars = Grammars(self._tokenizer, self._vocabulary_size, self._eos_ids)
+        self._adapters = self._device_adapters()
         log.info("tool-call format: %s", self._tool_format.name if self._tool_format else "none")
         size = sum(p.stat().st_size for p in self._model_dir.glob("*.safetensors"))
         return LoadReport(time.monotonic() - started, size, str(self._device), str(self._dtype).split(".")[-1])
+
+    def _device_adapters(self) -> DeviceAdapters | None:
+        settings = self._settings
+        if settings.max_adapters == 0:
+            return None
+        return DeviceAdapters(
+            self._model,
+            cache_dir=settings.cache_dir,
+            cache_verify=settings.cache_verify,
+            max_adapters=settings.max_adapters,
+            max_rank=settings.max_adapter_rank,
+            max_bytes=settings.adapter_bytes,
+            base_names=(*settings.served_names, settings.source or ""),
+        )
+
+    @property
+    def adapters(self) -> DeviceAdapters | None:
+        """The LoRA adapters of this base model (None: ``--max-adapters 0``, or not loaded yet)."""
+        return self._adapters
+
+    def loaded_adapters(self) -> tuple[str, ...]:
+        return self._adapters.loaded if self._adapters is not None else ()
 
     def weight_bytes(self) -> int:
         """The loaded parameters' bytes; before loading, the checkpoint's tensors at the dtype served."""
@@ -184,6 +209,9 @@ class TorchEngine:
             return ErrorEvent(id=request.id, code="invalid_request", message=str(exc))
         if not prompt_ids:
             return ErrorEvent(id=request.id, code="invalid_request", message="the prompt is empty")
+        if request.adapter is not None and request.echo and request.params.logprobs is not None:
+            message = "echo with logprobs is not supported with an adapter (the prompt is scored by the base model)"
+            return ErrorEvent(id=request.id, code="invalid_request", message=message)
         if error := too_long(request, len(prompt_ids), self._context_length):
             return error
         vocabulary = Vocabulary(self._token_bytes)
@@ -244,7 +272,8 @@ class TorchEngine:
         if running_joins and self._unmergeable is not None:
             raise EngineError(f"rows cannot join a running batch of a model with {self._unmergeable} cache layers")
         reshape = self._unmergeable is None
-        return TorchBatch(self._model, self._pad_id, self._eos_ids, self._settings.prefill_chunk_tokens, reshape)
+        chunk = self._settings.prefill_chunk_tokens
+        return TorchBatch(self._model, self._pad_id, self._eos_ids, chunk, reshape, self._adapters)
 
     def default_batch_tokens(self) -> int:
         """``CPU_BATCH_TOKENS`` on CPU; on CUDA, what ``cuda_batch_tokens`` makes of the memory free now."""

@@ -1,6 +1,7 @@
 """``bench overhead``, ``bench relay``, ``bench upstream``, ``bench batching``, ``bench structured``, ``bench
-coldstart``, ``bench pool``, ``bench continuous``, ``bench library`` and ``gpu`` run end to end on tiny inputs and
-report the figures they promise. How fast anything is, is not tested: only that it is measured and reported."""
+lora``, ``bench coldstart``, ``bench pool``, ``bench continuous``, ``bench library`` and ``gpu`` run end to end on
+tiny inputs and report the figures they promise. How fast anything is, is not tested: only that it is measured and
+reported."""
 
 from __future__ import annotations
 
@@ -378,3 +379,19 @@ async def test_gpu_skips_bench_upstream_where_vllm_is_not_installed(tmp_path: Pa
     assert (served, summary) == ([], {"skipped": "vllm not installed"})
     assert not (tmp_path / "upstream").exists()
     assert "vLLM" in (await loadtest("gpu", "--help")).check().stdout
+
+
+async def test_lora(tiny_llama: Path, tmp_path: Path) -> None:
+    run = await loadtest(
+        "bench", "lora", "--model", tiny_llama, "--device", "cpu", "--rounds", "1", "--max-tokens", "4",
+        "--cold-loads", "2", "--out", tmp_path / "out",
+    )  # fmt: skip
+    summary = run.check().summary
+    assert summary["tokens_per_s_base"] > 0 and summary["tokens_per_s_adapters"] > 0
+    assert summary["ratio"] == pytest.approx(summary["tokens_per_s_adapters"] / summary["tokens_per_s_base"], rel=1e-3)
+    assert summary["completion_tokens_base"] == summary["completion_tokens_adapters"] == 16 * 4
+    assert summary["errors"] == 0 and summary["adapters"] == 8 and summary["rank"] == 16
+    assert len(summary["cold_loads"]) == 2 and all(load["ms"] > 0 for load in summary["cold_loads"])
+    assert summary["cold_load_ms_max"] >= summary["cold_load_ms_median"] > 0
+    assert "ratio (adapters / base)" in run.stdout and "adapter cold load" in run.stdout
+    assert "rank-16 adapters" in report_row(tmp_path / "out")

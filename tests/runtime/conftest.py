@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from runtime.settings import RuntimeSettings
+from tests.runtime.lora_support import MadeAdapter, make_adapters
 from tests.runtime.support import RuntimeProcess
 
 
@@ -50,3 +51,23 @@ def runtime_processes() -> Iterator[list[RuntimeProcess]]:
     yield started
     for process in started:
         process.stop()
+
+
+@pytest.fixture(scope="session")
+def lora_adapters(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, MadeAdapter]:
+    """Three random LoRA adapters of the demo model (ranks 8, 16 and 64; different targets), made with peft, each
+    with its merged model."""
+    return make_adapters(demo_model_dir, tmp_path_factory.mktemp("adapters"))
+
+
+@pytest.fixture(scope="session")
+def merged_engines(lora_adapters: dict[str, MadeAdapter], demo_settings: RuntimeSettings) -> dict[str, object]:
+    """A ``TorchEngine`` per adapter serving its merged model: the reference (typed ``object``, as above)."""
+    from runtime.torch_engine.engine import TorchEngine
+
+    engines: dict[str, object] = {}
+    for name, adapter in lora_adapters.items():
+        engine = TorchEngine(adapter.merged, dataclasses.replace(demo_settings, source=str(adapter.merged)))
+        engine.load()
+        engines[name] = engine
+    return engines
