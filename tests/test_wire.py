@@ -265,3 +265,32 @@ def test_a_pool_replicas_residency_travels_in_batch_answer_headers() -> None:
     too_many = ",".join(f"m{i}" for i in range(wire.MAX_ANNOUNCED_MODELS + 1))
     for bad in ({wire.POOL_FREE_BYTES_HEADER: "many"}, {wire.POOL_ACTIVE_HEADER: too_many}):
         assert wire.Residency.from_headers(headers | bad) is None  # unreadable: the gateway keeps what it knew
+
+
+def test_a_request_names_its_adapter_only_when_it_has_one() -> None:
+    """``adapter`` came later: a request for the base model is sent exactly as before, so a runtime that predates
+    the field still reads it; one with an adapter round-trips, its source bounded."""
+    plain = wire.GenerationRequest(id="a", prompt="hi")
+    assert "adapter" not in json.loads(plain.model_dump_json())
+    ref = wire.AdapterRef(name="support-bot", source="org/support-lora@v2")
+    tuned = plain.model_copy(update={"id": "b", "adapter": ref})
+    assert json.loads(tuned.model_dump_json())["adapter"] == {"name": "support-bot", "source": "org/support-lora@v2"}
+    batch = wire.BatchRequest(model="qwen", requests=(plain, tuned))
+    assert wire.BatchRequest.model_validate_json(batch.model_dump_json()) == batch
+    for bad in ({"name": "x", "source": ""}, {"name": "x", "source": "s" * 1025}, {"name": "", "source": "s"}):
+        with pytest.raises(ValidationError):
+            wire.AdapterRef.model_validate(bad)
+
+
+def test_a_ready_report_lists_its_loaded_adapters_only_when_it_has_some() -> None:
+    one = wire.ReadyBody(model="a", max_batch_size=1, context_length=8)
+    assert "adapters" not in json.loads(one.model_dump_json())
+    loaded = one.model_copy(update={"adapters": ("support-bot", "legal")})
+    assert wire.ReadyBody.model_validate_json(loaded.model_dump_json()) == loaded
+    assert wire.ADAPTERS_HEADER == "x-kaltstart-adapters"
+
+
+def test_an_unusable_adapter_ends_its_request_with_its_own_error_code() -> None:
+    line = '{"type":"error","id":"x","code":"adapter_invalid","message":"adapter legal: no adapter_config.json"}'
+    event = wire.BatchEventAdapter.validate_json(line)
+    assert isinstance(event, wire.ErrorEvent) and event.code == "adapter_invalid"

@@ -41,6 +41,7 @@ from wire.base import (
     MAX_TOOLS,
 )
 from wire.batch import (
+    AdapterRef,
     BatchEvent,
     BatchEventAdapter,
     BatchRequest,
@@ -62,6 +63,7 @@ from wire.batch import (
     Usage,
 )
 from wire.replica import (
+    ADAPTERS_HEADER,
     POOL_ACTIVE_HEADER,
     POOL_FREE_BYTES_HEADER,
     POOL_PARKED_HEADER,
@@ -84,6 +86,7 @@ from wire.replica import (
 )
 
 __all__ = [
+    "ADAPTERS_HEADER",
     "BATCH_PATH",
     "CANCEL_PATH",
     "CLAIM_PATH",
@@ -108,6 +111,7 @@ __all__ = [
     "POOL_UNLOAD_PATH",
     "READY_PATH",
     "REPLICAS_CHANNEL",
+    "AdapterRef",
     "Announcement",
     "BatchEvent",
     "BatchEventAdapter",

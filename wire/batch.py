@@ -22,6 +22,7 @@ from wire.base import (
     _Evolving,
     _Wire,
 )
+from wire.replica import ModelName
 
 
 class FunctionCall(_Wire):
@@ -147,6 +148,19 @@ class ResponseFormat(_Wire):
         return self
 
 
+class AdapterRef(_Wire):
+    """A LoRA adapter (PEFT format: ``adapter_config.json`` + safetensors) a request is generated with, on top of
+    the batch's base model."""
+
+    name: ModelName = Field(description="the adapter's model name, as clients call it")
+    source: str = Field(
+        min_length=1,
+        max_length=1024,
+        description="a local directory, or a hub id org/repo[@rev], resolved into the node-local cache like a base "
+        "model's --source",
+    )
+
+
 class GenerationRequest(_Evolving):
     """One request in a batch: a plain ``prompt`` (text), a ``prompt_token_ids`` (token ids, used as they are), or
     chat ``messages``: exactly one. ``echo`` (plain prompts only) puts the prompt before the generated text, and
@@ -154,9 +168,12 @@ class GenerationRequest(_Evolving):
 
     Chat requests only: ``tools`` are declared to the model through its chat template; ``tool_choice`` says
     whether it may, must or must not call them; ``parallel_tool_calls`` whether it may call several at once.
-    ``response_format`` constrains the answer to JSON (a schema's, or any object)."""
+    ``response_format`` constrains the answer to JSON (a schema's, or any object). ``adapter``: the LoRA adapter
+    to generate with (None: the base model); rows with different adapters, and rows with none, may share a batch."""
 
-    _newer = ("prompt_token_ids", "echo", "tools", "tool_choice", "parallel_tool_calls", "response_format")
+    _newer = (
+        "prompt_token_ids", "echo", "tools", "tool_choice", "parallel_tool_calls", "response_format", "adapter"
+    )  # fmt: skip
 
     id: str = Field(min_length=1, max_length=MAX_REQUEST_ID_LENGTH)
     prompt: str | None = None
@@ -169,6 +186,7 @@ class GenerationRequest(_Evolving):
     tool_choice: ToolChoice = "auto"
     parallel_tool_calls: bool = True
     response_format: ResponseFormat | None = None
+    adapter: AdapterRef | None = None
 
     @model_validator(mode="after")
     def _one_prompt(self) -> GenerationRequest:
@@ -201,6 +219,7 @@ class GenerationRequest(_Evolving):
 
 
 class BatchRequest(_Wire):
+    #: The base model's name, also for rows generated with an adapter (``GenerationRequest.adapter``).
     model: str = Field(min_length=1)
     requests: tuple[GenerationRequest, ...] = Field(min_length=1)
 
@@ -275,12 +294,14 @@ class FinishEvent(_Evolving):
 
 class ErrorEvent(_Wire):
     """A request could not be served. ``invalid_request`` is the client's fault (e.g. prompt longer than the
-    model's context) and is not retried; ``internal`` is the runtime's; ``cancelled`` answers ``POST /v1/cancel``
-    (nobody waits for the request any more, so it must not be retried either)."""
+    model's context) and is not retried; ``adapter_invalid``: its adapter cannot be used (missing files, not a PEFT
+    LoRA, a rank or a target the base does not allow), not retried either, the batch's other rows unaffected;
+    ``internal`` is the runtime's; ``cancelled`` answers ``POST /v1/cancel`` (nobody waits for the request any
+    more, so it must not be retried either)."""
 
     type: Literal["error"] = "error"
     id: str
-    code: Literal["invalid_request", "internal", "cancelled"]
+    code: Literal["invalid_request", "adapter_invalid", "internal", "cancelled"]
     message: str
 
 

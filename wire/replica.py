@@ -92,6 +92,9 @@ class PoolReport(_Wire):
 POOL_ACTIVE_HEADER = "x-kaltstart-pool-active"
 POOL_PARKED_HEADER = "x-kaltstart-pool-parked"
 POOL_FREE_BYTES_HEADER = "x-kaltstart-pool-free-bytes"
+#: Response header of a ``POST /v1/batch`` answer: the LoRA adapters loaded on the device once the batch was taken
+#: (comma-separated model names), like ``ReadyBody.adapters``.
+ADAPTERS_HEADER = "x-kaltstart-adapters"
 
 
 class Residency(_Wire):
@@ -164,12 +167,13 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 class ReadyBody(_Evolving):
-    """A ready replica's report. ``scheduler``, ``max_batch_tokens``, ``free_rows``, ``startup``, ``models`` and
-    ``pool`` came later; their defaults describe a replica that predates them: one batch at a time, no token
-    budget, no start-up timings, one model name, no pool. ``models`` and ``pool`` are left out of the JSON while
-    empty, so a replica that does not use them answers a gateway that predates them."""
+    """A ready replica's report. ``scheduler``, ``max_batch_tokens``, ``free_rows``, ``startup``, ``models``,
+    ``pool`` and ``adapters`` came later; their defaults describe a replica that predates them: one batch at a
+    time, no token budget, no start-up timings, one model name, no pool, no adapters. ``models``, ``pool`` and
+    ``adapters`` are left out of the JSON while empty, so a replica that does not use them answers a gateway that
+    predates them."""
 
-    _newer: ClassVar[tuple[str, ...]] = ("models", "pool")
+    _newer: ClassVar[tuple[str, ...]] = ("models", "pool", "adapters")
 
     status: Literal["ready"] = "ready"
     model: ModelName = Field(description="the model the replica serves (its first name)")
@@ -202,6 +206,11 @@ class ReadyBody(_Evolving):
     )
     pool: PoolReport | None = Field(
         None, description="a pool runtime (several models, loaded on demand): each model's state and memory"
+    )
+    adapters: tuple[ModelName, ...] = Field(
+        (),
+        description="the LoRA adapters loaded on the device now (by their model names): a gateway prefers this "
+        "replica for their requests",
     )
 
     def serves(self, model: str) -> bool:
