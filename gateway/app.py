@@ -90,7 +90,7 @@ def create_app(settings: GatewaySettings, *, redis_url: str, parts: BackendParts
     """The gateway serving ``parts`` (one backend's builder made them), with its queue in ``redis_url``."""
     server, backend, catalog, endpoints = settings.server, parts.backend, parts.catalog, parts.endpoints
     redis = connect(redis_url, settings.queue)
-    metrics = Metrics(parts.collectors, pools=endpoints.pool_replicas)
+    metrics = Metrics(parts.collectors, pools=endpoints.pool_replicas, adapters=endpoints.adapters.counts)
     work = WorkSignals(server.gateway_id)
     queue = _queue(settings, redis, work)
     door = FencedDoor()

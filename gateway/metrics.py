@@ -178,11 +178,34 @@ def _add_report(
     budget.add_metric([replica.url, "host"], report.host_budget_bytes)
 
 
+class AdapterGauges(Collector):
+    """LoRA adapters loaded per replica, as the replicas last said (``LoadedAdapters.counts``): read at a scrape."""
+
+    def __init__(self, source: Callable[[], Iterable[tuple[str, int]]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        loaded = GaugeMetricFamily(
+            "kaltstart_replica_adapters_loaded",
+            "LoRA adapters a ready replica holds loaded on its device, as its last batch answer or /readyz said.",
+            labels=["replica"],
+        )
+        for url, count in self._source():
+            loaded.add_metric([url], count)
+        yield loaded
+
+
 class Metrics:
     """``backend``: a backend's own metrics (``RouteMetrics``), served with these; ``pools``: the pool replicas as
-    last heard from (``ReadyEndpoints.pool_replicas``), read at each scrape."""
+    last heard from (``ReadyEndpoints.pool_replicas``), read at each scrape; ``adapters``: the adapters loaded per
+    replica (``LoadedAdapters.counts``), likewise."""
 
-    def __init__(self, backend: Collection[Collector] = (), pools: Callable[[], Iterable[PoolReplica]] = tuple) -> None:
+    def __init__(
+        self,
+        backend: Collection[Collector] = (),
+        pools: Callable[[], Iterable[PoolReplica]] = tuple,
+        adapters: Callable[[], Iterable[tuple[str, int]]] = tuple,
+    ) -> None:
         #: What ``render`` formats with ``prometheus_client``: metrics with a series per model with activity.
         self._standard = CollectorRegistry()
         self.models = ModelGauges()
@@ -324,6 +347,7 @@ class Metrics:
         )
         self.pools = PoolGauges(pools)
         r.register(self.pools)
+        r.register(AdapterGauges(adapters))
         for collector in backend:
             r.register(collector)
 

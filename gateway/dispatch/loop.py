@@ -75,7 +75,11 @@ class Dispatcher:
         self._limits = limits
         self._cancels = RemoteCancels(client=client)
         # Batches to our runtime, or each request on its own to an OpenAI-compatible upstream.
-        relay = UpstreamRelay if settings.forwards else functools.partial(BatchRelay, cancels=self._cancels)
+        relay = (
+            UpstreamRelay
+            if settings.forwards
+            else functools.partial(BatchRelay, cancels=self._cancels, adapter=settings.adapter)
+        )
         self._batches: BatchRelay | UpstreamRelay = relay(
             model=settings.name,
             queue=queue,
@@ -203,6 +207,8 @@ class Dispatcher:
             if report is None:
                 report = wire.ReadyBody.model_validate_json(await self._client.get(url + wire.READY_PATH))
             self._pool.set_continuous(url, report.scheduler == "continuous")
+            if report.adapters:
+                self._pool.learn_adapters(url, report.adapters)
             if report.pool is not None:  # read from /readyz (announcements leave it out)
                 self._pool.learn_report(url, report.pool)
             if self._limits is not None:
