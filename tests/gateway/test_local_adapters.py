@@ -3,14 +3,16 @@ refused, and that an adapter is a model of the catalog with its base's replicas 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from gateway.backends.local.backend import build_local
 from gateway.backends.local.config import LocalConfig, dump_local_config, load_local_config
+from gateway.catalog import ModelCatalog
 from gateway.errors import ConfigError
-from gateway.settings import Adapter
+from gateway.settings import Adapter, ModelSettings
 
 pytestmark = pytest.mark.unit
 
@@ -91,3 +93,13 @@ def test_an_adapter_is_a_model_of_the_catalog_in_its_base_unit_and_ready_with_it
     endpoints.set("qwen", ["http://r:1"])
     assert endpoints.get("support-bot") == endpoints.get("legal") == ("http://r:1",)
     assert parts.backend.replicas("support-bot") == parts.backend.replicas("qwen")
+
+
+def test_a_units_adapters_come_after_its_models_whatever_the_catalog_order() -> None:
+    """The first model of a unit gives the unit's scaling settings and name (the Kubernetes backend adds a
+    Deployment's routes in no particular order)."""
+    base = ModelSettings(name="qwen", idle_timeout_s=7.0)
+    lora = dataclasses.replace(base, name="lora", adapter=Adapter(base="qwen", source="org/lora"))
+    catalog = ModelCatalog()
+    catalog.update([lora, base], units={"lora": "ns/qwen", "qwen": "ns/qwen"})
+    assert [[m.name for m in unit] for unit in catalog.units()] == [["qwen", "lora"]]
