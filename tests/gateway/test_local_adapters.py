@@ -13,6 +13,7 @@ from gateway.backends.local.config import LocalConfig, dump_local_config, load_l
 from gateway.catalog import ModelCatalog
 from gateway.errors import ConfigError
 from gateway.settings import Adapter, ModelSettings
+from gateway.status.sources import GatewayScrape, LocalSource
 
 pytestmark = pytest.mark.unit
 
@@ -103,3 +104,9 @@ def test_a_units_adapters_come_after_its_models_whatever_the_catalog_order() -> 
     catalog = ModelCatalog()
     catalog.update([lora, base], units={"lora": "ns/qwen", "qwen": "ns/qwen"})
     assert [[m.name for m in unit] for unit in catalog.units()] == [["qwen", "lora"]]
+
+
+async def test_python_m_gateway_status_lists_a_local_adapter_in_its_base_unit(tmp_path: Path) -> None:
+    source = LocalSource(config_from(tmp_path, ADAPTER_FILE), GatewayScrape("http://127.0.0.1:1"))  # not running
+    served = {s.settings.name: s.unit for s in await source.served()}
+    assert served == {"qwen": "qwen", "other": "other", "support-bot": "qwen", "legal": "qwen"}
