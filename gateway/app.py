@@ -91,7 +91,8 @@ def _replica_news(
 
 
 def _metrics(settings: GatewaySettings, parts: BackendParts) -> Metrics:
-    metrics = Metrics(parts.collectors, pools=parts.endpoints.pool_replicas)
+    endpoints = parts.endpoints
+    metrics = Metrics(parts.collectors, pools=endpoints.pool_replicas, adapters=endpoints.adapters.counts)
     metrics.queue_limit.set(settings.queue.max_queue_per_model)
     return metrics
 

@@ -91,11 +91,12 @@ class ModelCatalog:
         return list(self._models.values())
 
     def units(self) -> list[list[ModelSettings]]:
-        """Models grouped by the replicas they share, in catalog order."""
+        """Models grouped by the replicas they share, in catalog order but for adapters, which come after the
+        models of their unit (the first model's settings are the unit's, and an adapter's base is in its unit)."""
         grouped: dict[str, list[ModelSettings]] = {}
         for name, settings in self._models.items():
             grouped.setdefault(self._units[name], []).append(settings)
-        return list(grouped.values())
+        return [sorted(unit, key=lambda m: m.adapter is not None) for unit in grouped.values()]
 
     def created(self, name: str) -> int:
         return self._created[name]

@@ -208,10 +208,27 @@ class ReplicaSeconds:
 ANNOUNCEMENT_OUTCOMES = ("accepted", "refused", "unconfirmed", "malformed", "oversized")
 
 
+class AdapterGauges(Collector):
+    """LoRA adapters loaded per replica, as the replicas last said (``LoadedAdapters.counts``): read at a scrape."""
+
+    def __init__(self, source: Callable[[], Iterable[tuple[str, int]]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        loaded = GaugeMetricFamily(
+            "kaltstart_replica_adapters_loaded",
+            "LoRA adapters a ready replica holds loaded on its device, as its last batch answer or /readyz said.",
+            labels=["replica"],
+        )
+        for url, count in self._source():
+            loaded.add_metric([url], count)
+        yield loaded
+
+
 class Metrics:
     """``backend``: a backend's own metrics (``RouteMetrics``), served with these; ``pools``: the pool replicas as
-    last heard from (``ReadyEndpoints.pool_replicas``), read at each scrape; ``clock``: what replica-seconds are
-    measured with.
+    last heard from (``ReadyEndpoints.pool_replicas``), read at each scrape; ``adapters``: the adapters loaded per
+    replica (``LoadedAdapters.counts``), likewise; ``clock``: what replica-seconds are measured with.
 
     Counters that alert rules watch with ``increase()`` (announcements, poison requests, redeliveries, cold starts
     over budget) are exported at 0 before their first count: a series that appears at 1 shows no increase, so
@@ -222,6 +239,7 @@ class Metrics:
         backend: Collection[Collector] = (),
         pools: Callable[[], Iterable[PoolReplica]] = tuple,
         clock: Callable[[], float] = time.monotonic,
+        adapters: Callable[[], Iterable[tuple[str, int]]] = tuple,
     ) -> None:
         #: What ``render`` formats with ``prometheus_client``: metrics with a series per model with activity.
         self._standard = CollectorRegistry()
@@ -393,6 +411,7 @@ class Metrics:
         )
         self.pools = PoolGauges(pools)
         r.register(self.pools)
+        r.register(AdapterGauges(adapters))
         for collector in backend:
             r.register(collector)
 

@@ -153,6 +153,31 @@ def keys_of(cls: type[Any]) -> tuple[str, ...]:
     return tuple(f.metadata["key"] for f in dataclasses.fields(cls) if "key" in f.metadata)
 
 
+#: Longest adapter source (a directory or a hub id), as ``wire.AdapterRef`` takes it.
+MAX_ADAPTER_SOURCE_CHARS = 1024
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A LoRA adapter served as a model of its own by its base model's replicas: its requests queue under its own
+    name and go to the base's replicas in the base's batches (``wire.AdapterRef``); its scaling unit is the base's."""
+
+    #: The base model's name (a model of the same backend, served by our runtime).
+    base: str
+    #: A local directory or a hub id ``org/repo[@rev]``, fetched into the runtime's node-local cache like a base's.
+    source: str
+
+    @classmethod
+    def parse(cls, base: str, source: str) -> Adapter:
+        """Raises ``ConfigError`` (key ``adapter``) for a source the wire would not carry."""
+        source = source.strip()
+        if not 0 < len(source) <= MAX_ADAPTER_SOURCE_CHARS or any(c.isspace() or c == "," for c in source):
+            limit = MAX_ADAPTER_SOURCE_CHARS
+            message = f"adapter: {source!r}: a directory or a hub id, 1 to {limit} characters, no spaces"
+            raise ConfigError(message, key="adapter")
+        return cls(base=check_model_name(base), source=source)
+
+
 @dataclass(frozen=True)
 class ModelSettings:
     """How one model is scaled and batched."""
@@ -197,6 +222,9 @@ class ModelSettings:
     health_path: str = field(default="/health", metadata=_key("health-path", _route))
     #: ``openai`` only: requests in flight to one replica from one gateway replica; the next waits in the queue.
     max_concurrency: int = field(default=64, metadata=_key("max-concurrency", at_least(1)))
+    #: A LoRA adapter on another model (its base), served by the base's replicas; None: a model of its own. Not a
+    #: setting key: the local file says ``base``/``adapter``, Kubernetes ``kaltstart.dev/adapters`` on the base.
+    adapter: Adapter | None = None
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:

@@ -31,7 +31,7 @@ from gateway.catalog import ModelCatalog
 from gateway.metrics import Metrics
 from gateway.replicas.endpoints import ReadyEndpoints
 from gateway.scaling.autoscaler import Scaler
-from gateway.settings import GatewaySettings, KubernetesSettings, ServerSettings
+from gateway.settings import GatewaySettings, KubernetesSettings, ModelSettings, ServerSettings
 from gateway.store.connection import connect
 from gateway.tracing import OFF, Tracing
 from loadtest.children import local_model
@@ -186,15 +186,17 @@ async def run_gateway(
     announce: bool = True,
     pools: tuple[LocalPool, ...] = (),
     tracing: Tracing = OFF,
+    adapters: tuple[ModelSettings, ...] = (),
     **overrides: Any,
 ) -> AsyncIterator[LocalGateway]:
-    """A gateway with the local backend serving ``models`` (some of them in ``pools``); its runtimes announce
+    """A gateway with the local backend serving ``models`` (some of them in ``pools``, some with LoRA ``adapters``:
+    ``ModelSettings`` whose ``adapter`` is set); its runtimes announce
     themselves (as under ``python -m gateway``) unless ``announce`` is off, and require a random token on their
     API, as under ``python -m gateway`` (``runtime_token=None`` turns it off). No standby runtime by
     default: most tests need none, and each costs a process importing torch."""
     async with _listening() as sock:
         settings = _settings(redis_url, sock, {"runtime_token": secrets.token_urlsafe(32), **overrides})
-        config = LocalConfig(models=tuple(models), cache_dir=cache_dir, standby=standby, pools=pools)
+        config = LocalConfig(models=tuple(models), cache_dir=cache_dir, standby=standby, pools=pools, adapters=adapters)
         token = settings.server.runtime_token
         parts = build_local(config, announce_to=redis_url if announce else None, token=token)
         async with _run(settings, parts, sock, tracing) as gateway:

@@ -239,7 +239,10 @@ async def get_model(request: Request) -> Response:
 
 
 def _model_card(gateway: Admission, name: str) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": gateway.catalog.created(name), "owned_by": "kaltstart"}
+    """OpenAI's model object; a LoRA adapter names its base in ``parent``, as OpenAI's fine-tunes do."""
+    card = {"id": name, "object": "model", "created": gateway.catalog.created(name), "owned_by": "kaltstart"}
+    adapter = gateway.catalog.get(name).adapter
+    return card if adapter is None else card | {"parent": adapter.base}
 
 
 async def healthz(request: Request) -> Response:

@@ -26,6 +26,7 @@ from gateway.relay.messages import Dispatched, Failed, Final, Finished, Token
 from gateway.relay.transport import ReplySender
 from gateway.replicas.client import RuntimeClient, RuntimeFailed, RuntimeUnreachable
 from gateway.replicas.endpoints import EndpointPool
+from gateway.settings import Adapter
 
 log = logging.getLogger("kaltstart.dispatch")
 
@@ -57,10 +58,14 @@ class BatchRelay:
         max_attempts: int,
         not_ready: Callable[[str], None],
         spans: DispatchSpans | None = None,
+        adapter: Adapter | None = None,
     ) -> None:
         """``not_ready(url)``: the replica answered that it has no model loaded (the batch goes back); ``spans``:
-        where each request's dispatch is traced (nowhere by default)."""
+        where each request's dispatch is traced (nowhere by default); ``adapter``: ``model`` is a LoRA adapter, its
+        batches go to its base (``BatchRequest.model``), each row naming it."""
         self._model = model
+        self._base = model if adapter is None else adapter.base
+        self._adapter = None if adapter is None else wire.AdapterRef(name=model, source=adapter.source)
         self._queue = queue
         self._sender = sender
         self._client = client
@@ -164,10 +169,12 @@ class BatchRelay:
     async def _stream_batch(
         self, url: str, requests: Sequence[wire.GenerationRequest], unfinished: dict[str, Delivery]
     ) -> None:
-        body = wire.BatchRequest(model=self._model, requests=tuple(requests))
+        body = wire.BatchRequest(model=self._base, requests=self._rows_of(requests))
         async with self._client.stream(url + wire.BATCH_PATH, body.model_dump_json()) as answer:
             if (residency := wire.Residency.from_headers(answer.headers)) is not None:  # a pool replica
                 self._pool.learn(url, residency)
+            if (adapters := wire.adapters_from_header(answer.headers)) is not None:  # a runtime that serves adapters
+                self._pool.learn_adapters(url, adapters)
             if answer.status == 503:
                 raise _RuntimeNotReady(answer.status, await answer.text())
             if answer.status != 200:
@@ -181,6 +188,14 @@ class BatchRelay:
                 await tokens.flush()  # a request's final reply comes after every token before it
                 if finals:
                     await self._settle(finals)
+
+    def _rows_of(self, requests: Sequence[wire.GenerationRequest]) -> tuple[wire.GenerationRequest, ...]:
+        """The batch's requests; an adapter's each name it (set here, not at admission: the adapter's source is
+        what the catalog says when the batch goes, and the queued entry stays as the client sent it)."""
+        if self._adapter is None:
+            return tuple(requests)
+        update = {"adapter": self._adapter}
+        return tuple(r.model_copy(update=update) for r in requests)
 
     def _relay(
         self,
@@ -214,7 +229,7 @@ class BatchRelay:
             return  # its client left; the cancellation settled it already
         if isinstance(event, wire.FinishEvent):
             finals.append((delivery, Finished(id=event.id, result=event)))
-        elif event.code == "invalid_request":
+        elif event.code in ("invalid_request", "adapter_invalid"):  # the client's request (or adapter): no retry
             finals.append((delivery, Failed(id=event.id, status=400, message=event.message)))
         else:
             log.error("runtime failed request %s: %s", event.id, event.message)

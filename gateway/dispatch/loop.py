@@ -80,7 +80,9 @@ class Dispatcher:
         # Batches to our runtime, or each request on its own to an OpenAI-compatible upstream.
         spans = DispatchSpans(tracing, model=settings.name, gateway_id=consumer)
         relay = (
-            UpstreamRelay if settings.forwards else functools.partial(BatchRelay, cancels=self._cancels, spans=spans)
+            UpstreamRelay
+            if settings.forwards
+            else functools.partial(BatchRelay, cancels=self._cancels, spans=spans, adapter=settings.adapter)
         )
         self._batches: BatchRelay | UpstreamRelay = relay(
             model=settings.name,
@@ -211,6 +213,8 @@ class Dispatcher:
             if report is None:
                 report = wire.ReadyBody.model_validate_json(await self._client.get(url + wire.READY_PATH))
             self._pool.set_continuous(url, report.scheduler == "continuous")
+            if report.adapters:
+                self._pool.learn_adapters(url, report.adapters)
             if report.pool is not None:  # read from /readyz (announcements leave it out)
                 self._pool.learn_report(url, report.pool)
             if self._limits is not None:

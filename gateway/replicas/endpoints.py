@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import wire
 from gateway.metrics import PoolReplica
+from gateway.replicas.adapters import LoadedAdapters
 from gateway.replicas.residency import ReplicaResidency
 
 Listener = Callable[[str], None]
@@ -44,7 +45,11 @@ class ReadyEndpoints:
     the report it answered.
 
     Readers get one model's whole set at once (``get``) and are told of changes through ``subscribe``. Where pool
-    replicas hold each model (``residency``) is kept here too, for as long as they are ready for it.
+    replicas hold each model (``residency``) and which LoRA adapters each replica holds (``adapters``) are kept here
+    too, for as long as they are ready.
+
+    A LoRA adapter served by a base model's replicas (``alias``) has the base's ready set, always: ``get`` and
+    ``report`` answer the base's, and the adapter's listeners are told when the base's set changes.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -59,9 +64,26 @@ class ReadyEndpoints:
         #: Listeners to one model only, so a change costs a call per interested party, not per model served.
         self._model_listeners: dict[str, list[Listener]] = {}
         self.residency = ReplicaResidency()
+        self.adapters = LoadedAdapters()
+        #: Adapter -> its base, and base -> its adapters (``alias``).
+        self._bases: dict[str, str] = {}
+        self._followers: dict[str, set[str]] = {}
 
     def get(self, model: str) -> tuple[str, ...]:
-        return self._urls.get(model, ())
+        return self._urls.get(self._bases.get(model, model), ())
+
+    def alias(self, adapter: str, base: str | None) -> None:
+        """``adapter`` is served by ``base``'s replicas from now on (None: no longer by any)."""
+        old = self._bases.pop(adapter, None)
+        if old is not None:
+            self._followers[old].discard(adapter)
+            if not self._followers[old]:
+                del self._followers[old]
+        if base is not None:
+            self._bases[adapter] = base
+            self._followers.setdefault(base, set()).add(adapter)
+        if old != base:
+            self._tell(adapter)
 
     def set(self, model: str, urls: Iterable[str]) -> None:
         """The backend's ready replicas of ``model`` (replacing what it said before)."""
@@ -94,6 +116,7 @@ class ReadyEndpoints:
     def withdraw(self, model: str, url: str) -> None:
         """``url`` said it is not ready for ``model`` after all: its announcement no longer counts (the backend's
         view of it stands)."""
+        model = self._bases.get(model, model)
         if self._announced.get(model, {}).pop(url, None) is not None:
             self._update(model)
 
@@ -126,7 +149,7 @@ class ReadyEndpoints:
 
     def report(self, model: str, url: str) -> wire.ReadyBody | None:
         """The ready report ``url`` announced, if it did."""
-        entry = self._announced.get(model, {}).get(url)
+        entry = self._announced.get(self._bases.get(model, model), {}).get(url)
         return None if entry is None else entry.report
 
     def ready_since(self, url: str) -> float | None:
@@ -151,7 +174,13 @@ class ReadyEndpoints:
         for url in old - set(new):
             self._since.pop(url, None)
             self.residency.forget(model, url)
+            self.adapters.forget(url)
         self._urls[model] = new
+        self._tell(model)
+        for adapter in sorted(self._followers.get(model, ())):
+            self._tell(adapter)
+
+    def _tell(self, model: str) -> None:
         for listener in [*self._listeners, *self._model_listeners.get(model, ())]:
             listener(model)
 
@@ -222,6 +251,11 @@ class EndpointPool:
         if self.is_ready(url):
             self._endpoints.residency.learn(self._model, url, residency)
 
+    def learn_adapters(self, url: str, names: Iterable[str]) -> None:
+        """``url`` said which LoRA adapters it holds loaded; ignored once it is no longer ready."""
+        if self.is_ready(url):
+            self._endpoints.adapters.learn(url, names)
+
     def learn_report(self, url: str, report: wire.PoolReport) -> None:
         """``url`` (a pool replica) answered its ``/readyz`` with ``report``; ignored once it is no longer ready."""
         if self.is_ready(url):
@@ -229,7 +263,8 @@ class EndpointPool:
 
     async def acquire(self) -> tuple[str, int]:
         """A ready replica with room, and its free rows; waits until one has room. Among those with room: the one
-        that holds the model best (pool replicas: active, then parked, then the most free device bytes, see
+        that holds the adapter (for a LoRA adapter's requests: ``gateway.replicas.adapters``), then the one that
+        holds the model best (pool replicas: active, then parked, then the most free device bytes, see
         ``gateway.replicas.residency``), then the one with the most room (the least loaded)."""
         while True:
             ready = self._usable()
@@ -241,9 +276,15 @@ class EndpointPool:
             with contextlib.suppress(TimeoutError):  # a suspension ends without an event
                 await asyncio.wait_for(self._wake.wait(), SUSPEND_S if self._suspended else None)
 
-    def _suitability(self, url: str) -> tuple[bool, int, int, int, int]:
-        free = self.free(url)
-        return (free > 0, *self._endpoints.residency.preference(url, self._model), free, -self._rows.get(url, 0))
+    def _suitability(self, url: str) -> tuple[bool, bool, int, int, int, int]:
+        free, loaded = self.free(url), self._endpoints.adapters.holds(url, self._model)
+        return (
+            free > 0,
+            loaded,
+            *self._endpoints.residency.preference(url, self._model),
+            free,
+            -self._rows.get(url, 0),
+        )
 
     async def acquire_alone(self) -> str:
         """A ready replica with nothing in flight from this dispatcher, which then takes no other work until what

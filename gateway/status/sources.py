@@ -91,13 +91,13 @@ class LocalSource:
         units = self._config.units()
         return [
             Served(
-                m.settings,
-                units.get(m.settings.name, m.settings.name),
-                None if scraped is None else scraped.replicas.get(m.settings.name),
-                pooled=self._config.pool_of(m.settings.name) is not None,
-                pool=None if scraped is None else scraped.pools.get(m.settings.name),
+                settings,
+                units.get(settings.name, settings.name),
+                None if scraped is None else scraped.replicas.get(settings.name),
+                pooled=self._config.pool_of(settings.name) is not None,
+                pool=None if scraped is None else scraped.pools.get(settings.name),
             )
-            for m in self._config.models
+            for settings in [*(m.settings for m in self._config.models), *self._config.adapters]
         ]
 
 

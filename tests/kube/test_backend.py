@@ -284,3 +284,23 @@ async def test_two_gateways_share_a_replica_without_stalls(
             )
         assert [r.status_code for r in burst] == [200] * 24
         assert all(gw.metric("kaltstart_batches_total", model="echo") > 0 for gw in (a, b))
+
+
+async def test_an_adapter_named_on_a_deployment_is_routed_to_it_and_scales_it_from_zero(
+    api_double: ApiDouble, kubeconfig: Path, redis_url: str, echo_pods: None, http: httpx.AsyncClient
+) -> None:
+    """``kaltstart.dev/adapters`` on the base's Deployment: the adapter is a model of its own (listed with its
+    parent), its first request scales the base's Deployment from zero and is answered by the base's pod."""
+    api_double.create(model_deployment("qwen", "qwen", adapters="support-bot=org/support-lora"))
+    async with run_kubernetes_gateway(kubeconfig, redis_url, **FAST) as gw:
+        await wait_models(gw, {"qwen", "support-bot"})
+        models = (await http.get(gw.url + "/v1/models")).json()["data"]
+        assert sorted((m["id"], m.get("parent")) for m in models) == [("qwen", None), ("support-bot", "qwen")]
+
+        response = await http.post(gw.url + "/v1/completions", json=body("support-bot"))
+
+        assert response.status_code == 200, response.text
+        assert response.json()["model"] == "support-bot"
+        assert replicas(api_double, "qwen") == 1
+        assert gw.metric("kaltstart_scale_writes_total", model="support-bot", direction="up") == 1
+        assert gw.endpoints.get("support-bot") == gw.endpoints.get("qwen") != ()

@@ -327,7 +327,9 @@ class KubernetesBackend:
 
     def _publish_model(self, model: str) -> None:
         route = self._table.routes.get(model)
-        if route is None:
+        adapter = None if route is None else route.model.adapter
+        self._endpoints.alias(model, None if adapter is None else adapter.base)  # its base's replicas serve it
+        if route is None or adapter is not None:
             return
         slices = self._slices.of((route.deployment.namespace, route.service))
         self._endpoints.vouch(model, ready_urls(slices, route.service, route.port, ready_only=False))

@@ -3,7 +3,10 @@
 A Deployment labelled ``kaltstart.dev/enabled: "true"`` serves the models named in ``kaltstart.dev/models``
 (names of one model, or with ``kaltstart.dev/pool: "true"`` distinct models of one pool runtime); its other
 ``kaltstart.dev/<setting>`` annotations use the setting names of the local config file and are parsed by the same
-function. A Deployment whose annotations cannot be used (an invalid value, or a ``kaltstart.dev/``
+function. ``kaltstart.dev/adapters: "support-bot=org/support-lora,legal=/cache/legal"`` names LoRA adapters served
+by the Deployment's replicas as models of their own (its first model is their base; each adapter's route is the
+Deployment's, with the base's settings), so their names are claimed, decided and refused exactly like model names.
+A Deployment whose annotations cannot be used (an invalid value, or a ``kaltstart.dev/``
 key that is no setting, such as ``max-replica``) yields a ``RouteError`` naming the annotation, and is left out;
 the other Deployments are unaffected.
 
@@ -18,13 +21,14 @@ of a listed name.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import ConfigError
-from gateway.settings import ModelSettings, check_model_name
+from gateway.settings import Adapter, ModelSettings, check_model_name
 
 PREFIX = "kaltstart.dev/"
 ENABLED_LABEL = f"{PREFIX}enabled"
@@ -33,8 +37,12 @@ MODELS = f"{PREFIX}models"
 SERVICE = f"{PREFIX}service"
 PORT = f"{PREFIX}port"
 POOL = f"{PREFIX}pool"
+ADAPTERS = f"{PREFIX}adapters"
 #: The ``kaltstart.dev/`` annotation keys the gateway reads (``enabled`` is the label, tolerated as an annotation).
-KNOWN_KEYS = frozenset({"models", "service", "port", "pool", "enabled", *ModelSettings.keys()})
+KNOWN_KEYS = frozenset({"models", "service", "port", "pool", "adapters", "enabled", *ModelSettings.keys()})
+#: Most adapters one Deployment may name (a runtime holds ``--max-adapters`` of them on its device at once; more
+#: than this many belong in a ConfigMap, not an annotation).
+MAX_ADAPTERS = 256
 
 #: The Event reasons (and, lower-cased, the metric's ``reason`` label) of a Deployment left out.
 INVALID_ANNOTATION = "InvalidAnnotation"
@@ -120,7 +128,37 @@ def routes_of(deployment: Mapping[str, Any]) -> list[Route] | RouteError:
     if not port:
         return error(PORT, "must not be empty")
     service = annotations.get(SERVICE, ref.name).strip() or ref.name
-    return [Route(model, ref, service, port, pool=pool == "true") for model in models]
+    adapters = _adapters(annotations.get(ADAPTERS, ""), models[0], pooled=pool == "true", taken=set(names))
+    if isinstance(adapters, str):
+        return error(ADAPTERS, adapters)
+    return [Route(model, ref, service, port, pool=pool == "true") for model in [*models, *adapters]]
+
+
+def _adapters(text: str, base: ModelSettings, *, pooled: bool, taken: set[str]) -> list[ModelSettings] | str:
+    """The adapters ``kaltstart.dev/adapters`` names (``name=source`` entries, comma-separated) as models on
+    ``base`` with its settings, or why the annotation cannot be used."""
+    entries = [entry.strip() for entry in text.split(",") if entry.strip()]
+    if not entries:
+        return []
+    if pooled or base.forwards:
+        return "adapters need one base model served by our runtime (not a pool, not protocol openai)"
+    if len(entries) > MAX_ADAPTERS:
+        return f"at most {MAX_ADAPTERS} adapters per Deployment, got {len(entries)}"
+    adapters = []
+    for entry in entries:
+        name, equals, source = (part.strip() for part in entry.partition("="))
+        if not equals:
+            return f"{entry[:140]!r}: an entry is name=source"
+        try:
+            adapter = Adapter.parse(base.name, source)
+            check_model_name(name)
+        except ConfigError as exc:
+            return str(exc)
+        if name in taken:
+            return f"{name!r} is named twice (an adapter needs a name of its own)"
+        taken.add(name)
+        adapters.append(dataclasses.replace(base, name=name, adapter=adapter))
+    return adapters
 
 
 def _unknown_key(key: str) -> str:

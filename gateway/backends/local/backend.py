@@ -1,7 +1,8 @@
 """The local backend: a replica is a ``python -m runtime`` process on a free 127.0.0.1 port (or, for a model with
 ``protocol = "openai"``, the OpenAI-compatible server its ``command`` starts, ready when its ``health-path`` answers).
 A pool's replica is one ``python -m runtime --pool`` process serving all its models; its replicas are ready for
-each of them (``ReplicaGroup`` per scaling unit: a model of its own, or a pool).
+each of them (``ReplicaGroup`` per scaling unit: a model of its own, or a pool). A LoRA adapter (``[models.*]`` with
+``base`` and ``adapter``) has no replicas of its own: its base's group scales for it, its base's replicas serve it.
 
 Started on demand (by claiming a standby runtime if one is up, see ``gateway.backends.local.runtimes``), ready when its
 ``/readyz`` answers 200 or it announces itself, restarted with back-off if it dies while wanted (like a kubelet's
@@ -251,6 +252,10 @@ class LocalBackend:
                 self._groups[m.settings.name] = ReplicaGroup(
                     models=[m], config=config, endpoints=endpoints, standbys=self.standbys, env=env, extra=extra
                 )
+        for adapter in config.adapters:  # served by its base's replicas, which are ready for it as for the base
+            assert adapter.adapter is not None
+            self._groups[adapter.name] = self._groups[adapter.adapter.base]
+            endpoints.alias(adapter.name, adapter.adapter.base)
 
     @property
     def models(self) -> list[ModelSettings]:
@@ -311,5 +316,6 @@ def build_local(
         config=config, endpoints=endpoints, env=RuntimeEnvironment(announce_to, token), batch_log=batch_log
     )
     catalog = ModelCatalog()
-    catalog.replace(backend.models, config.units(), pooled=config.units().keys())  # a pool is one scaling unit
+    pooled = [model for pool in config.pools for model in pool.models]  # a pool is one scaling unit
+    catalog.replace([*backend.models, *config.adapters], config.units(), pooled=pooled)
     return BackendParts(backend, catalog, endpoints, config.models[0].settings.name)

@@ -6,6 +6,7 @@ The file's format is described in docs/configuration.md.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import tomllib
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import ConfigError
-from gateway.settings import ModelSettings
+from gateway.settings import Adapter, ModelSettings
 
 DEFAULT_CACHE_DIR = Path(".cache/models")
 
@@ -72,16 +73,22 @@ class LocalConfig:
     standby: int = 1
     #: Pools of models sharing runtime processes; a model in no pool has replicas of its own.
     pools: tuple[LocalPool, ...] = ()
+    #: LoRA adapters served as models of their own by their base's replicas (``ModelSettings.adapter`` is set):
+    #: ``[models.<name>]`` tables with ``base`` and ``adapter``. They have no replicas of their own.
+    adapters: tuple[ModelSettings, ...] = ()
 
     def __post_init__(self) -> None:
         _check_pools(self)
+        _check_adapters(self)
 
     def pool_of(self, model: str) -> LocalPool | None:
         return next((pool for pool in self.pools if model in pool.models), None)
 
     def units(self) -> dict[str, str]:
-        """Each pooled model's scaling unit (its pool's name); the others are their own unit."""
-        return {model: pool.name for pool in self.pools for model in pool.models}
+        """Each pooled model's scaling unit (its pool's name), each adapter's (its base's); the others are their own
+        unit."""
+        pooled = {model: pool.name for pool in self.pools for model in pool.models}
+        return pooled | {a.name: a.adapter.base for a in self.adapters if a.adapter is not None}
 
 
 _RUNTIME_KEYS = {"source", "engine", "device", "dtype", "args", "command"}
@@ -90,6 +97,10 @@ _POOL_KEYS = {"models", "device", "dtype", "device-bytes", "host-bytes", "args"}
 _POOLED_KEYS = {"engine", "device", "dtype", "args", "command"}
 #: What a ``command`` may fill in.
 COMMAND_FIELDS = ("host", "port", "source", "model")
+#: The keys of an adapter's ``[models.*]`` table: its base and source, and the settings that are its own (its
+#: requests' wait and its batches); the others are its base's, whose replicas and scaling unit it shares.
+_ADAPTER_KEYS = {"base", "adapter"}
+ADAPTER_OWN_KEYS = ("cold-start-timeout", "max-batch-size", "max-batch-delay")
 
 
 def load_local_config(path: Path) -> LocalConfig:
@@ -100,9 +111,11 @@ def load_local_config(path: Path) -> LocalConfig:
         raise ConfigError(f"cannot read {path}: {exc}") from None
     base = path.resolve().parent
     runtime = data.get("runtime", {})
-    models = tuple(_local_model(name, spec, base) for name, spec in data.get("models", {}).items())
+    specs: dict[str, Any] = data.get("models", {})
+    models = tuple(_local_model(name, spec, base) for name, spec in specs.items() if "base" not in spec)
     if not models:
         raise ConfigError(f"{path}: no [models.<name>] tables")
+    adapters = tuple(_local_adapter(name, spec, specs, base) for name, spec in specs.items() if "base" in spec)
     pools = tuple(_local_pool(name, spec, data["models"]) for name, spec in data.get("pools", {}).items())
     cache_dir = Path(runtime.get("cache-dir", DEFAULT_CACHE_DIR))
     return LocalConfig(
@@ -111,6 +124,7 @@ def load_local_config(path: Path) -> LocalConfig:
         python=runtime.get("python", sys.executable),
         standby=_standby(runtime.get("standby", 1)),
         pools=pools,
+        adapters=adapters,
     )
 
 
@@ -160,6 +174,44 @@ def _check_pools(config: LocalConfig) -> None:
             if name in seen:
                 raise ConfigError(f"pools.{pool.name}.models: {name} is in more than one pool", key="models")
             seen.add(name)
+
+
+def _local_adapter(name: str, spec: Mapping[str, Any], specs: Mapping[str, Any], base: Path) -> ModelSettings:
+    """An adapter's table: its base's settings, with its own name, source and ``ADAPTER_OWN_KEYS``."""
+    if unknown := set(spec) - _ADAPTER_KEYS - set(ADAPTER_OWN_KEYS):
+        message = f"models.{name}: {sorted(unknown)} are set on its base (an adapter takes {sorted(ADAPTER_OWN_KEYS)})"
+        raise ConfigError(message, key=sorted(unknown)[0])
+    parent, source = spec["base"], spec.get("adapter")
+    if not isinstance(parent, str) or not isinstance(specs.get(parent), Mapping) or "base" in specs[parent]:
+        raise ConfigError(f"models.{name}.base: {parent!r} is no [models.<name>] entry of a base model", key="base")
+    if not isinstance(source, str):
+        raise ConfigError(f"models.{name}: 'adapter' (a directory or a hub id) is required", key="adapter")
+    if source.startswith((".", "/")):
+        source = str((base / source).resolve())
+    try:
+        own = {key: spec[key] for key in ADAPTER_OWN_KEYS if key in spec}
+        settings = ModelSettings.parse(name, {**specs[parent], **own})
+        return dataclasses.replace(settings, adapter=Adapter.parse(parent, source))
+    except ConfigError as exc:
+        raise ConfigError(f"models.{name}.{exc}", key=exc.key) from None
+
+
+def _check_adapters(config: LocalConfig) -> None:
+    """Every adapter's base is a model of the file served by our runtime on replicas of its own (not a pool's: a
+    pool runtime loads no adapters), and no adapter is named like a model or a pool."""
+    models = {m.settings.name: m for m in config.models}
+    taken = set(models) | {pool.name for pool in config.pools}
+    for settings in config.adapters:
+        name, adapter = settings.name, settings.adapter
+        if adapter is None:
+            raise ConfigError(f"models.{name}: listed as an adapter without one", key="adapter")
+        if name in taken:
+            raise ConfigError(f"models.{name}: an adapter cannot have a model's or a pool's name", key="base")
+        taken.add(name)
+        model = models.get(adapter.base)
+        if model is None or model.settings.forwards or config.pool_of(adapter.base) is not None:
+            message = f"models.{name}.base: {adapter.base!r} is no model with replicas of our runtime of its own"
+            raise ConfigError(message, key="base")
 
 
 def _standby(value: object) -> int:
@@ -234,6 +286,12 @@ def dump_local_config(config: LocalConfig) -> str:
             fields["command"] = list(m.command)
         fields |= m.settings.to_values()
         lines.extend(f"{key} = {_toml(value)}" for key, value in fields.items())
+    for adapter in config.adapters:
+        assert adapter.adapter is not None
+        lines += ["", f"[models.{_toml(adapter.name)}]", f"base = {_toml(adapter.adapter.base)}"]
+        lines.append(f"adapter = {_toml(adapter.adapter.source)}")
+        values = adapter.to_values()
+        lines.extend(f"{key} = {_toml(values[key])}" for key in ADAPTER_OWN_KEYS)
     for pool in config.pools:
         lines += ["", f"[pools.{_toml(pool.name)}]", f"models = {_toml(list(pool.models))}"]
         lines += [f"device = {_toml(pool.device)}", f"dtype = {_toml(pool.dtype)}"]

@@ -9,6 +9,7 @@ import asyncio
 import pytest
 
 import wire
+from gateway.replicas.adapters import MAX_LOADED_ADAPTERS, LoadedAdapters
 from gateway.replicas.endpoints import EndpointPool, ReadyEndpoints
 from tests.gateway.replicas.watched import WatchedEndpoints, looked_up
 
@@ -254,3 +255,54 @@ async def test_what_a_replica_held_is_forgotten_when_it_leaves_the_ready_set() -
     pool.learn("http://10.0.0.9:8000", wire.Residency(active=(MODEL,)))  # not a ready replica: not kept
     assert endpoints.residency.preference("http://10.0.0.9:8000", MODEL) == (0, 0)
     pool.close()
+
+
+# LoRA adapters: served by their base's replicas
+
+
+async def test_an_adapter_has_its_base_ready_set_and_hears_its_changes() -> None:
+    e, heard = ReadyEndpoints(), list[str]()
+    e.subscribe(heard.append, model="lora")
+    e.set("base", [A])
+    e.alias("lora", "base")
+    assert e.get("lora") == (A,) and heard == ["lora"]
+    pool = EndpointPool("lora", e, budget=4)
+    looked = asyncio.create_task(pool.acquire())
+    assert await asyncio.wait_for(looked, 5) == (A, 4)
+    e.set("base", [B])  # the base's set changed: so did the adapter's, and its pool hears it
+    assert e.get("lora") == (B,) and heard == ["lora", "lora"] and pool.is_ready(B) and not pool.is_ready(A)
+    e.alias("lora", None)
+    assert e.get("lora") == () and heard == ["lora", "lora", "lora"]
+    e.set("base", [A])
+    assert heard == ["lora", "lora", "lora"]
+    pool.close()
+
+
+async def test_an_adapter_pool_prefers_the_replica_that_holds_the_adapter_loaded() -> None:
+    endpoints = ReadyEndpoints()
+    endpoints.set("base", [R1, R2, R3])
+    endpoints.alias("lora", "base")
+    pool = EndpointPool("lora", endpoints, budget=8)
+    for url in (R1, R2, R3):
+        pool.set_continuous(url, True)
+    pool.start(R2, 6)  # the most loaded: without a preference the least loaded would win
+    pool.learn_adapters(R2, ["other", "lora"])
+    pool.learn_adapters(R3, ["other"])
+    assert await pool.acquire() == (R2, 2)
+    pool.start(R2, 2)
+    assert await pool.acquire() == (R1, 8)  # loaded but full: the least loaded of the others
+    endpoints.set("base", [R1, R3])  # R2 left: what it held is forgotten
+    endpoints.set("base", [R1, R2, R3])
+    assert not endpoints.adapters.holds(R2, "lora")
+    pool.learn_adapters("http://10.0.0.9:8000", ["lora"])  # not a ready replica: not kept
+    assert not endpoints.adapters.holds("http://10.0.0.9:8000", "lora")
+    pool.close()
+
+
+def test_loaded_adapters_are_bounded_per_replica() -> None:
+    loaded = LoadedAdapters()
+    loaded.learn(A, [f"a{i}" for i in range(MAX_LOADED_ADAPTERS + 10)] + ["x" * 200])
+    assert dict(loaded.counts()) == {A: MAX_LOADED_ADAPTERS}
+    assert wire.adapters_from_header({}) is None  # a runtime that predates adapters says nothing
+    assert wire.adapters_from_header({wire.ADAPTERS_HEADER: ""}) == ()
+    assert wire.adapters_from_header({wire.ADAPTERS_HEADER: "a,b,"}) == ("a", "b")
