@@ -88,6 +88,28 @@ def test_unset_settings_take_the_gateway_defaults(chart: helm_python.Chart) -> N
     assert route.model.max_replicas == 1
 
 
+def test_a_model_s_lora_adapters_are_routed_to_its_deployment(chart: helm_python.Chart) -> None:
+    adapters = {"support-bot": "org/support-lora@v2", "legal": "/var/lib/kaltstart/adapters/legal"}
+    values = {"models": [{"name": "qwen", "source": "Qwen/Qwen2.5-0.5B-Instruct", "adapters": adapters}]}
+    rendered = render(chart, values).of_kind("Deployment")
+    (deployment,) = [d for d in rendered if d["metadata"]["name"] == "kaltstart-qwen"]
+    found = routes_of(deployment)
+    assert not isinstance(found, RouteError), found.message
+    served = {r.model.name: r.model.adapter for r in found}
+    assert served.keys() == {"qwen", "support-bot", "legal"}
+    assert served["qwen"] is None
+    assert {name: (a.base, a.source) for name, a in served.items() if a is not None} == {
+        name: ("qwen", source) for name, source in adapters.items()
+    }
+    assert {r.deployment for r in found} == {found[0].deployment}
+
+
+def test_adapters_on_an_openai_compatible_server_do_not_render(chart: helm_python.Chart) -> None:
+    model = {"name": "big", "source": "org/big", "runtime": "vllm", "adapters": {"a": "org/a"}}
+    with pytest.raises(Exception, match="adapters is a setting of the kaltstart runtime"):
+        render(chart, {"models": [model]})
+
+
 def test_the_runtime_accepts_the_rendered_flags(chart: helm_python.Chart) -> None:
     for deployment in _models(chart):
         (container,) = deployment["spec"]["template"]["spec"]["containers"]

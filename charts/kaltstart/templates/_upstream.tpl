@@ -21,7 +21,7 @@ SGLang speak protocol openai and have no flags for the kaltstart runtime's devic
 {{- if and (hasKey . "protocol") (ne .protocol "openai") }}
 {{- fail (printf "models: %q: runtime %s speaks protocol openai, not %q: leave protocol out" .name $kind .protocol) }}
 {{- end }}
-{{- range $key := list "device" "maxBatchSize" "maxBatchDelay" }}
+{{- range $key := list "device" "maxBatchSize" "maxBatchDelay" "adapters" }}
 {{- if hasKey $ $key }}
 {{- fail (printf "models: %q: %s is a setting of the kaltstart runtime, not of runtime %s: use maxConcurrency (requests in flight per replica) and the server's own flags in extraArgs" $.name $key $kind) }}
 {{- end }}
