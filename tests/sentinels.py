@@ -12,11 +12,12 @@ import asyncio
 import contextlib
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -43,12 +44,13 @@ class _Server:
 class SentinelDeployment:
     """``start()``, then ``url`` (``redis+sentinel://``), ``primary_url`` and ``replica_url`` (``redis://``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, sentinels: int = 3) -> None:
+        """``sentinels=0``: a primary and its replica alone."""
         self._dir = tempfile.TemporaryDirectory(prefix="kaltstart-sentinel-")
         self.password = secrets.token_urlsafe(24)
         self.primary = _Server("primary", free_port())
         self.replica = _Server("replica", free_port())
-        self.sentinels = [_Server(f"sentinel-{i}", free_port()) for i in range(3)]
+        self.sentinels = [_Server(f"sentinel-{i}", free_port()) for i in range(sentinels)]
 
     @property
     def url(self) -> str:
@@ -102,6 +104,16 @@ class SentinelDeployment:
             server.process.kill()
             server.process.wait()
             server.process = None
+
+    @contextlib.contextmanager
+    def paused(self, server: _Server) -> Iterator[None]:
+        """SIGSTOP for the block, then SIGCONT: a node that stops answering (a replica lagging, a stalled VM)."""
+        assert server.process is not None
+        server.process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            server.process.send_signal(signal.SIGCONT)
 
     async def current_primary(self) -> _Server:
         """The node the Sentinels name as primary now."""

@@ -32,7 +32,7 @@ log = logging.getLogger("kaltstart.redis")
 LOG_EVERY_S = 1.0
 
 
-class _Throttle:
+class Throttle:
     """True at most once every ``every_s``."""
 
     def __init__(self, every_s: float) -> None:
@@ -47,7 +47,7 @@ class _Throttle:
         return True
 
 
-_log_now = _Throttle(LOG_EVERY_S)
+_log_now = Throttle(LOG_EVERY_S)
 
 
 def connect(url: str, settings: QueueSettings) -> Redis:
