@@ -115,6 +115,17 @@ class SentinelDeployment:
         finally:
             server.process.send_signal(signal.SIGCONT)
 
+    @contextlib.asynccontextmanager
+    async def cut_off(self, replica: _Server) -> AsyncIterator[None]:
+        """For the block, ``replica`` receives none of the primary's writes: it is stopped (SIGSTOP) and the primary
+        drops its link (``CLIENT KILL TYPE replica``), so what the primary acknowledges meanwhile is only in the
+        primary's memory (stopping it alone is not enough: the kernel keeps receiving the stream for it)."""
+        primary = self.replica if replica is self.primary else self.primary
+        with self.paused(replica):
+            async with _client(self.node_url(primary)) as client:
+                await client.client_kill_filter(_type="replica")
+            yield
+
     async def current_primary(self) -> _Server:
         """The node the Sentinels name as primary now."""
         async with self._sentinel_client() as sentinel:
@@ -125,17 +136,22 @@ class SentinelDeployment:
         """Until the replica is in sync and every Sentinel knows the replica and the two other Sentinels: another
         process's state, with no event to wait on, so this polls (as the Sentinels themselves do)."""
         async with asyncio.timeout(timeout_s):
-            while not await self._in_sync():  # noqa: ASYNC110 - another process's state, see above
-                await asyncio.sleep(0.05)
+            await self.in_sync(self.replica)
             for sentinel in self.sentinels:
                 async with self._sentinel_client(sentinel) as client:
-                    while not await _knows_everyone(client):  # noqa: ASYNC110 - as above
+                    while not await _knows_everyone(client):  # noqa: ASYNC110 - another process's state
                         await asyncio.sleep(0.05)
 
-    async def _in_sync(self) -> bool:
-        async with _client(self.node_url(self.replica)) as replica:
-            info = await replica.info("replication")
-        return info.get("master_link_status") == "up"
+    async def in_sync(self, replica: _Server) -> None:
+        """Until ``replica`` is connected to its primary and in sync (polls, as ``ready``)."""
+        async with _client(self.node_url(replica)) as client:
+            while (await client.info("replication")).get("master_link_status") != "up":  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+
+    def rejoin(self, server: _Server) -> None:
+        """Start a killed node again, as a replica of the other (a rescheduled pod coming back)."""
+        other = self.replica if server is self.primary else self.primary
+        self._start(server, self._node_config(other.port))
 
     @contextlib.asynccontextmanager
     async def switch_master(self) -> AsyncIterator[asyncio.Event]:
