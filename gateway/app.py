@@ -26,7 +26,7 @@ from gateway.queue.budget import Account, MemoryGuard
 from gateway.queue.fence import Fence, FencedDoor
 from gateway.queue.recovery import Abandoned, Heartbeats, Janitor, Takeover
 from gateway.queue.signals import WorkSignals
-from gateway.queue.stream import BODY_GRACE_S, RequestQueue
+from gateway.queue.stream import BODY_GRACE_S, ReplicaWait, RequestQueue
 from gateway.relay.transport import ReplyRouter, ReplySender
 from gateway.replicas.announcements import Announcements
 from gateway.replicas.client import AiohttpRuntimeClient
@@ -62,6 +62,7 @@ def _queue(settings: GatewaySettings, redis: Redis, work: WorkSignals) -> Reques
         work=work,
         max_bytes_per_model=settings.queue.max_queued_bytes_per_model,
         hold_s=settings.server.request_timeout_s + BODY_GRACE_S,
+        replica_wait=ReplicaWait(settings.queue.redis_wait_replicas, int(settings.queue.redis_wait_timeout_s * 1000)),
     )
 
 

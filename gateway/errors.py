@@ -15,6 +15,7 @@
         ├── ColdStartTimeout        no replica became ready within the cold-start timeout -> 503 + Retry-After
         ├── ServiceUnavailable      Redis or the backend is down                          -> 503 + Retry-After
         │   ├── QueueUnavailable    Redis could not be reached or answered with an error  -> 503 + Retry-After
+        │   │   └── NotReplicated   an enqueue not copied to enough replicas in time (withdrawn) -> 503 + Retry-After
         │   └── QueueMemoryFull     Redis is near its maxmemory: no new work (settles go on) -> 503 + Retry-After
         ├── GenerationFailed        the runtime failed the request, retries exhausted     -> 502
         ├── DeadlineExceeded        not finished within the request timeout               -> 504
@@ -125,6 +126,18 @@ class QueueUnavailable(ServiceUnavailable):
 
     def __init__(self, message: str = "The request queue is unavailable; try again shortly.") -> None:
         super().__init__(message, retry_after_s=2)
+
+
+class NotReplicated(QueueUnavailable):
+    """``KALTSTART_REDIS_WAIT_REPLICAS``: the enqueue reached fewer replicas than asked within the wait's timeout,
+    so a failover could lose it; the request is withdrawn (cancelled) and refused. ``entry_ids``: its entries, for
+    the withdrawal."""
+
+    code = "queue_not_replicated"
+
+    def __init__(self, entry_ids: tuple[str, ...]) -> None:
+        super().__init__("The request could not be stored safely (the queue's replicas are behind); try again shortly.")
+        self.entry_ids = entry_ids
 
 
 class QueueMemoryFull(ServiceUnavailable):

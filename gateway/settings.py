@@ -68,6 +68,14 @@ def _parse_int(text: Value, minimum: int) -> int:
     return value
 
 
+def _positive_duration_s(text: Value) -> float:
+    """A duration of at least 1 ms."""
+    seconds = parse_duration_s(text)
+    if seconds < 0.001:
+        raise ValueError(f"must be at least 1ms, got {text!r}")
+    return seconds
+
+
 def at_least(minimum: int) -> Parser:
     return lambda text: _parse_int(text, minimum)
 
@@ -424,6 +432,17 @@ class QueueSettings:
     #: Longest wait for one Redis reply (and for a connection to open); a Redis that does not answer within it
     #: counts as down.
     redis_timeout_s: float = field(default=5.0, metadata=_key("KALTSTART_REDIS_TIMEOUT", parse_duration_s))
+    #: Replicas of the Redis primary that must hold a request before it counts as accepted: after each enqueue
+    #: (one ``WAIT`` per pipeline of enqueues) the gateway waits up to ``redis_wait_timeout_s`` for that many
+    #: replicas to acknowledge it; fewer, and the request is withdrawn and refused with 503 + Retry-After. 0 (the
+    #: default): no wait, as Redis's asynchronous replication is: a failover may lose the last acknowledged
+    #: enqueues (docs/reliability.md). With Sentinel and one replica or more, 1 keeps every accepted request.
+    redis_wait_replicas: int = field(default=0, metadata=_key("KALTSTART_REDIS_WAIT_REPLICAS", at_least(0)))
+    #: How long an enqueue waits for ``redis_wait_replicas`` replicas to acknowledge it (``WAIT``'s timeout; at
+    #: least 1 ms, as 0 would wait for ever). Bounds what a lagging or lost replica adds to a request's admission.
+    redis_wait_timeout_s: float = field(
+        default=0.5, metadata=_key("KALTSTART_REDIS_WAIT_TIMEOUT", _positive_duration_s)
+    )
 
 
 @dataclass(frozen=True)

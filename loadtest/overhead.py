@@ -194,6 +194,11 @@ def _per_request(summary: dict[str, Any]) -> str:
     return "-" if cpu_ms is None else f"{cpu_ms:.2f}"
 
 
+def _wait(args: argparse.Namespace) -> dict[str, str]:
+    """The gateway's replica wait: each enqueue waits for that many replicas to acknowledge it (``WAIT``)."""
+    return {"KALTSTART_REDIS_WAIT_REPLICAS": str(args.redis_wait_replicas)} if args.redis_wait_replicas else {}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="concurrent clients on each side. Default 8")
     parser.add_argument("--requests", type=int, default=400, help="requests per side and round. Default 400")
@@ -203,6 +208,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-batch-delay", default="10ms", help="the model's max-batch-delay in the gateway. Default 10ms"
     )
     parser.add_argument("--redis-url", help="the gateway's Redis (REDIS_URL). Default: it starts an embedded Valkey")
+    parser.add_argument(
+        "--redis-wait-replicas",
+        type=int,
+        default=0,
+        help="the gateway's KALTSTART_REDIS_WAIT_REPLICAS (needs a --redis-url primary with replicas). Default 0",
+    )
     parser.add_argument("--out", type=Path, help="write overhead.png, samples.csv, logs and summary.json here")
     parser.add_argument(
         "--tracing",
@@ -278,7 +289,9 @@ async def _measure_gateway(
         config = write_config(work / "overhead.toml", [model], work / "cache")
         async with (
             aiohttp.ClientSession(connector=connector) as session,
-            running_gateway(config, work / "gateway.log", redis_url=args.redis_url, extra_env=env) as gateway,
+            running_gateway(
+                config, work / "gateway.log", redis_url=args.redis_url, extra_env={**env, **_wait(args)}
+            ) as gateway,
         ):
             runtime_url = await warm_replica(session, gateway.url, gateway.log, options.timeout_s)
             sides = await measure(session, gateway, runtime_url, options)

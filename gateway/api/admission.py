@@ -24,6 +24,7 @@ from gateway.errors import (
     GenerationFailed,
     InvalidRequest,
     KeyQuotaExceeded,
+    NotReplicated,
     PayloadTooLarge,
     QueueUnavailable,
     RequestError,
@@ -232,6 +233,15 @@ class Ticket:
         return False
 
 
+async def _withdraw(tickets: Sequence[Ticket], entry_ids: Sequence[str]) -> None:
+    """Cancel a request that is refused although its entries were written (``NotReplicated``), as for a client that
+    left: no replica works on it, and an answer that got there first is dropped with the ticket, so the client
+    hears only the refusal."""
+    for ticket, entry_id in zip(tickets, entry_ids, strict=True):
+        ticket.entry_id = entry_id
+        await ticket.close()
+
+
 @dataclass(frozen=True)
 class Delta:
     """New text of a request, the log-probability entries of the tokens it completes, and tool calls completed."""
@@ -332,6 +342,10 @@ class Admission:
             entry_ids, fenced = await self.door.enter(
                 model.name, lambda: self._queue.enqueue_stored(model.name, stored)
             )
+        except NotReplicated as exc:
+            await _withdraw(tickets, exc.entry_ids)
+            closer.close()
+            raise
         except BaseException as exc:
             closer.close()
             if isinstance(exc, KeyQuotaExceeded) and grant is not None:

@@ -35,7 +35,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 import wire
-from gateway.errors import KeyQuotaExceeded, QueueFull
+from gateway.errors import KeyQuotaExceeded, NotReplicated, QueueFull
 from gateway.queue import scripts
 from gateway.queue.budget import Account
 from gateway.queue.fence import Fenced
@@ -44,10 +44,12 @@ from gateway.queue.signals import message as work_message
 from gateway.queue.upstream import UpstreamRequest
 from gateway.relay.messages import Failed, Final, Finished, ReplyAdapter
 from gateway.store import keys
-from gateway.store.connection import converted, text, unavailable
+from gateway.store.connection import Throttle, converted, text, unavailable
 from gateway.store.pipelining import Call, Coalesced
 
 log = logging.getLogger("kaltstart.queue")
+#: A refusal for too few replicas is logged at most once a second.
+_log_unreplicated = Throttle(1.0)
 
 #: How long a settled marker outlives its request: long enough to suppress any late duplicate.
 SETTLED_TTL_MS = 3_600_000
@@ -59,6 +61,22 @@ UNREADABLE_MESSAGE = "The request could not be read back from the queue (it nest
 BODY_GRACE_S = 60.0
 #: What a refusal for a full account tells the client to wait.
 FULL_RETRY_AFTER_S = 5
+
+
+@dataclass(frozen=True)
+class ReplicaWait:
+    """``WAIT replicas timeout_ms`` after every pipeline of enqueues (``KALTSTART_REDIS_WAIT_REPLICAS``): a request
+    counts as accepted only once that many replicas hold it, so a failover cannot lose it."""
+
+    replicas: int
+    timeout_ms: int
+
+
+@dataclass(frozen=True)
+class _Unreplicated:
+    """An enqueue's reply (its entry ids) that fewer replicas than asked acknowledged in time."""
+
+    entry_ids: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -293,10 +311,12 @@ class RequestQueue:
         work: WorkSignals | None = None,
         max_bytes_per_model: int = 64 << 20,
         hold_s: float = 600.0 + BODY_GRACE_S,
+        replica_wait: ReplicaWait | None = None,
     ) -> None:
         """``work``: told of every entry this queue adds (and published for the other gateway replicas).
         ``max_bytes_per_model``: the model's account's limit; ``hold_s``: how long after its enqueue a request's
-        body and charges lapse if nobody settled it (its deadline and ``BODY_GRACE_S``)."""
+        body and charges lapse if nobody settled it (its deadline and ``BODY_GRACE_S``); ``replica_wait``: how many
+        replicas must hold an enqueue before it counts (None: none waited for)."""
         self._redis = redis
         self._max = max_queue_per_model
         self._max_bytes = max_bytes_per_model
@@ -306,7 +326,8 @@ class RequestQueue:
         self._settle = redis.register_script(scripts.SETTLE)
         self._requeue = redis.register_script(scripts.REQUEUE)
         self._read_script = redis.register_script(scripts.READ)
-        self._coalesced_enqueue = Coalesced(lambda calls: self._pipelined(self._enqueue, calls))
+        self._replica_wait = replica_wait if replica_wait is not None and replica_wait.replicas > 0 else None
+        self._coalesced_enqueue = Coalesced(lambda calls: self._pipelined(self._enqueue, calls, self._replica_wait))
 
     async def prepare(self, model: str) -> None:
         """Create the model's stream and consumer group if missing (reading from the start: nothing queued
@@ -347,6 +368,8 @@ class RequestQueue:
             return Fenced(seconds_left=reply / 1000)
         if isinstance(reply, bytes):
             raise _refusal(text(reply), model, account)
+        if isinstance(reply, _Unreplicated):  # its entries exist: the caller withdraws them (cancels, as a client
+            raise NotReplicated(reply.entry_ids)  # that left), since a dispatcher may have read them already
         self.work.notify(model)
         return [text(entry_id) for entry_id in cast(list[bytes], reply)]
 
@@ -451,22 +474,41 @@ class RequestQueue:
         ]
         return [bool(_raised(first)) for first in await self._pipelined(self._settle, calls)]
 
-    async def _pipelined(self, script: AsyncScript, calls: Sequence[Call]) -> list[object]:
+    async def _pipelined(
+        self, script: AsyncScript, calls: Sequence[Call], wait: ReplicaWait | None = None
+    ) -> list[object]:
         """Run ``script`` once per call in one pipeline; a failed call's reply is its exception. By the script's
         SHA: given a ``Script`` object, redis-py checks that it exists (a round trip of its own) on every such
-        pipeline. A missing script (Redis restarted) fails every call, none ran: it is loaded and they go again."""
+        pipeline. A missing script (Redis restarted, or a replica just promoted: replicas do not share the script
+        cache) fails every call, none ran: it is loaded and they go again. ``wait``: the pipeline ends with a
+        ``WAIT`` (on the same connection, so for these writes), and a reply of entry ids that fewer replicas than
+        asked acknowledged comes back as ``_Unreplicated``."""
         async with converted():
-            replies = await self._run_pipelined(script, calls)
+            replies = await self._run_pipelined(script, calls, wait)
             if any(isinstance(reply, NoScriptError) for reply in replies):
                 await self._redis.script_load(script.script)
-                replies = await self._run_pipelined(script, calls)
+                replies = await self._run_pipelined(script, calls, wait)
         return replies
 
-    async def _run_pipelined(self, script: AsyncScript, calls: Sequence[Call]) -> list[object]:
+    async def _run_pipelined(
+        self, script: AsyncScript, calls: Sequence[Call], wait: ReplicaWait | None
+    ) -> list[object]:
         async with self._redis.pipeline(transaction=False) as pipe:
             for script_keys, args in calls:
                 pipe.evalsha(script.sha, len(script_keys), *script_keys, *args)
-            return cast(list[object], await pipe.execute(raise_on_error=False))
+            if wait is not None:
+                pipe.wait(wait.replicas, wait.timeout_ms)
+            replies = cast(list[object], await pipe.execute(raise_on_error=False))
+        if wait is None:
+            return replies
+        acked = replies.pop()
+        if isinstance(acked, int) and acked >= wait.replicas:
+            return replies
+        if _log_unreplicated():
+            log.warning(
+                "enqueues reached %r of %d replicas within %d ms: refused", acked, wait.replicas, wait.timeout_ms
+            )
+        return [_Unreplicated(tuple(map(text, r))) if isinstance(r, list) else r for r in replies]
 
     async def cancel(self, model: str, request_id: str, entry_id: str, held: Held = INLINE) -> bool:
         """The client stopped waiting: make sure the request is never dispatched or answered, and announce it

@@ -5,6 +5,11 @@ a connection to come free instead of failing at once (redis-py's default pool ra
 first command that finds every connection taken, which turned a healthy burst into 503s). Every socket has a
 timeout, so a Redis that stops answering cannot hang a request: the command fails, the request gets 503 +
 Retry-After, and the log says why (at most once a second, so an outage does not flood it).
+
+``REDIS_URL`` may name a primary behind Redis Sentinel (``redis+sentinel://``, ``wire.redis_url``): each new
+connection asks the Sentinels where the primary is, so after a failover the pool, the pub/sub subscription (which
+reconnects, ``gateway.relay.transport``) and the scripts (loaded again on ``NOSCRIPT``, ``gateway.queue.stream``)
+follow the new primary; commands that meet the failover itself fail as in any outage (503 + Retry-After).
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.errors import QueueUnavailable
 from gateway.settings import QueueSettings
+from wire.redis_url import PoolLimits, client
 
 log = logging.getLogger("kaltstart.redis")
 
@@ -26,7 +32,7 @@ log = logging.getLogger("kaltstart.redis")
 LOG_EVERY_S = 1.0
 
 
-class _Throttle:
+class Throttle:
     """True at most once every ``every_s``."""
 
     def __init__(self, every_s: float) -> None:
@@ -41,19 +47,17 @@ class _Throttle:
         return True
 
 
-_log_now = _Throttle(LOG_EVERY_S)
+_log_now = Throttle(LOG_EVERY_S)
 
 
 def connect(url: str, settings: QueueSettings) -> Redis:
-    pool = BlockingConnectionPool.from_url(
-        url,
+    """The client of the Redis at ``url``: one server, or a primary found through Sentinel (``wire.redis_url``)."""
+    limits = PoolLimits(
+        timeout_s=settings.redis_timeout_s,
         max_connections=settings.redis_max_connections,
-        timeout=settings.redis_pool_timeout_s,
-        socket_timeout=settings.redis_timeout_s,
-        socket_connect_timeout=settings.redis_timeout_s,
-        health_check_interval=30,
+        pool_timeout_s=settings.redis_pool_timeout_s,
     )
-    return Redis(connection_pool=pool)
+    return client(url, limits)
 
 
 @contextlib.asynccontextmanager

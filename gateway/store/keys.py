@@ -1,7 +1,9 @@
 """Every Redis key and channel the gateway uses, in one place.
 
-All keys of one model share the hash tag ``{m:<model>}`` so that the multi-key Lua scripts in ``queue.py`` stay
-valid on a Redis Cluster.
+All keys of one model share the hash tag ``{m:<model>}``, so that a script touching one model's keys stays in one
+Redis Cluster slot. Not yet enough for a Cluster (which kaltstart does not support): an API key's account
+(``{k:<account>}``, another slot) is charged in the same enqueue and settle scripts as the model's keys
+(docs/reliability.md, "Known limits").
 """
 
 from __future__ import annotations

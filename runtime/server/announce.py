@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from wire import REPLICAS_CHANNEL, Announcement
+from wire.redis_url import PoolLimits, client
 
 __all__ = ["Announcer"]
 
@@ -34,9 +35,8 @@ class Announcer:
     """Publishes ``describe()`` on the replicas channel: at ``nudge()`` and every ``interval_s``."""
 
     def __init__(self, redis_url: str, describe: Callable[[], Announcement], interval_s: float) -> None:
-        self._redis: Redis = Redis.from_url(
-            redis_url, socket_timeout=PUBLISH_TIMEOUT_S, socket_connect_timeout=PUBLISH_TIMEOUT_S
-        )
+        # ``redis_url`` may name a Sentinel-managed primary (``redis+sentinel://``): announcements follow failovers.
+        self._redis: Redis = client(redis_url, PoolLimits(timeout_s=PUBLISH_TIMEOUT_S))
         self._describe = describe
         self._interval_s = interval_s
         self._wake = asyncio.Event()

@@ -249,3 +249,17 @@ def test_the_route_allow_list_and_the_lease_namespace() -> None:
 def test_a_bad_route_allow_list_is_refused(text: str) -> None:
     with pytest.raises(ConfigError, match="KALTSTART_ROUTE_ALLOW_LIST"):
         GatewaySettings.from_env({"KALTSTART_ROUTE_ALLOW_LIST": text})
+
+
+def test_the_replica_wait_is_off_by_default_and_never_unbounded() -> None:
+    assert (GatewaySettings.from_env({}).queue.redis_wait_replicas, GatewaySettings().queue.redis_wait_timeout_s) == (
+        0,
+        0.5,
+    )
+    env = {"KALTSTART_REDIS_WAIT_REPLICAS": "1", "KALTSTART_REDIS_WAIT_TIMEOUT": "50ms"}
+    queue = GatewaySettings.from_env(env).queue
+    assert (queue.redis_wait_replicas, queue.redis_wait_timeout_s) == (1, 0.05)
+    for key, wrong in [("KALTSTART_REDIS_WAIT_TIMEOUT", "0"), ("KALTSTART_REDIS_WAIT_REPLICAS", "-1")]:
+        with pytest.raises(ConfigError) as info:
+            GatewaySettings.from_env({key: wrong})
+        assert info.value.key == key

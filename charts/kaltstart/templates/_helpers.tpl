@@ -68,7 +68,45 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* True (non-empty) when the bundled Redis is rendered. */}}
 {{- define "kaltstart.redis.bundled" -}}
-{{- if and (not .Values.redis.url) (not .Values.redis.existingSecret) }}true{{ end }}
+{{- if and (not .Values.redis.url) (not .Values.redis.existingSecret) (not .Values.redis.external.sentinel.hosts) }}true{{ end }}
+{{- end }}
+
+{{/* True (non-empty) when the bundled Redis runs as a primary, replicas and Sentinels (redis.mode: sentinel). */}}
+{{- define "kaltstart.redis.sentinel" -}}
+{{- if and (include "kaltstart.redis.bundled" .) (eq .Values.redis.mode "sentinel") }}true{{ end }}
+{{- end }}
+
+{{/* The DNS name of the bundled Redis StatefulSet's pod number .index (include with (dict "root" $ "index" i)). */}}
+{{- define "kaltstart.redis.podHost" -}}
+{{- printf "%s-%d.%s.%s.svc" (include "kaltstart.redis.fullname" .root) (int .index) (include "kaltstart.redis.headless" .root) .root.Release.Namespace }}
+{{- end }}
+
+{{/* The Sentinels to ask, host:port,host:port: the bundled pods' (port 26379), or redis.external.sentinel.hosts. */}}
+{{- define "kaltstart.redis.sentinelHosts" -}}
+{{- if include "kaltstart.redis.sentinel" . }}
+{{- $hosts := list }}
+{{- range $i := until (int .Values.redis.sentinel.replicas) }}
+{{- $hosts = append $hosts (printf "%s:26379" (include "kaltstart.redis.podHost" (dict "root" $ "index" $i))) }}
+{{- end }}
+{{- join "," $hosts }}
+{{- else }}
+{{- join "," .Values.redis.external.sentinel.hosts }}
+{{- end }}
+{{- end }}
+
+{{/*
+A shell snippet (the bundled Sentinel mode's containers) that sets PRIMARY to the DNS name of the current primary:
+what a Sentinel of another pod says, else (a fresh install, every Sentinel down) pod 0. MY_HOST is this pod's name.
+The password reaches valkey-cli in its environment (REDISCLI_AUTH), never on its command line.
+*/}}
+{{- define "kaltstart.redis.findPrimary" -}}
+PRIMARY=""
+for PEER in {{ range $i := until (int .Values.redis.sentinel.replicas) }}{{ include "kaltstart.redis.podHost" (dict "root" $ "index" $i) }} {{ end }}; do
+  [ "$PEER" = "$MY_HOST" ] && continue
+  PRIMARY=$(REDISCLI_AUTH="$REDIS_PASSWORD" timeout 3 valkey-cli -h "$PEER" -p 26379 --raw sentinel get-master-addr-by-name {{ .Values.redis.sentinel.masterName }} 2>/dev/null | head -n 1) || PRIMARY=""
+  [ -n "$PRIMARY" ] && break
+done
+[ -n "$PRIMARY" ] || PRIMARY={{ include "kaltstart.redis.podHost" (dict "root" . "index" 0) }}
 {{- end }}
 
 {{- define "kaltstart.redis.fullname" -}}
@@ -252,6 +290,32 @@ password, every command.
 {{- else if .Values.redis.url }}
 - name: REDIS_URL
   value: {{ .Values.redis.url | quote }}
+{{- else if .Values.redis.external.sentinel.hosts }}
+{{- $s := .Values.redis.external.sentinel }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "redis.external.sentinel.existingSecret: the Secret holding the data nodes' password" $s.existingSecret }}
+      key: {{ $s.passwordKey }}
+{{- if $s.sentinelPasswordKey }}
+- name: REDIS_SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $s.existingSecret }}
+      key: {{ $s.sentinelPasswordKey }}
+{{- end }}
+- name: REDIS_URL
+  value: "redis+sentinel://:$(REDIS_PASSWORD)@{{ include "kaltstart.redis.sentinelHosts" . }}/{{ required "redis.external.sentinel.masterName: the name the Sentinels know the primary by" $s.masterName }}/0{{ if $s.sentinelPasswordKey }}?sentinel_password=$(REDIS_SENTINEL_PASSWORD){{ end }}"
+{{- include "kaltstart.redis.waitEnv" $s }}
+{{- else if include "kaltstart.redis.sentinel" . }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "kaltstart.redis.passwordSecret" . }}
+      key: {{ .Values.redis.auth.existingSecretKey }}
+- name: REDIS_URL
+  value: "redis+sentinel://:$(REDIS_PASSWORD)@{{ include "kaltstart.redis.sentinelHosts" . }}/{{ .Values.redis.sentinel.masterName }}/0?sentinel_password=$(REDIS_PASSWORD)"
+{{- include "kaltstart.redis.waitEnv" .Values.redis.sentinel }}
 {{- else }}
 - name: REDIS_PASSWORD
   valueFrom:
@@ -263,13 +327,41 @@ password, every command.
 {{- end }}
 {{- end }}
 
+{{/* The gateway's replica wait (KALTSTART_REDIS_WAIT_*), from a map with waitReplicas and waitTimeout. */}}
+{{- define "kaltstart.redis.waitEnv" }}
+- name: KALTSTART_REDIS_WAIT_REPLICAS
+  value: {{ .waitReplicas | quote }}
+- name: KALTSTART_REDIS_WAIT_TIMEOUT
+  value: {{ .waitTimeout | quote }}
+{{- end }}
+
 {{/*
 The model pods' REDIS_URL env entries (runtime.announce): the URL of a user that can PUBLISH on the replicas
 channel and nothing else. On the bundled Redis, the user "announcer"; on an external one, redis.announceUrl or
 redis.announceExistingSecret, required: model pods never get the gateway's URL, which reads and writes every queue.
 */}}
 {{- define "kaltstart.redis.announceEnv" -}}
-{{- if include "kaltstart.redis.bundled" . }}
+{{- $user := include "kaltstart.redis.announceUser" . }}
+{{- if include "kaltstart.redis.sentinel" . }}
+- name: REDIS_ANNOUNCE_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "kaltstart.redis.passwordSecret" . }}
+      key: {{ .Values.redis.auth.announcePasswordKey }}
+      optional: true
+- name: REDIS_URL
+  value: "redis+sentinel://{{ $user }}:$(REDIS_ANNOUNCE_PASSWORD)@{{ include "kaltstart.redis.sentinelHosts" . }}/{{ .Values.redis.sentinel.masterName }}/0?sentinel_username={{ $user }}&sentinel_password=$(REDIS_ANNOUNCE_PASSWORD)"
+{{- else if and .Values.redis.external.sentinel.hosts (not .Values.redis.announceUrl) (not .Values.redis.announceExistingSecret) }}
+{{- $s := .Values.redis.external.sentinel }}
+- name: REDIS_ANNOUNCE_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $s.existingSecret }}
+      key: {{ $s.announcePasswordKey }}
+      optional: true
+- name: REDIS_URL
+  value: "redis+sentinel://{{ $s.announceUser }}:$(REDIS_ANNOUNCE_PASSWORD)@{{ include "kaltstart.redis.sentinelHosts" . }}/{{ $s.masterName }}/0{{ if $s.sentinelPasswordKey }}?sentinel_username={{ $s.announceUser }}&sentinel_password=$(REDIS_ANNOUNCE_PASSWORD){{ end }}"
+{{- else if include "kaltstart.redis.bundled" . }}
 - name: REDIS_ANNOUNCE_PASSWORD
   valueFrom:
     secretKeyRef:
