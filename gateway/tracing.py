@@ -123,9 +123,10 @@ class Tracing:
 
     def span(self, name: str, attributes: Mapping[str, Any] | None = None) -> contextlib.AbstractContextManager[Any]:
         """A child of the current span, ended (with the exception, if one escapes) when the block ends; nothing
-        when off. It is not made current: nothing under it starts spans, and attaching it would cost a context
-        switch in and out."""
-        if self._tracer is None:
+        when off, or when the current span is not recorded (not sampled, or none: the child would not be either,
+        the default sampler being parent-based). It is not made current: nothing under it starts spans, and
+        attaching it would cost a context switch in and out."""
+        if self._tracer is None or not trace.get_current_span().is_recording():
             return _OFF
         return self._tracer.start_span(name, attributes=attributes)
 

@@ -202,8 +202,25 @@ def test_a_sampled_dispatch_records_its_queue_wait_and_dispatch() -> None:
 
 def test_an_admission_that_fails_ends_its_span_as_an_error() -> None:
     tracing, exported = in_memory()
-    with pytest.raises(LookupError), tracing.span("kaltstart.admission", {"gen_ai.request.model": "m"}):
+    with (
+        tracing.server_span("POST /v1/completions", {}, {}),
+        pytest.raises(LookupError),
+        tracing.span("kaltstart.admission", {"gen_ai.request.model": "m"}),
+    ):
         raise LookupError("no such model")
-    (span,) = exported.get_finished_spans()
-    assert span.status.status_code is StatusCode.ERROR
-    assert [event.name for event in span.events] == ["exception"]
+    admission, request = exported.get_finished_spans()
+    assert admission.parent is not None and admission.parent.span_id == request.context.span_id
+    assert admission.status.status_code is StatusCode.ERROR
+    assert [event.name for event in admission.events] == ["exception"]
+
+
+def test_an_unsampled_request_makes_no_admission_span() -> None:
+    """Under a request span that is not recorded (the client's ``traceparent`` says not sampled), the admission
+    span is not even made (it would not be recorded either)."""
+    tracing, exported = in_memory()
+    unsampled = {"traceparent": f"00-{'1' * 32}-{'2' * 16}-00"}
+    with tracing.server_span("POST /v1/completions", unsampled, {}) as request:
+        assert not request.is_recording()
+        assert tracing.span("kaltstart.admission") is OFF.span("kaltstart.admission")
+        assert tracing.traceparent() == f"00-{'1' * 32}-{request.get_span_context().span_id:016x}-00"
+    assert exported.get_finished_spans() == ()
