@@ -182,11 +182,6 @@ def parent_context(traceparent: str) -> otel_context.Context:
     return trace.set_span_in_context(NonRecordingSpan(remote), otel_context.Context())
 
 
-def sampled(traceparent: str) -> bool:
-    """Whether a valid ``traceparent``'s sampled flag is set (the trace is recorded)."""
-    return bool(int(traceparent[53:55], 16) & TraceFlags.SAMPLED) if traceparent.startswith("00-") else True
-
-
 def traceparent_of(span: Span) -> str | None:
     """``span``'s W3C ``traceparent``, or None for an invalid (non-recording, no-op) span."""
     context = span.get_span_context()

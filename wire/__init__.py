@@ -40,6 +40,7 @@ from wire.base import (
     MAX_STOP_SEQUENCES,
     MAX_TOOLS,
     REQUEST_ID_PATTERN,
+    traceparent_sampled,
 )
 from wire.batch import (
     BatchEvent,
@@ -146,6 +147,7 @@ __all__ = [
     "TopLogprob",
     "Usage",
     "json_schema",
+    "traceparent_sampled",
 ]
 
 BATCH_PATH = "/v1/batch"

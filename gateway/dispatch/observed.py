@@ -23,7 +23,7 @@ from opentelemetry.trace import Span
 
 import wire
 from gateway.queue.stream import Delivery
-from gateway.tracing import CHOICE_ID, OFF, REQUEST_ID, Tracing, parent_context, sampled, traceparent_of
+from gateway.tracing import CHOICE_ID, OFF, REQUEST_ID, Tracing, parent_context, traceparent_of
 
 #: The phases of ``wire.StartupTimings``, in the order they run.
 _PHASES = ("process", "cache", "imports", "load", "warmup")
@@ -86,7 +86,7 @@ class DispatchSpans:
     def _sent(self, delivery: Delivery, url: str, replica: ReplicaStart) -> wire.GenerationRequest:
         request = delivery.queued.request
         assert isinstance(request, wire.GenerationRequest)
-        if request.traceparent is None or not sampled(request.traceparent):
+        if request.traceparent is None or not wire.traceparent_sampled(request.traceparent):
             return request  # no trace, or one not recorded: the runtime gets the same context, records nothing
         now, accepted = time.time(), delivery.queued.accepted_at
         parent = parent_context(request.traceparent)  # parsed once for both spans
