@@ -17,6 +17,7 @@ sent to the runtime. ``tracestate`` is not carried.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -25,13 +26,17 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from gateway.errors import ConfigError
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _OFF: contextlib.nullcontext[None] = contextlib.nullcontext()
+#: A version-00 ``traceparent``, the only kind this code writes: parsed here, any other by the propagator.
+_V00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_NO_TRACE = "0" * 32
+_NO_SPAN = "0" * 16
 #: Attributes of a kaltstart request on its spans.
 REQUEST_ID = "kaltstart.request_id"
 CHOICE_ID = "kaltstart.choice_id"
@@ -101,15 +106,29 @@ class Tracing:
         """The span of one HTTP request, a child of the client's ``traceparent`` if it sent a valid one; current
         while the block runs."""
         assert self._tracer is not None
-        parent = _PROPAGATOR.extract(headers)
-        with self._tracer.start_as_current_span(name, parent, SpanKind.SERVER, attributes=attributes) as span:
-            yield span
+        traceparent = headers.get("traceparent")
+        if traceparent is None:
+            parent = otel_context.Context()
+        elif "tracestate" in headers:
+            parent = _PROPAGATOR.extract(headers)
+        else:
+            parent = parent_context(traceparent)
+        # Current by attach/detach, not start_as_current_span (whose generator-based context managers cost more).
+        with self._tracer.start_span(name, parent, SpanKind.SERVER, attributes=attributes) as span:
+            token = otel_context.attach(trace.set_span_in_context(span))
+            try:
+                yield span
+            finally:
+                otel_context.detach(token)
 
     def span(self, name: str, attributes: Mapping[str, Any] | None = None) -> contextlib.AbstractContextManager[Any]:
-        """A child of the current span, current while the block runs; nothing when off."""
-        if self._tracer is None:
+        """A child of the current span, ended (with the exception, if one escapes) when the block ends; nothing
+        when off, or when the current span is not recorded (not sampled, or none: the child would not be either,
+        the default sampler being parent-based). It is not made current: nothing under it starts spans, and
+        attaching it would cost a context switch in and out."""
+        if self._tracer is None or not trace.get_current_span().is_recording():
             return _OFF
-        return self._tracer.start_as_current_span(name, attributes=attributes)
+        return self._tracer.start_span(name, attributes=attributes)
 
     def traceparent(self) -> str | None:
         """The current span's W3C ``traceparent`` (None when off or outside a span)."""
@@ -121,14 +140,14 @@ class Tracing:
         self,
         name: str,
         *,
-        parent: Span | str,
+        parent: Span | otel_context.Context,
         start_s: float,
         end_s: float,
         attributes: Mapping[str, Any],
         events: Sequence[tuple[str, float, Mapping[str, Any]]] = (),
     ) -> Span | None:
         """A span that already happened (``start_s``, ``end_s``: Unix times), with ``events`` (name, Unix time,
-        attributes), under ``parent`` (a span, or a ``traceparent``); None when off."""
+        attributes), under ``parent`` (a span, or a context: ``parent_context``); None when off."""
         if self._tracer is None:
             return None
         span = self._tracer.start_span(name, _context(parent), attributes=attributes, start_time=_ns(start_s))
@@ -137,26 +156,38 @@ class Tracing:
         span.end(end_time=_ns(end_s))
         return span
 
-    def started(self, name: str, *, parent: str, attributes: Mapping[str, Any]) -> Span | None:
-        """A client span begun now under ``parent`` (a ``traceparent``), to be ended by the caller."""
+    def started(self, name: str, *, parent: otel_context.Context, attributes: Mapping[str, Any]) -> Span | None:
+        """A client span begun now under ``parent`` (``parent_context``), to be ended by the caller."""
         if self._tracer is None:
             return None
-        return self._tracer.start_span(name, _context(parent), SpanKind.CLIENT, attributes=attributes)
+        return self._tracer.start_span(name, parent, SpanKind.CLIENT, attributes=attributes)
 
 
-def _context(parent: Span | str) -> otel_context.Context:
-    if isinstance(parent, str):
-        return _PROPAGATOR.extract({"traceparent": parent})
+def _context(parent: Span | otel_context.Context) -> otel_context.Context:
+    if isinstance(parent, otel_context.Context):
+        return parent
     return trace.set_span_in_context(parent)
+
+
+def parent_context(traceparent: str) -> otel_context.Context:
+    """The context of a W3C ``traceparent`` (an empty one if it is not valid): a version-00 one parsed here (a
+    quarter of the propagator's cost, which matters at two per dispatched request), any other by the propagator."""
+    match = _V00.fullmatch(traceparent)
+    if match is None:
+        return _PROPAGATOR.extract({"traceparent": traceparent})
+    trace_id, span_id, flags = match.groups()
+    if trace_id == _NO_TRACE or span_id == _NO_SPAN:
+        return otel_context.Context()
+    remote = SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=TraceFlags(int(flags, 16)))
+    return trace.set_span_in_context(NonRecordingSpan(remote), otel_context.Context())
 
 
 def traceparent_of(span: Span) -> str | None:
     """``span``'s W3C ``traceparent``, or None for an invalid (non-recording, no-op) span."""
-    if not span.get_span_context().is_valid:
+    context = span.get_span_context()
+    if not context.is_valid:
         return None
-    carrier: dict[str, str] = {}
-    _PROPAGATOR.inject(carrier, trace.set_span_in_context(span))
-    return carrier.get("traceparent")
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
 
 
 OFF = Tracing()

@@ -27,7 +27,7 @@ from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from runtime.engine.interface import BatchEvent
-from wire import ErrorEvent, FinishEvent, GenerationRequest, TokenEvent
+from wire import ErrorEvent, FinishEvent, GenerationRequest, TokenEvent, traceparent_sampled
 
 __all__ = ["GenerationSpans", "configure", "shutdown", "spans_for", "wanted"]
 
@@ -110,6 +110,8 @@ class GenerationSpans:
         self._decoding: dict[str, Span] = {}
         self._prefill: dict[str, Span] = {}
         for request in requests:
+            if request.traceparent is not None and not traceparent_sampled(request.traceparent):
+                continue  # its trace is not recorded: no span, not even a non-recording one
             parent = _PROPAGATOR.extract({"traceparent": request.traceparent}) if request.traceparent else None
             span = tracer.start_span(
                 f"{_operation(request)} {model}", parent, SpanKind.CLIENT, attributes=_attributes(model, request)

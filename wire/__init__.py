@@ -43,6 +43,7 @@ from wire.base import (
     MAX_TOOLS,
     REQUEST_ID_PATTERN,
     ModelName,
+    traceparent_sampled,
 )
 from wire.batch import (
     AdapterRef,
@@ -160,6 +161,7 @@ __all__ = [
     "adapters_from_header",
     "adapters_header",
     "json_schema",
+    "traceparent_sampled",
 ]
 
 BATCH_PATH = "/v1/batch"

@@ -23,6 +23,14 @@ REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:@+=/-]+$"
 #: A W3C ``traceparent``: version, trace id, parent id, flags (a later version may append fields).
 TRACEPARENT_PATTERN = r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-[0-9a-zA-Z-]*)?$"
 MAX_TRACEPARENT_LENGTH = 256
+
+
+def traceparent_sampled(traceparent: str) -> bool:
+    """Whether a ``traceparent`` (one that matches ``TRACEPARENT_PATTERN``) has its sampled flag set: its trace is
+    recorded. Read where spans would be made for it, so that an unsampled request costs next to nothing."""
+    return bool(int(traceparent[53:55], 16) & 1)
+
+
 #: Most ids one ``CancelRequest`` may carry: far more than any batch, small enough to bound the work one call does.
 MAX_CANCEL_IDS = 1024
 #: Most alternatives ``SamplingParams.logprobs`` may ask for per token (OpenAI's ``top_logprobs`` limit).

@@ -6,7 +6,10 @@ gateway's HTTP request span as its ``traceparent`` (``gateway.tracing``). Per re
 (acceptance until this dispatch, recorded afterwards), under it ``kaltstart.cold_start`` if the request waited for
 its replica to become ready (the replica's start until its readiness, its start-up phases as events), and
 ``kaltstart.dispatch`` (a client span, from now until the request's final event), whose context goes to the runtime
-in the batch so that the generation span lies under it.
+in the batch so that the generation span lies under it. Both carry the request's ids; the model, attempt and the
+admitting and dispatching gateways are on the queue wait only. A request whose trace is not sampled (its
+``traceparent``'s flags) gets no spans here: it goes to the runtime with the same ``traceparent``, unrecorded there
+too.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from opentelemetry.trace import Span
 
 import wire
 from gateway.queue.stream import Delivery
-from gateway.tracing import CHOICE_ID, OFF, REQUEST_ID, Tracing, traceparent_of
+from gateway.tracing import CHOICE_ID, OFF, REQUEST_ID, Tracing, parent_context, traceparent_of
 
 #: The phases of ``wire.StartupTimings``, in the order they run.
 _PHASES = ("process", "cache", "imports", "load", "warmup")
@@ -83,19 +86,23 @@ class DispatchSpans:
     def _sent(self, delivery: Delivery, url: str, replica: ReplicaStart) -> wire.GenerationRequest:
         request = delivery.queued.request
         assert isinstance(request, wire.GenerationRequest)
-        if request.traceparent is None:
-            return request
+        if request.traceparent is None or not wire.traceparent_sampled(request.traceparent):
+            return request  # no trace, or one not recorded: the runtime gets the same context, records nothing
         now, accepted = time.time(), delivery.queued.accepted_at
-        attributes = {
-            REQUEST_ID: request.request_id or "",
-            CHOICE_ID: request.id,
-            "gen_ai.request.model": self._model,
-            "kaltstart.attempt": delivery.queued.attempt,
-            "kaltstart.admitted_by": delivery.queued.gateway,
-            "kaltstart.dispatched_by": self._gateway_id,
-        }
+        parent = parent_context(request.traceparent)  # parsed once for both spans
+        ids = {REQUEST_ID: request.request_id or "", CHOICE_ID: request.id}
         waited = self._tracing.recorded(
-            "kaltstart.queue_wait", parent=request.traceparent, start_s=accepted, end_s=now, attributes=attributes
+            "kaltstart.queue_wait",
+            parent=parent,
+            start_s=accepted,
+            end_s=now,
+            attributes=ids
+            | {
+                "gen_ai.request.model": self._model,
+                "kaltstart.attempt": delivery.queued.attempt,
+                "kaltstart.admitted_by": delivery.queued.gateway,
+                "kaltstart.dispatched_by": self._gateway_id,
+            },
         )
         if waited is not None and replica.ready_at is not None and replica.waited_ms(accepted):
             self._tracing.recorded(
@@ -106,9 +113,8 @@ class DispatchSpans:
                 attributes={"gen_ai.request.model": self._model, "server.address": url},
                 events=replica.phases(),
             )
-        span = self._tracing.started(
-            "kaltstart.dispatch", parent=request.traceparent, attributes=attributes | {"server.address": url}
-        )
+        # The model, attempt and gateways are on its sibling, the queue wait: not twice per request.
+        span = self._tracing.started("kaltstart.dispatch", parent=parent, attributes=ids | {"server.address": url})
         if span is None:
             return request
         self._open[request.id] = span
