@@ -85,8 +85,10 @@ class LoraLinear(nn.Module):
             return y
         if step.mask is not None:  # all slots at once; x is [rows, tokens, in]
             columns = step.columns
-            down = functional.linear(x, self._a_flat[:columns]) * step.mask
-            return y + functional.linear(down, self._b_flat[:, :columns])
+            down = functional.linear(x, self._a_flat[:columns]).mul_(step.mask)
+            # y += down @ B^T in one call: base's output is this call's own fresh tensor, so it is added to in place
+            y.view(-1, y.shape[-1]).addmm_(down.view(-1, columns), self._b_flat[:, :columns].t())
+            return y
         r, slots = step.rank, step.slots
         rows = x.reshape(slots.shape[0], -1, x.shape[-1])
         # index_select, not a[slots, :r]: tensor-and-slice indexing takes torch's general path, ~4x slower per call
