@@ -4,6 +4,7 @@ replicas the gateway started), a standby runtime is claimed and replaced, and a 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import httpx
@@ -66,7 +67,11 @@ async def test_a_streaming_request_hears_progress_through_a_cold_start(redis_url
             assert r.status_code == 200
             lines = [line async for line in r.aiter_lines() if line]
         comments = [line for line in lines[: next(i for i, x in enumerate(lines) if x.startswith("data:"))]]
-        assert comments and all(line.startswith(": kaltstart: echo is cold: ") for line in comments)
+        # Progress while cold, then where the time went (the headers left before it was known).
+        *progress, timing = comments
+        assert progress and all(line.startswith(": kaltstart: echo is cold: ") for line in progress)
+        assert re.fullmatch(r": kaltstart: queue-ms=\d+ cold-start-ms=\d+", timing), timing
+        assert int(timing.rsplit("=", 1)[1]) > 0, "it waited for a cold start"
         assert lines[-1] == "data: [DONE]"
         assert "".join(json.loads(x[6:])["choices"][0]["text"] for x in lines[len(comments) : -1]).strip()
 
