@@ -29,11 +29,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from gateway.errors import QueueMemoryFull
 from gateway.store.connection import converted
+from wire.redis_url import RedisClient
 
 log = logging.getLogger("kaltstart.budget")
 
@@ -76,7 +76,7 @@ class MemoryGuard:
     ``maxmemory`` (0), or one that refuses ``INFO`` (an ACL), is never refused for memory.
     """
 
-    def __init__(self, redis: Redis, high_water: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, redis: RedisClient, high_water: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._redis = redis
         self._high_water = high_water
         self._clock = clock

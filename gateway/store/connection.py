@@ -19,12 +19,11 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.errors import QueueUnavailable
 from gateway.settings import QueueSettings
-from wire.redis_url import PoolLimits, client
+from wire.redis_url import PoolLimits, RedisClient, client
 
 log = logging.getLogger("kaltstart.redis")
 
@@ -50,7 +49,7 @@ class Throttle:
 _log_now = Throttle(LOG_EVERY_S)
 
 
-def connect(url: str, settings: QueueSettings) -> Redis:
+def connect(url: str, settings: QueueSettings) -> RedisClient:
     """The client of the Redis at ``url``: one server, or a primary found through Sentinel (``wire.redis_url``)."""
     limits = PoolLimits(
         timeout_s=settings.redis_timeout_s,
