@@ -17,7 +17,8 @@ would take every model down (with ``maxmemory`` and ``noeviction``, every write 
   would then wait out their deadline for an answer that was generated).
 
 The per-key accounts live under their own hash tag (``keys.key_held``), declared to the scripts with the model's
-keys: valid on one Redis. (A Redis Cluster, not built, would need the key's charge as a step of its own.)
+keys on one Redis; on a Redis Cluster (another slot) the key's charge is a step of its own
+(``gateway.queue.keycharges``).
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ Retry-After, and the log says why (at most once a second, so an outage does not 
 connection asks the Sentinels where the primary is, so after a failover the pool, the pub/sub subscription (which
 reconnects, ``gateway.relay.transport``) and the scripts (loaded again on ``NOSCRIPT``, ``gateway.queue.stream``)
 follow the new primary; commands that meet the failover itself fail as in any outage (503 + Retry-After).
+
+It may also name a Redis Cluster (``redis+cluster://``): redis-py's cluster client, bounded per node; at the bound a
+command fails (503) instead of waiting, as its pools do not block (docs/reliability.md, "Redis Cluster").
 """
 
 from __future__ import annotations

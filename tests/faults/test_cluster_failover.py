@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -73,7 +74,7 @@ async def test_a_primary_killed_under_load(
     deployment: ClusterDeployment, cache_dir: Path, wait_replicas: int, record_property: Callable[[str, object], None]
 ) -> None:
     echoes = [model(name, "unused", engine="echo", idle_timeout="2s") for name in MODELS]
-    settings = {
+    settings: dict[str, Any] = {
         "api_keys": (KEY,), "scale_interval_s": 0.2, "heartbeat_interval_s": 0.5,
         "redis_wait_replicas": wait_replicas, "redis_wait_timeout_s": 0.5, "request_timeout_s": 60.0,
     }  # fmt: skip
@@ -117,34 +118,54 @@ async def test_a_primary_killed_under_load(
         stopping.set()
         await asyncio.gather(*clients)
 
-        answered = [o for o in outcomes if o.status == 200]
-        per_id = Counter(o.id for o in answered)
-        duplicates = sum(n - 1 for n in per_id.values())
-        lost = enqueues.accepted - set(per_id)
-        figures = {
-            "wait_replicas": wait_replicas,
-            "no_primary_s": round(no_primary_s, 2),
-            "accepted": len(enqueues.accepted),
-            "answered": len(answered),
-            "lost": len(lost),
-            "not_answered": dict(Counter(o.code for o in outcomes if o.status != 200)),
-            "duplicates": duplicates,
-        }
-        print(f"\ncluster failover figures: {json.dumps(figures)}")
-        for name, value in figures.items():
-            record_property(name, value)
-
-        assert duplicates == 0
-        assert all(o.right for o in answered)  # each answer is its own request's
-        if wait_replicas:
-            assert not lost, f"accepted but never answered: {sorted(lost)}"
-            assert set(per_id) == enqueues.accepted
-        redis = client(deployment.url, PoolLimits(timeout_s=5))
-        assert isinstance(redis, RedisCluster)
-        try:
-            loads = await RequestQueue(redis=redis, max_queue_per_model=1).peek(MODELS)
-            assert {m for m, load in loads.items() if load.demand} == set()  # nothing queued or in flight
-            assert await redis.exists(*(keys.model_held(m) for m in MODELS)) == 0  # no charge left
-        finally:
-            await redis.aclose()
+        await _check(
+            deployment,
+            enqueues,
+            outcomes,
+            wait_replicas=wait_replicas,
+            no_primary_s=no_primary_s,
+            record=record_property,
+        )
         await gw.wait_for(lambda: all(gw.backend.replicas(m).desired == 0 for m in MODELS), timeout_s=60)
+
+
+async def _check(
+    deployment: ClusterDeployment,
+    enqueues: Enqueues,
+    outcomes: list[Outcome],
+    *,
+    wait_replicas: int,
+    no_primary_s: float,
+    record: Callable[[str, object], None],
+) -> None:
+    """The figures, printed and recorded first, then the promise's checks, on what the clients heard and what the
+    cluster holds."""
+    answered = [o for o in outcomes if o.status == 200]
+    per_id = Counter(o.id for o in answered)
+    duplicates = sum(n - 1 for n in per_id.values())
+    lost = enqueues.accepted - set(per_id)
+    figures: dict[str, Any] = {
+        "wait_replicas": wait_replicas,
+        "accepted": len(enqueues.accepted),
+        "answered": len(answered),
+        "lost": len(lost),
+        "not_answered": dict(Counter(o.code for o in outcomes if o.status != 200)),
+        "duplicates": duplicates,
+        "no_primary_s": round(no_primary_s, 2),
+    }
+    print(f"\ncluster failover figures: {json.dumps(figures)}")
+    for name, value in figures.items():
+        record(name, value)
+    assert duplicates == 0, figures
+    assert all(o.right for o in answered)  # each answer is its own request's
+    if wait_replicas:
+        assert not lost, f"accepted but never answered: {sorted(lost)}"
+        assert set(per_id) == enqueues.accepted
+    redis = client(deployment.url, PoolLimits(timeout_s=5))
+    assert isinstance(redis, RedisCluster)
+    try:
+        loads = await RequestQueue(redis=redis, max_queue_per_model=1).peek(MODELS)
+        assert {m for m, load in loads.items() if load.demand} == set()  # nothing queued or in flight
+        assert await redis.exists(*(keys.model_held(m) for m in MODELS)) == 0  # no charge left
+    finally:
+        await redis.aclose()
