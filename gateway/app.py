@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable
 
-from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -42,6 +41,7 @@ from gateway.settings import GatewaySettings, ServerSettings
 from gateway.store import keys
 from gateway.store.connection import connect
 from gateway.tracing import OFF, Tracing
+from wire.redis_url import RedisClient
 
 
 def _runtime_client(settings: ServerSettings) -> AiohttpRuntimeClient:
@@ -55,7 +55,7 @@ def _runtime_client(settings: ServerSettings) -> AiohttpRuntimeClient:
     )
 
 
-def _queue(settings: GatewaySettings, redis: Redis, work: WorkSignals) -> RequestQueue:
+def _queue(settings: GatewaySettings, redis: RedisClient, work: WorkSignals) -> RequestQueue:
     return RequestQueue(
         redis=redis,
         max_queue_per_model=settings.queue.max_queue_per_model,

@@ -10,6 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.store.embedded import EmbeddedRedis
+from tests.clusters import ClusterDeployment
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +39,16 @@ async def redis_url(redis_server: str) -> AsyncIterator[str]:
     await client.flushdb()
     await client.aclose()
     yield redis_server
+
+
+@pytest.fixture(scope="session")
+async def cluster_deployment() -> AsyncIterator[ClusterDeployment]:
+    """A real Redis Cluster of three primaries, a replica each (``tests.clusters``), started once per session; a
+    test that kills a node starts its own instead."""
+    deployment = ClusterDeployment()
+    try:
+        deployment.start()
+        await deployment.ready()
+        yield deployment
+    finally:
+        deployment.stop()

@@ -96,7 +96,7 @@ class SentinelDeployment:
             "--dir", str(workdir), "--logfile", str(workdir / "valkey.log"),
         ]  # fmt: skip
         server.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
-        _wait_until_listening(server)
+        wait_until_listening(server.name, server.port, server.process)
 
     def kill(self, server: _Server) -> None:
         """SIGKILL, as a node that vanishes."""
@@ -209,15 +209,15 @@ async def _knows_everyone(sentinel: Redis) -> bool:
     return len(replicas) == 1 and len(others) == 2
 
 
-def _wait_until_listening(server: _Server) -> None:
+def wait_until_listening(name: str, port: int, process: subprocess.Popen[bytes]) -> None:
+    """Until the server ``process`` listens on ``port`` (start-up only)."""
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
-        assert server.process is not None
-        if server.process.poll() is not None:
-            raise RuntimeError(f"{server.name} exited at start")
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited at start")
         try:
-            with socket.create_connection(("127.0.0.1", server.port), timeout=0.5):
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.01)  # start-up only: the server takes ~0.1 s to listen
-    raise RuntimeError(f"{server.name} did not listen within {START_TIMEOUT_S} s")
+    raise RuntimeError(f"{name} did not listen within {START_TIMEOUT_S} s")

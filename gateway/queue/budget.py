@@ -17,7 +17,8 @@ would take every model down (with ``maxmemory`` and ``noeviction``, every write 
   would then wait out their deadline for an answer that was generated).
 
 The per-key accounts live under their own hash tag (``keys.key_held``), declared to the scripts with the model's
-keys: valid on one Redis. (A Redis Cluster, not built, would need the key's charge as a step of its own.)
+keys on one Redis; on a Redis Cluster (another slot) the key's charge is a step of its own
+(``gateway.queue.keycharges``).
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from gateway.errors import QueueMemoryFull
 from gateway.store.connection import converted
+from wire.redis_url import RedisClient
 
 log = logging.getLogger("kaltstart.budget")
 
@@ -76,7 +77,7 @@ class MemoryGuard:
     ``maxmemory`` (0), or one that refuses ``INFO`` (an ACL), is never refused for memory.
     """
 
-    def __init__(self, redis: Redis, high_water: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, redis: RedisClient, high_water: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._redis = redis
         self._high_water = high_water
         self._clock = clock

@@ -20,10 +20,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from redis.asyncio import Redis
-
 from gateway.store import keys
 from gateway.store.connection import converted
+from wire.redis_url import RedisClient
 
 T = TypeVar("T")
 
@@ -69,7 +68,7 @@ class Fenced:
 class Fence:
     """Taking and lifting models' fences (the autoscaler's side)."""
 
-    def __init__(self, redis: Redis, ttl_s: float = FENCE_TTL_S) -> None:
+    def __init__(self, redis: RedisClient, ttl_s: float = FENCE_TTL_S) -> None:
         self._redis = redis
         self._ttl_s = ttl_s
         self._hold_if_idle = redis.register_script(_HOLD_IF_IDLE)

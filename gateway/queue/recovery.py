@@ -17,14 +17,13 @@ import logging
 from collections.abc import Callable, Collection
 from typing import cast
 
-from redis.asyncio import Redis
-
 from gateway.background import Loop
 from gateway.catalog import ModelCatalog
 from gateway.errors import KaltstartError
 from gateway.queue.stream import INLINE, Delivery, Held, RequestQueue
 from gateway.store import keys
 from gateway.store.connection import converted, text
+from wire.redis_url import RedisClient
 
 log = logging.getLogger("kaltstart.janitor")
 
@@ -32,7 +31,7 @@ log = logging.getLogger("kaltstart.janitor")
 class Heartbeats:
     """Which gateway replicas are alive: each renews a key with a TTL."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
 
     async def beat(self, gateway_id: str, ttl_s: float) -> None:
@@ -65,7 +64,7 @@ class Abandoned:
 class Takeover:
     """Claims entries another consumer of the group holds in flight (a dead gateway's, or this one's strays)."""
 
-    def __init__(self, redis: Redis, queue: RequestQueue) -> None:
+    def __init__(self, redis: RedisClient, queue: RequestQueue) -> None:
         self._redis = redis
         self._queue = queue
 

@@ -39,7 +39,8 @@ local function charge(held, usage, member, deadline, entries, bytes)
 end
 """
 
-# KEYS: queue, activity, fence, body, model held, model usage[, key held, key usage]. ARGV: max length, model's
+# KEYS: queue, activity, fence, body, model held, model usage[, key held, key usage: on one Redis; a Redis Cluster
+# charges the key with ``CHARGE_KEY`` first, and passes the model's keys alone]. ARGV: max length, model's
 # max bytes, key's max requests, max entries, max bytes, ttl ms, body id, bytes, prompts, work channel, work
 # message, the prompts, then entry payload, prompt index, request id per entry. -> the entry ids; the fence's ms
 # left if fenced; else why it was refused: 'full', 'model-bytes', 'key-requests', 'key-entries', 'key-bytes'.
@@ -88,8 +89,10 @@ return ids
 )
 
 # KEYS: queue, settled, activity[, body, model held, model usage[, key held, key usage]]. ARGV: entry id, group,
-# ttl ms, channel, final reply[, message to publish instead] -> 1 if first. The first settle of a request's last
-# choice deletes its body and releases its charges (an entry that carries its request inline passes no body).
+# ttl ms, channel, final reply[, message to publish instead] -> 0 if settled already, else the charge released (a
+# string) if it was the request's last choice, else 1. The first settle of a request's last choice deletes its body
+# and releases its charges (an entry that carries its request inline passes no body); without the key's account in
+# KEYS (a Redis Cluster) the caller releases the key's charge with ``RELEASE_KEY``.
 SETTLE = (
     ACCOUNTS
     + """
@@ -102,15 +105,47 @@ local t = redis.call('TIME')
 redis.call('SET', KEYS[3], t[1] * 1000 + math.floor(t[2] / 1000))
 if first then
   local member = #KEYS > 3 and redis.call('HGET', KEYS[4], 'm')
+  local released = false
   if member and redis.call('HINCRBY', KEYS[4], 'left', -1) <= 0 then
     redis.call('DEL', KEYS[4])
     release(KEYS[5], KEYS[6], member)
     if #KEYS > 6 then release(KEYS[7], KEYS[8], member) end
+    released = true
   end
   if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[6] or ARGV[5]) end
+  if released then return member end
   return 1
 end
 return 0
+"""
+)
+
+# The key's account as a step of its own, for a Redis Cluster, where it is in another slot than the model's keys
+# (``gateway.queue.stream``, "Where the key's charge is taken"). KEYS: key held, key usage. ARGV: max requests, max
+# entries, max bytes, ttl ms, charge (``<body id>|<entries>|<bytes>``, as ENQUEUE writes it), entries, bytes. -> 1 if
+# charged, else why not: 'key-requests', 'key-entries', 'key-bytes' (as ENQUEUE's).
+CHARGE_KEY = (
+    ACCOUNTS
+    + """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local entries, bytes = tonumber(ARGV[6]), tonumber(ARGV[7])
+expire(KEYS[1], KEYS[2], now)
+if over(KEYS[2], 'requests', 1, tonumber(ARGV[1])) then return 'key-requests' end
+if over(KEYS[2], 'entries', entries, tonumber(ARGV[2])) then return 'key-entries' end
+if over(KEYS[2], 'bytes', bytes, tonumber(ARGV[3])) then return 'key-bytes' end
+charge(KEYS[1], KEYS[2], ARGV[5], now + tonumber(ARGV[4]), entries, bytes)
+return 1
+"""
+)
+
+# KEYS: key held, key usage. ARGV: charge. -> 1. Releases a charge ``CHARGE_KEY`` took (once: a second release, or
+# one of a charge that lapsed, changes nothing).
+RELEASE_KEY = (
+    ACCOUNTS
+    + """
+release(KEYS[1], KEYS[2], ARGV[1])
+return 1
 """
 )
 

@@ -2,7 +2,8 @@
 
 A client request is stored once: its prompts in one body (``keys.body``), one entry per choice referring to it
 (``QueuedEntry``), charged to the model's and its API key's accounts (``gateway.queue.budget``) in the same script; the
-last choice's settle deletes the body and releases the charges.
+last choice's settle deletes the body and releases the charges. (On a Redis Cluster the key's account is in another
+slot: its charge is a step of its own, before the enqueue and after the settle, ``gateway.queue.keycharges``.)
 
 Life of an entry: ``enqueue`` (XADD) -> a dispatcher's ``read`` (XREADGROUP: now pending, i.e. in flight)
 -> ``settle`` (final reply stored and published, entry acked and deleted) or ``requeue`` (a fresh entry with
@@ -29,8 +30,8 @@ from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, ValidationError
-from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
@@ -39,6 +40,7 @@ from gateway.errors import KeyQuotaExceeded, NotReplicated, QueueFull
 from gateway.queue import scripts
 from gateway.queue.budget import Account
 from gateway.queue.fence import Fenced
+from gateway.queue.keycharges import KeyCharges, charge_of
 from gateway.queue.signals import WorkSignals
 from gateway.queue.signals import message as work_message
 from gateway.queue.upstream import UpstreamRequest
@@ -46,6 +48,8 @@ from gateway.relay.messages import Failed, Final, Finished, ReplyAdapter
 from gateway.store import keys
 from gateway.store.connection import Throttle, converted, text, unavailable
 from gateway.store.pipelining import Call, Coalesced
+from gateway.store.replication import scripts_then_wait
+from wire.redis_url import RedisClient
 
 log = logging.getLogger("kaltstart.queue")
 #: A refusal for too few replicas is logged at most once a second.
@@ -306,7 +310,7 @@ class RequestQueue:
     def __init__(
         self,
         *,
-        redis: Redis,
+        redis: RedisClient,
         max_queue_per_model: int,
         work: WorkSignals | None = None,
         max_bytes_per_model: int = 64 << 20,
@@ -327,6 +331,8 @@ class RequestQueue:
         self._requeue = redis.register_script(scripts.REQUEUE)
         self._read_script = redis.register_script(scripts.READ)
         self._replica_wait = replica_wait if replica_wait is not None and replica_wait.replicas > 0 else None
+        #: On a Redis Cluster, API keys' charges as steps of their own (the key's account is in another slot).
+        self._key_charges = KeyCharges(redis, self._pipelined) if isinstance(redis, RedisCluster) else None
         self._coalesced_enqueue = Coalesced(lambda calls: self._pipelined(self._enqueue, calls, self._replica_wait))
 
     async def prepare(self, model: str) -> None:
@@ -351,10 +357,11 @@ class RequestQueue:
         account is full) or ``KeyQuotaExceeded`` (the key's account is)."""
         prompts, entries, account = stored.prompt_texts, stored.entry_texts, stored.account
         limits = (account.max_requests, account.max_entries, account.max_bytes) if account else (0, 0, 0)
+        charged = await self._charge_key(model, stored)
         script_keys = [
             keys.queue(model), keys.activity(model), keys.fence(model), keys.body(model, stored.id),
             keys.model_held(model), keys.model_usage(model),
-            *([keys.key_held(account.id), keys.key_usage(account.id)] if account else []),
+            *([keys.key_held(account.id), keys.key_usage(account.id)] if account and not charged else []),
         ]  # fmt: skip
         args: list[str | int] = [
             self._max, self._max_bytes, *limits, self._ttl_ms, stored.id, stored.size, len(prompts),
@@ -362,8 +369,13 @@ class RequestQueue:
         ]  # fmt: skip
         for choice, entry in zip(stored.choices, entries, strict=True):
             args += [entry, choice.prompt, choice.id]
-        async with converted():
-            reply = await self._coalesced_enqueue(script_keys, args)
+        reply: object = None
+        try:
+            async with converted():
+                reply = await self._coalesced_enqueue(script_keys, args)
+        finally:
+            if charged and not isinstance(reply, list):  # not queued (or not replicated): the key's charge goes too
+                await self._release_keys([(charged, stored.held)])
         if isinstance(reply, int):
             return Fenced(seconds_left=reply / 1000)
         if isinstance(reply, bytes):
@@ -372,6 +384,38 @@ class RequestQueue:
             raise NotReplicated(reply.entry_ids)  # that left), since a dispatcher may have read them already
         self.work.notify(model)
         return [text(entry_id) for entry_id in cast(list[bytes], reply)]
+
+    async def _charge_key(self, model: str, stored: Stored) -> str | None:
+        """On a Redis Cluster, charge the request's API key first, as a step of its own (``keycharges``): the charge,
+        or None if there is none to take here (one Redis: the enqueue script takes it). Raises
+        ``KeyQuotaExceeded`` if the key's account is full."""
+        if self._key_charges is None or stored.account is None:
+            return None
+        charge = charge_of(stored.id, len(stored.choices), stored.size)
+        refused = await self._key_charges.charge(
+            stored.account, charge, entries=len(stored.choices), size=stored.size, ttl_ms=self._ttl_ms
+        )
+        if refused is not None:
+            raise _refusal(refused, model, stored.account)
+        return charge
+
+    async def _release_keys(self, released: Sequence[tuple[object, Held]]) -> None:
+        """On a Redis Cluster, release the key's charge of each request whose model charge the settle script
+        released (its reply: the charge, a string), or that was not queued after all."""
+        if self._key_charges is None:
+            return
+        charges = [(held.account, text(r)) for r, held in released if held.account and isinstance(r, bytes | str)]
+        await self._key_charges.release(charges)
+
+    def _settle_keys(self, model: str, request_id: str, held: Held) -> list[str]:
+        """The settle script's keys: the body's and the accounts' too for a request stored with a body (the key's
+        account only on one Redis: on a Redis Cluster it is released as a step of its own, ``_release_keys``)."""
+        settle = [keys.queue(model), keys.settled(model, request_id), keys.activity(model)]
+        if held.body:
+            settle += [keys.body(model, held.body), keys.model_held(model), keys.model_usage(model)]
+            if held.account and self._key_charges is None:
+                settle += [keys.key_held(held.account), keys.key_usage(held.account)]
+        return settle
 
     def _work_message(self, model: str) -> tuple[str, str]:
         """The work signal to publish with an entry added now (``gateway.queue.signals``)."""
@@ -439,12 +483,14 @@ class RequestQueue:
         known = [e for e in entries if e.request_id]
         calls: list[Call] = [
             (
-                _settle_keys(model, e.request_id, e.held),
+                self._settle_keys(model, e.request_id, e.held),
                 [e.entry_id, keys.GROUP, SETTLED_TTL_MS, e.reply_to, _unreadable_reply(e).model_dump_json()],
             )
             for e in known
         ]
-        for reply in await self._pipelined(self._settle, calls) if calls else []:
+        replies = await self._pipelined(self._settle, calls) if calls else []
+        await self._release_keys(list(zip(replies, [e.held for e in known], strict=True)))
+        for reply in replies:
             _raised(reply)
         if anonymous := [e.entry_id for e in entries if not e.request_id]:
             async with converted(), self._redis.pipeline(transaction=True) as pipe:
@@ -461,7 +507,7 @@ class RequestQueue:
         """``settle`` several requests of one model in one round trip (a pipeline of the settle script)."""
         calls: list[Call] = [
             (
-                _settle_keys(model, s.delivery.queued.id, s.delivery.queued.held),
+                self._settle_keys(model, s.delivery.queued.id, s.delivery.queued.held),
                 [
                     s.delivery.entry_id,
                     keys.GROUP,
@@ -472,7 +518,9 @@ class RequestQueue:
             )
             for s in settlements
         ]
-        return [bool(_raised(first)) for first in await self._pipelined(self._settle, calls)]
+        replies = await self._pipelined(self._settle, calls)
+        await self._release_keys([(r, s.delivery.queued.held) for r, s in zip(replies, settlements, strict=True)])
+        return [bool(_raised(first)) for first in replies]
 
     async def _pipelined(
         self, script: AsyncScript, calls: Sequence[Call], wait: ReplicaWait | None = None
@@ -493,6 +541,9 @@ class RequestQueue:
     async def _run_pipelined(
         self, script: AsyncScript, calls: Sequence[Call], wait: ReplicaWait | None
     ) -> list[object]:
+        if wait is not None and isinstance(self._redis, RedisCluster):  # each node's WAIT on its own connection
+            replies, acked = await scripts_then_wait(self._redis, script.sha, calls, wait.replicas, wait.timeout_ms)
+            return [_replicated(reply, ack, wait) for reply, ack in zip(replies, acked, strict=True)]
         async with self._redis.pipeline(transaction=False) as pipe:
             for script_keys, args in calls:
                 pipe.evalsha(script.sha, len(script_keys), *script_keys, *args)
@@ -501,14 +552,8 @@ class RequestQueue:
             replies = cast(list[object], await pipe.execute(raise_on_error=False))
         if wait is None:
             return replies
-        acked = replies.pop()
-        if isinstance(acked, int) and acked >= wait.replicas:
-            return replies
-        if _log_unreplicated():
-            log.warning(
-                "enqueues reached %r of %d replicas within %d ms: refused", acked, wait.replicas, wait.timeout_ms
-            )
-        return [_Unreplicated(tuple(map(text, r))) if isinstance(r, list) else r for r in replies]
+        ack = replies.pop()
+        return [_replicated(reply, ack, wait) for reply in replies]
 
     async def cancel(self, model: str, request_id: str, entry_id: str, held: Held = INLINE) -> bool:
         """The client stopped waiting: make sure the request is never dispatched or answered, and announce it
@@ -517,9 +562,10 @@ class RequestQueue:
         notice = CancelNotice(model=model, id=request_id).model_dump_json()
         async with converted():
             first = await self._settle(
-                keys=_settle_keys(model, request_id, held),
+                keys=self._settle_keys(model, request_id, held),
                 args=[entry_id, keys.GROUP, SETTLED_TTL_MS, keys.CANCELS, CANCELLED, notice],
             )
+        await self._release_keys([(first, held)])
         return bool(first)
 
     async def requeue(self, model: str, delivery: Delivery, *, failed: bool = True) -> bool:
@@ -643,9 +689,9 @@ class RequestQueue:
             return (await self._read_loads(pipe, models))[1]
 
     @staticmethod
-    async def _read_loads(pipe: Pipeline, models: Sequence[str]) -> tuple[int, dict[str, Load]]:
+    async def _read_loads(pipe: Pipeline | ClusterPipeline, models: Sequence[str]) -> tuple[int, dict[str, Load]]:
         """The Redis server's time in ms, and each model's ``Load`` (``idle_for_s`` None: never used)."""
-        pipe.time()
+        pipe.execute_command("TIME")  # not ``pipe.time()``, which a cluster pipeline refuses (any node's clock)
         for model in models:
             pipe.xlen(keys.queue(model))
             pipe.get(keys.activity(model))
@@ -657,19 +703,19 @@ class RequestQueue:
         return now_ms, {m: _load(now_ms, *replies[3 * i : 3 * i + 3]) for i, m in enumerate(models)}
 
 
+def _replicated(reply: object, acked: object, wait: ReplicaWait) -> object:
+    """An enqueue's ``reply``, or ``_Unreplicated`` if it added entries that fewer than ``wait.replicas`` replicas
+    acknowledged (``acked``: ``WAIT``'s reply, or the exception it failed with)."""
+    if not isinstance(reply, list) or (isinstance(acked, int) and acked >= wait.replicas):
+        return reply
+    if _log_unreplicated():
+        log.warning("enqueues reached %r of %d replicas within %d ms: refused", acked, wait.replicas, wait.timeout_ms)
+    return _Unreplicated(tuple(map(text, reply)))
+
+
 def _length(stored: str) -> int:
     """Bytes of a stored text (its UTF-8)."""
     return len(stored) if stored.isascii() else len(stored.encode())
-
-
-def _settle_keys(model: str, request_id: str, held: Held) -> list[str]:
-    """The settle script's keys: the body's and the accounts' too for a request stored with a body."""
-    settle = [keys.queue(model), keys.settled(model, request_id), keys.activity(model)]
-    if held.body:
-        settle += [keys.body(model, held.body), keys.model_held(model), keys.model_usage(model)]
-        if held.account:
-            settle += [keys.key_held(held.account), keys.key_usage(held.account)]
-    return settle
 
 
 def _refusal(reason: str, model: str, account: Account | None) -> QueueFull | KeyQuotaExceeded:

@@ -22,12 +22,12 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from pydantic import ValidationError
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.background import Loop
 from gateway.relay.messages import AnyReply, Progress, RepliesAdapter, ReplyAdapter
 from gateway.store.connection import converted, text
+from wire.redis_url import RedisClient
 
 log = logging.getLogger("kaltstart.replies")
 
@@ -39,7 +39,7 @@ class ReplySender:
     """The dispatcher's side: non-final replies (dispatched, tokens) to the replicas waiting for them. With
     ``local`` (this replica's router), replies for its channel are delivered in-process."""
 
-    def __init__(self, redis: Redis, local: ReplyRouter | None = None) -> None:
+    def __init__(self, redis: RedisClient, local: ReplyRouter | None = None) -> None:
         self._redis = redis
         self._local = local
 
@@ -76,7 +76,7 @@ class ReplyRouter:
     of the ``broadcasts`` channels to their handlers."""
 
     def __init__(
-        self, redis: Redis, channel: str, broadcasts: Mapping[str, Callable[[str], None]] | None = None
+        self, redis: RedisClient, channel: str, broadcasts: Mapping[str, Callable[[str], None]] | None = None
     ) -> None:
         self._redis = redis
         self.channel = channel

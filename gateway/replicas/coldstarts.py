@@ -15,8 +15,6 @@ import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol
 
-from redis.asyncio import Redis
-
 import wire
 from gateway.background import Background
 from gateway.errors import QueueUnavailable
@@ -24,6 +22,7 @@ from gateway.metrics import Metrics
 from gateway.replicas.endpoints import ReadyEndpoints
 from gateway.store import keys
 from gateway.store.connection import converted
+from wire.redis_url import RedisClient
 
 log = logging.getLogger("kaltstart.coldstarts")
 
@@ -56,7 +55,7 @@ class Durations(Protocol):
 
 
 class RedisDurations:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
 
     async def get(self, model: str) -> float | None:

@@ -12,18 +12,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from redis.asyncio import Redis
-
 from gateway.errors import InvalidRequest, QueueUnavailable
 from gateway.store import keys
 from gateway.store.connection import converted
+from wire.redis_url import RedisClient
 
 #: How long a model whose length is not known yet is not asked about again.
 UNKNOWN_RECHECK_S = 30.0
 
 
 class ContextLengths:
-    def __init__(self, redis: Redis, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, redis: RedisClient, clock: Callable[[], float] = time.monotonic) -> None:
         self._redis = redis
         self._clock = clock
         self._known: dict[str, int] = {}

@@ -22,8 +22,6 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
-from redis.asyncio import Redis
-
 from gateway.background import Background
 from gateway.errors import QueueUnavailable
 from gateway.metrics import Metrics
@@ -31,6 +29,7 @@ from gateway.scaling.keepalive import WINDOW, GapLearner, KeepAlive, fixed
 from gateway.settings import ModelSettings
 from gateway.store import keys
 from gateway.store.connection import converted
+from wire.redis_url import RedisClient
 
 log = logging.getLogger("kaltstart.keepalive")
 
@@ -44,7 +43,7 @@ class GapStore(Protocol):
 
 
 class RedisGapStore:
-    def __init__(self, redis: Redis, window: int = WINDOW) -> None:
+    def __init__(self, redis: RedisClient, window: int = WINDOW) -> None:
         self._redis = redis
         self._window = window
 

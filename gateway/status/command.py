@@ -12,8 +12,6 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import TextIO
 
-from redis.asyncio import Redis
-
 from gateway.backends.kubernetes.owners import RedisOwners
 from gateway.backends.local.config import load_local_config
 from gateway.errors import BackendError, ConfigError, QueueUnavailable
@@ -24,6 +22,7 @@ from gateway.status.sources import GatewayScrape, KubernetesSource, LocalSource
 from gateway.status.table import render_json, render_table
 from gateway.store.connection import connect
 from gateway.store.embedded import UrlFile
+from wire.redis_url import RedisClient
 
 #: Hosts a gateway listens on for every interface; it is reached on loopback then.
 _ANY_HOST = {"0.0.0.0", "::", ""}
@@ -92,7 +91,7 @@ async def _status(settings: GatewaySettings, redis_url: str, args: argparse.Name
     return render_table(statuses, source.describe)
 
 
-def _source(settings: GatewaySettings, redis: Redis, gateway: str | None) -> ReplicaSource:
+def _source(settings: GatewaySettings, redis: RedisClient, gateway: str | None) -> ReplicaSource:
     if settings.backend == "local":
         return LocalSource(load_local_config(settings.local.config_path), GatewayScrape(gateway or _own_url(settings)))
     # Only read: the owners' records are written by the gateways alone.

@@ -12,8 +12,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from redis.asyncio import Redis
-
 from gateway.backends import Replicas
 from gateway.queue.stream import Load, RequestQueue
 from gateway.replicas.coldstarts import RedisDurations
@@ -21,6 +19,7 @@ from gateway.scaling.gaps import RedisGapStore
 from gateway.scaling.keepalive import GapLearner, KeepAlive, fixed
 from gateway.scaling.rules import idle_threshold_s
 from gateway.settings import ModelSettings
+from wire.redis_url import RedisClient
 
 #: What a model is doing, as ``ModelStatus.state`` says it (the JSON's ``state``).
 STATES = ("unknown", "scaling_up", "scaling_down", "busy", "prewarming", "idle", "at_rest")
@@ -89,7 +88,7 @@ class ModelStatus:
         return max(0.0, idle_threshold_s(self.served.settings, now, self.keep_alive) - idle_for)
 
 
-async def read_report(redis: Redis, source: ReplicaSource, *, shortest_keep_s: float) -> list[ModelStatus]:
+async def read_report(redis: RedisClient, source: ReplicaSource, *, shortest_keep_s: float) -> list[ModelStatus]:
     """Every model ``source`` serves, by name. ``shortest_keep_s``: the autoscaler's period (the keep-alive rule's
     input). Raises ``QueueUnavailable`` if Redis cannot be read, ``BackendError`` if the source cannot."""
     served = sorted(await source.served(), key=lambda s: s.settings.name)

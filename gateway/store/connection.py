@@ -10,6 +10,9 @@ Retry-After, and the log says why (at most once a second, so an outage does not 
 connection asks the Sentinels where the primary is, so after a failover the pool, the pub/sub subscription (which
 reconnects, ``gateway.relay.transport``) and the scripts (loaded again on ``NOSCRIPT``, ``gateway.queue.stream``)
 follow the new primary; commands that meet the failover itself fail as in any outage (503 + Retry-After).
+
+It may also name a Redis Cluster (``redis+cluster://``): redis-py's cluster client, bounded per node; at the bound a
+command fails (503) instead of waiting, as its pools do not block (docs/reliability.md, "Redis Cluster").
 """
 
 from __future__ import annotations
@@ -19,12 +22,11 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.errors import QueueUnavailable
 from gateway.settings import QueueSettings
-from wire.redis_url import PoolLimits, client
+from wire.redis_url import PoolLimits, RedisClient, client
 
 log = logging.getLogger("kaltstart.redis")
 
@@ -50,7 +52,7 @@ class Throttle:
 _log_now = Throttle(LOG_EVERY_S)
 
 
-def connect(url: str, settings: QueueSettings) -> Redis:
+def connect(url: str, settings: QueueSettings) -> RedisClient:
     """The client of the Redis at ``url``: one server, or a primary found through Sentinel (``wire.redis_url``)."""
     limits = PoolLimits(
         timeout_s=settings.redis_timeout_s,

@@ -1,9 +1,9 @@
 """Every Redis key and channel the gateway uses, in one place.
 
 All keys of one model share the hash tag ``{m:<model>}``, so that a script touching one model's keys stays in one
-Redis Cluster slot. Not yet enough for a Cluster (which kaltstart does not support): an API key's account
-(``{k:<account>}``, another slot) is charged in the same enqueue and settle scripts as the model's keys
-(docs/reliability.md, "Known limits").
+Redis Cluster slot. An API key's account (``{k:<account>}``) is in another slot: on one Redis the enqueue and settle
+scripts charge it with the model's keys; on a Redis Cluster it is charged by scripts of its own
+(``gateway.queue.keycharges``). Channels are not keys: classic pub/sub reaches every node of a cluster.
 """
 
 from __future__ import annotations

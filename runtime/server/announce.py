@@ -17,11 +17,10 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from wire import REPLICAS_CHANNEL, Announcement
-from wire.redis_url import PoolLimits, client
+from wire.redis_url import PoolLimits, RedisClient, client
 
 __all__ = ["Announcer"]
 
@@ -36,7 +35,7 @@ class Announcer:
 
     def __init__(self, redis_url: str, describe: Callable[[], Announcement], interval_s: float) -> None:
         # ``redis_url`` may name a Sentinel-managed primary (``redis+sentinel://``): announcements follow failovers.
-        self._redis: Redis = client(redis_url, PoolLimits(timeout_s=PUBLISH_TIMEOUT_S))
+        self._redis: RedisClient = client(redis_url, PoolLimits(timeout_s=PUBLISH_TIMEOUT_S))
         self._describe = describe
         self._interval_s = interval_s
         self._wake = asyncio.Event()

@@ -21,12 +21,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, cast
 
-from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from gateway.backends.kubernetes.claims import DeploymentRef
 from gateway.store import keys
 from gateway.store.connection import converted, text
+from wire.redis_url import RedisClient
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ return current
 class RedisOwners:
     """The owners hash in the gateway's Redis; owns its client (closed by ``aclose``)."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
         self._script = redis.register_script(_WRITE)
 

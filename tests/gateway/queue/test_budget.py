@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 import wire
 from gateway.errors import KeyQuotaExceeded, QueueFull, QueueMemoryFull
@@ -22,7 +23,9 @@ from gateway.queue.stream import Delivery, QueuedRequest, RequestQueue, Stored
 from gateway.relay.messages import Failed, Finished
 from gateway.store import keys
 from gateway.store.embedded import EmbeddedRedis
+from tests.clusters import ClusterDeployment
 from tests.gateway.queue.entries import read_batch
+from wire.redis_url import PoolLimits, RedisClient, client
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
 
@@ -30,6 +33,19 @@ MODEL = "tiny"
 USAGE = wire.Usage(prompt_tokens=1, completion_tokens=1, total_tokens=2)
 KIB = 1 << 10
 MIB = 1 << 20
+
+
+@pytest.fixture(params=["one", "cluster"])
+async def redis(
+    request: pytest.FixtureRequest, redis_url: str, cluster_deployment: ClusterDeployment
+) -> AsyncIterator[RedisClient]:
+    """A client of one Redis, then of a Redis Cluster (wiped), where an API key's charge is a step of its own
+    (``gateway.queue.keycharges``): every promise here holds on both."""
+    redis = client(redis_url if request.param == "one" else cluster_deployment.url, PoolLimits(timeout_s=5))
+    if isinstance(redis, RedisCluster):
+        await redis.flushdb(target_nodes=RedisCluster.PRIMARIES)
+    yield redis
+    await redis.aclose()
 
 
 def _request(request_id: str, n: int = 1, prompt: str = "hi", account: Account | None = None) -> Stored:
@@ -47,7 +63,7 @@ def _request(request_id: str, n: int = 1, prompt: str = "hi", account: Account |
 
 
 @pytest.fixture
-async def queue(redis: Redis) -> RequestQueue:
+async def queue(redis: RedisClient) -> RequestQueue:
     """A queue whose ``MODEL`` stream and group exist, with room for any test's entries."""
     q = RequestQueue(redis=redis, max_queue_per_model=1000)
     await q.prepare(MODEL)
@@ -76,23 +92,23 @@ async def _answer_all(queue: RequestQueue) -> list[Delivery]:
     return batch
 
 
-async def _left_behind(redis: Redis) -> list[str]:
+async def _left_behind(redis: RedisClient) -> list[str]:
     """Keys that hold a request's body or a charge (settled markers, the stream and its activity stay by design)."""
     names = [key.decode() async for key in redis.scan_iter(match="kaltstart:*")]
     return sorted(n for n in names if n.split(":")[-2:-1] == ["body"] or n.endswith((":held", ":usage")))
 
 
-async def _stored_bytes(redis: Redis) -> int:
+async def _stored_bytes(redis: RedisClient) -> int:
     """What every key of the gateway takes in Redis (``MEMORY USAGE``, exact)."""
     names = [key async for key in redis.scan_iter(match="kaltstart:*")]
     return sum([int(await redis.memory_usage(name, samples=0) or 0) for name in names])
 
 
-async def _used_memory(redis: Redis) -> int:
+async def _used_memory(redis: RedisClient) -> int:
     return int((await redis.info("memory"))["used_memory"])
 
 
-async def test_a_prompt_is_stored_once_however_many_choices(queue: RequestQueue, redis: Redis) -> None:
+async def test_a_prompt_is_stored_once_however_many_choices(queue: RequestQueue, redis: RedisClient) -> None:
     prompt = "x" * (512 * KIB)
     await _enqueued(queue, _request("wide", n=16, prompt=prompt))
     stored = await _stored_bytes(redis)
@@ -104,7 +120,7 @@ async def test_a_prompt_is_stored_once_however_many_choices(queue: RequestQueue,
     assert [_generation(d).params.seed for d in batch] == list(range(16))
 
 
-async def test_nothing_is_left_once_requests_are_answered_or_cancelled(queue: RequestQueue, redis: Redis) -> None:
+async def test_nothing_is_left_once_requests_are_answered_or_cancelled(queue: RequestQueue, redis: RedisClient) -> None:
     account = _account()
     await _enqueued(queue, _request("answered", n=3, account=account))
     cancelled = _request("cancelled", n=2, account=account)
@@ -119,7 +135,7 @@ async def test_nothing_is_left_once_requests_are_answered_or_cancelled(queue: Re
     assert (await queue.load(MODEL)).demand == 0
 
 
-async def test_a_redelivered_choice_keeps_its_body(queue: RequestQueue, redis: Redis) -> None:
+async def test_a_redelivered_choice_keeps_its_body(queue: RequestQueue, redis: RedisClient) -> None:
     await _enqueued(queue, _request("again", n=2, prompt="once more"))
     first = await read_batch(queue, MODEL, "dispatcher", 100)
     assert await queue.settle(MODEL, first[0], _finished(first[0].queued.id))
@@ -132,7 +148,7 @@ async def test_a_redelivered_choice_keeps_its_body(queue: RequestQueue, redis: R
     assert await _left_behind(redis) == []
 
 
-async def test_the_model_byte_budget_refuses_then_frees(redis: Redis) -> None:
+async def test_the_model_byte_budget_refuses_then_frees(redis: RedisClient) -> None:
     queue = RequestQueue(redis=redis, max_queue_per_model=1000, max_bytes_per_model=MIB)
     await queue.prepare(MODEL)
     await _enqueued(queue, _request("big", prompt="x" * (600 * KIB)))
@@ -145,7 +161,7 @@ async def test_the_model_byte_budget_refuses_then_frees(redis: Redis) -> None:
     await _enqueued(queue, _request("bigger", prompt="y" * (600 * KIB)))  # the budget was released
 
 
-async def test_key_quotas_refuse_then_free(queue: RequestQueue, redis: Redis) -> None:
+async def test_key_quotas_refuse_then_free(queue: RequestQueue, redis: RedisClient) -> None:
     other = Account("acct-b", "team-b", 2, 100, MIB)
     for quota, account, requests in [
         ("requests", _account(max_requests=2), [_request(f"r{i}") for i in range(3)]),
@@ -166,7 +182,7 @@ async def test_key_quotas_refuse_then_free(queue: RequestQueue, redis: Redis) ->
     assert await _left_behind(redis) == []
 
 
-async def test_a_charge_nobody_releases_lapses(redis: Redis) -> None:
+async def test_a_charge_nobody_releases_lapses(redis: RedisClient) -> None:
     """A gateway that dies between enqueue and settle leaves no quota held for ever: the body and its charges
     lapse at the request's deadline, and a lapsed entry is failed for its own request, never sent."""
     queue = RequestQueue(redis=redis, max_queue_per_model=1000, hold_s=0.3)
@@ -197,7 +213,7 @@ def _too_deep(request_id: str) -> str:
 
 @pytest.mark.parametrize("reader", ["dispatcher", "janitor"])
 async def test_a_request_that_cannot_be_read_back_fails_alone_and_leaves_nothing(
-    queue: RequestQueue, redis: Redis, reader: str
+    queue: RequestQueue, redis: RedisClient, reader: str
 ) -> None:
     """A request whose stored prompt nests past the reader's limit, and an entry whose ``q`` is not one: each
     request fails with 400 (every choice), through the settle that deletes its body and releases its charges;
@@ -240,7 +256,7 @@ async def small_redis() -> AsyncIterator[Redis]:
         await client.aclose()
 
 
-async def test_new_work_is_refused_near_maxmemory_but_settles_go_on(small_redis: Redis) -> None:
+async def test_new_work_is_refused_near_maxmemory_but_settles_go_on(small_redis: RedisClient) -> None:
     queue = RequestQueue(redis=small_redis, max_queue_per_model=1000, max_bytes_per_model=1 << 40)
     await queue.prepare(MODEL)
     guard = MemoryGuard(small_redis, high_water=0.85)

@@ -15,13 +15,14 @@ from gateway.settings import ModelSettings, QueueSettings
 from gateway.store import keys
 from gateway.store.connection import connect
 from tests.gateway.queue.entries import add_unreadable_entries, queued, read_batch
+from wire.redis_url import RedisClient
 
 pytestmark = pytest.mark.integration
 
 MODEL = "tiny"
 
 
-def _janitor(queue: RequestQueue, redis: Redis, models: list[str], metrics: Metrics | None = None) -> Janitor:
+def _janitor(queue: RequestQueue, redis: RedisClient, models: list[str], metrics: Metrics | None = None) -> Janitor:
     """The janitor of the live gateway "live", for ``models``, where every request is still waited for; it tells
     ``metrics`` whether Redis answers its heartbeats."""
     return Janitor(
