@@ -189,7 +189,7 @@ class Dispatcher:
             self._drained = read.drained and not self._work.is_set()
             if not read.drained:  # more than we have room for: the other gateways' dispatchers may have some
                 await self._queue.backlog(self._model)
-            return await self._isolate_retries(await self._drop_orphans(read.deliveries))
+            return await self._isolate_retries(await self._drop_orphans(self._new_only(read.deliveries)))
         except QueueUnavailable as exc:
             log.warning("queue unavailable (%r); %s dispatcher retries in 1 s", exc.__cause__, self._model)
             await asyncio.sleep(1.0)  # back off from a failing Redis, then read again
@@ -228,6 +228,21 @@ class Dispatcher:
         self._endpoints.withdraw(self._model, url)
         self._pool.suspend(url)  # after the withdrawal, whose change of the ready set lifts suspensions
         self._reported.discard(url)
+
+    def _new_only(self, batch: list[Delivery]) -> list[Delivery]:
+        """The deliveries of entries this dispatcher does not hold already. Redis replicates a read asynchronously:
+        after a failover the new primary may deliver again, as new, entries a read on the old one delivered just
+        before (they are in this read twice, or in a batch still running). The one delivery held goes on; the
+        entry is the same, so its settle acks it, and sending it twice would run the request twice."""
+        held, seen, keep = self._batches.held(), set(), []
+        for delivery in batch:
+            if delivery.entry_id in held or delivery.entry_id in seen:
+                log.warning("%s: entry %s delivered again (a read lost in a Redis failover?): skipped",
+                            self._model, delivery.entry_id)  # fmt: skip
+                continue
+            seen.add(delivery.entry_id)
+            keep.append(delivery)
+        return keep
 
     async def _drop_orphans(self, batch: list[Delivery]) -> list[Delivery]:
         """Requests this gateway replica accepted but nobody here waits for any more (the client got an error

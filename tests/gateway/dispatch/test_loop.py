@@ -116,3 +116,26 @@ async def test_a_read_that_leaves_work_behind_wakes_the_other_gateways(
         await rig.dispatcher.drain(5)
     finally:
         await router.stop()
+
+
+async def test_an_entry_delivered_again_after_a_redis_failover_is_not_sent_twice(
+    make_rig: Callable[[Answer], Rig], redis: Redis
+) -> None:
+    """A failover can lose the read that delivered an entry (replication is asynchronous): the new primary then
+    delivers it again, as new, while its batch still runs. Rewinding the group's last-delivered id does to the
+    stream what such a failover does."""
+    release = asyncio.Event()
+    rig = make_rig(lambda batch: httpx.Response(200, stream=HeldStream(echo(batch), release)))
+    rig.runtime.scheduler = "continuous"
+    await rig.enqueue("first")
+    await rig.dispatcher.step()  # sent; its answer is held open
+    await rig.runtime.wait_for_batches(1)
+    await redis.xgroup_setid(keys.queue(MODEL), keys.GROUP, "0")  # "first" is new again to the group
+    await rig.enqueue("second")
+    await rig.dispatcher.step()
+    await rig.runtime.wait_for_batches(2)
+    assert [[r.id for r in body.requests] for _, body in rig.runtime.batches] == [["first"], ["second"]]
+    release.set()
+    await rig.dispatcher.drain(5)
+    assert await rig.queue.final_reply(MODEL, "first") is not None
+    assert await redis.xlen(keys.queue(MODEL)) == 0  # its one entry settled and gone
