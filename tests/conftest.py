@@ -11,6 +11,8 @@ from redis.asyncio import Redis
 
 from gateway.store.embedded import EmbeddedRedis
 from tests.clusters import ClusterDeployment
+from tests.deployments import running
+from tests.sentinels import SentinelDeployment
 
 
 @pytest.fixture(scope="session")
@@ -45,10 +47,12 @@ async def redis_url(redis_server: str) -> AsyncIterator[str]:
 async def cluster_deployment() -> AsyncIterator[ClusterDeployment]:
     """A real Redis Cluster of three primaries, a replica each (``tests.clusters``), started once per session; a
     test that kills a node starts its own instead."""
-    deployment = ClusterDeployment()
-    try:
-        deployment.start()
-        await deployment.ready()
+    async with running(ClusterDeployment()) as deployment:
         yield deployment
-    finally:
-        deployment.stop()
+
+
+@pytest.fixture
+async def sentinels() -> AsyncIterator[SentinelDeployment]:
+    """A Valkey primary, one replica and three Sentinels (``tests.sentinels``), for a test that fails them over."""
+    async with running(SentinelDeployment()) as deployment:
+        yield deployment

@@ -35,6 +35,7 @@ from redis.asyncio.cluster import RedisCluster
 from gateway.queue.stream import BODY_GRACE_S, RequestQueue
 from gateway.store import keys
 from tests.clusters import ClusterDeployment
+from tests.deployments import running
 from tests.faults.test_failover import Enqueues
 from tests.harness import model, run_gateway
 from wire.redis_url import PoolLimits, client
@@ -54,13 +55,8 @@ REFUSED_PAUSE_S = 0.1
 
 @pytest.fixture
 async def deployment() -> AsyncIterator[ClusterDeployment]:
-    cluster = ClusterDeployment()
-    try:
-        cluster.start()
-        await cluster.ready()
+    async with running(ClusterDeployment()) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @dataclass

@@ -21,7 +21,7 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,17 +46,6 @@ LAST = 10
 STREAM_TOKENS = 80
 #: Tokens of a queued request.
 QUEUED_TOKENS = 8
-
-
-@pytest.fixture
-async def sentinels() -> AsyncIterator[SentinelDeployment]:
-    deployment = SentinelDeployment()
-    try:
-        deployment.start()
-        await deployment.ready()
-        yield deployment
-    finally:
-        deployment.stop()
 
 
 @dataclass

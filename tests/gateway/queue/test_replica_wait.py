@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from gateway.errors import NotReplicated
 from gateway.queue.stream import QueuedRequest, ReplicaWait, RequestQueue
 from gateway.store import keys
+from tests.deployments import running
 from tests.harness import model, run_gateway
 from tests.sentinels import SentinelDeployment
 from wire import GenerationRequest
@@ -23,13 +24,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 async def replicated() -> AsyncIterator[SentinelDeployment]:
     """A primary and one replica in sync (no Sentinels: nothing here fails over)."""
-    deployment = SentinelDeployment(sentinels=0)
-    try:
-        deployment.start()
-        await deployment.ready()
+    async with running(SentinelDeployment(sentinels=0)) as deployment:
         yield deployment
-    finally:
-        deployment.stop()
 
 
 def _queued(request_id: str) -> QueuedRequest:

@@ -5,7 +5,6 @@ follow the new primary."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -19,17 +18,6 @@ from tests.sentinels import SentinelDeployment
 from wire import GenerationRequest
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def sentinels() -> AsyncIterator[SentinelDeployment]:
-    deployment = SentinelDeployment()
-    try:
-        deployment.start()
-        await deployment.ready()
-        yield deployment
-    finally:
-        deployment.stop()
 
 
 def _queued(i: int) -> QueuedRequest:
