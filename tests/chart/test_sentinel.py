@@ -10,7 +10,7 @@ import helm_python
 import pytest
 
 from tests.chart.rendering import Manifest, Rendered, render
-from wire.redis_url import parse_sentinel
+from wire.redis_url import parse_cluster, parse_sentinel
 
 pytestmark = pytest.mark.chart
 
@@ -139,3 +139,11 @@ def test_external_sentinels_need_a_secret_and_a_master_name(chart: helm_python.C
         values = ONE_MODEL | {"redis": {"external": {"sentinel": EXTERNAL | {missing: ""}}}}
         with pytest.raises(Exception, match=f"redis.external.sentinel.{missing}"):
             render(chart, values)
+
+
+def test_a_cluster_of_your_own_is_given_by_its_url_and_read_as_a_cluster(chart: helm_python.Chart) -> None:
+    cluster = {"url": "redis+cluster://:pw@node-a:6379,node-b:6380", "announceUrl": "redis+cluster://ann:apw@node-a"}
+    rendered = render(chart, ONE_MODEL | {"redis": cluster})
+    assert not [o for o in rendered.objects if o["metadata"]["name"].startswith("kaltstart-redis")]
+    target = parse_cluster(_url(_env(rendered, "kaltstart-gateway"), {}))
+    assert (target.nodes, target.password) == ((("node-a", 6379), ("node-b", 6380)), "pw")
