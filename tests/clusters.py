@@ -24,13 +24,16 @@ from urllib.parse import quote
 
 from redis.asyncio import Redis
 
-from gateway.processes import die_with_parent, free_port
+from gateway.processes import die_with_parent
 from gateway.store.embedded import valkey_binary
+from tests.deployments import quiet_port
 from tests.sentinels import wait_until_listening
 
 #: A node silent this long is failing (and with a majority of primaries agreeing, failed over).
 NODE_TIMEOUT_MS = 1000
 SLOTS = 16384
+#: Tries to start a node on fresh ports if it could not bind its own.
+START_TRIES = 3
 
 
 @dataclass
@@ -50,8 +53,8 @@ class ClusterDeployment:
     def __init__(self, primaries: int = 3) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="kaltstart-cluster-")
         self.password = secrets.token_urlsafe(24)
-        self.primaries = [Node(f"primary-{i}", free_port(), free_port()) for i in range(primaries)]
-        self.replicas = [Node(f"replica-{i}", free_port(), free_port()) for i in range(primaries)]
+        self.primaries = [Node(f"primary-{i}", quiet_port(), quiet_port()) for i in range(primaries)]
+        self.replicas = [Node(f"replica-{i}", quiet_port(), quiet_port()) for i in range(primaries)]
 
     @property
     def nodes(self) -> list[Node]:
@@ -70,6 +73,20 @@ class ClusterDeployment:
             self._start(node)
 
     def _start(self, node: Node) -> None:
+        """Start ``node``, on fresh ports if its own were taken meanwhile (before ``ready``, no node knows them)."""
+        for attempt in range(START_TRIES):
+            try:
+                self._start_once(node)
+                return
+            except RuntimeError:
+                if node.process is not None and node.process.poll() is None:
+                    node.process.kill()
+                    node.process.wait()
+                if attempt == START_TRIES - 1:
+                    raise
+                node.port, node.bus_port = quiet_port(), quiet_port()
+
+    def _start_once(self, node: Node) -> None:
         workdir = Path(self._dir.name) / node.name
         workdir.mkdir(exist_ok=True)
         path = workdir / "valkey.conf"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import random
+import socket
 from collections.abc import AsyncIterator
 from typing import Protocol, TypeVar
 
@@ -16,6 +18,24 @@ class Deployment(Protocol):
 
 
 D = TypeVar("D", bound=Deployment)
+
+#: Ports for the servers (and a cluster's buses), below Linux's ephemeral range (32768-60999): a port picked there
+#: can be taken by any outgoing connection (the gateway's, the runtimes') before the server binds it, which then
+#: exits at start.
+PORTS = range(20000, 32000)
+
+
+def quiet_port() -> int:
+    """A port of ``PORTS`` free on 127.0.0.1 right now."""
+    for _ in range(100):
+        port = random.choice(PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {PORTS}")
 
 
 @contextlib.asynccontextmanager
